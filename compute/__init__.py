@@ -1,0 +1,1 @@
+"""Matrix work on simulated RRAM crossbar arrays: devices, tiles, partitioning, execution."""

@@ -1,0 +1,77 @@
+"""The ``Link`` interface: how the mesh moves frames between two nodes.
+
+The mesh never touches sockets. It hands a link whole frames (each a list of buffers whose
+concatenation is the frame) and reads frames back, in order, reliably. A direct TCP link
+(:mod:`nat.tcp`) and an ICE data-channel link (:mod:`nat.ice`) are interchangeable behind
+this interface, which is what lets the connection policy pick whichever one works.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Sequence
+
+Buffers = Sequence[bytes | memoryview]
+
+#: Link kinds as reported in ``sedma peers`` (SPEC.md).
+KIND_TCP = "tcp"
+KIND_ICE_DIRECT = "ice-direct"
+KIND_ICE_RELAY = "ice-relay"
+
+
+class LinkClosed(ConnectionError):
+    """The link is closed; ``reason`` says why (peer hung up, protocol error, timeout...)."""
+
+    def __init__(self, reason: str = "link closed") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Link(abc.ABC):
+    """A reliable, ordered, message-preserving pipe of frames to one peer."""
+
+    #: One of ``tcp``, ``ice-direct``, ``ice-relay``.
+    kind: str = "none"
+    #: Largest frame this link accepts, in bytes.
+    max_frame: int
+
+    def __init__(self) -> None:
+        self._rtt_ms: float | None = None
+        self.close_reason: str | None = None
+
+    @abc.abstractmethod
+    async def send(self, frame: Buffers) -> None:
+        """Queue one frame; wait while the link's send buffer is full (backpressure).
+
+        Raises :class:`LinkClosed` if the link is or becomes closed.
+        """
+
+    @abc.abstractmethod
+    async def recv(self) -> bytes:
+        """Return the next frame; raise :class:`LinkClosed` once the link is closed."""
+
+    @abc.abstractmethod
+    async def close(self, reason: str = "closed locally") -> None:
+        """Close the link (idempotent); pending and future ``recv`` calls raise."""
+
+    @property
+    @abc.abstractmethod
+    def closed(self) -> bool:
+        """True once the link can carry no more frames."""
+
+    @property
+    def remote(self) -> str:
+        """Human-readable remote address, for logs."""
+        return "?"
+
+    @property
+    def rtt_ms(self) -> float | None:
+        """Smoothed round-trip time in milliseconds, or None before the first sample."""
+        return self._rtt_ms
+
+    def observe_rtt(self, sample_ms: float) -> None:
+        """Fold one RTT sample into the smoothed estimate (RFC 6298 style, alpha 1/8)."""
+        if self._rtt_ms is None:
+            self._rtt_ms = sample_ms
+        else:
+            self._rtt_ms += (sample_ms - self._rtt_ms) / 8

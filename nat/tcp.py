@@ -1,0 +1,174 @@
+"""Direct TCP links: length-prefixed frames over a stream socket.
+
+Implemented on ``asyncio.Protocol`` rather than streams so received bytes go straight into
+the sans-I/O :class:`~protocol.wire.FrameDecoder` and outgoing frames are gathered with
+``writelines`` without concatenation. Backpressure both ways: ``send`` waits while the
+kernel buffer is full, and reading pauses while too many frames wait to be consumed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import socket
+from typing import Awaitable, Callable
+
+from nat.link import KIND_TCP, Buffers, Link, LinkClosed
+from protocol.errors import FrameError
+from protocol.wire import DEFAULT_MAX_FRAME, FrameDecoder, frame_header
+
+log = logging.getLogger("sedma.tcp")
+
+#: Frames received but not yet consumed before we stop reading from the socket.
+RECV_QUEUE_FRAMES = 64
+WRITE_HIGH_WATER = 4 << 20
+
+
+class TcpLink(Link, asyncio.Protocol):
+    """One TCP connection carrying frames."""
+
+    kind = KIND_TCP
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        Link.__init__(self)
+        self.max_frame = max_frame
+        self._decoder = FrameDecoder(max_frame)
+        self._frames: collections.deque[bytes] = collections.deque()
+        self._transport: asyncio.Transport | None = None
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._connected = asyncio.Event()
+        self._reading_paused = False
+        self._remote = "?"
+
+    # asyncio.Protocol -------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        self._remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self._connected.set()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self._decoder.feed(data)
+        except FrameError as exc:
+            self._abort(f"protocol error: {exc}")
+            return
+        self._frames.extend(frames)
+        if frames:
+            self._readable.set()
+        if len(self._frames) >= RECV_QUEUE_FRAMES and not self._reading_paused:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        reason = "peer closed the connection"
+        if self._decoder.buffered:
+            reason = f"peer closed mid-frame ({self._decoder.buffered} bytes pending)"
+        self._mark_closed(reason)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._mark_closed(f"connection lost: {exc}" if exc else "connection closed")
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    # Link ---------------------------------------------------------------------------
+    async def send(self, frame: Buffers) -> None:
+        if self.closed:
+            raise LinkClosed(self.close_reason or "link closed")
+        size = sum(len(b) for b in frame)
+        self._transport.writelines([frame_header(size, self.max_frame), *frame])
+        if not self._writable.is_set():
+            await self._writable.wait()
+            if self.closed:
+                raise LinkClosed(self.close_reason or "link closed")
+
+    async def recv(self) -> bytes:
+        while not self._frames:
+            if self.closed:
+                raise LinkClosed(self.close_reason or "link closed")
+            self._readable.clear()
+            await self._readable.wait()
+        frame = self._frames.popleft()
+        if self._reading_paused and len(self._frames) < RECV_QUEUE_FRAMES // 2:
+            self._reading_paused = False
+            if not self.closed:
+                self._transport.resume_reading()
+        return frame
+
+    async def close(self, reason: str = "closed locally") -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+        self._mark_closed(reason)
+
+    @property
+    def closed(self) -> bool:
+        return self.close_reason is not None
+
+    @property
+    def remote(self) -> str:
+        return self._remote
+
+    # internals ----------------------------------------------------------------------
+    def _abort(self, reason: str) -> None:
+        log.warning("closing link to %s: %s", self._remote, reason)
+        self._mark_closed(reason)
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _mark_closed(self, reason: str) -> None:
+        if self.close_reason is None:
+            self.close_reason = reason
+        self._readable.set()
+        self._writable.set()
+
+
+async def dial_tcp(host: str, port: int, timeout: float = 5.0,
+                   max_frame: int = DEFAULT_MAX_FRAME) -> TcpLink:
+    """Open a TCP link to ``host:port`` within ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    try:
+        _, link = await asyncio.wait_for(
+            loop.create_connection(lambda: TcpLink(max_frame), host, port), timeout)
+    except asyncio.TimeoutError:
+        raise LinkClosed(f"connect to {host}:{port} timed out after {timeout}s") from None
+    except OSError as exc:
+        raise LinkClosed(f"connect to {host}:{port} failed: {exc.strerror or exc}") from None
+    return link
+
+
+async def listen_tcp(host: str, port: int, on_link: Callable[[TcpLink], Awaitable[None]],
+                     max_frame: int = DEFAULT_MAX_FRAME) -> asyncio.Server:
+    """Accept TCP links on ``host:port``; ``on_link`` runs as a task for each one."""
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task] = set()
+
+    def factory() -> TcpLink:
+        link = TcpLink(max_frame)
+        task = loop.create_task(_after_connect(link, on_link))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        return link
+
+    return await loop.create_server(factory, host, port, reuse_address=True)
+
+
+async def _after_connect(link: TcpLink, on_link) -> None:
+    await link._connected.wait()
+    try:
+        await on_link(link)
+    except Exception:
+        log.exception("handler for link from %s failed", link.remote)
+        await link.close("handler failed")

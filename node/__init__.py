@@ -1,0 +1,1 @@
+"""The sedma node: daemon, local API, client, CLI, placement and dual memory."""

@@ -1,0 +1,17 @@
+"""Errors raised when bytes from a peer or a client do not form a valid message.
+
+One exception type per layer so the daemon can log *why* it closed a link while every
+caller can still catch the common base.
+"""
+
+
+class ProtocolError(Exception):
+    """Input from a peer or client broke the protocol; the link carrying it is closed."""
+
+
+class FrameError(ProtocolError):
+    """A frame's length prefix or fragment header is invalid or over the limit."""
+
+
+class DecodeError(ProtocolError):
+    """A frame was well-formed but its payload is not a valid sedma message."""

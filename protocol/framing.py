@@ -1,0 +1,134 @@
+"""Fragmentation of messages into frames, and their reassembly.
+
+A message payload of any size is cut into fragments of at most ``fragment_size`` bytes so
+that a 64 MiB weight block never holds a link for long: the sender interleaves fragments of
+different messages (a gossip ping slips between two chunks of an array). Each frame is::
+
+    u8 flags | u32 stream id | [u64 total size, first fragment only] | fragment bytes
+
+Both classes are sans-I/O. :class:`Reassembler` enforces explicit limits: the largest
+message, the number of partial messages in flight and the bytes they may hold together.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Iterator
+
+from protocol.errors import FrameError
+
+FIRST = 0x01
+LAST = 0x02
+_HEAD = struct.Struct(">BI")
+_TOTAL = struct.Struct(">Q")
+
+DEFAULT_FRAGMENT = 1 << 20          # 1 MiB of payload per frame
+DEFAULT_MAX_MESSAGE = 1 << 30       # 1 GiB: a whole N=16384 float32 matrix fits
+DEFAULT_MAX_STREAMS = 64
+DEFAULT_MAX_BUFFERED = 2 << 30      # all partial messages of one link together
+
+
+def fragments(stream_id: int, parts: list[bytes | memoryview],
+              fragment_size: int = DEFAULT_FRAGMENT) -> Iterator[list[bytes | memoryview]]:
+    """Yield the frames of one message, each as a list of buffers (header first).
+
+    The buffers are views into ``parts``: nothing is copied here; the transport gathers
+    them with ``writelines``/``sendmsg``.
+    """
+    total = sum(len(p) for p in parts)
+    pieces = _slices(parts, fragment_size)
+    first = True
+    sent = 0
+    for chunk, size in pieces:
+        sent += size
+        flags = (FIRST if first else 0) | (LAST if sent == total else 0)
+        head = _HEAD.pack(flags, stream_id) + (_TOTAL.pack(total) if first else b"")
+        first = False
+        yield [head, *chunk]
+    if total == 0:
+        yield [_HEAD.pack(FIRST | LAST, stream_id) + _TOTAL.pack(0)]
+
+
+def _slices(parts: list[bytes | memoryview], size: int):
+    chunk: list[memoryview] = []
+    room = size
+    for part in parts:
+        view = memoryview(part).cast("B") if not isinstance(part, bytes) else memoryview(part)
+        while len(view):
+            take = view[:room]
+            chunk.append(take)
+            view = view[len(take):]
+            room -= len(take)
+            if room == 0:
+                yield chunk, size
+                chunk, room = [], size
+    if chunk:
+        yield chunk, size - room
+
+
+@dataclass
+class _Partial:
+    buf: bytearray
+    filled: int
+
+
+class Reassembler:
+    """Turn frames back into complete message payloads, within explicit limits."""
+
+    def __init__(self, max_message: int = DEFAULT_MAX_MESSAGE,
+                 max_streams: int = DEFAULT_MAX_STREAMS,
+                 max_buffered: int = DEFAULT_MAX_BUFFERED) -> None:
+        self.max_message = max_message
+        self.max_streams = max_streams
+        self.max_buffered = max_buffered
+        self._partial: dict[int, _Partial] = {}
+        self._buffered = 0
+
+    def feed(self, frame: bytes | memoryview) -> bytearray | None:
+        """Add one frame; return the whole payload when this frame completes it."""
+        view = memoryview(frame)
+        if len(view) < _HEAD.size:
+            raise FrameError("frame shorter than its fragment header")
+        flags, sid = _HEAD.unpack_from(view, 0)
+        if flags & ~(FIRST | LAST):
+            raise FrameError(f"unknown fragment flags {flags:#x}")
+        body = view[_HEAD.size:]
+        if flags & FIRST:
+            body = self._start(sid, body)
+        part = self._partial.get(sid)
+        if part is None:
+            raise FrameError(f"fragment for stream {sid} that was never started")
+        end = part.filled + len(body)
+        if end > len(part.buf):
+            raise FrameError(f"stream {sid} overruns its declared size {len(part.buf)}")
+        part.buf[part.filled:end] = body
+        part.filled = end
+        if not flags & LAST:
+            return None
+        if part.filled != len(part.buf):
+            raise FrameError(f"stream {sid} ended at {part.filled} of {len(part.buf)} bytes")
+        del self._partial[sid]
+        self._buffered -= len(part.buf)
+        return part.buf
+
+    def _start(self, sid: int, body: memoryview) -> memoryview:
+        if len(body) < _TOTAL.size:
+            raise FrameError("first fragment lacks the message size")
+        (total,) = _TOTAL.unpack_from(body, 0)
+        if sid in self._partial:
+            raise FrameError(f"stream {sid} started twice")
+        if total > self.max_message:
+            raise FrameError(f"message of {total} bytes exceeds the {self.max_message} limit")
+        if len(self._partial) >= self.max_streams:
+            raise FrameError(f"more than {self.max_streams} messages in flight")
+        if self._buffered + total > self.max_buffered:
+            raise FrameError("partial messages exceed the link's buffer budget")
+        self._partial[sid] = _Partial(bytearray(total), 0)
+        self._buffered += total
+        return body[_TOTAL.size:]
+
+    @property
+    def in_flight(self) -> int:
+        """Number of messages partially received."""
+        return len(self._partial)

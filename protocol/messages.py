@@ -1,0 +1,146 @@
+"""Typed messages: one dataclass per message, validated when it is decoded.
+
+A message class is declared once with :func:`message`::
+
+    @message("ping")
+    class Ping:
+        seq: int
+        sent: float
+
+and travels as a msgpack map ``{"t": "ping", "seq": ..., "sent": ...}``. Decoding checks the
+tag, that every required field is present, that no unknown field is, and that each value has
+the annotated type (``int``, ``float``, ``str``, ``bytes``, ``bool``, ``np.ndarray``,
+``list[X]``, ``dict[str, X]``, ``X | None``, ``Any``). A message that fails gets a
+:class:`DecodeError` naming the field, so the receiver can log exactly what was wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, ClassVar, TypeVar, Union
+
+import numpy as np
+
+from protocol import codec
+from protocol.errors import DecodeError
+
+T = TypeVar("T")
+REGISTRY: dict[str, type] = {}
+_TAG = "t"
+
+
+def message(tag: str):
+    """Class decorator: make a dataclass and register it under the wire tag ``tag``."""
+
+    def wrap(cls: type[T]) -> type[T]:
+        if tag in REGISTRY:
+            raise ValueError(f"message tag {tag!r} is registered twice")
+        cls = dataclasses.dataclass(cls)
+        cls.TAG = tag  # type: ignore[attr-defined]
+        REGISTRY[tag] = cls
+        return cls
+
+    return wrap
+
+
+def to_wire(msg: Any) -> dict[str, Any]:
+    """The msgpack-able map of a message (arrays stay arrays; the codec handles them)."""
+    out = {_TAG: msg.TAG}
+    for f in dataclasses.fields(msg):
+        out[f.name] = getattr(msg, f.name)
+    return out
+
+
+def from_wire(obj: Any) -> Any:
+    """Build and validate the message a decoded msgpack map describes."""
+    if not isinstance(obj, dict):
+        raise DecodeError(f"message must be a map, got {type(obj).__name__}")
+    tag = obj.get(_TAG)
+    cls = REGISTRY.get(tag) if isinstance(tag, str) else None
+    if cls is None:
+        raise DecodeError(f"unknown message type {tag!r}")
+    hints = _hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in obj:
+            kwargs[f.name] = _check(obj[f.name], hints[f.name], f"{tag}.{f.name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise DecodeError(f"{tag}: missing field {f.name!r}")
+    extra = set(obj) - set(hints) - {_TAG}
+    if extra:
+        raise DecodeError(f"{tag}: unknown field(s) {sorted(extra)}")
+    return cls(**kwargs)
+
+
+def encode_message(msg: Any) -> list[bytes | memoryview]:
+    """Encode a message into payload buffers (see :mod:`protocol.codec`)."""
+    return codec.encode(to_wire(msg))
+
+
+def decode_message(payload: bytes | bytearray | memoryview) -> Any:
+    """Decode and validate one payload into its message object."""
+    return from_wire(codec.decode(payload))
+
+
+_HINT_CACHE: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    hints = _HINT_CACHE.get(cls)
+    if hints is None:
+        hints = {k: v for k, v in typing.get_type_hints(cls).items()
+                 if typing.get_origin(v) is not ClassVar and v is not ClassVar}
+        _HINT_CACHE[cls] = hints
+    return hints
+
+
+def _check(value: Any, hint: Any, where: str) -> Any:
+    """Return ``value`` if it matches ``hint`` (coercing int to float), else raise."""
+    if hint is Any:
+        return value
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _check(value, option, where)
+            except DecodeError:
+                continue
+        raise DecodeError(f"{where}: {type(value).__name__} is not {hint}")
+    if hint is type(None):
+        if value is None:
+            return None
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is bool or hint is str or hint is bytes:
+        if isinstance(value, hint):
+            return value
+    elif hint is np.ndarray:
+        if isinstance(value, np.ndarray):
+            return value
+    elif origin is list:
+        if isinstance(value, (list, tuple)):
+            (item,) = typing.get_args(hint) or (Any,)
+            return [_check(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    elif origin is dict or hint is dict:
+        if isinstance(value, dict):
+            args = typing.get_args(hint)
+            item = args[1] if args else Any
+            return {k: _check(v, item, f"{where}.{k}") for k, v in value.items()
+                    if isinstance(k, str) or _bad_key(where)}
+    elif origin is tuple:
+        if isinstance(value, (list, tuple)):
+            return tuple(_check(v, a, where) for v, a in zip(value, typing.get_args(hint)))
+    else:
+        raise TypeError(f"{where}: unsupported annotation {hint}")
+    raise DecodeError(f"{where}: expected {getattr(hint, '__name__', hint)}, "
+                      f"got {type(value).__name__}")
+
+
+def _bad_key(where: str) -> bool:
+    raise DecodeError(f"{where}: map keys must be strings")
