@@ -50,7 +50,7 @@ class BroadcastQueue:
             if len(picked) >= limit:
                 break
         cap = retransmit_limit(mult, n_nodes)
-        for key, tier, item in picked:
+        for key, tier, item in reversed(picked):  # oldest first: keeps newest-first order
             self.remove(key)
             if tier + 1 < cap:
                 self._tiers.setdefault(tier + 1, {})[key] = item

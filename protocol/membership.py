@@ -375,6 +375,9 @@ class Membership:
             if adv.node_id not in self._members:
                 self._members[adv.node_id] = Member(adv.node_id, MemberState.ALIVE, 0, adv, now)
                 self._enter_live(adv.node_id)
+        # the first anti-entropy round is spread over the (now larger) scaled interval
+        interval = push_pull_scale(self.config.push_pull_interval, self.num_live())
+        self._schedule("push_pull", "", now + self._rng.uniform(0.5, 1.0) * interval)
 
     def handle(self, sender: str, msg: Any, now: float) -> Output:
         """Process one message ``sender`` sent us; raise DecodeError if it is malformed."""
