@@ -42,7 +42,7 @@ def test_least_sent_and_newest_updates_go_first():
     q.queue("b", "b0")
     q.queue("c", "c0")
     assert q.take(2, 10, 4) == ["c0", "b0"]
-    assert q.take(3, 10, 4) == ["a1", "c0", "b0"]
+    assert q.take(3, 10, 4) == ["c0", "b0", "a1"]  # all sent once: newest first
 
 
 def test_take_respects_limit():
