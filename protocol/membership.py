@@ -299,12 +299,14 @@ class Membership:
         self._seq = rng.randrange(1 << 30)
         self._left = False
         self._last_notice: dict[str, float] = {}
+        self._next_greeting = now
         # advertisement publishing: what others have, what we have, when we last said it
         self._local_advert = advert
         self._last_publish = now
         self._advert_pending = False
         self._advert_due = math.inf
-        self._refuted = False
+        # alive records owed to the sender of the message being handled (it is behind)
+        self._corrections: dict[str, list[Any]] = {}
         # timers: heap of (when, token, kind, key); a timer is live iff its token matches
         self._heap: list[tuple[float, int, str, str]] = []
         self._tokens: dict[tuple[str, str], int] = {}
@@ -397,10 +399,12 @@ class Membership:
         else:
             raise DecodeError(f"not a gossip message: {type(msg).__name__}")
         self._notice_if_dead(sender, now, out)
-        if self._refuted:  # the sender has a stale view of us: tell it directly
-            self._refuted = False
+        self._greet_stranger(sender, msg, now, out)
+        if self._corrections:  # the sender spread stale bad news: set it right directly
+            fixes = list(self._corrections.values())[: self.config.max_piggyback]
+            self._corrections.clear()
             if sender != self.local_id:
-                out.sends.append((sender, Gossip(updates=[self._alive_record(self._me)])))
+                out.sends.append((sender, Gossip(updates=fixes)))
         self._ensure_gossip(now)
         return out
 
@@ -416,7 +420,6 @@ class Membership:
                 continue
             del self._tokens[(kind, key)]
             getattr(self, "_timer_" + kind)(key, now, out)
-        self._refuted = False
         self._ensure_gossip(now)
         return out
 
@@ -543,6 +546,19 @@ class Membership:
         record = [_KIND_OF_STATE[m.state], sender, m.incarnation, self.local_id, None]
         out.sends.append((sender, Gossip(updates=[record])))
 
+    def _greet_stranger(self, sender: str, msg: Any, now: float, out: Output) -> None:
+        """A node we do not know is talking to us: exchange full state with it.
+
+        This is how a restarted node that rejoined through another fresh node meets the
+        rest of the cluster (and learns what they think of it) without waiting for the
+        next anti-entropy round. At most one such push-pull per probe interval.
+        """
+        if (sender in self._members or self._left or isinstance(msg, PushPull)
+                or now < self._next_greeting):
+            return
+        self._next_greeting = now + self.config.probe_interval
+        out.sends.append((sender, PushPull(join=True, reply=False, states=self._state())))
+
     # ----------------------------------------------------------------- timers
 
     def _timer_probe(self, key: str, now: float, out: Output) -> None:
@@ -556,8 +572,13 @@ class Membership:
             return
         self._probe = _Probe(self._next_seq(), target)
         self._schedule("probe_timeout", "", now + self._awareness.scale(cfg.probe_timeout))
-        out.sends.append((target, Ping(seq=self._probe.seq, target=target,
-                                       updates=self._piggyback())))
+        m = self._members[target]
+        if m.state is MemberState.SUSPECT:  # Lifeguard buddy system: tell it, it can refute
+            updates = [["s", target, m.incarnation, self.local_id, None]]
+            updates += self._piggyback(cfg.max_piggyback - 1)
+        else:
+            updates = self._piggyback()
+        out.sends.append((target, Ping(seq=self._probe.seq, target=target, updates=updates)))
 
     def _timer_probe_timeout(self, key: str, now: float, out: Output) -> None:
         """No direct ack in time: ask others to probe the target for us."""
@@ -687,6 +708,8 @@ class Membership:
 
     def _apply(self, sender: str, rec: _Record, now: float, out: Output,
                remote_state: bool) -> None:
+        if rec.kind != "a":
+            self._correct_if_stale(rec)
         if rec.node_id == self.local_id:
             self._about_self(rec, now)
         elif rec.kind == "a":
@@ -701,6 +724,17 @@ class Membership:
             if m is not None and rec.incarnation >= m.incarnation:
                 self._mark_gone(m, state, now, out, origin=rec.origin or sender,
                                 incarnation=rec.incarnation)
+
+    def _correct_if_stale(self, rec: _Record) -> None:
+        """Bad news older than the alive record we hold: owe the sender that record.
+
+        Gossip alone misses a node now and then (each one with probability about
+        ``exp(-retransmits)``); a node still spreading a suspicion that was refuted is such
+        a node, and answering it directly stops a false "dead" verdict.
+        """
+        m = self._members.get(rec.node_id)
+        if m is not None and m.state is MemberState.ALIVE and rec.incarnation < m.incarnation:
+            self._corrections[m.node_id] = self._alive_record(m)
 
     def _about_self(self, rec: _Record, now: float) -> None:
         """Refute anything about us that is not our current alive record."""
@@ -723,8 +757,8 @@ class Membership:
             me.advert = me.advert.replace(version=version + 1)
         if penalise:  # Lifeguard: being suspected hints that we are the slow one
             self._awareness.apply_delta(1)
-        self._refuted = True
         self._queue_alive(me)
+        self._corrections[me.node_id] = self._alive_record(me)  # the sender is behind
 
     def _alive(self, node_id: str, inc: int, advert: Advertisement, now: float,
                out: Output) -> None:
@@ -838,9 +872,10 @@ class Membership:
                 return cand
         return None
 
-    def _piggyback(self) -> list[Any]:
+    def _piggyback(self, limit: int | None = None) -> list[Any]:
         cfg = self.config
-        return self._queue.take(cfg.max_piggyback, self.num_live(), cfg.retransmit_mult)
+        limit = cfg.max_piggyback if limit is None else limit
+        return self._queue.take(limit, self.num_live(), cfg.retransmit_mult)
 
     def _alive_record(self, m: Member) -> list[Any]:
         return ["a", m.node_id, m.incarnation, None, m.advert.to_dict()]

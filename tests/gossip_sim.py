@@ -74,6 +74,8 @@ class Simulator:
         self.nodes: dict[str, Membership] = {}
         self.up: set[str] = set()
         self.group: dict[str, int] = {}
+        #: extra one-way delay on every message to or from a node (a slow, overloaded node)
+        self.slow: dict[str, float] = {}
         self.stats = Stats()
         self.hooks: list[EventHook] = []
         self.false_deaths: list[tuple[float, str, str]] = []
@@ -100,6 +102,10 @@ class Simulator:
         self._process(node_id, node.seed(seed_id, None, self.now))
         self._reschedule(node_id)
         return node
+
+    def route(self, node_id: str, out: Output) -> None:
+        """Send what a direct call on ``node_id`` returned (e.g. ``update_advert``, ``leave``)."""
+        self._process(node_id, out)
 
     def crash(self, node_id: str) -> None:
         """Stop a node abruptly: it neither sends nor receives any more."""
@@ -215,6 +221,8 @@ class Simulator:
             if net.loss and self.rng.random() < net.loss:
                 continue
             delay = net.latency + net.jitter * self.rng.random()
+            if self.slow:
+                delay += self.slow.get(node_id, 0.0) + self.slow.get(dest, 0.0)
             self._push(self.now + delay, "deliver", (dest, self.nodes[dest], node_id, msg))
         if node_id in self.up:
             self._reschedule(node_id)
