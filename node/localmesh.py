@@ -37,9 +37,15 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str, interva
                        + (f" (last error: {last_exc})" if last_exc else ""))
 
 
+#: Several daemons share one machine here, so each gets a single BLAS thread: OpenBLAS
+#: threads spin while idle, and N processes x cores spinning threads starve each other.
+BLAS_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 def sedma_env() -> dict[str, str]:
     """Environment for child daemons: this source tree importable, no inherited socket."""
     env = dict(os.environ)
+    env.update(BLAS_ENV)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.pop("SEDMA_SOCKET", None)
     return env
