@@ -37,6 +37,7 @@ log = logging.getLogger("sedma.daemon")
 ADVERT_EVERY = 1.0       # how often local load/memory is offered to the membership
 CONSOLIDATE_EVERY = 10.0  # short-term -> long-term memory, and persist both
 PING_EVERY = 2.0          # RTT samples on each session
+RECONFIGURE_EVERY = 30.0  # retry replica repairs that could not be made at once
 
 
 class Daemon:
@@ -82,7 +83,9 @@ class Daemon:
         await self.mesh.start(self._make_advert)
         self.api = await api.serve(cfg.socket_path, self._on_local_request)
         self._install_signals()
-        for coro in (self._advertise_loop(), self._memory_loop(), self._ping_loop()):
+        self.mesh.event_hooks.append(self._on_member_event)
+        for coro in (self._advertise_loop(), self._memory_loop(), self._ping_loop(),
+                     self._reconfigure_loop()):
             self._tasks.append(asyncio.get_running_loop().create_task(coro))
         log.info("node %s (%s) up: peers on %s, local socket %s, device %s, %.1f GFLOP/s, "
                  "%d resident block(s), budget %d bytes", self.node_id[:8], cfg.name,
@@ -153,6 +156,17 @@ class Daemon:
             await asyncio.sleep(CONSOLIDATE_EVERY)
             self.memory.consolidate()
             await self.db.run(self.memory.save)
+
+    def _on_member_event(self, event: Any) -> None:
+        if event.kind in ("dead", "left"):
+            task = asyncio.get_running_loop().create_task(self.jobs.reconfigure())
+            self._tasks.append(task)
+            task.add_done_callback(self._tasks.remove)
+
+    async def _reconfigure_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RECONFIGURE_EVERY)
+            await self.jobs.reconfigure()
 
     async def _ping_loop(self) -> None:
         while True:

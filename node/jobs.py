@@ -39,7 +39,9 @@ from node.session import RemoteError, Session
 from node.statedb import StateDB
 from node.store import BlockStore, Resident, StoreError, as_matrix, check_name
 from protocol.errors import ProtocolError
-from protocol.work import DropMatrix, GetPlan, InferBlock, MatmulShare, PlanNotice, StoreBlock
+from node.reconfigure import Repair, repairs
+from protocol.work import (DropMatrix, GetPlan, InferBlock, MatmulShare, PlanNotice, StoreBlock,
+                           StoreState)
 
 log = logging.getLogger("sedma.jobs")
 
@@ -90,6 +92,7 @@ class JobManager:
         self.capacity = capacity
         self.jobs: dict[str, Job] = {}
         self.plans: dict[str, PartitionPlan] = {}
+        self._repairing = False
         self.accepting = True
         self.serving = 0
 
@@ -395,6 +398,59 @@ class JobManager:
                 log.warning("could not drop partial %s on %s: %s", name, node[:8], exc)
         await asyncio.gather(*(drop(n) for n in nodes))
 
+    async def store_state(self, name, index, row_start, device, seed, state) -> int:
+        """Keep a block programmed elsewhere (a replica being restored)."""
+        check_name(name)
+        matrix = await self.executor.run(ProgrammedMatrix.from_state, state)
+        self.store.reserve(matrix.nbytes, f"block {index} of {name}")
+        try:
+            block = Resident(name, index, row_start, device, seed, matrix)
+            await self.executor.run(self.store.persist, block)
+        finally:
+            self.store.release(matrix.nbytes)
+        self.store.add(block)
+        log.info("holding restored replica of block %d of %s", index, name)
+        return block.nbytes
+
+    async def reconfigure(self) -> int:
+        """Restore lost replicas of every deployment this node holds; return repairs made."""
+        if self._repairing or not self.accepting:
+            return 0
+        self._repairing = True
+        try:
+            alive = {c.node_id for c in self.candidates()}
+            ranked = [c.node_id for _, c in rank(self.candidates(), self.memory)]
+            made = 0
+            for name, plan in list(self.plans.items()):
+                want = max(len(b.nodes) for b in plan.blocks)  # as deployed
+                todo = repairs(name, plan, self.node_id, alive, ranked, min(want, len(alive)))
+                for repair in todo:
+                    made += await self._repair(plan, repair)
+                if todo:
+                    await self._save_plan(name, plan)
+                    await self._announce_plan(name, plan)
+            return made
+        finally:
+            self._repairing = False
+
+    async def _repair(self, plan: PartitionPlan, repair: Repair) -> int:
+        blk = next(b for b in plan.blocks if b.index == repair.index)
+        block = self.store.get(repair.name, repair.index)
+        try:
+            session = await self.mesh.session(repair.target)
+            state = block.matrix.to_state()
+            msg = StoreState(session.next_rid(), repair.name, repair.index, block.row_start,
+                             block.device, block.seed, state)
+            await session.request(msg, _timeout(0, block.nbytes))
+        except (LinkClosed, TimeoutError, RemoteError, ProtocolError) as exc:
+            log.warning("re-replicating %s block %d to %s failed: %s", repair.name,
+                        repair.index, repair.target[:8], exc)
+            return 0
+        blk.nodes = [n for n in blk.nodes if n in {c.node_id for c in self.candidates()}]
+        blk.nodes.append(repair.target)
+        log.info("re-replicated %s block %d to %s", repair.name, repair.index, repair.target[:8])
+        return 1
+
     async def _announce_plan(self, name: str, plan: PartitionPlan) -> None:
         async def tell(node: str) -> None:
             try:
@@ -514,6 +570,11 @@ class JobManager:
                 raise JobError("node is shutting down")
             return await self.store_block(msg.name, msg.index, msg.row_start, msg.w,
                                           msg.device, msg.seed)
+        if isinstance(msg, StoreState):
+            if not self.accepting:
+                raise JobError("node is shutting down")
+            return await self.store_state(msg.name, msg.index, msg.row_start, msg.device,
+                                          msg.seed, msg.state)
         if isinstance(msg, PlanNotice):
             plan = PartitionPlan.from_dict(msg.plan)
             self.plans[check_name(msg.name)] = plan

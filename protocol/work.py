@@ -72,3 +72,20 @@ class DropMatrix:
 
     rid: int
     name: str
+
+
+@message("work.store_state")
+class StoreState:
+    """Keep an already-programmed block (its frozen state), e.g. to restore a replica.
+
+    Shipping the programmed state, not W, keeps every replica bit-identical: the same
+    noise, the same faults, whichever node programmed it first.
+    """
+
+    rid: int
+    name: str
+    index: int
+    row_start: int
+    device: str | None
+    seed: int
+    state: dict[str, Any]

@@ -198,3 +198,27 @@ def test_kill9_keeps_committed_blocks_and_jobs(cluster):
         x = rand((128, 1), 14)
         assert_close(c.infer("durable", x), w @ x)
         assert_close(c.result(jid), w @ w.T)
+
+
+def test_a_dead_holders_blocks_are_re_replicated_from_a_survivor(cluster):
+    cluster.start(4)
+    cluster.wait_converged(alive=3)
+    n1, _, _, n4 = cluster.nodes
+    w = rand((2048, 256), 21)
+    with Client(n1.socket) as c:
+        info = c.deploy("kept", w, replicas=2)
+    victim = n4.id
+    lost = [idx for idx, holders in info["placement"].items() if victim in holders]
+    assert lost, "the planner gave the fourth node nothing to hold"
+    n4.kill9()
+
+    def restored():
+        held = {}
+        for node in cluster.nodes[:3]:
+            for idx in node.status()["blocks"].get("kept", []):
+                held.setdefault(str(idx), set()).add(node.name)
+        return all(len(held.get(idx, ())) == 2 for idx in info["placement"]) and held
+    wait_for(restored, 60, "every block of 'kept' to be held by two live nodes again")
+    with Client(cluster.nodes[1].socket) as c:
+        x = rand((256, 4), 22)
+        assert_close(c.infer("kept", x), w @ x)
