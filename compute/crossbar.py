@@ -83,11 +83,15 @@ def _normal_table() -> np.ndarray:
         return _NORMAL_TABLE
 
 
-def _table_normals(rng: np.random.Generator, n: int) -> np.ndarray:
-    """n (approximately) standard-normal float32 samples from the quantile table."""
-    raw = rng.bit_generator.random_raw(-(-n // 4))
-    idx = np.asarray(raw, dtype=np.uint64).view(np.uint16)[:n]
-    return np.take(_normal_table(), idx)
+def _table_normals(key: tuple[int, ...], n: int) -> np.ndarray:
+    """n standard-normal float32 samples (quantile table) from the stream ``key``.
+
+    SFC64 raw words are the cheapest keyed random bits numpy offers; fancy
+    indexing with uint16 is faster than ``np.take`` (no cast to intp).
+    """
+    bits = np.random.SFC64(np.random.SeedSequence(list(key)))
+    idx = bits.random_raw(-(-n // 4)).view(np.uint16)[:n]
+    return _normal_table()[idx]
 
 
 # ---------------------------------------------------------------------------
@@ -334,6 +338,8 @@ class ProgrammedMatrix:
         _check_seed(read_seed, "read_seed")
         if self.weights is not None:
             y = self.weights @ x2
+        elif x2.shape[1] == 0:
+            y = np.zeros((self.shape[0], 0), dtype=np.float32)
         else:
             t = self.profile.read_time_s if elapsed_s is None else float(elapsed_s)
             y = _read(self, x2, read_seed, t)
@@ -364,7 +370,8 @@ class ProgrammedMatrix:
         profile = DeviceProfile.from_dict(state.get("profile"))
         shape = _state_shape(state.get("shape"))
         row_offset, seed = state.get("row_offset"), state.get("seed")
-        if not isinstance(row_offset, int) or row_offset < 0 or row_offset % row_granularity(profile):
+        if (not isinstance(row_offset, (int, np.integer)) or isinstance(row_offset, bool) or row_offset < 0
+                or row_offset % row_granularity(profile)):
             raise ValueError(f"bad row_offset in state: {row_offset!r}")
         _check_seed(seed, "seed")
         if profile.is_ideal:
@@ -460,7 +467,7 @@ def _add_read_noise(part: np.ndarray, noise_std: np.ndarray, key: tuple[int, int
     seed, read_seed, first = key
     n_tc, _, b = part.shape
     for i in range(nr):
-        z = _table_normals(_rng(seed, _STREAM_READ, read_seed, first + r0 + i), n_tc * g * b)
+        z = _table_normals((seed, _STREAM_READ, read_seed, first + r0 + i), n_tc * g * b)
         z = z.reshape(n_tc, g, b)
         z *= noise_std
         part[:, i * g:(i + 1) * g] += z
