@@ -40,7 +40,7 @@ import math
 import random
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Callable
 
 from protocol.advert import Advertisement
 from protocol.awareness import Awareness
@@ -257,19 +257,27 @@ class _LiveSet:
             self.items[i] = last
             self.pos[last] = i
 
-    def sample(self, rng: random.Random, k: int, exclude: tuple[str, ...] = ()) -> list[str]:
-        """Up to ``k`` distinct random members not in ``exclude`` (bounded attempts)."""
+    def sample(self, rng: random.Random, k: int, exclude: tuple[str, ...] = (),
+               accept: Callable[[str], bool] | None = None) -> list[str]:
+        """Up to ``k`` distinct random members not in ``exclude`` that ``accept`` allows.
+
+        Random draws with a bounded number of attempts (O(k), whatever the cluster size);
+        small sets are scanned exhaustively so a few candidates are never missed.
+        """
         out: list[str] = []
         if not self.items or k <= 0:
             return out
+
+        def ok(c: str) -> bool:
+            return c not in exclude and c not in out and (accept is None or accept(c))
         for _ in range(3 * k + 3):
             cand = self.items[rng.randrange(len(self.items))]
-            if cand not in exclude and cand not in out:
+            if ok(cand):
                 out.append(cand)
                 if len(out) >= k:
-                    break
-        if len(out) < k and len(self.items) <= 4 * k:  # small set: be exhaustive
-            rest = [c for c in self.items if c not in exclude and c not in out]
+                    return out
+        if len(self.items) <= 8 * k:
+            rest = [c for c in self.items if ok(c)]
             rng.shuffle(rest)
             out.extend(rest[: k - len(out)])
         return out
@@ -294,6 +302,7 @@ class Membership:
         self._probe: _Probe | None = None
         self._relays: dict[int, _Relay] = {}
         self._suspicions: dict[str, Suspicion] = {}
+        self._last_chance: set[str] = set()  # suspects given their final direct ping
         self._queue = BroadcastQueue()
         self._awareness = Awareness(self.config.awareness_max_multiplier)
         self._seq = rng.randrange(1 << 30)
@@ -497,7 +506,10 @@ class Membership:
         if msg.target != self.local_id:
             return
         self._apply_all(sender, msg.updates, now, out, remote_state=False)
-        out.sends.append((sender, Ack(seq=msg.seq, updates=self._piggyback())))
+        fixes = list(self._corrections.values())[: self.config.max_piggyback]
+        self._corrections.clear()  # they ride in the ack rather than in a message of their own
+        updates = fixes + self._piggyback(self.config.max_piggyback - len(fixes))
+        out.sends.append((sender, Ack(seq=msg.seq, updates=updates)))
 
     def _on_ack(self, sender: str, msg: Ack, now: float, out: Output) -> None:
         self._apply_all(sender, msg.updates, now, out, remote_state=False)
@@ -546,6 +558,11 @@ class Membership:
         record = [_KIND_OF_STATE[m.state], sender, m.incarnation, self.local_id, None]
         out.sends.append((sender, Gossip(updates=[record])))
 
+    def _is_alive(self, node_id: str) -> bool:
+        """Only alive members help with indirect probes: a suspect one would not nack, and
+        Lifeguard would blame *us* for the missing nack (as memberlist does)."""
+        return self._members[node_id].state is MemberState.ALIVE
+
     def _greet_stranger(self, sender: str, msg: Any, now: float, out: Output) -> None:
         """A node we do not know is talking to us: exchange full state with it.
 
@@ -586,7 +603,7 @@ class Membership:
         if probe is None or probe.acked:
             return
         helpers = self._live.sample(self._rng, self.config.indirect_checks,
-                                    exclude=(probe.target,))
+                                    exclude=(probe.target,), accept=self._is_alive)
         probe.expected_nacks = len(helpers)
         for helper in helpers:
             out.sends.append((helper, PingReq(seq=probe.seq, target=probe.target, nack=True,
@@ -607,10 +624,22 @@ class Membership:
         self._timer_probe("", now, out)
 
     def _timer_suspicion(self, node_id: str, now: float, out: Output) -> None:
-        """Nobody refuted in time: the suspect is dead."""
+        """Nobody refuted in time: one last direct ping, then the suspect is dead.
+
+        The last-chance ping carries the suspicion (buddy system), so a live suspect whose
+        refutation gossip happened to miss us answers in its ack; this costs one probe
+        period of detection time and removes most false verdicts under heavy loss.
+        """
         m = self._members.get(node_id)
-        if m is not None and m.state is MemberState.SUSPECT:
+        if m is None or m.state is not MemberState.SUSPECT:
+            return
+        if node_id in self._last_chance or self._left:
             self._mark_gone(m, MemberState.DEAD, now, out, origin=self.local_id)
+            return
+        self._last_chance.add(node_id)
+        record = ["s", node_id, m.incarnation, self.local_id, None]
+        out.sends.append((node_id, Ping(seq=self._next_seq(), target=node_id, updates=[record])))
+        self._schedule("suspicion", node_id, now + self.config.probe_interval)
 
     def _timer_reclaim(self, node_id: str, now: float, out: Output) -> None:
         """Forget a dead/left member for good (its id may come back as a new node)."""
@@ -772,8 +801,7 @@ class Membership:
             m.incarnation, m.advert = inc, advert
             if m.state is MemberState.SUSPECT:
                 self._set_state(m, MemberState.ALIVE, now)
-                self._suspicions.pop(node_id, None)
-                self._cancel("suspicion", node_id)
+                self._end_suspicion(node_id)
                 out.events.append(Event("alive", node_id, m))
             elif changed:
                 out.events.append(Event("advert", node_id, m))
@@ -799,7 +827,7 @@ class Membership:
         if m.state is MemberState.SUSPECT:
             m.incarnation = inc
             susp = self._suspicions.get(node_id)
-            if susp is not None and susp.confirm(origin):
+            if susp is not None and susp.confirm(origin) and node_id not in self._last_chance:
                 self._schedule("suspicion", node_id, susp.deadline)
                 self._queue.queue(node_id, record)  # spread the confirmation
             return
@@ -828,8 +856,7 @@ class Membership:
             self._dead.add(m.node_id)
         else:
             self._dead.discard(m.node_id)
-        self._suspicions.pop(m.node_id, None)
-        self._cancel("suspicion", m.node_id)
+        self._end_suspicion(m.node_id)
         self._schedule("reclaim", m.node_id, now + self.config.dead_node_reclaim)
         out.events.append(Event(state.value, m.node_id, m))
         self._queue.queue(m.node_id, [_KIND_OF_STATE[state], m.node_id, m.incarnation,
@@ -898,6 +925,11 @@ class Membership:
         self._advert_due = math.inf
         self._cancel("advert", "")
         self._queue_alive(me)
+
+    def _end_suspicion(self, node_id: str) -> None:
+        self._suspicions.pop(node_id, None)
+        self._last_chance.discard(node_id)
+        self._cancel("suspicion", node_id)
 
     def _finish_relay(self, seq: int, out: Output, *, send_nack: bool) -> None:
         relay = self._relays.pop(seq, None)
