@@ -194,6 +194,9 @@ _GONE = (MemberState.DEAD, MemberState.LEFT)
 _KIND_OF_STATE = {MemberState.ALIVE: "a", MemberState.SUSPECT: "s",
                   MemberState.DEAD: "d", MemberState.LEFT: "l"}
 _MAX_TIMERS_PER_TICK = 100_000
+#: Most records accepted in one piggyback list / one full state (anything bigger is abuse).
+MAX_UPDATE_RECORDS = 1024
+MAX_STATE_RECORDS = 100_000
 _ADVERT_KEY = "\x00advert"
 
 
@@ -479,6 +482,8 @@ class Membership:
             out.sends.append((dest, Gossip(updates=[record])))
         for kind in ("probe", "probe_timeout", "probe_end", "push_pull", "reconnect", "advert"):
             self._cancel(kind, "")
+        for node_id in list(self._suspicions):  # our verdicts no longer matter
+            self._end_suspicion(node_id)
         self._probe = None
         self._ensure_gossip(now)
         return out
@@ -688,6 +693,9 @@ class Membership:
     def _apply_all(self, sender: str, raw: list[Any], now: float, out: Output, *,
                    remote_state: bool) -> None:
         """Validate every record first (so a bad message changes nothing), then apply."""
+        limit = MAX_STATE_RECORDS if remote_state else MAX_UPDATE_RECORDS
+        if not isinstance(raw, list) or len(raw) > limit:
+            raise DecodeError(f"gossip: expected a list of at most {limit} records")
         records = [self._parse(r) for r in raw]
         for rec in records:
             self._prepare_advert(rec)
