@@ -15,7 +15,12 @@ Protocol (SWIM, Das et al. 2002, as refined by HashiCorp memberlist and Lifeguar
   incarnation number; a suspicion nobody refutes in time becomes *dead*.
 * **Lifeguard.** Missed acks and nacks raise a local-health score that stretches the
   node's own probe period and timeout (:mod:`protocol.awareness`); independent
-  confirmations of a suspicion shorten its timeout (:mod:`protocol.suspicion`).
+  confirmations of a suspicion shorten its timeout (:mod:`protocol.suspicion`); a ping to
+  a suspect carries the suspicion so the suspect can refute at once (buddy system).
+* **Against false verdicts under loss** (gossip misses a given node with probability
+  about ``exp(-retransmits)``, which adds up over thousands of suspicions): a node that
+  receives bad news older than what it knows answers the sender with the newer record,
+  and before declaring a suspect dead a node pings it one last time with the suspicion.
 * **Dissemination.** Every change is queued and piggybacked on pings, acks and periodic
   ``swim.gossip`` messages a bounded number of times (:mod:`protocol.broadcast`). A periodic
   full-state push-pull with one random member (anti-entropy) repairs whatever gossip missed;
@@ -25,7 +30,9 @@ Protocol (SWIM, Das et al. 2002, as refined by HashiCorp memberlist and Lifeguar
 * **No member stays dead forever.** Dead records expire after ``dead_node_reclaim``; a node
   that hears it is considered dead (or that an older life of it exists) refutes with a
   higher incarnation; a member we consider dead that talks to us is told so, so it refutes
-  at once; and dead members are pinged now and then so healed partitions re-merge.
+  at once; a node we have never heard of that talks to us gets a full-state push-pull (so
+  a restarted node that rejoined through another fresh node meets the old cluster); and
+  dead members are pinged now and then so healed partitions re-merge.
 
 Update records travel as 5-element lists ``[kind, node_id, incarnation, from, advert]``:
 ``kind`` is ``a`` (alive), ``s`` (suspect), ``d`` (dead) or ``l`` (left); ``from`` is the
@@ -161,7 +168,10 @@ class Member:
 
 @dataclass(slots=True)
 class Event:
-    """A membership change: joined, alive (back from suspect/dead), suspect, dead, left, advert."""
+    """A membership change: joined, alive (back from suspect/dead), suspect, dead, left, advert.
+
+    ``member`` is the live record (it keeps changing); copy what you need to keep.
+    """
 
     kind: str
     node_id: str
@@ -290,7 +300,28 @@ class _LiveSet:
 
 
 class Membership:
-    """One node's view of the cluster; see the module docstring for the protocol."""
+    """One node's view of the cluster; see the module docstring for the protocol.
+
+    How the daemon drives it (one instance per daemon, all calls from one task):
+
+    * ``now`` is any monotonic clock in seconds (e.g. ``loop.time()``), the same for every
+      call; ``rng`` is a ``random.Random`` (seeded from ``os.urandom`` in production).
+    * After *every* call, send each ``(node_id, msg)`` of ``out.sends`` best-effort over the
+      link to that node (dial ``member(node_id).advert.addresses`` if there is none). If it
+      cannot be delivered, call :meth:`unreachable`; never retry or queue: loss is normal.
+    * Keep one timer armed at :meth:`next_deadline` and call :meth:`tick` when it fires;
+      re-arm after every call, since handling a message can bring the deadline forward.
+    * Route decoded messages for which :func:`is_gossip_message` is true to :meth:`handle`;
+      a :class:`DecodeError` means the peer sent garbage: log it.
+    * A closed link is not a verdict: do nothing; SWIM probes (directly and through
+      others) decide. Close links to members reported ``dead`` or ``left``.
+    * Bootstrap: once linked to a seed call :meth:`seed`; retry with backoff while
+      ``len(alive_ids()) == 1`` (a seed that was down gets no second chance otherwise).
+    * Call :meth:`update_advert` whenever local load or memory changes, as often as you
+      like: it decides when a change is worth gossiping.
+    * Shutdown: send :meth:`leave`'s output, keep ticking for about a second so queued
+      gossip flushes, then close the links.
+    """
 
     def __init__(self, advert: Advertisement, config: MembershipConfig | None = None, *,
                  now: float, rng: random.Random) -> None:
