@@ -473,7 +473,9 @@ class Membership:
         but at most once per probe interval; smaller ones wait up to ``advert_refresh``.
         An unchanged advertisement is never re-sent (push-pull keeps everyone in sync).
         """
-        fields.pop("version", None)
+        fields.pop("version", None)  # ours to manage
+        if fields.get("node_id", self.local_id) != self.local_id:
+            raise ValueError("a node cannot change its id; start a new Membership")
         self._local_advert = self._local_advert.replace(**fields)
         if self._left:
             return Output()

@@ -452,3 +452,11 @@ def test_leaving_node_stops_probing_and_issues_no_verdicts():
         events += out.events
     assert not any(isinstance(m, (Ping, PingReq, PushPull)) for _, m in sends)
     assert not any(e.kind == "dead" for e in events)
+
+
+def test_update_advert_cannot_change_the_node_id_and_ignores_version():
+    a = make("a")
+    with pytest.raises(ValueError):
+        a.update_advert(1.0, node_id="b")
+    a.update_advert(2.0, version=99, load=50.0)
+    assert a.member("a").advert.version == 1

@@ -74,7 +74,9 @@ def test_ten_percent_loss_for_ten_minutes_kills_nobody(capsys):
                    f"{sim.stats.messages} messages")
     assert sim.false_deaths == []
     assert suspicions, "with 10% loss some probes must fail; the test would prove nothing"
-    assert sim.converged()
+    # at any instant a few suspicions are pending, but everyone is still a live member
+    live = (MemberState.ALIVE, MemberState.SUSPECT)
+    assert all(sim.all_see(x, live) for x in sim.up)
 
 
 def test_partition_for_a_minute_then_heal_reconverges(capsys):
