@@ -36,6 +36,7 @@ class Row:
     n: int
     msgs: float
     bytes: float
+    push_pull_share: float
     advert_periods: float
     detect_s: float
     crash_msgs: float
@@ -57,8 +58,11 @@ def measure(n: int, seed: int = 1) -> Row:
     sim.run_for(5.0)
     window = push_pull_scale(cfg.push_pull_interval, n)
     before = (sim.stats.messages, sim.stats.bytes)
+    pp_before = sim.stats.bytes_by_type.get("swim.push_pull", 0)
     sim.run_for(window)
     msgs, nbytes = _per_node_rate(sim, before, window)
+    pp_bytes = sim.stats.bytes_by_type.get("swim.push_pull", 0) - pp_before
+    pp_share = pp_bytes / max(sim.stats.bytes - before[1], 1)
 
     subject = node_name(n // 2)
     informed: set[str] = set()
@@ -78,7 +82,7 @@ def measure(n: int, seed: int = 1) -> Row:
         timeout=300.0, step=0.25)
     detect = done - start if done is not None else float("nan")
     crash_msgs, _ = _per_node_rate(sim, before, max(sim.now - start, 1e-9))
-    return Row(n, msgs, nbytes, advert_periods, detect, crash_msgs,
+    return Row(n, msgs, nbytes, pp_share, advert_periods, detect, crash_msgs,
                time.perf_counter() - started)
 
 
@@ -106,12 +110,13 @@ def config_table(cfg: MembershipConfig) -> str:
 def main(argv: list[str]) -> None:
     sizes = tuple(int(a) for a in argv) or SIZES
     print(f"Simulated, default config, {LOSS:.0%} loss, 5-10 ms one-way latency.\n")
-    print("| N | msgs/node/s | bytes/node/s | advert convergence (periods) "
+    print("| N | msgs/node/s | bytes/node/s | of which push-pull | advert convergence (periods) "
           "| crash -> dead everywhere (s) | msgs/node/s while detecting | sim wall (s) |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n in sizes:
         r = measure(n)
-        print(f"| {r.n} | {r.msgs:.2f} | {r.bytes:,.0f} | {r.advert_periods:.2f} "
+        print(f"| {r.n} | {r.msgs:.2f} | {r.bytes:,.0f} | {r.push_pull_share:.0%} "
+              f"| {r.advert_periods:.2f} "
               f"| {r.detect_s:.1f} | {r.crash_msgs:.2f} | {r.wall_s:.1f} |", flush=True)
     print()
     print(config_table(MembershipConfig()))

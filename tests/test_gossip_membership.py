@@ -460,3 +460,14 @@ def test_update_advert_cannot_change_the_node_id_and_ignores_version():
         a.update_advert(1.0, node_id="b")
     a.update_advert(2.0, version=99, load=50.0)
     assert a.member("a").advert.version == 1
+
+
+def test_joiner_gets_current_adverts_from_its_seed():
+    nodes = mesh("a", "b")
+    c = make("c", seed=5)
+    net = Net({**nodes, "c": c})
+    net.run("b", nodes["b"].update_advert(10.0, load=3.0), 10.0)
+    net.run("b", nodes["b"].tick(10.2), 10.2)  # gossip reaches a
+    assert nodes["a"].member("b").advert.load == 3.0
+    net.run("c", c.seed("a", None, 11.0), 11.0)
+    assert c.member("b").advert.version == 1 and c.member("b").advert.load == 3.0
