@@ -18,18 +18,18 @@ per weight (LSB = 2^-14 Gmax; IR drop, faults, noise and levels are folded in)
 plus one float32 digital scale per tile. Fault maps are not kept: they are
 regenerated from the seed on demand. ``ideal`` keeps float32 weights.
 
-Speed. ``matmul`` has no Python loop per tile per input: tile rows are
-processed in chunks, and all tile columns of a chunk and the whole batch go
-through one stacked ``np.matmul``; read noise, ADC and the digital
-accumulation are whole-array operations on that stack.
+Speed. ``matmul`` has no Python loop per tile per input: for a chunk of tile
+rows (all of them for moderate sizes) one GEMM per tile column computes every
+tile's partial sums for the whole batch; read noise, ADC and the digital
+accumulation are whole-array operations on the (tile col, row, batch) stack.
+We tried a thread pool over chunks and a stacked batched matmul: neither beat
+this on 2 cores, and nested BLAS threads degrade badly under load.
 """
 
 from __future__ import annotations
 
-import os
 import statistics
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -40,21 +40,8 @@ STATE_FORMAT = "sedma.crossbar/1"
 CODE_FRAC_BITS = 14  # int16 codes: value = code * 2^-14 (in units of Gmax), range +-2
 _CODE_LSB = 2.0 ** -CODE_FRAC_BITS
 _STREAM_PROG, _STREAM_FAULT, _STREAM_READ = 1, 2, 3
-_CHUNK_ELEMS = 1 << 20  # weights converted to float32 per chunk (4 MiB scratch)
+_CHUNK_ELEMS = 1 << 22  # partial sums per chunk (16 MiB scratch)
 _MAX_SEED = 2**63 - 1
-_WORKERS = max(1, min(4, os.cpu_count() or 1))
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _pool() -> ThreadPoolExecutor:
-    """Shared chunk workers: numpy releases the GIL, so chunks use every core
-    (float32 BLAS does too, which is the speed baseline we are held to)."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="crossbar")
-        return _POOL
 
 
 def row_granularity(profile: DeviceProfile) -> int:
@@ -96,11 +83,15 @@ def _normal_table() -> np.ndarray:
         return _NORMAL_TABLE
 
 
-def _table_normals(rng: np.random.Generator, n: int) -> np.ndarray:
-    """n (approximately) standard-normal float32 samples from the quantile table."""
-    raw = rng.bit_generator.random_raw(-(-n // 4))
-    idx = np.asarray(raw, dtype=np.uint64).view(np.uint16)[:n]
-    return np.take(_normal_table(), idx)
+def _table_normals(key: tuple[int, ...], n: int) -> np.ndarray:
+    """n standard-normal float32 samples (quantile table) from the stream ``key``.
+
+    SFC64 raw words are the cheapest keyed random bits numpy offers; fancy
+    indexing with uint16 is faster than ``np.take`` (no cast to intp).
+    """
+    bits = np.random.SFC64(np.random.SeedSequence(list(key)))
+    idx = bits.random_raw(-(-n // 4)).view(np.uint16)[:n]
+    return _normal_table()[idx]
 
 
 # ---------------------------------------------------------------------------
@@ -347,6 +338,8 @@ class ProgrammedMatrix:
         _check_seed(read_seed, "read_seed")
         if self.weights is not None:
             y = self.weights @ x2
+        elif x2.shape[1] == 0:
+            y = np.zeros((self.shape[0], 0), dtype=np.float32)
         else:
             t = self.profile.read_time_s if elapsed_s is None else float(elapsed_s)
             y = _read(self, x2, read_seed, t)
@@ -377,7 +370,8 @@ class ProgrammedMatrix:
         profile = DeviceProfile.from_dict(state.get("profile"))
         shape = _state_shape(state.get("shape"))
         row_offset, seed = state.get("row_offset"), state.get("seed")
-        if not isinstance(row_offset, int) or row_offset < 0 or row_offset % row_granularity(profile):
+        if (not isinstance(row_offset, (int, np.integer)) or isinstance(row_offset, bool) or row_offset < 0
+                or row_offset % row_granularity(profile)):
             raise ValueError(f"bad row_offset in state: {row_offset!r}")
         _check_seed(seed, "seed")
         if profile.is_ideal:
@@ -406,19 +400,12 @@ def _read(pm: ProgrammedMatrix, x: np.ndarray, read_seed: int, elapsed_s: float)
     noise_std = _read_noise_std(prof, xn, n_tc, unit)
     post = np.float32(unit / drift if prof.drift_compensation else unit)
     y = np.empty((m, b), dtype=np.float32)
-    per_chunk = max(1, _CHUNK_ELEMS // (g * n_tc * q))
+    per_chunk = max(1, _CHUNK_ELEMS // (g * n_tc * b))
     key = (pm.seed, read_seed, pm.row_offset // g)
 
-    def run(r0: int) -> None:
+    for r0 in range(0, n_tr, per_chunk):  # bounded scratch for tall matrices
         r1 = min(n_tr, r0 + per_chunk)
         y[r0 * g:min(m, r1 * g)] = _read_chunk(pm, xc, r0, r1, noise_std, key, post)
-
-    starts = range(0, n_tr, per_chunk)
-    if len(starts) > 1 and _WORKERS > 1:
-        list(_pool().map(run, starts))  # chunks write disjoint rows of y
-    else:
-        for r0 in starts:
-            run(r0)
     y *= xs[None, :]
     return y
 
@@ -443,33 +430,47 @@ def _read_noise_std(prof: DeviceProfile, xn: np.ndarray, n_tc: int, unit: float)
 
 def _read_chunk(pm: ProgrammedMatrix, xc: np.ndarray, r0: int, r1: int,
                 noise_std: np.ndarray | None, key: tuple[int, int, int], post: np.float32) -> np.ndarray:
-    """Tile rows [r0, r1): one stacked matmul over (tile rows x tile cols x batch)."""
+    """Tile rows [r0, r1): one large GEMM per tile column gives every tile's partial sums.
+
+    Why per tile column: each GEMM covers all tile rows of the chunk and the
+    whole batch at once (few large BLAS calls instead of many small ones).
+    """
     prof = pm.profile
     m, k = pm.shape
     g, q = row_granularity(prof), prof.tile_inputs
     n_tc = pm.scales.shape[1]
     lo, hi = r0 * g, min(m, r1 * g)
-    nr = r1 - r0
-    view = np.empty((nr * g, n_tc * q), dtype=np.float32)
-    view[hi - lo:] = 0.0  # rows past the matrix end (cropped below)
-    view[:, k:] = 0.0  # inputs past K (their xc rows are zero too)
-    view[: hi - lo, :k] = pm.codes[lo:hi]  # int16 -> float32
-    tiles = view.reshape(nr, g, n_tc, q).transpose(0, 2, 1, 3)  # (nr, n_tc, g, q)
-    part = np.matmul(tiles, xc)  # (nr, n_tc, g, B) currents
+    nr, b = r1 - r0, xc.shape[2]
+    part = np.empty((n_tc, nr * g, b), dtype=np.float32)  # (tile col, row, batch) currents
+    buf = np.zeros((nr * g, q), dtype=np.float32)  # rows past the matrix end stay zero
+    for c in range(n_tc):
+        width = min(q, k - c * q)
+        if width < q:
+            buf[:, width:] = 0.0
+        buf[: hi - lo, :width] = pm.codes[lo:hi, c * q:c * q + width]  # int16 -> float32
+        np.matmul(buf, xc[c], out=part[c])
     if noise_std is not None:
-        seed, read_seed, first = key
-        for i in range(nr):
-            z = _table_normals(_rng(seed, _STREAM_READ, read_seed, first + r0 + i), part[i].size)
-            z = z.reshape(part[i].shape)
-            z *= noise_std
-            part[i] += z
+        _add_read_noise(part, noise_std, key, r0, nr, g)
     if prof.adc_bits:
         top = 2 ** (prof.adc_bits - 1) - 1
         np.rint(part, out=part)
         np.clip(part, -top, top, out=part)
     w = (pm.scales[r0:r1] * post)[:, None, :]  # (nr, 1, n_tc)
-    out = np.matmul(w, part.reshape(nr, n_tc, -1))  # digital accumulation over tile cols
-    return out.reshape(nr * g, -1)[: hi - lo]
+    per_row = part.reshape(n_tc, nr, g * b).transpose(1, 0, 2)  # (nr, n_tc, g*B)
+    out = np.matmul(w, per_row)  # digital accumulation over tile cols
+    return out.reshape(nr * g, b)[: hi - lo]
+
+
+def _add_read_noise(part: np.ndarray, noise_std: np.ndarray, key: tuple[int, int, int],
+                    r0: int, nr: int, g: int) -> None:
+    """Fresh output noise per tile, keyed by (seed, read_seed, global tile row)."""
+    seed, read_seed, first = key
+    n_tc, _, b = part.shape
+    for i in range(nr):
+        z = _table_normals((seed, _STREAM_READ, read_seed, first + r0 + i), n_tc * g * b)
+        z = z.reshape(n_tc, g, b)
+        z *= noise_std
+        part[:, i * g:(i + 1) * g] += z
 
 
 # ---------------------------------------------------------------------------

@@ -15,7 +15,12 @@ Protocol (SWIM, Das et al. 2002, as refined by HashiCorp memberlist and Lifeguar
   incarnation number; a suspicion nobody refutes in time becomes *dead*.
 * **Lifeguard.** Missed acks and nacks raise a local-health score that stretches the
   node's own probe period and timeout (:mod:`protocol.awareness`); independent
-  confirmations of a suspicion shorten its timeout (:mod:`protocol.suspicion`).
+  confirmations of a suspicion shorten its timeout (:mod:`protocol.suspicion`); a ping to
+  a suspect carries the suspicion so the suspect can refute at once (buddy system).
+* **Against false verdicts under loss** (gossip misses a given node with probability
+  about ``exp(-retransmits)``, which adds up over thousands of suspicions): a node that
+  receives bad news older than what it knows answers the sender with the newer record,
+  and before declaring a suspect dead a node pings it one last time with the suspicion.
 * **Dissemination.** Every change is queued and piggybacked on pings, acks and periodic
   ``swim.gossip`` messages a bounded number of times (:mod:`protocol.broadcast`). A periodic
   full-state push-pull with one random member (anti-entropy) repairs whatever gossip missed;
@@ -25,7 +30,9 @@ Protocol (SWIM, Das et al. 2002, as refined by HashiCorp memberlist and Lifeguar
 * **No member stays dead forever.** Dead records expire after ``dead_node_reclaim``; a node
   that hears it is considered dead (or that an older life of it exists) refutes with a
   higher incarnation; a member we consider dead that talks to us is told so, so it refutes
-  at once; and dead members are pinged now and then so healed partitions re-merge.
+  at once; a node we have never heard of that talks to us gets a full-state push-pull (so
+  a restarted node that rejoined through another fresh node meets the old cluster); and
+  dead members are pinged now and then so healed partitions re-merge.
 
 Update records travel as 5-element lists ``[kind, node_id, incarnation, from, advert]``:
 ``kind`` is ``a`` (alive), ``s`` (suspect), ``d`` (dead) or ``l`` (left); ``from`` is the
@@ -40,7 +47,7 @@ import math
 import random
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Callable
 
 from protocol.advert import Advertisement
 from protocol.awareness import Awareness
@@ -161,7 +168,10 @@ class Member:
 
 @dataclass(slots=True)
 class Event:
-    """A membership change: joined, alive (back from suspect/dead), suspect, dead, left, advert."""
+    """A membership change: joined, alive (back from suspect/dead), suspect, dead, left, advert.
+
+    ``member`` is the live record (it keeps changing); copy what you need to keep.
+    """
 
     kind: str
     node_id: str
@@ -194,6 +204,9 @@ _GONE = (MemberState.DEAD, MemberState.LEFT)
 _KIND_OF_STATE = {MemberState.ALIVE: "a", MemberState.SUSPECT: "s",
                   MemberState.DEAD: "d", MemberState.LEFT: "l"}
 _MAX_TIMERS_PER_TICK = 100_000
+#: Most records accepted in one piggyback list / one full state (anything bigger is abuse).
+MAX_UPDATE_RECORDS = 1024
+MAX_STATE_RECORDS = 100_000
 _ADVERT_KEY = "\x00advert"
 
 
@@ -257,19 +270,27 @@ class _LiveSet:
             self.items[i] = last
             self.pos[last] = i
 
-    def sample(self, rng: random.Random, k: int, exclude: tuple[str, ...] = ()) -> list[str]:
-        """Up to ``k`` distinct random members not in ``exclude`` (bounded attempts)."""
+    def sample(self, rng: random.Random, k: int, exclude: tuple[str, ...] = (),
+               accept: Callable[[str], bool] | None = None) -> list[str]:
+        """Up to ``k`` distinct random members not in ``exclude`` that ``accept`` allows.
+
+        Random draws with a bounded number of attempts (O(k), whatever the cluster size);
+        small sets are scanned exhaustively so a few candidates are never missed.
+        """
         out: list[str] = []
         if not self.items or k <= 0:
             return out
+
+        def ok(c: str) -> bool:
+            return c not in exclude and c not in out and (accept is None or accept(c))
         for _ in range(3 * k + 3):
             cand = self.items[rng.randrange(len(self.items))]
-            if cand not in exclude and cand not in out:
+            if ok(cand):
                 out.append(cand)
                 if len(out) >= k:
-                    break
-        if len(out) < k and len(self.items) <= 4 * k:  # small set: be exhaustive
-            rest = [c for c in self.items if c not in exclude and c not in out]
+                    return out
+        if len(self.items) <= 8 * k:
+            rest = [c for c in self.items if ok(c)]
             rng.shuffle(rest)
             out.extend(rest[: k - len(out)])
         return out
@@ -279,7 +300,28 @@ class _LiveSet:
 
 
 class Membership:
-    """One node's view of the cluster; see the module docstring for the protocol."""
+    """One node's view of the cluster; see the module docstring for the protocol.
+
+    How the daemon drives it (one instance per daemon, all calls from one task):
+
+    * ``now`` is any monotonic clock in seconds (e.g. ``loop.time()``), the same for every
+      call; ``rng`` is a ``random.Random`` (seeded from ``os.urandom`` in production).
+    * After *every* call, send each ``(node_id, msg)`` of ``out.sends`` best-effort over the
+      link to that node (dial ``member(node_id).advert.addresses`` if there is none). If it
+      cannot be delivered, call :meth:`unreachable`; never retry or queue: loss is normal.
+    * Keep one timer armed at :meth:`next_deadline` and call :meth:`tick` when it fires;
+      re-arm after every call, since handling a message can bring the deadline forward.
+    * Route decoded messages for which :func:`is_gossip_message` is true to :meth:`handle`;
+      a :class:`DecodeError` means the peer sent garbage: log it.
+    * A closed link is not a verdict: do nothing; SWIM probes (directly and through
+      others) decide. Close links to members reported ``dead`` or ``left``.
+    * Bootstrap: once linked to a seed call :meth:`seed`; retry with backoff while
+      ``len(alive_ids()) == 1`` (a seed that was down gets no second chance otherwise).
+    * Call :meth:`update_advert` whenever local load or memory changes, as often as you
+      like: it decides when a change is worth gossiping.
+    * Shutdown: send :meth:`leave`'s output, keep ticking for about a second so queued
+      gossip flushes, then close the links.
+    """
 
     def __init__(self, advert: Advertisement, config: MembershipConfig | None = None, *,
                  now: float, rng: random.Random) -> None:
@@ -294,6 +336,7 @@ class Membership:
         self._probe: _Probe | None = None
         self._relays: dict[int, _Relay] = {}
         self._suspicions: dict[str, Suspicion] = {}
+        self._last_chance: set[str] = set()  # suspects given their final direct ping
         self._queue = BroadcastQueue()
         self._awareness = Awareness(self.config.awareness_max_multiplier)
         self._seq = rng.randrange(1 << 30)
@@ -430,7 +473,9 @@ class Membership:
         but at most once per probe interval; smaller ones wait up to ``advert_refresh``.
         An unchanged advertisement is never re-sent (push-pull keeps everyone in sync).
         """
-        fields.pop("version", None)
+        fields.pop("version", None)  # ours to manage
+        if fields.get("node_id", self.local_id) != self.local_id:
+            raise ValueError("a node cannot change its id; start a new Membership")
         self._local_advert = self._local_advert.replace(**fields)
         if self._left:
             return Output()
@@ -470,6 +515,8 @@ class Membership:
             out.sends.append((dest, Gossip(updates=[record])))
         for kind in ("probe", "probe_timeout", "probe_end", "push_pull", "reconnect", "advert"):
             self._cancel(kind, "")
+        for node_id in list(self._suspicions):  # our verdicts no longer matter
+            self._end_suspicion(node_id)
         self._probe = None
         self._ensure_gossip(now)
         return out
@@ -497,7 +544,10 @@ class Membership:
         if msg.target != self.local_id:
             return
         self._apply_all(sender, msg.updates, now, out, remote_state=False)
-        out.sends.append((sender, Ack(seq=msg.seq, updates=self._piggyback())))
+        fixes = list(self._corrections.values())[: self.config.max_piggyback]
+        self._corrections.clear()  # they ride in the ack rather than in a message of their own
+        updates = fixes + self._piggyback(self.config.max_piggyback - len(fixes))
+        out.sends.append((sender, Ack(seq=msg.seq, updates=updates)))
 
     def _on_ack(self, sender: str, msg: Ack, now: float, out: Output) -> None:
         self._apply_all(sender, msg.updates, now, out, remote_state=False)
@@ -546,6 +596,11 @@ class Membership:
         record = [_KIND_OF_STATE[m.state], sender, m.incarnation, self.local_id, None]
         out.sends.append((sender, Gossip(updates=[record])))
 
+    def _is_alive(self, node_id: str) -> bool:
+        """Only alive members help with indirect probes: a suspect one would not nack, and
+        Lifeguard would blame *us* for the missing nack (as memberlist does)."""
+        return self._members[node_id].state is MemberState.ALIVE
+
     def _greet_stranger(self, sender: str, msg: Any, now: float, out: Output) -> None:
         """A node we do not know is talking to us: exchange full state with it.
 
@@ -586,7 +641,7 @@ class Membership:
         if probe is None or probe.acked:
             return
         helpers = self._live.sample(self._rng, self.config.indirect_checks,
-                                    exclude=(probe.target,))
+                                    exclude=(probe.target,), accept=self._is_alive)
         probe.expected_nacks = len(helpers)
         for helper in helpers:
             out.sends.append((helper, PingReq(seq=probe.seq, target=probe.target, nack=True,
@@ -607,10 +662,22 @@ class Membership:
         self._timer_probe("", now, out)
 
     def _timer_suspicion(self, node_id: str, now: float, out: Output) -> None:
-        """Nobody refuted in time: the suspect is dead."""
+        """Nobody refuted in time: one last direct ping, then the suspect is dead.
+
+        The last-chance ping carries the suspicion (buddy system), so a live suspect whose
+        refutation gossip happened to miss us answers in its ack; this costs one probe
+        period of detection time and removes most false verdicts under heavy loss.
+        """
         m = self._members.get(node_id)
-        if m is not None and m.state is MemberState.SUSPECT:
+        if m is None or m.state is not MemberState.SUSPECT:
+            return
+        if node_id in self._last_chance or self._left:
             self._mark_gone(m, MemberState.DEAD, now, out, origin=self.local_id)
+            return
+        self._last_chance.add(node_id)
+        record = ["s", node_id, m.incarnation, self.local_id, None]
+        out.sends.append((node_id, Ping(seq=self._next_seq(), target=node_id, updates=[record])))
+        self._schedule("suspicion", node_id, now + self.config.probe_interval)
 
     def _timer_reclaim(self, node_id: str, now: float, out: Output) -> None:
         """Forget a dead/left member for good (its id may come back as a new node)."""
@@ -659,6 +726,9 @@ class Membership:
     def _apply_all(self, sender: str, raw: list[Any], now: float, out: Output, *,
                    remote_state: bool) -> None:
         """Validate every record first (so a bad message changes nothing), then apply."""
+        limit = MAX_STATE_RECORDS if remote_state else MAX_UPDATE_RECORDS
+        if not isinstance(raw, list) or len(raw) > limit:
+            raise DecodeError(f"gossip: expected a list of at most {limit} records")
         records = [self._parse(r) for r in raw]
         for rec in records:
             self._prepare_advert(rec)
@@ -772,8 +842,7 @@ class Membership:
             m.incarnation, m.advert = inc, advert
             if m.state is MemberState.SUSPECT:
                 self._set_state(m, MemberState.ALIVE, now)
-                self._suspicions.pop(node_id, None)
-                self._cancel("suspicion", node_id)
+                self._end_suspicion(node_id)
                 out.events.append(Event("alive", node_id, m))
             elif changed:
                 out.events.append(Event("advert", node_id, m))
@@ -799,7 +868,7 @@ class Membership:
         if m.state is MemberState.SUSPECT:
             m.incarnation = inc
             susp = self._suspicions.get(node_id)
-            if susp is not None and susp.confirm(origin):
+            if susp is not None and susp.confirm(origin) and node_id not in self._last_chance:
                 self._schedule("suspicion", node_id, susp.deadline)
                 self._queue.queue(node_id, record)  # spread the confirmation
             return
@@ -828,8 +897,7 @@ class Membership:
             self._dead.add(m.node_id)
         else:
             self._dead.discard(m.node_id)
-        self._suspicions.pop(m.node_id, None)
-        self._cancel("suspicion", m.node_id)
+        self._end_suspicion(m.node_id)
         self._schedule("reclaim", m.node_id, now + self.config.dead_node_reclaim)
         out.events.append(Event(state.value, m.node_id, m))
         self._queue.queue(m.node_id, [_KIND_OF_STATE[state], m.node_id, m.incarnation,
@@ -898,6 +966,11 @@ class Membership:
         self._advert_due = math.inf
         self._cancel("advert", "")
         self._queue_alive(me)
+
+    def _end_suspicion(self, node_id: str) -> None:
+        self._suspicions.pop(node_id, None)
+        self._last_chance.discard(node_id)
+        self._cancel("suspicion", node_id)
 
     def _finish_relay(self, seq: int, out: Output, *, send_nack: bool) -> None:
         relay = self._relays.pop(seq, None)

@@ -44,6 +44,7 @@ class Stats:
     bytes: int = 0
     delivered: int = 0
     by_type: dict[str, int] = field(default_factory=dict)
+    bytes_by_type: dict[str, int] = field(default_factory=dict)
 
 
 def make_advert(node_id: str) -> Advertisement:
@@ -233,7 +234,9 @@ class Simulator:
         tag = msg.TAG
         st.by_type[tag] = st.by_type.get(tag, 0) + 1
         if self.measure_bytes:
-            st.bytes += sum(len(p) for p in encode_message(msg))
+            size = sum(len(p) for p in encode_message(msg))
+            st.bytes += size
+            st.bytes_by_type[tag] = st.bytes_by_type.get(tag, 0) + size
 
     def _cut(self, a: str, b: str) -> bool:
         return bool(self.group) and self.group.get(a) != self.group.get(b)

@@ -143,6 +143,7 @@ def test_concurrent_reads_from_threads_match_sequential() -> None:
 
 def test_input_validation() -> None:
     pm = ProgrammedMatrix.program(_rand((10, 20)), SMALL, seed=0)
+    assert pm.matmul(np.zeros((20, 0), np.float32)).shape == (10, 0)
     with pytest.raises(ValueError, match="inputs must have shape"):
         pm.matmul(np.zeros((21, 2), np.float32))
     with pytest.raises(ValueError, match="read_seed"):

@@ -366,3 +366,108 @@ def test_same_seed_same_behaviour():
         return [(s, d, type(m).__name__) for s, d, m in net.sent]
     assert trace(5) == trace(5)
     assert trace(5) != trace(6)
+
+
+def test_stale_bad_news_is_corrected_straight_back_to_its_sender():
+    a = mesh("a", "b", "c")["a"]
+    a.handle("b", Gossip(updates=[["a", "b", 2, None, adv("b").to_dict()]]), 1.0)
+    out = a.handle("c", Gossip(updates=[["s", "b", 1, "c", None]]), 2.0)
+    fixes = [m for d, m in out.sends if d == "c" and isinstance(m, Gossip)]
+    assert fixes and fixes[0].updates[0][:3] == ["a", "b", 2]
+    assert a.member("b").state is MemberState.ALIVE
+
+
+def test_refutation_rides_in_the_ack_of_a_buddy_ping():
+    b = mesh("a", "b")["b"]
+    out = b.handle("a", Ping(seq=5, target="b", updates=[["s", "b", 0, "a", None]]), 1.0)
+    (dest, ack), = out.sends
+    assert dest == "a" and isinstance(ack, Ack) and ack.updates[0][:3] == ["a", "b", 1]
+
+
+def test_suspect_gets_a_last_chance_ping_before_being_declared_dead():
+    a = mesh("a", "b", "c", "d", "e")["a"]
+    a.handle("c", Gossip(updates=[["s", "b", 0, "c", None]]), 0.0)
+    deadline = a._suspicions["b"].deadline
+    out = a.tick(deadline)
+    last = [m for d, m in out.sends if d == "b" and isinstance(m, Ping)
+            and m.updates and m.updates[0][:2] == ["s", "b"]]
+    assert last and a.member("b").state is MemberState.SUSPECT
+    out = a.tick(deadline + a.config.probe_interval)
+    assert a.member("b").state is MemberState.DEAD
+    assert any(e.kind == "dead" and e.node_id == "b" for e in out.events)
+
+
+def test_a_live_suspect_survives_its_last_chance_ping():
+    nodes = mesh("a", "b", "c")
+    a = nodes["a"]
+    a.handle("c", Gossip(updates=[["s", "b", 0, "c", None]]), 0.0)
+    deadline = a._suspicions["b"].deadline
+    net = Net(nodes)
+    net.run("a", a.tick(deadline), deadline)
+    assert a.member("b").state is MemberState.ALIVE and a.member("b").incarnation == 1
+
+
+def test_a_stranger_is_greeted_with_a_push_pull_at_most_once_per_interval():
+    a = mesh("a", "b")["a"]
+    out = a.handle("z", Ping(seq=1, target="a", updates=[]), 1.0)
+    assert any(d == "z" and isinstance(m, PushPull) and m.join for d, m in out.sends)
+    out = a.handle("y", Ping(seq=2, target="a", updates=[]), 1.2)
+    assert not any(isinstance(m, PushPull) for _, m in out.sends)
+
+
+def test_oversized_update_list_is_rejected():
+    a = make("a")
+    flood = [["s", f"n{i}", 0, None, None] for i in range(5000)]
+    with pytest.raises(DecodeError):
+        a.handle("b", Gossip(updates=flood), 1.0)
+
+
+def test_tick_always_moves_the_deadline_forward():
+    nodes = mesh("a", "b", "c")
+    a = nodes["a"]
+    a.handle("c", Gossip(updates=[["s", "b", 0, "c", None]]), 0.0)
+    a.update_advert(0.0, load=5.0)
+    t = 0.0
+    for _ in range(500):
+        nxt = a.next_deadline()
+        assert nxt > t or t == 0.0
+        t = nxt
+        a.tick(t)
+    assert t > 60.0  # 500 timer firings cover simulated minutes, not a busy loop
+
+
+def test_leaving_node_stops_probing_and_issues_no_verdicts():
+    nodes = mesh("a", "b", "c")
+    b = nodes["b"]
+    b.handle("c", Gossip(updates=[["s", "a", 0, "c", None]]), 0.0)
+    b.leave(1.0)
+    sends, events = [], []
+    t = 1.0
+    for _ in range(200):
+        t = b.next_deadline()
+        if t == float("inf") or t > 120.0:
+            break
+        out = b.tick(t)
+        sends += out.sends
+        events += out.events
+    assert not any(isinstance(m, (Ping, PingReq, PushPull)) for _, m in sends)
+    assert not any(e.kind == "dead" for e in events)
+
+
+def test_update_advert_cannot_change_the_node_id_and_ignores_version():
+    a = make("a")
+    with pytest.raises(ValueError):
+        a.update_advert(1.0, node_id="b")
+    a.update_advert(2.0, version=99, load=50.0)
+    assert a.member("a").advert.version == 1
+
+
+def test_joiner_gets_current_adverts_from_its_seed():
+    nodes = mesh("a", "b")
+    c = make("c", seed=5)
+    net = Net({**nodes, "c": c})
+    net.run("b", nodes["b"].update_advert(10.0, load=3.0), 10.0)
+    net.run("b", nodes["b"].tick(10.2), 10.2)  # gossip reaches a
+    assert nodes["a"].member("b").advert.load == 3.0
+    net.run("c", c.seed("a", None, 11.0), 11.0)
+    assert c.member("b").advert.version == 1 and c.member("b").advert.load == 3.0

@@ -67,14 +67,18 @@ def test_crashed_node_is_declared_dead_by_every_live_node(n, capsys):
 
 def test_ten_percent_loss_for_ten_minutes_kills_nobody(capsys):
     sim = Simulator(50, seed=7, net=NetConfig(loss=0.10))
-    suspicions = []
-    sim.hooks.append(lambda now, o, ev: suspicions.append(ev) if ev.kind == "suspect" else None)
+    suspicions: list[tuple[str, int]] = []  # (subject, incarnation) per observer
+    sim.hooks.append(lambda now, o, ev: suspicions.append((ev.node_id, ev.member.incarnation))
+                     if ev.kind == "suspect" else None)
     sim.run_for(600.0)
-    report(capsys, f"10% loss, N=50, 600 s: {len(suspicions)} suspicions, all refuted; "
+    report(capsys, f"10% loss, N=50, 600 s: {len(set(suspicions))} suspicions "
+                   f"({len(suspicions)} suspect events), none ended in death; "
                    f"{sim.stats.messages} messages")
     assert sim.false_deaths == []
     assert suspicions, "with 10% loss some probes must fail; the test would prove nothing"
-    assert sim.converged()
+    # at any instant a few suspicions are pending, but everyone is still a live member
+    live = (MemberState.ALIVE, MemberState.SUSPECT)
+    assert all(sim.all_see(x, live) for x in sim.up)
 
 
 def test_partition_for_a_minute_then_heal_reconverges(capsys):
@@ -111,8 +115,11 @@ def test_mass_restart_leaves_nobody_dead(downtime, capsys):
     if downtime > 30:
         survivors = ids[2 * n // 3:]
         assert all(sim.state_of(s, r) in DEAD_OR_GONE for s in survivors for r in restarted)
-    for k, node_id in enumerate(restarted):  # each rejoins through another restarted node
-        sim.add_node(node_id, restarted[(k + 1) % len(restarted)])
+    # the first rejoins through a survivor, every other one through a fresh restarted node
+    # that knows nothing of the old incarnations: the case memberlist gets stuck on
+    survivor = ids[-1]
+    for k, node_id in enumerate(restarted):
+        sim.add_node(node_id, restarted[k - 1] if k else survivor)
         sim.run_for(0.05)
     start = sim.now
     sim.false_deaths.clear()
