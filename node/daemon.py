@@ -246,7 +246,7 @@ class Daemon:
 
     def peers(self) -> list[dict]:
         out = []
-        now = time.time()
+        now = self.mesh.clock()
         for m in self.mesh.members():
             if m.node_id == self.node_id:
                 continue
@@ -264,6 +264,7 @@ class Daemon:
                 "load": a.load, "capacity": a.capacity, "device": a.device,
                 "reachability": a.reachability, "advert_version": a.version,
                 "state_age_s": now - m.state_since,
+                "advert_age_s": now - self.mesh.advert_seen.get(m.node_id, m.state_since),
             })
         return out
 

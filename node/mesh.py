@@ -34,10 +34,15 @@ EventHook = Callable[[Event], None]
 CONNECT_TIMEOUT = 10.0
 BOOTSTRAP_BACKOFF = (0.5, 30.0)     # first and largest delay between bootstrap attempts
 DUPLICATE_LINK_GRACE = 5.0          # a superseded link is closed after this long
+JOIN_CHECK_AFTER = 3.0              # a join through a seed must show members by then
+LEAVE_LINGER = 0.5                  # keep gossiping this long after announcing a leave
 
 
 class Mesh:
     """Sessions to peers plus membership, for one node."""
+
+    #: The one clock the membership state machine is fed (monotonic: never jumps back).
+    clock = staticmethod(time.monotonic)
 
     def __init__(self, node_id: str, name: str, cluster_id: str, key: bytes | None,
                  listen: str, bootstrap: list[str], handler: Handler,
@@ -56,6 +61,8 @@ class Mesh:
                                    on_link=self._on_ice_link)
         self.sessions: dict[str, Session] = {}
         self.event_hooks: list[EventHook] = []
+        #: when each member's advertisement last changed, for ``sedma peers``
+        self.advert_seen: dict[str, float] = {}
         self._dialing: dict[str, asyncio.Future] = {}
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -71,7 +78,7 @@ class Mesh:
         self.bound = self._server.sockets[0].getsockname()[:2]
         log.info("listening for peers on %s:%d", *self.bound)
         self.membership = Membership(make_advert(self.bound), self.membership_config,
-                                     now=time.time(), rng=random.Random())
+                                     now=self.clock(), rng=random.Random())
         self._spawn(self._tick_loop())
         if self.bootstrap:
             self._spawn(self._join_loop())
@@ -88,8 +95,8 @@ class Mesh:
         self._stopping = True
         if self.membership is None:
             return
-        self._process(self.membership.leave(time.time()))
-        await asyncio.sleep(0.2)  # let the leave announcements reach the links
+        self._process(self.membership.leave(self.clock()))
+        await asyncio.sleep(LEAVE_LINGER)  # the tick loop sends the queued leave gossip
         if self._server is not None:
             self._server.close()
         for session in list(self.sessions.values()):
@@ -188,12 +195,18 @@ class Mesh:
 
     # bootstrap ----------------------------------------------------------------------
     async def _join_loop(self) -> None:
-        """Dial bootstrap addresses with backoff until one handshake succeeds."""
+        """Dial bootstrap addresses with backoff until the membership knows someone alive.
+
+        A handshake alone is not enough: the seed may die before the push-pull completes,
+        and the state machine gives a seed no second chance, so we check the outcome.
+        """
         delay = BOOTSTRAP_BACKOFF[0]
         while not self._stopping:
             for address in self.bootstrap:
                 if await self._join_via(address):
-                    return
+                    await asyncio.sleep(JOIN_CHECK_AFTER)
+                    if len(self.membership.alive_ids()) > 1:
+                        return
             log.warning("no bootstrap reachable (%s); retrying in %.1fs",
                         ", ".join(self.bootstrap), delay)
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
@@ -209,16 +222,16 @@ class Mesh:
             log.info("bootstrap %s: %s", address, exc)
             return False
         self._register(session)
-        self._process(self.membership.seed(session.peer_id, None, time.time()))
+        self._process(self.membership.seed(session.peer_id, None, self.clock()))
         log.info("joined the mesh through %s (%s)", address, session.remote.name)
         return True
 
     # gossip I/O ---------------------------------------------------------------------
     async def _tick_loop(self) -> None:
         while True:
-            now = time.time()
+            now = self.clock()
             self._process(self.membership.tick(now))
-            delay = min(max(self.membership.next_deadline() - time.time(), 0.005), 0.5)
+            delay = min(max(self.membership.next_deadline() - self.clock(), 0.005), 0.5)
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), delay)
@@ -229,7 +242,14 @@ class Mesh:
         for dst, msg in out.sends:
             self._spawn(self._deliver(dst, msg))
         for event in out.events:
-            log.info("member %s is %s", event.node_id[:8], event.kind)
+            if event.kind in ("joined", "advert", "alive"):
+                self.advert_seen[event.node_id] = self.clock()
+            if event.kind != "advert":
+                log.info("member %s is %s", event.node_id[:8], event.kind)
+            if event.kind in ("dead", "left"):
+                session = self.sessions.get(event.node_id)
+                if session is not None:
+                    self._spawn(session.close(f"member is {event.kind}"))
             for hook in self.event_hooks:
                 hook(event)
         self._wake.set()
@@ -240,12 +260,12 @@ class Mesh:
             await session.send(msg)
         except (LinkClosed, ProtocolError, asyncio.TimeoutError, OSError) as exc:
             log.debug("gossip to %s undelivered: %s", dst[:8], exc)
-            self._process(self.membership.unreachable(dst, time.time()))
+            self._process(self.membership.unreachable(dst, self.clock()))
 
     async def _dispatch(self, session: Session, msg: Any) -> None:
         if is_gossip_message(msg):
             try:
-                self._process(self.membership.handle(session.peer_id, msg, time.time()))
+                self._process(self.membership.handle(session.peer_id, msg, self.clock()))
             except ProtocolError as exc:
                 log.warning("bad gossip from %s: %s", session.peer_id[:8], exc)
             return
@@ -256,7 +276,7 @@ class Mesh:
 
     def update_advert(self, **fields: Any) -> None:
         """Tell the membership our load or memory changed (it decides whether to gossip)."""
-        self._process(self.membership.update_advert(time.time(), **fields))
+        self._process(self.membership.update_advert(self.clock(), **fields))
 
     # signalling relay ---------------------------------------------------------------
     async def send_signal(self, dst: str, msg: Any) -> None:
