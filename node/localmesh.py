@@ -146,9 +146,14 @@ class LocalMesh:
         self.nodes: list[DaemonProc] = []
 
     def add(self, name: str | None = None, extra: list[str] = (),
-            bootstrap: bool = True) -> DaemonProc:
+            bootstrap: "bool | DaemonProc" = True) -> DaemonProc:
+        """Start one more daemon joining through the first node (or through ``bootstrap``,
+        or through nobody when it is False)."""
         name = name or f"n{len(self.nodes) + 1}"
-        boot = [self.nodes[0].address] if bootstrap and self.nodes else []
+        if isinstance(bootstrap, DaemonProc):
+            boot = [bootstrap.address]
+        else:
+            boot = [self.nodes[0].address] if bootstrap and self.nodes else []
         node = DaemonProc(self.root / name, name, boot, extra).start()
         self.nodes.append(node)
         return node

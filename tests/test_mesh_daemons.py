@@ -222,3 +222,36 @@ def test_a_dead_holders_blocks_are_re_replicated_from_a_survivor(cluster):
     with Client(cluster.nodes[1].socket) as c:
         x = rand((256, 4), 22)
         assert_close(c.infer("kept", x), w @ x)
+
+
+def test_a_seeded_crossbar_job_gives_the_same_result_on_one_node_as_on_three(cluster, tmp_path):
+    a, b = rand((700, 300), 31), rand((300, 20), 32)
+    alone = cluster.add("solo", bootstrap=False)
+    with Client(alone.socket) as c:
+        ref = c.matmul(a, b, device="rram", seed=5)
+        other_seed = c.matmul(a, b, device="rram", seed=6)
+    first = cluster.add("m0", bootstrap=False)
+    rest = [cluster.add(f"m{i}", bootstrap=first) for i in (1, 2)]
+    cluster.wait_converged(alive=2, nodes=[first, *rest])
+    with Client(first.socket) as c:
+        spread = c.matmul(a, b, device="rram", seed=5)
+        placement = c.jobs()[-1]["placement"]
+    assert len(placement) >= 2, placement
+    np.testing.assert_allclose(spread, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    assert not np.allclose(other_seed, ref)          # the seed matters
+    assert np.linalg.norm(ref - a @ b) > 1e-3 * np.linalg.norm(a @ b)   # and the device does
+
+
+def test_devices_lists_the_presets_and_nodes_advertise_their_own(cluster):
+    n1 = cluster.add(extra=["--device", "pcm"])
+    cluster.add(extra=["--device", "rram"])
+    cluster.wait_converged(alive=1)
+    out = run_cli("devices", "--json", "--socket", str(n1.socket))
+    assert out.returncode == 0, out.stderr
+    import json
+    names = {d["name"] for d in json.loads(out.stdout)}
+    assert {"ideal", "rram", "pcm", "conservative"} <= names
+    assert n1.status()["device"] == "pcm"
+    assert [p["device"] for p in n1.peers()] == ["rram"]
+    bad = run_cli("daemon", "--device", "nonsense", "--data-dir", str(cluster.root / "x"))
+    assert bad.returncode == 2 and "unknown device preset" in bad.stderr
