@@ -48,6 +48,7 @@ log = logging.getLogger("sedma.jobs")
 MAX_ATTEMPTS = 4
 BASE_TIMEOUT = 30.0
 MAX_JOB_BYTES = 4 << 30
+MAX_SERVING = 256          # peer requests served at once; more are refused, not queued
 FINAL_STATES = ("done", "failed", "cancelled")
 
 
@@ -538,6 +539,12 @@ class JobManager:
     # serving peers --------------------------------------------------------------------
     async def handle(self, session: Session, msg: Any) -> None:
         """Serve a work request from a peer; errors go back as text."""
+        if not isinstance(getattr(msg, "rid", None), int):
+            log.warning("ignoring unexpected %s from %s", type(msg).TAG, session.peer_id[:8])
+            return
+        if self.serving >= MAX_SERVING:
+            await session.reply(msg.rid, error=f"node busy: {self.serving} requests in progress")
+            return
         self.serving += 1
         try:
             value = await self._serve(msg)

@@ -272,7 +272,9 @@ class Mesh:
         if isinstance(msg, Bye):
             log.info("%s is leaving: %s", session.peer_id[:8], msg.reason)
             return
-        await self.handler(session, msg)
+        # Work can take seconds: never make the link's reader (and the probes queued
+        # behind it) wait for it.
+        self._spawn(self.handler(session, msg))
 
     def update_advert(self, **fields: Any) -> None:
         """Tell the membership our load or memory changed (it decides whether to gossip)."""
