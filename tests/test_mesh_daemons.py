@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from node.client import Client, DaemonError
-from tests.daemons import run_cli, wait_for
+from tests.daemons import DaemonProc, run_cli, wait_for
 
 RTOL = 1e-5
 
@@ -255,3 +255,33 @@ def test_devices_lists_the_presets_and_nodes_advertise_their_own(cluster):
     assert [p["device"] for p in n1.peers()] == ["rram"]
     bad = run_cli("daemon", "--device", "nonsense", "--data-dir", str(cluster.root / "x"))
     assert bad.returncode == 2 and "unknown device preset" in bad.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_joining_through_any_member_reaches_everyone(cluster):
+    n1 = cluster.add("n1", bootstrap=False)
+    n2 = cluster.add("n2", bootstrap=n1)
+    n3 = cluster.add("n3", bootstrap=n2)      # never talks to n1 first
+    cluster.wait_converged(alive=2)
+    assert {p["name"] for p in n3.peers()} == {"n1", "n2"}
+    assert {p["name"] for p in n1.peers()} == {"n2", "n3"}
+
+
+def test_a_bootstrap_that_is_down_is_retried_while_local_requests_are_served(cluster):
+    port = _free_port()
+    late = DaemonProc(cluster.root / "late", "late", [f"127.0.0.1:{port}"]).start()
+    cluster.nodes.append(late)
+    with Client(late.socket) as c:
+        assert c.status()["members"] == 1
+        x = rand((30, 30), 41)
+        assert_close(c.matmul(x, x), x @ x)   # alone, it still computes
+    boot = DaemonProc(cluster.root / "boot", "boot", listen=f"127.0.0.1:{port}").start()
+    cluster.nodes.append(boot)
+    wait_for(lambda: [p["name"] for p in late.peers() if p["state"] == "alive"] == ["boot"],
+             60, "the late node to join once its bootstrap is up")
+    assert "retrying" in late.log_path.read_text()
