@@ -1,25 +1,40 @@
 """The connection policy: how this node gets a ``Link`` to a peer it knows by advertisement.
 
-Direct TCP to each advertised address first, each attempt bounded; every outcome is
-recorded so ``sedma peers`` can say which kind of link a peer has, or why it has none.
-(The ICE path — hole punching and TURN relays, signalled through the mesh — plugs in here.)
+1. Direct TCP to each advertised address, each attempt bounded by ``tcp_timeout`` (cheap,
+   and the only option that needs nothing from the peer's side).
+2. Otherwise ICE: an SDP offer carrying every gathered candidate (host, server-reflexive
+   from STUN, relay from TURN -- all gathered together, so a symmetric NAT falls through to
+   the relay pair in the same round of checks instead of after aioice's ~64 s failure) goes
+   to the peer through the mesh (``send_signal``); the answer comes back through
+   :meth:`Connector.handle_signal`. Each attempt is bounded by ``ice_timeout``; failed
+   attempts are retried ``ice_attempts`` times with doubling backoff.
+
+Every outcome (kind of link, setup time, error) is recorded for ``sedma peers``. The answering
+side hands its finished link to the daemon with ``await on_link(link)``, exactly as a TCP
+listener does. Nothing here ever contacts a server that was not configured.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
+from nat import reachability
+from nat.iceservers import IceServer, parse_servers
 from nat.link import Link, LinkClosed
+from nat.signaling import DEFAULT_TTL, IceAnswer, IceError, IceOffer
 from nat.tcp import dial_tcp
 
 log = logging.getLogger("sedma.connector")
 
 SendSignal = Callable[[str, Any], Awaitable[None]]
 OnLink = Callable[[Link], Awaitable[None]]
+#: Offers being answered at once; more are refused so a chatty peer cannot exhaust us.
+MAX_ANSWERING = 16
 
 
 @dataclass
@@ -40,6 +55,11 @@ class ConnectorConfig:
     stun: tuple[str, ...] = ()
     turn: tuple[str, ...] = ()
     ice_timeout: float = 15.0
+    ice_attempts: int = 2
+    ice_backoff: float = 1.0
+    keepalive: float = 2.0
+    idle_timeout: float = 10.0
+    reachability_timeout: float = 3.0
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -60,34 +80,220 @@ class Connector:
         self.send_signal = send_signal
         self.on_link = on_link
         self.outcomes: dict[str, LinkOutcome] = {}
+        self.servers: list[IceServer] = parse_servers(config.stun, config.turn)
+        self.reach = reachability.Reachability()
+        self._reach_task: asyncio.Task | None = None
+        self._answers: dict[str, asyncio.Future] = {}      # session -> future of answer SDP
+        self._dialling: dict[str, asyncio.Future] = {}     # node -> shared connect attempt
+        self._tasks: set[asyncio.Task] = set()
+        self._closed = False
 
+    @property
+    def has_turn(self) -> bool:
+        return any(s.scheme == "turn" for s in self.servers)
+
+    # advertisement ----------------------------------------------------------------
+    def advert_extra(self) -> dict[str, Any]:
+        """Keys for this node's advertisement ``extra``: reachability and ICE support.
+
+        The first call starts reachability detection in the background (bounded, and only
+        against configured STUN/TURN servers); until it finishes ``reach`` is "unknown".
+        """
+        if self._reach_task is None and self.servers and not self._closed:
+            try:
+                self._reach_task = self._spawn(self.detect_reachability())
+            except RuntimeError:  # no running loop: stay unknown
+                pass
+        return {"reach": self.reach.kind, "ice": True}
+
+    async def detect_reachability(self) -> reachability.Reachability:
+        """Probe the configured servers once and remember the verdict."""
+        self.reach = await reachability.detect(self.servers, self.config.reachability_timeout)
+        log.info("reachability: %s (%s)", self.reach.kind, self.reach.detail)
+        return self.reach
+
+    # dialling ---------------------------------------------------------------------
     async def connect(self, node_id: str, addresses: list[str], extra: dict | None = None) -> Link:
-        """Return a link to ``node_id`` or raise :class:`LinkClosed` saying why not."""
+        """Return a link to ``node_id`` or raise :class:`LinkClosed` saying why not.
+
+        Concurrent calls for the same peer share one attempt.
+        """
+        pending = self._dialling.get(node_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut = asyncio.ensure_future(self._connect(node_id, addresses, extra or {}))
+        self._dialling[node_id] = fut
+        try:
+            return await asyncio.shield(fut)
+        finally:
+            if fut.done() and self._dialling.get(node_id) is fut:
+                del self._dialling[node_id]
+
+    async def _connect(self, node_id: str, addresses: list[str], extra: dict) -> Link:
         start = time.monotonic()
         errors: list[str] = []
+        link = await self._try_tcp(addresses, errors)
+        if link is None:
+            link = await self._try_ice(node_id, extra, errors)
+        if link is None:
+            reason = "; ".join(errors) or "peer advertises no address"
+            self._record(node_id, "failed", start, reason)
+            raise LinkClosed(f"cannot reach {node_id[:8]}: {reason}")
+        self._record(node_id, link.kind, start)
+        return link
+
+    async def _try_tcp(self, addresses: list[str], errors: list[str]) -> Link | None:
         for address in addresses:
             try:
                 host, port = split_host_port(address)
-                link = await dial_tcp(host, port, timeout=self.config.tcp_timeout)
+                return await dial_tcp(host, port, timeout=self.config.tcp_timeout)
             except (ValueError, LinkClosed) as exc:
                 errors.append(str(exc))
-                continue
-            self._record(node_id, link.kind, start)
+        return None
+
+    async def _try_ice(self, node_id: str, extra: dict, errors: list[str]) -> Link | None:
+        hopeless = self._ice_hopeless(extra)
+        if hopeless:
+            errors.append(hopeless)
+            return None
+        delay = self.config.ice_backoff
+        for attempt in range(1, self.config.ice_attempts + 1):
+            try:
+                return await asyncio.wait_for(self._ice_attempt(node_id),
+                                              self.config.ice_timeout)
+            except asyncio.TimeoutError:
+                errors.append(f"ICE attempt {attempt}: no working candidate pair within "
+                              f"{self.config.ice_timeout:.0f}s ({self._servers_note()})")
+            except LinkClosed as exc:
+                errors.append(f"ICE attempt {attempt}: {exc.reason}")
+            if attempt < self.config.ice_attempts and not self._closed:
+                await asyncio.sleep(delay)
+                delay *= 2
+        return None
+
+    def _ice_hopeless(self, extra: dict) -> str:
+        """A reason not to try ICE at all, when advertisements already prove it cannot work."""
+        if extra.get("ice") is False:
+            return "peer does not accept ICE"
+        if (not self.has_turn and self.reach.kind == reachability.SYMMETRIC
+                and extra.get("reach") == reachability.SYMMETRIC):
+            return "both ends are behind symmetric NATs and no TURN relay is configured"
+        return ""
+
+    def _servers_note(self) -> str:
+        kinds = sorted({s.scheme for s in self.servers})
+        return "servers: " + ", ".join(kinds) if kinds else "no STUN/TURN configured"
+
+    async def _ice_attempt(self, node_id: str) -> Link:
+        from nat import ice
+
+        timers = ice.IceTimers(self.config.keepalive, self.config.idle_timeout)
+        session = os.urandom(8).hex()
+        answer = asyncio.get_running_loop().create_future()
+        self._answers[session] = answer
+        link = None
+        try:
+            link, sdp = await ice.make_offer(self.servers, timers)
+            await self.send_signal(node_id, IceOffer(self.local_id, node_id, DEFAULT_TTL,
+                                                     session, sdp))
+            await ice.accept_answer(link, await answer)
+            await link.wait_open(self.config.ice_timeout)
             return link
-        reason = "; ".join(errors) or "peer advertises no address"
-        self._record(node_id, "failed", start, reason)
-        raise LinkClosed(f"cannot reach {node_id[:8]}: {reason}")
+        except BaseException as exc:
+            if link is not None:
+                await link.close(f"ICE setup failed: {exc!r}")
+            raise
+        finally:
+            self._answers.pop(session, None)
 
+    # answering --------------------------------------------------------------------
     async def handle_signal(self, sender: str, msg: Any) -> None:
-        """A signalling message for this node arrived through the mesh."""
-        log.debug("ignoring signal %s from %s: no ICE support configured", type(msg).__name__, sender)
+        """A signalling message for this node arrived through the mesh (returns promptly)."""
+        if msg.dst != self.local_id or msg.src != sender:
+            log.warning("dropping misaddressed signal %s from %s", type(msg).__name__, sender)
+            return
+        if isinstance(msg, IceOffer):
+            if self._closed or len(self._answering()) >= MAX_ANSWERING:
+                await self._refuse(msg, "busy: too many ICE sessions being answered")
+                return
+            self._spawn(self._answer(msg), name=f"ice-answer-{msg.session}")
+        elif isinstance(msg, (IceAnswer, IceError)):
+            fut = self._answers.get(msg.session)
+            if fut is None or fut.done():
+                log.debug("signal for unknown/finished session %s", msg.session)
+            elif isinstance(msg, IceAnswer):
+                fut.set_result(msg.sdp)
+            else:
+                fut.set_exception(LinkClosed(f"peer refused ICE: {msg.reason}"))
 
+    def _answering(self) -> list[asyncio.Task]:
+        return [t for t in self._tasks if t.get_name().startswith("ice-answer-")]
+
+    async def _refuse(self, offer: IceOffer, reason: str) -> None:
+        try:
+            await self.send_signal(offer.src, IceError(self.local_id, offer.src, DEFAULT_TTL,
+                                                       offer.session, reason))
+        except Exception as exc:  # the dialler's own timeout covers a lost refusal
+            log.debug("could not send ice.error: %r", exc)
+
+    async def _answer(self, offer: IceOffer) -> None:
+        """Answer one offer; hand the link to the daemon once its channel is open."""
+        start = time.monotonic()
+        try:
+            link = await asyncio.wait_for(self._answer_link(offer), self.config.ice_timeout)
+        except (asyncio.TimeoutError, LinkClosed, ValueError) as exc:
+            reason = getattr(exc, "reason", None) or (
+                f"no working candidate pair within {self.config.ice_timeout:.0f}s"
+                if isinstance(exc, asyncio.TimeoutError) else str(exc))
+            log.info("answering ICE from %s failed: %s", offer.src[:8], reason)
+            self._record(offer.src, "failed", start, f"answering ICE: {reason}")
+            await self._refuse(offer, reason)
+            return
+        self._record(offer.src, link.kind, start)
+        try:
+            await self.on_link(link)
+        except Exception:
+            log.exception("on_link failed for ICE link from %s", offer.src[:8])
+            await link.close("handler failed")
+
+    async def _answer_link(self, offer: IceOffer) -> Link:
+        from nat import ice
+
+        timers = ice.IceTimers(self.config.keepalive, self.config.idle_timeout)
+        fut, pc, sdp = await ice.make_answer(self.servers, offer.sdp, timers)
+        try:
+            await self.send_signal(offer.src, IceAnswer(self.local_id, offer.src, DEFAULT_TTL,
+                                                        offer.session, sdp))
+            link = await fut
+        except BaseException:
+            await asyncio.wait_for(pc.close(), timers.close_timeout)
+            raise
+        try:
+            await link.wait_open(self.config.ice_timeout)
+        except BaseException as exc:
+            await link.close(f"ICE setup failed: {exc!r}")
+            raise
+        return link
+
+    # bookkeeping ------------------------------------------------------------------
     def outcome(self, node_id: str) -> LinkOutcome | None:
         """The last recorded attempt to reach ``node_id``."""
         return self.outcomes.get(node_id)
 
     async def close(self) -> None:
-        """Stop any attempt in progress."""
+        """Stop every attempt in progress (bounded: tasks are cancelled, not awaited forever)."""
+        self._closed = True
+        tasks = [*self._tasks, *self._dialling.values()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+
+    def _spawn(self, coro, name: str | None = None) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     def _record(self, node_id: str, kind: str, start: float, error: str = "") -> None:
         self.outcomes[node_id] = LinkOutcome(kind, (time.monotonic() - start) * 1000, error,
