@@ -109,6 +109,7 @@ class IceLink(Link):
         self._last_rx = time.monotonic()
         self._remote = "?"
         self._tasks: set[asyncio.Task] = set()
+        self._tearing_down = False
         channel.bufferedAmountLowThreshold = BUFFER_LOW
         channel.on("message", self._on_message)
         channel.on("open", self._on_open)
@@ -153,6 +154,8 @@ class IceLink(Link):
         self._remote = f"{remote.host}:{remote.port} ({local.type}->{remote.type})"
 
     def _on_pc_state(self) -> None:
+        if self._tearing_down:
+            return
         state = self.pc.connectionState
         if state in ("failed", "closed"):
             self._mark_closed(f"ICE connection {state}")
@@ -170,7 +173,7 @@ class IceLink(Link):
         elif kind == _PONG and len(body) == _TS.size:
             self.observe_rtt((time.monotonic() - _TS.unpack(body)[0]) * 1000)
         elif kind == _BYE:
-            self._spawn(self.close(f"peer closed: {body.decode(errors='replace')}"))
+            self._mark_closed(f"peer closed: {body.decode(errors='replace')}")
 
     def _on_chunk(self, kind: int, body: bytes) -> None:
         try:
@@ -242,16 +245,16 @@ class IceLink(Link):
 
     # close ------------------------------------------------------------------------
     async def close(self, reason: str = "closed locally") -> None:
-        if self.pc is None:
+        if self._tearing_down:
             return
-        first = self.close_reason is None
-        if first and self.channel.readyState == "open":
+        self._tearing_down = True
+        say_bye = self.close_reason is None and self.channel.readyState == "open"
+        self._mark_closed(reason)  # before the goodbye: the peer's reaction must not win
+        if say_bye:
             self.channel.send(bytes([_BYE]) + reason.encode()[:200])
             await asyncio.sleep(0.05)  # let the goodbye leave before SCTP shuts down
-        self._mark_closed(reason)
-        pc, self.pc = self.pc, None
         try:
-            await asyncio.wait_for(pc.close(), self.timers.close_timeout)
+            await asyncio.wait_for(self.pc.close(), self.timers.close_timeout)
         except (asyncio.TimeoutError, Exception) as exc:  # teardown must not raise
             log.debug("peer connection close: %r", exc)
         for task in list(self._tasks):
@@ -267,11 +270,12 @@ class IceLink(Link):
         return self._remote
 
     def _mark_closed(self, reason: str) -> None:
+        """Record why the link ended and wake every waiter; teardown follows in a task."""
         if self.close_reason is None:
             self.close_reason = reason
             log.info("ICE link to %s closed: %s", self._remote, reason)
-            if self.pc is not None:
-                self._spawn(self.close(reason))
+        if not self._tearing_down:
+            self._spawn(self.close(reason))
         self._readable.set()
         self._drained.set()
 
