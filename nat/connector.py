@@ -163,7 +163,7 @@ class Connector:
                                               self.config.ice_timeout)
             except asyncio.TimeoutError:
                 errors.append(f"ICE attempt {attempt}: no working candidate pair within "
-                              f"{self.config.ice_timeout:.0f}s ({self._servers_note()})")
+                              f"{self.config.ice_timeout:g}s ({self._servers_note()})")
             except LinkClosed as exc:
                 errors.append(f"ICE attempt {attempt}: {exc.reason}")
             if attempt < self.config.ice_attempts and not self._closed:
@@ -243,7 +243,7 @@ class Connector:
             link = await asyncio.wait_for(self._answer_link(offer), self.config.ice_timeout)
         except (asyncio.TimeoutError, LinkClosed, ValueError) as exc:
             reason = getattr(exc, "reason", None) or (
-                f"no working candidate pair within {self.config.ice_timeout:.0f}s"
+                f"no working candidate pair within {self.config.ice_timeout:g}s"
                 if isinstance(exc, asyncio.TimeoutError) else str(exc))
             log.info("answering ICE from %s failed: %s", offer.src[:8], reason)
             self._record(offer.src, "failed", start, f"answering ICE: {reason}")
