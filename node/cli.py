@@ -1,0 +1,276 @@
+"""The ``sedma`` command line (SPEC.md): the daemon and the client commands.
+
+Exit status: 0 success, 1 the job or request failed (message on stderr), 2 usage error
+(bad flags, unreadable input file). Never a traceback for a user's mistake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad input from the user (file, flag value): exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sedma",
+        description="sedma: a self-evolving distributed memory mesh. Each machine runs one "
+                    "daemon; daemons join by a bootstrap address, gossip their memory and "
+                    "capacity, and run matrix work on simulated RRAM crossbars.",
+        epilog="Client commands talk to the local daemon over its Unix socket: --socket, "
+               "else $SEDMA_SOCKET, else ~/.local/share/sedma/sedma.sock.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("daemon", help="run a node daemon in the foreground",
+                       description="Run a node. Flags override keys of the same name in --config (TOML).")
+    d.add_argument("--listen", metavar="HOST:PORT", help="peer address to listen on (default 127.0.0.1:7946; port 0 picks one)")
+    d.add_argument("--bootstrap", metavar="HOST:PORT", action="append", help="a member to join through (repeatable); retried with backoff")
+    d.add_argument("--data-dir", metavar="DIR", help="state directory (default ~/.local/share/sedma)")
+    d.add_argument("--socket", metavar="PATH", help="local API socket (default DATA_DIR/sedma.sock)")
+    d.add_argument("--name", help="human-readable node name (default: host name)")
+    d.add_argument("--memory-limit", metavar="SIZE", help="budget for resident weights, e.g. 2GiB (default 2GiB)")
+    d.add_argument("--device", metavar="PRESET", help="this node's crossbar device preset (see `sedma devices`; default ideal)")
+    d.add_argument("--stun", metavar="URL", action="append", help="STUN server, stun:HOST:PORT (repeatable)")
+    d.add_argument("--turn", metavar="URL", action="append", help="TURN server, turn:USER:PASS@HOST:PORT[?transport=tcp] (repeatable)")
+    d.add_argument("--cluster-key", metavar="FILE", help="shared secret file; only nodes with the same key can join")
+    d.add_argument("--advertise", metavar="HOST:PORT", action="append", help="address peers should dial (default: the listen address)")
+    d.add_argument("--config", metavar="FILE", help="TOML file whose keys mirror these flags")
+    d.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    def client(name: str, help: str, **kw: Any) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help, description=help, **kw)
+        c.add_argument("--socket", metavar="PATH", help="the daemon's socket")
+        return c
+
+    for name, help in (("status", "this node: id, addresses, memory, load, device, uptime"),
+                       ("peers", "the mesh as this node sees it"),
+                       ("jobs", "jobs submitted to this node"),
+                       ("devices", "crossbar device presets and their parameters")):
+        client(name, help).add_argument("--json", action="store_true", help="machine-readable output")
+
+    s = client("submit", "submit a job to the mesh and wait for its result")
+    s.add_argument("kind", choices=["matmul"], help="job kind")
+    s.add_argument("a", metavar="A.npy")
+    s.add_argument("b", metavar="B.npy")
+    s.add_argument("-o", "--output", metavar="OUT.npy", required=True)
+    s.add_argument("--device", metavar="PRESET", help="simulate every share on this preset (default: each node's own)")
+    s.add_argument("--seed", type=int, default=0, help="seed for device noise (default 0)")
+    s.add_argument("--timeout", type=float, default=600.0, help="give up waiting after this many seconds")
+
+    dp = client("deploy", "program W onto crossbars across the mesh; it stays resident")
+    dp.add_argument("name", metavar="NAME")
+    dp.add_argument("w", metavar="W.npy")
+    dp.add_argument("--device", metavar="PRESET")
+    dp.add_argument("--replicas", type=int, metavar="R", help="holders per row block (default 2 when the mesh has two or more nodes)")
+    dp.add_argument("--seed", type=int, default=0)
+
+    i = client("infer", "compute Y = W @ X against a deployed matrix")
+    i.add_argument("name", metavar="NAME")
+    i.add_argument("x", metavar="X.npy")
+    i.add_argument("-o", "--output", metavar="Y.npy", required=True)
+    i.add_argument("--seed", type=int, help="read-noise seed (default: fresh per request)")
+
+    demo = sub.add_parser("demo", help="start a 3-node mesh on loopback and run real crossbar work on it",
+                          description="Starts three daemons on loopback ports in a temporary directory, "
+                                      "deploys matrices and the digits MLP, runs jobs, prints what each node did, and stops them.")
+    demo.add_argument("--nodes", type=int, default=3)
+    demo.add_argument("--keep", metavar="DIR", help="use DIR for the nodes' data and keep it")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "daemon":
+            return _daemon(args)
+        if args.command == "demo":
+            from node.demo import run_demo
+            return run_demo(args.nodes, args.keep)
+        return _client_command(args)
+    except UsageError as exc:
+        print(f"sedma: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+
+
+def _daemon(args: argparse.Namespace) -> int:
+    from node import logs
+    from node.config import ConfigError, build_config
+    from node.daemon import run
+
+    overrides = {k: getattr(args, k) for k in (
+        "listen", "bootstrap", "data_dir", "socket", "name", "memory_limit", "device", "stun",
+        "turn", "cluster_key", "advertise")}
+    try:
+        config = build_config(args.config, overrides)
+        from compute.device import get_preset
+        get_preset(config.device)
+    except (ConfigError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    logs.setup(config.name, args.log_level)
+    try:
+        return run(config)
+    except (ConfigError, OSError) as exc:
+        logging.getLogger("sedma.daemon").error("cannot start: %s", exc)
+        return EXIT_FAILED
+    except ValueError as exc:  # e.g. another daemon holds the socket
+        logging.getLogger("sedma.daemon").error("cannot start: %s", exc)
+        return EXIT_FAILED
+
+
+def _client_command(args: argparse.Namespace) -> int:
+    from node.client import Client, DaemonError
+
+    try:
+        with Client(args.socket) as client:
+            return COMMANDS[args.command](client, args)
+    except DaemonError as exc:
+        print(f"sedma: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def load_npy(path: str) -> np.ndarray:
+    """Read a numeric .npy file (no pickles), or raise UsageError saying what is wrong."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: not a readable .npy array ({exc})") from None
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu":
+        raise UsageError(f"{path}: expected a numeric array")
+    return arr
+
+
+def save_npy(path: str, arr: np.ndarray) -> None:
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, np.asarray(arr))
+        os.replace(tmp, path if path.endswith(".npy") else path)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def _print(value: Any, as_json: bool, text) -> None:
+    if as_json:
+        print(json.dumps(value, indent=2, default=str))
+    else:
+        text(value)
+
+
+def _cmd_status(c, args) -> int:
+    def text(s):
+        mem = s["memory"]
+        m = s["metrics"]
+        lat = m["communication_latency"]
+        print(f"node      {s['name']} ({s['id']})")
+        print(f"addresses {', '.join(s['addresses'])}")
+        print(f"device    {s['device']}   capacity {s['capacity']:.1f} GFLOP/s   load {s['load']:.2f}")
+        print(f"memory    {_size(mem['free'])} free of {_size(mem['budget'])} budget "
+              f"({_size(mem['total'])} physical)")
+        print(f"uptime    {s['uptime_s']:.0f}s   members {s['members']}   deployments "
+              f"{', '.join(s['deployments']) or '-'}")
+        eff = m["memory_utilisation_efficiency"]
+        print(f"metrics   memory efficiency {eff:.1%}  utilisation {m['resource_utilisation']:.1%}  "
+              f"rtt p50 {_ms(lat['p50_ms'])} p99 {_ms(lat['p99_ms'])}  "
+              f"throughput {m['throughput_per_s']:.2f}/s" if eff is not None else "")
+    _print(c.status(), args.json, text)
+    return EXIT_OK
+
+
+def _cmd_peers(c, args) -> int:
+    def text(peers):
+        if not peers:
+            print("no peers (this node is alone)")
+            return
+        print(f"{'ID':10} {'NAME':14} {'STATE':8} {'LINK':10} {'RTT':>8} {'FREE':>10} "
+              f"{'LOAD':>5} {'GFLOP/s':>8} DEVICE  ADDRESSES")
+        for p in peers:
+            print(f"{p['id'][:8]:10} {p['name'][:14]:14} {p['state']:8} {p['link']:10} "
+                  f"{_ms(p['rtt_ms']):>8} {_size(p['memory']['free']):>10} {p['load']:5.2f} "
+                  f"{p['capacity']:8.1f} {p['device']:7} {', '.join(p['addresses'])}"
+                  + (f"  ({p['link_error']})" if p.get("link_error") else ""))
+    _print(c.peers(), args.json, text)
+    return EXIT_OK
+
+
+def _cmd_jobs(c, args) -> int:
+    def text(jobs):
+        for j in jobs:
+            took = f"{j['finished'] - j['submitted']:.2f}s" if j["finished"] else "-"
+            print(f"{j['id']}  {j['kind']:7} {j['state']:9} {time.strftime('%H:%M:%S', time.localtime(j['submitted']))} "
+                  f"{took:>8}  {j['error'] or ''}")
+    _print(c.jobs(), args.json, text)
+    return EXIT_OK
+
+
+def _cmd_devices(c, args) -> int:
+    def text(devices):
+        for d in devices:
+            summary = d.get("summary", {})
+            print(f"{d['name']:14} " + "  ".join(f"{k}={v}" for k, v in summary.items() if k != "name"))
+    _print(c.devices(), args.json, text)
+    return EXIT_OK
+
+
+def _cmd_submit(c, args) -> int:
+    a, b = load_npy(args.a), load_npy(args.b)
+    job_id = c.submit_matmul(a, b, args.device, args.seed)
+    info = c.wait(job_id, args.timeout)
+    if info["state"] != "done":
+        print(f"sedma: job {job_id} {info['state']}: {info.get('error') or 'timed out'}", file=sys.stderr)
+        return EXIT_FAILED
+    save_npy(args.output, c.result(job_id))
+    print(f"job {job_id} done in {info['finished'] - info['submitted']:.3f}s -> {args.output}")
+    return EXIT_OK
+
+
+def _cmd_deploy(c, args) -> int:
+    w = load_npy(args.w)
+    info = c.deploy(args.name, w, args.device, args.replicas, args.seed)
+    placement = info.get("placement", {})
+    print(f"deployed {args.name} ({w.shape[0]}x{w.shape[1]}) as {len(placement)} block(s), "
+          f"{info.get('replicas')} replica(s) each, job {info['id']}")
+    return EXIT_OK
+
+
+def _cmd_infer(c, args) -> int:
+    y = c.infer(args.name, load_npy(args.x), args.seed)
+    save_npy(args.output, y)
+    print(f"{args.name} @ X -> {args.output} {tuple(y.shape)}")
+    return EXIT_OK
+
+
+COMMANDS = {"status": _cmd_status, "peers": _cmd_peers, "jobs": _cmd_jobs,
+            "devices": _cmd_devices, "submit": _cmd_submit, "deploy": _cmd_deploy,
+            "infer": _cmd_infer}
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    return str(n)
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}ms"

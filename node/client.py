@@ -1,0 +1,177 @@
+"""Python client for a local sedma daemon (async and sync), used by the CLI too.
+
+    from node.client import Client
+    with Client() as c:                      # $SEDMA_SOCKET or the default data dir
+        print(c.status()["id"])
+        c.deploy("w", W)
+        y = c.infer("w", x)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from node import api
+from node.config import DEFAULT_DATA_DIR, SOCKET_NAME
+from protocol.errors import ProtocolError
+from protocol.messages import decode_message
+
+
+class DaemonError(Exception):
+    """The daemon refused or failed a request; the message is the daemon's."""
+
+
+class NotRunning(DaemonError):
+    """No daemon listens on the socket."""
+
+
+def default_socket() -> Path:
+    """``$SEDMA_SOCKET``, else the socket in the default data directory."""
+    env = os.environ.get("SEDMA_SOCKET")
+    if env:
+        return Path(env).expanduser()
+    return Path(DEFAULT_DATA_DIR).expanduser() / SOCKET_NAME
+
+
+class AsyncClient:
+    """One connection to the daemon; requests are answered in order."""
+
+    def __init__(self, socket_path: str | Path | None = None) -> None:
+        self.path = Path(socket_path).expanduser() if socket_path else default_socket()
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._lock = asyncio.Lock()
+
+    async def connect(self) -> "AsyncClient":
+        try:
+            self._reader, self._writer = await asyncio.open_unix_connection(str(self.path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise NotRunning(f"no sedma daemon is listening on {self.path} "
+                             "(start one with `sedma daemon`, or pass --socket)") from None
+        except PermissionError:
+            raise NotRunning(f"permission denied on {self.path}: it belongs to another user") from None
+        return self
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            try:
+                await self._writer.wait_closed()
+            except (ConnectionError, OSError):
+                pass
+            self._writer = None
+
+    async def __aenter__(self) -> "AsyncClient":
+        return await self.connect()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    async def call(self, request: Any) -> Any:
+        """Send one request; return its value or raise :class:`DaemonError`."""
+        if self._writer is None:
+            await self.connect()
+        async with self._lock:
+            try:
+                await api.write_frame(self._writer, request)
+                response = decode_message(await api.read_frame(self._reader))
+            except (asyncio.IncompleteReadError, ConnectionError) as exc:
+                raise DaemonError(f"the daemon closed the connection: {exc}") from None
+            except ProtocolError as exc:
+                raise DaemonError(f"bad response from the daemon: {exc}") from None
+        if not isinstance(response, api.Response):
+            raise DaemonError("unexpected response type from the daemon")
+        if not response.ok:
+            raise DaemonError(response.error or "request failed")
+        return response.value
+
+    # operations -------------------------------------------------------------------
+    async def status(self) -> dict:
+        return await self.call(api.StatusRequest())
+
+    async def peers(self) -> list[dict]:
+        return await self.call(api.PeersRequest())
+
+    async def jobs(self) -> list[dict]:
+        return await self.call(api.JobsRequest())
+
+    async def devices(self) -> list[dict]:
+        return await self.call(api.DevicesRequest())
+
+    async def submit_matmul(self, a: np.ndarray, b: np.ndarray, device: str | None = None,
+                            seed: int = 0) -> str:
+        return (await self.call(api.SubmitRequest("matmul", a, b, device, seed)))["id"]
+
+    async def job(self, job_id: str) -> dict:
+        return await self.call(api.JobRequest(job_id))
+
+    async def wait(self, job_id: str, timeout: float = 600.0) -> dict:
+        """Wait for a job to reach a final state (bounded by ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            info = await self.call(api.WaitRequest(job_id, max(0.0, min(left, 30.0))))
+            if info["state"] in ("done", "failed", "cancelled") or left <= 0:
+                return info
+
+    async def result(self, job_id: str) -> np.ndarray:
+        return await self.call(api.ResultRequest(job_id))
+
+    async def cancel(self, job_id: str) -> dict:
+        return await self.call(api.CancelRequest(job_id))
+
+    async def matmul(self, a: np.ndarray, b: np.ndarray, device: str | None = None,
+                     seed: int = 0, timeout: float = 600.0) -> np.ndarray:
+        """Submit, wait, and fetch the result; raise DaemonError if the job failed."""
+        job_id = await self.submit_matmul(a, b, device, seed)
+        info = await self.wait(job_id, timeout)
+        if info["state"] != "done":
+            raise DaemonError(f"job {job_id} {info['state']}: {info.get('error')}")
+        return await self.result(job_id)
+
+    async def deploy(self, name: str, w: np.ndarray, device: str | None = None,
+                     replicas: int | None = None, seed: int = 0, timeout: float = 600.0) -> dict:
+        """Deploy W as resident blocks; returns the finished job record."""
+        job = await self.call(api.DeployRequest(name, w, device, replicas, seed))
+        info = await self.wait(job["id"], timeout)
+        if info["state"] != "done":
+            raise DaemonError(f"deploy of {name} {info['state']}: {info.get('error')}")
+        return info
+
+    async def infer(self, name: str, x: np.ndarray, read_seed: int | None = None) -> np.ndarray:
+        return await self.call(api.InferRequest(name, x, read_seed))
+
+
+class Client:
+    """Blocking wrapper around :class:`AsyncClient` with its own event loop."""
+
+    def __init__(self, socket_path: str | Path | None = None) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._client = AsyncClient(socket_path)
+
+    def __enter__(self) -> "Client":
+        self._run(self._client.connect())
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if not self._loop.is_closed():
+            self._run(self._client.close())
+            self._loop.close()
+
+    def _run(self, coro):
+        return self._loop.run_until_complete(coro)
+
+    def __getattr__(self, name: str):
+        method = getattr(self._client, name)
+        if not asyncio.iscoroutinefunction(method):
+            raise AttributeError(name)
+        return lambda *a, **kw: self._run(method(*a, **kw))

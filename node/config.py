@@ -1,0 +1,130 @@
+"""Daemon configuration: defaults, the optional TOML file, and command-line overrides.
+
+Keys in the TOML file mirror the ``sedma daemon`` flags (``listen``, ``bootstrap``,
+``data_dir``, ``socket``, ``name``, ``memory_limit``, ``device``, ``stun``, ``turn``,
+``cluster_key``); a flag given on the command line wins over the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PORT = 7946
+DEFAULT_DATA_DIR = "~/.local/share/sedma"
+SOCKET_NAME = "sedma.sock"
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "ki": 2**10,
+          "m": 10**6, "mb": 10**6, "mib": 2**20, "mi": 2**20, "g": 10**9, "gb": 10**9,
+          "gib": 2**30, "gi": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40, "ti": 2**40}
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the key and the value."""
+
+
+def parse_size(text: str | int) -> int:
+    """``'512MiB'`` -> 536870912; plain integers are bytes."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        return text
+    m = _SIZE.match(str(text))
+    if not m:
+        raise ConfigError(f"not a size: {text!r} (examples: 512MiB, 4GiB, 1000000)")
+    return int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
+
+
+def parse_address(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """``HOST:PORT``, ``[v6]:PORT`` or ``HOST`` -> (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or "]" in port:
+        host, port = text, str(default_port)
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"not a HOST:PORT address: {text!r}")
+    return host, int(port)
+
+
+@dataclass
+class NodeConfig:
+    """Everything a daemon needs to start."""
+
+    listen: str = f"127.0.0.1:{DEFAULT_PORT}"
+    bootstrap: list[str] = field(default_factory=list)
+    data_dir: str = DEFAULT_DATA_DIR
+    socket: str | None = None
+    name: str = field(default_factory=socket.gethostname)
+    memory_limit: int = 2 << 30
+    device: str = "ideal"
+    stun: list[str] = field(default_factory=list)
+    turn: list[str] = field(default_factory=list)
+    cluster_key: str | None = None
+    #: Addresses advertised to peers; default: the listen address (with a real IP).
+    advertise: list[str] = field(default_factory=list)
+    workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
+    shutdown_grace: float = 10.0
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser()
+
+    @property
+    def socket_path(self) -> Path:
+        return Path(self.socket).expanduser() if self.socket else self.data_path / SOCKET_NAME
+
+    def validate(self) -> "NodeConfig":
+        """Check every value; raise :class:`ConfigError` naming the first bad one."""
+        parse_address(self.listen)
+        for b in self.bootstrap:
+            parse_address(b)
+        if self.memory_limit <= 0:
+            raise ConfigError(f"memory_limit must be positive, got {self.memory_limit}")
+        if not self.name or len(self.name) > 64:
+            raise ConfigError("name must be 1 to 64 characters")
+        if self.workers < 1:
+            raise ConfigError("workers must be at least 1")
+        return self
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file into NodeConfig keyword arguments."""
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    known = {f.name for f in fields(NodeConfig)}
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        norm = key.replace("-", "_")
+        if norm not in known:
+            raise ConfigError(f"config file {path}: unknown key {key!r}")
+        out[norm] = value
+    return out
+
+
+def build_config(file: str | None, overrides: dict[str, Any]) -> NodeConfig:
+    """Defaults, then the file, then non-None overrides; sizes parsed; validated."""
+    values: dict[str, Any] = load_file(file) if file else {}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if "memory_limit" in values:
+        values["memory_limit"] = parse_size(values["memory_limit"])
+    for key in ("bootstrap", "stun", "turn", "advertise"):
+        if isinstance(values.get(key), str):
+            values[key] = [values[key]]
+    try:
+        cfg = NodeConfig(**values)
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from None
+    return cfg.validate()
+
+
+def with_overrides(cfg: NodeConfig, **changes: Any) -> NodeConfig:
+    return replace(cfg, **changes).validate()

@@ -1,0 +1,285 @@
+"""The sedma daemon: one per machine, wiring mesh, jobs, store, memory and local API.
+
+Start-up order matters for "no lost data": the database and resident blocks are loaded
+before the node advertises itself, so a restarted node serves its blocks as soon as peers
+see it. Shutdown runs in reverse: stop accepting local requests and jobs, give running
+jobs a bounded grace period, persist the dual memory, leave the mesh, close the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+from compute.device import DeviceProfile, PRESETS, get_preset
+from compute.executor import Executor, measure_capacity
+from nat.connector import ConnectorConfig
+from node import api
+from node.config import NodeConfig, parse_address
+from node.dualmemory import DualMemory
+from node.identity import load_cluster_key, load_node_id, prepare_data_dir
+from node.jobs import JobManager
+from node.mesh import Mesh
+from node.metrics import Metrics, total_memory
+from node.session import Session
+from node.statedb import StateDB
+from node.store import BlockStore
+from protocol.advert import Advertisement
+from protocol.handshake import cluster_id_for
+
+log = logging.getLogger("sedma.daemon")
+
+ADVERT_EVERY = 1.0       # how often local load/memory is offered to the membership
+CONSOLIDATE_EVERY = 10.0  # short-term -> long-term memory, and persist both
+PING_EVERY = 2.0          # RTT samples on each session
+
+
+class Daemon:
+    """One node. ``run()`` returns when the node has stopped cleanly."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.data_dir = prepare_data_dir(config.data_path)
+        self.node_id = load_node_id(self.data_dir)
+        self.key = load_cluster_key(config.cluster_key)
+        self.device: DeviceProfile = get_preset(config.device)
+        self.started = time.time()
+        self.stop_event = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+
+    # lifecycle ----------------------------------------------------------------------
+    async def run(self) -> None:
+        await self.start()
+        try:
+            await self.stop_event.wait()
+        finally:
+            await self.shutdown()
+
+    async def start(self) -> None:
+        cfg = self.config
+        if self.key is None:
+            log.warning("no --cluster-key: any host that reaches %s can join this mesh",
+                        cfg.listen)
+        self.db = StateDB(self.data_dir / "state.db")
+        self.store = BlockStore(self.data_dir, self.db, cfg.memory_limit)
+        self.memory = DualMemory()
+        self.db.call(self.memory.load)
+        self.metrics = Metrics()
+        self.executor = Executor(cfg.workers)
+        self.capacity = await self.executor.run(measure_capacity)
+        loaded = await self.executor.run(self.store.load_all)
+        connector = ConnectorConfig(stun=tuple(cfg.stun), turn=tuple(cfg.turn))
+        self.mesh = Mesh(self.node_id, cfg.name, cluster_id_for(self.key), self.key,
+                         cfg.listen, cfg.bootstrap, self._on_peer_message, connector)
+        self.jobs = JobManager(self.node_id, self.device, self.mesh, self.store, self.executor,
+                               self.memory, self.metrics, self.db, self.data_dir, self.capacity)
+        self.jobs.load()
+        await self.mesh.start(self._make_advert)
+        self.api = await api.serve(cfg.socket_path, self._on_local_request)
+        self._install_signals()
+        for coro in (self._advertise_loop(), self._memory_loop(), self._ping_loop()):
+            self._tasks.append(asyncio.get_running_loop().create_task(coro))
+        log.info("node %s (%s) up: peers on %s, local socket %s, device %s, %.1f GFLOP/s, "
+                 "%d resident block(s), budget %d bytes", self.node_id[:8], cfg.name,
+                 self.addresses(), cfg.socket_path, self.device.name, self.capacity, loaded,
+                 cfg.memory_limit)
+
+    async def shutdown(self) -> None:
+        log.info("shutting down")
+        self.api.close()
+        await self.jobs.shutdown(self.config.shutdown_grace)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.memory.consolidate()
+        await self.db.run(self.memory.save)
+        await self.mesh.stop()
+        self.executor.shutdown(wait=True)
+        self.db.close()
+        try:
+            self.config.socket_path.unlink()
+        except OSError:
+            pass
+        log.info("stopped cleanly")
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self._on_signal, sig)
+            except (NotImplementedError, RuntimeError):
+                pass
+
+    def _on_signal(self, sig: int) -> None:
+        log.info("received %s", signal.Signals(sig).name)
+        self.stop_event.set()
+
+    # advertisement ------------------------------------------------------------------
+    def addresses(self) -> list[str]:
+        if self.config.advertise:
+            return list(self.config.advertise)
+        host, port = self.mesh.bound
+        if host in ("0.0.0.0", "::", ""):
+            host = _outbound_ip(self.config.bootstrap)
+        return [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+
+    def _make_advert(self, bound: tuple[str, int]) -> Advertisement:
+        return Advertisement(node_id=self.node_id, name=self.config.name,
+                             addresses=self.addresses(), **self._load_fields())
+
+    def _load_fields(self) -> dict[str, Any]:
+        extra = {}
+        advert_extra = getattr(self.mesh.connector, "advert_extra", None)
+        if advert_extra is not None:
+            extra = advert_extra()
+        return dict(memory_total=total_memory(), memory_free=self.store.free,
+                    memory_budget=self.store.budget, cores=self.executor.workers,
+                    capacity=self.capacity, queue_depth=self.executor.queued,
+                    running=self.executor.running, load=self.jobs.load(),
+                    device=self.device.name, device_summary=self.device.summary(), extra=extra)
+
+    async def _advertise_loop(self) -> None:
+        while True:
+            await asyncio.sleep(ADVERT_EVERY)
+            self.mesh.update_advert(**self._load_fields())
+
+    async def _memory_loop(self) -> None:
+        while True:
+            await asyncio.sleep(CONSOLIDATE_EVERY)
+            self.memory.consolidate()
+            await self.db.run(self.memory.save)
+
+    async def _ping_loop(self) -> None:
+        while True:
+            await asyncio.sleep(PING_EVERY)
+            for session in list(self.mesh.sessions.values()):
+                try:
+                    self.metrics.rtt(await session.ping(timeout=PING_EVERY))
+                except (TimeoutError, ConnectionError):
+                    pass
+
+    # requests -----------------------------------------------------------------------
+    async def _on_peer_message(self, session: Session, msg: Any) -> None:
+        signaling = _signaling()
+        if signaling is not None and signaling.is_signal(msg):
+            await self._route_signal(msg)
+            return
+        await self.jobs.handle(session, msg)
+
+    async def _route_signal(self, msg: Any) -> None:
+        if msg.dst == self.node_id:
+            await self.mesh.connector.handle_signal(msg.src, msg)
+            return
+        target = self.mesh.sessions.get(msg.dst)
+        if target is None or msg.ttl <= 0:
+            log.debug("dropping signal for %s: no link", msg.dst[:8])
+            return
+        msg.ttl -= 1
+        try:
+            await target.send(msg)
+        except ConnectionError as exc:
+            log.debug("relaying signal to %s failed: %s", msg.dst[:8], exc)
+
+    async def _on_local_request(self, req: Any) -> Any:
+        jobs = self.jobs
+        if isinstance(req, api.StatusRequest):
+            return self.status()
+        if isinstance(req, api.PeersRequest):
+            return self.peers()
+        if isinstance(req, api.JobsRequest):
+            return [j.public() for j in jobs.jobs.values()]
+        if isinstance(req, api.DevicesRequest):
+            return [p.to_dict() | {"summary": p.summary()} for p in PRESETS.values()]
+        if isinstance(req, api.SubmitRequest):
+            if req.kind != "matmul":
+                raise api.UserError(f"unknown job kind {req.kind!r} (known: matmul)")
+            return (await jobs.submit_matmul(req.a, req.b, req.device, req.seed)).public()
+        if isinstance(req, api.JobRequest):
+            return jobs.get(req.job_id).public()
+        if isinstance(req, api.WaitRequest):
+            return (await jobs.wait(req.job_id, min(max(req.timeout, 0.0), 60.0))).public()
+        if isinstance(req, api.ResultRequest):
+            return jobs.result(req.job_id)
+        if isinstance(req, api.CancelRequest):
+            return jobs.cancel(req.job_id).public()
+        if isinstance(req, api.DeployRequest):
+            return (await jobs.deploy(req.name, req.w, req.device, req.replicas,
+                                      req.seed)).public()
+        if isinstance(req, api.InferRequest):
+            return await jobs.infer(req.name, req.x, req.read_seed)
+        raise api.UserError(f"unsupported request {type(req).TAG}")
+
+    def status(self) -> dict:
+        useful = sum(b.nbytes for b in self.store.blocks())
+        return {
+            "id": self.node_id, "name": self.config.name, "addresses": self.addresses(),
+            "memory": {"total": total_memory(), "free": self.store.free,
+                       "budget": self.store.budget, "resident_blocks": useful},
+            "load": self.jobs.load(), "device": self.device.name,
+            "capacity": self.capacity, "uptime_s": time.time() - self.started,
+            "cluster": cluster_id_for(self.key), "socket": str(self.config.socket_path),
+            "blocks": self.store.names(), "deployments": sorted(self.jobs.plans),
+            "members": len(self.mesh.members()),
+            "metrics": self.metrics.summary(useful, self.executor.utilisation()),
+            "memory_patterns": self.memory.short_term_summary(),
+        }
+
+    def peers(self) -> list[dict]:
+        out = []
+        now = time.time()
+        for m in self.mesh.members():
+            if m.node_id == self.node_id:
+                continue
+            a = m.advert
+            session = self.mesh.sessions.get(m.node_id)
+            outcome = self.mesh.connector.outcome(m.node_id)
+            link = session.link.kind if session and not session.closed.is_set() else "none"
+            out.append({
+                "id": m.node_id, "name": a.name, "state": m.state.value,
+                "incarnation": m.incarnation, "addresses": a.addresses, "link": link,
+                "link_error": outcome.error if outcome and link == "none" else "",
+                "rtt_ms": session.link.rtt_ms if session else None,
+                "memory": {"total": a.memory_total, "free": a.memory_free,
+                           "budget": a.memory_budget},
+                "load": a.load, "capacity": a.capacity, "device": a.device,
+                "reachability": a.reachability, "advert_version": a.version,
+                "state_age_s": now - m.state_since,
+            })
+        return out
+
+
+def _signaling():
+    """The NAT layer's signalling module, if this build has one."""
+    try:
+        from nat import signaling
+    except ImportError:
+        return None
+    return signaling
+
+
+def _outbound_ip(bootstrap: list[str]) -> str:
+    """The local IP that routes towards the bootstrap (no packet is sent)."""
+    target = parse_address(bootstrap[0])[0] if bootstrap else "127.0.0.1"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((target, 9))
+            return s.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
+
+
+def run(config: NodeConfig) -> int:
+    """Run a daemon until SIGINT/SIGTERM; return the exit status."""
+    daemon = Daemon(config)
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(daemon.run())
+    else:
+        uvloop.run(daemon.run())
+    return 0

@@ -1,0 +1,168 @@
+"""The node's dual memory: short-term workload statistics and long-term performance patterns.
+
+*Short-term* memory is a sliding window of what just happened: every share a peer computed
+(work, time, success) and every request a matrix served. *Long-term* memory is what the
+node has learned: per peer, an exponentially weighted estimate of its achieved speed
+(GFLOP/s, transfer included) and of its reliability; per matrix, how often it is used.
+Consolidation folds the window into the long-term estimates at a fixed cadence, and both
+are persisted in SQLite so a restarted node keeps what it learned. Placement reads the
+long-term estimates before it trusts a peer's self-advertised capacity: this is how the
+mesh gets better at its own workload over time.
+
+The class is a plain state machine fed with observations and a clock; persistence is two
+small methods the daemon calls.
+"""
+
+from __future__ import annotations
+
+import collections
+import sqlite3
+import time
+from dataclasses import asdict, dataclass, field
+
+import msgpack
+
+SHORT_WINDOW = 300.0      # seconds of history in short-term memory
+ALPHA = 0.3               # weight of one consolidation period in the long-term estimate
+
+
+@dataclass
+class Sample:
+    at: float
+    flops: float
+    seconds: float
+    ok: bool
+
+
+@dataclass
+class PeerPattern:
+    """What the node has learned about one peer."""
+
+    speed_gflops: float | None = None
+    reliability: float = 1.0
+    samples: int = 0
+    failures: int = 0
+
+
+@dataclass
+class MatrixPattern:
+    requests: int = 0
+    mean_latency_ms: float = 0.0
+    last_used: float = 0.0
+
+
+@dataclass
+class DualMemory:
+    """Short-term window plus long-term patterns, for peers and matrices."""
+
+    window: float = SHORT_WINDOW
+    peers: dict[str, collections.deque] = field(default_factory=dict)
+    requests: dict[str, collections.deque] = field(default_factory=dict)
+    peer_patterns: dict[str, PeerPattern] = field(default_factory=dict)
+    matrix_patterns: dict[str, MatrixPattern] = field(default_factory=dict)
+    _consolidated_at: dict[str, float] = field(default_factory=dict)
+
+    # observations (short-term) ------------------------------------------------------
+    def record_share(self, peer: str, flops: float, seconds: float, ok: bool,
+                     now: float | None = None) -> None:
+        """A share sent to ``peer`` finished (or failed) after ``seconds``."""
+        now = time.time() if now is None else now
+        self.peers.setdefault(peer, collections.deque(maxlen=4096)).append(
+            Sample(now, flops, seconds, ok))
+
+    def record_request(self, matrix: str, latency_s: float, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        self.requests.setdefault(matrix, collections.deque(maxlen=4096)).append((now, latency_s))
+
+    # consolidation (short -> long) ---------------------------------------------------
+    def consolidate(self, now: float | None = None) -> None:
+        """Fold samples newer than the last consolidation into the long-term patterns."""
+        now = time.time() if now is None else now
+        for peer, samples in self.peers.items():
+            since = self._consolidated_at.get(peer, 0.0)
+            fresh = [s for s in samples if s.at > since]
+            if fresh:
+                self._fold_peer(self.peer_patterns.setdefault(peer, PeerPattern()), fresh)
+            self._consolidated_at[peer] = now
+            while samples and samples[0].at < now - self.window:
+                samples.popleft()
+        for name, reqs in self.requests.items():
+            since = self._consolidated_at.get("m:" + name, 0.0)
+            fresh = [lat for at, lat in reqs if at > since]
+            if fresh:
+                pat = self.matrix_patterns.setdefault(name, MatrixPattern())
+                mean = sum(fresh) / len(fresh) * 1000
+                pat.mean_latency_ms = mean if pat.requests == 0 else (
+                    (1 - ALPHA) * pat.mean_latency_ms + ALPHA * mean)
+                pat.requests += len(fresh)
+                pat.last_used = now
+            self._consolidated_at["m:" + name] = now
+            while reqs and reqs[0][0] < now - self.window:
+                reqs.popleft()
+
+    @staticmethod
+    def _fold_peer(pat: PeerPattern, fresh: list[Sample]) -> None:
+        ok = [s for s in fresh if s.ok and s.seconds > 0]
+        if ok:
+            speed = sum(s.flops for s in ok) / sum(s.seconds for s in ok) / 1e9
+            pat.speed_gflops = speed if pat.speed_gflops is None else (
+                (1 - ALPHA) * pat.speed_gflops + ALPHA * speed)
+        rate = len(ok) / len(fresh)
+        pat.reliability = (1 - ALPHA) * pat.reliability + ALPHA * rate
+        pat.samples += len(fresh)
+        pat.failures += len(fresh) - len(ok)
+
+    # queries (what placement reads) -------------------------------------------------
+    def peer_speed(self, peer: str) -> float | None:
+        pat = self.peer_patterns.get(peer)
+        return pat.speed_gflops if pat else None
+
+    def peer_reliability(self, peer: str) -> float:
+        pat = self.peer_patterns.get(peer)
+        return pat.reliability if pat else 1.0
+
+    def short_term_summary(self, now: float | None = None) -> dict:
+        """Counts and rates over the window, for ``status``."""
+        now = time.time() if now is None else now
+        lo = now - self.window
+        shares = [s for q in self.peers.values() for s in q if s.at > lo]
+        reqs = [lat for q in self.requests.values() for at, lat in q if at > lo]
+        return {"window_s": self.window, "shares": len(shares),
+                "share_failures": sum(not s.ok for s in shares), "requests": len(reqs),
+                "requests_per_s": len(reqs) / self.window}
+
+    # persistence --------------------------------------------------------------------
+    def save(self, conn: sqlite3.Connection, now: float | None = None) -> None:
+        """Write both memories in the caller's transaction."""
+        now = time.time() if now is None else now
+        long_term = {"peers": {k: asdict(v) for k, v in self.peer_patterns.items()},
+                     "matrices": {k: asdict(v) for k, v in self.matrix_patterns.items()}}
+        short_term = {"peers": {k: [[s.at, s.flops, s.seconds, s.ok] for s in q]
+                                for k, q in self.peers.items()},
+                      "requests": {k: [list(r) for r in q] for k, q in self.requests.items()}}
+        for table, value in (("long_term", long_term), ("short_term", short_term)):
+            conn.execute(f"INSERT OR REPLACE INTO {table} VALUES ('memory', ?, ?)",
+                         (msgpack.packb(value), now))
+
+    def load(self, conn: sqlite3.Connection) -> None:
+        """Restore both memories; a damaged record is ignored (the node relearns)."""
+        for table in ("long_term", "short_term"):
+            row = conn.execute(f"SELECT value FROM {table} WHERE key='memory'").fetchone()
+            if row is None:
+                continue
+            try:
+                self._restore(table, msgpack.unpackb(row[0]))
+            except (ValueError, TypeError, KeyError, msgpack.UnpackException):
+                continue
+
+    def _restore(self, table: str, value: dict) -> None:
+        if table == "long_term":
+            self.peer_patterns = {k: PeerPattern(**v) for k, v in value["peers"].items()}
+            self.matrix_patterns = {k: MatrixPattern(**v) for k, v in value["matrices"].items()}
+            return
+        for k, rows in value["peers"].items():
+            self.peers[k] = collections.deque((Sample(*r) for r in rows), maxlen=4096)
+        for k, rows in value["requests"].items():
+            self.requests[k] = collections.deque((tuple(r) for r in rows), maxlen=4096)
+        newest = max((s.at for q in self.peers.values() for s in q), default=0.0)
+        self._consolidated_at = {k: newest for k in self.peers}

@@ -1,0 +1,528 @@
+"""Jobs: the one-shot ``matmul``, ``deploy`` of resident weights, and ``infer`` against them.
+
+The coordinator (the node whose local socket received the job) asks the placement scorer
+for shares, sends each share to its node, and gathers the results. A share whose node
+dies or times out is recomputed elsewhere (bounded attempts, this node last), so a job
+returns the exact result as long as one node is left. Weights deployed with ``deploy``
+stay resident on ``replicas`` nodes per row block; ``infer`` moves only X to one holder
+of each block and the partial outputs back.
+
+Job records live in SQLite (submitted, state, finished, error) and results in the data
+directory, so a client that disconnects can fetch its result later, and a restart knows
+which jobs were interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from compute.crossbar import ProgrammedMatrix, crossbar_matmul, row_granularity
+from compute.device import DeviceProfile, get_preset
+from compute.executor import Executor
+from compute.partition import NodeSlot, PartitionPlan, PlacementError, plan_rows
+from nat.link import LinkClosed
+from node.dualmemory import DualMemory
+from node.metrics import Metrics
+from node.placement import Candidate, rank
+from node.session import RemoteError, Session
+from node.statedb import StateDB
+from node.store import BlockStore, Resident, StoreError, as_matrix, check_name
+from protocol.errors import ProtocolError
+from protocol.work import DropMatrix, GetPlan, InferBlock, MatmulShare, PlanNotice, StoreBlock
+
+log = logging.getLogger("sedma.jobs")
+
+MAX_ATTEMPTS = 4
+BASE_TIMEOUT = 30.0
+MAX_JOB_BYTES = 4 << 30
+FINAL_STATES = ("done", "failed", "cancelled")
+
+
+class JobError(ValueError):
+    """A job cannot run or failed; the message is for the user."""
+
+
+@dataclass
+class Job:
+    id: str
+    kind: str
+    state: str = "queued"
+    submitted: float = field(default_factory=time.time)
+    finished: float | None = None
+    error: str | None = None
+    detail: dict = field(default_factory=dict)
+    task: asyncio.Task | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def public(self) -> dict:
+        return {"id": self.id, "kind": self.kind, "state": self.state,
+                "submitted": self.submitted, "finished": self.finished, "error": self.error,
+                **{k: v for k, v in self.detail.items() if k not in ("id", "kind")}}
+
+
+class JobManager:
+    """Coordinates jobs submitted here and serves shares requested by peers."""
+
+    def __init__(self, node_id: str, device: DeviceProfile, mesh: Any, store: BlockStore,
+                 executor: Executor, memory: DualMemory, metrics: Metrics, db: StateDB,
+                 data_dir: Path, capacity: float) -> None:
+        self.node_id = node_id
+        self.device = device
+        self.mesh = mesh
+        self.store = store
+        self.executor = executor
+        self.memory = memory
+        self.metrics = metrics
+        self.db = db
+        self.results = data_dir / "results"
+        self.results.mkdir(parents=True, exist_ok=True)
+        self.capacity = capacity
+        self.jobs: dict[str, Job] = {}
+        self.plans: dict[str, PartitionPlan] = {}
+        self.accepting = True
+        self.serving = 0
+
+    # persistence --------------------------------------------------------------------
+    def load(self) -> None:
+        """Restore job records and plans; jobs that were running were interrupted."""
+        def read(conn):
+            conn.execute("UPDATE jobs SET state='failed', finished=?, "
+                         "error='interrupted: the daemon stopped before it finished' "
+                         "WHERE state IN ('queued','running')", (time.time(),))
+            return (conn.execute("SELECT id, kind, state, submitted, finished, error, detail "
+                                 "FROM jobs ORDER BY submitted DESC LIMIT 1000").fetchall(),
+                    conn.execute("SELECT name, plan FROM plans").fetchall())
+        jobs, plans = self.db.call(read)
+        for jid, kind, state, submitted, finished, error, detail in reversed(jobs):
+            job = Job(jid, kind, state, submitted, finished, error,
+                      msgpack.unpackb(detail) if detail else {})
+            job.done.set()
+            self.jobs[jid] = job
+        for name, blob in plans:
+            try:
+                self.plans[name] = PartitionPlan.from_dict(msgpack.unpackb(blob))
+            except (ValueError, TypeError, KeyError) as exc:
+                log.error("plan of %s unreadable (%s); ignoring it", name, exc)
+
+    async def _save_job(self, job: Job) -> None:
+        row = (job.id, job.kind, job.state, job.submitted, job.finished, job.error,
+               msgpack.packb(job.detail))
+        await self.db.run(lambda c: c.execute(
+            "INSERT OR REPLACE INTO jobs VALUES (?,?,?,?,?,?,?)", row))
+
+    async def _save_plan(self, name: str, plan: PartitionPlan) -> None:
+        blob = msgpack.packb(plan.to_dict())
+        await self.db.run(lambda c: c.execute(
+            "INSERT OR REPLACE INTO plans VALUES (?,?,?)", (name, blob, time.time())))
+
+    # job lifecycle --------------------------------------------------------------------
+    async def start_job(self, kind: str, detail: dict, coro_factory) -> Job:
+        if not self.accepting:
+            raise JobError("the daemon is shutting down and accepts no new jobs")
+        job = Job(uuid.uuid4().hex[:12], kind, "running", detail=detail)
+        self.jobs[job.id] = job
+        await self._save_job(job)
+        job.task = asyncio.get_running_loop().create_task(self._run(job, coro_factory))
+        return job
+
+    async def _run(self, job: Job, coro_factory) -> None:
+        log.info("job %s (%s) started: %s", job.id, job.kind, job.detail)
+        try:
+            await coro_factory(job)
+            job.state = "done"
+        except asyncio.CancelledError:
+            job.state, job.error = "cancelled", job.error or "cancelled by the user"
+        except (JobError, StoreError, PlacementError, ValueError) as exc:
+            job.state, job.error = "failed", str(exc)
+        except Exception as exc:  # a bug: keep serving, but say so loudly
+            log.exception("job %s crashed", job.id)
+            job.state, job.error = "failed", f"internal error: {exc!r}"
+        job.finished = time.time()
+        await asyncio.shield(self._save_job(job))
+        job.done.set()
+        log.info("job %s %s in %.3fs%s", job.id, job.state, job.finished - job.submitted,
+                 f": {job.error}" if job.error else "")
+
+    def get(self, job_id: str) -> Job:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise JobError(f"no job {job_id!r} on this node")
+        return job
+
+    async def wait(self, job_id: str, timeout: float | None) -> Job:
+        job = self.get(job_id)
+        try:
+            await asyncio.wait_for(job.done.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        return job
+
+    def cancel(self, job_id: str) -> Job:
+        job = self.get(job_id)
+        if job.task is not None and not job.task.done():
+            job.task.cancel()
+        return job
+
+    def result(self, job_id: str) -> np.ndarray:
+        job = self.get(job_id)
+        if job.state != "done":
+            raise JobError(f"job {job_id} is {job.state}" + (f": {job.error}" if job.error else ""))
+        path = self.results / f"{job_id}.npy"
+        if not path.exists():
+            raise JobError(f"job {job_id} has no stored result")
+        return np.load(path, mmap_mode="r")
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop accepting jobs; give running ones ``grace`` seconds, then cancel them."""
+        self.accepting = False
+        running = [j.task for j in self.jobs.values() if j.task and not j.task.done()]
+        if running:
+            log.info("waiting up to %.0fs for %d running job(s)", grace, len(running))
+            _, pending = await asyncio.wait(running, timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+
+    # candidates -----------------------------------------------------------------------
+    def candidates(self) -> list[Candidate]:
+        """This node plus every alive member, as the scorer sees them."""
+        out = [Candidate(self.node_id, self.capacity, self.load(), self.store.free,
+                         self.device.name, "self")]
+        for m in self.mesh.members():
+            if m.node_id == self.node_id or m.state.value != "alive":
+                continue
+            a = m.advert
+            outcome = self.mesh.connector.outcome(m.node_id)
+            session = self.mesh.sessions.get(m.node_id)
+            link = session.link.kind if session else (outcome.kind if outcome else "none")
+            out.append(Candidate(m.node_id, a.capacity, a.load, a.memory_free, a.device, link))
+        return out
+
+    def load(self) -> float:
+        return (self.executor.running + self.executor.queued) / self.executor.workers
+
+    def slots(self, exclude: set[str] = frozenset()) -> list[NodeSlot]:
+        slots = []
+        for sc, c in rank(self.candidates(), self.memory):
+            if c.node_id in exclude:
+                continue
+            try:
+                dev = self.device if c.node_id == self.node_id else get_preset(c.device)
+            except ValueError:
+                continue
+            slots.append(NodeSlot(c.node_id, sc, c.memory_free, dev))
+        return slots
+
+    def profile(self, name: str | None) -> DeviceProfile:
+        return get_preset(name) if name else self.device
+
+    # matmul ---------------------------------------------------------------------------
+    async def submit_matmul(self, a: Any, b: Any, device: str | None, seed: int) -> Job:
+        a, b = as_matrix(a, "A"), as_matrix(b, "B")
+        if a.shape[1] != b.shape[0]:
+            raise JobError(f"shapes do not align: A is {a.shape[0]}x{a.shape[1]}, "
+                           f"B is {b.shape[0]}x{b.shape[1]}")
+        if device is not None:
+            get_preset(device)
+        size = (a.size + b.size + a.shape[0] * b.shape[1]) * 4
+        if size > MAX_JOB_BYTES:
+            raise JobError(f"job needs {size} bytes, over the {MAX_JOB_BYTES}-byte job limit")
+        detail = {"shape": [a.shape[0], a.shape[1], b.shape[1]], "device": device, "seed": seed}
+        return await self.start_job("matmul", detail,
+                                    lambda job: self._matmul(job, a, b, device, seed))
+
+    async def _matmul(self, job: Job, a: np.ndarray, b: np.ndarray, device: str | None,
+                      seed: int) -> None:
+        self.metrics.live_bytes += a.nbytes + b.nbytes
+        try:
+            slots = self.slots()
+            plan = plan_rows(a.shape, slots, device=self.profile(device) if device else None)
+            out = np.empty((a.shape[0], b.shape[1]), dtype=np.float32)
+            job.detail["placement"] = plan.rows_by_node()
+            await asyncio.gather(*(self._share(job, blk, a, b, out, device, seed)
+                                   for blk in plan.blocks))
+            path = self.results / f"{job.id}.npy"
+            await self.executor.run(_save_npy, path, out)
+        finally:
+            self.metrics.live_bytes -= a.nbytes + b.nbytes
+
+    async def _share(self, job: Job, blk, a, b, out, device, seed) -> None:
+        rows = slice(blk.row_start, blk.row_stop)
+        tried: set[str] = set()
+        target = blk.nodes[0]
+        flops = 2.0 * (blk.row_stop - blk.row_start) * a.shape[1] * b.shape[1]
+        for attempt in range(MAX_ATTEMPTS):
+            tried.add(target)
+            start = time.perf_counter()
+            try:
+                out[rows] = await self._matmul_on(target, job.id, a[rows], b, device, seed,
+                                                  blk.row_start, flops)
+                self.memory.record_share(target, flops, time.perf_counter() - start, True)
+                return
+            except (LinkClosed, TimeoutError, RemoteError, ProtocolError, OSError) as exc:
+                self.memory.record_share(target, flops, time.perf_counter() - start, False)
+                log.warning("job %s: share rows %d-%d on %s failed (%s); reassigning",
+                            job.id, blk.row_start, blk.row_stop, target[:8], exc)
+                target = self._fallback(tried, attempt)
+        raise JobError(f"rows {blk.row_start}-{blk.row_stop} failed on {len(tried)} nodes")
+
+    def _fallback(self, tried: set[str], attempt: int) -> str:
+        """Best-scoring node not tried yet; this node for the last attempt."""
+        if attempt >= MAX_ATTEMPTS - 2:
+            return self.node_id
+        for slot in self.slots(exclude=tried):
+            return slot.node_id
+        return self.node_id
+
+    async def _matmul_on(self, node: str, job_id: str, a, b, device, seed, row_offset, flops):
+        if node == self.node_id:
+            return await self.executor.run(crossbar_matmul, a, b, self.profile(device), seed,
+                                           row_offset)
+        session = await self.mesh.session(node)
+        msg = MatmulShare(session.next_rid(), job_id, a, b, device, seed, row_offset)
+        value = await session.request(msg, _timeout(flops, a.nbytes + b.nbytes))
+        return _expect_array(value, (a.shape[0], b.shape[1]), node)
+
+    # deploy ---------------------------------------------------------------------------
+    async def deploy(self, name: str, w: Any, device: str | None, replicas: int | None,
+                     seed: int) -> Job:
+        check_name(name)
+        w = as_matrix(w, "W")
+        if device is not None:
+            get_preset(device)
+        if replicas is not None and replicas < 1:
+            raise JobError("replicas must be at least 1")
+        detail = {"name": name, "shape": list(w.shape), "device": device, "seed": seed}
+        return await self.start_job("deploy", detail,
+                                    lambda job: self._deploy(job, name, w, device, replicas, seed))
+
+    async def _deploy(self, job: Job, name, w, device, replicas, seed) -> None:
+        slots = self.slots()
+        want = replicas if replicas is not None else (2 if len(slots) >= 2 else 1)
+        plan = plan_rows(w.shape, slots, device=self.profile(device) if device else None,
+                         replicas=want)
+        plan_meta = {"seed": seed, "device": device}
+        await asyncio.gather(*(self._place_block(job, name, blk, w, device, seed)
+                               for blk in plan.blocks))
+        self.plans[name] = plan
+        await self._save_plan(name, plan)
+        job.detail.update(replicas=want, placement={str(b.index): b.nodes for b in plan.blocks},
+                          **plan_meta)
+        await self._announce_plan(name, plan)
+
+    async def _place_block(self, job: Job, name: str, blk, w, device, seed) -> None:
+        """Store the block on each of its holders, replacing holders that fail."""
+        part = w[blk.row_start:blk.row_stop]
+        holders: list[str] = []
+        tried: set[str] = set()
+        queue = list(blk.nodes)
+        while len(holders) < len(blk.nodes) and queue:
+            node = queue.pop(0)
+            tried.add(node)
+            try:
+                await self._store_on(node, name, blk.index, blk.row_start, part, device, seed)
+                holders.append(node)
+            except (LinkClosed, TimeoutError, RemoteError, StoreError, ProtocolError) as exc:
+                log.warning("deploy %s block %d on %s failed: %s", name, blk.index, node[:8], exc)
+                queue += [s.node_id for s in self.slots(exclude=tried | set(queue))][:1]
+        if not holders:
+            raise JobError(f"no node could hold block {blk.index} of {name}")
+        blk.nodes = holders
+
+    async def _store_on(self, node, name, index, row_start, part, device, seed) -> None:
+        if node == self.node_id:
+            await self.store_block(name, index, row_start, part, device, seed)
+            return
+        session = await self.mesh.session(node)
+        msg = StoreBlock(session.next_rid(), name, index, row_start, part, device, seed)
+        await session.request(msg, _timeout(2.0 * part.size * 16, part.nbytes))
+
+    async def store_block(self, name, index, row_start, w, device, seed) -> int:
+        """Program a block here, persist it, then make it available; return its bytes."""
+        check_name(name)
+        w = as_matrix(w, "block")
+        profile = self.profile(device)
+        if row_start % row_granularity(profile):
+            raise StoreError(f"block start {row_start} is not a multiple of the "
+                             f"{row_granularity(profile)}-row tile of {profile.name}")
+        cost = profile.resident_bytes(w.shape)
+        self.store.reserve(cost, f"block {index} of {name}")
+        try:
+            def program_and_persist() -> Resident:
+                matrix = ProgrammedMatrix.program(w, profile, seed, row_offset=row_start)
+                block = Resident(name, index, row_start, device, seed, matrix)
+                self.store.persist(block)
+                return block
+            block = await self.executor.run(program_and_persist)
+        finally:
+            self.store.release(cost)
+        self.store.add(block)
+        log.info("holding block %d of %s (%dx%d, %s, %d bytes)", index, name,
+                 *block.matrix.shape, profile.name, block.nbytes)
+        return block.nbytes
+
+    async def _announce_plan(self, name: str, plan: PartitionPlan) -> None:
+        async def tell(node: str) -> None:
+            try:
+                session = await self.mesh.session(node)
+                await session.request(PlanNotice(session.next_rid(), name, plan.to_dict()), 10)
+            except (LinkClosed, TimeoutError, RemoteError, ProtocolError) as exc:
+                log.info("could not tell %s about plan %s: %s", node[:8], name, exc)
+        peers = [c.node_id for c in self.candidates() if c.node_id != self.node_id]
+        await asyncio.gather(*(tell(p) for p in peers))
+
+    # infer ----------------------------------------------------------------------------
+    async def infer(self, name: str, x: Any, read_seed: int | None = None) -> np.ndarray:
+        """``W @ X`` for a deployed matrix, one holder per block, failing over replicas."""
+        start = time.perf_counter()
+        plan = await self.plan_for(check_name(name))
+        vector = isinstance(x, np.ndarray) and x.ndim == 1
+        x = as_matrix(x[:, None] if vector else x, "X")
+        if x.shape[0] != plan.shape[1]:
+            raise JobError(f"X has {x.shape[0]} rows but {name} has {plan.shape[1]} columns")
+        read_seed = random.getrandbits(62) if read_seed is None else read_seed
+        out = np.empty((plan.shape[0], x.shape[1]), dtype=np.float32)
+        self.metrics.live_bytes += x.nbytes + out.nbytes
+        try:
+            await asyncio.gather(*(self._infer_block(name, blk, x, read_seed, out)
+                                   for blk in plan.blocks))
+        finally:
+            self.metrics.live_bytes -= x.nbytes + out.nbytes
+        self.memory.record_request(name, time.perf_counter() - start)
+        self.metrics.completed()
+        return out[:, 0] if vector else out
+
+    async def _infer_block(self, name, blk, x, read_seed, out) -> None:
+        errors = []
+        flops = 2.0 * (blk.row_stop - blk.row_start) * x.shape[0] * x.shape[1]
+        for node in self._holder_order(blk.nodes):
+            start = time.perf_counter()
+            try:
+                out[blk.row_start:blk.row_stop] = await self._infer_on(
+                    node, name, blk, x, read_seed, flops)
+                self.memory.record_share(node, flops, time.perf_counter() - start, True)
+                return
+            except (LinkClosed, TimeoutError, RemoteError, ProtocolError, StoreError) as exc:
+                self.memory.record_share(node, flops, time.perf_counter() - start, False)
+                errors.append(f"{node[:8]}: {exc}")
+        raise JobError(f"block {blk.index} of {name} has no live holder ({'; '.join(errors)})")
+
+    def _holder_order(self, nodes: list[str]) -> list[str]:
+        """Holders best first: this node (no transfer), then by score; dead ones last."""
+        scores = {c.node_id: s for s, c in rank(self.candidates(), self.memory)}
+        return sorted(nodes, key=lambda n: (n != self.node_id, -scores.get(n, -1.0)))
+
+    async def _infer_on(self, node, name, blk, x, read_seed, flops) -> np.ndarray:
+        if node == self.node_id:
+            return await self.infer_local(name, blk.index, x, read_seed)
+        session = await self.mesh.session(node)
+        msg = InferBlock(session.next_rid(), name, blk.index, x, read_seed)
+        value = await session.request(msg, _timeout(flops, x.nbytes))
+        return _expect_array(value, (blk.row_stop - blk.row_start, x.shape[1]), node)
+
+    async def infer_local(self, name: str, index: int, x: np.ndarray, read_seed: int) -> np.ndarray:
+        block = self.store.get(name, index)
+        if block.matrix.shape[1] != x.shape[0]:
+            raise StoreError(f"X has {x.shape[0]} rows; block has {block.matrix.shape[1]} columns")
+        return await self.executor.run(block.matrix.matmul, x, read_seed)
+
+    async def plan_for(self, name: str) -> PartitionPlan:
+        plan = self.plans.get(name)
+        if plan is not None:
+            return plan
+        for c in self.candidates():
+            if c.node_id == self.node_id:
+                continue
+            try:
+                session = await self.mesh.session(c.node_id)
+                value = await session.request(GetPlan(session.next_rid(), name), 5)
+            except (LinkClosed, TimeoutError, RemoteError, ProtocolError):
+                continue
+            if value:
+                plan = PartitionPlan.from_dict(value)
+                self.plans[name] = plan
+                await self._save_plan(name, plan)
+                return plan
+        raise JobError(f"no matrix named {name!r} is deployed on the mesh")
+
+    # serving peers --------------------------------------------------------------------
+    async def handle(self, session: Session, msg: Any) -> None:
+        """Serve a work request from a peer; errors go back as text."""
+        self.serving += 1
+        try:
+            value = await self._serve(msg)
+        except (JobError, StoreError, ValueError, ProtocolError) as exc:
+            await session.reply(msg.rid, error=str(exc))
+        except Exception as exc:
+            log.exception("serving %s failed", type(msg).__name__)
+            await session.reply(msg.rid, error=f"internal error: {exc!r}")
+        else:
+            await session.reply(msg.rid, value)
+        finally:
+            self.serving -= 1
+
+    async def _serve(self, msg: Any) -> Any:
+        if isinstance(msg, MatmulShare):
+            a, b = as_matrix(msg.a, "A share"), as_matrix(msg.b, "B")
+            if a.shape[1] != b.shape[0]:
+                raise JobError("share shapes do not align")
+            result = await self.executor.run(crossbar_matmul, a, b, self.profile(msg.device),
+                                             msg.seed, msg.row_offset)
+            self.metrics.completed()
+            return result
+        if isinstance(msg, InferBlock):
+            result = await self.infer_local(check_name(msg.name), msg.index,
+                                            as_matrix(msg.x, "X"), msg.read_seed)
+            self.metrics.completed()
+            return result
+        if isinstance(msg, StoreBlock):
+            if not self.accepting:
+                raise JobError("node is shutting down")
+            return await self.store_block(msg.name, msg.index, msg.row_start, msg.w,
+                                          msg.device, msg.seed)
+        if isinstance(msg, PlanNotice):
+            plan = PartitionPlan.from_dict(msg.plan)
+            self.plans[check_name(msg.name)] = plan
+            await self._save_plan(msg.name, plan)
+            return True
+        if isinstance(msg, GetPlan):
+            plan = self.plans.get(msg.name)
+            return plan.to_dict() if plan else None
+        if isinstance(msg, DropMatrix):
+            self.plans.pop(msg.name, None)
+            await self.db.run(lambda c: c.execute("DELETE FROM plans WHERE name=?", (msg.name,)))
+            return self.store.drop(check_name(msg.name))
+        raise JobError(f"unexpected message {type(msg).TAG}")
+
+
+def _timeout(flops: float, nbytes: int) -> float:
+    """Generous bound for one share: fixed slack + 1 s per GFLOP + 1 s per 50 MB."""
+    return min(BASE_TIMEOUT + flops / 1e9 + nbytes / 50e6, 900.0)
+
+
+def _expect_array(value: Any, shape: tuple[int, int], node: str) -> np.ndarray:
+    if not isinstance(value, np.ndarray) or value.shape != shape:
+        got = getattr(value, "shape", type(value).__name__)
+        raise ProtocolError(f"{node[:8]} returned {got}, expected an array of shape {shape}")
+    return value
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, arr)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

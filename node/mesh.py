@@ -1,0 +1,275 @@
+"""The mesh adapter: links, sessions and the membership state machine, wired to asyncio.
+
+This is the thin I/O shell around the sans-I/O gossip core (:mod:`protocol.membership`):
+it accepts and dials links, runs the handshake, feeds received gossip and the clock into
+the state machine, and delivers what the machine wants sent — dialling the member's
+advertised addresses through the :class:`~nat.connector.Connector` when no session exists.
+Non-gossip messages go to the daemon's handler (jobs, signalling).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import Any, Awaitable, Callable
+
+from nat.connector import Connector, ConnectorConfig
+from nat.link import Link, LinkClosed
+from nat.tcp import listen_tcp
+from node.config import parse_address
+from node.session import Session, handshake
+from protocol.advert import Advertisement
+from protocol.errors import ProtocolError
+from protocol.handshake import Hello, new_hello
+from protocol.membership import Event, Member, Membership, MembershipConfig, Output, is_gossip_message
+from protocol.rpc import Bye
+
+log = logging.getLogger("sedma.mesh")
+
+Handler = Callable[[Session, Any], Awaitable[None]]
+EventHook = Callable[[Event], None]
+
+CONNECT_TIMEOUT = 10.0
+BOOTSTRAP_BACKOFF = (0.5, 30.0)     # first and largest delay between bootstrap attempts
+DUPLICATE_LINK_GRACE = 5.0          # a superseded link is closed after this long
+
+
+class Mesh:
+    """Sessions to peers plus membership, for one node."""
+
+    def __init__(self, node_id: str, name: str, cluster_id: str, key: bytes | None,
+                 listen: str, bootstrap: list[str], handler: Handler,
+                 connector_config: ConnectorConfig,
+                 membership_config: MembershipConfig | None = None) -> None:
+        self.node_id = node_id
+        self.name = name
+        self.cluster_id = cluster_id
+        self.key = key
+        self.listen = listen
+        self.bootstrap = bootstrap
+        self.handler = handler
+        self.membership_config = membership_config
+        self.membership: Membership | None = None  # made once the listen port is known
+        self.connector = Connector(node_id, connector_config, send_signal=self.send_signal,
+                                   on_link=self._on_ice_link)
+        self.sessions: dict[str, Session] = {}
+        self.event_hooks: list[EventHook] = []
+        self._dialing: dict[str, asyncio.Future] = {}
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self.bound: tuple[str, int] | None = None
+
+    # lifecycle ----------------------------------------------------------------------
+    async def start(self, make_advert: Callable[[tuple[str, int]], Advertisement]) -> None:
+        """Listen, then build our advertisement (it needs the bound port) and gossip."""
+        host, port = parse_address(self.listen)
+        self._server = await listen_tcp(host, port, self._on_tcp_link)
+        self.bound = self._server.sockets[0].getsockname()[:2]
+        log.info("listening for peers on %s:%d", *self.bound)
+        self.membership = Membership(make_advert(self.bound), self.membership_config,
+                                     now=time.time(), rng=random.Random())
+        self._spawn(self._tick_loop())
+        if self.bootstrap:
+            self._spawn(self._join_loop())
+
+    @property
+    def advert(self) -> Advertisement:
+        return self.membership.member(self.node_id).advert
+
+    def hello(self) -> Hello:
+        return new_hello(self.node_id, self.cluster_id, self.name, self.advert.addresses)
+
+    async def stop(self) -> None:
+        """Leave gracefully: announce, close sessions, stop listening."""
+        self._stopping = True
+        if self.membership is None:
+            return
+        self._process(self.membership.leave(time.time()))
+        await asyncio.sleep(0.2)  # let the leave announcements reach the links
+        if self._server is not None:
+            self._server.close()
+        for session in list(self.sessions.values()):
+            try:
+                await asyncio.wait_for(session.send(Bye("node stopping")), 1.0)
+            except (LinkClosed, asyncio.TimeoutError):
+                pass
+            await session.close("node stopping")
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.connector.close()
+
+    def _spawn(self, coro: Awaitable) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("mesh task failed: %r", task.exception(), exc_info=task.exception())
+
+    # links and sessions -------------------------------------------------------------
+    async def _on_tcp_link(self, link: Link) -> None:
+        await self._accept(link, initiator=False)
+
+    async def _on_ice_link(self, link: Link) -> None:
+        await self._accept(link, initiator=False)
+
+    async def _accept(self, link: Link, initiator: bool) -> Session | None:
+        if self._stopping:
+            await link.close("node stopping")
+            return None
+        try:
+            session = await handshake(link, self.hello(), self.key, initiator=initiator)
+        except (ProtocolError, LinkClosed) as exc:
+            log.warning("rejected link from %s: %s", link.remote, exc)
+            return None
+        self._register(session)
+        return session
+
+    def _register(self, session: Session) -> None:
+        peer = session.peer_id
+        old = self.sessions.get(peer)
+        if old is not None and not old.closed.is_set():
+            keep_new = session.initiator == (self.node_id < peer)
+            loser = old if keep_new else session
+            if not keep_new:
+                session.start(self._dispatch)
+            self._spawn(self._close_later(loser, "duplicate link"))
+            if not keep_new:
+                return
+        self.sessions[peer] = session
+        session.start(self._dispatch)
+        self._spawn(self._watch(session))
+        log.info("linked to %s (%s) over %s at %s", session.remote.name, peer[:8],
+                 session.link.kind, session.link.remote)
+
+    async def _close_later(self, session: Session, reason: str) -> None:
+        await asyncio.sleep(DUPLICATE_LINK_GRACE)
+        await session.close(reason)
+
+    async def _watch(self, session: Session) -> None:
+        await session.closed.wait()
+        if self.sessions.get(session.peer_id) is session:
+            del self.sessions[session.peer_id]
+        log.info("link to %s closed: %s", session.peer_id[:8], session.close_reason)
+
+    async def session(self, node_id: str) -> Session:
+        """The session to ``node_id``, dialling it (once, even if many ask) if needed."""
+        existing = self.sessions.get(node_id)
+        if existing is not None and not existing.closed.is_set():
+            return existing
+        pending = self._dialing.get(node_id)
+        if pending is None:
+            pending = asyncio.ensure_future(self._dial(node_id))
+            self._dialing[node_id] = pending
+            pending.add_done_callback(lambda _f: self._dialing.pop(node_id, None))
+        return await asyncio.shield(pending)
+
+    async def _dial(self, node_id: str) -> Session:
+        member = self.membership.member(node_id)
+        if member is None:
+            raise LinkClosed(f"unknown member {node_id[:8]}")
+        link = await asyncio.wait_for(
+            self.connector.connect(node_id, member.advert.addresses, member.advert.extra),
+            CONNECT_TIMEOUT)
+        session = await handshake(link, self.hello(), self.key, initiator=True)
+        if session.peer_id != node_id:
+            await session.close("wrong node at address")
+            raise LinkClosed(f"{link.remote} is {session.peer_id[:8]}, not {node_id[:8]}")
+        self._register(session)
+        return self.sessions.get(node_id, session)
+
+    # bootstrap ----------------------------------------------------------------------
+    async def _join_loop(self) -> None:
+        """Dial bootstrap addresses with backoff until one handshake succeeds."""
+        delay = BOOTSTRAP_BACKOFF[0]
+        while not self._stopping:
+            for address in self.bootstrap:
+                if await self._join_via(address):
+                    return
+            log.warning("no bootstrap reachable (%s); retrying in %.1fs",
+                        ", ".join(self.bootstrap), delay)
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, BOOTSTRAP_BACKOFF[1])
+
+    async def _join_via(self, address: str) -> bool:
+        host, port = parse_address(address)
+        try:
+            from nat.tcp import dial_tcp
+            link = await dial_tcp(host, port, timeout=self.connector.config.tcp_timeout)
+            session = await handshake(link, self.hello(), self.key, initiator=True)
+        except (LinkClosed, ProtocolError, OSError) as exc:
+            log.info("bootstrap %s: %s", address, exc)
+            return False
+        self._register(session)
+        self._process(self.membership.seed(session.peer_id, None, time.time()))
+        log.info("joined the mesh through %s (%s)", address, session.remote.name)
+        return True
+
+    # gossip I/O ---------------------------------------------------------------------
+    async def _tick_loop(self) -> None:
+        while True:
+            now = time.time()
+            self._process(self.membership.tick(now))
+            delay = min(max(self.membership.next_deadline() - time.time(), 0.005), 0.5)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+
+    def _process(self, out: Output) -> None:
+        for dst, msg in out.sends:
+            self._spawn(self._deliver(dst, msg))
+        for event in out.events:
+            log.info("member %s is %s", event.node_id[:8], event.kind)
+            for hook in self.event_hooks:
+                hook(event)
+        self._wake.set()
+
+    async def _deliver(self, dst: str, msg: Any) -> None:
+        try:
+            session = await self.session(dst)
+            await session.send(msg)
+        except (LinkClosed, ProtocolError, asyncio.TimeoutError, OSError) as exc:
+            log.debug("gossip to %s undelivered: %s", dst[:8], exc)
+            self._process(self.membership.unreachable(dst, time.time()))
+
+    async def _dispatch(self, session: Session, msg: Any) -> None:
+        if is_gossip_message(msg):
+            try:
+                self._process(self.membership.handle(session.peer_id, msg, time.time()))
+            except ProtocolError as exc:
+                log.warning("bad gossip from %s: %s", session.peer_id[:8], exc)
+            return
+        if isinstance(msg, Bye):
+            log.info("%s is leaving: %s", session.peer_id[:8], msg.reason)
+            return
+        await self.handler(session, msg)
+
+    def update_advert(self, **fields: Any) -> None:
+        """Tell the membership our load or memory changed (it decides whether to gossip)."""
+        self._process(self.membership.update_advert(time.time(), **fields))
+
+    # signalling relay ---------------------------------------------------------------
+    async def send_signal(self, dst: str, msg: Any) -> None:
+        """Deliver a signalling message to ``dst``: directly, else via a linked member."""
+        direct = self.sessions.get(dst)
+        if direct is not None and not direct.closed.is_set():
+            await direct.send(msg)
+            return
+        for peer, session in list(self.sessions.items()):
+            if peer != dst and not session.closed.is_set():
+                await session.send(msg)
+                return
+        raise LinkClosed(f"no member to relay a signal to {dst[:8]}")
+
+    def members(self) -> list[Member]:
+        return self.membership.members()

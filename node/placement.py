@@ -1,0 +1,49 @@
+"""The load-aware scorer: how much work each member should get.
+
+A member's score is its *effective* capacity: what the dual memory has measured it
+achieving (or, for a stranger, what it advertises), scaled down by its current load and
+its observed unreliability, and penalised for a relayed link (every byte crosses TURN).
+Members that cannot be reached, or are not alive, score zero. Pure functions: the job
+manager feeds them the advertisement table and the dual memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from node.dualmemory import DualMemory
+
+RELAY_PENALTY = 0.5
+MIN_SCORE = 1e-3
+
+
+@dataclass
+class Candidate:
+    """What the scorer knows of one member (from its advertisement and our link)."""
+
+    node_id: str
+    capacity: float          # advertised GFLOP/s
+    load: float              # advertised (running + queued) / cores
+    memory_free: int
+    device: str
+    link: str                # 'self' | 'tcp' | 'ice-direct' | 'ice-relay' | 'none'
+    alive: bool = True
+
+
+def score(c: Candidate, memory: DualMemory) -> float:
+    """Effective capacity of ``c`` in GFLOP/s; 0 when it should get no work."""
+    if not c.alive or c.link == "failed":
+        return 0.0
+    measured = memory.peer_speed(c.node_id)
+    base = measured if measured is not None else c.capacity
+    value = max(base, MIN_SCORE) / (1.0 + max(c.load, 0.0))
+    value *= memory.peer_reliability(c.node_id)
+    if c.link == "ice-relay":
+        value *= RELAY_PENALTY
+    return value
+
+
+def rank(cands: list[Candidate], memory: DualMemory) -> list[tuple[float, Candidate]]:
+    """Candidates that should get work, best first."""
+    scored = [(score(c, memory), c) for c in cands]
+    return sorted([sc for sc in scored if sc[0] > 0], key=lambda sc: -sc[0])

@@ -1,0 +1,258 @@
+"""A session: one authenticated link to one peer, carrying typed messages.
+
+The session owns the link's two directions. Outgoing messages are cut into fragments
+(:mod:`protocol.framing`) and a single writer task interleaves them: small messages
+(gossip, replies, pings) always go before the next fragment of a bulk transfer, so a
+64 MiB weight block cannot delay a failure-detector probe by more than one fragment.
+Incoming frames are reassembled and decoded; a protocol error closes the link with a
+logged reason and never reaches the rest of the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from nat.link import Link, LinkClosed
+from protocol.errors import ProtocolError
+from protocol.framing import DEFAULT_MAX_MESSAGE, Reassembler, fragments
+from protocol.handshake import (Auth, Hello, HandshakeError, auth_for, check_hello,
+                                verify_auth)
+from protocol.messages import decode_message, encode_message
+from protocol.rpc import Ping, Reply
+
+log = logging.getLogger("sedma.session")
+
+#: A message whose payload is at most this size is "control" and jumps the bulk queue.
+CONTROL_BYTES = 64 << 10
+HANDSHAKE_TIMEOUT = 5.0
+
+Handler = Callable[["Session", Any], Awaitable[None]]
+
+
+class RemoteError(Exception):
+    """The peer answered a request with an error."""
+
+
+@dataclass
+class _Outgoing:
+    frames: collections.deque  # of frames, each a list of buffer views (nothing copied)
+    done: asyncio.Future
+
+
+@dataclass
+class SessionStats:
+    sent_bytes: int = 0
+    recv_bytes: int = 0
+    sent_messages: int = 0
+    recv_messages: int = 0
+    rtts_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=256))
+
+
+class Session:
+    """An authenticated, message-level conversation with one peer over one link."""
+
+    def __init__(self, link: Link, local: Hello, remote: Hello, *, initiator: bool,
+                 max_message: int = DEFAULT_MAX_MESSAGE) -> None:
+        self.link = link
+        self.local = local
+        self.remote = remote
+        self.initiator = initiator
+        self.peer_id = remote.node_id
+        self.stats = SessionStats()
+        self._reassembler = Reassembler(max_message=max_message)
+        self._sid = itertools.count(1)
+        self._rid = itertools.count(1)
+        self._pending: dict[int, asyncio.Future] = {}
+        self._control: collections.deque[_Outgoing] = collections.deque()
+        self._bulk: collections.deque[_Outgoing] = collections.deque()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self.closed = asyncio.Event()
+        self.close_reason = ""
+        self.last_heard = time.monotonic()
+
+    # lifecycle ----------------------------------------------------------------------
+    def start(self, handler: Handler) -> None:
+        """Run the reader and writer; ``handler`` receives every non-reply message."""
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._read_loop(handler)),
+                       loop.create_task(self._write_loop())]
+
+    async def close(self, reason: str) -> None:
+        """Close the link; fail pending requests and queued sends with ``reason``."""
+        if self.closed.is_set():
+            return
+        self.close_reason = reason
+        self.closed.set()
+        await self.link.close(reason)
+        err = LinkClosed(reason)
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(err)
+        self._pending.clear()
+        for queue in (self._control, self._bulk):
+            while queue:
+                out = queue.popleft()
+                if not out.done.done():
+                    out.done.set_exception(err)
+        self._wake.set()
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
+
+    # sending ------------------------------------------------------------------------
+    def next_rid(self) -> int:
+        return next(self._rid)
+
+    async def send(self, msg: Any) -> None:
+        """Send one message; returns when its last fragment is handed to the link."""
+        if self.closed.is_set():
+            raise LinkClosed(self.close_reason or "session closed")
+        parts = encode_message(msg)
+        size = sum(len(p) for p in parts)
+        frag = min(self.link.max_frame - 64, 1 << 20)
+        out = _Outgoing(collections.deque(fragments(next(self._sid), parts, frag)),
+                        asyncio.get_running_loop().create_future())
+        (self._control if size <= CONTROL_BYTES else self._bulk).append(out)
+        self._wake.set()
+        await out.done
+
+    async def request(self, msg: Any, timeout: float) -> Any:
+        """Send a request (a message with ``rid``) and return its reply's value."""
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[msg.rid] = fut
+        try:
+            await asyncio.wait_for(self._send_and_wait(msg, fut), timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"{type(msg).TAG} to {self.peer_id[:8]} timed out after {timeout}s") from None
+        finally:
+            self._pending.pop(msg.rid, None)
+        reply: Reply = fut.result()
+        if reply.error is not None:
+            raise RemoteError(reply.error)
+        return reply.value
+
+    async def _send_and_wait(self, msg: Any, fut: asyncio.Future) -> None:
+        await self.send(msg)
+        await fut
+
+    async def reply(self, rid: int, value: Any = None, error: str | None = None) -> None:
+        """Answer a request; a closed link just drops the answer (the asker fails over)."""
+        try:
+            await self.send(Reply(rid, value, error))
+        except LinkClosed:
+            log.debug("reply %d to %s dropped: link closed", rid, self.peer_id[:8])
+
+    async def ping(self, timeout: float = 5.0) -> float:
+        """Measure one round trip in milliseconds and feed it to the link's estimate."""
+        start = time.perf_counter()
+        await self.request(Ping(self.next_rid(), time.time()), timeout)
+        rtt = (time.perf_counter() - start) * 1000
+        self.link.observe_rtt(rtt)
+        self.stats.rtts_ms.append(rtt)
+        return rtt
+
+    async def _write_loop(self) -> None:
+        try:
+            while not self.closed.is_set():
+                out = self._next_outgoing()
+                if out is None:
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                frame = out.frames.popleft()
+                await self.link.send(frame)
+                self.stats.sent_bytes += sum(len(b) for b in frame)
+                if not out.frames:
+                    self.stats.sent_messages += 1
+                    if not out.done.done():
+                        out.done.set_result(None)
+        except LinkClosed as exc:
+            await self.close(exc.reason)
+
+    def _next_outgoing(self) -> _Outgoing | None:
+        """Control messages first; bulk messages take turns fragment by fragment."""
+        if self._control:
+            return self._control.popleft()
+        if self._bulk:
+            out = self._bulk.popleft()
+            if len(out.frames) > 1:
+                self._bulk.append(out)
+            return out
+        return None
+
+    # receiving ----------------------------------------------------------------------
+    async def _read_loop(self, handler: Handler) -> None:
+        try:
+            while True:
+                frame = await self.link.recv()
+                self.stats.recv_bytes += len(frame)
+                self.last_heard = time.monotonic()
+                payload = self._reassembler.feed(frame)
+                if payload is None:
+                    continue
+                msg = decode_message(payload)
+                self.stats.recv_messages += 1
+                await self._dispatch(msg, handler)
+        except LinkClosed as exc:
+            await self.close(exc.reason)
+        except ProtocolError as exc:
+            log.warning("closing link to %s (%s): %s", self.peer_id[:8], self.link.remote, exc)
+            await self.close(f"protocol error: {exc}")
+
+    async def _dispatch(self, msg: Any, handler: Handler) -> None:
+        if isinstance(msg, Reply):
+            fut = self._pending.get(msg.rid)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+            return
+        if isinstance(msg, Ping):
+            await self.reply(msg.rid, msg.sent)
+            return
+        await handler(self, msg)
+
+
+async def handshake(link: Link, local: Hello, key: bytes | None, *, initiator: bool,
+                    timeout: float = HANDSHAKE_TIMEOUT) -> Session:
+    """Exchange Hello and Auth over a fresh link; return the session or raise."""
+    try:
+        return await asyncio.wait_for(_handshake(link, local, key, initiator), timeout)
+    except asyncio.TimeoutError:
+        await link.close("handshake timed out")
+        raise HandshakeError(f"handshake with {link.remote} timed out after {timeout}s") from None
+    except (ProtocolError, LinkClosed) as exc:
+        await link.close(f"handshake failed: {exc}")
+        raise
+
+
+async def _handshake(link: Link, local: Hello, key: bytes | None, initiator: bool) -> Session:
+    reassembler = Reassembler(max_message=1 << 20)
+    await _send_small(link, local)
+    remote = await _recv_small(link, reassembler, Hello)
+    check_hello(local, remote)
+    await _send_small(link, auth_for(key, local, remote))
+    verify_auth(key, local, remote, await _recv_small(link, reassembler, Auth))
+    return Session(link, local, remote, initiator=initiator)
+
+
+async def _send_small(link: Link, msg: Any) -> None:
+    for frame in fragments(0, encode_message(msg)):
+        await link.send(frame)
+
+
+async def _recv_small(link: Link, reassembler: Reassembler, expected: type) -> Any:
+    while True:
+        payload = reassembler.feed(await link.recv())
+        if payload is not None:
+            break
+    msg = decode_message(payload)
+    if not isinstance(msg, expected):
+        raise HandshakeError(f"expected {expected.TAG}, got {type(msg).TAG}")
+    return msg

@@ -1,0 +1,39 @@
+"""docker-compose.yml is valid compose, and every service runs a command sedma accepts."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from node.cli import build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = shutil.which("docker-compose")
+
+
+@pytest.mark.skipif(COMPOSE is None, reason="Debian's docker-compose is not installed "
+                    "(make test installs it when run as root)")
+def test_compose_file_validates_without_an_engine():
+    out = subprocess.run([COMPOSE, "-f", str(ROOT / "docker-compose.yml"), "config"],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    config = yaml.safe_load(out.stdout)
+    assert {"bootstrap", "node1", "node2"} <= set(config["services"])
+
+
+def test_every_service_command_parses_and_joiners_point_at_the_bootstrap():
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    parser = build_parser()
+    daemons = {}
+    for name, svc in services.items():
+        if svc.get("image", "").startswith("coturn") or "turnserver" in str(svc.get("command")):
+            continue
+        args = parser.parse_args(svc["command"])
+        assert args.command == "daemon"
+        daemons[name] = args
+    assert not daemons["bootstrap"].bootstrap
+    for name in ("node1", "node2"):
+        assert daemons[name].bootstrap == ["bootstrap:7946"]
+        assert daemons[name].advertise == [f"{name}:7946"]
