@@ -48,13 +48,21 @@ class LinkOutcome:
 
 
 @dataclass
+class _Dial:
+    """One connect attempt shared by every caller waiting for the same peer."""
+
+    task: asyncio.Task
+    waiters: int = 0
+
+
+@dataclass
 class ConnectorConfig:
     """Bounds on link attempts and the ICE servers to use (explicit: never a default)."""
 
     tcp_timeout: float = 3.0
     stun: tuple[str, ...] = ()
     turn: tuple[str, ...] = ()
-    ice_timeout: float = 15.0
+    ice_timeout: float = 10.0
     ice_attempts: int = 2
     ice_backoff: float = 1.0
     keepalive: float = 2.0
@@ -84,7 +92,7 @@ class Connector:
         self.reach = reachability.Reachability()
         self._reach_task: asyncio.Task | None = None
         self._answers: dict[str, asyncio.Future] = {}      # session -> future of answer SDP
-        self._dialling: dict[str, asyncio.Future] = {}     # node -> shared connect attempt
+        self._dialling: dict[str, _Dial] = {}              # node -> shared connect attempt
         self._tasks: set[asyncio.Task] = set()
         self._closed = False
 
@@ -116,18 +124,34 @@ class Connector:
     async def connect(self, node_id: str, addresses: list[str], extra: dict | None = None) -> Link:
         """Return a link to ``node_id`` or raise :class:`LinkClosed` saying why not.
 
-        Concurrent calls for the same peer share one attempt.
+        Concurrent calls for the same peer share one attempt; the attempt is cancelled when
+        its last caller gives up (e.g. the caller's own timeout), so no link is left behind.
         """
-        pending = self._dialling.get(node_id)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        fut = asyncio.ensure_future(self._connect(node_id, addresses, extra or {}))
-        self._dialling[node_id] = fut
+        dial = self._dialling.get(node_id)
+        if dial is None:
+            dial = _Dial(asyncio.ensure_future(self._connect(node_id, addresses, extra or {})))
+            self._dialling[node_id] = dial
+            dial.task.add_done_callback(lambda _t: self._dial_done(node_id, dial))
+        dial.waiters += 1
         try:
-            return await asyncio.shield(fut)
+            return await asyncio.shield(dial.task)
         finally:
-            if fut.done() and self._dialling.get(node_id) is fut:
-                del self._dialling[node_id]
+            dial.waiters -= 1
+            if dial.waiters == 0 and not dial.task.done():
+                dial.task.cancel()
+
+    def _dial_done(self, node_id: str, dial: "_Dial") -> None:
+        if self._dialling.get(node_id) is dial:
+            del self._dialling[node_id]
+        if dial.waiters == 0 and not dial.task.cancelled() and dial.task.exception() is None:
+            self._spawn(dial.task.result().close("nobody waited for this link"))
+
+    def setup_bound(self, n_addresses: int = 1) -> float:
+        """Worst-case seconds one ``connect`` takes: callers' own timeouts should not be lower."""
+        backoff = sum(self.config.ice_backoff * 2 ** i
+                      for i in range(max(self.config.ice_attempts - 1, 0)))
+        return (n_addresses * self.config.tcp_timeout
+                + self.config.ice_attempts * self.config.ice_timeout + backoff)
 
     async def _connect(self, node_id: str, addresses: list[str], extra: dict) -> Link:
         start = time.monotonic()
@@ -243,7 +267,8 @@ class Connector:
             link = await asyncio.wait_for(self._answer_link(offer), self.config.ice_timeout)
         except (asyncio.TimeoutError, LinkClosed, ValueError) as exc:
             reason = getattr(exc, "reason", None) or (
-                f"no working candidate pair within {self.config.ice_timeout:g}s"
+                f"no working candidate pair within {self.config.ice_timeout:g}s "
+                f"({self._servers_note()})"
                 if isinstance(exc, asyncio.TimeoutError) else str(exc))
             log.info("answering ICE from %s failed: %s", offer.src[:8], reason)
             self._record(offer.src, "failed", start, f"answering ICE: {reason}")
@@ -283,7 +308,7 @@ class Connector:
     async def close(self) -> None:
         """Stop every attempt in progress (bounded: tasks are cancelled, not awaited forever)."""
         self._closed = True
-        tasks = [*self._tasks, *self._dialling.values()]
+        tasks = [*self._tasks, *(d.task for d in self._dialling.values())]
         for task in tasks:
             task.cancel()
         if tasks:

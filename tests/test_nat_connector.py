@@ -146,3 +146,23 @@ async def test_misaddressed_signals_are_dropped():
         assert pair.c["b"]._tasks == set() and pair.signals == []
     finally:
         await pair.close()
+
+
+async def test_caller_giving_up_cancels_the_attempt():
+    pair = Pair(ConnectorConfig(ice_timeout=30, ice_attempts=1), deliver=False)
+    try:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(pair.c["a"].connect("b", []), 0.5)
+        await asyncio.sleep(0.1)
+        assert pair.c["a"]._dialling == {}  # nothing left running for nobody
+    finally:
+        await pair.close()
+
+
+def test_setup_bound_covers_every_attempt_and_backoff():
+    async def nop(*a):
+        pass
+
+    c = Connector("x", ConnectorConfig(tcp_timeout=2, ice_timeout=5, ice_attempts=3,
+                                       ice_backoff=1), send_signal=nop, on_link=nop)
+    assert c.setup_bound(2) == 2 * 2 + 3 * 5 + (1 + 2)
