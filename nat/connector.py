@@ -95,6 +95,7 @@ class Connector:
         self._dialling: dict[str, _Dial] = {}              # node -> shared connect attempt
         self._tasks: set[asyncio.Task] = set()
         self._closed = False
+        self._gathered: list[str] | None = None  # candidate types of our last ICE offer/answer
 
     @property
     def has_turn(self) -> bool:
@@ -190,6 +191,8 @@ class Connector:
                               f"{self.config.ice_timeout:g}s ({self._servers_note()})")
             except LinkClosed as exc:
                 errors.append(f"ICE attempt {attempt}: {exc.reason}")
+            except Exception as exc:  # gathering, STUN, TURN (aioice raises its own types)
+                errors.append(f"ICE attempt {attempt}: {type(exc).__name__}: {exc}")
             if attempt < self.config.ice_attempts and not self._closed:
                 await asyncio.sleep(delay)
                 delay *= 2
@@ -205,8 +208,14 @@ class Connector:
         return ""
 
     def _servers_note(self) -> str:
+        """Which servers were configured and what gathering got from them, for errors."""
         kinds = sorted({s.scheme for s in self.servers})
-        return "servers: " + ", ".join(kinds) if kinds else "no STUN/TURN configured"
+        note = "servers: " + ", ".join(kinds) if kinds else "no STUN/TURN configured"
+        if self._gathered is not None:
+            note += "; gathered: " + (", ".join(self._gathered) or "nothing")
+            if self.has_turn and "relay" not in self._gathered:
+                note += "; no relay candidate: TURN allocation failed"
+        return note
 
     async def _ice_attempt(self, node_id: str) -> Link:
         from nat import ice
@@ -218,6 +227,7 @@ class Connector:
         link = None
         try:
             link, sdp = await ice.make_offer(self.servers, timers)
+            self._gathered = ice.candidate_types(sdp)
             await self.send_signal(node_id, IceOffer(self.local_id, node_id, DEFAULT_TTL,
                                                      session, sdp))
             await ice.accept_answer(link, await answer)
@@ -265,11 +275,11 @@ class Connector:
         start = time.monotonic()
         try:
             link = await asyncio.wait_for(self._answer_link(offer), self.config.ice_timeout)
-        except (asyncio.TimeoutError, LinkClosed, ValueError) as exc:
+        except Exception as exc:  # timeout, ICE, or aioice gathering errors
             reason = getattr(exc, "reason", None) or (
                 f"no working candidate pair within {self.config.ice_timeout:g}s "
                 f"({self._servers_note()})"
-                if isinstance(exc, asyncio.TimeoutError) else str(exc))
+                if isinstance(exc, asyncio.TimeoutError) else f"{type(exc).__name__}: {exc}")
             log.info("answering ICE from %s failed: %s", offer.src[:8], reason)
             self._record(offer.src, "failed", start, f"answering ICE: {reason}")
             await self._refuse(offer, reason)
@@ -286,6 +296,7 @@ class Connector:
 
         timers = ice.IceTimers(self.config.keepalive, self.config.idle_timeout)
         fut, pc, sdp = await ice.make_answer(self.servers, offer.sdp, timers)
+        self._gathered = ice.candidate_types(sdp)
         try:
             await self.send_signal(offer.src, IceAnswer(self.local_id, offer.src, DEFAULT_TTL,
                                                         offer.session, sdp))

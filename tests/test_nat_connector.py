@@ -109,7 +109,7 @@ async def test_unanswered_offers_fail_within_bound_after_retries():
         with pytest.raises(LinkClosed) as info:
             await asyncio.wait_for(pair.c["a"].connect("b", []), 10)
         assert ("ICE attempt 3: no working candidate pair within 0.5s "
-                "(no STUN/TURN configured)") in info.value.reason
+                "(no STUN/TURN configured; gathered: host)") in info.value.reason
         assert sum(isinstance(s, IceOffer) for s in pair.signals) == 3
         outcome = pair.c["a"].outcome("b")
         assert outcome.kind == "failed" and "ICE attempt 1" in outcome.error

@@ -73,7 +73,8 @@ async def test_symmetric_nats_without_turn_fail_within_bound(lab, mesh):
     # 2 attempts x 6 s + 0.5 s backoff + process slack: the expect timeout is the bound
     failed = await a.expect("connected", "connect_failed", timeout=20)
     assert failed["ev"] == "connect_failed", failed
-    assert "ICE attempt 1: no working candidate pair within 6s" in failed["error"]
+    assert ("ICE attempt 1: no working candidate pair within 6s (servers: stun; "
+            "gathered: host, srflx)") in failed["error"]
     assert "ICE attempt 2" in failed["error"]
 
 
@@ -119,3 +120,15 @@ async def test_reachability_detected(lab, mesh, where, expected):
     reach = await p.expect("reach")
     assert reach["kind"] == expected, reach
     assert reach["extra"] == {"reach": expected, "ice": True}
+
+
+async def test_wrong_turn_password_fails_with_a_reason(lab, mesh):
+    bad = lab.turn_url().replace(":labsecret@", ":wrong@")
+    bound = ["--ice-timeout", "6", "--ice-attempts", "1"]
+    a = await mesh.spawn("a", lab.sites[2].host, "--turn", bad, *bound)
+    b = await mesh.spawn("b", lab.sites[3].host, "--turn", bad, *bound)
+    await a.cmd("connect", peer="b")
+    failed = await a.expect("connected", "connect_failed", timeout=15)
+    assert failed["ev"] == "connect_failed", failed
+    assert "no relay candidate: TURN allocation failed" in failed["error"], failed
+    assert "wrong" not in failed["error"]  # the password never appears in errors
