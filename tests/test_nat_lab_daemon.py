@@ -9,16 +9,15 @@ from tests.natlab.daemons import Daemon, daemon_unavailable, links, start_daemon
 from tests.natlab.fixtures import lab  # noqa: F401  (pytest fixture)
 from tests.natlab.lab import PUB_IP
 
-pytestmark = [pytest.mark.netns, pytest.mark.slow]
+_UNAVAILABLE = daemon_unavailable()
+pytestmark = [pytest.mark.netns, pytest.mark.slow,
+              pytest.mark.skipif(bool(_UNAVAILABLE), reason=_UNAVAILABLE)]
 PORT = 7946
 BOOT = f"{PUB_IP}:{PORT}"
 
 
 @pytest.fixture
 def daemons(lab):
-    reason = daemon_unavailable()
-    if reason:
-        pytest.skip(reason)
     started: list[Daemon] = []
     yield lambda *a: started.append(start_daemon(lab, *a)) or started[-1]
     for d in started:

@@ -27,6 +27,7 @@ disabled in the lab so candidates are the lab's IPv4 addresses only.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -117,6 +118,7 @@ class Lab:
     # build ------------------------------------------------------------------------
     def up(self) -> "Lab":
         """Create namespaces, wiring and NAT rules; on any error, undo what was done."""
+        sweep_stale()
         try:
             self._add_ns(self.sw)
             run("ip", "-n", self.sw, "link", "add", "br0", "type", "bridge")
@@ -249,6 +251,37 @@ class Lab:
             run("ip", "netns", "del", ns, check=False)
         self.namespaces.clear()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def sweep_stale() -> list[str]:
+    """Delete lab namespaces left by runs whose process is gone (e.g. killed with SIGKILL).
+
+    Only names of the form ``sedma-<pid>-...`` whose pid no longer exists are touched.
+    """
+    removed = []
+    for line in run("ip", "netns", "list", check=False).stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        m = re.fullmatch(r"sedma-(\d+)-\w+", name)
+        if m is None or _alive(int(m.group(1))):
+            continue
+        for pid in run("ip", "netns", "pids", name, check=False).stdout.split():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        run("ip", "netns", "del", name, check=False)
+        removed.append(name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _stop(proc) -> None:
