@@ -68,6 +68,7 @@ class ConnectorConfig:
     keepalive: float = 2.0
     idle_timeout: float = 10.0
     reachability_timeout: float = 3.0
+    reachability_every: float = 300.0   # re-probe: NATs get replaced, leases change
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -91,6 +92,7 @@ class Connector:
         self.servers: list[IceServer] = parse_servers(config.stun, config.turn)
         self.reach = reachability.Reachability()
         self._reach_task: asyncio.Task | None = None
+        self._reach_at = 0.0
         self._answers: dict[str, asyncio.Future] = {}      # session -> future of answer SDP
         self._dialling: dict[str, _Dial] = {}              # node -> shared connect attempt
         self._tasks: set[asyncio.Task] = set()
@@ -105,12 +107,17 @@ class Connector:
     def advert_extra(self) -> dict[str, Any]:
         """Keys for this node's advertisement ``extra``: reachability and ICE support.
 
-        The first call starts reachability detection in the background (bounded, and only
-        against configured STUN/TURN servers); until it finishes ``reach`` is "unknown".
+        Reachability detection runs in the background, started by the first call and
+        repeated every ``reachability_every`` seconds (bounded, and only against configured
+        STUN/TURN servers); until a probe finishes ``reach`` is "unknown". The daemon calls
+        this whenever it refreshes its advertisement, which is what keeps it current.
         """
-        if self._reach_task is None and self.servers and not self._closed:
+        due = (self._reach_task is None or (self._reach_task.done() and time.monotonic()
+               - self._reach_at > self.config.reachability_every))
+        if due and self.servers and not self._closed:
             try:
                 self._reach_task = self._spawn(self.detect_reachability())
+                self._reach_at = time.monotonic()
             except RuntimeError:  # no running loop: stay unknown
                 pass
         return {"reach": self.reach.kind, "ice": True}

@@ -166,3 +166,37 @@ def test_setup_bound_covers_every_attempt_and_backoff():
     c = Connector("x", ConnectorConfig(tcp_timeout=2, ice_timeout=5, ice_attempts=3,
                                        ice_backoff=1), send_signal=nop, on_link=nop)
     assert c.setup_bound(2) == 2 * 2 + 3 * 5 + (1 + 2)
+
+
+async def test_advert_extra_probes_configured_server_and_reprobes_when_due():
+    from tests.test_nat_reachability import serve
+
+    transport, fake = await serve()
+    port = transport.get_extra_info("sockname")[1]
+
+    async def nop(*a):
+        pass
+
+    c = Connector("x", ConnectorConfig(stun=(f"stun:127.0.0.1:{port}",),
+                                       reachability_every=0.2), send_signal=nop, on_link=nop)
+    try:
+        assert c.advert_extra() == {"reach": "unknown", "ice": True}
+        await asyncio.wait_for(c._reach_task, 5)
+        assert c.advert_extra()["reach"] == "public" and fake.requests == 1
+        c.advert_extra()  # not due yet: no new probe
+        await asyncio.sleep(0.3)
+        c.advert_extra()
+        await asyncio.wait_for(c._reach_task, 5)
+        assert fake.requests == 2
+    finally:
+        transport.close()
+        await c.close()
+
+
+async def test_no_servers_means_no_probe_at_all():
+    async def nop(*a):
+        pass
+
+    c = Connector("x", ConnectorConfig(), send_signal=nop, on_link=nop)
+    assert c.advert_extra() == {"reach": "unknown", "ice": True}
+    assert c._reach_task is None
