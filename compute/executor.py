@@ -67,12 +67,13 @@ class Executor:
         self._pool.shutdown(wait=wait, cancel_futures=not wait)
 
 
-def measure_capacity(size: int = 384, repeats: int = 3) -> float:
+def measure_capacity(size: int = 512, repeats: int = 3) -> float:
     """A quick float32 matmul probe of this machine, in GFLOP/s (best of ``repeats``)."""
     import numpy as np
 
     rng = np.random.default_rng(0)
     a = rng.standard_normal((size, size), dtype=np.float32)
+    a @ a  # warm up BLAS threads and caches
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()

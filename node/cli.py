@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--turn", metavar="URL", action="append", help="TURN server, turn:USER:PASS@HOST:PORT[?transport=tcp] (repeatable)")
     d.add_argument("--cluster-key", metavar="FILE", help="shared secret file; only nodes with the same key can join")
     d.add_argument("--advertise", metavar="HOST:PORT", action="append", help="address peers should dial (default: the listen address)")
+    d.add_argument("--capacity", type=float, metavar="GFLOPS", help="advertise this compute capacity instead of measuring it at start")
     d.add_argument("--config", metavar="FILE", help="TOML file whose keys mirror these flags")
     d.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
@@ -115,7 +116,7 @@ def _daemon(args: argparse.Namespace) -> int:
 
     overrides = {k: getattr(args, k) for k in (
         "listen", "bootstrap", "data_dir", "socket", "name", "memory_limit", "device", "stun",
-        "turn", "cluster_key", "advertise")}
+        "turn", "cluster_key", "advertise", "capacity")}
     try:
         config = build_config(args.config, overrides)
         from compute.device import get_preset

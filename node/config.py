@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-import socket
+import socket as sockets
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -58,7 +58,7 @@ class NodeConfig:
     bootstrap: list[str] = field(default_factory=list)
     data_dir: str = DEFAULT_DATA_DIR
     socket: str | None = None
-    name: str = field(default_factory=socket.gethostname)
+    name: str = field(default_factory=sockets.gethostname)
     memory_limit: int = 2 << 30
     device: str = "ideal"
     stun: list[str] = field(default_factory=list)
@@ -67,6 +67,9 @@ class NodeConfig:
     #: Addresses advertised to peers; default: the listen address (with a real IP).
     advertise: list[str] = field(default_factory=list)
     workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
+    #: Advertised GFLOP/s; None measures this machine at start (placement then refines
+    #: it with what the dual memory observes).
+    capacity: float | None = None
     shutdown_grace: float = 10.0
 
     @property
@@ -86,6 +89,8 @@ class NodeConfig:
             raise ConfigError(f"memory_limit must be positive, got {self.memory_limit}")
         if not self.name or len(self.name) > 64:
             raise ConfigError("name must be 1 to 64 characters")
+        if self.capacity is not None and self.capacity <= 0:
+            raise ConfigError(f"capacity must be positive, got {self.capacity}")
         if self.workers < 1:
             raise ConfigError("workers must be at least 1")
         return self

@@ -71,14 +71,14 @@ class Daemon:
         self.db.call(self.memory.load)
         self.metrics = Metrics()
         self.executor = Executor(cfg.workers)
-        self.capacity = await self.executor.run(measure_capacity)
+        self.capacity = cfg.capacity or await self.executor.run(measure_capacity)
         loaded = await self.executor.run(self.store.load_all)
         connector = ConnectorConfig(stun=tuple(cfg.stun), turn=tuple(cfg.turn))
         self.mesh = Mesh(self.node_id, cfg.name, cluster_id_for(self.key), self.key,
                          cfg.listen, cfg.bootstrap, self._on_peer_message, connector)
         self.jobs = JobManager(self.node_id, self.device, self.mesh, self.store, self.executor,
                                self.memory, self.metrics, self.db, self.data_dir, self.capacity)
-        self.jobs.load()
+        self.jobs.restore()
         await self.mesh.start(self._make_advert)
         self.api = await api.serve(cfg.socket_path, self._on_local_request)
         self._install_signals()
@@ -225,6 +225,7 @@ class Daemon:
             "cluster": cluster_id_for(self.key), "socket": str(self.config.socket_path),
             "blocks": self.store.names(), "deployments": sorted(self.jobs.plans),
             "members": len(self.mesh.members()),
+            "tasks": len(asyncio.all_tasks()),
             "metrics": self.metrics.summary(useful, self.executor.utilisation()),
             "memory_patterns": self.memory.short_term_summary(),
         }

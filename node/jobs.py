@@ -94,7 +94,7 @@ class JobManager:
         self.serving = 0
 
     # persistence --------------------------------------------------------------------
-    def load(self) -> None:
+    def restore(self) -> None:
         """Restore job records and plans; jobs that were running were interrupted."""
         def read(conn):
             conn.execute("UPDATE jobs SET state='failed', finished=?, "
@@ -309,13 +309,19 @@ class JobManager:
                                     lambda job: self._deploy(job, name, w, device, replicas, seed))
 
     async def _deploy(self, job: Job, name, w, device, replicas, seed) -> None:
+        if name in self.plans:
+            raise JobError(f"a matrix named {name!r} is already deployed")
         slots = self.slots()
         want = replicas if replicas is not None else (2 if len(slots) >= 2 else 1)
         plan = plan_rows(w.shape, slots, device=self.profile(device) if device else None,
                          replicas=want)
         plan_meta = {"seed": seed, "device": device}
-        await asyncio.gather(*(self._place_block(job, name, blk, w, device, seed)
-                               for blk in plan.blocks))
+        placed = await asyncio.gather(*(self._place_block(job, name, blk, w, device, seed)
+                                        for blk in plan.blocks), return_exceptions=True)
+        failures = [p for p in placed if isinstance(p, BaseException)]
+        if failures:
+            await self._drop_everywhere(name, {n for b in plan.blocks for n in b.nodes})
+            raise failures[0]
         self.plans[name] = plan
         await self._save_plan(name, plan)
         job.detail.update(replicas=want, placement={str(b.index): b.nodes for b in plan.blocks},
@@ -327,6 +333,7 @@ class JobManager:
         part = w[blk.row_start:blk.row_stop]
         holders: list[str] = []
         tried: set[str] = set()
+        errors: list[str] = []
         queue = list(blk.nodes)
         while len(holders) < len(blk.nodes) and queue:
             node = queue.pop(0)
@@ -336,9 +343,11 @@ class JobManager:
                 holders.append(node)
             except (LinkClosed, TimeoutError, RemoteError, StoreError, ProtocolError) as exc:
                 log.warning("deploy %s block %d on %s failed: %s", name, blk.index, node[:8], exc)
+                errors.append(f"{node[:8]}: {exc}")
                 queue += [s.node_id for s in self.slots(exclude=tried | set(queue))][:1]
         if not holders:
-            raise JobError(f"no node could hold block {blk.index} of {name}")
+            raise JobError(f"no node could hold block {blk.index} of {name} "
+                           f"({'; '.join(errors)})")
         blk.nodes = holders
 
     async def _store_on(self, node, name, index, row_start, part, device, seed) -> None:
@@ -372,6 +381,19 @@ class JobManager:
         log.info("holding block %d of %s (%dx%d, %s, %d bytes)", index, name,
                  *block.matrix.shape, profile.name, block.nbytes)
         return block.nbytes
+
+    async def _drop_everywhere(self, name: str, nodes: set[str]) -> None:
+        """Undo a partial deploy: holders forget the blocks they stored (best effort)."""
+        async def drop(node: str) -> None:
+            try:
+                if node == self.node_id:
+                    self.store.drop(name)
+                    return
+                session = await self.mesh.session(node)
+                await session.request(DropMatrix(session.next_rid(), name), 10)
+            except (LinkClosed, TimeoutError, RemoteError, ProtocolError) as exc:
+                log.warning("could not drop partial %s on %s: %s", name, node[:8], exc)
+        await asyncio.gather(*(drop(n) for n in nodes))
 
     async def _announce_plan(self, name: str, plan: PartitionPlan) -> None:
         async def tell(node: str) -> None:

@@ -1,0 +1,125 @@
+"""A node's advertisement: what the mesh needs to know to place work on it.
+
+Every node publishes one :class:`Advertisement` through gossip. It travels inside gossip
+messages as a plain ``dict`` (:meth:`Advertisement.to_dict`) so it is msgpack-able, and is
+validated field by field when it comes back (:meth:`Advertisement.from_dict`), because it
+arrives from peers we do not control.
+
+``version`` orders the advertisements of one node (together with the node's SWIM
+incarnation, see :mod:`protocol.membership`): a receiver keeps the newest. Load and memory
+change constantly, so a node only re-advertises when they moved by more than a threshold
+(:meth:`Advertisement.differs_enough`), which keeps gossip traffic bounded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+REACHABILITY = frozenset({"public", "cone", "symmetric", "unknown"})
+
+#: field name -> accepted Python types when decoding (bool is excluded from int below).
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "node_id": (str,), "name": (str,), "addresses": (list,), "reachability": (str,),
+    "memory_total": (int,), "memory_free": (int,), "memory_budget": (int,),
+    "cores": (int,), "capacity": (float, int), "queue_depth": (int,), "running": (int,),
+    "load": (float, int), "device": (str,), "device_summary": (dict,), "extra": (dict,),
+    "version": (int,),
+}
+_REQUIRED = ("node_id", "name", "addresses")
+#: Fields that describe what a node *is*; any change is worth announcing at once.
+_IDENTITY = ("node_id", "name", "addresses", "reachability", "memory_total", "cores",
+             "capacity", "device", "device_summary", "extra")
+
+
+@dataclass(slots=True)
+class Advertisement:
+    """One node's published record. Treat instances as values: replace, don't mutate."""
+
+    node_id: str
+    name: str
+    addresses: list[str]
+    reachability: str = "unknown"
+    memory_total: int = 0
+    memory_free: int = 0
+    memory_budget: int = 0
+    cores: int = 1
+    capacity: float = 1.0
+    queue_depth: int = 0
+    running: int = 0
+    load: float = 0.0
+    device: str = "ideal"
+    device_summary: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+    version: int = 0
+
+    def to_dict(self) -> dict:
+        """The msgpack-able form carried inside gossip messages."""
+        return {f: getattr(self, f) for f in _FIELD_TYPES}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Advertisement":
+        """Validate a peer-supplied dict; raise ValueError naming the first bad field."""
+        if not isinstance(d, dict):
+            raise ValueError(f"advertisement must be a map, got {type(d).__name__}")
+        for name in _REQUIRED:
+            if name not in d:
+                raise ValueError(f"advertisement: missing field {name!r}")
+        unknown = [k for k in d if k not in _FIELD_TYPES]
+        if unknown:
+            raise ValueError(f"advertisement: unknown field(s) {sorted(map(str, unknown))}")
+        for name, value in d.items():
+            _check_field(name, value)
+        kwargs: dict[str, Any] = dict(d)
+        for name in ("capacity", "load"):
+            if name in kwargs:
+                kwargs[name] = float(kwargs[name])
+        return cls(**kwargs)
+
+    def replace(self, **fields: Any) -> "Advertisement":
+        """A copy with ``fields`` changed (validated like a decoded advertisement)."""
+        for name, value in fields.items():
+            if name not in _FIELD_TYPES:
+                raise ValueError(f"advertisement has no field {name!r}")
+            _check_field(name, value)
+        return dataclasses.replace(self, **fields)
+
+    def differs_enough(self, other: "Advertisement", threshold: float = 0.1) -> bool:
+        """True when ``other`` is worth re-advertising over ``self``.
+
+        Identity fields (addresses, reachability, device, ...) matter whenever they change.
+        Load-like numbers are noisy, so they count only when they moved by more than
+        ``threshold`` relative to their scale: memory relative to the total memory (so a
+        few KiB on a large box do not count), counts and load relative to at least 1 (so
+        0.00 -> 0.01 load is not a 100% change).
+        """
+        for name in _IDENTITY:
+            if getattr(self, name) != getattr(other, name):
+                return True
+        scale = max(self.memory_total, other.memory_total, 1)
+        for name in ("memory_free", "memory_budget"):
+            if abs(getattr(self, name) - getattr(other, name)) / scale > threshold:
+                return True
+        for name in ("load", "queue_depth", "running"):
+            a, b = getattr(self, name), getattr(other, name)
+            if abs(a - b) / max(abs(a), abs(b), 1.0) > threshold:
+                return True
+        return False
+
+
+def _check_field(name: str, value: Any) -> None:
+    """Raise ValueError unless ``value`` is acceptable for advertisement field ``name``."""
+    types = _FIELD_TYPES[name]
+    if isinstance(value, bool) or not isinstance(value, types):
+        raise ValueError(f"advertisement.{name}: expected {types[0].__name__}, "
+                         f"got {type(value).__name__}")
+    if name == "addresses" and not all(isinstance(a, str) for a in value):
+        raise ValueError("advertisement.addresses: every address must be a string")
+    if name == "reachability" and value not in REACHABILITY:
+        raise ValueError(f"advertisement.reachability: {value!r} not in {sorted(REACHABILITY)}")
+    if name in ("device_summary", "extra") and not all(isinstance(k, str) for k in value):
+        raise ValueError(f"advertisement.{name}: keys must be strings")
+    if name in ("memory_total", "memory_free", "memory_budget", "cores", "queue_depth",
+                "running", "version") and value < 0:
+        raise ValueError(f"advertisement.{name}: must not be negative")
