@@ -105,7 +105,7 @@ class Connector:
 
     # advertisement ----------------------------------------------------------------
     def advert_extra(self) -> dict[str, Any]:
-        """Keys for this node's advertisement ``extra``: reachability and ICE support.
+        """Keys for this node's advertisement ``extra``: reachability, ICE and TURN support.
 
         Reachability detection runs in the background, started by the first call and
         repeated every ``reachability_every`` seconds (bounded, and only against configured
@@ -120,7 +120,7 @@ class Connector:
                 self._reach_at = time.monotonic()
             except RuntimeError:  # no running loop: stay unknown
                 pass
-        return {"reach": self.reach.kind, "ice": True}
+        return {"reach": self.reach.kind, "ice": True, "turn": self.has_turn}
 
     async def detect_reachability(self) -> reachability.Reachability:
         """Probe the configured servers once and remember the verdict."""
@@ -209,9 +209,12 @@ class Connector:
         """A reason not to try ICE at all, when advertisements already prove it cannot work."""
         if extra.get("ice") is False:
             return "peer does not accept ICE"
-        if (not self.has_turn and self.reach.kind == reachability.SYMMETRIC
+        # TURN permissions are per IP, so one side's relay suffices even between two
+        # symmetric NATs; only when neither side has one is the attempt known to be futile.
+        if (not self.has_turn and extra.get("turn") is False
+                and self.reach.kind == reachability.SYMMETRIC
                 and extra.get("reach") == reachability.SYMMETRIC):
-            return "both ends are behind symmetric NATs and no TURN relay is configured"
+            return "both ends are behind symmetric NATs and neither has a TURN relay"
         return ""
 
     def _servers_note(self) -> str:

@@ -42,7 +42,7 @@ def test_constructing_a_connector_does_not_import_aiortc():
             "async def nop(*a): pass\n"
             "c = Connector('x', ConnectorConfig(stun=('stun:198.51.100.1:3478',)), "
             "send_signal=nop, on_link=nop)\n"
-            "assert c.advert_extra() == {'reach': 'unknown', 'ice': True}\n"
+            "assert c.advert_extra() == {'reach': 'unknown', 'ice': True, 'turn': False}\n"
             "print(sorted(m for m in ('aiortc', 'aioice') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, cwd=".")
@@ -121,8 +121,9 @@ async def test_symmetric_both_ends_without_turn_is_refused_without_trying():
     pair = Pair()
     pair.c["a"].reach = reachability.Reachability(reachability.SYMMETRIC)
     try:
-        with pytest.raises(LinkClosed, match="symmetric NATs and no TURN"):
-            await pair.c["a"].connect("b", [], {"reach": "symmetric", "ice": True})
+        with pytest.raises(LinkClosed, match="symmetric NATs and neither has a TURN relay"):
+            await pair.c["a"].connect("b", [], {"reach": "symmetric", "ice": True,
+                                                "turn": False})
         assert pair.signals == []
     finally:
         await pair.close()
@@ -180,7 +181,7 @@ async def test_advert_extra_probes_configured_server_and_reprobes_when_due():
     c = Connector("x", ConnectorConfig(stun=(f"stun:127.0.0.1:{port}",),
                                        reachability_every=0.2), send_signal=nop, on_link=nop)
     try:
-        assert c.advert_extra() == {"reach": "unknown", "ice": True}
+        assert c.advert_extra() == {"reach": "unknown", "ice": True, "turn": False}
         await asyncio.wait_for(c._reach_task, 5)
         assert c.advert_extra()["reach"] == "public" and fake.requests == 1
         c.advert_extra()  # not due yet: no new probe
@@ -198,5 +199,17 @@ async def test_no_servers_means_no_probe_at_all():
         pass
 
     c = Connector("x", ConnectorConfig(), send_signal=nop, on_link=nop)
-    assert c.advert_extra() == {"reach": "unknown", "ice": True}
+    assert c.advert_extra() == {"reach": "unknown", "ice": True, "turn": False}
     assert c._reach_task is None
+
+
+async def test_a_peer_with_turn_is_worth_trying_even_when_both_are_symmetric():
+    pair = Pair(ConnectorConfig(ice_timeout=10, ice_attempts=1))
+    pair.c["a"].reach = reachability.Reachability(reachability.SYMMETRIC)
+    try:
+        link = await pair.c["a"].connect("b", [], {"reach": "symmetric", "ice": True,
+                                                   "turn": True})
+        assert isinstance(pair.signals[0], IceOffer)  # it tried (and here, on one host, won)
+        await link.close()
+    finally:
+        await pair.close()

@@ -119,7 +119,7 @@ async def test_reachability_detected(lab, mesh, where, expected):
     await p.cmd("reach")
     reach = await p.expect("reach")
     assert reach["kind"] == expected, reach
-    assert reach["extra"] == {"reach": expected, "ice": True}
+    assert reach["extra"] == {"reach": expected, "ice": True, "turn": True}
 
 
 async def test_wrong_turn_password_fails_with_a_reason(lab, mesh):
@@ -132,3 +132,12 @@ async def test_wrong_turn_password_fails_with_a_reason(lab, mesh):
     assert failed["ev"] == "connect_failed", failed
     assert "no relay candidate: TURN allocation failed" in failed["error"], failed
     assert "wrong" not in failed["error"]  # the password never appears in errors
+
+
+async def test_one_sides_turn_relay_suffices_between_symmetric_nats(lab, mesh):
+    a = await mesh.spawn("a", lab.sites[2].host, *stun_args(lab))
+    b = await mesh.spawn("b", lab.sites[3].host, *turn_args(lab))
+    await a.cmd("connect", peer="b")
+    ca = await a.expect("connected", "connect_failed")
+    assert ca["ev"] == "connected" and ca["kind"] == "ice-relay", ca
+    await exchange(a, b, [MiB])
