@@ -18,6 +18,7 @@ from typing import Any
 
 from compute.device import DeviceProfile, PRESETS, get_preset
 from compute.executor import Executor, measure_capacity
+from nat import signaling
 from nat.connector import ConnectorConfig
 from node import api
 from node.config import NodeConfig, parse_address
@@ -136,11 +137,9 @@ class Daemon:
                              addresses=self.addresses(), **self._load_fields())
 
     def _load_fields(self) -> dict[str, Any]:
-        extra = {}
-        advert_extra = getattr(self.mesh.connector, "advert_extra", None)
-        if advert_extra is not None:
-            extra = advert_extra()
-        return dict(memory_total=total_memory(), memory_free=self.store.free,
+        extra = self.mesh.connector.advert_extra()
+        return dict(reachability=extra.get("reach", "unknown"),
+                    memory_total=total_memory(), memory_free=self.store.free,
                     memory_budget=self.store.budget, cores=self.executor.workers,
                     capacity=self.capacity, queue_depth=self.executor.queued,
                     running=self.executor.running, load=self.jobs.load(),
@@ -179,8 +178,7 @@ class Daemon:
 
     # requests -----------------------------------------------------------------------
     async def _on_peer_message(self, session: Session, msg: Any) -> None:
-        signaling = _signaling()
-        if signaling is not None and signaling.is_signal(msg):
+        if signaling.is_signal(msg):
             await self._route_signal(msg)
             return
         await self.jobs.handle(session, msg)
@@ -190,12 +188,12 @@ class Daemon:
             await self.mesh.connector.handle_signal(msg.src, msg)
             return
         target = self.mesh.sessions.get(msg.dst)
-        if target is None or msg.ttl <= 0:
-            log.debug("dropping signal for %s: no link", msg.dst[:8])
+        onward = signaling.forwarded(msg)
+        if target is None or onward is None:
+            log.debug("dropping signal for %s: no link or hops left", msg.dst[:8])
             return
-        msg.ttl -= 1
         try:
-            await target.send(msg)
+            await target.send(onward)
         except ConnectionError as exc:
             log.debug("relaying signal to %s failed: %s", msg.dst[:8], exc)
 
@@ -267,15 +265,6 @@ class Daemon:
                 "advert_age_s": now - self.mesh.advert_seen.get(m.node_id, m.state_since),
             })
         return out
-
-
-def _signaling():
-    """The NAT layer's signalling module, if this build has one."""
-    try:
-        from nat import signaling
-    except ImportError:
-        return None
-    return signaling
 
 
 def _outbound_ip(bootstrap: list[str]) -> str:

@@ -31,7 +31,6 @@ log = logging.getLogger("sedma.mesh")
 Handler = Callable[[Session, Any], Awaitable[None]]
 EventHook = Callable[[Event], None]
 
-CONNECT_TIMEOUT = 10.0
 BOOTSTRAP_BACKOFF = (0.5, 30.0)     # first and largest delay between bootstrap attempts
 DUPLICATE_LINK_GRACE = 5.0          # a superseded link is closed after this long
 JOIN_CHECK_AFTER = 3.0              # a join through a seed must show members by then
@@ -64,6 +63,7 @@ class Mesh:
         #: when each member's advertisement last changed, for ``sedma peers``
         self.advert_seen: dict[str, float] = {}
         self._dialing: dict[str, asyncio.Future] = {}
+        self.joined_via: set[str] = set()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task] = set()
         self._wake = asyncio.Event()
@@ -183,9 +183,10 @@ class Mesh:
         member = self.membership.member(node_id)
         if member is None:
             raise LinkClosed(f"unknown member {node_id[:8]}")
+        addresses = member.advert.addresses
         link = await asyncio.wait_for(
-            self.connector.connect(node_id, member.advert.addresses, member.advert.extra),
-            CONNECT_TIMEOUT)
+            self.connector.connect(node_id, addresses, member.advert.extra),
+            self.connector.setup_bound(len(addresses)) + 1.0)
         session = await handshake(link, self.hello(), self.key, initiator=True)
         if session.peer_id != node_id:
             await session.close("wrong node at address")
@@ -222,6 +223,7 @@ class Mesh:
             log.info("bootstrap %s: %s", address, exc)
             return False
         self._register(session)
+        self.joined_via.add(session.peer_id)
         self._process(self.membership.seed(session.peer_id, None, self.clock()))
         log.info("joined the mesh through %s (%s)", address, session.remote.name)
         return True
@@ -287,11 +289,23 @@ class Mesh:
         if direct is not None and not direct.closed.is_set():
             await direct.send(msg)
             return
-        for peer, session in list(self.sessions.items()):
-            if peer != dst and not session.closed.is_set():
+        for session in self._relay_candidates(dst):
+            try:
                 await session.send(msg)
                 return
+            except LinkClosed:
+                continue
         raise LinkClosed(f"no member to relay a signal to {dst[:8]}")
+
+    def _relay_candidates(self, dst: str) -> list[Session]:
+        """Sessions that may reach ``dst``: bootstraps first (everyone joined through
+        them, so they link to everyone), then publicly reachable members, then the rest."""
+        def rank(session: Session) -> tuple[int, int]:
+            member = self.membership.member(session.peer_id)
+            public = member is not None and member.advert.extra.get("reach") == "public"
+            return (session.peer_id not in self.joined_via, not public)
+        live = [s for p, s in self.sessions.items() if p != dst and not s.closed.is_set()]
+        return sorted(live, key=rank)
 
     def members(self) -> list[Member]:
         return self.membership.members()
