@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from nat.iceservers import parse_servers
+
 DEFAULT_PORT = 7946
 DEFAULT_DATA_DIR = "~/.local/share/sedma"
 SOCKET_NAME = "sedma.sock"
@@ -91,6 +93,10 @@ class NodeConfig:
             raise ConfigError("name must be 1 to 64 characters")
         if self.capacity is not None and self.capacity <= 0:
             raise ConfigError(f"capacity must be positive, got {self.capacity}")
+        try:
+            parse_servers(self.stun, self.turn)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if self.workers < 1:
             raise ConfigError("workers must be at least 1")
         return self

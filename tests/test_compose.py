@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from nat.iceservers import parse_servers
 from node.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,7 +21,7 @@ def test_compose_file_validates_without_an_engine():
                          capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     config = yaml.safe_load(out.stdout)
-    assert {"bootstrap", "node1", "node2"} <= set(config["services"])
+    assert {"bootstrap", "node1", "node2", "coturn"} <= set(config["services"])
 
 
 def test_every_service_command_parses_and_joiners_point_at_the_bootstrap():
@@ -37,3 +38,10 @@ def test_every_service_command_parses_and_joiners_point_at_the_bootstrap():
     for name in ("node1", "node2"):
         assert daemons[name].bootstrap == ["bootstrap:7946"]
         assert daemons[name].advertise == [f"{name}:7946"]
+    for args in daemons.values():               # every node can use the compose TURN server
+        assert args.stun == ["stun:coturn:3478"]
+        servers = parse_servers(args.stun, args.turn)
+        assert [s.url for s in servers] == ["stun:coturn:3478", "turn:coturn:3478"]
+    coturn = services["coturn"]["command"]
+    user = next(a.split("=", 1)[1] for a in coturn if a.startswith("--user="))
+    assert all(t.startswith(f"turn:{user}@") for a in daemons.values() for t in a.turn)
