@@ -19,9 +19,8 @@ from typing import Any, Awaitable, Callable
 
 import numpy as np
 
-from protocol import codec
 from protocol.errors import ProtocolError
-from protocol.messages import decode_message, encode_message, message, to_wire
+from protocol.messages import decode_message, encode_message, message
 
 log = logging.getLogger("sedma.api")
 

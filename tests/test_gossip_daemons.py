@@ -3,7 +3,7 @@
 import pytest
 
 from node.client import Client
-from tests.daemons import DaemonProc, wait_for
+from tests.daemons import wait_for
 
 N = 20
 

@@ -10,14 +10,12 @@ from __future__ import annotations
 import os
 import socket
 import struct
-import threading
 import time
 
 import msgpack
 import numpy as np
-import pytest
 
-from node.client import Client, DaemonError
+from node.client import Client
 from tests.daemons import DaemonProc, run_cli, wait_for
 
 RTOL = 1e-5
