@@ -139,7 +139,8 @@ class DualMemory:
                      "matrices": {k: asdict(v) for k, v in self.matrix_patterns.items()}}
         short_term = {"peers": {k: [[s.at, s.flops, s.seconds, s.ok] for s in q]
                                 for k, q in self.peers.items()},
-                      "requests": {k: [list(r) for r in q] for k, q in self.requests.items()}}
+                      "requests": {k: [list(r) for r in q] for k, q in self.requests.items()},
+                      "consolidated_at": dict(self._consolidated_at)}
         for table, value in (("long_term", long_term), ("short_term", short_term)):
             conn.execute(f"INSERT OR REPLACE INTO {table} VALUES ('memory', ?, ?)",
                          (msgpack.packb(value), now))
@@ -164,5 +165,4 @@ class DualMemory:
             self.peers[k] = collections.deque((Sample(*r) for r in rows), maxlen=4096)
         for k, rows in value["requests"].items():
             self.requests[k] = collections.deque((tuple(r) for r in rows), maxlen=4096)
-        newest = max((s.at for q in self.peers.values() for s in q), default=0.0)
-        self._consolidated_at = {k: newest for k in self.peers}
+        self._consolidated_at = {k: float(v) for k, v in value["consolidated_at"].items()}
