@@ -27,7 +27,8 @@ the share of layer jobs each node computed.
 
 Run by hand:  python bench/sweep.py [--preset rram] [--trials 24] [--runs 3]
               [--nodes 1,2,3] [--concurrency 4] [--hidden 64]
-Prints a markdown table and writes it to bench/out/sweep.md.
+Prints a markdown table and writes it to bench/out/sweep.md (sweep-hHIDDEN.md for --hidden
+other than 64).
 """
 
 from __future__ import annotations
@@ -94,16 +95,21 @@ async def mesh_trial(client: AsyncClient, layers: list[Layer], preset: str, x: n
 
 async def mesh_run(sockets: list[Path], layers: list[Layer], preset: str, x: np.ndarray,
                    y: np.ndarray, trials: list[int], concurrency: int,
-                   placed: collections.Counter) -> tuple[float, dict[int, float]]:
-    """All ``trials`` with ``concurrency`` workers; (wall seconds, accuracy per trial)."""
+                   placed: collections.Counter,
+                   lat: list[float] | None = None) -> tuple[float, dict[int, float]]:
+    """All ``trials`` with ``concurrency`` workers; (wall seconds, accuracy per trial).
+    Per-trial latencies are appended to ``lat``."""
     queue = list(reversed(trials))
     acc: dict[int, float] = {}
+    lat = [] if lat is None else lat
 
     async def worker(j: int) -> None:
         async with AsyncClient(sockets[j % len(sockets)]) as c:
             while queue:
                 t = queue.pop()
+                t0 = time.perf_counter()
                 acc[t] = await mesh_trial(c, layers, preset, x, y, t, placed)
+                lat.append(time.perf_counter() - t0)
 
     start = time.perf_counter()
     await asyncio.wait_for(asyncio.gather(*(worker(j) for j in range(concurrency))), RUN_TIMEOUT)
@@ -134,28 +140,39 @@ def main() -> None:
     y = yte
     load_before = os.getloadavg()
 
+    prof = get_preset(args.preset)
+
+    def run_local() -> tuple[float, dict[int, float]]:
+        """The mesh's computation in this process (same seeds), serially."""
+        t0 = time.perf_counter()
+        acc = {t: local_trial(layers, args.preset, x, y, t) for t in trials}
+        return time.perf_counter() - t0, acc
+
+    def run_mlp() -> tuple[float, list[float]]:
+        """CrossbarMLP.program + predict (the engine's own seed derivation), serially."""
+        t0 = time.perf_counter()
+        acc = [float(np.mean(CrossbarMLP.program(layers, prof, seed=t).predict(x, read_seed=t) == y))
+               for t in trials]
+        return time.perf_counter() - t0, acc
+
     rows: list[dict] = []
-    local_trial(layers, args.preset, x, y, 10_000)  # warm-up (imports, caches), not counted
-    # In-process, the mesh's computation (same seeds) -> the accuracies the mesh must match.
-    walls, ref_acc = [], {}
+    run_local()  # warm-up (imports, caches), not counted
+    # The two in-process systems, interleaved run by run so machine noise hits both alike.
+    local_walls, mlp_walls, ref_acc, mlp_acc = [], [], {}, []
     for _ in range(args.runs):
-        t0 = time.perf_counter()
-        ref_acc = {t: local_trial(layers, args.preset, x, y, t) for t in trials}
-        walls.append(time.perf_counter() - t0)
-    base = args.trials / statistics.median(walls)
+        wall, ref_acc = run_local()
+        local_walls.append(wall)
+        wall, mlp_acc = run_mlp()
+        mlp_walls.append(wall)
+    base = args.trials / statistics.median(local_walls)
     rows.append({"system": "in-process, per-layer crossbar_matmul (mesh's seeds)", "tps": base,
-                 "acc": fmt_acc(list(ref_acc.values())), "notes": "reference for the check"})
-    # In-process CrossbarMLP.program + predict (the engine's own seed derivation).
-    walls, mlp_acc = [], []
-    for _ in range(args.runs):
-        t0 = time.perf_counter()
-        mlp_acc = [float(np.mean(CrossbarMLP.program(layers, get_preset(args.preset), seed=t)
-                                 .predict(x, read_seed=t) == y)) for t in trials]
-        walls.append(time.perf_counter() - t0)
-    tps = args.trials / statistics.median(walls)
+                 "ratio": 1.0, "acc": fmt_acc(list(ref_acc.values())),
+                 "notes": "serial, numpy's default BLAS threads; the accuracies the mesh must match"})
+    tps = args.trials / statistics.median(mlp_walls)
     rows.append({"system": "in-process, CrossbarMLP.program + predict", "tps": tps,
-                 "acc": fmt_acc(mlp_acc), "notes": "own seed derivation and read noise; "
-                 "accuracies not trial-for-trial comparable"})
+                 "ratio": tps / base, "acc": fmt_acc(mlp_acc),
+                 "notes": "serial; the engine's own per-layer seed derivation and read noise, "
+                          "so accuracies are not trial-for-trial comparable"})
 
     identical = True
     mismatches: list[str] = []
@@ -169,10 +186,13 @@ def main() -> None:
             asyncio.run(mesh_run(sockets, layers, args.preset, x, y, [10_000 + j for j in range(len(sockets))],
                                  len(sockets), warm))  # one warm-up trial per node, not counted
             placed: collections.Counter = collections.Counter()
-            walls, acc = [], {}
+            walls, ref_walls, lat, acc = [], [], [], {}
             for _ in range(args.runs):
+                # The in-process reference again, next to each mesh run (the mesh's daemons
+                # are idle meanwhile): the ratio compares runs made under the same load.
+                ref_walls.append(run_local()[0])
                 wall, acc = asyncio.run(mesh_run(sockets, layers, args.preset, x, y, trials,
-                                                 args.concurrency, placed))
+                                                 args.concurrency, placed, lat))
                 walls.append(wall)
                 diff = [t for t in trials if acc[t] != ref_acc[t]]
                 if diff:
@@ -182,16 +202,20 @@ def main() -> None:
             share = ", ".join(f"{names.get(k, k[:8])} {100 * v / total:.0f}%"
                               for k, v in sorted(placed.items(), key=lambda kv: names.get(kv[0], kv[0])))
             tps = args.trials / statistics.median(walls)
+            ref_tps = args.trials / statistics.median(ref_walls)
             rows.append({"system": f"sedma, {n} node{'s' if n > 1 else ''}", "tps": tps,
-                         "acc": fmt_acc(list(acc.values())),
-                         "notes": f"rows computed per node: {share}"})
+                         "ratio": tps / ref_tps, "acc": fmt_acc(list(acc.values())),
+                         "notes": f"trial p50 {np.percentile(lat, 50) * 1e3:.0f} ms, "
+                                  f"p99 {np.percentile(lat, 99) * 1e3:.0f} ms; in-process alongside "
+                                  f"{ref_tps:.1f}/s; rows computed: {share}"})
     load_after = os.getloadavg()
 
     args.layers = layers
     table = render(rows, base, args, x.shape[1], identical, mismatches, load_before, load_after)
     print(table)
     OUT.mkdir(exist_ok=True)
-    (OUT / "sweep.md").write_text(table + "\n")
+    out = OUT / ("sweep.md" if args.hidden == 64 else f"sweep-h{args.hidden}.md")
+    out.write_text(table + "\n")
 
 
 def render(rows, base, args, samples, identical, mismatches, load_before, load_after) -> str:
@@ -200,11 +224,11 @@ def render(rows, base, args, samples, identical, mismatches, load_before, load_a
              f"(programming seeds 0..{args.trials - 1}) of {samples} test samples each; "
              f"mesh: {args.concurrency} trials in flight, layer-by-layer one-shot matmul jobs. "
              f"trials/s are medians of {args.runs} runs; ratio = relative to the in-process "
-             "per-layer reference.", "",
+             "per-layer reference (for the mesh: the one re-measured next to its runs).", "",
              "| system | trials/s | ratio | accuracy mean ± std | notes |",
              "|---|---:|---:|---:|---|"]
     for r in rows:
-        lines.append(f"| {r['system']} | {r['tps']:.1f} | {r['tps'] / base:.2f} | {r['acc']} | {r['notes']} |")
+        lines.append(f"| {r['system']} | {r['tps']:.1f} | {r['ratio']:.2f} | {r['acc']} | {r['notes']} |")
     verdict = ("holds: every node count gave exactly the in-process accuracy for every trial"
                if identical else "DOES NOT HOLD: " + "; ".join(mismatches))
     lines += ["", f"- identical seeds -> identical accuracies across node counts: {verdict}",
