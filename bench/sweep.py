@@ -25,7 +25,7 @@ Reported per system: trials/s (median over --runs runs of --trials trials each),
 ratio to the in-process reference, accuracy mean +- std over the trials, and for the mesh
 the share of layer jobs each node computed.
 
-Run by hand:  python bench/sweep.py [--preset rram] [--trials 24] [--runs 3]
+Run by hand:  python bench/sweep.py [--preset rram] [--trials 96] [--runs 5]
               [--nodes 1,2,3] [--concurrency 4] [--hidden 64]
 Prints a markdown table and writes it to bench/out/sweep.md (sweep-hHIDDEN.md for --hidden
 other than 64).
@@ -123,8 +123,8 @@ def fmt_acc(accs: list[float]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="rram")
-    ap.add_argument("--trials", type=int, default=24)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--trials", type=int, default=96)
+    ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--nodes", default="1,2,3")
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--hidden", type=int, default=64,
