@@ -40,7 +40,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.stream import mesh_stream, median_row, numpy_stream, row  # noqa: E402
-from node.client import Client  # noqa: E402
+from node.client import AsyncClient, Client  # noqa: E402
 from node.localmesh import BLAS_ENV, LocalMesh  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -48,6 +48,7 @@ BATCHES = (1, 64)
 CONCURRENCY = (1, 4)
 RAY_TIMEOUT = 120.0    # every Ray/Dask wait is bounded by this many seconds
 DASK_TIMEOUT = 120.0
+SEDMA_RUN_TIMEOUT = 600.0  # one closed-loop run of --requests requests against the mesh
 
 
 def row_blocks(n: int, parts: int) -> list[tuple[int, int]]:
@@ -214,6 +215,11 @@ def start_peer(kind: str, w: np.ndarray):
         return None, f"{kind} not importable ({exc}); skipped (pip install '.[bench]')"
 
 
+async def sedma_infer(sock: Path, x: np.ndarray) -> np.ndarray:
+    async with AsyncClient(sock) as c:
+        return await c.infer("w", x)
+
+
 def check(y: np.ndarray, w: np.ndarray, x: np.ndarray, what: str) -> None:
     ref = w @ x
     err = float(np.linalg.norm(y - ref) / np.linalg.norm(ref))
@@ -255,9 +261,10 @@ def main() -> None:
                 sock = mesh.nodes[0].socket
                 with Client(sock) as c:
                     t = time.perf_counter()
-                    c.deploy("w", w)
+                    c.deploy("w", w, timeout=SEDMA_RUN_TIMEOUT)
                     deploy[sedma_name] = time.perf_counter() - t
-                    check(c.infer("w", xs[64][0]), w, xs[64][0], "sedma")
+                check(asyncio.run(asyncio.wait_for(sedma_infer(sock, xs[64][0]), RAY_TIMEOUT)),
+                      w, xs[64][0], "sedma")
             for kind in ("ray", "dask"):
                 if kind in skip:
                     notes.append(f"{kind}: skipped by --skip")
@@ -280,7 +287,8 @@ def main() -> None:
                     record(b, "numpy (in-process)", 1, sum(lat), lat)
                     if "sedma" not in skip:
                         for conc in CONCURRENCY:
-                            wall, lat = asyncio.run(mesh_stream(sock, "w", xs[b], conc))
+                            wall, lat = asyncio.run(asyncio.wait_for(
+                                mesh_stream(sock, "w", xs[b], conc), SEDMA_RUN_TIMEOUT))
                             record(b, sedma_name, conc, wall, lat)
                     for name, req in systems:
                         for conc in CONCURRENCY:
