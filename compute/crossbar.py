@@ -40,7 +40,7 @@ STATE_FORMAT = "sedma.crossbar/1"
 CODE_FRAC_BITS = 14  # int16 codes: value = code * 2^-14 (in units of Gmax), range +-2
 _CODE_LSB = 2.0 ** -CODE_FRAC_BITS
 _STREAM_PROG, _STREAM_FAULT, _STREAM_READ = 1, 2, 3
-_CHUNK_ELEMS = 1 << 22  # partial sums per chunk (16 MiB scratch)
+_CHUNK_ELEMS = 1 << 20  # partial sums per chunk (4 MiB scratch: stays cache-friendly)
 _MAX_SEED = 2**63 - 1
 
 
