@@ -40,6 +40,9 @@ def test_read_noise_output_variance_matches_analytic() -> None:
     tol = 6 * np.sqrt(2 / (n - 1))
     assert np.all(np.abs(ratio - 1) < tol), ratio
     assert abs(ratio.mean() - 1) < 3 * np.sqrt(2 / (n - 1) / 40)
+    # Gaussian shape: excess kurtosis ~ 0 (a table-sampled normal must not be visibly off)
+    z = (y - y.mean(axis=1, keepdims=True)) / y.std(axis=1, keepdims=True)
+    assert abs(np.mean(z**4) - 3.0) < 5 * np.sqrt(24 / z.size)
     # and the mean is the noise-free product of the stored weights
     clean = pm.effective_weights().astype(np.float64) @ x
     assert np.all(np.abs(y.mean(axis=1) - clean) < 6 * np.sqrt(var / n))
