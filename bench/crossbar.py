@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from compute.crossbar import ProgrammedMatrix  # noqa: E402
 from compute.device import PRESETS  # noqa: E402
 
-N, B, RUNS = 4096, 64, 9
+N, B, RUNS = 4096, 64, 15
 OUT = Path(__file__).resolve().parent / "out" / "crossbar.md"
 
 

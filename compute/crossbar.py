@@ -40,7 +40,7 @@ STATE_FORMAT = "sedma.crossbar/1"
 CODE_FRAC_BITS = 14  # int16 codes: value = code * 2^-14 (in units of Gmax), range +-2
 _CODE_LSB = 2.0 ** -CODE_FRAC_BITS
 _STREAM_PROG, _STREAM_FAULT, _STREAM_READ = 1, 2, 3
-_CHUNK_ELEMS = 1 << 22  # partial sums per chunk (16 MiB scratch)
+_CHUNK_ELEMS = 1 << 20  # partial sums per chunk (4 MiB scratch: stays cache-friendly)
 _MAX_SEED = 2**63 - 1
 
 
@@ -441,14 +441,14 @@ def _read_chunk(pm: ProgrammedMatrix, xc: np.ndarray, r0: int, r1: int,
     n_tc = pm.scales.shape[1]
     lo, hi = r0 * g, min(m, r1 * g)
     nr, b = r1 - r0, xc.shape[2]
+    rows = hi - lo
     part = np.empty((n_tc, nr * g, b), dtype=np.float32)  # (tile col, row, batch) currents
-    buf = np.zeros((nr * g, q), dtype=np.float32)  # rows past the matrix end stay zero
+    part[:, rows:] = 0.0  # rows past the matrix end: cropped below, but keep them finite
+    buf = np.empty((rows, q), dtype=np.float32)
     for c in range(n_tc):
-        width = min(q, k - c * q)
-        if width < q:
-            buf[:, width:] = 0.0
-        buf[: hi - lo, :width] = pm.codes[lo:hi, c * q:c * q + width]  # int16 -> float32
-        np.matmul(buf, xc[c], out=part[c])
+        width = min(q, k - c * q)  # only real rows and inputs: no GEMM work on padding
+        buf[:, :width] = pm.codes[lo:hi, c * q:c * q + width]  # int16 -> float32
+        np.matmul(buf[:, :width], xc[c, :width], out=part[c, :rows])
     if noise_std is not None:
         _add_read_noise(part, noise_std, key, r0, nr, g)
     if prof.adc_bits:

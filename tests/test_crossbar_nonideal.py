@@ -40,6 +40,9 @@ def test_read_noise_output_variance_matches_analytic() -> None:
     tol = 6 * np.sqrt(2 / (n - 1))
     assert np.all(np.abs(ratio - 1) < tol), ratio
     assert abs(ratio.mean() - 1) < 3 * np.sqrt(2 / (n - 1) / 40)
+    # Gaussian shape: excess kurtosis ~ 0 (a table-sampled normal must not be visibly off)
+    z = (y - y.mean(axis=1, keepdims=True)) / y.std(axis=1, keepdims=True)
+    assert abs(np.mean(z**4) - 3.0) < 5 * np.sqrt(24 / z.size)
     # and the mean is the noise-free product of the stored weights
     clean = pm.effective_weights().astype(np.float64) @ x
     assert np.all(np.abs(y.mean(axis=1) - clean) < 6 * np.sqrt(var / n))
@@ -173,3 +176,15 @@ def test_dac_quantisation_and_fixed_range_saturation() -> None:
     fixed = p.with_changes(dac_input_range=0.5)
     xn, xs = dac_quantise(x, fixed)
     assert xs[0] == 0.5 and xn.max() == 1.0 and xn.min() == -1.0  # clipped at the range
+
+
+@pytest.mark.parametrize("mapping", ["differential", "offset"])
+def test_read_path_is_exact_up_to_code_rounding_without_noise(mapping: str) -> None:
+    # drift with compensation forces the non-ideal path but cancels exactly
+    p = DeviceProfile(**{**BASE, "g_min_us": 4.0}, mapping=mapping, drift_nu=0.05, drift_compensation=True)
+    w, x = _rand((45, 100)), _rand((100, 5), 1)
+    pm = ProgrammedMatrix.program(w, p, seed=0)
+    y = pm.matmul(x, elapsed_s=1e5).astype(np.float64)
+    ref = w.astype(np.float64) @ x
+    bound = (CODE / 2) * (np.abs(_per_weight_scale(pm)) @ np.abs(x)) + 1e-5 * np.abs(ref).max()
+    assert np.all(np.abs(y - ref) <= bound)

@@ -135,3 +135,36 @@ def test_bad_inputs() -> None:
 
 def test_block_rows_property() -> None:
     assert Block(0, 128, 300, ["x"]).rows == 172
+
+
+def test_random_configurations_keep_invariants_or_raise_placement_error() -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    devices = [RRAM, PCM, IDEAL, RRAM.with_changes(name="narrow", rows=64, cols=64)]
+    placed = failed = 0
+    for _ in range(200):
+        n = int(rng.integers(1, 6))
+        m, k = int(rng.integers(1, 5000)), int(rng.integers(1, 700))
+        nodes = [NodeSlot(f"n{i}", float(rng.choice([0.5, 1.0, 2.0, 7.0])),
+                          int(rng.integers(0, 6 * m * k)), devices[int(rng.integers(0, 4))]) for i in range(n)]
+        common = devices[int(rng.integers(0, 4))] if rng.random() < 0.5 else None
+        replicas = int(rng.integers(1, 4))
+        try:
+            plan = plan_rows((m, k), nodes, device=common, replicas=replicas,
+                             max_blocks_per_node=int(rng.integers(1, 4)))
+        except PlacementError:
+            failed += 1
+            if replicas == 1:  # single copies: it must fit whenever total memory allows
+                profs = [common or nd.device for nd in nodes]
+                unit = 1
+                for p in profs:
+                    unit = np.lcm(unit, row_granularity(p))
+                n_units = -(-m // int(unit))
+                caps = [nd.free_bytes // p.resident_bytes((int(unit), k)) for nd, p in zip(nodes, profs)]
+                assert sum(min(c, n_units) for c in caps) < n_units
+            continue
+        placed += 1
+        _check_plan(plan, nodes, device=common)
+        assert all(len(b.nodes) == min(replicas, n) for b in plan.blocks)
+    assert placed > 50 and failed > 10  # both outcomes exercised
