@@ -23,7 +23,10 @@ from node import api
 from node.config import NodeConfig, parse_address
 from node.dualmemory import DualMemory
 from node.identity import load_cluster_key, load_node_id, prepare_data_dir
+from node.holder import BlockHolder
 from node.jobs import JobManager
+from node.plans import PlanBook
+from node.reconfigure import Reconfigurer
 from node.mesh import Mesh
 from node.metrics import Metrics, total_memory
 from node.session import Session
@@ -77,9 +80,14 @@ class Daemon:
         connector = ConnectorConfig(stun=tuple(cfg.stun), turn=tuple(cfg.turn))
         self.mesh = Mesh(self.node_id, cfg.name, cluster_id_for(self.key), self.key,
                          cfg.listen, cfg.bootstrap, self._on_peer_message, connector)
-        self.jobs = JobManager(self.node_id, self.device, self.mesh, self.store, self.executor,
-                               self.memory, self.metrics, self.db, self.data_dir, self.capacity)
+        self.plans = PlanBook(self.db)
+        self.plans.restore()
+        self.holder = BlockHolder(self.device, self.store, self.executor, self.metrics,
+                                  self.plans)
+        self.jobs = JobManager(self.node_id, self.holder, self.mesh, self.memory, self.metrics,
+                               self.db, self.data_dir, self.capacity)
         self.jobs.restore()
+        self.reconfigurer = Reconfigurer(self.jobs)
         await self.mesh.start(self._make_advert)
         self.api = await api.serve(cfg.socket_path, self._on_local_request)
         self._install_signals()
@@ -157,14 +165,14 @@ class Daemon:
 
     def _on_member_event(self, event: Any) -> None:
         if event.kind in ("dead", "left"):
-            task = asyncio.get_running_loop().create_task(self.jobs.reconfigure())
+            task = asyncio.get_running_loop().create_task(self.reconfigurer.run())
             self._tasks.append(task)
             task.add_done_callback(self._tasks.remove)
 
     async def _reconfigure_loop(self) -> None:
         while True:
             await asyncio.sleep(RECONFIGURE_EVERY)
-            await self.jobs.reconfigure()
+            await self.reconfigurer.run()
 
     async def _ping_loop(self) -> None:
         while True:
@@ -180,7 +188,7 @@ class Daemon:
         if signaling.is_signal(msg):
             await self._route_signal(msg)
             return
-        await self.jobs.handle(session, msg)
+        await self.holder.handle(session, msg)
 
     async def _route_signal(self, msg: Any) -> None:
         if msg.dst == self.node_id:
@@ -234,7 +242,7 @@ class Daemon:
             "load": self.jobs.load(), "device": self.device.name,
             "capacity": self.capacity, "uptime_s": time.time() - self.started,
             "cluster": cluster_id_for(self.key), "socket": str(self.config.socket_path),
-            "blocks": self.store.names(), "deployments": sorted(self.jobs.plans),
+            "blocks": self.store.names(), "deployments": self.plans.names(),
             "members": len(self.mesh.members()),
             "tasks": len(asyncio.all_tasks()),
             "metrics": self.metrics.summary(useful, self.executor.utilisation()),

@@ -1,4 +1,4 @@
-"""Jobs: the one-shot ``matmul``, ``deploy`` of resident weights, and ``infer`` against them.
+"""Jobs this node coordinates: one-shot ``matmul``, ``deploy`` of resident weights, ``infer``.
 
 The coordinator (the node whose local socket received the job) asks the placement scorer
 for shares, sends each share to its node, and gathers the results. A share whose node
@@ -27,28 +27,24 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from compute.crossbar import ProgrammedMatrix, crossbar_matmul, row_granularity
-from compute.device import DeviceProfile, get_preset
-from compute.executor import Executor
+from compute.device import get_preset
 from compute.partition import NodeSlot, PartitionPlan, PlacementError, plan_rows
 from nat.link import LinkClosed
 from node.dualmemory import DualMemory
 from node.metrics import Metrics
 from node.placement import Candidate, rank
-from node.session import RemoteError, Session
+from node.holder import BlockHolder
+from node.session import RemoteError
 from node.statedb import StateDB
-from node.store import BlockStore, Resident, StoreError, as_matrix, check_name
+from node.store import StoreError, as_matrix, check_name
 from protocol.errors import ProtocolError
-from node.reconfigure import Repair, repairs
-from protocol.work import (DropMatrix, GetPlan, InferBlock, MatmulShare, PlanNotice, StoreBlock,
-                           StoreState)
+from protocol.work import DropMatrix, GetPlan, InferBlock, MatmulShare, PlanNotice, StoreBlock
 
 log = logging.getLogger("sedma.jobs")
 
 MAX_ATTEMPTS = 4
 BASE_TIMEOUT = 30.0
 MAX_JOB_BYTES = 4 << 30
-MAX_SERVING = 256          # peer requests served at once; more are refused, not queued
 FINAL_STATES = ("done", "failed", "cancelled")
 
 
@@ -75,16 +71,15 @@ class Job:
 
 
 class JobManager:
-    """Coordinates jobs submitted here and serves shares requested by peers."""
+    """Coordinates the jobs submitted here; the holder does this node's own share."""
 
-    def __init__(self, node_id: str, device: DeviceProfile, mesh: Any, store: BlockStore,
-                 executor: Executor, memory: DualMemory, metrics: Metrics, db: StateDB,
-                 data_dir: Path, capacity: float) -> None:
+    def __init__(self, node_id: str, holder: BlockHolder, mesh: Any, memory: DualMemory,
+                 metrics: Metrics, db: StateDB, data_dir: Path, capacity: float) -> None:
         self.node_id = node_id
-        self.device = device
+        self.holder = holder
+        self.plans = holder.plans
+        self.executor = holder.executor
         self.mesh = mesh
-        self.store = store
-        self.executor = executor
         self.memory = memory
         self.metrics = metrics
         self.db = db
@@ -92,43 +87,29 @@ class JobManager:
         self.results.mkdir(parents=True, exist_ok=True)
         self.capacity = capacity
         self.jobs: dict[str, Job] = {}
-        self.plans: dict[str, PartitionPlan] = {}
-        self._repairing = False
         self.accepting = True
-        self.serving = 0
 
     # persistence --------------------------------------------------------------------
     def restore(self) -> None:
-        """Restore job records and plans; jobs that were running were interrupted."""
+        """Restore job records; jobs that were running were interrupted by a stop."""
         def read(conn):
             conn.execute("UPDATE jobs SET state='failed', finished=?, "
                          "error='interrupted: the daemon stopped before it finished' "
                          "WHERE state IN ('queued','running')", (time.time(),))
-            return (conn.execute("SELECT id, kind, state, submitted, finished, error, detail "
-                                 "FROM jobs ORDER BY submitted DESC LIMIT 1000").fetchall(),
-                    conn.execute("SELECT name, plan FROM plans").fetchall())
-        jobs, plans = self.db.call(read)
+            return conn.execute("SELECT id, kind, state, submitted, finished, error, detail "
+                                "FROM jobs ORDER BY submitted DESC LIMIT 1000").fetchall()
+        jobs = self.db.call(read)
         for jid, kind, state, submitted, finished, error, detail in reversed(jobs):
             job = Job(jid, kind, state, submitted, finished, error,
                       msgpack.unpackb(detail) if detail else {})
             job.done.set()
             self.jobs[jid] = job
-        for name, blob in plans:
-            try:
-                self.plans[name] = PartitionPlan.from_dict(msgpack.unpackb(blob))
-            except (ValueError, TypeError, KeyError) as exc:
-                log.error("plan of %s unreadable (%s); ignoring it", name, exc)
 
     async def _save_job(self, job: Job) -> None:
         row = (job.id, job.kind, job.state, job.submitted, job.finished, job.error,
                msgpack.packb(job.detail))
         await self.db.run(lambda c: c.execute(
             "INSERT OR REPLACE INTO jobs VALUES (?,?,?,?,?,?,?)", row))
-
-    async def _save_plan(self, name: str, plan: PartitionPlan) -> None:
-        blob = msgpack.packb(plan.to_dict())
-        await self.db.run(lambda c: c.execute(
-            "INSERT OR REPLACE INTO plans VALUES (?,?,?)", (name, blob, time.time())))
 
     # job lifecycle --------------------------------------------------------------------
     async def start_job(self, kind: str, detail: dict, coro_factory) -> Job:
@@ -190,6 +171,7 @@ class JobManager:
     async def shutdown(self, grace: float) -> None:
         """Stop accepting jobs; give running ones ``grace`` seconds, then cancel them."""
         self.accepting = False
+        self.holder.accepting = False
         running = [j.task for j in self.jobs.values() if j.task and not j.task.done()]
         if running:
             log.info("waiting up to %.0fs for %d running job(s)", grace, len(running))
@@ -202,8 +184,8 @@ class JobManager:
     # candidates -----------------------------------------------------------------------
     def candidates(self) -> list[Candidate]:
         """This node plus every alive member, as the scorer sees them."""
-        out = [Candidate(self.node_id, self.capacity, self.load(), self.store.free,
-                         self.device.name, "self")]
+        out = [Candidate(self.node_id, self.capacity, self.load(), self.holder.store.free,
+                         self.holder.device.name, "self")]
         for m in self.mesh.members():
             if m.node_id == self.node_id or m.state.value != "alive":
                 continue
@@ -223,14 +205,11 @@ class JobManager:
             if c.node_id in exclude:
                 continue
             try:
-                dev = self.device if c.node_id == self.node_id else get_preset(c.device)
+                dev = self.holder.device if c.node_id == self.node_id else get_preset(c.device)
             except ValueError:
                 continue
             slots.append(NodeSlot(c.node_id, sc, c.memory_free, dev))
         return slots
-
-    def profile(self, name: str | None) -> DeviceProfile:
-        return get_preset(name) if name else self.device
 
     # matmul ---------------------------------------------------------------------------
     async def submit_matmul(self, a: Any, b: Any, device: str | None, seed: int) -> Job:
@@ -252,7 +231,7 @@ class JobManager:
         self.metrics.live_bytes += a.nbytes + b.nbytes
         try:
             slots = self.slots()
-            plan = plan_rows(a.shape, slots, device=self.profile(device) if device else None)
+            plan = plan_rows(a.shape, slots, device=get_preset(device) if device else None)
             out = np.empty((a.shape[0], b.shape[1]), dtype=np.float32)
             job.detail["placement"] = plan.rows_by_node()
             await asyncio.gather(*(self._share(job, blk, a, b, out, device, seed)
@@ -292,11 +271,10 @@ class JobManager:
 
     async def _matmul_on(self, node: str, job_id: str, a, b, device, seed, row_offset, flops):
         if node == self.node_id:
-            return await self.executor.run(crossbar_matmul, a, b, self.profile(device), seed,
-                                           row_offset)
+            return await self.holder.compute_share(a, b, device, seed, row_offset)
         session = await self.mesh.session(node)
         msg = MatmulShare(session.next_rid(), job_id, a, b, device, seed, row_offset)
-        value = await session.request(msg, _timeout(flops, a.nbytes + b.nbytes))
+        value = await session.request(msg, request_timeout(flops, a.nbytes + b.nbytes))
         return _expect_array(value, (a.shape[0], b.shape[1]), node)
 
     # deploy ---------------------------------------------------------------------------
@@ -317,7 +295,7 @@ class JobManager:
             raise JobError(f"a matrix named {name!r} is already deployed")
         slots = self.slots()
         want = replicas if replicas is not None else (2 if len(slots) >= 2 else 1)
-        plan = plan_rows(w.shape, slots, device=self.profile(device) if device else None,
+        plan = plan_rows(w.shape, slots, device=get_preset(device) if device else None,
                          replicas=want)
         plan_meta = {"seed": seed, "device": device}
         placed = await asyncio.gather(*(self._place_block(job, name, blk, w, device, seed)
@@ -326,11 +304,10 @@ class JobManager:
         if failures:
             await self._drop_everywhere(name, {n for b in plan.blocks for n in b.nodes})
             raise failures[0]
-        self.plans[name] = plan
-        await self._save_plan(name, plan)
+        await self.plans.put(name, plan)
         job.detail.update(replicas=want, placement={str(b.index): b.nodes for b in plan.blocks},
                           **plan_meta)
-        await self._announce_plan(name, plan)
+        await self.announce_plan(name, plan)
 
     async def _place_block(self, job: Job, name: str, blk, w, device, seed) -> None:
         """Store the block on each of its holders, replacing holders that fail."""
@@ -356,42 +333,18 @@ class JobManager:
 
     async def _store_on(self, node, name, index, row_start, part, device, seed) -> None:
         if node == self.node_id:
-            await self.store_block(name, index, row_start, part, device, seed)
+            await self.holder.store_block(name, index, row_start, part, device, seed)
             return
         session = await self.mesh.session(node)
         msg = StoreBlock(session.next_rid(), name, index, row_start, part, device, seed)
-        await session.request(msg, _timeout(2.0 * part.size * 16, part.nbytes))
-
-    async def store_block(self, name, index, row_start, w, device, seed) -> int:
-        """Program a block here, persist it, then make it available; return its bytes."""
-        check_name(name)
-        w = as_matrix(w, "block")
-        profile = self.profile(device)
-        if row_start % row_granularity(profile):
-            raise StoreError(f"block start {row_start} is not a multiple of the "
-                             f"{row_granularity(profile)}-row tile of {profile.name}")
-        cost = profile.resident_bytes(w.shape)
-        self.store.reserve(cost, f"block {index} of {name}")
-        try:
-            def program_and_persist() -> Resident:
-                matrix = ProgrammedMatrix.program(w, profile, seed, row_offset=row_start)
-                block = Resident(name, index, row_start, device, seed, matrix)
-                self.store.persist(block)
-                return block
-            block = await self.executor.run(program_and_persist)
-        finally:
-            self.store.release(cost)
-        self.store.add(block)
-        log.info("holding block %d of %s (%dx%d, %s, %d bytes)", index, name,
-                 *block.matrix.shape, profile.name, block.nbytes)
-        return block.nbytes
+        await session.request(msg, request_timeout(2.0 * part.size * 16, part.nbytes))
 
     async def _drop_everywhere(self, name: str, nodes: set[str]) -> None:
         """Undo a partial deploy: holders forget the blocks they stored (best effort)."""
         async def drop(node: str) -> None:
             try:
                 if node == self.node_id:
-                    self.store.drop(name)
+                    self.holder.store.drop(name)
                     return
                 session = await self.mesh.session(node)
                 await session.request(DropMatrix(session.next_rid(), name), 10)
@@ -399,60 +352,8 @@ class JobManager:
                 log.warning("could not drop partial %s on %s: %s", name, node[:8], exc)
         await asyncio.gather(*(drop(n) for n in nodes))
 
-    async def store_state(self, name, index, row_start, device, seed, state) -> int:
-        """Keep a block programmed elsewhere (a replica being restored)."""
-        check_name(name)
-        matrix = await self.executor.run(ProgrammedMatrix.from_state, state)
-        self.store.reserve(matrix.nbytes, f"block {index} of {name}")
-        try:
-            block = Resident(name, index, row_start, device, seed, matrix)
-            await self.executor.run(self.store.persist, block)
-        finally:
-            self.store.release(matrix.nbytes)
-        self.store.add(block)
-        log.info("holding restored replica of block %d of %s", index, name)
-        return block.nbytes
-
-    async def reconfigure(self) -> int:
-        """Restore lost replicas of every deployment this node holds; return repairs made."""
-        if self._repairing or not self.accepting:
-            return 0
-        self._repairing = True
-        try:
-            alive = {c.node_id for c in self.candidates()}
-            ranked = [c.node_id for _, c in rank(self.candidates(), self.memory)]
-            made = 0
-            for name, plan in list(self.plans.items()):
-                want = max(len(b.nodes) for b in plan.blocks)  # as deployed
-                todo = repairs(name, plan, self.node_id, alive, ranked, min(want, len(alive)))
-                for repair in todo:
-                    made += await self._repair(plan, repair)
-                if todo:
-                    await self._save_plan(name, plan)
-                    await self._announce_plan(name, plan)
-            return made
-        finally:
-            self._repairing = False
-
-    async def _repair(self, plan: PartitionPlan, repair: Repair) -> int:
-        blk = next(b for b in plan.blocks if b.index == repair.index)
-        block = self.store.get(repair.name, repair.index)
-        try:
-            session = await self.mesh.session(repair.target)
-            state = block.matrix.to_state()
-            msg = StoreState(session.next_rid(), repair.name, repair.index, block.row_start,
-                             block.device, block.seed, state)
-            await session.request(msg, _timeout(0, block.nbytes))
-        except (LinkClosed, TimeoutError, RemoteError, ProtocolError) as exc:
-            log.warning("re-replicating %s block %d to %s failed: %s", repair.name,
-                        repair.index, repair.target[:8], exc)
-            return 0
-        blk.nodes = [n for n in blk.nodes if n in {c.node_id for c in self.candidates()}]
-        blk.nodes.append(repair.target)
-        log.info("re-replicated %s block %d to %s", repair.name, repair.index, repair.target[:8])
-        return 1
-
-    async def _announce_plan(self, name: str, plan: PartitionPlan) -> None:
+    async def announce_plan(self, name: str, plan: PartitionPlan) -> None:
+        """Tell every other member about a plan (best effort; GetPlan covers misses)."""
         async def tell(node: str) -> None:
             try:
                 session = await self.mesh.session(node)
@@ -505,17 +406,11 @@ class JobManager:
 
     async def _infer_on(self, node, name, blk, x, read_seed, flops) -> np.ndarray:
         if node == self.node_id:
-            return await self.infer_local(name, blk.index, x, read_seed)
+            return await self.holder.infer_local(name, blk.index, x, read_seed)
         session = await self.mesh.session(node)
         msg = InferBlock(session.next_rid(), name, blk.index, x, read_seed)
-        value = await session.request(msg, _timeout(flops, x.nbytes))
+        value = await session.request(msg, request_timeout(flops, x.nbytes))
         return _expect_array(value, (blk.row_stop - blk.row_start, x.shape[1]), node)
-
-    async def infer_local(self, name: str, index: int, x: np.ndarray, read_seed: int) -> np.ndarray:
-        block = self.store.get(name, index)
-        if block.matrix.shape[1] != x.shape[0]:
-            raise StoreError(f"X has {x.shape[0]} rows; block has {block.matrix.shape[1]} columns")
-        return await self.executor.run(block.matrix.matmul, x, read_seed)
 
     async def plan_for(self, name: str) -> PartitionPlan:
         plan = self.plans.get(name)
@@ -531,73 +426,11 @@ class JobManager:
                 continue
             if value:
                 plan = PartitionPlan.from_dict(value)
-                self.plans[name] = plan
-                await self._save_plan(name, plan)
+                await self.plans.put(name, plan)
                 return plan
         raise JobError(f"no matrix named {name!r} is deployed on the mesh")
 
-    # serving peers --------------------------------------------------------------------
-    async def handle(self, session: Session, msg: Any) -> None:
-        """Serve a work request from a peer; errors go back as text."""
-        if not isinstance(getattr(msg, "rid", None), int):
-            log.warning("ignoring unexpected %s from %s", type(msg).TAG, session.peer_id[:8])
-            return
-        if self.serving >= MAX_SERVING:
-            await session.reply(msg.rid, error=f"node busy: {self.serving} requests in progress")
-            return
-        self.serving += 1
-        try:
-            value = await self._serve(msg)
-        except (JobError, StoreError, ValueError, ProtocolError) as exc:
-            await session.reply(msg.rid, error=str(exc))
-        except Exception as exc:
-            log.exception("serving %s failed", type(msg).__name__)
-            await session.reply(msg.rid, error=f"internal error: {exc!r}")
-        else:
-            await session.reply(msg.rid, value)
-        finally:
-            self.serving -= 1
-
-    async def _serve(self, msg: Any) -> Any:
-        if isinstance(msg, MatmulShare):
-            a, b = as_matrix(msg.a, "A share"), as_matrix(msg.b, "B")
-            if a.shape[1] != b.shape[0]:
-                raise JobError("share shapes do not align")
-            result = await self.executor.run(crossbar_matmul, a, b, self.profile(msg.device),
-                                             msg.seed, msg.row_offset)
-            self.metrics.completed()
-            return result
-        if isinstance(msg, InferBlock):
-            result = await self.infer_local(check_name(msg.name), msg.index,
-                                            as_matrix(msg.x, "X"), msg.read_seed)
-            self.metrics.completed()
-            return result
-        if isinstance(msg, StoreBlock):
-            if not self.accepting:
-                raise JobError("node is shutting down")
-            return await self.store_block(msg.name, msg.index, msg.row_start, msg.w,
-                                          msg.device, msg.seed)
-        if isinstance(msg, StoreState):
-            if not self.accepting:
-                raise JobError("node is shutting down")
-            return await self.store_state(msg.name, msg.index, msg.row_start, msg.device,
-                                          msg.seed, msg.state)
-        if isinstance(msg, PlanNotice):
-            plan = PartitionPlan.from_dict(msg.plan)
-            self.plans[check_name(msg.name)] = plan
-            await self._save_plan(msg.name, plan)
-            return True
-        if isinstance(msg, GetPlan):
-            plan = self.plans.get(msg.name)
-            return plan.to_dict() if plan else None
-        if isinstance(msg, DropMatrix):
-            self.plans.pop(msg.name, None)
-            await self.db.run(lambda c: c.execute("DELETE FROM plans WHERE name=?", (msg.name,)))
-            return self.store.drop(check_name(msg.name))
-        raise JobError(f"unexpected message {type(msg).TAG}")
-
-
-def _timeout(flops: float, nbytes: int) -> float:
+def request_timeout(flops: float, nbytes: int) -> float:
     """Generous bound for one share: fixed slack + 1 s per GFLOP + 1 s per 50 MB."""
     return min(BASE_TIMEOUT + flops / 1e9 + nbytes / 50e6, 900.0)
 

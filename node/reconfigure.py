@@ -1,5 +1,7 @@
 """Continuous reconfiguration: keep every deployed block at its replica count.
 
+(:func:`repairs` decides, sans I/O; :class:`Reconfigurer` carries the decisions out.)
+
 When a holder dies, the block's surviving holder with the lowest node id (so exactly one
 node acts, without a vote) picks the best-scoring member that does not hold the block,
 ships it the *programmed state* (replicas stay bit-identical), updates the plan and
@@ -10,9 +12,18 @@ slow timer, so a repair that failed is retried.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from compute.partition import PartitionPlan
+from nat.link import LinkClosed
+from node.jobs import JobManager, request_timeout
+from node.placement import rank
+from node.session import RemoteError
+from protocol.errors import ProtocolError
+from protocol.work import StoreState
+
+log = logging.getLogger("sedma.reconfigure")
 
 
 @dataclass(frozen=True)
@@ -37,3 +48,53 @@ def repairs(name: str, plan: PartitionPlan, me: str, alive: set[str],
         for target in spare[: want - len(live)]:
             out.append(Repair(name, blk.index, me, target))
     return out
+
+
+class Reconfigurer:
+    """Runs :func:`repairs` against the live mesh (one pass at a time)."""
+
+    def __init__(self, jobs: JobManager) -> None:
+        self.jobs = jobs
+        self._busy = False
+
+    async def run(self) -> int:
+        """Restore lost replicas of every deployment this node holds; return repairs made."""
+        jobs = self.jobs
+        if self._busy or not jobs.accepting:
+            return 0
+        self._busy = True
+        try:
+            candidates = jobs.candidates()
+            alive = {c.node_id for c in candidates}
+            ranked = [c.node_id for _, c in rank(candidates, jobs.memory)]
+            made = 0
+            for name, plan in jobs.plans.items():
+                want = max(len(b.nodes) for b in plan.blocks)  # as deployed
+                todo = repairs(name, plan, jobs.node_id, alive, ranked, min(want, len(alive)))
+                for repair in todo:
+                    made += await self._repair(plan, repair, alive)
+                if todo:
+                    await jobs.plans.put(name, plan)
+                    await jobs.announce_plan(name, plan)
+            return made
+        finally:
+            self._busy = False
+
+    async def _repair(self, plan: PartitionPlan, repair: Repair, alive: set[str]) -> int:
+        """Ship the programmed state of one block to its new holder; 1 if it took."""
+        blk = next(b for b in plan.blocks if b.index == repair.index)
+        block = self.jobs.holder.store.get(repair.name, repair.index)
+        try:
+            session = await self.jobs.mesh.session(repair.target)
+            state = block.matrix.to_state()
+            msg = StoreState(session.next_rid(), repair.name, repair.index, block.row_start,
+                             block.device, block.seed, state)
+            await session.request(msg, request_timeout(0, block.nbytes))
+        except (LinkClosed, TimeoutError, RemoteError, ProtocolError) as exc:
+            log.warning("re-replicating %s block %d to %s failed: %s", repair.name,
+                        repair.index, repair.target[:8], exc)
+            return 0
+        blk.nodes = [n for n in blk.nodes if n in alive]
+        blk.nodes.append(repair.target)
+        log.info("re-replicated %s block %d to %s", repair.name, repair.index, repair.target[:8])
+        return 1

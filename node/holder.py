@@ -1,0 +1,155 @@
+"""What this node does with its own resident blocks, for itself and for its peers.
+
+The holder programs blocks and keeps them (via the :class:`~node.store.BlockStore`), reads
+them for ``infer``, computes one-shot shares, and answers the work requests peers send
+(:mod:`protocol.work`). Every failure goes back to the asking peer as text; nothing a peer
+sends can stop the daemon. Compute always runs on the executor's threads.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from compute.crossbar import ProgrammedMatrix, crossbar_matmul, row_granularity
+from compute.device import DeviceProfile, get_preset
+from compute.executor import Executor
+from compute.partition import PartitionPlan
+from node.metrics import Metrics
+from node.plans import PlanBook
+from node.session import Session
+from node.store import BlockStore, Resident, StoreError, as_matrix, check_name
+from protocol.errors import ProtocolError
+from protocol.work import (DropMatrix, GetPlan, InferBlock, MatmulShare, PlanNotice, StoreBlock,
+                           StoreState)
+
+log = logging.getLogger("sedma.holder")
+
+MAX_SERVING = 256          # peer requests served at once; more are refused, not queued
+
+
+class BlockHolder:
+    """This node's compute and resident blocks, behind one small API."""
+
+    def __init__(self, device: DeviceProfile, store: BlockStore, executor: Executor,
+                 metrics: Metrics, plans: PlanBook) -> None:
+        self.device = device
+        self.store = store
+        self.executor = executor
+        self.metrics = metrics
+        self.plans = plans
+        self.accepting = True
+        self.serving = 0
+
+    def profile(self, name: str | None) -> DeviceProfile:
+        """The named preset, or this node's own device when the job names none."""
+        return get_preset(name) if name else self.device
+
+    async def compute_share(self, a: np.ndarray, b: np.ndarray, device: str | None, seed: int,
+                            row_offset: int) -> np.ndarray:
+        """One-shot ``a @ b`` on crossbars (a is rows [row_offset, ...) of the job's A)."""
+        return await self.executor.run(crossbar_matmul, a, b, self.profile(device), seed,
+                                       row_offset)
+
+    async def store_block(self, name, index, row_start, w, device, seed) -> int:
+        """Program a block here, persist it, then make it available; return its bytes."""
+        check_name(name)
+        w = as_matrix(w, "block")
+        profile = self.profile(device)
+        if row_start % row_granularity(profile):
+            raise StoreError(f"block start {row_start} is not a multiple of the "
+                             f"{row_granularity(profile)}-row tile of {profile.name}")
+        cost = profile.resident_bytes(w.shape)
+        self.store.reserve(cost, f"block {index} of {name}")
+        try:
+            def program_and_persist() -> Resident:
+                matrix = ProgrammedMatrix.program(w, profile, seed, row_offset=row_start)
+                block = Resident(name, index, row_start, device, seed, matrix)
+                self.store.persist(block)
+                return block
+            block = await self.executor.run(program_and_persist)
+        finally:
+            self.store.release(cost)
+        self.store.add(block)
+        log.info("holding block %d of %s (%dx%d, %s, %d bytes)", index, name,
+                 *block.matrix.shape, profile.name, block.nbytes)
+        return block.nbytes
+
+    async def store_state(self, name, index, row_start, device, seed, state) -> int:
+        """Keep a block programmed elsewhere (a replica being restored)."""
+        check_name(name)
+        matrix = await self.executor.run(ProgrammedMatrix.from_state, state)
+        self.store.reserve(matrix.nbytes, f"block {index} of {name}")
+        try:
+            block = Resident(name, index, row_start, device, seed, matrix)
+            await self.executor.run(self.store.persist, block)
+        finally:
+            self.store.release(matrix.nbytes)
+        self.store.add(block)
+        log.info("holding restored replica of block %d of %s", index, name)
+        return block.nbytes
+
+    async def infer_local(self, name: str, index: int, x: np.ndarray, read_seed: int) -> np.ndarray:
+        block = self.store.get(name, index)
+        if block.matrix.shape[1] != x.shape[0]:
+            raise StoreError(f"X has {x.shape[0]} rows; block has {block.matrix.shape[1]} columns")
+        return await self.executor.run(block.matrix.matmul, x, read_seed)
+
+
+    async def handle(self, session: Session, msg: Any) -> None:
+        """Serve a work request from a peer; errors go back as text."""
+        if not isinstance(getattr(msg, "rid", None), int):
+            log.warning("ignoring unexpected %s from %s", type(msg).TAG, session.peer_id[:8])
+            return
+        if self.serving >= MAX_SERVING:
+            await session.reply(msg.rid, error=f"node busy: {self.serving} requests in progress")
+            return
+        self.serving += 1
+        try:
+            value = await self._serve(msg)
+        except (StoreError, ValueError, ProtocolError) as exc:
+            await session.reply(msg.rid, error=str(exc))
+        except Exception as exc:
+            log.exception("serving %s failed", type(msg).__name__)
+            await session.reply(msg.rid, error=f"internal error: {exc!r}")
+        else:
+            await session.reply(msg.rid, value)
+        finally:
+            self.serving -= 1
+
+    async def _serve(self, msg: Any) -> Any:
+        if isinstance(msg, MatmulShare):
+            a, b = as_matrix(msg.a, "A share"), as_matrix(msg.b, "B")
+            if a.shape[1] != b.shape[0]:
+                raise StoreError("share shapes do not align")
+            result = await self.compute_share(a, b, msg.device, msg.seed, msg.row_offset)
+            self.metrics.completed()
+            return result
+        if isinstance(msg, InferBlock):
+            result = await self.infer_local(check_name(msg.name), msg.index,
+                                            as_matrix(msg.x, "X"), msg.read_seed)
+            self.metrics.completed()
+            return result
+        if isinstance(msg, StoreBlock):
+            if not self.accepting:
+                raise StoreError("node is shutting down")
+            return await self.store_block(msg.name, msg.index, msg.row_start, msg.w,
+                                          msg.device, msg.seed)
+        if isinstance(msg, StoreState):
+            if not self.accepting:
+                raise StoreError("node is shutting down")
+            return await self.store_state(msg.name, msg.index, msg.row_start, msg.device,
+                                          msg.seed, msg.state)
+        if isinstance(msg, PlanNotice):
+            plan = PartitionPlan.from_dict(msg.plan)
+            await self.plans.put(check_name(msg.name), plan)
+            return True
+        if isinstance(msg, GetPlan):
+            plan = self.plans.get(msg.name)
+            return plan.to_dict() if plan else None
+        if isinstance(msg, DropMatrix):
+            await self.plans.forget(check_name(msg.name))
+            return self.store.drop(msg.name)
+        raise StoreError(f"unexpected message {type(msg).TAG}")
