@@ -107,7 +107,6 @@ class IceLink(Link):
         self._send_lock = asyncio.Lock()
         self._reasm = Reassembler(max_frame)
         self._last_rx = time.monotonic()
-        self._remote = "?"
         self._tasks: set[asyncio.Task] = set()
         self._tearing_down = False
         channel.bufferedAmountLowThreshold = BUFFER_LOW
@@ -260,14 +259,6 @@ class IceLink(Link):
         for task in list(self._tasks):
             if task is not asyncio.current_task():
                 task.cancel()
-
-    @property
-    def closed(self) -> bool:
-        return self.close_reason is not None
-
-    @property
-    def remote(self) -> str:
-        return self._remote
 
     def _mark_closed(self, reason: str) -> None:
         """Record why the link ended and wake every waiter; teardown follows in a task."""

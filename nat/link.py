@@ -37,6 +37,8 @@ class Link(abc.ABC):
 
     def __init__(self) -> None:
         self._rtt_ms: float | None = None
+        self._remote = "?"
+        #: Why the link ended (None while it is open); set once, by whoever saw it first.
         self.close_reason: str | None = None
 
     @abc.abstractmethod
@@ -55,14 +57,14 @@ class Link(abc.ABC):
         """Close the link (idempotent); pending and future ``recv`` calls raise."""
 
     @property
-    @abc.abstractmethod
     def closed(self) -> bool:
         """True once the link can carry no more frames."""
+        return self.close_reason is not None
 
     @property
     def remote(self) -> str:
         """Human-readable remote address, for logs."""
-        return "?"
+        return self._remote
 
     @property
     def rtt_ms(self) -> float | None:

@@ -41,7 +41,6 @@ class TcpLink(Link, asyncio.Protocol):
         self._writable.set()
         self._connected = asyncio.Event()
         self._reading_paused = False
-        self._remote = "?"
 
     # asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -111,14 +110,6 @@ class TcpLink(Link, asyncio.Protocol):
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
         self._mark_closed(reason)
-
-    @property
-    def closed(self) -> bool:
-        return self.close_reason is not None
-
-    @property
-    def remote(self) -> str:
-        return self._remote
 
     # internals ----------------------------------------------------------------------
     def _abort(self, reason: str) -> None:
