@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import socket
 import struct
-import time
 
 import msgpack
 import numpy as np
@@ -131,7 +130,7 @@ def test_garbage_on_peer_port_and_local_socket_leaves_the_daemon_serving(cluster
     cluster.start(2)
     cluster.wait_converged(alive=1)
     n1 = cluster.nodes[0]
-    time.sleep(1.0)
+    wait_for(lambda: n1.peers()[0]["rtt_ms"] is not None, 20, "the first RTT sample (steady state)")
     before = n1.status()["tasks"]
     for blob in _garbage():
         _send_raw(n1.address, blob)
