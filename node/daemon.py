@@ -96,9 +96,9 @@ class Daemon:
                      self._reconfigure_loop()):
             self._tasks.append(asyncio.get_running_loop().create_task(coro))
         log.info("node %s (%s) up: peers on %s, local socket %s, device %s, %.1f GFLOP/s, "
-                 "%d resident block(s), budget %d bytes", self.node_id[:8], cfg.name,
-                 self.addresses(), cfg.socket_path, self.device.name, self.capacity, loaded,
-                 cfg.memory_limit)
+                 "%d resident block(s), budget %d bytes, event loop %s", self.node_id[:8],
+                 cfg.name, self.addresses(), cfg.socket_path, self.device.name, self.capacity,
+                 loaded, cfg.memory_limit, type(asyncio.get_running_loop()).__module__)
 
     async def shutdown(self) -> None:
         log.info("shutting down")
@@ -242,6 +242,7 @@ class Daemon:
             "load": self.jobs.load(), "device": self.device.name,
             "capacity": self.capacity, "uptime_s": time.time() - self.started,
             "cluster": cluster_id_for(self.key), "socket": str(self.config.socket_path),
+            "reachability": self.mesh.advert.reachability,
             "blocks": self.store.names(), "deployments": self.plans.names(),
             "members": len(self.mesh.members()),
             "tasks": len(asyncio.all_tasks()),
