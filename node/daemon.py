@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import socket
 import time
 from typing import Any
 
@@ -20,7 +19,7 @@ from compute.executor import Executor, measure_capacity
 from nat import signaling
 from nat.connector import ConnectorConfig
 from node import api
-from node.config import NodeConfig, parse_address
+from node.config import NodeConfig
 from node.dualmemory import DualMemory
 from node.identity import load_cluster_key, load_node_id, prepare_data_dir
 from node.holder import BlockHolder
@@ -54,6 +53,7 @@ class Daemon:
         self.device: DeviceProfile = get_preset(config.device)
         self.started = time.time()
         self.stop_event = asyncio.Event()
+        self._addresses: list[str] | None = None
         self._tasks: list[asyncio.Task] = []
 
     # lifecycle ----------------------------------------------------------------------
@@ -132,12 +132,18 @@ class Daemon:
 
     # advertisement ------------------------------------------------------------------
     def addresses(self) -> list[str]:
+        """What peers should dial: --advertise, else the bound address (every interface's
+        address when bound to a wildcard). Fixed at start."""
+        if self._addresses is None:
+            self._addresses = self._find_addresses()
+        return self._addresses
+
+    def _find_addresses(self) -> list[str]:
         if self.config.advertise:
             return list(self.config.advertise)
         host, port = self.mesh.bound
-        if host in ("0.0.0.0", "::", ""):
-            host = _outbound_ip(self.config.bootstrap)
-        return [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+        hosts = _interface_ips() if host in ("0.0.0.0", "::", "") else [host]
+        return [f"[{h}]:{port}" if ":" in h else f"{h}:{port}" for h in hosts]
 
     def _make_advert(self, bound: tuple[str, int]) -> Advertisement:
         return Advertisement(node_id=self.node_id, name=self.config.name,
@@ -275,15 +281,20 @@ class Daemon:
         return out
 
 
-def _outbound_ip(bootstrap: list[str]) -> str:
-    """The local IP that routes towards the bootstrap (no packet is sent)."""
-    target = parse_address(bootstrap[0])[0] if bootstrap else "127.0.0.1"
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect((target, 9))
-            return s.getsockname()[0]
-        except OSError:
-            return "127.0.0.1"
+def _interface_ips() -> list[str]:
+    """Non-loopback IPv4 addresses of this host's interfaces (ifaddr, which aioice uses).
+
+    Advertising every one lets peers on any of the host's networks reach it; each dial is
+    bounded, so a wrong guess costs a peer one short timeout, not a hang.
+    """
+    import ifaddr
+
+    found = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if isinstance(ip.ip, str) and not ip.ip.startswith("127."):
+                found.append(ip.ip)
+    return found or ["127.0.0.1"]
 
 
 def run(config: NodeConfig) -> int:
