@@ -141,10 +141,11 @@ class Mesh:
         return session
 
     def _register(self, session: Session) -> None:
+        """Make ``session`` the one to its peer; settle duplicates the same way on both ends."""
         peer = session.peer_id
         old = self.sessions.get(peer)
         if old is not None and not old.closed.is_set():
-            keep_new = session.initiator == (self.node_id < peer)
+            keep_new = self._prefer_new(old, session)
             loser = old if keep_new else session
             if not keep_new:
                 session.start(self._dispatch)
@@ -156,6 +157,18 @@ class Mesh:
         self._spawn(self._watch(session))
         log.info("linked to %s (%s) over %s at %s", session.remote.name, peer[:8],
                  session.link.kind, session.link.remote)
+
+    def _prefer_new(self, old: Session, new: Session) -> bool:
+        """Which of two live sessions to one peer survives.
+
+        Links dialled from both ends at once: keep the one the smaller node id dialled, so
+        both ends pick the same link. Two links dialled by the *same* end: the dialler only
+        re-dials when it lost the old link (e.g. a NAT dropped its mapping, so the old TCP
+        link is dead but this end never heard a reset), so the new one wins.
+        """
+        if old.initiator == new.initiator:
+            return True
+        return new.initiator == (self.node_id < new.peer_id)
 
     async def _close_later(self, session: Session, reason: str) -> None:
         await asyncio.sleep(DUPLICATE_LINK_GRACE)

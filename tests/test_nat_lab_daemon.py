@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
+from node.mesh import DUPLICATE_LINK_GRACE
 from tests.natlab.daemons import Daemon, daemon_unavailable, links, start_daemon, wait_until
 from tests.natlab.fixtures import lab  # noqa: F401  (pytest fixture)
 from tests.natlab.lab import PUB_IP
@@ -96,3 +99,43 @@ async def test_symmetric_without_turn_fails_clearly_and_work_routes_around(lab, 
     assert link_kind(a, b) == "none"
     result, expected, _job = submit_matmul(lab, a, "noturn")
     assert np.array_equal(result, expected)
+
+
+async def test_a_vanished_nat_mapping_is_noticed_and_the_daemons_relink(lab, daemons):
+    """Flushing a's router breaks every mapping behind it. The TCP link a dialled to the
+    bootstrap is dead (the next segment is reset): a must notice and dial again, and the
+    bootstrap must take the new link over the stale one. The relayed a-b link either
+    survives (TURN permissions are per IP) or is rebuilt; either way the mesh heals."""
+    servers = ["--stun", lab.stun_url, "--turn", lab.turn_url()]
+    # Fixed ids (bootstrap < a) make the bootstrap's duplicate-link rule face the case that
+    # once kept a dead link: both links dialled by a, the stale one first.
+    for name, node_id in (("flush-boot", "0" * 32), ("flush-a", "f" * 32)):
+        (lab.workdir / name).mkdir(parents=True, exist_ok=True)
+        (lab.workdir / name / "node_id").write_text(node_id + "\n")
+    boot, a, b = three_nodes(lab, daemons, "flush", (2, 3), servers)
+    wait_until(lambda: link_kind(a, b) == "ice-relay", 60, "the relayed link", boot, a, b)
+    boot_id = links(a)[boot.name]["id"][:8]
+
+    def count(node: Daemon, text: str) -> int:
+        return sum(text in line and "duplicate link" not in line
+                   for line in node.log().splitlines())
+    lost_before = count(a, f"link to {boot_id} closed")
+    linked_before = count(a, f"linked to {boot.name} ")
+
+    lab.flush_conntrack(lab.sites[2])   # a's symmetric router forgets every mapping
+
+    wait_until(lambda: count(a, f"link to {boot_id} closed") > lost_before, 60,
+               "a to notice that its link to the bootstrap is gone", boot, a, b)
+    wait_until(lambda: count(a, f"linked to {boot.name} ") > linked_before
+               and link_kind(a, boot) == "tcp", 60, "a new link to the bootstrap", boot, a, b)
+    for node in (boot, a, b):
+        others = {n.name for n in (boot, a, b)} - {node.name}
+        wait_until(lambda node=node, others=others: all(
+            links(node)[o]["state"] == "alive" and links(node)[o]["link"] != "none"
+            for o in others), 90, f"{node.name} to see everyone alive and linked", boot, a, b)
+    settled = count(a, f"link to {boot_id} closed")
+    time.sleep(DUPLICATE_LINK_GRACE + 1)   # watch one grace period: no link may flap
+    assert count(a, f"link to {boot_id} closed") == settled, a.log()[-2000:]
+    result, expected, job = submit_matmul(lab, a, "flush")
+    assert np.array_equal(result, expected)
+    assert job["state"] == "done", job
