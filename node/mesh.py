@@ -35,6 +35,7 @@ BOOTSTRAP_BACKOFF = (0.5, 30.0)     # first and largest delay between bootstrap 
 DUPLICATE_LINK_GRACE = 5.0          # a superseded link is closed after this long
 JOIN_CHECK_AFTER = 3.0              # a join through a seed must show members by then
 LEAVE_LINGER = 0.5                  # keep gossiping this long after announcing a leave
+MAX_PENDING_HANDSHAKES = 64         # unauthenticated links at once (each times out in 5 s)
 
 
 class Mesh:
@@ -64,6 +65,7 @@ class Mesh:
         self.advert_seen: dict[str, float] = {}
         self._dialing: dict[str, asyncio.Future] = {}
         self.joined_via: set[str] = set()
+        self._handshaking = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task] = set()
         self._wake = asyncio.Event()
@@ -132,11 +134,19 @@ class Mesh:
         if self._stopping:
             await link.close("node stopping")
             return None
+        if self._handshaking >= MAX_PENDING_HANDSHAKES:
+            log.warning("refusing link from %s: %d handshakes already pending", link.remote,
+                        self._handshaking)
+            await link.close("too many pending handshakes")
+            return None
+        self._handshaking += 1
         try:
             session = await handshake(link, self.hello(), self.key, initiator=initiator)
         except (ProtocolError, LinkClosed) as exc:
             log.warning("rejected link from %s: %s", link.remote, exc)
             return None
+        finally:
+            self._handshaking -= 1
         self._register(session)
         return session
 

@@ -282,3 +282,25 @@ def test_a_bootstrap_that_is_down_is_retried_while_local_requests_are_served(clu
     wait_for(lambda: [p["name"] for p in late.peers() if p["state"] == "alive"] == ["boot"],
              60, "the late node to join once its bootstrap is up")
     assert "retrying" in late.log_path.read_text()
+
+
+def test_a_flood_of_silent_connections_is_bounded_and_the_daemon_keeps_serving(cluster):
+    from node.mesh import MAX_PENDING_HANDSHAKES
+    n1 = cluster.start(1).nodes[0]
+    host, port = n1.address.rsplit(":", 1)
+    silent = []
+    try:
+        for _ in range(MAX_PENDING_HANDSHAKES + 20):
+            silent.append(socket.create_connection((host, int(port)), timeout=5))
+        wait_for(lambda: "too many pending handshakes" in n1.log_path.read_text()
+                 or "handshakes already pending" in n1.log_path.read_text(), 20,
+                 "the daemon to refuse links beyond its handshake limit")
+        x = rand((16, 16), 51)
+        with Client(n1.socket) as c:
+            assert_close(c.matmul(x, x), x @ x)
+    finally:
+        for s in silent:
+            s.close()
+    # the silent ones time out; afterwards a real peer still joins
+    peer = cluster.add("late")
+    cluster.wait_converged(alive=1, nodes=[n1, peer])
