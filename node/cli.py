@@ -181,7 +181,8 @@ def _cmd_status(c, args) -> int:
         lat = m["communication_latency"]
         print(f"node      {s['name']} ({s['id']})")
         print(f"addresses {', '.join(s['addresses'])}")
-        print(f"device    {s['device']}   capacity {s['capacity']:.1f} GFLOP/s   load {s['load']:.2f}")
+        print(f"device    {s['device']}   capacity {s['capacity']:.1f} GFLOP/s   load {s['load']:.2f}"
+              f"   reachability {s['reachability']}")
         print(f"memory    {_size(mem['free'])} free of {_size(mem['budget'])} budget "
               f"({_size(mem['total'])} physical)")
         print(f"uptime    {s['uptime_s']:.0f}s   members {s['members']}   deployments "
@@ -212,6 +213,8 @@ def _cmd_peers(c, args) -> int:
 
 def _cmd_jobs(c, args) -> int:
     def text(jobs):
+        if not jobs:
+            print("no jobs yet (submit one with `sedma submit matmul` or `sedma deploy`)")
         for j in jobs:
             took = f"{j['finished'] - j['submitted']:.2f}s" if j["finished"] else "-"
             print(f"{j['id']}  {j['kind']:7} {j['state']:9} {time.strftime('%H:%M:%S', time.localtime(j['submitted']))} "
