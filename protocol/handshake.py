@@ -1,8 +1,13 @@
 """The link handshake: who is on the other end, and may they join this cluster?
 
-Both ends send :class:`Hello` as soon as a link is up (no client/server roles, so the same
-code serves TCP links and ICE links). Each then proves knowledge of the cluster key with an
-HMAC over the *other* side's fresh nonce (:class:`Auth`), so a replayed handshake fails.
+Both ends send :class:`Hello` as soon as a link is up. Then the dialler (initiator) proves
+knowledge of the cluster key with an HMAC over the whole exchange — both fresh nonces,
+both ids, the cluster and its role (:class:`Auth`) — and only after checking it does the
+responder send its own proof. So a replayed handshake fails, and no member ever computes
+a proof for a stranger who merely connected to it (the responder is no MAC oracle), which
+is what stops an attacker from relaying one member's proof to another. The role tag keeps
+a dialler's proof from passing as a responder's. (Links are authenticated, not
+encrypted: run the mesh on networks you trust, or under a VPN.)
 Without a key the MAC is over an empty key: it still binds the exchange, but the cluster is
 open to anyone who can reach it — the daemon logs that at start.
 """
@@ -67,18 +72,28 @@ def check_hello(ours: Hello, theirs: Hello) -> None:
         raise HandshakeError("invalid nonce")
 
 
-def auth_for(key: bytes | None, ours: Hello, theirs: Hello) -> Auth:
-    """Our proof of the key, bound to their nonce and both ids."""
-    return Auth(_mac(key, theirs.nonce, ours.node_id, theirs.node_id))
+def auth_for(key: bytes | None, ours: Hello, theirs: Hello, initiator: bool) -> Auth:
+    """Our proof of the key, bound to both nonces, both ids and our role."""
+    return Auth(_mac(key, initiator, ours, theirs, sender_is_initiator=initiator))
 
 
-def verify_auth(key: bytes | None, ours: Hello, theirs: Hello, auth: Auth) -> None:
-    """Raise :class:`HandshakeError` unless ``auth`` proves the peer holds the key."""
-    expected = _mac(key, ours.nonce, theirs.node_id, ours.node_id)
+def verify_auth(key: bytes | None, ours: Hello, theirs: Hello, auth: Auth,
+                initiator: bool) -> None:
+    """Raise :class:`HandshakeError` unless ``auth`` proves the peer holds the key.
+
+    The peer's MAC must carry the *other* role than ours: a MAC a member computed as the
+    dialler can never pass as a responder's, and the reverse.
+    """
+    expected = _mac(key, initiator, ours, theirs, sender_is_initiator=not initiator)
     if not hmac.compare_digest(expected, auth.mac):
         raise HandshakeError("cluster key mismatch (authentication failed)")
 
 
-def _mac(key: bytes | None, nonce: bytes, sender: str, receiver: str) -> bytes:
-    data = b"sedma-auth\0" + nonce + sender.encode() + b"\0" + receiver.encode()
-    return hmac.new(key or b"", data, hashlib.sha256).digest()
+def _mac(key: bytes | None, we_initiated: bool, ours: Hello, theirs: Hello, *,
+         sender_is_initiator: bool) -> bytes:
+    init, resp = (ours, theirs) if we_initiated else (theirs, ours)
+    transcript = b"\0".join([
+        b"sedma-auth-v2", b"initiator" if sender_is_initiator else b"responder",
+        init.nonce, resp.nonce, init.node_id.encode(), resp.node_id.encode(),
+        init.cluster_id.encode()])
+    return hmac.new(key or b"", transcript, hashlib.sha256).digest()
