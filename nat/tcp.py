@@ -23,6 +23,8 @@ log = logging.getLogger("sedma.tcp")
 #: Frames received but not yet consumed before we stop reading from the socket.
 RECV_QUEUE_FRAMES = 64
 WRITE_HIGH_WATER = 4 << 20
+#: A peer that drains none of our send buffer for this long is gone (or hostile).
+SEND_STALL_TIMEOUT = 60.0
 
 
 class TcpLink(Link, asyncio.Protocol):
@@ -89,7 +91,10 @@ class TcpLink(Link, asyncio.Protocol):
         size = sum(len(b) for b in frame)
         self._transport.writelines([frame_header(size, self.max_frame), *frame])
         if not self._writable.is_set():
-            await self._writable.wait()
+            try:
+                await asyncio.wait_for(self._writable.wait(), SEND_STALL_TIMEOUT)
+            except asyncio.TimeoutError:
+                self._abort(f"peer read nothing for {SEND_STALL_TIMEOUT:.0f}s (send stalled)")
             if self.closed:
                 raise LinkClosed(self.close_reason or "link closed")
 
@@ -107,8 +112,14 @@ class TcpLink(Link, asyncio.Protocol):
         return frame
 
     async def close(self, reason: str = "closed locally") -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.close()
+        """Close now. Data still unsent is dropped (abort) rather than held until TCP gives
+        up, which for a dead peer takes many minutes and keeps the socket and buffer."""
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            if transport.get_write_buffer_size():
+                transport.abort()
+            else:
+                transport.close()
         self._mark_closed(reason)
 
     # internals ----------------------------------------------------------------------

@@ -31,6 +31,7 @@ log = logging.getLogger("sedma.session")
 #: A message whose payload is at most this size is "control" and jumps the bulk queue.
 CONTROL_BYTES = 64 << 10
 HANDSHAKE_TIMEOUT = 5.0
+HANDSHAKE_MAX_MESSAGE = 8 << 10   # a Hello with a few dozen addresses fits easily
 
 Handler = Callable[["Session", Any], Awaitable[None]]
 
@@ -71,6 +72,7 @@ class Session:
         self._pending: dict[int, asyncio.Future] = {}
         self._control: collections.deque[_Outgoing] = collections.deque()
         self._bulk: collections.deque[_Outgoing] = collections.deque()
+        self._current: _Outgoing | None = None   # the message the writer is sending now
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self.closed = asyncio.Event()
@@ -96,11 +98,12 @@ class Session:
             if not fut.done():
                 fut.set_exception(err)
         self._pending.clear()
-        for queue in (self._control, self._bulk):
-            while queue:
-                out = queue.popleft()
-                if not out.done.done():
-                    out.done.set_exception(err)
+        unsent = [*self._control, *self._bulk, *([self._current] if self._current else [])]
+        self._control.clear()
+        self._bulk.clear()
+        for out in unsent:
+            if not out.done.done():
+                out.done.set_exception(err)
         self._wake.set()
         current = asyncio.current_task()
         for task in self._tasks:
@@ -118,7 +121,8 @@ class Session:
         parts = encode_message(msg)
         size = sum(len(p) for p in parts)
         frag = min(self.link.max_frame - 64, 1 << 20)
-        out = _Outgoing(collections.deque(fragments(next(self._sid), parts, frag)),
+        sid = next(self._sid) & 0xFFFFFFFF   # u32 on the wire; ids far apart never collide
+        out = _Outgoing(collections.deque(fragments(sid, parts, frag)),
                         asyncio.get_running_loop().create_future())
         (self._control if size <= CONTROL_BYTES else self._bulk).append(out)
         self._wake.set()
@@ -167,8 +171,10 @@ class Session:
                     self._wake.clear()
                     await self._wake.wait()
                     continue
+                self._current = out
                 frame = out.frames.popleft()
                 await self.link.send(frame)
+                self._current = None
                 self.stats.sent_bytes += sum(len(b) for b in frame)
                 if not out.frames:
                     self.stats.sent_messages += 1
@@ -176,6 +182,9 @@ class Session:
                         out.done.set_result(None)
         except LinkClosed as exc:
             await self.close(exc.reason)
+        except Exception as exc:  # never leave senders waiting on a dead writer
+            log.exception("writer to %s failed", self.peer_id[:8])
+            await self.close(f"writer failed: {exc!r}")
 
     def _next_outgoing(self) -> _Outgoing | None:
         """Control messages first; bulk messages take turns fragment by fragment."""
@@ -233,12 +242,18 @@ async def handshake(link: Link, local: Hello, key: bytes | None, *, initiator: b
 
 
 async def _handshake(link: Link, local: Hello, key: bytes | None, initiator: bool) -> Session:
-    reassembler = Reassembler(max_message=1 << 20)
+    # Tiny limits: nothing unauthenticated may make us hold more than a few KiB.
+    reassembler = Reassembler(max_message=HANDSHAKE_MAX_MESSAGE, max_streams=1,
+                              max_buffered=HANDSHAKE_MAX_MESSAGE)
     await _send_small(link, local)
     remote = await _recv_small(link, reassembler, Hello)
     check_hello(local, remote)
-    await _send_small(link, auth_for(key, local, remote))
-    verify_auth(key, local, remote, await _recv_small(link, reassembler, Auth))
+    if initiator:
+        await _send_small(link, auth_for(key, local, remote, initiator))
+        verify_auth(key, local, remote, await _recv_small(link, reassembler, Auth), initiator)
+    else:  # check the dialler's proof before giving any proof of our own
+        verify_auth(key, local, remote, await _recv_small(link, reassembler, Auth), initiator)
+        await _send_small(link, auth_for(key, local, remote, initiator))
     return Session(link, local, remote, initiator=initiator)
 
 

@@ -141,3 +141,34 @@ def test_fragment_of_unknown_stream_or_overrun_is_a_frame_error():
     r.feed(frames[2])
     with pytest.raises(FrameError):
         r.feed(frames[1])
+
+
+async def test_a_message_being_written_when_the_link_dies_fails_its_sender():
+    """The writer had taken the message off its queue: close() must still fail it."""
+    import asyncio
+
+    from nat.link import LinkClosed
+    from node.session import Session
+    from protocol.handshake import new_hello
+    from protocol.rpc import Bye
+    from tests.test_handshake import MemoryLink
+
+    gate = asyncio.Event()
+
+    class StuckLink(MemoryLink):
+        async def send(self, frame):
+            await gate.wait()              # a full send buffer that never drains
+            raise LinkClosed("peer vanished")
+
+    link = StuckLink()
+    session = Session(link, new_hello("aa", "open", "a", []), new_hello("bb", "open", "b", []),
+                      initiator=True)
+
+    async def ignore(_session, _msg):
+        pass
+    session.start(ignore)
+    sending = asyncio.ensure_future(session.send(Bye("x")))
+    await asyncio.sleep(0.05)              # the writer is now inside link.send
+    await session.close("member is dead")
+    with pytest.raises(LinkClosed):
+        await asyncio.wait_for(sending, 2)
