@@ -82,9 +82,16 @@ class AsyncClient:
                 await api.write_frame(self._writer, request)
                 response = decode_message(await api.read_frame(self._reader))
             except (asyncio.IncompleteReadError, ConnectionError) as exc:
+                await self.close()
                 raise DaemonError(f"the daemon closed the connection: {exc}") from None
             except ProtocolError as exc:
+                await self.close()
                 raise DaemonError(f"bad response from the daemon: {exc}") from None
+            except BaseException:
+                # Cancelled or timed out mid-call: the answer may still arrive, and must not
+                # be read as the answer to the next call. Start afresh.
+                await self.close()
+                raise
         if not isinstance(response, api.Response):
             raise DaemonError("unexpected response type from the daemon")
         if not response.ok:

@@ -77,6 +77,10 @@ class BlockHolder:
                  *block.matrix.shape, profile.name, block.nbytes)
         return block.nbytes
 
+    async def drop(self, name: str) -> int:
+        """Forget every block of ``name`` (file deletes and the commit off the event loop)."""
+        return await self.executor.run(self.store.drop, name)
+
     async def store_state(self, name, index, row_start, device, seed, state) -> int:
         """Keep a block programmed elsewhere (a replica being restored)."""
         check_name(name)
@@ -151,5 +155,5 @@ class BlockHolder:
             return plan.to_dict() if plan else None
         if isinstance(msg, DropMatrix):
             await self.plans.forget(check_name(msg.name))
-            return self.store.drop(msg.name)
+            return await self.drop(msg.name)
         raise StoreError(f"unexpected message {type(msg).TAG}")

@@ -38,13 +38,17 @@ from node.session import RemoteError
 from node.statedb import StateDB
 from node.store import StoreError, as_matrix, check_name
 from protocol.errors import ProtocolError
+from protocol.framing import DEFAULT_MAX_MESSAGE
 from protocol.work import DropMatrix, GetPlan, InferBlock, MatmulShare, PlanNotice, StoreBlock
 
 log = logging.getLogger("sedma.jobs")
 
 MAX_ATTEMPTS = 4
 BASE_TIMEOUT = 30.0
-MAX_JOB_BYTES = 4 << 30
+#: A job's operands and result together. Below the peer message limit (every share and
+#: partial result then fits in one message) and the local API's frame limit.
+MAX_JOB_BYTES = DEFAULT_MAX_MESSAGE - (1 << 20)
+MAX_SEED = (1 << 63) - 1
 FINAL_STATES = ("done", "failed", "cancelled")
 
 
@@ -88,6 +92,7 @@ class JobManager:
         self.capacity = capacity
         self.jobs: dict[str, Job] = {}
         self.accepting = True
+        self._deploying: set[str] = set()
 
     # persistence --------------------------------------------------------------------
     def restore(self) -> None:
@@ -219,9 +224,8 @@ class JobManager:
                            f"B is {b.shape[0]}x{b.shape[1]}")
         if device is not None:
             get_preset(device)
-        size = (a.size + b.size + a.shape[0] * b.shape[1]) * 4
-        if size > MAX_JOB_BYTES:
-            raise JobError(f"job needs {size} bytes, over the {MAX_JOB_BYTES}-byte job limit")
+        check_seed(seed)
+        check_size((a.size + b.size + a.shape[0] * b.shape[1]) * 4, "matmul")
         detail = {"shape": [a.shape[0], a.shape[1], b.shape[1]], "device": device, "seed": seed}
         return await self.start_job("matmul", detail,
                                     lambda job: self._matmul(job, a, b, device, seed))
@@ -286,13 +290,28 @@ class JobManager:
             get_preset(device)
         if replicas is not None and replicas < 1:
             raise JobError("replicas must be at least 1")
+        check_seed(seed)
+        check_size(w.nbytes, "deploy")
+        if name in self.plans or name in self._deploying:
+            raise JobError(f"a matrix named {name!r} is already deployed (or being deployed)")
+        self._deploying.add(name)   # reserved before any await: no two deploys of one name
         detail = {"name": name, "shape": list(w.shape), "device": device, "seed": seed}
-        return await self.start_job("deploy", detail,
-                                    lambda job: self._deploy(job, name, w, device, replicas, seed))
+        try:
+            return await self.start_job(
+                "deploy", detail, lambda job: self._deploy(job, name, w, device, replicas, seed))
+        except BaseException:
+            self._deploying.discard(name)
+            raise
 
     async def _deploy(self, job: Job, name, w, device, replicas, seed) -> None:
-        if name in self.plans:
-            raise JobError(f"a matrix named {name!r} is already deployed")
+        try:
+            await self._deploy_unreserved(job, name, w, device, replicas, seed)
+        finally:
+            self._deploying.discard(name)
+
+    async def _deploy_unreserved(self, job: Job, name, w, device, replicas, seed) -> None:
+        if await self._known_elsewhere(name):
+            raise JobError(f"a matrix named {name!r} is already deployed on the mesh")
         slots = self.slots()
         want = replicas if replicas is not None else (2 if len(slots) >= 2 else 1)
         plan = plan_rows(w.shape, slots, device=get_preset(device) if device else None,
@@ -344,7 +363,7 @@ class JobManager:
         async def drop(node: str) -> None:
             try:
                 if node == self.node_id:
-                    self.holder.store.drop(name)
+                    await self.holder.drop(name)
                     return
                 session = await self.mesh.session(node)
                 await session.request(DropMatrix(session.next_rid(), name), 10)
@@ -370,6 +389,9 @@ class JobManager:
         plan = await self.plan_for(check_name(name))
         vector = isinstance(x, np.ndarray) and x.ndim == 1
         x = as_matrix(x[:, None] if vector else x, "X")
+        check_size(x.nbytes + plan.shape[0] * x.shape[1] * 4, "infer")
+        if read_seed is not None:
+            check_seed(read_seed)
         if x.shape[0] != plan.shape[1]:
             raise JobError(f"X has {x.shape[0]} rows but {name} has {plan.shape[1]} columns")
         read_seed = random.getrandbits(62) if read_seed is None else read_seed
@@ -412,7 +434,15 @@ class JobManager:
         value = await session.request(msg, request_timeout(flops, x.nbytes))
         return _expect_array(value, (blk.row_stop - blk.row_start, x.shape[1]), node)
 
+    async def _known_elsewhere(self, name: str) -> bool:
+        try:
+            await self.plan_for(name)
+        except JobError:
+            return False
+        return True
+
     async def plan_for(self, name: str) -> PartitionPlan:
+        """The plan of ``name``: ours, else the first member's that knows it."""
         plan = self.plans.get(name)
         if plan is not None:
             return plan
@@ -429,6 +459,18 @@ class JobManager:
                 await self.plans.put(name, plan)
                 return plan
         raise JobError(f"no matrix named {name!r} is deployed on the mesh")
+
+def check_seed(seed: object) -> None:
+    """Seeds are checked here, once, so a bad one is the user's error, not a peer failure."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise JobError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
+
+
+def check_size(nbytes: int, what: str) -> None:
+    if nbytes > MAX_JOB_BYTES:
+        raise JobError(f"{what} needs {nbytes} bytes of operands and result, over the "
+                       f"{MAX_JOB_BYTES}-byte job limit")
+
 
 def request_timeout(flops: float, nbytes: int) -> float:
     """Generous bound for one share: fixed slack + 1 s per GFLOP + 1 s per 50 MB."""

@@ -20,6 +20,7 @@ from nat.link import LinkClosed
 from node.jobs import JobManager, request_timeout
 from node.placement import rank
 from node.session import RemoteError
+from node.store import StoreError
 from protocol.errors import ProtocolError
 from protocol.work import StoreState
 
@@ -83,7 +84,11 @@ class Reconfigurer:
     async def _repair(self, plan: PartitionPlan, repair: Repair, alive: set[str]) -> int:
         """Ship the programmed state of one block to its new holder; 1 if it took."""
         blk = next(b for b in plan.blocks if b.index == repair.index)
-        block = self.jobs.holder.store.get(repair.name, repair.index)
+        try:
+            block = self.jobs.holder.store.get(repair.name, repair.index)
+        except StoreError as exc:   # the plan names us, but the block is gone (e.g. a bad file)
+            log.warning("cannot re-replicate %s block %d: %s", repair.name, repair.index, exc)
+            return 0
         try:
             session = await self.jobs.mesh.session(repair.target)
             state = block.matrix.to_state()

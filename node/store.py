@@ -22,6 +22,7 @@ import numpy as np
 from compute.crossbar import ProgrammedMatrix
 from node.statedb import StateDB
 from protocol import codec
+from protocol.errors import ProtocolError
 
 log = logging.getLogger("sedma.store")
 
@@ -131,7 +132,10 @@ class BlockStore:
         if directory.is_dir():
             for f in directory.iterdir():
                 f.unlink(missing_ok=True)
-            directory.rmdir()
+            try:
+                directory.rmdir()
+            except OSError as exc:  # a block being written right now; its row is gone
+                log.warning("could not remove %s: %s", directory, exc)
         return len(keys)
 
     def load_all(self) -> int:
@@ -145,7 +149,7 @@ class BlockStore:
             try:
                 state = codec.decode(path.read_bytes())
                 matrix = ProgrammedMatrix.from_state(state)
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, ProtocolError, KeyError, TypeError) as exc:
                 log.error("block %s/%d unreadable (%s); forgetting it", name, idx, exc)
                 self.db.call(lambda c: c.execute(
                     "DELETE FROM blocks WHERE name=? AND idx=?", (name, idx)))

@@ -13,8 +13,9 @@ import struct
 
 import msgpack
 import numpy as np
+import pytest
 
-from node.client import Client
+from node.client import Client, DaemonError
 from tests.daemons import DaemonProc, run_cli, wait_for
 
 RTOL = 1e-5
@@ -304,3 +305,60 @@ def test_a_flood_of_silent_connections_is_bounded_and_the_daemon_keeps_serving(c
     # the silent ones time out; afterwards a real peer still joins
     peer = cluster.add("late")
     cluster.wait_converged(alive=1, nodes=[n1, peer])
+
+
+def test_only_nodes_with_the_cluster_key_join(cluster, tmp_path):
+    key, other = tmp_path / "key", tmp_path / "other"
+    key.write_bytes(os.urandom(32).hex().encode())
+    other.write_bytes(os.urandom(32).hex().encode())
+    n1 = cluster.add("n1", extra=["--cluster-key", str(key)])
+    n2 = cluster.add("n2", extra=["--cluster-key", str(key)])
+    stranger = cluster.add("stranger", extra=["--cluster-key", str(other)])
+    cluster.wait_converged(alive=1, nodes=[n1, n2])
+    wait_for(lambda: "rejected link" in n1.log_path.read_text(), 20,
+             "n1 to reject the stranger's handshake")
+    assert stranger.peers() == []
+    assert {p["name"] for p in n1.peers()} == {"n2"}
+
+
+def test_a_corrupt_block_file_is_forgotten_and_the_daemon_still_starts(cluster):
+    n1 = cluster.start(1).nodes[0]
+    w = rand((256, 64), 61)
+    with Client(n1.socket) as c:
+        c.deploy("fragile", w)
+    assert n1.terminate() == 0
+    (block_file,) = (n1.data_dir / "blocks" / "fragile").glob("*.blk")
+    block_file.write_bytes(block_file.read_bytes()[:100])      # bit rot / truncation
+    n1.start()
+    assert "unreadable" in n1.log_path.read_text()
+    with Client(n1.socket) as c:
+        assert c.status()["blocks"] == {}
+        with pytest.raises(DaemonError, match="no live holder"):
+            c.infer("fragile", rand((64, 1), 62))
+
+
+def test_bad_seeds_are_the_users_error_and_blame_no_peer(cluster):
+    cluster.start(2)
+    cluster.wait_converged(alive=1)
+    x = rand((256, 8), 63)
+    with Client(cluster.nodes[0].socket) as c:
+        for seed in (-1, 1 << 63):
+            with pytest.raises(DaemonError, match="seed must be"):
+                c.submit_matmul(x, x.T, device="rram", seed=seed)
+        assert c.jobs() == []
+
+
+def test_a_cancelled_call_does_not_hand_its_answer_to_the_next_call(cluster):
+    import asyncio
+
+    from node.client import AsyncClient
+    n1 = cluster.start(1).nodes[0]
+
+    async def scenario() -> dict:
+        async with AsyncClient(n1.socket) as c:
+            await c.deploy("big", rand((4096, 2048), 64))
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(c.infer("big", rand((2048, 512), 65)), 0.001)
+            return await c.status()
+    status = asyncio.run(scenario())
+    assert isinstance(status, dict) and status["id"]
