@@ -325,24 +325,31 @@ class ProgrammedMatrix:
         return lo, hi
 
     # -- reading ----------------------------------------------------------
-    def matmul(self, x: np.ndarray, read_seed: int = 0, *, elapsed_s: float | None = None) -> np.ndarray:
+    def matmul(self, x: np.ndarray, read_seed: int = 0, *, elapsed_s: float | None = None,
+               tile_rows: tuple[int, int] | None = None) -> np.ndarray:
         """Y = W @ X through the arrays; (K,B) or (K,) float32 -> (M,B) or (M,).
 
         Thread-safe: reads only immutable state, all scratch is per call.
         ``elapsed_s`` (time since programming, for drift) defaults to the
-        profile's ``read_time_s``.
+        profile's ``read_time_s``. ``tile_rows=(t0, t1)`` reads only tile rows
+        [t0, t1) (output rows [t0*g, min(M, t1*g)) for g = ``row_granularity``):
+        the same values the full read gives there, since noise is keyed by the
+        tile's position, so callers may split one read across threads.
         """
         x = np.asarray(x)
         vector = x.ndim == 1
         x2 = _check_inputs(x, self.shape[1])
         _check_seed(read_seed, "read_seed")
+        g = row_granularity(self.profile)
+        t0, t1 = _tile_range(tile_rows, -(-self.shape[0] // g))
+        lo, hi = t0 * g, min(self.shape[0], t1 * g)
         if self.weights is not None:
-            y = self.weights @ x2
+            y = self.weights[lo:hi] @ x2
         elif x2.shape[1] == 0:
-            y = np.zeros((self.shape[0], 0), dtype=np.float32)
+            y = np.zeros((hi - lo, 0), dtype=np.float32)
         else:
             t = self.profile.read_time_s if elapsed_s is None else float(elapsed_s)
-            y = _read(self, x2, read_seed, t)
+            y = _read(self, x2, read_seed, t, t0, t1)
         return y[:, 0] if vector else y
 
     # -- persistence ------------------------------------------------------
@@ -384,8 +391,20 @@ class ProgrammedMatrix:
         return cls(profile, shape, row_offset, seed, codes, scales, None)
 
 
-def _read(pm: ProgrammedMatrix, x: np.ndarray, read_seed: int, elapsed_s: float) -> np.ndarray:
-    """The non-ideal read path: DAC, stacked tile matmuls, read noise, ADC, digital sum."""
+def _tile_range(tile_rows: tuple[int, int] | None, n_tr: int) -> tuple[int, int]:
+    if tile_rows is None:
+        return 0, n_tr
+    t0, t1 = (int(t) for t in tile_rows)
+    if not 0 <= t0 < t1 <= n_tr:
+        raise ValueError(f"tile_rows {tile_rows!r} outside 0..{n_tr}")
+    return t0, t1
+
+
+def _read(pm: ProgrammedMatrix, x: np.ndarray, read_seed: int, elapsed_s: float,
+          t0: int = 0, t1: int | None = None) -> np.ndarray:
+    """The non-ideal read path: DAC, stacked tile matmuls, read noise, ADC, digital sum.
+
+    Reads tile rows [t0, t1) only (all by default)."""
     prof = pm.profile
     m, k = pm.shape
     g, q = row_granularity(prof), prof.tile_inputs
@@ -399,13 +418,15 @@ def _read(pm: ProgrammedMatrix, x: np.ndarray, read_seed: int, elapsed_s: float)
     xc = xc.reshape(n_tc, q, b)
     noise_std = _read_noise_std(prof, xn, n_tc, unit)
     post = np.float32(unit / drift if prof.drift_compensation else unit)
-    y = np.empty((m, b), dtype=np.float32)
+    t1 = n_tr if t1 is None else t1
+    base = t0 * g
+    y = np.empty((min(m, t1 * g) - base, b), dtype=np.float32)
     per_chunk = max(1, _CHUNK_ELEMS // (g * n_tc * b))
     key = (pm.seed, read_seed, pm.row_offset // g)
 
-    for r0 in range(0, n_tr, per_chunk):  # bounded scratch for tall matrices
-        r1 = min(n_tr, r0 + per_chunk)
-        y[r0 * g:min(m, r1 * g)] = _read_chunk(pm, xc, r0, r1, noise_std, key, post)
+    for r0 in range(t0, t1, per_chunk):  # bounded scratch for tall matrices
+        r1 = min(t1, r0 + per_chunk)
+        y[r0 * g - base:min(m, r1 * g) - base] = _read_chunk(pm, xc, r0, r1, noise_std, key, post)
     y *= xs[None, :]
     return y
 

@@ -8,6 +8,8 @@ sends can stop the daemon. Compute always runs on the executor's threads.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 from typing import Any
 
@@ -96,10 +98,22 @@ class BlockHolder:
         return block.nbytes
 
     async def infer_local(self, name: str, index: int, x: np.ndarray, read_seed: int) -> np.ndarray:
+        """``W_block @ x``, cut into tile-row chunks so every compute thread takes a part.
+
+        Several requests (or several blocks of one request) then share the threads evenly
+        instead of queueing whole blocks behind each other; the values are the ones a single
+        read gives (noise is keyed by tile position).
+        """
         block = self.store.get(name, index)
-        if block.matrix.shape[1] != x.shape[0]:
-            raise StoreError(f"X has {x.shape[0]} rows; block has {block.matrix.shape[1]} columns")
-        return await self.executor.run(block.matrix.matmul, x, read_seed)
+        matrix = block.matrix
+        if matrix.shape[1] != x.shape[0]:
+            raise StoreError(f"X has {x.shape[0]} rows; block has {matrix.shape[1]} columns")
+        spans = _chunks(-(-matrix.shape[0] // row_granularity(matrix.profile)), self.executor.workers)
+        if len(spans) == 1 or x.ndim == 1 or x.shape[1] < MIN_SPLIT_BATCH:  # memory-bound
+            return await self.executor.run(matrix.matmul, x, read_seed)
+        parts = await asyncio.gather(*(self.executor.run(
+            functools.partial(matrix.matmul, x, read_seed, tile_rows=span)) for span in spans))
+        return np.concatenate(parts)
 
 
     async def handle(self, session: Session, msg: Any) -> None:
@@ -157,3 +171,17 @@ class BlockHolder:
             await self.plans.forget(check_name(msg.name))
             return await self.drop(msg.name)
         raise StoreError(f"unexpected message {type(msg).TAG}")
+
+
+#: Fewest tile rows worth a thread hop of their own (128-row tiles: 256 rows a chunk).
+MIN_CHUNK_TILES = 2
+#: Below this many input columns a read is bound by memory, not arithmetic: keep it whole.
+MIN_SPLIT_BATCH = 8
+
+
+def _chunks(n_tiles: int, workers: int) -> list[tuple[int, int]]:
+    """Split ``n_tiles`` tile rows into about ``2 * workers`` even spans (fewer when small)."""
+    count = max(1, min(2 * workers, n_tiles // MIN_CHUNK_TILES))
+    bounds = [round(i * n_tiles / count) for i in range(count + 1)]
+    return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+

@@ -39,7 +39,7 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str, interva
 
 #: Several daemons share one machine here, so each gets a single BLAS thread: OpenBLAS
 #: threads spin while idle, and N processes x cores spinning threads starve each other.
-BLAS_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+BLAS_ENV = {k: os.environ.get("SEDMA_BLAS_THREADS", "1") for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
 
 
 def sedma_env() -> dict[str, str]:

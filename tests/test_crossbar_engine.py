@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from compute.crossbar import ProgrammedMatrix, crossbar_matmul, row_granularity
-from compute.device import PRESETS
+from compute.device import PRESETS, get_preset
 
 SMALL = PRESETS["rram"].with_changes(name="rram-small", rows=32, cols=32)  # 16-row tiles
 
@@ -163,3 +163,20 @@ def test_realistic_presets_approximate_the_product(name: str) -> None:
     rel = np.linalg.norm(y - ref) / np.linalg.norm(ref)
     assert 0.01 < rel < 0.5
     assert np.corrcoef(y.ravel(), ref.ravel())[0, 1] > 0.9
+
+
+@pytest.mark.parametrize("preset", ["ideal", "rram", "pcm", "conservative"])
+def test_a_read_split_by_tile_rows_equals_the_whole_read(preset):
+    """Threads may each read a span of tile rows: together they give the full read."""
+    prof = get_preset(preset)
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((700, 300)).astype(np.float32)
+    x = rng.standard_normal((300, 9)).astype(np.float32)
+    pm = ProgrammedMatrix.program(w, prof, seed=3, row_offset=0)
+    n = -(-700 // row_granularity(prof))
+    whole = pm.matmul(x, read_seed=5)
+    parts = np.concatenate([pm.matmul(x, read_seed=5, tile_rows=(a, min(n, a + 2)))
+                            for a in range(0, n, 2)])
+    np.testing.assert_allclose(parts, whole, rtol=1e-5, atol=1e-5 * np.abs(whole).max())
+    with pytest.raises(ValueError):
+        pm.matmul(x, tile_rows=(0, n + 1))
