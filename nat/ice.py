@@ -18,7 +18,6 @@ whose peers are all reachable over TCP should never pay that.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import re
 import struct
@@ -98,9 +97,7 @@ class IceLink(Link):
         self.timers = timers or IceTimers()
         self.pc = pc
         self.channel = channel
-        self._frames: collections.deque[bytes] = collections.deque()
         self._queued = 0
-        self._readable = asyncio.Event()
         self._drained = asyncio.Event()
         self._drained.set()
         self._opened = asyncio.Event()
@@ -189,12 +186,7 @@ class IceLink(Link):
             self._spawn(self.close(f"receiver overrun: {self._queued} bytes unread"))
 
     async def recv(self) -> bytes:
-        while not self._frames:
-            if self.closed:
-                raise LinkClosed(self.close_reason or "link closed")
-            self._readable.clear()
-            await self._readable.wait()
-        frame = self._frames.popleft()
+        frame = await self._next_frame()
         self._queued -= len(frame)
         return frame
 

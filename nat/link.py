@@ -9,6 +9,8 @@ this interface, which is what lets the connection policy pick whichever one work
 from __future__ import annotations
 
 import abc
+import asyncio
+import collections
 from typing import Sequence
 
 Buffers = Sequence[bytes | memoryview]
@@ -38,6 +40,9 @@ class Link(abc.ABC):
     def __init__(self) -> None:
         self._rtt_ms: float | None = None
         self._remote = "?"
+        #: Frames received and not yet handed to ``recv``; ``_readable`` wakes a waiter.
+        self._frames: collections.deque[bytes] = collections.deque()
+        self._readable = asyncio.Event()
         #: Why the link ended (None while it is open); set once, by whoever saw it first.
         self.close_reason: str | None = None
 
@@ -55,6 +60,15 @@ class Link(abc.ABC):
     @abc.abstractmethod
     async def close(self, reason: str = "closed locally") -> None:
         """Close the link (idempotent); pending and future ``recv`` calls raise."""
+
+    async def _next_frame(self) -> bytes:
+        """The oldest received frame, waiting for one; LinkClosed once closed and drained."""
+        while not self._frames:
+            if self.closed:
+                raise LinkClosed(self.close_reason or "link closed")
+            self._readable.clear()
+            await self._readable.wait()
+        return self._frames.popleft()
 
     @property
     def closed(self) -> bool:

@@ -9,7 +9,6 @@ kernel buffer is full, and reading pauses while too many frames wait to be consu
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import socket
 from typing import Awaitable, Callable
@@ -36,9 +35,7 @@ class TcpLink(Link, asyncio.Protocol):
         Link.__init__(self)
         self.max_frame = max_frame
         self._decoder = FrameDecoder(max_frame)
-        self._frames: collections.deque[bytes] = collections.deque()
         self._transport: asyncio.Transport | None = None
-        self._readable = asyncio.Event()
         self._writable = asyncio.Event()
         self._writable.set()
         self._connected = asyncio.Event()
@@ -99,12 +96,7 @@ class TcpLink(Link, asyncio.Protocol):
                 raise LinkClosed(self.close_reason or "link closed")
 
     async def recv(self) -> bytes:
-        while not self._frames:
-            if self.closed:
-                raise LinkClosed(self.close_reason or "link closed")
-            self._readable.clear()
-            await self._readable.wait()
-        frame = self._frames.popleft()
+        frame = await self._next_frame()
         if self._reading_paused and len(self._frames) < RECV_QUEUE_FRAMES // 2:
             self._reading_paused = False
             if not self.closed:
