@@ -79,8 +79,13 @@ class DaemonProc:
         return cmd
 
     def start(self, timeout: float = 60) -> "DaemonProc":
+        """Spawn and wait until the socket answers; a daemon that never does is killed."""
         self.spawn()
-        return self.wait_ready(timeout)
+        try:
+            return self.wait_ready(timeout)
+        except BaseException:
+            self.stop(timeout=5)
+            raise
 
     def spawn(self) -> "DaemonProc":
         """Start the process without waiting for it (see :meth:`wait_ready`)."""
