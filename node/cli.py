@@ -162,7 +162,7 @@ def save_npy(path: str, arr: np.ndarray) -> None:
     try:
         with open(tmp, "wb") as f:
             np.save(f, np.asarray(arr))
-        os.replace(tmp, path if path.endswith(".npy") else path)
+        os.replace(tmp, path)
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror}") from None
 
@@ -188,9 +188,10 @@ def _cmd_status(c, args) -> int:
         print(f"uptime    {s['uptime_s']:.0f}s   members {s['members']}   deployments "
               f"{', '.join(s['deployments']) or '-'}")
         eff = m["memory_utilisation_efficiency"]
-        print(f"metrics   memory efficiency {eff:.1%}  utilisation {m['resource_utilisation']:.1%}  "
+        print(f"metrics   memory efficiency {'-' if eff is None else f'{eff:.1%}'}  "
+              f"utilisation {m['resource_utilisation']:.1%}  "
               f"rtt p50 {_ms(lat['p50_ms'])} p99 {_ms(lat['p99_ms'])}  "
-              f"throughput {m['throughput_per_s']:.2f}/s" if eff is not None else "")
+              f"throughput {m['throughput_per_s']:.2f}/s")
     _print(c.status(), args.json, text)
     return EXIT_OK
 

@@ -279,6 +279,11 @@ class Daemon:
                            "budget": a.memory_budget},
                 "load": a.load, "capacity": a.capacity, "device": a.device,
                 "reachability": a.reachability, "advert_version": a.version,
+                "traffic": ({"sent_bytes": session.stats.sent_bytes,
+                             "recv_bytes": session.stats.recv_bytes,
+                             "sent_messages": session.stats.sent_messages,
+                             "recv_messages": session.stats.recv_messages}
+                            if session else None),
                 "state_age_s": now - m.state_since,
                 "advert_age_s": now - self.mesh.advert_seen.get(m.node_id, m.state_since),
             })

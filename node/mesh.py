@@ -17,7 +17,7 @@ from typing import Any, Awaitable, Callable
 
 from nat.connector import Connector, ConnectorConfig
 from nat.link import Link, LinkClosed
-from nat.tcp import listen_tcp
+from nat.tcp import dial_tcp, listen_tcp
 from node.config import parse_address
 from node.session import Session, handshake
 from protocol.advert import Advertisement
@@ -239,7 +239,6 @@ class Mesh:
     async def _join_via(self, address: str) -> bool:
         host, port = parse_address(address)
         try:
-            from nat.tcp import dial_tcp
             link = await dial_tcp(host, port, timeout=self.connector.config.tcp_timeout)
             session = await handshake(link, self.hello(), self.key, initiator=True)
         except (LinkClosed, ProtocolError, OSError) as exc:

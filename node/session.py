@@ -15,7 +15,7 @@ import collections
 import itertools
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from nat.link import Link, LinkClosed
@@ -52,7 +52,6 @@ class SessionStats:
     recv_bytes: int = 0
     sent_messages: int = 0
     recv_messages: int = 0
-    rtts_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=256))
 
 
 class Session:
@@ -77,7 +76,6 @@ class Session:
         self._tasks: list[asyncio.Task] = []
         self.closed = asyncio.Event()
         self.close_reason = ""
-        self.last_heard = time.monotonic()
 
     # lifecycle ----------------------------------------------------------------------
     def start(self, handler: Handler) -> None:
@@ -160,7 +158,6 @@ class Session:
         await self.request(Ping(self.next_rid(), time.time()), timeout)
         rtt = (time.perf_counter() - start) * 1000
         self.link.observe_rtt(rtt)
-        self.stats.rtts_ms.append(rtt)
         return rtt
 
     async def _write_loop(self) -> None:
@@ -203,7 +200,6 @@ class Session:
             while True:
                 frame = await self.link.recv()
                 self.stats.recv_bytes += len(frame)
-                self.last_heard = time.monotonic()
                 payload = self._reassembler.feed(frame)
                 if payload is None:
                     continue

@@ -131,8 +131,9 @@ def _check(value: Any, hint: Any, where: str) -> Any:
         if isinstance(value, dict):
             args = typing.get_args(hint)
             item = args[1] if args else Any
-            return {k: _check(v, item, f"{where}.{k}") for k, v in value.items()
-                    if isinstance(k, str) or _bad_key(where)}
+            if not all(isinstance(k, str) for k in value):
+                raise DecodeError(f"{where}: map keys must be strings")
+            return {k: _check(v, item, f"{where}.{k}") for k, v in value.items()}
     elif origin is tuple:
         if isinstance(value, (list, tuple)):
             return tuple(_check(v, a, where) for v, a in zip(value, typing.get_args(hint)))
@@ -141,6 +142,3 @@ def _check(value: Any, hint: Any, where: str) -> Any:
     raise DecodeError(f"{where}: expected {getattr(hint, '__name__', hint)}, "
                       f"got {type(value).__name__}")
 
-
-def _bad_key(where: str) -> bool:
-    raise DecodeError(f"{where}: map keys must be strings")
