@@ -105,7 +105,7 @@ class InferRequest:
 Dispatch = Callable[[Any], Awaitable[Any]]
 
 
-class UserError(Exception):
+class UserError(ValueError):
     """The request is wrong (bad shapes, unknown job...): exit status 1 for the CLI."""
 
 

@@ -67,6 +67,9 @@ class Daemon:
 
     async def start(self) -> None:
         cfg = self.config
+        # Before anything else: a second daemon on the same data dir must not join the
+        # mesh or open the database under the running one.
+        api.ensure_socket_free(cfg.socket_path)
         if self.key is None:
             log.warning("no --cluster-key: any host that reaches %s can join this mesh",
                         cfg.listen)

@@ -362,3 +362,13 @@ def test_a_cancelled_call_does_not_hand_its_answer_to_the_next_call(cluster):
             return await c.status()
     status = asyncio.run(scenario())
     assert isinstance(status, dict) and status["id"]
+
+
+def test_a_second_daemon_on_the_same_data_dir_refuses_to_start_cleanly(cluster):
+    n1 = cluster.start(1).nodes[0]
+    out = run_cli("daemon", "--listen", "127.0.0.1:0", "--data-dir", str(n1.data_dir),
+                  timeout=60)
+    assert out.returncode == 1
+    assert "another daemon is already listening" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert n1.status()["members"] == 1          # the first one still serves, alone
