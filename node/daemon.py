@@ -21,17 +21,17 @@ from nat import signaling
 from nat.connector import ConnectorConfig
 from node import api
 from node.config import NodeConfig
-from node.dualmemory import DualMemory
-from node.identity import load_cluster_key, load_node_id, prepare_data_dir
-from node.holder import BlockHolder
-from node.jobs import JobManager
-from node.plans import PlanBook
-from node.reconfigure import Reconfigurer
-from node.mesh import Mesh
+from node.memory.dualmemory import DualMemory
+from node.net.identity import load_cluster_key, load_node_id, prepare_data_dir
+from node.work.holder import BlockHolder
+from node.work.jobs import JobManager
+from node.work.plans import PlanBook
+from node.work.reconfigure import Reconfigurer
+from node.net.mesh import Mesh
 from node.metrics import Metrics, total_memory
-from node.session import Session
-from node.statedb import StateDB
-from node.store import BlockStore
+from node.net.session import Session
+from node.memory.statedb import StateDB
+from node.memory.store import BlockStore
 from protocol.advert import Advertisement
 from protocol.handshake import cluster_id_for
 

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from node.dualmemory import DualMemory
-from node.placement import RELAY_PENALTY, Candidate, rank, score
-from node.statedb import StateDB
+from node.memory.dualmemory import DualMemory
+from node.work.placement import RELAY_PENALTY, Candidate, rank, score
+from node.memory.statedb import StateDB
 
 
 def cand(node_id, capacity=10.0, load=0.0, link="tcp", alive=True):

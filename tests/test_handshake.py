@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from nat.link import Link, LinkClosed
-from node.session import handshake
+from node.net.session import handshake
 from protocol.errors import ProtocolError
 from protocol.handshake import (Auth, HandshakeError, auth_for, cluster_id_for, new_hello,
                                 verify_auth)

@@ -1,6 +1,6 @@
 """How a block read is cut into spans for the compute threads."""
 
-from node.holder import _chunks
+from node.work.holder import _chunks
 
 
 def test_spans_cover_every_tile_row_once_and_are_even():

@@ -286,7 +286,7 @@ def test_a_bootstrap_that_is_down_is_retried_while_local_requests_are_served(clu
 
 
 def test_a_flood_of_silent_connections_is_bounded_and_the_daemon_keeps_serving(cluster):
-    from node.mesh import MAX_PENDING_HANDSHAKES
+    from node.net.mesh import MAX_PENDING_HANDSHAKES
     n1 = cluster.start(1).nodes[0]
     host, port = n1.address.rsplit(":", 1)
     silent = []

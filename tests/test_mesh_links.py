@@ -2,7 +2,7 @@
 
 from types import SimpleNamespace
 
-from node.mesh import Mesh
+from node.net.mesh import Mesh
 
 
 def session(initiator: bool, peer: str) -> SimpleNamespace:

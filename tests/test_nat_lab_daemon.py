@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from node.mesh import DUPLICATE_LINK_GRACE
+from node.net.mesh import DUPLICATE_LINK_GRACE
 from tests.natlab.daemons import Daemon, daemon_unavailable, links, start_daemon, wait_until
 from tests.natlab.fixtures import lab  # noqa: F401  (pytest fixture)
 from tests.natlab.lab import PUB_IP

@@ -1,7 +1,7 @@
 """Who repairs which block after a holder dies: exactly one survivor, best spare first."""
 
 from compute.partition import Block, PartitionPlan
-from node.reconfigure import Repair, repairs
+from node.work.reconfigure import Repair, repairs
 
 
 def plan(*holders):

@@ -148,7 +148,7 @@ async def test_a_message_being_written_when_the_link_dies_fails_its_sender():
     import asyncio
 
     from nat.link import LinkClosed
-    from node.session import Session
+    from node.net.session import Session
     from protocol.handshake import new_hello
     from protocol.rpc import Bye
     from tests.test_handshake import MemoryLink

@@ -30,13 +30,13 @@ import numpy as np
 from compute.device import get_preset
 from compute.partition import NodeSlot, PartitionPlan, PlacementError, plan_rows
 from nat.link import LinkClosed
-from node.dualmemory import DualMemory
+from node.memory.dualmemory import DualMemory
 from node.metrics import Metrics
-from node.placement import Candidate, rank
-from node.holder import BlockHolder
-from node.session import RemoteError
-from node.statedb import StateDB
-from node.store import StoreError, as_matrix, check_name
+from node.work.placement import Candidate, rank
+from node.work.holder import BlockHolder
+from node.net.session import RemoteError
+from node.memory.statedb import StateDB
+from node.memory.store import StoreError, as_matrix, check_name
 from protocol.errors import ProtocolError
 from protocol.framing import DEFAULT_MAX_MESSAGE
 from protocol.work import DropMatrix, GetPlan, InferBlock, MatmulShare, PlanNotice, StoreBlock

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 from compute.partition import PartitionPlan
 from nat.link import LinkClosed
-from node.jobs import JobManager, request_timeout
-from node.placement import rank
-from node.session import RemoteError
-from node.store import StoreError
+from node.work.jobs import JobManager, request_timeout
+from node.work.placement import rank
+from node.net.session import RemoteError
+from node.memory.store import StoreError
 from protocol.errors import ProtocolError
 from protocol.work import StoreState
 

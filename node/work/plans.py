@@ -13,7 +13,7 @@ import time
 import msgpack
 
 from compute.partition import PartitionPlan
-from node.statedb import StateDB
+from node.memory.statedb import StateDB
 
 log = logging.getLogger("sedma.plans")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from node.dualmemory import DualMemory
+from node.memory.dualmemory import DualMemory
 
 RELAY_PENALTY = 0.5
 MIN_SCORE = 1e-3

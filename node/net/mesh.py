@@ -19,7 +19,7 @@ from nat.connector import Connector, ConnectorConfig
 from nat.link import Link, LinkClosed
 from nat.tcp import dial_tcp, listen_tcp
 from node.config import parse_address
-from node.session import Session, handshake
+from node.net.session import Session, handshake
 from protocol.advert import Advertisement
 from protocol.errors import ProtocolError
 from protocol.handshake import Hello, new_hello

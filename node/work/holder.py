@@ -1,6 +1,6 @@
 """What this node does with its own resident blocks, for itself and for its peers.
 
-The holder programs blocks and keeps them (via the :class:`~node.store.BlockStore`), reads
+The holder programs blocks and keeps them (via the :class:`~node.memory.store.BlockStore`), reads
 them for ``infer``, computes one-shot shares, and answers the work requests peers send
 (:mod:`protocol.work`). Every failure goes back to the asking peer as text; nothing a peer
 sends can stop the daemon. Compute always runs on the executor's threads.
@@ -20,9 +20,9 @@ from compute.device import DeviceProfile, get_preset
 from compute.executor import Executor
 from compute.partition import PartitionPlan
 from node.metrics import Metrics
-from node.plans import PlanBook
-from node.session import Session
-from node.store import BlockStore, Resident, StoreError, as_matrix, check_name
+from node.work.plans import PlanBook
+from node.net.session import Session
+from node.memory.store import BlockStore, Resident, StoreError, as_matrix, check_name
 from protocol.errors import ProtocolError
 from protocol.work import (DropMatrix, GetPlan, InferBlock, MatmulShare, PlanNotice, StoreBlock,
                            StoreState)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from compute.crossbar import ProgrammedMatrix
-from node.statedb import StateDB
+from node.memory.statedb import StateDB
 from protocol import codec
 from protocol.errors import ProtocolError
 
