@@ -52,7 +52,8 @@ class _Encoder:
     def _array(self, arr: np.ndarray) -> msgpack.ExtType:
         if arr.dtype.kind not in _ALLOWED_KINDS:
             raise TypeError(f"arrays of dtype {arr.dtype} cannot be sent")
-        arr = np.ascontiguousarray(arr)
+        if not arr.flags.c_contiguous:  # ascontiguousarray would turn a 0-d array 1-d
+            arr = np.ascontiguousarray(arr)
         view = memoryview(arr).cast("B") if arr.nbytes else memoryview(b"")
         offset = self.offset
         self.buffers.append(view)
