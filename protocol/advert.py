@@ -14,6 +14,7 @@ change constantly, so a node only re-advertises when they moved by more than a t
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,3 +124,6 @@ def _check_field(name: str, value: Any) -> None:
     if name in ("memory_total", "memory_free", "memory_budget", "cores", "queue_depth",
                 "running", "version") and value < 0:
         raise ValueError(f"advertisement.{name}: must not be negative")
+    if name in ("capacity", "load") and not 0 <= value < math.inf:
+        # placement divides by these: one peer's inf or NaN would fail every plan
+        raise ValueError(f"advertisement.{name}: must be a finite number >= 0, got {value!r}")
