@@ -239,12 +239,18 @@ def test_forged_messages_are_a_registered_type_or_a_decode_error(obj):
     assert type(msg) is REGISTRY[obj["t"]]
 
 
+def safe_payload_or_none(obj: Any) -> bytes | None:
+    """The payload of a forged map, or None when msgpack cannot carry it (huge ints)."""
+    try:
+        return payload(obj)
+    except (TypeError, OverflowError, ValueError):
+        return None
+
+
 @given(forged_maps())
 def test_forged_message_payloads_decode_or_raise_decode_error(obj):
-    try:
-        buf = payload(obj)
-    except (TypeError, OverflowError, ValueError):
-        assume(False)
+    buf = safe_payload_or_none(obj)
+    assume(buf is not None)
     try:
         msg = decode_message(buf)
     except ProtocolError as exc:
