@@ -45,6 +45,8 @@ class Sample:
     rss: list[int]      # bytes, one per daemon
     fds: list[int]
     tasks: list[int]
+    resident: list[int] = field(default_factory=list)   # bytes of programmed blocks held
+    jobs: list[int] = field(default_factory=list)       # job records the daemon keeps
 
 
 @dataclass
@@ -68,9 +70,16 @@ def fds_of(pid: int) -> int:
 
 
 def take_sample(mesh: LocalMesh, t: float) -> Sample:
+    """RSS, fds, tasks, and what explains RSS: resident blocks and kept job records."""
     pids = [n.proc.pid for n in mesh.nodes]
+    status = [n.status() for n in mesh.nodes]
+    jobs = []
+    for node in mesh.nodes:
+        with Client(node.socket) as c:
+            jobs.append(len(c.jobs()))
     return Sample(t, [rss_of(p) for p in pids], [fds_of(p) for p in pids],
-                  [n.status()["tasks"] for n in mesh.nodes])
+                  [s["tasks"] for s in status],
+                  [s["memory"]["resident_blocks"] for s in status], jobs)
 
 
 def verdict(samples: list[Sample], warmup: float) -> list[str]:
@@ -159,12 +168,12 @@ def _has(client: Client, name: str) -> bool:
 
 
 def print_table(samples: list[Sample], names: list[str]) -> None:
-    head = " | ".join(f"{n} RSS MiB | {n} fds | {n} tasks" for n in names)
+    head = " | ".join(f"{n} RSS MiB | fds | tasks | blocks MiB | jobs" for n in names)
     print(f"| t (s) | {head} |")
-    print("|---:|" + "---:|" * (3 * len(names)))
+    print("|---:|" + "---:|" * (5 * len(names)))
     for s in samples:
-        cells = " | ".join(f"{r / 2**20:.1f} | {f} | {k}"
-                           for r, f, k in zip(s.rss, s.fds, s.tasks))
+        cells = " | ".join(f"{r / 2**20:.1f} | {f} | {k} | {b / 2**20:.1f} | {j}"
+                           for r, f, k, b, j in zip(s.rss, s.fds, s.tasks, s.resident, s.jobs))
         print(f"| {s.t:.0f} | {cells} |")
 
 
@@ -180,8 +189,9 @@ def soak(args: argparse.Namespace) -> int:
             while (now := time.monotonic() - start) < args.duration:
                 if now >= next_sample:
                     samples.append(take_sample(mesh, now))
-                    print(f"[{now:6.0f}s] RSS MiB {[round(r / 2**20, 1) for r in samples[-1].rss]}"
-                          f" fds {samples[-1].fds} tasks {samples[-1].tasks}", flush=True)
+                    last = samples[-1]
+                    print(f"[{now:6.0f}s] RSS MiB {[round(r / 2**20, 1) for r in last.rss]}"
+                          f" fds {last.fds} tasks {last.tasks} jobs {last.jobs}", flush=True)
                     next_sample = now + args.sample
                 try:
                     work.run_one(now)
@@ -211,7 +221,8 @@ def main() -> None:
                     help="seconds before the checks start (default: a fifth, at most 300)")
     ap.add_argument("--sample", type=float, default=None,
                     help="seconds between samples (default: duration/30, at least 5)")
-    ap.add_argument("--churn", type=float, default=5.0, help="seconds between deploys")
+    ap.add_argument("--churn", type=float, default=5.0,
+                    help="seconds between deploys (a huge value: one deploy, no churn)")
     ap.add_argument("--live", type=int, default=3, help="deployments kept live (with undeploy)")
     ap.add_argument("--n", type=int, default=256, help="matrix size")
     ap.add_argument("--nodes", type=int, default=3)
