@@ -21,6 +21,7 @@ from nat import signaling
 from nat.connector import ConnectorConfig
 from node import api
 from node.config import NodeConfig
+from node.http.server import start_http
 from node.memory.dualmemory import DualMemory
 from node.net.identity import load_cluster_key, load_node_id, prepare_data_dir
 from node.work.holder import BlockHolder
@@ -56,6 +57,7 @@ class Daemon:
         self.stop_event = asyncio.Event()
         self._addresses: list[str] | None = None
         self._tasks: list[asyncio.Task] = []
+        self.http = None   # the dashboard server, once started
 
     # lifecycle ----------------------------------------------------------------------
     async def run(self) -> None:
@@ -93,9 +95,11 @@ class Daemon:
         self.jobs.restore()
         self.reconfigurer = Reconfigurer(self.jobs)
         await self.mesh.start(self._make_advert)
-        self.api = await api.serve(cfg.socket_path, self._on_local_request)
+        self.http = await start_http(self)   # dashboard + /metrics (None when off)
+        self.api = await api.serve(cfg.socket_path, self.metrics.timed(self._on_local_request))
         self._install_signals()
         self.mesh.event_hooks.append(self._on_member_event)
+        self.mesh.event_hooks.append(self.metrics.member_event)
         for coro in (self._advertise_loop(), self._memory_loop(), self._ping_loop(),
                      self._reconfigure_loop()):
             self._tasks.append(asyncio.get_running_loop().create_task(coro))
@@ -107,6 +111,8 @@ class Daemon:
     async def shutdown(self) -> None:
         log.info("shutting down")
         self.api.close()
+        if self.http is not None:
+            await self.http.stop()
         await self.jobs.shutdown(self.config.shutdown_grace)
         for task in self._tasks:
             task.cancel()
@@ -261,6 +267,7 @@ class Daemon:
             "tasks": len(asyncio.all_tasks()),
             "metrics": self.metrics.summary(useful, self.executor.utilisation()),
             "memory_patterns": self.memory.short_term_summary(),
+            "dashboard": self.http.url if self.http is not None else None,
         }
 
     def peers(self) -> list[dict]:
