@@ -21,6 +21,11 @@ function el(tag, props, ...children) {
 function fill(container, nodes) { container.replaceChildren(...nodes); }
 const fmtNum = (v, d = 1) => (v === null || v === undefined || Number.isNaN(v)) ? "–" : Number(v).toFixed(d);
 const fmtMs = (v) => v === null || v === undefined ? "–" : (v < 10 ? v.toFixed(2) : v.toFixed(0)) + " ms";
+function fmtPair(a, b) {
+  if (a === null || a === undefined) return "–";
+  const f = (v) => v < 10 ? v.toFixed(1) : v.toFixed(0);
+  return f(a) + " / " + f(b) + " ms";
+}
 function fmtBytes(n) {
   if (n === null || n === undefined) return "–";
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -48,9 +53,9 @@ function renderSummary(s) {
     tile("members alive", alive + " / " + members.length),
     tile("deployments", String(s.deployments.length)),
     tile("work requests / s", fmtNum(s.jobs.requests_per_s, 2)),
-    tile("request p50 / p99", fmtMs(s.jobs.request_latency_ms.p50) + " / " + fmtMs(s.jobs.request_latency_ms.p99)),
+    tile("request latency p50 / p99", fmtPair(s.jobs.request_latency_ms.p50, s.jobs.request_latency_ms.p99)),
     tile("compute utilisation", fmtNum(100 * m.resource_utilisation, 1) + " %"),
-    tile("memory used", fmtBytes(n.memory.budget - n.memory.free) + " of " + fmtBytes(n.memory.budget)),
+    tile("memory used of " + fmtBytes(n.memory.budget), fmtBytes(n.memory.budget - n.memory.free)),
     tile("uptime", fmtAge(n.uptime_s)),
   ]);
 }
@@ -140,8 +145,8 @@ function renderMemory(mem) {
     el("td", { text: p.name }), el("td", {}, pill(p.state)),
     el("td", { class: "num", text: fmtNum(p.learned_gflops, 2) }), el("td", { class: "num", text: fmtNum(p.advertised_gflops, 1) }),
     el("td", { class: "num", text: fmtNum(100 * p.reliability, 0) + " %" }),
-    el("td", { class: "num", text: String(p.samples) }), el("td", { class: "num", text: String(p.failures) })));
-  if (!rows.length) rows.push(el("tr", {}, el("td", { class: "muted", colspan: "7", text: "nothing learned yet: run some jobs" })));
+    el("td", { class: "num", text: p.samples + " (" + p.failures + ")" })));
+  if (!rows.length) rows.push(el("tr", {}, el("td", { class: "muted", colspan: "6", text: "nothing learned yet: run some jobs" })));
   fill(document.querySelector("#peer-patterns tbody"), rows);
   const list = document.getElementById("decisions");
   if (mem.decisions === null || !mem.decisions.length) {
