@@ -17,6 +17,7 @@ import hmac
 import json
 import logging
 import mimetypes
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,14 @@ def read_token(path: str) -> str:
         raise ConfigError(f"--http-token {path} holds {len(token)} characters; use at "
                           "least 16 (e.g. head -c 24 /dev/urandom | base64)")
     return token
+
+
+class _OneLineLog(logging.LoggerAdapter):
+    """aiohttp logs a malformed request with a traceback; a bad client is worth one line."""
+
+    def exception(self, msg: object, *args: Any, exc_info: Any = True, **kw: Any) -> None:
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        self.logger.warning("bad HTTP request: %s", str(exc).splitlines()[0] if exc else msg)
 
 
 class _ConnectionGuard(asyncio.Protocol):
@@ -139,7 +148,8 @@ class HttpServer:
         self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
                                      keepalive_timeout=KEEPALIVE_SECONDS,
                                      max_line_size=MAX_FIELD, max_field_size=MAX_FIELD,
-                                     max_headers=MAX_HEADERS)
+                                     max_headers=MAX_HEADERS,
+                                     logger=_OneLineLog(logging.getLogger("sedma.http"), {}))
         await self._runner.setup()
         factory = self._runner.server
         try:
