@@ -1,6 +1,7 @@
-"""The four numbers the daemon reports (SPEC.md): memory utilisation efficiency, resource
-utilisation, communication latency (p50/p99) and throughput; plus the running totals the
-Prometheus collector (:mod:`node.http.collector`) and the dashboard read at scrape time.
+"""The four numbers the daemon reports (docs/yardsticks.md): memory utilisation efficiency,
+resource utilisation, communication latency (p50/p99) and throughput; plus the running
+totals the Prometheus collector (:mod:`node.http.collector`) and the dashboard read at
+scrape time.
 
 Everything here is updated on the event loop only (callers hop back from compute threads
 before they record), so no lock is needed.
