@@ -51,7 +51,9 @@ def test_counters_move_with_the_work_done(cluster, tmp_path):
                                   "--http-token", str(token)])
     n2 = cluster.add("n2", extra=["--capacity", "10"])
     cluster.wait_converged(alive=1)
-    port = n1.status()["dashboard"].rstrip("/").rsplit(":", 1)[1]
+    shown = n1.status()["dashboard"]
+    assert shown.startswith("http://127.0.0.1:")     # a wildcard bind shows an openable address
+    port = shown.rstrip("/").rsplit(":", 1)[1]
     url1 = f"http://127.0.0.1:{port}"
     url2 = n2.status()["dashboard"]
 
@@ -123,9 +125,12 @@ def test_non_loopback_dashboard_without_token_refuses_to_start(tmp_path):
     assert not (tmp_path / "d" / "sedma.sock").exists()
 
 
-def test_an_explicit_dashboard_address_in_use_fails_the_start(cluster, tmp_path):
+def test_status_prints_the_url_and_an_explicit_address_in_use_fails_the_start(cluster, tmp_path):
     n1 = cluster.add("n1", extra=["--capacity", "10"])
-    taken = n1.status()["dashboard"].removeprefix("http://").rstrip("/")
+    url = n1.status()["dashboard"]
+    printed = run_cli("status", "--socket", str(n1.socket))
+    assert f"dashboard {url}\n" in printed.stdout
+    taken = url.removeprefix("http://").rstrip("/")
     r = run_cli("daemon", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "d2"),
                 "--capacity", "10", "--http", taken, timeout=60)
     assert r.returncode == 1

@@ -159,7 +159,10 @@ class HttpServer:
             await self._runner.cleanup()
             raise
         bound = self._server.sockets[0].getsockname()
-        shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+        shown = bound[0]
+        if shown in ("0.0.0.0", "::"):     # a wildcard: show an address people can open
+            shown = parse_address(self.daemon.addresses()[0])[0]
+        shown = f"[{shown}]" if ":" in shown else shown
         self.url = f"http://{shown}:{bound[1]}/"
         self._sampler = asyncio.get_running_loop().create_task(self._sample_loop())
         log.info("dashboard and /metrics on %s%s", self.url,

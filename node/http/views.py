@@ -20,9 +20,10 @@ RATE_WINDOW = 60.0
 
 def snapshot(daemon: Any) -> dict:
     """Everything the dashboard shows, in one document (one poll per refresh)."""
-    return {"node": node_view(daemon), "members": members(daemon),
-            "deployments": deployments(daemon), "jobs": jobs_view(daemon),
-            "memory": dual_memory(daemon), "at": time.time()}
+    known = members(daemon)
+    return {"node": node_view(daemon), "members": known,
+            "deployments": deployments(daemon, known), "jobs": jobs_view(daemon),
+            "memory": dual_memory(daemon, known), "at": time.time()}
 
 
 def node_view(daemon: Any) -> dict:
@@ -52,7 +53,7 @@ def members(daemon: Any) -> list[dict]:
     return out
 
 
-def deployments(daemon: Any) -> list[dict]:
+def deployments(daemon: Any, known: list[dict] | None = None) -> list[dict]:
     """Each deployed matrix (or model), its blocks, their holders and replica health.
 
     The one place the dashboard learns what is deployed: a daemon that offers a richer
@@ -61,7 +62,7 @@ def deployments(daemon: Any) -> list[dict]:
     richer = getattr(daemon, "deployments", None)
     if callable(richer):
         return richer()
-    names = {m["id"]: (m["name"], m["state"]) for m in members(daemon)}
+    names = {m["id"]: (m["name"], m["state"]) for m in known or members(daemon)}
     out = []
     for name, plan in daemon.plans.items():
         wanted = max(len(b.nodes) for b in plan.blocks)
@@ -117,10 +118,10 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
     return {"p50": float(p50), "p90": float(p90), "p99": float(p99)}
 
 
-def dual_memory(daemon: Any) -> dict:
+def dual_memory(daemon: Any, known: list[dict] | None = None) -> dict:
     """Per peer, what this node learned (speed, reliability) next to what it advertises;
     and the reconfiguration decisions with their reasons, when the daemon records them."""
-    advertised = {p["id"]: p for p in members(daemon)}
+    advertised = {p["id"]: p for p in known or members(daemon)}
     peers = []
     for peer, pat in daemon.memory.peer_patterns.items():
         adv = advertised.get(peer, {})
