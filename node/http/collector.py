@@ -25,30 +25,36 @@ STATES = ("alive", "suspect", "dead", "left")
 
 @dataclass
 class LinkTotals:
-    """Traffic of every link seen, including links that have since closed.
+    """Traffic of every link seen, by link kind, including links that have since closed.
 
     Sessions count their own traffic and vanish when they close; this keeps a reference
     to each live session's counters and folds them into ``retired`` once it is gone, so
-    the exported byte and message totals never go backwards.
+    the exported byte and message totals never go backwards. (The daemon's HTTP server
+    calls :meth:`update` every second, so only a link that opens and closes within one
+    second can be missed.)
     """
 
-    retired: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
-    _live: dict[int, Any] = field(default_factory=dict)
+    retired: dict[str, list[int]] = field(default_factory=dict)
+    _live: dict[int, tuple[str, Any]] = field(default_factory=dict)
 
-    def update(self, sessions: list[Any]) -> list[int]:
-        """Fold closed sessions in; return [sent bytes, recv bytes, sent msgs, recv msgs]."""
-        current = {id(s.stats): s.stats for s in sessions}
-        for key, stats in list(self._live.items()):
+    def update(self, sessions: list[Any]) -> dict[str, list[int]]:
+        """Fold closed sessions in; return kind -> [sent bytes, recv bytes, sent msgs,
+        recv msgs]."""
+        current = {id(s.stats): (s.link.kind, s.stats) for s in sessions}
+        for key, (kind, stats) in list(self._live.items()):
             if key not in current:
-                for i, v in enumerate(_stats_tuple(stats)):
-                    self.retired[i] += v
+                _add(self.retired.setdefault(kind, [0, 0, 0, 0]), stats)
                 del self._live[key]
         self._live.update(current)
-        totals = list(self.retired)
-        for stats in self._live.values():
-            for i, v in enumerate(_stats_tuple(stats)):
-                totals[i] += v
+        totals = {kind: list(v) for kind, v in self.retired.items()}
+        for kind, stats in self._live.values():
+            _add(totals.setdefault(kind, [0, 0, 0, 0]), stats)
         return totals
+
+
+def _add(into: list[int], stats: Any) -> None:
+    for i, v in enumerate(_stats_tuple(stats)):
+        into[i] += v
 
 
 def _stats_tuple(stats: Any) -> tuple[int, int, int, int]:
@@ -108,16 +114,17 @@ class DaemonCollector(Collector):
         for kind, n in sorted(by_kind.items()):
             kinds.add_metric([kind], n)
         yield kinds
-        sent_b, recv_b, sent_m, recv_m = self.links.update(list(mesh.sessions.values()))
-        b = CounterMetricFamily("sedma_link_bytes", "Bytes over peer links.",
-                                labels=["direction"])
-        b.add_metric(["sent"], sent_b)
-        b.add_metric(["received"], recv_b)
-        yield b
+        traffic = self.links.update(list(mesh.sessions.values()))
+        b = CounterMetricFamily("sedma_link_bytes", "Bytes over peer links, by link kind.",
+                                labels=["kind", "direction"])
         m = CounterMetricFamily("sedma_link_messages", "Messages over peer links (gossip "
-                                "and work).", labels=["direction"])
-        m.add_metric(["sent"], sent_m)
-        m.add_metric(["received"], recv_m)
+                                "and work), by link kind.", labels=["kind", "direction"])
+        for kind, (sent_b, recv_b, sent_m, recv_m) in sorted(traffic.items()):
+            b.add_metric([kind, "sent"], sent_b)
+            b.add_metric([kind, "received"], recv_b)
+            m.add_metric([kind, "sent"], sent_m)
+            m.add_metric([kind, "received"], recv_m)
+        yield b
         yield m
         rtt = GaugeMetricFamily("sedma_link_rtt_seconds", "Last measured round trip per peer.",
                                 labels=["peer"])
@@ -172,13 +179,18 @@ class DaemonCollector(Collector):
                                 "the daemon.", value=resident_memory())
         yield GaugeMetricFamily("sedma_memory_physical_bytes", "Physical memory of the "
                                 "machine.", value=total_memory())
-        tiers = getattr(store, "tier_usage", None)
-        if callable(tiers):
+        disk_used = getattr(store, "disk_used", None)
+        if disk_used is not None:      # a store with a disk tier under its RAM tier
             used = GaugeMetricFamily("sedma_memory_tier_used_bytes", "Bytes held per memory "
-                                     "tier.", labels=["tier"])
-            for tier, nbytes in sorted(tiers().items()):
-                used.add_metric([str(tier)], nbytes)
+                                     "tier (0: RAM copies, 1: block files).", labels=["tier"])
+            used.add_metric(["0"], store.budget - store.free)
+            used.add_metric(["1"], disk_used)
             yield used
+            budget = GaugeMetricFamily("sedma_memory_tier_budget_bytes", "Budget per memory "
+                                       "tier (--memory-limit, --disk-limit).", labels=["tier"])
+            budget.add_metric(["0"], store.budget)
+            budget.add_metric(["1"], store.disk_budget)
+            yield budget
 
     def _compute(self) -> Iterator[Metric]:
         ex = self.daemon.executor

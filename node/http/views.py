@@ -132,10 +132,22 @@ def dual_memory(daemon: Any, known: list[dict] | None = None) -> dict:
                       "failures": pat.failures})
     matrices = [{"name": n, "requests": m.requests, "mean_latency_ms": m.mean_latency_ms}
                 for n, m in daemon.memory.matrix_patterns.items()]
-    decisions = getattr(daemon.reconfigurer, "decisions", None)
+    decisions = reconfiguration_decisions(daemon)
     return {"peers": peers, "matrices": matrices,
             "short_term": daemon.memory.short_term_summary(),
             "decisions": [_decision(d) for d in decisions] if decisions is not None else None}
+
+
+def reconfiguration_decisions(daemon: Any, limit: int = 50) -> list | None:
+    """The latest reconfiguration decisions, or None when this daemon records none.
+
+    The dual memory keeps them (``decided``) once rebalancing exists; a reconfigurer's own
+    ``decisions`` list is read otherwise."""
+    decided = getattr(daemon.memory, "decided", None)
+    if callable(decided):
+        return decided(limit=limit)
+    decisions = getattr(daemon.reconfigurer, "decisions", None)
+    return None if decisions is None else list(decisions)[-limit:]
 
 
 def _decision(d: Any) -> dict:
