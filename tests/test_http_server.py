@@ -176,3 +176,18 @@ def test_token_files_are_checked(tmp_path):
         read_token(str(short))
     with pytest.raises(ConfigError, match="cannot read"):
         read_token(str(tmp_path / "missing"))
+
+
+async def test_the_default_address_is_best_effort_an_explicit_one_is_not(serve, monkeypatch):
+    from types import SimpleNamespace
+
+    url = await serve()
+    taken = url.removeprefix("http://").rstrip("/")
+    monkeypatch.setattr(http_server, "DEFAULT_HTTP", taken)
+    daemon = SimpleNamespace(config=NodeConfig())
+    assert await http_server.start_http(daemon) is None        # in use: run without one
+    daemon.config = NodeConfig(http=taken)
+    with pytest.raises(OSError, match="cannot serve the dashboard on"):
+        await http_server.start_http(daemon)
+    daemon.config = NodeConfig(http="off")
+    assert await http_server.start_http(daemon) is None

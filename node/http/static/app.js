@@ -152,8 +152,17 @@ function renderMemory(mem) {
   if (mem.decisions === null || !mem.decisions.length) {
     fill(list, [el("li", { class: "muted", text: mem.decisions === null ? "this daemon records no decisions" : "none yet" })]);
   } else {
-    fill(list, mem.decisions.slice(-12).reverse().map((d) => el("li", { text: Object.entries(d).map(([k, v]) => k + "=" + JSON.stringify(v)).join("  ") })));
+    fill(list, mem.decisions.slice(-12).reverse().map(describeDecision));
   }
+}
+
+// A decision's owner decides its fields; show time, what, reason first, the rest as k=v.
+function describeDecision(d) {
+  const known = ["at", "action", "kind", "name", "index", "reason"];
+  const when = typeof d.at === "number" ? new Date(d.at * 1000).toLocaleTimeString() + "  " : "";
+  const what = [d.action || d.kind, d.name, d.index === undefined ? "" : "#" + d.index].filter((x) => x !== undefined && x !== "").join(" ");
+  const rest = Object.entries(d).filter(([k]) => !known.includes(k)).map(([k, v]) => k + "=" + JSON.stringify(v)).join("  ");
+  return el("li", {}, el("b", { text: when + what }), d.reason ? " — " + d.reason : "", rest ? "  (" + rest + ")" : "");
 }
 
 function drawPlot(history) {
