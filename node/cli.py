@@ -7,12 +7,13 @@ Exit status: 0 success, 1 the job or request failed (message on stderr), 2 usage
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -243,8 +244,8 @@ class TransferBar:
     """Progress bars (rich, on stderr) for transfers of at least ``MIN_BAR_BYTES``.
 
     Passed to the client as its ``progress`` callback; small transfers finish before a bar
-    would be readable, so they draw nothing. Use :func:`transfer_bar`, which returns None
-    (no bar at all) for --json or when stdout is not a terminal."""
+    would be readable, so they draw nothing. Made by :func:`transfer_bar`, which gives
+    None instead (no bar at all) for --json or when stdout is not a terminal."""
 
     MIN_BAR_BYTES = 4 << 20
     LABELS = {"upload": "sending to the daemon", "download": "receiving the result"}
@@ -270,31 +271,33 @@ class TransferBar:
                 self.LABELS.get(phase, phase), total=total)
         self._progress.update(task, completed=done)
 
-    def __enter__(self) -> "TransferBar":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
+    def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()
 
 
-def transfer_bar(args: argparse.Namespace) -> TransferBar | None:
+@contextlib.contextmanager
+def transfer_bar(args: argparse.Namespace) -> Iterator[TransferBar | None]:
     """A bar only for a person watching: not with --json, not when stdout is piped."""
     if getattr(args, "json", False) or not sys.stdout.isatty():
-        return None
-    return TransferBar()
+        yield None
+        return
+    bar = TransferBar()
+    try:
+        yield bar
+    finally:
+        bar.close()
 
 
 def _cmd_submit(c, args) -> int:
     a, b = load_npy(args.a), load_npy(args.b)
-    bar = transfer_bar(args)
-    with bar or _nothing():
+    with transfer_bar(args) as bar:
         job_id = c.submit_matmul(a, b, args.device, args.seed, progress=bar)
     info = c.wait(job_id, args.timeout)
     if info["state"] != "done":
         print(f"sedma: job {job_id} {info['state']}: {info.get('error') or 'timed out'}", file=sys.stderr)
         return EXIT_FAILED
-    with bar or _nothing():
+    with transfer_bar(args) as bar:
         save_npy(args.output, c.result(job_id, progress=bar))
     if args.json:
         print(json.dumps(info | {"output": args.output}, indent=2, default=str))
@@ -305,8 +308,7 @@ def _cmd_submit(c, args) -> int:
 
 def _cmd_deploy(c, args) -> int:
     w = load_npy(args.w)
-    bar = transfer_bar(args)
-    with bar or _nothing():
+    with transfer_bar(args) as bar:
         info = c.deploy(args.name, w, args.device, args.replicas, args.seed, progress=bar)
     placement = info.get("placement", {})
     if args.json:
@@ -319,8 +321,7 @@ def _cmd_deploy(c, args) -> int:
 
 def _cmd_infer(c, args) -> int:
     x = load_npy(args.x)
-    bar = transfer_bar(args)
-    with bar or _nothing():
+    with transfer_bar(args) as bar:
         y = c.infer(args.name, x, args.seed, progress=bar)
     save_npy(args.output, y)
     if args.json:
@@ -329,10 +330,6 @@ def _cmd_infer(c, args) -> int:
         print(f"{args.name} @ X -> {args.output} {tuple(y.shape)}")
     return EXIT_OK
 
-
-def _nothing():
-    import contextlib
-    return contextlib.nullcontext()
 
 
 COMMANDS = {"status": _cmd_status, "peers": _cmd_peers, "jobs": _cmd_jobs,

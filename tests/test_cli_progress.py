@@ -101,3 +101,16 @@ def test_cli_draws_a_bar_only_at_a_terminal(cluster, tmp_path):
                                   *sock)
     assert code == 0 and "sending" not in shown
     assert json.loads(shown)["state"] == "done"
+
+
+def test_cli_submit_shows_the_upload_and_the_result_download(cluster, tmp_path):
+    n1 = cluster.add("n1", extra=["--capacity", "10"])
+    a, b = tmp_path / "a.npy", tmp_path / "b.npy"
+    np.save(a, rand((4096, 512), 6))              # 8 MiB up
+    np.save(b, rand((512, 300), 7))               # result 4.7 MiB down
+    out = tmp_path / "c.npy"
+    code, shown = run_in_terminal("submit", "matmul", str(a), str(b), "-o", str(out),
+                                  "--socket", str(n1.socket))
+    assert code == 0, shown
+    assert "sending to the daemon" in shown and "receiving the result" in shown
+    assert np.load(out).shape == (4096, 300)
