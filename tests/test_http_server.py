@@ -191,3 +191,16 @@ async def test_the_default_address_is_best_effort_an_explicit_one_is_not(serve, 
         await http_server.start_http(daemon)
     daemon.config = NodeConfig(http="off")
     assert await http_server.start_http(daemon) is None
+
+
+def test_json_is_strict_even_with_non_finite_numbers():
+    import json
+
+    import numpy as np
+
+    from node.http.server import to_json
+
+    doc = {"capacity": float("nan"), "rtt": [1.5, float("inf")], "n": np.float32(2.5),
+           "bad": np.float64("nan"), "name": "<script>"}
+    assert json.loads(to_json(doc)) == {"capacity": None, "rtt": [1.5, None], "n": 2.5,
+                                        "bad": None, "name": "<script>"}

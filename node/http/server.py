@@ -16,6 +16,7 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 import mimetypes
 import sys
 from importlib import resources
@@ -225,14 +226,29 @@ class HttpServer:
 
     def _json(self, build):
         async def handler(request: web.Request) -> web.Response:
-            return web.Response(text=json.dumps(build(), default=_jsonable),
-                                content_type="application/json")
+            return web.Response(text=to_json(build()), content_type="application/json")
         return handler
+
+
+def to_json(value: Any) -> str:
+    """Strict JSON (a NaN or infinity, e.g. from a peer's advert, becomes null: the
+    browser's parser rejects them and the whole page would stop updating)."""
+    return json.dumps(_finite(value), default=_jsonable, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "item"):      # numpy scalars
-        return value.item()
+        return _finite(value.item())
     return str(value)
 
 
