@@ -48,10 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--cluster-key", metavar="FILE", help="shared secret file; only nodes with the same key can join")
     d.add_argument("--advertise", metavar="HOST:PORT", action="append", help="address peers should dial (default: the listen address)")
     d.add_argument("--capacity", type=float, metavar="GFLOPS", help="advertise this compute capacity instead of measuring it at start")
-    d.add_argument("--http", metavar="HOST:PORT", help="dashboard and Prometheus /metrics address (default 127.0.0.1:7947; 'off' disables; port 0 picks one)")
-    d.add_argument("--http-token", metavar="FILE", help="file holding the token the dashboard requires (mandatory on a non-loopback --http)")
     d.add_argument("--config", metavar="FILE", help="TOML file whose keys mirror these flags")
     d.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    d.add_argument("--http", metavar="HOST:PORT", help="dashboard and Prometheus /metrics address (default 127.0.0.1:7947; 'off' disables; port 0 picks one)")
+    d.add_argument("--http-token", metavar="FILE", help="file holding the token the dashboard requires (mandatory on a non-loopback --http)")
 
     def client(name: str, help: str, **kw: Any) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help, description=help, **kw)
@@ -121,8 +121,9 @@ def _daemon(args: argparse.Namespace) -> int:
 
     overrides = {k: getattr(args, k) for k in (
         "listen", "bootstrap", "data_dir", "socket", "name", "memory_limit", "device", "stun",
-        "turn", "cluster_key", "advertise", "capacity", "http", "http_token")}
+        "turn", "cluster_key", "advertise", "capacity")}
     try:
+        overrides.update(http=args.http, http_token=args.http_token)   # the dashboard
         config = build_config(args.config, overrides)
         from compute.device import get_preset
         get_preset(config.device)
