@@ -54,10 +54,10 @@ class Daemon:
         self.key = load_cluster_key(config.cluster_key)
         self.device: DeviceProfile = get_preset(config.device)
         self.started = time.time()
+        self.http = None   # the dashboard server, once started
         self.stop_event = asyncio.Event()
         self._addresses: list[str] | None = None
         self._tasks: list[asyncio.Task] = []
-        self.http = None   # the dashboard server, once started
 
     # lifecycle ----------------------------------------------------------------------
     async def run(self) -> None:
@@ -86,6 +86,7 @@ class Daemon:
         connector = ConnectorConfig(stun=tuple(cfg.stun), turn=tuple(cfg.turn))
         self.mesh = Mesh(self.node_id, cfg.name, cluster_id_for(self.key), self.key,
                          cfg.listen, cfg.bootstrap, self._on_peer_message, connector)
+        self.mesh.event_hooks.append(self.metrics.member_event)   # gossip counts for /metrics
         self.plans = PlanBook(self.db)
         self.plans.restore()
         self.holder = BlockHolder(self.device, self.store, self.executor, self.metrics,
@@ -99,7 +100,6 @@ class Daemon:
         self.api = await api.serve(cfg.socket_path, self.metrics.timed(self._on_local_request))
         self._install_signals()
         self.mesh.event_hooks.append(self._on_member_event)
-        self.mesh.event_hooks.append(self.metrics.member_event)
         for coro in (self._advertise_loop(), self._memory_loop(), self._ping_loop(),
                      self._reconfigure_loop()):
             self._tasks.append(asyncio.get_running_loop().create_task(coro))
