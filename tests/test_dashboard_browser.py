@@ -120,6 +120,12 @@ def test_dashboard_shows_members_block_map_and_a_crash(cluster, tmp_path):
         shown = wait_for(lambda: block_map(driver, "w"), 10, "the block map of w")
         assert shown == placement
         assert text_of(driver, '[data-deployment="w"] .replicas') == "replicas 2/2 live"
+        # The jobs table lists the deploy, and the steady load shows up as a rate.
+        wait_for(lambda: "deploy" in text_of(driver, "#job-table tbody")
+                 and "done" in text_of(driver, "#job-table tbody"), 10, "the deploy job listed")
+        wait_for(lambda: float(driver.execute_script(
+            "return document.querySelector('#summary .tile:nth-child(3) .v').textContent")
+            or 0) > 0, 15, "a non-zero work request rate")
 
         wanted = os.environ.get("SEDMA_SCREENSHOT")
         if wanted:   # for the README: let the plot fill with a few seconds of load first
