@@ -19,6 +19,7 @@ from typing import Any, Awaitable, Callable
 
 import numpy as np
 
+from node.errors import UserError, internal_message  # UserError is re-exported
 from protocol.errors import ProtocolError
 from protocol.messages import decode_message, encode_message, message
 
@@ -105,8 +106,6 @@ class InferRequest:
 Dispatch = Callable[[Any], Awaitable[Any]]
 
 
-class UserError(ValueError):
-    """The request is wrong (bad shapes, unknown job...): exit status 1 for the CLI."""
 
 
 def ensure_socket_free(path: Path) -> None:
@@ -168,11 +167,11 @@ async def _connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 async def _answer(request: Any, dispatch: Dispatch) -> Response:
     try:
         return Response(True, await dispatch(request))
-    except (UserError, ValueError, KeyError, LookupError) as exc:
+    except UserError as exc:
         return Response(False, error=str(exc) or type(exc).__name__)
-    except Exception as exc:
+    except Exception as exc:   # a bug (KeyError, ValueError... included): say so, loudly
         log.exception("local request %s failed", type(request).__name__)
-        return Response(False, error=f"internal error: {exc!r}")
+        return Response(False, error=internal_message(exc))
 
 
 async def read_frame(reader: asyncio.StreamReader, max_frame: int = API_MAX_FRAME) -> bytes:

@@ -192,6 +192,9 @@ def _cmd_status(c, args) -> int:
               f"utilisation {m['resource_utilisation']:.1%}  "
               f"rtt p50 {_ms(lat['p50_ms'])} p99 {_ms(lat['p99_ms'])}  "
               f"throughput {m['throughput_per_s']:.2f}/s")
+        for name, h in s.get("loops", {}).items():
+            if h["consecutive"]:
+                print(f"loop      {name} FAILING ({h['failures']} failures): {h['last_error']}")
     _print(c.status(), args.json, text)
     return EXIT_OK
 

@@ -28,7 +28,9 @@ from node.work.jobs import JobManager
 from node.work.plans import PlanBook
 from node.work.reconfigure import Reconfigurer
 from node.net.mesh import Mesh
+from node.looplag import LagMonitor
 from node.metrics import Metrics, total_memory
+from node.supervise import Supervisor
 from node.net.session import Session
 from node.memory.statedb import StateDB
 from node.memory.store import BlockStore
@@ -56,6 +58,8 @@ class Daemon:
         self.stop_event = asyncio.Event()
         self._addresses: list[str] | None = None
         self._tasks: list[asyncio.Task] = []
+        self.supervisor = Supervisor()
+        self.lag = LagMonitor()
 
     # lifecycle ----------------------------------------------------------------------
     async def run(self) -> None:
@@ -96,9 +100,10 @@ class Daemon:
         self.api = await api.serve(cfg.socket_path, self._on_local_request)
         self._install_signals()
         self.mesh.event_hooks.append(self._on_member_event)
-        for coro in (self._advertise_loop(), self._memory_loop(), self._ping_loop(),
-                     self._reconfigure_loop()):
-            self._tasks.append(asyncio.get_running_loop().create_task(coro))
+        for name, loop in (("advertise", self._advertise_loop), ("memory", self._memory_loop),
+                           ("ping", self._ping_loop), ("reconfigure", self._reconfigure_loop),
+                           ("loop_lag", self.lag.run)):
+            self.supervisor.start(name, loop)
         log.info("node %s (%s) up: peers on %s, local socket %s, device %s, %.1f GFLOP/s, "
                  "%d resident block(s), budget %d bytes, event loop %s", self.node_id[:8],
                  cfg.name, self.addresses(), cfg.socket_path, self.device.name, self.capacity,
@@ -108,6 +113,7 @@ class Daemon:
         log.info("shutting down")
         self.api.close()
         await self.jobs.shutdown(self.config.shutdown_grace)
+        await self.supervisor.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -175,17 +181,20 @@ class Daemon:
 
     def _on_member_event(self, event: Any) -> None:
         if event.kind in ("dead", "left"):
-            task = asyncio.get_running_loop().create_task(self.reconfigurer.run())
+            task = asyncio.get_running_loop().create_task(self._repair_once())
             self._tasks.append(task)
             task.add_done_callback(self._tasks.remove)
+
+    async def _repair_once(self) -> None:
+        try:
+            await self.reconfigurer.run()
+        except Exception:  # the periodic pass retries; this one must not vanish silently
+            log.exception("replica repair pass failed")
 
     async def _reconfigure_loop(self) -> None:
         while True:
             await asyncio.sleep(RECONFIGURE_EVERY)
-            try:
-                await self.reconfigurer.run()
-            except Exception:  # one bad pass must not end repairs for good
-                log.exception("replica repair pass failed")
+            await self.reconfigurer.run()   # a failure is logged and retried by the supervisor
 
     async def _ping_loop(self) -> None:
         while True:
@@ -259,6 +268,8 @@ class Daemon:
             "blocks": self.store.names(), "deployments": self.plans.names(),
             "members": len(self.mesh.members()),
             "tasks": len(asyncio.all_tasks()),
+            "loops": self.supervisor.report(),
+            "loop_lag": self.lag.report(),
             "metrics": self.metrics.summary(useful, self.executor.utilisation()),
             "memory_patterns": self.memory.short_term_summary(),
         }

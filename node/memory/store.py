@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from compute.crossbar import ProgrammedMatrix
+from node.errors import UserError
 from node.memory.statedb import StateDB
 from protocol import codec
 from protocol.errors import ProtocolError
@@ -35,7 +36,7 @@ log = logging.getLogger("sedma.store")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-class StoreError(ValueError):
+class StoreError(UserError):
     """A block cannot be stored or found; the message says why."""
 
 

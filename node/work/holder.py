@@ -18,7 +18,8 @@ import numpy as np
 from compute.crossbar import ProgrammedMatrix, crossbar_matmul, row_granularity
 from compute.device import DeviceProfile, get_preset
 from compute.executor import Executor
-from compute.partition import PartitionPlan
+from compute.partition import PartitionPlan, PlacementError
+from node.errors import UserError, internal_message
 from node.metrics import Metrics
 from node.work.plans import PlanBook
 from node.net.session import Session
@@ -47,7 +48,12 @@ class BlockHolder:
 
     def profile(self, name: str | None) -> DeviceProfile:
         """The named preset, or this node's own device when the job names none."""
-        return get_preset(name) if name else self.device
+        if not name:
+            return self.device
+        try:
+            return get_preset(name)
+        except ValueError as exc:   # the asker named a preset this node does not know
+            raise StoreError(str(exc)) from None
 
     async def compute_share(self, a: np.ndarray, b: np.ndarray, device: str | None, seed: int,
                             row_offset: int) -> np.ndarray:
@@ -86,7 +92,7 @@ class BlockHolder:
     async def store_state(self, name, index, row_start, device, seed, state) -> int:
         """Keep a block programmed elsewhere (a replica being restored)."""
         check_name(name)
-        matrix = await self.executor.run(ProgrammedMatrix.from_state, state)
+        matrix = await self.executor.run(_state_to_matrix, state)
         self.store.reserve(matrix.nbytes, f"block {index} of {name}")
         try:
             block = Resident(name, index, row_start, device, seed, matrix)
@@ -127,11 +133,11 @@ class BlockHolder:
         self.serving += 1
         try:
             value = await self._serve(msg)
-        except (StoreError, ValueError, ProtocolError) as exc:
+        except (UserError, PlacementError, ProtocolError) as exc:   # the asker's mistake
             await session.reply(msg.rid, error=str(exc))
-        except Exception as exc:
+        except Exception as exc:   # a bug here, KeyError/ValueError included: say so
             log.exception("serving %s failed", type(msg).__name__)
-            await session.reply(msg.rid, error=f"internal error: {exc!r}")
+            await session.reply(msg.rid, error=internal_message(exc))
         else:
             await session.reply(msg.rid, value)
         finally:
@@ -161,7 +167,7 @@ class BlockHolder:
             return await self.store_state(msg.name, msg.index, msg.row_start, msg.device,
                                           msg.seed, msg.state)
         if isinstance(msg, PlanNotice):
-            plan = PartitionPlan.from_dict(msg.plan)
+            plan = _plan_from_peer(msg.plan)
             await self.plans.put(check_name(msg.name), plan)
             return True
         if isinstance(msg, GetPlan):
@@ -185,3 +191,18 @@ def _chunks(n_tiles: int, workers: int) -> list[tuple[int, int]]:
     bounds = [round(i * n_tiles / count) for i in range(count + 1)]
     return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
 
+
+
+def _state_to_matrix(state: Any) -> ProgrammedMatrix:
+    """A peer's programmed state; a malformed one is the peer's error, not ours."""
+    try:
+        return ProgrammedMatrix.from_state(state)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ProtocolError(f"malformed block state: {exc}") from None
+
+
+def _plan_from_peer(value: Any) -> PartitionPlan:
+    try:
+        return PartitionPlan.from_dict(value)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ProtocolError(f"malformed plan: {exc}") from None

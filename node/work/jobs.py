@@ -30,6 +30,7 @@ import numpy as np
 from compute.device import get_preset
 from compute.partition import NodeSlot, PartitionPlan, PlacementError, plan_rows
 from nat.link import LinkClosed
+from node.errors import UserError, internal_message
 from node.memory.dualmemory import DualMemory
 from node.metrics import Metrics
 from node.work.placement import Candidate, rank
@@ -52,7 +53,7 @@ MAX_SEED = (1 << 63) - 1
 FINAL_STATES = ("done", "failed", "cancelled")
 
 
-class JobError(ValueError):
+class JobError(UserError):
     """A job cannot run or failed; the message is for the user."""
 
 
@@ -133,11 +134,11 @@ class JobManager:
             job.state = "done"
         except asyncio.CancelledError:
             job.state, job.error = "cancelled", job.error or "cancelled by the user"
-        except (JobError, StoreError, PlacementError, ValueError) as exc:
+        except (UserError, PlacementError) as exc:
             job.state, job.error = "failed", str(exc)
         except Exception as exc:  # a bug: keep serving, but say so loudly
             log.exception("job %s crashed", job.id)
-            job.state, job.error = "failed", f"internal error: {exc!r}"
+            job.state, job.error = "failed", internal_message(exc)
         job.finished = time.time()
         await asyncio.shield(self._save_job(job))
         job.done.set()
@@ -222,8 +223,7 @@ class JobManager:
         if a.shape[1] != b.shape[0]:
             raise JobError(f"shapes do not align: A is {a.shape[0]}x{a.shape[1]}, "
                            f"B is {b.shape[0]}x{b.shape[1]}")
-        if device is not None:
-            get_preset(device)
+        check_device(device)
         check_seed(seed)
         check_size((a.size + b.size + a.shape[0] * b.shape[1]) * 4, "matmul")
         detail = {"shape": [a.shape[0], a.shape[1], b.shape[1]], "device": device, "seed": seed}
@@ -286,8 +286,7 @@ class JobManager:
                      seed: int) -> Job:
         check_name(name)
         w = as_matrix(w, "W")
-        if device is not None:
-            get_preset(device)
+        check_device(device)
         if replicas is not None and replicas < 1:
             raise JobError("replicas must be at least 1")
         check_seed(seed)
@@ -455,10 +454,24 @@ class JobManager:
             except (LinkClosed, TimeoutError, RemoteError, ProtocolError):
                 continue
             if value:
-                plan = PartitionPlan.from_dict(value)
+                try:
+                    plan = PartitionPlan.from_dict(value)
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.warning("%s sent a malformed plan of %s: %s", c.node_id[:8], name, exc)
+                    continue
                 await self.plans.put(name, plan)
                 return plan
         raise JobError(f"no matrix named {name!r} is deployed on the mesh")
+
+def check_device(device: str | None) -> None:
+    """An unknown preset name is the user's error (get_preset raises a plain ValueError)."""
+    if device is None:
+        return
+    try:
+        get_preset(device)
+    except ValueError as exc:
+        raise JobError(str(exc)) from None
+
 
 def check_seed(seed: object) -> None:
     """Seeds are checked here, once, so a bad one is the user's error, not a peer failure."""
