@@ -114,6 +114,10 @@ class Session:
 
     async def send(self, msg: Any) -> None:
         """Send one message; returns when its last fragment is handed to the link."""
+        await self._enqueue(msg)
+
+    def _enqueue(self, msg: Any) -> asyncio.Future:
+        """Queue one message for the writer; the future resolves once it is sent."""
         if self.closed.is_set():
             raise LinkClosed(self.close_reason or "session closed")
         parts = encode_message(msg)
@@ -124,7 +128,7 @@ class Session:
                         asyncio.get_running_loop().create_future())
         (self._control if size <= CONTROL_BYTES else self._bulk).append(out)
         self._wake.set()
-        await out.done
+        return out.done
 
     async def request(self, msg: Any, timeout: float) -> Any:
         """Send a request (a message with ``rid``) and return its reply's value."""
@@ -219,9 +223,21 @@ class Session:
                 fut.set_result(msg)
             return
         if isinstance(msg, Ping):
-            await self.reply(msg.rid, msg.sent)
+            # Queue the answer and read on: waiting for it to be written would stall this
+            # reader behind our own bulk sends, and two peers streaming at each other then
+            # each wait for the other to read -- a deadlock. Reads never wait on writes.
+            try:
+                self._enqueue(Reply(msg.rid, msg.sent)).add_done_callback(_ignore_result)
+            except LinkClosed:
+                pass
             return
         await handler(self, msg)
+
+
+def _ignore_result(fut: asyncio.Future) -> None:
+    """A pong lost with its link needs no one told (the asker times out and retries)."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 async def handshake(link: Link, local: Hello, key: bytes | None, *, initiator: bool,
