@@ -95,3 +95,27 @@ async def test_peer_requests_tell_bugs_from_bad_requests(tmp_path, monkeypatch):
         await d.holder.handle(s, GetPlan(2, "w"))
         assert s.replies[-1][0] == 2 and s.replies[-1][2].startswith("internal error")
         assert d.holder.serving == 0
+
+
+async def test_links_beyond_the_cap_are_refused_and_the_daemon_keeps_serving(tmp_path,
+                                                                          monkeypatch):
+    from nat.link import LinkClosed
+    from nat.tcp import dial_tcp
+    from node.net import mesh as mesh_module
+    from node.net.session import handshake
+    from protocol.errors import ProtocolError
+    from protocol.handshake import cluster_id_for, new_hello
+
+    async with running_daemon(tmp_path) as d:
+        monkeypatch.setattr(mesh_module, "MAX_LINKS", 0)
+        host, port = d.mesh.bound
+        link = await dial_tcp(host, port)
+        hello = new_hello("intruder", cluster_id_for(None), "x", ["127.0.0.1:1"])
+        try:
+            await handshake(link, hello, None, initiator=True, timeout=5)
+            refused = False
+        except (ProtocolError, LinkClosed):
+            refused = True
+        assert refused
+        assert d.mesh.sessions == {}
+        assert (await api._answer(api.StatusRequest(), d._on_local_request)).ok

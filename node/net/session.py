@@ -20,7 +20,8 @@ from typing import Any, Awaitable, Callable
 
 from nat.link import Link, LinkClosed
 from protocol.errors import ProtocolError
-from protocol.framing import DEFAULT_MAX_MESSAGE, Reassembler, fragments
+from protocol.framing import (DEFAULT_MAX_MESSAGE, PROCESS_BUDGET, ByteBudget, Reassembler,
+                              fragments)
 from protocol.handshake import (Auth, Hello, HandshakeError, auth_for, check_hello,
                                 verify_auth)
 from protocol.messages import decode_message, encode_message
@@ -58,14 +59,15 @@ class Session:
     """An authenticated, message-level conversation with one peer over one link."""
 
     def __init__(self, link: Link, local: Hello, remote: Hello, *, initiator: bool,
-                 max_message: int = DEFAULT_MAX_MESSAGE) -> None:
+                 max_message: int = DEFAULT_MAX_MESSAGE,
+                 budget: ByteBudget = PROCESS_BUDGET) -> None:
         self.link = link
         self.local = local
         self.remote = remote
         self.initiator = initiator
         self.peer_id = remote.node_id
         self.stats = SessionStats()
-        self._reassembler = Reassembler(max_message=max_message)
+        self._reassembler = Reassembler(max_message=max_message, budget=budget)
         self._sid = itertools.count(1)
         self._rid = itertools.count(1)
         self._pending: dict[int, asyncio.Future] = {}
@@ -90,6 +92,7 @@ class Session:
             return
         self.close_reason = reason
         self.closed.set()
+        self._reassembler.discard()   # partial messages give their bytes back
         await self.link.close(reason)
         err = LinkClosed(reason)
         for fut in self._pending.values():
