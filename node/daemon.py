@@ -26,6 +26,7 @@ from node.net.identity import load_cluster_key, load_node_id, prepare_data_dir
 from node.work.holder import BlockHolder
 from node.work.jobs import JobManager
 from node.work.plans import PlanBook
+from node.work.retention import Retention
 from node.work.reconfigure import Reconfigurer
 from node.net.mesh import Mesh
 from node.looplag import LagMonitor
@@ -43,6 +44,8 @@ ADVERT_EVERY = 1.0       # how often local load/memory is offered to the members
 CONSOLIDATE_EVERY = 10.0  # short-term -> long-term memory, and persist both
 PING_EVERY = 2.0          # RTT samples on each session
 RECONFIGURE_EVERY = 30.0  # retry replica repairs that could not be made at once
+HOUSEKEEPING_EVERY = 60.0  # job retention, forgetting departed peers
+FORGET_LINKS_AFTER = 3600.0  # a departed peer's link outcome is dropped after this long
 
 
 class Daemon:
@@ -93,7 +96,8 @@ class Daemon:
         self.holder = BlockHolder(self.device, self.store, self.executor, self.metrics,
                                   self.plans)
         self.jobs = JobManager(self.node_id, self.holder, self.mesh, self.memory, self.metrics,
-                               self.db, self.data_dir, self.capacity)
+                               self.db, self.data_dir, self.capacity,
+                               Retention(cfg.job_retention, cfg.job_retention_count))
         self.jobs.restore()
         self.reconfigurer = Reconfigurer(self.jobs)
         await self.mesh.start(self._make_advert)
@@ -102,6 +106,7 @@ class Daemon:
         self.mesh.event_hooks.append(self._on_member_event)
         for name, loop in (("advertise", self._advertise_loop), ("memory", self._memory_loop),
                            ("ping", self._ping_loop), ("reconfigure", self._reconfigure_loop),
+                           ("housekeeping", self._housekeeping_loop),
                            ("loop_lag", self.lag.run)):
             self.supervisor.start(name, loop)
         log.info("node %s (%s) up: peers on %s, local socket %s, device %s, %.1f GFLOP/s, "
@@ -195,6 +200,21 @@ class Daemon:
         while True:
             await asyncio.sleep(RECONFIGURE_EVERY)
             await self.reconfigurer.run()   # a failure is logged and retried by the supervisor
+
+    async def _housekeeping_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_EVERY)
+            await self.housekeeping()
+
+    async def housekeeping(self) -> None:
+        """Bound what grows with time: finished jobs, departed peers' records."""
+        await self.jobs.prune()
+        members = {m.node_id for m in self.mesh.members()
+                   if m.state.value in ("alive", "suspect")}
+        forgotten = self.memory.forget_departed(members)
+        forgotten += self.mesh.connector.forget(members, FORGET_LINKS_AFTER)
+        if forgotten:
+            log.info("forgot %d record(s) of departed peers", len(forgotten))
 
     async def _ping_loop(self) -> None:
         while True:

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 import msgpack
 
 SHORT_WINDOW = 300.0      # seconds of history in short-term memory
+FORGET_AFTER = 24 * 3600.0  # a departed peer's patterns are dropped after this long unseen
 ALPHA = 0.3               # weight of one consolidation period in the long-term estimate
 
 
@@ -48,6 +49,7 @@ class PeerPattern:
     reliability: float = 1.0
     samples: int = 0
     failures: int = 0
+    last_seen: float = 0.0   # newest sample folded in (wall clock)
 
 
 @dataclass
@@ -125,6 +127,26 @@ class DualMemory:
         pat.reliability = (1 - ALPHA) * pat.reliability + ALPHA * rate
         pat.samples += len(fresh)
         pat.failures += len(fresh) - len(ok)
+        pat.last_seen = max(pat.last_seen, max(s.at for s in fresh))
+
+    def forget_departed(self, members: set[str], now: float | None = None,
+                        after: float = FORGET_AFTER) -> list[str]:
+        """Drop what we know of peers that are not ``members`` and went unseen ``after``
+        seconds: per-peer records otherwise grow with every node that ever passed by."""
+        now = time.time() if now is None else now
+        with self._lock:
+            gone = [p for p in set(self.peers) | set(self.peer_patterns)
+                    if p not in members and self._last_seen(p) < now - after]
+            for p in gone:
+                self.peers.pop(p, None)
+                self.peer_patterns.pop(p, None)
+                self._consolidated_at.pop(p, None)
+        return gone
+
+    def _last_seen(self, peer: str) -> float:
+        samples = self.peers.get(peer)
+        pat = self.peer_patterns.get(peer)
+        return max(samples[-1].at if samples else 0.0, pat.last_seen if pat else 0.0)
 
     # queries (what placement reads) -------------------------------------------------
     def peer_speed(self, peer: str) -> float | None:

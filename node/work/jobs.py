@@ -34,6 +34,7 @@ from node.errors import UserError, internal_message
 from node.memory.dualmemory import DualMemory
 from node.metrics import Metrics
 from node.work.placement import Candidate, rank
+from node.work.retention import JobStamp, Retention, expired
 from node.work.holder import BlockHolder
 from node.net.session import RemoteError
 from node.memory.statedb import StateDB
@@ -79,7 +80,8 @@ class JobManager:
     """Coordinates the jobs submitted here; the holder does this node's own share."""
 
     def __init__(self, node_id: str, holder: BlockHolder, mesh: Any, memory: DualMemory,
-                 metrics: Metrics, db: StateDB, data_dir: Path, capacity: float) -> None:
+                 metrics: Metrics, db: StateDB, data_dir: Path, capacity: float,
+                 retention: Retention = Retention()) -> None:
         self.node_id = node_id
         self.holder = holder
         self.plans = holder.plans
@@ -91,6 +93,7 @@ class JobManager:
         self.results = data_dir / "results"
         self.results.mkdir(parents=True, exist_ok=True)
         self.capacity = capacity
+        self.retention = retention
         self.jobs: dict[str, Job] = {}
         self.accepting = True
         self._deploying: set[str] = set()
@@ -103,13 +106,39 @@ class JobManager:
                          "error='interrupted: the daemon stopped before it finished' "
                          "WHERE state IN ('queued','running')", (time.time(),))
             return conn.execute("SELECT id, kind, state, submitted, finished, error, detail "
-                                "FROM jobs ORDER BY submitted DESC LIMIT 1000").fetchall()
-        jobs = self.db.call(read)
-        for jid, kind, state, submitted, finished, error, detail in reversed(jobs):
+                                "FROM jobs ORDER BY submitted").fetchall()
+        for jid, kind, state, submitted, finished, error, detail in self.db.call(read):
+            try:
+                info = msgpack.unpackb(detail) if detail else {}
+            except (ValueError, msgpack.UnpackException):
+                info = {}
             job = Job(jid, kind, state, submitted, finished, error,
-                      msgpack.unpackb(detail) if detail else {})
+                      info if isinstance(info, dict) else {})
             job.done.set()
             self.jobs[jid] = job
+        gone = self._forget(expired(self._stamps(), time.time(), self.retention))
+        self.db.call(lambda c: _delete_rows(c, gone))
+        _remove_results(self.results, gone, keep=set(self.jobs))
+
+    # retention ------------------------------------------------------------------------
+    def _stamps(self) -> list[JobStamp]:
+        return [JobStamp(j.id, j.finished if j.done.is_set() else None)
+                for j in self.jobs.values()]
+
+    def _forget(self, ids: list[str]) -> list[str]:
+        for jid in ids:
+            del self.jobs[jid]
+        return ids
+
+    async def prune(self, now: float | None = None) -> int:
+        """Forget finished jobs the retention rule expires: record, row and result file."""
+        now = time.time() if now is None else now
+        gone = self._forget(expired(self._stamps(), now, self.retention))
+        if gone:
+            await self.db.run(lambda c: _delete_rows(c, gone))
+            await self.executor.run(_remove_results, self.results, gone, None)
+            log.info("forgot %d finished job(s) past retention", len(gone))
+        return len(gone)
 
     async def _save_job(self, job: Job) -> None:
         row = (job.id, job.kind, job.state, job.submitted, job.finished, job.error,
@@ -495,6 +524,22 @@ def _expect_array(value: Any, shape: tuple[int, int], node: str) -> np.ndarray:
         got = getattr(value, "shape", type(value).__name__)
         raise ProtocolError(f"{node[:8]} returned {got}, expected an array of shape {shape}")
     return value
+
+
+def _delete_rows(conn, ids: list[str]) -> None:
+    conn.executemany("DELETE FROM jobs WHERE id=?", [(i,) for i in ids])
+
+
+def _remove_results(results: Path, ids: list[str], keep: set[str] | None) -> None:
+    """Delete the result files of ``ids``; with ``keep``, also every file of no known job
+    (a crash between forgetting a job and removing its file, or a leftover temp file)."""
+    for jid in ids:
+        (results / f"{jid}.npy").unlink(missing_ok=True)
+    if keep is None:
+        return
+    for path in results.iterdir():
+        if path.stem not in keep or path.suffix != ".npy":
+            path.unlink(missing_ok=True)
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
