@@ -289,6 +289,8 @@ class Daemon:
             "members": len(self.mesh.members()),
             "tasks": len(asyncio.all_tasks()),
             "loops": self.supervisor.report(),
+            "compute": {"cores": self.executor.cores, "workers": self.executor.workers,
+                        "blas_threads": self.executor.blas_threads},
             "loop_lag": self.lag.report(),
             "metrics": self.metrics.summary(useful, self.executor.utilisation()),
             "memory_patterns": self.memory.short_term_summary(),
