@@ -29,7 +29,7 @@ from node.work.plans import PlanBook
 from node.work.retention import Retention
 from node.work.reconfigure import Reconfigurer
 from node.net.mesh import Mesh
-from node.looplag import LagMonitor
+from node.looplag import LagMonitor, StallReporter
 from node.metrics import Metrics, total_memory
 from node.supervise import Supervisor
 from node.net.session import Session
@@ -63,6 +63,7 @@ class Daemon:
         self._tasks: list[asyncio.Task] = []
         self.supervisor = Supervisor()
         self.lag = LagMonitor()
+        self.stall_reporter = StallReporter(self.lag)
 
     # lifecycle ----------------------------------------------------------------------
     async def run(self) -> None:
@@ -109,6 +110,7 @@ class Daemon:
                            ("housekeeping", self._housekeeping_loop),
                            ("loop_lag", self.lag.run)):
             self.supervisor.start(name, loop)
+        self.stall_reporter.start()
         log.info("node %s (%s) up: peers on %s, local socket %s, device %s, %.1f GFLOP/s, "
                  "%d resident block(s), budget %d bytes, event loop %s", self.node_id[:8],
                  cfg.name, self.addresses(), cfg.socket_path, self.device.name, self.capacity,
@@ -119,6 +121,7 @@ class Daemon:
         self.api.close()
         await self.jobs.shutdown(self.config.shutdown_grace)
         await self.supervisor.stop()
+        self.stall_reporter.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -265,7 +268,7 @@ class Daemon:
         if isinstance(req, api.WaitRequest):
             return (await jobs.wait(req.job_id, min(max(req.timeout, 0.0), 60.0))).public()
         if isinstance(req, api.ResultRequest):
-            return jobs.result(req.job_id)
+            return await jobs.result(req.job_id)
         if isinstance(req, api.CancelRequest):
             return jobs.cancel(req.job_id).public()
         if isinstance(req, api.DeployRequest):

@@ -54,7 +54,7 @@ async def test_a_daemon_forgets_expired_jobs_with_their_results_and_rows(tmp_pat
         assert {p.stem for p in results.glob("*.npy")} == set(ids[2:])
         rows = d.db.call(lambda c: c.execute("SELECT id FROM jobs").fetchall())
         assert {r[0] for r in rows} == set(ids[2:])
-        np.testing.assert_array_equal(d.jobs.result(ids[3]), a @ b)
+        np.testing.assert_array_equal(await d.jobs.result(ids[3]), a @ b)
         (results / "stray.npy").write_bytes(b"left by a crash")
     async with running_daemon(tmp_path, job_retention=1.0) as d:   # restart, 1 s retention
         assert not (d.data_dir / "results" / "stray.npy").exists()  # orphan removed at start

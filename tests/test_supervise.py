@@ -127,3 +127,21 @@ def test_lag_monitor_reports_late_ticks_within_its_window():
     lag.observe(expected=20.0, actual=20.001)   # the stall left the window
     assert lag.report()["max_ms"] == pytest.approx(1.0)
     assert lag.report()["worst_ms"] == pytest.approx(300.0)
+    lag.observe(expected=21.0, actual=21.4, cpu=0.01)   # late, but the loop was not busy
+    assert lag.report()["max_cpu_ms"] == pytest.approx(10.0)
+    assert lag.report()["max_ms"] == pytest.approx(400.0)
+
+
+async def test_lag_monitor_counts_cpu_burnt_on_the_loop():
+    import time as _time
+
+    lag = LagMonitor(interval=0.01)
+    task = asyncio.create_task(lag.run())
+    await asyncio.sleep(0.05)
+    end = _time.thread_time() + 0.15
+    while _time.thread_time() < end:       # 150 ms of CPU inside one callback
+        pass
+    await asyncio.sleep(0.05)
+    task.cancel()
+    r = lag.report()
+    assert r["max_cpu_ms"] >= 140 and r["max_ms"] >= 140

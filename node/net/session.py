@@ -33,6 +33,9 @@ log = logging.getLogger("sedma.session")
 CONTROL_BYTES = 64 << 10
 HANDSHAKE_TIMEOUT = 5.0
 HANDSHAKE_MAX_MESSAGE = 8 << 10   # a Hello with a few dozen addresses fits easily
+#: The reader hands the event loop back after this many bytes of queued frames: a link's
+#: queue holds up to 64 MiB, and copying all of it in one go stalls the loop ~50 ms.
+READ_YIELD_BYTES = 4 << 20
 
 Handler = Callable[["Session", Any], Awaitable[None]]
 
@@ -203,10 +206,15 @@ class Session:
 
     # receiving ----------------------------------------------------------------------
     async def _read_loop(self, handler: Handler) -> None:
+        since_yield = 0
         try:
             while True:
                 frame = await self.link.recv()
                 self.stats.recv_bytes += len(frame)
+                since_yield += len(frame)
+                if since_yield >= READ_YIELD_BYTES:   # recv() need not suspend: let others run
+                    since_yield = 0
+                    await asyncio.sleep(0)
                 payload = self._reassembler.feed(frame)
                 if payload is None:
                     continue

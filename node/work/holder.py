@@ -23,7 +23,8 @@ from node.errors import UserError, internal_message
 from node.metrics import Metrics
 from node.work.plans import PlanBook
 from node.net.session import Session
-from node.memory.store import BlockStore, Resident, StoreError, as_matrix, check_name
+from node.memory.store import (BlockStore, Resident, StoreError, as_matrix, check_name,
+                               validate_pair)
 from protocol.errors import ProtocolError
 from protocol.work import (DropMatrix, GetPlan, InferBlock, MatmulShare, PlanNotice, StoreBlock,
                            StoreState)
@@ -64,7 +65,7 @@ class BlockHolder:
     async def store_block(self, name, index, row_start, w, device, seed) -> int:
         """Program a block here, persist it, then make it available; return its bytes."""
         check_name(name)
-        w = as_matrix(w, "block")
+        w = await self.executor.run(as_matrix, w, "block")
         profile = self.profile(device)
         if row_start % row_granularity(profile):
             raise StoreError(f"block start {row_start} is not a multiple of the "
@@ -119,7 +120,7 @@ class BlockHolder:
             return await self.executor.run(matrix.matmul, x, read_seed)
         parts = await asyncio.gather(*(self.executor.run(
             functools.partial(matrix.matmul, x, read_seed, tile_rows=span)) for span in spans))
-        return np.concatenate(parts)
+        return await self.executor.run(np.concatenate, parts)   # up to GiBs: not on the loop
 
 
     async def handle(self, session: Session, msg: Any) -> None:
@@ -145,15 +146,15 @@ class BlockHolder:
 
     async def _serve(self, msg: Any) -> Any:
         if isinstance(msg, MatmulShare):
-            a, b = as_matrix(msg.a, "A share"), as_matrix(msg.b, "B")
+            a, b = await self.executor.run(validate_pair, msg.a, msg.b, "A share")
             if a.shape[1] != b.shape[0]:
                 raise StoreError("share shapes do not align")
             result = await self.compute_share(a, b, msg.device, msg.seed, msg.row_offset)
             self.metrics.completed()
             return result
         if isinstance(msg, InferBlock):
-            result = await self.infer_local(check_name(msg.name), msg.index,
-                                            as_matrix(msg.x, "X"), msg.read_seed)
+            x = await self.executor.run(as_matrix, msg.x, "X")
+            result = await self.infer_local(check_name(msg.name), msg.index, x, msg.read_seed)
             self.metrics.completed()
             return result
         if isinstance(msg, StoreBlock):

@@ -38,7 +38,7 @@ from node.work.retention import JobStamp, Retention, expired
 from node.work.holder import BlockHolder
 from node.net.session import RemoteError
 from node.memory.statedb import StateDB
-from node.memory.store import StoreError, as_matrix, check_name
+from node.memory.store import StoreError, as_matrix, check_name, validate_pair
 from protocol.errors import ProtocolError
 from protocol.framing import DEFAULT_MAX_MESSAGE
 from protocol.work import DropMatrix, GetPlan, InferBlock, MatmulShare, PlanNotice, StoreBlock
@@ -194,14 +194,15 @@ class JobManager:
             job.task.cancel()
         return job
 
-    def result(self, job_id: str) -> np.ndarray:
+    async def result(self, job_id: str) -> np.ndarray:
         job = self.get(job_id)
         if job.state != "done":
             raise JobError(f"job {job_id} is {job.state}" + (f": {job.error}" if job.error else ""))
         path = self.results / f"{job_id}.npy"
-        if not path.exists():
-            raise JobError(f"job {job_id} has no stored result")
-        return np.load(path, mmap_mode="r")
+        try:   # read on the executor: a memory map would fault pages in on the event loop
+            return await self.executor.run(np.load, path)
+        except FileNotFoundError:
+            raise JobError(f"job {job_id} has no stored result") from None
 
     async def shutdown(self, grace: float) -> None:
         """Stop accepting jobs; give running ones ``grace`` seconds, then cancel them."""
@@ -248,7 +249,7 @@ class JobManager:
 
     # matmul ---------------------------------------------------------------------------
     async def submit_matmul(self, a: Any, b: Any, device: str | None, seed: int) -> Job:
-        a, b = as_matrix(a, "A"), as_matrix(b, "B")
+        a, b = await self.executor.run(validate_pair, a, b)
         if a.shape[1] != b.shape[0]:
             raise JobError(f"shapes do not align: A is {a.shape[0]}x{a.shape[1]}, "
                            f"B is {b.shape[0]}x{b.shape[1]}")
@@ -283,8 +284,9 @@ class JobManager:
             tried.add(target)
             start = time.perf_counter()
             try:
-                out[rows] = await self._matmul_on(target, job.id, a[rows], b, device, seed,
-                                                  blk.row_start, flops)
+                part = await self._matmul_on(target, job.id, a[rows], b, device, seed,
+                                             blk.row_start, flops)
+                await self.executor.run(out.__setitem__, rows, part)   # a copy of up to GiBs
                 self.memory.record_share(target, flops, time.perf_counter() - start, True)
                 return
             except (LinkClosed, TimeoutError, RemoteError, ProtocolError, OSError) as exc:
@@ -314,7 +316,7 @@ class JobManager:
     async def deploy(self, name: str, w: Any, device: str | None, replicas: int | None,
                      seed: int) -> Job:
         check_name(name)
-        w = as_matrix(w, "W")
+        w = await self.executor.run(as_matrix, w, "W")
         check_device(device)
         if replicas is not None and replicas < 1:
             raise JobError("replicas must be at least 1")
@@ -416,7 +418,7 @@ class JobManager:
         start = time.perf_counter()
         plan = await self.plan_for(check_name(name))
         vector = isinstance(x, np.ndarray) and x.ndim == 1
-        x = as_matrix(x[:, None] if vector else x, "X")
+        x = await self.executor.run(as_matrix, x[:, None] if vector else x, "X")
         check_size(x.nbytes + plan.shape[0] * x.shape[1] * 4, "infer")
         if read_seed is not None:
             check_seed(read_seed)
@@ -440,8 +442,9 @@ class JobManager:
         for node in self._holder_order(blk.nodes):
             start = time.perf_counter()
             try:
-                out[blk.row_start:blk.row_stop] = await self._infer_on(
-                    node, name, blk, x, read_seed, flops)
+                part = await self._infer_on(node, name, blk, x, read_seed, flops)
+                await self.executor.run(out.__setitem__, slice(blk.row_start, blk.row_stop),
+                                        part)
                 self.memory.record_share(node, flops, time.perf_counter() - start, True)
                 return
             except (LinkClosed, TimeoutError, RemoteError, ProtocolError, StoreError) as exc:
