@@ -91,7 +91,7 @@ async def test_peer_requests_tell_bugs_from_bad_requests(tmp_path, monkeypatch):
 
         def buggy(name):
             raise KeyError("plans table")
-        monkeypatch.setattr(d.plans, "get", buggy)
+        monkeypatch.setattr(d.plans, "versioned", buggy)
         await d.holder.handle(s, GetPlan(2, "w"))
         assert s.replies[-1][0] == 2 and s.replies[-1][2].startswith("internal error")
         assert d.holder.serving == 0

@@ -18,16 +18,17 @@ import numpy as np
 from compute.crossbar import ProgrammedMatrix, crossbar_matmul, row_granularity
 from compute.device import DeviceProfile, get_preset
 from compute.executor import Executor
-from compute.partition import PartitionPlan, PlacementError
+from compute.partition import PlacementError
 from node.errors import UserError, internal_message
 from node.metrics import Metrics
-from node.work.plans import PlanBook
+from node.work.claims import ClaimRefused
+from node.work.plans import PlanBook, VersionedPlan
 from node.net.session import Session
 from node.memory.store import (BlockStore, Resident, StoreError, as_matrix, check_name,
                                validate_pair)
 from protocol.errors import ProtocolError
-from protocol.work import (DropMatrix, GetPlan, InferBlock, MatmulShare, PlanNotice, StoreBlock,
-                           StoreState)
+from protocol.work import (ClaimName, DropMatrix, GetPlan, InferBlock, MatmulShare, PlanNotice,
+                           ReleaseName, StoreBlock, StoreState)
 
 log = logging.getLogger("sedma.holder")
 
@@ -172,8 +173,18 @@ class BlockHolder:
             await self.plans.put(check_name(msg.name), plan)
             return True
         if isinstance(msg, GetPlan):
-            plan = self.plans.get(msg.name)
-            return plan.to_dict() if plan else None
+            plan = self.plans.versioned(msg.name)
+            return plan.to_wire() if plan else None
+        if isinstance(msg, ClaimName):
+            try:
+                self.plans.claims.grant(check_name(msg.name), msg.deploy, msg.owner,
+                                        msg.name in self.plans)
+            except ClaimRefused as exc:
+                raise StoreError(str(exc)) from None
+            return True
+        if isinstance(msg, ReleaseName):
+            self.plans.claims.release(msg.name, msg.deploy)
+            return True
         if isinstance(msg, DropMatrix):
             await self.plans.forget(check_name(msg.name))
             return await self.drop(msg.name)
@@ -202,8 +213,8 @@ def _state_to_matrix(state: Any) -> ProgrammedMatrix:
         raise ProtocolError(f"malformed block state: {exc}") from None
 
 
-def _plan_from_peer(value: Any) -> PartitionPlan:
+def _plan_from_peer(value: Any) -> VersionedPlan:
     try:
-        return PartitionPlan.from_dict(value)
+        return VersionedPlan.from_wire(value)
     except (ValueError, KeyError, TypeError) as exc:
         raise ProtocolError(f"malformed plan: {exc}") from None

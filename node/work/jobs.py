@@ -34,6 +34,8 @@ from node.errors import UserError, internal_message
 from node.memory.dualmemory import DualMemory
 from node.metrics import Metrics
 from node.work.placement import Candidate, rank
+from node.work.claims import ClaimRefused, quorum
+from node.work.plans import VersionedPlan, new_deploy_id
 from node.work.retention import JobStamp, Retention, expired
 from node.work.holder import BlockHolder
 from node.net.session import RemoteError
@@ -41,11 +43,13 @@ from node.memory.statedb import StateDB
 from node.memory.store import StoreError, as_matrix, check_name, validate_pair
 from protocol.errors import ProtocolError
 from protocol.framing import DEFAULT_MAX_MESSAGE
-from protocol.work import DropMatrix, GetPlan, InferBlock, MatmulShare, PlanNotice, StoreBlock
+from protocol.work import (ClaimName, DropMatrix, GetPlan, InferBlock, MatmulShare, PlanNotice,
+                           ReleaseName, StoreBlock)
 
 log = logging.getLogger("sedma.jobs")
 
 MAX_ATTEMPTS = 4
+CLAIM_TIMEOUT = 5.0   # a member that cannot answer a name claim in this long counts as "no"
 BASE_TIMEOUT = 30.0
 #: A job's operands and result together. Below the peer message limit (every share and
 #: partial result then fits in one message) and the local API's frame limit.
@@ -96,7 +100,6 @@ class JobManager:
         self.retention = retention
         self.jobs: dict[str, Job] = {}
         self.accepting = True
-        self._deploying: set[str] = set()
 
     # persistence --------------------------------------------------------------------
     def restore(self) -> None:
@@ -316,30 +319,70 @@ class JobManager:
     async def deploy(self, name: str, w: Any, device: str | None, replicas: int | None,
                      seed: int) -> Job:
         check_name(name)
-        w = await self.executor.run(as_matrix, w, "W")
         check_device(device)
         if replicas is not None and replicas < 1:
             raise JobError("replicas must be at least 1")
         check_seed(seed)
-        check_size(w.nbytes, "deploy")
-        if name in self.plans or name in self._deploying:
-            raise JobError(f"a matrix named {name!r} is already deployed (or being deployed)")
-        self._deploying.add(name)   # reserved before any await: no two deploys of one name
-        detail = {"name": name, "shape": list(w.shape), "device": device, "seed": seed}
+        deploy_id = new_deploy_id(self.node_id)
+        try:   # claimed here before any await: no two local deploys of one name
+            self.plans.claims.grant(name, deploy_id, self.node_id, name in self.plans)
+        except ClaimRefused as exc:
+            raise JobError(str(exc)) from None
         try:
+            w = await self.executor.run(as_matrix, w, "W")
+            check_size(w.nbytes, "deploy")
+            detail = {"name": name, "shape": list(w.shape), "device": device, "seed": seed}
             return await self.start_job(
-                "deploy", detail, lambda job: self._deploy(job, name, w, device, replicas, seed))
+                "deploy", detail,
+                lambda job: self._deploy(job, name, deploy_id, w, device, replicas, seed))
         except BaseException:
-            self._deploying.discard(name)
+            self.plans.claims.release(name, deploy_id)
             raise
 
-    async def _deploy(self, job: Job, name, w, device, replicas, seed) -> None:
+    async def _deploy(self, job: Job, name, deploy_id, w, device, replicas, seed) -> None:
+        granted: list[str] = []
         try:
-            await self._deploy_unreserved(job, name, w, device, replicas, seed)
-        finally:
-            self._deploying.discard(name)
+            granted = await self._claim_mesh(name, deploy_id)
+            await self._deploy_claimed(job, name, deploy_id, w, device, replicas, seed)
+        except BaseException:
+            self.plans.claims.release(name, deploy_id)
+            await asyncio.shield(self._release_mesh(name, deploy_id, granted))
+            raise
 
-    async def _deploy_unreserved(self, job: Job, name, w, device, replicas, seed) -> None:
+    async def _claim_mesh(self, name: str, deploy_id: str) -> list[str]:
+        """Win the name from a strict majority of alive members; return who granted it."""
+        peers = [c.node_id for c in self.candidates() if c.node_id != self.node_id]
+
+        async def ask(node: str) -> str | None:
+            try:
+                session = await self.mesh.session(node)
+                await session.request(ClaimName(session.next_rid(), name, deploy_id,
+                                                self.node_id), CLAIM_TIMEOUT)
+                return None
+            except (LinkClosed, TimeoutError, RemoteError, ProtocolError, OSError) as exc:
+                return f"{node[:8]}: {exc}"
+        answers = await asyncio.gather(*(ask(p) for p in peers))
+        granted = [p for p, err in zip(peers, answers) if err is None]
+        need = quorum(len(peers) + 1)
+        if len(granted) + 1 < need:
+            await self._release_mesh(name, deploy_id, granted)
+            refusals = "; ".join(a for a in answers if a)
+            raise JobError(f"cannot claim {name!r}: {len(granted) + 1} of {len(peers) + 1} "
+                           f"members granted it, {need} needed ({refusals})")
+        return granted
+
+    async def _release_mesh(self, name: str, deploy_id: str, nodes: list[str]) -> None:
+        async def release(node: str) -> None:
+            try:
+                session = await self.mesh.session(node)
+                await session.request(ReleaseName(session.next_rid(), name, deploy_id),
+                                      CLAIM_TIMEOUT)
+            except (LinkClosed, TimeoutError, RemoteError, ProtocolError, OSError):
+                pass   # the claim lapses after its TTL
+        await asyncio.gather(*(release(n) for n in nodes))
+
+    async def _deploy_claimed(self, job: Job, name, deploy_id, w, device, replicas,
+                              seed) -> None:
         if await self._known_elsewhere(name):
             raise JobError(f"a matrix named {name!r} is already deployed on the mesh")
         slots = self.slots()
@@ -353,10 +396,10 @@ class JobManager:
         if failures:
             await self._drop_everywhere(name, {n for b in plan.blocks for n in b.nodes})
             raise failures[0]
-        await self.plans.put(name, plan)
+        await self.plans.put(name, VersionedPlan(plan, deploy_id))
         job.detail.update(replicas=want, placement={str(b.index): b.nodes for b in plan.blocks},
                           **plan_meta)
-        await self.announce_plan(name, plan)
+        await self.announce_plan(name)
 
     async def _place_block(self, job: Job, name: str, blk, w, device, seed) -> None:
         """Store the block on each of its holders, replacing holders that fail."""
@@ -401,12 +444,18 @@ class JobManager:
                 log.warning("could not drop partial %s on %s: %s", name, node[:8], exc)
         await asyncio.gather(*(drop(n) for n in nodes))
 
-    async def announce_plan(self, name: str, plan: PartitionPlan) -> None:
-        """Tell every other member about a plan (best effort; GetPlan covers misses)."""
+    async def announce_plan(self, name: str) -> None:
+        """Tell every other member our merged plan of ``name`` (best effort; GetPlan and
+        later announcements cover misses, and receivers merge, so order does not matter)."""
+        versioned = self.plans.versioned(name)
+        if versioned is None:
+            return
+        wire = versioned.to_wire()
+
         async def tell(node: str) -> None:
             try:
                 session = await self.mesh.session(node)
-                await session.request(PlanNotice(session.next_rid(), name, plan.to_dict()), 10)
+                await session.request(PlanNotice(session.next_rid(), name, wire), 10)
             except (LinkClosed, TimeoutError, RemoteError, ProtocolError) as exc:
                 log.info("could not tell %s about plan %s: %s", node[:8], name, exc)
         peers = [c.node_id for c in self.candidates() if c.node_id != self.node_id]
@@ -487,12 +536,11 @@ class JobManager:
                 continue
             if value:
                 try:
-                    plan = PartitionPlan.from_dict(value)
+                    versioned = VersionedPlan.from_wire(value)
                 except (ValueError, KeyError, TypeError) as exc:
                     log.warning("%s sent a malformed plan of %s: %s", c.node_id[:8], name, exc)
                     continue
-                await self.plans.put(name, plan)
-                return plan
+                return (await self.plans.put(name, versioned)).plan
         raise JobError(f"no matrix named {name!r} is deployed on the mesh")
 
 def check_device(device: str | None) -> None:
