@@ -91,6 +91,8 @@ class NodeConfig:
     job_retention: float = 24 * 3600.0
     #: ...or once this many newer ones finished.
     job_retention_count: int = 1000
+    #: Seconds between dual-memory consolidations (each one persists both memories).
+    memory_save_every: float = 10.0
 
     @property
     def data_path(self) -> Path:
@@ -115,6 +117,8 @@ class NodeConfig:
             parse_servers(self.stun, self.turn)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        if self.memory_save_every <= 0:
+            raise ConfigError("memory_save_every must be positive")
         if self.job_retention <= 0 or self.job_retention_count < 1:
             raise ConfigError("job_retention must be positive and job_retention_count >= 1")
         if self.workers < 1:

@@ -41,7 +41,6 @@ from protocol.handshake import cluster_id_for
 log = logging.getLogger("sedma.daemon")
 
 ADVERT_EVERY = 1.0       # how often local load/memory is offered to the membership
-CONSOLIDATE_EVERY = 10.0  # short-term -> long-term memory, and persist both
 PING_EVERY = 2.0          # RTT samples on each session
 RECONFIGURE_EVERY = 30.0  # retry replica repairs that could not be made at once
 HOUSEKEEPING_EVERY = 60.0  # job retention, forgetting departed peers
@@ -99,7 +98,11 @@ class Daemon:
         self.jobs = JobManager(self.node_id, self.holder, self.mesh, self.memory, self.metrics,
                                self.db, self.data_dir, self.capacity,
                                Retention(cfg.job_retention, cfg.job_retention_count))
-        self.jobs.restore()
+        for name in self.jobs.restore():
+            if name not in self.plans:   # our deploy died before its plan committed
+                dropped = await self.executor.run(self.store.drop, name)
+                log.warning("deploy of %s was interrupted before it committed; dropped its "
+                            "%d local block(s)", name, dropped)
         self.reconfigurer = Reconfigurer(self.jobs)
         await self.mesh.start(self._make_advert)
         self.api = await api.serve(cfg.socket_path, self._on_local_request)
@@ -183,7 +186,7 @@ class Daemon:
 
     async def _memory_loop(self) -> None:
         while True:
-            await asyncio.sleep(CONSOLIDATE_EVERY)
+            await asyncio.sleep(self.config.memory_save_every)
             self.memory.consolidate()
             await self.db.run(self.memory.save)
 
