@@ -104,7 +104,7 @@ class Daemon:
                 log.warning("deploy of %s was interrupted before it committed; dropped its "
                             "%d local block(s)", name, dropped)
         self.reconfigurer = Reconfigurer(self.jobs)
-        await self.mesh.start(self._make_advert)
+        await self.mesh.start(self._make_advert, self.supervisor.start)
         self.api = await api.serve(cfg.socket_path, self._on_local_request)
         self._install_signals()
         self.mesh.event_hooks.append(self._on_member_event)
@@ -123,7 +123,7 @@ class Daemon:
         log.info("shutting down")
         self.api.close()
         await self.jobs.shutdown(self.config.shutdown_grace)
-        await self.supervisor.stop()
+        await self.supervisor.stop(keep=("gossip",))   # the leave is gossiped by mesh.stop
         self.stall_reporter.stop()
         for task in self._tasks:
             task.cancel()
@@ -131,6 +131,7 @@ class Daemon:
         self.memory.consolidate()
         await self.db.run(self.memory.save)
         await self.mesh.stop()
+        await self.supervisor.stop()
         self.executor.shutdown(wait=False)  # a long share must not hold the exit hostage
         self.db.close()
         try:
