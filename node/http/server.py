@@ -21,7 +21,7 @@ import mimetypes
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -165,7 +165,6 @@ class HttpServer:
             shown = parse_address(self.daemon.addresses()[0])[0]
         shown = f"[{shown}]" if ":" in shown else shown
         self.url = f"http://{shown}:{bound[1]}/"
-        self._sampler = asyncio.get_running_loop().create_task(self._sample_loop())
         log.info("dashboard and /metrics on %s%s", self.url,
                  " (token required)" if self.token else "")
 
@@ -179,17 +178,21 @@ class HttpServer:
             await self._runner.shutdown()
             await self._runner.cleanup()
 
-    async def _sample_loop(self) -> None:
-        """Once a second: a history point, and closed links folded into the totals.
+    def start_sampler(self, supervise: Callable[[str, Callable[[], Awaitable]], Any] | None
+                      ) -> None:
+        """Sample the daemon once a second, under its supervisor when it has one (which
+        then owns the loop: restarts it after a failure, stops it at shutdown)."""
+        if supervise is not None:
+            supervise("dashboard", self._sample_loop)
+        else:
+            self._sampler = asyncio.get_running_loop().create_task(self._sample_loop())
 
-        Supervised here: a failing sample is logged and the loop goes on."""
+    async def _sample_loop(self) -> None:
+        """Once a second: a history point, and closed links folded into the totals."""
         while True:
             await asyncio.sleep(SAMPLE_EVERY)
-            try:
-                self.history.sample(self.daemon.metrics)
-                self.links.update(list(self.daemon.mesh.sessions.values()))
-            except Exception:
-                log.exception("dashboard sample failed")
+            self.history.sample(self.daemon.metrics)
+            self.links.update(list(self.daemon.mesh.sessions.values()))
 
     # middleware and handlers --------------------------------------------------------
     @web.middleware
@@ -276,4 +279,6 @@ async def start_http(daemon: Any) -> HttpServer | None:
         log.warning("dashboard not started: %s is in use (pass --http HOST:PORT or "
                     "--http off)", address)
         return None
+    supervisor = getattr(daemon, "supervisor", None)
+    server.start_sampler(supervisor.start if supervisor is not None else None)
     return server
