@@ -127,7 +127,9 @@ def test_non_loopback_dashboard_without_token_refuses_to_start(tmp_path):
 
 def test_status_prints_the_url_and_an_explicit_address_in_use_fails_the_start(cluster, tmp_path):
     n1 = cluster.add("n1", extra=["--capacity", "10"])
-    url = n1.status()["dashboard"]
+    status = n1.status()
+    url = status["dashboard"]
+    assert status["loops"]["dashboard"]["running"]        # its sampler is supervised
     printed = run_cli("status", "--socket", str(n1.socket))
     assert f"dashboard {url}\n" in printed.stdout
     taken = url.removeprefix("http://").rstrip("/")
