@@ -131,9 +131,9 @@ class NodeConfig:
             parse_servers(self.stun, self.turn)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        if self.memory_save_every <= 0:
+        if not 0 < self.memory_save_every < math.inf:   # NaN too: the save loop sleeps on it
             raise ConfigError("memory_save_every must be positive")
-        if self.job_retention <= 0 or self.job_retention_count < 1:
+        if not 0 < self.job_retention < math.inf or self.job_retention_count < 1:
             raise ConfigError("job_retention must be positive and job_retention_count >= 1")
         if self.workers < 1:
             raise ConfigError("workers must be at least 1")

@@ -73,6 +73,9 @@ def test_any_toml_document_gives_a_valid_config_or_a_config_error(tmp_path_facto
     assert isinstance(cfg.name, str) and isinstance(cfg.data_dir, str)
     assert isinstance(cfg.shutdown_grace, float) and 0 <= cfg.shutdown_grace < math.inf
     assert cfg.capacity is None or (isinstance(cfg.capacity, float) and 0 < cfg.capacity < math.inf)
+    for name in ("job_retention", "memory_save_every"):   # seconds the daemon sleeps on
+        if hasattr(cfg, name):
+            assert 0 < getattr(cfg, name) < math.inf, (name, getattr(cfg, name))
 
 
 @given(st.text(max_size=300) | st.binary(max_size=300).map(lambda b: b.decode("latin-1")))
@@ -108,7 +111,8 @@ def test_regression_values_of_the_wrong_type_name_their_key(tmp_path):
     for text in ['name = 5', 'listen = 5', 'bootstrap = [1]', 'workers = "x"',
                  'capacity = "x"', 'stun = [5]', 'data_dir = 5', 'shutdown_grace = "x"',
                  'workers = true', f'memory_limit = "{"1" * 400}"', 'capacity = nan',
-                 'shutdown_grace = inf', 'shutdown_grace = -1']:
+                 'shutdown_grace = inf', 'shutdown_grace = -1', 'memory_save_every = nan',
+                 'job_retention = nan', 'job_retention = inf']:
         try:
             load(tmp_path, text)
         except ConfigError as exc:
