@@ -6,6 +6,8 @@ and jobs are exact). Root and the lab's tools needed; on CI a skip here is a fai
 
 from __future__ import annotations
 
+import base64
+import os
 import time
 
 import numpy as np
@@ -37,12 +39,16 @@ def lab():
 def nodes(lab, tmp_path_factory):
     """Three daemons, one per host namespace, joined through the first."""
     root = tmp_path_factory.mktemp("faults")
+    key = root / "cluster.key"   # a keyed mesh: daemons on non-loopback addresses
+    key.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+    key.chmod(0o600)
     started: list[DaemonProc] = []
     try:
         for i in range(3):
             boot = [f"{lab.host_ip(0)}:{PORT}"] if i else []
             node = DaemonProc(root / f"n{i + 1}", f"n{i + 1}", boot,
-                              ["--capacity", "10", "--log-level", "DEBUG"],
+                              ["--capacity", "10", "--log-level", "DEBUG",
+                               "--cluster-key", str(key)],
                               listen=f"{lab.host_ip(i)}:{PORT}", prefix=lab.argv(lab.hosts[i]))
             started.append(node)
             node.start(timeout=60)
