@@ -35,10 +35,11 @@ screenshots: setup system-deps
 clean:
 	rm -rf $(VENV) build *.egg-info
 
-# Fuzzing at depth: every decoder gets >= 10,000 hypothesis examples (CI runs 300).
+# Fuzzing at depth: every decoder gets >= 10,000 hypothesis examples (CI runs 300); no
+# per-test timeout, since 10,000 examples against a real daemon take minutes.
 .PHONY: fuzz soak
 fuzz: setup
-	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz_*.py
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -p no:cacheprovider --timeout=0 tests/test_fuzz_*.py
 
 # Soak (not in CI): 3 daemons, requests with deploy churn, RSS/fd/task samples, for
 # SOAK_DURATION seconds (default 30 minutes).
