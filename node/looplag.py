@@ -54,6 +54,7 @@ class LagMonitor:
             self._samples.popleft()
 
     async def run(self) -> None:
+        self.last_tick = self._clock()   # the watchdog measures from here, not from start-up
         while True:
             expected = self._clock() + self.interval
             cpu = time.thread_time()
