@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import signal
 import time
@@ -279,6 +280,8 @@ class Daemon:
         if isinstance(req, api.JobRequest):
             return jobs.get(req.job_id).public()
         if isinstance(req, api.WaitRequest):
+            if math.isnan(req.timeout):   # min/max pass NaN through to the wait: refuse it here
+                raise api.UserError("timeout must be a number of seconds, got NaN")
             return (await jobs.wait(req.job_id, min(max(req.timeout, 0.0), 60.0))).public()
         if isinstance(req, api.ResultRequest):
             return await jobs.result(req.job_id)

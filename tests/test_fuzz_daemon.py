@@ -186,6 +186,27 @@ def test_fuzzed_requests_get_a_result_or_a_one_line_user_error(mesh, reqs):
             assert np.allclose(got, want, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(want).max()))
 
 
+def test_regression_a_nan_wait_timeout_is_a_user_error(mesh):
+    """Found by fuzzing: WaitRequest(timeout=NaN) reached asyncio.wait_for and came back as
+    an internal error (ValueError: cannot convert float NaN to integer)."""
+    with Client(mesh.nodes[0].socket) as c:
+        x = np.ones((2, 2), np.float32)
+        job_id = c.submit_matmul(x, x)
+        with pytest.raises(DaemonError) as err:
+            c.call(api.WaitRequest(job_id, float("nan")))
+        assert "internal error" not in str(err.value) and "NaN" in str(err.value)
+        assert c.wait(job_id, 60)["state"] == "done"
+
+
+def test_regression_an_empty_operand_is_refused_at_submit(mesh):
+    """Found by fuzzing: A of shape (0, 5) was accepted, then the job failed with an internal
+    error (ValueError from planning)."""
+    with Client(mesh.nodes[0].socket) as c:
+        with pytest.raises(DaemonError) as err:
+            c.submit_matmul(np.ones((0, 5), np.float32), np.ones((5, 2), np.float32))
+        assert "empty" in str(err.value) and "internal error" not in str(err.value)
+
+
 # ------------------------------------------------------------------------- aftermath
 
 def jobs_of(node) -> list[dict]:
