@@ -25,6 +25,8 @@ from node.memory.dualmemory import DualMemory
 from node.net.identity import load_cluster_key, load_node_id, prepare_data_dir
 from node.work.holder import BlockHolder
 from node.work.jobs import JobManager
+from node.work.modelbook import ModelBook
+from node.work.models import ModelManager
 from node.work.plans import PlanBook
 from node.work.reconfigure import Reconfigurer
 from node.net.mesh import Mesh
@@ -41,6 +43,7 @@ ADVERT_EVERY = 1.0       # how often local load/memory is offered to the members
 CONSOLIDATE_EVERY = 10.0  # short-term -> long-term memory, and persist both
 PING_EVERY = 2.0          # RTT samples on each session
 RECONFIGURE_EVERY = 30.0  # retry replica repairs that could not be made at once
+RECONCILE_EVERY = 5.0     # ask peers whether a deployment held here was undeployed
 
 
 class Daemon:
@@ -86,18 +89,21 @@ class Daemon:
                          cfg.listen, cfg.bootstrap, self._on_peer_message, connector)
         self.plans = PlanBook(self.db)
         self.plans.restore()
+        self.book = ModelBook(self.db)
+        self.book.restore()
         self.holder = BlockHolder(self.device, self.store, self.executor, self.metrics,
-                                  self.plans)
+                                  self.plans, self.book)
         self.jobs = JobManager(self.node_id, self.holder, self.mesh, self.memory, self.metrics,
                                self.db, self.data_dir, self.capacity)
         self.jobs.restore()
+        self.models = ModelManager(self.jobs, self.book)
         self.reconfigurer = Reconfigurer(self.jobs)
         await self.mesh.start(self._make_advert)
         self.api = await api.serve(cfg.socket_path, self._on_local_request)
         self._install_signals()
         self.mesh.event_hooks.append(self._on_member_event)
         for coro in (self._advertise_loop(), self._memory_loop(), self._ping_loop(),
-                     self._reconfigure_loop()):
+                     self._reconfigure_loop(), self._reconcile_loop()):
             self._tasks.append(asyncio.get_running_loop().create_task(coro))
         log.info("node %s (%s) up: peers on %s, local socket %s, device %s, %.1f GFLOP/s, "
                  "%d resident block(s), budget %d bytes, event loop %s", self.node_id[:8],
@@ -187,6 +193,16 @@ class Daemon:
             except Exception:  # one bad pass must not end repairs for good
                 log.exception("replica repair pass failed")
 
+    async def _reconcile_loop(self) -> None:
+        """Drop deployments undeployed while this node was away (see ModelManager)."""
+        while True:
+            await asyncio.sleep(RECONCILE_EVERY)
+            try:
+                await self.models.reconcile()
+                await self.book.expire()
+            except Exception:  # one bad pass must not end reconciliation for good
+                log.exception("deployment reconciliation pass failed")
+
     async def _ping_loop(self) -> None:
         while True:
             await asyncio.sleep(PING_EVERY)
@@ -240,10 +256,17 @@ class Daemon:
         if isinstance(req, api.CancelRequest):
             return jobs.cancel(req.job_id).public()
         if isinstance(req, api.DeployRequest):
-            return (await jobs.deploy(req.name, req.w, req.device, req.replicas,
-                                      req.seed)).public()
+            return (await self.models.deploy_array(req.name, req.w, req.device, req.replicas,
+                                                   req.seed)).public()
+        if isinstance(req, api.DeployFileRequest):
+            return (await self.models.deploy_file(req.name, req.path, req.device,
+                                                  req.replicas, req.seed)).public()
         if isinstance(req, api.InferRequest):
-            return await jobs.infer(req.name, req.x, req.read_seed)
+            return await self.models.infer(req.name, req.x, req.read_seed)
+        if isinstance(req, api.UndeployRequest):
+            return await self.models.undeploy(req.name)
+        if isinstance(req, api.DeploymentsRequest):
+            return await self.models.deployments()
         raise api.UserError(f"unsupported request {type(req).TAG}")
 
     def status(self) -> dict:
@@ -256,7 +279,9 @@ class Daemon:
             "capacity": self.capacity, "uptime_s": time.time() - self.started,
             "cluster": cluster_id_for(self.key), "socket": str(self.config.socket_path),
             "reachability": self.mesh.advert.reachability,
-            "blocks": self.store.names(), "deployments": self.plans.names(),
+            "blocks": self.store.names(),
+            "deployments": sorted({n for n in self.plans.names() if ":" not in n}
+                                  | {r.name for r in self.book.live()}),
             "members": len(self.mesh.members()),
             "tasks": len(asyncio.all_tasks()),
             "metrics": self.metrics.summary(useful, self.executor.utilisation()),

@@ -89,3 +89,41 @@ class StoreState:
     device: str | None
     seed: int
     state: dict[str, Any]
+
+
+@message("work.model")
+class ModelNotice:
+    """A model deployment's record (layers, biases, layout), announced after its plans."""
+
+    rid: int
+    record: dict[str, Any]
+
+
+@message("work.get_model")
+class GetModel:
+    """Ask for the record of ``name`` (live or tombstone); the answer is a dict or None."""
+
+    rid: int
+    name: str
+
+
+@message("work.undeploy")
+class Undeploy:
+    """Deployment ``deploy_id`` of ``name`` is removed: forget its plans, drop its blocks.
+
+    Answered with the resident bytes this node freed.
+    """
+
+    rid: int
+    name: str
+    deploy_id: str
+    layers: list[str]
+
+
+@message("work.model_sync")
+class ModelSync:
+    """A node's live deployments as ``[name, deploy_id]`` pairs; the answer lists the pairs
+    the receiver knows to be removed (the asker then drops their blocks)."""
+
+    rid: int
+    entries: list[list[str]]

