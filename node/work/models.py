@@ -43,7 +43,7 @@ from node.net.session import RemoteError
 from node.work.jobs import Job, JobError, JobManager, check_seed, check_size
 from node.work.modelbook import LayerRecord, ModelBook, ModelRecord, layer_matrix
 from protocol.errors import ProtocolError
-from protocol.work import GetModel, ModelNotice, ModelSync, Undeploy
+from protocol.work import DropMatrix, GetModel, ModelNotice, ModelSync, Undeploy
 
 log = logging.getLogger("sedma.models")
 
@@ -154,9 +154,10 @@ class ModelManager:
                 await self.jobs.plans.put(lname, plan)
             await self.book.put(rec)
         except BaseException as exc:
-            await self._roll_back(name, placed)
-            if isinstance(exc, PlacementError):
-                raise JobError(f"deploy of {name} failed and was rolled back: {exc}") from None
+            dropped = await self._roll_back(name, placed)
+            if isinstance(exc, (JobError, StoreError, PlacementError)):
+                raise JobError(f"{exc} (rolled back: {dropped} block(s) already programmed "
+                               "were dropped)") from None
             raise
         finally:
             self.jobs._deploying.discard(name)
@@ -184,12 +185,27 @@ class ModelManager:
         if failures:
             raise failures[0]
 
-    async def _roll_back(self, name: str, placed: list[tuple[str, PartitionPlan]]) -> None:
+    async def _roll_back(self, name: str, placed: list[tuple[str, PartitionPlan]]) -> int:
+        """Drop every layer of ``placed`` on every node that may hold a block of it; returns
+        how many blocks were dropped."""
         nodes = {n for _, plan in placed for b in plan.blocks for n in b.nodes}
+        count = 0
+
+        async def drop(node: str, lname: str) -> int:
+            try:
+                if node == self.jobs.node_id:
+                    return await self.holder.drop(lname)
+                session = await self.jobs.mesh.session(node)
+                value = await session.request(DropMatrix(session.next_rid(), lname), 10)
+                return value if isinstance(value, int) else 0
+            except PEER_ERRORS as exc:
+                log.warning("could not drop partial %s on %s: %s", lname, node[:8], exc)
+                return 0
         for lname, _ in placed:
-            await self.jobs._drop_everywhere(lname, nodes)
-        for lname, _ in placed:
+            count += sum(await asyncio.gather(*(drop(n, lname) for n in nodes)))
             await self.jobs.plans.forget(lname)
+        log.warning("deploy of %s rolled back: %d block(s) dropped", name, count)
+        return count
 
     async def _announce(self, rec: ModelRecord) -> None:
         async def tell(node: str) -> None:
