@@ -14,8 +14,9 @@ each of the layer's row blocks (failing over to replicas), gathers the partial o
 applies bias and activation, and feeds the next layer; the client sends X once and gets Y
 once. Every request is its own task, so concurrent requests overlap: while one request's
 layer 2 is computed on its holders, another's layer 1 runs on theirs (pipelining).
-Bytes moved per request are counted against the minimum (each layer's input once to each
-block holder).
+Bytes moved per request are counted against the minimum: each layer's input sent once to
+each remote node that served one of its blocks. What is above it is the partial outputs
+coming back, plus the input sent again when one node serves several blocks of a layer.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class Traffic:
 
     requests: int = 0
     moved: int = 0          # layer inputs sent to remote holders + partial outputs back
-    minimum: int = 0        # each layer's input once to each block holder
+    minimum: int = 0        # each layer's input once to each remote node serving a block
     last_moved: int = 0
     last_minimum: int = 0
 
@@ -279,9 +280,9 @@ class ModelManager:
                 if tuple(plan.shape) != tuple(layer.shape):
                     raise JobError(f"{name}: layer {i} plan is {plan.shape}, record {layer.shape}")
                 seed = read_seed if i == 0 else _layer_seed(read_seed, i)
-                out, m = await self._layer(layer.matrix, plan, h, seed)
+                out, m, remote = await self._layer(layer.matrix, plan, h, seed)
                 moved += m
-                minimum += h.nbytes * len(plan.blocks)
+                minimum += h.nbytes * remote
                 h = await self._finish(out, layer)
         finally:
             self.jobs.metrics.live_bytes -= held
@@ -295,15 +296,19 @@ class ModelManager:
         return from_columns(rec.layout, h, single)
 
     async def _layer(self, lname: str, plan: PartitionPlan, h: np.ndarray,
-                     seed: int) -> tuple[np.ndarray, int]:
+                     seed: int) -> tuple[np.ndarray, int, int]:
+        """``W @ h`` gathered here; also the bytes moved and how many distinct remote nodes
+        served a block (the minimum is the layer's input sent once to each of them)."""
         out = np.empty((plan.shape[0], h.shape[1]), dtype=np.float32)
-        moved = await asyncio.gather(*(self._block(lname, blk, h, seed, out)
-                                       for blk in plan.blocks))
-        return out, sum(moved)
+        served = await asyncio.gather(*(self._block(lname, blk, h, seed, out)
+                                        for blk in plan.blocks))
+        moved = sum(h.nbytes + blk.rows * h.shape[1] * 4
+                    for blk, node in zip(plan.blocks, served) if node != self.jobs.node_id)
+        return out, moved, len(set(served) - {self.jobs.node_id})
 
     async def _block(self, lname: str, blk: Block, h: np.ndarray, seed: int,
-                     out: np.ndarray) -> int:
-        """One block's rows of ``W @ h`` from its best live holder; bytes it moved."""
+                     out: np.ndarray) -> str:
+        """One block's rows of ``W @ h`` from its best live holder; returns that holder."""
         errors = []
         jobs = self.jobs
         flops = 2.0 * blk.rows * h.shape[0] * h.shape[1]
@@ -317,7 +322,7 @@ class ModelManager:
                 jobs.memory.record_share(node, flops, time.perf_counter() - start, False)
                 errors.append(f"{node[:8]}: {exc}")
                 continue
-            return 0 if node == jobs.node_id else h.nbytes + blk.rows * h.shape[1] * 4
+            return node
         raise JobError(f"block {blk.index} of {lname} has no live holder ({'; '.join(errors)})")
 
     async def _finish(self, z: np.ndarray, layer: LayerRecord) -> np.ndarray:
