@@ -14,11 +14,12 @@ Internally every forward runs on columns; :func:`to_columns`/:func:`from_columns
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from compute.mlp import ACTIVATIONS, Layer, apply_activation
+from compute.mlp import ACTIVATIONS, apply_activation
 
 LAYOUTS = ("rows", "columns")
 KINDS = ("matrix", "onnx", "safetensors")
@@ -26,6 +27,71 @@ KINDS = ("matrix", "onnx", "safetensors")
 
 class ModelError(ValueError):
     """A model cannot be read, built or run; the message is one line for the user."""
+
+
+class FileMatrix:
+    """A C-ordered matrix stored at ``offset`` in a file, read row range by row range.
+
+    Why not ``np.memmap``: every page of a mapping that was touched counts in the process's
+    resident set, so checking and streaming a 1 GiB weight through a mapping makes the
+    daemon look (and, under pressure, behave) 1 GiB large. ``os.pread`` of one block at a
+    time keeps the daemon's memory at a few blocks whatever the model's size.
+    """
+
+    ndim = 2
+
+    def __init__(self, path: str, offset: int, shape: tuple[int, int], dtype: np.dtype) -> None:
+        self.path, self.offset = str(path), int(offset)
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.dtype = np.dtype(dtype)
+        self.row_bytes = self.shape[1] * self.dtype.itemsize
+
+    @property
+    def nbytes(self) -> int:
+        return self.shape[0] * self.row_bytes
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        """Rows ``rows`` (a step-1 slice) as float32, read from the file now."""
+        if not isinstance(rows, slice) or rows.step not in (None, 1):
+            raise TypeError("FileMatrix supports row slices only")
+        start, stop, _ = rows.indices(self.shape[0])
+        stop = max(start, stop)
+        size = (stop - start) * self.row_bytes
+        buf = bytearray(size)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            got = os.preadv(fd, [buf], self.offset + start * self.row_bytes) if size else 0
+        finally:
+            os.close(fd)
+        if got != size:
+            raise ModelError(f"{os.path.basename(self.path)}: file ends inside the weights "
+                             "(truncated)")
+        arr = np.frombuffer(buf, self.dtype).reshape(stop - start, self.shape[1])
+        return arr.astype(np.float32, copy=False)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        arr = self[0:self.shape[0]]
+        return arr if dtype is None else arr.astype(dtype, copy=False)
+
+
+@dataclass
+class DenseLayer:
+    """``y = activation(weight @ x + bias)``; the weight may stay in its file (FileMatrix)."""
+
+    weight: "np.ndarray | FileMatrix"
+    bias: np.ndarray
+    activation: str
+
+    def __post_init__(self) -> None:
+        if isinstance(self.weight, np.ndarray) and self.weight.dtype != np.float32:
+            self.weight = np.asarray(self.weight, dtype=np.float32)
+        self.bias = np.asarray(self.bias, dtype=np.float32).reshape(-1)
+        if self.weight.ndim != 2 or self.bias.shape != (self.weight.shape[0],):
+            raise ModelError(f"a layer needs weight (out, in) and bias (out,), got "
+                             f"{self.weight.shape} and {self.bias.shape}")
+        if self.activation not in ACTIVATIONS:
+            raise ModelError(f"unknown activation {self.activation!r}; known: "
+                             f"{', '.join(ACTIVATIONS)}")
 
 
 @dataclass
@@ -38,7 +104,7 @@ class Model:
 
     kind: str
     layout: str
-    layers: list[Layer]
+    layers: list[DenseLayer]
     input_shape: tuple[int, ...] = ()
     has_bias: bool = True
     notes: list[str] = field(default_factory=list)
@@ -65,7 +131,7 @@ class Model:
 
     @property
     def weight_bytes(self) -> int:
-        return sum(layer.weight.nbytes for layer in self.layers)
+        return sum(int(layer.weight.nbytes) for layer in self.layers)
 
     def shapes(self) -> list[tuple[int, int]]:
         return [tuple(int(v) for v in layer.weight.shape) for layer in self.layers]
@@ -76,7 +142,7 @@ class Model:
 FINITE_CHUNK_BYTES = 16 << 20
 
 
-def check_layers(layers: list[Layer]) -> None:
+def check_layers(layers: list[DenseLayer]) -> None:
     """Raise ModelError unless the layers chain and every number is finite."""
     if not layers:
         raise ModelError("the model has no layers")
@@ -88,7 +154,7 @@ def check_layers(layers: list[Layer]) -> None:
         if layer.activation not in ACTIVATIONS:
             raise ModelError(f"layer {i}: unknown activation {layer.activation!r}")
         w = layer.weight
-        step = max(1, FINITE_CHUNK_BYTES // max(1, w.shape[1] * w.itemsize))
+        step = max(1, FINITE_CHUNK_BYTES // max(1, w.shape[1] * w.dtype.itemsize))
         for r in range(0, w.shape[0], step):
             if not np.isfinite(w[r:r + step]).all():
                 raise ModelError(f"layer {i}: weights contain NaN or infinity (rows from {r})")
@@ -130,7 +196,7 @@ def from_columns(model_layout: str, y: np.ndarray, single: bool) -> np.ndarray:
     return y if model_layout == "columns" else np.ascontiguousarray(y.T)
 
 
-def finish_layer(layer: Layer, z: np.ndarray) -> np.ndarray:
+def finish_layer(layer: DenseLayer, z: np.ndarray) -> np.ndarray:
     """Bias and activation on a gathered layer output ``z = W @ h`` (columns)."""
     z += layer.bias[:, None]
     return apply_activation(layer.activation, z)
@@ -140,5 +206,5 @@ def reference_forward(model: Model, x: np.ndarray) -> np.ndarray:
     """Float32 numpy forward in the model's own layout (the ``ideal`` mode's expectation)."""
     h, single = to_columns(model.layout, model.input_shape, x)
     for layer in model.layers:
-        h = finish_layer(layer, layer.weight @ h)
+        h = finish_layer(layer, np.asarray(layer.weight) @ h)
     return from_columns(model.layout, h, single)

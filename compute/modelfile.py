@@ -26,8 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from compute.mlp import Layer
-from compute.model import Model, ModelError
+from compute.model import DenseLayer as Layer, FileMatrix, Model, ModelError
 
 SUFFIXES = (".npy", ".onnx", ".safetensors")
 METADATA_KEY = "sedma.layers"
@@ -57,24 +56,33 @@ def _build(kind: str, layout: str, layers: list[Layer], input_shape: tuple[int, 
 
 # --------------------------------------------------------------------------- .npy
 def read_npy(path: Path) -> Model:
-    """A single matrix W (memory-mapped); ``Y = W @ X`` with X in columns."""
+    """A single matrix W (read block by block later); ``Y = W @ X`` with X in columns."""
     try:
-        w = np.load(path, mmap_mode="r", allow_pickle=False)
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(f)
+            offset = f.tell()
     except (OSError, ValueError, EOFError) as exc:
         raise ModelError(f"{path.name}: not a readable .npy array ({_short(exc)})") from None
-    if w.ndim != 2 or w.dtype.kind not in "fiu" or 0 in w.shape:
+    if len(shape) != 2 or dtype.kind not in "fiu" or 0 in shape:
         raise ModelError(f"{path.name}: expected a non-empty 2-D numeric matrix, got "
-                         f"{w.dtype} {w.shape}")
-    if w.dtype != np.float32:
-        w = np.asarray(w, dtype=np.float32)
-    layer = _layer(w, np.zeros(w.shape[0], np.float32), "identity", "the matrix")
+                         f"{dtype} {shape}")
+    if fortran or dtype.hasobject:
+        w = np.load(path, allow_pickle=False).astype(np.float32)   # rare: read it whole
+    else:
+        if path.stat().st_size < offset + math.prod(shape) * dtype.itemsize:
+            raise ModelError(f"{path.name}: not a readable .npy array (the file is truncated)")
+        w = FileMatrix(str(path), offset, shape, dtype)
+    layer = _layer(w, np.zeros(shape[0], np.float32), "identity", "the matrix")
     return _build("matrix", "columns", [layer], has_bias=False)
 
 
 def _layer(w: np.ndarray, b: np.ndarray, activation: str, what: str) -> Layer:
     try:
         return Layer(w, b, activation)
-    except ValueError as exc:
+    except ModelError as exc:
         raise ModelError(f"{what}: {exc}") from None
 
 
@@ -130,25 +138,30 @@ def _layer_spec(path: Path, metadata: dict[str, str]) -> dict:
     return spec
 
 
-def _mmap_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """Memory-map every float tensor (the header was validated by safe_open already)."""
+def _mmap_safetensors(path: Path) -> dict[str, "np.ndarray | FileMatrix"]:
+    """2-D tensors as FileMatrix (read block by block later), small ones in memory.
+
+    safe_open validated the header already; safetensors stores a JSON header then raw
+    little-endian C-ordered arrays at the offsets it lists, which is what lets a deploy
+    read any row range without loading the tensor.
+    """
     dtypes = {"F32": "<f4", "F64": "<f8", "F16": "<f2", "I32": "<i4", "I64": "<i8"}
     with open(path, "rb") as f:
         (n,) = np.frombuffer(f.read(8), "<u8")
         header = json.loads(f.read(int(n)))
     base = 8 + int(n)
-    out = {}
+    out: dict[str, np.ndarray | FileMatrix] = {}
     for name, info in header.items():
         if name == "__metadata__" or info.get("dtype") not in dtypes:
             continue
-        start, stop = info["data_offsets"]
+        start, _ = info["data_offsets"]
         shape = tuple(info["shape"])
-        if math.prod(shape) == 0:
-            out[name] = np.zeros(shape, dtypes[info["dtype"]])
-            continue
-        arr = np.memmap(path, dtype=dtypes[info["dtype"]], mode="r", offset=base + start,
-                        shape=shape)
-        out[name] = arr if info["dtype"] == "F32" else np.asarray(arr, dtype=np.float32)
+        dtype = np.dtype(dtypes[info["dtype"]])
+        if len(shape) == 2 and math.prod(shape):
+            out[name] = FileMatrix(str(path), base + start, shape, dtype)
+        else:
+            out[name] = np.asarray(np.fromfile(path, dtype, math.prod(shape), offset=base + start)
+                                   .reshape(shape), np.float32)
     return out
 
 

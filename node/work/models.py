@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 
 from compute.device import get_preset
-from compute.mlp import Layer, _layer_seed, apply_activation
-from compute.model import Model, ModelError, from_columns, to_columns
+from compute.mlp import _layer_seed, apply_activation
+from compute.model import DenseLayer, Model, ModelError, from_columns, to_columns
 from compute.modelfile import read_model
 from compute.partition import Block, NodeSlot, PartitionPlan, PlacementError, plan_rows
 from nat.link import LinkClosed
@@ -89,7 +89,7 @@ class ModelManager:
         """A matrix sent by the client (it fits one API message)."""
         w = as_matrix(w, "W")
         check_size(w.nbytes, "deploy")
-        model = Model("matrix", "columns", [Layer(w, np.zeros(w.shape[0], np.float32),
+        model = Model("matrix", "columns", [DenseLayer(w, np.zeros(w.shape[0], np.float32),
                                                   "identity")], has_bias=False)
         return await self._deploy(name, model, device, replicas, seed, source="array")
 
@@ -177,7 +177,7 @@ class ModelManager:
 
         async def place(blk: Block) -> None:
             async with gate:
-                part = np.array(weight[blk.row_start:blk.row_stop], dtype=np.float32)
+                part = await self.holder.executor.run(_read_rows, weight, blk)
                 await self.jobs._place_block(job, lname, blk, part_source(part, blk),
                                              device, seed)
 
@@ -488,6 +488,11 @@ def take_memory(slots: list[NodeSlot], plan: PartitionPlan, device: str | None) 
             if s is not None:
                 prof = get_preset(device) if device else s.device
                 s.free_bytes = max(0, s.free_bytes - prof.resident_bytes((b.rows, plan.shape[1])))
+
+
+def _read_rows(weight: Any, blk: Block) -> np.ndarray:
+    """The block's rows as float32 in memory (read from the file for a FileMatrix)."""
+    return np.array(weight[blk.row_start:blk.row_stop], dtype=np.float32)
 
 
 def part_source(part: np.ndarray, blk: Block) -> np.ndarray:
