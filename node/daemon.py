@@ -97,6 +97,7 @@ class Daemon:
                                self.db, self.data_dir, self.capacity)
         self.jobs.restore()
         self.models = ModelManager(self.jobs, self.book)
+        self.holder.pipeline = self.models.pipeline
         self.reconfigurer = Reconfigurer(self.jobs)
         await self.mesh.start(self._make_advert)
         self.api = await api.serve(cfg.socket_path, self._on_local_request)

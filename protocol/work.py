@@ -127,3 +127,29 @@ class ModelSync:
 
     rid: int
     entries: list[list[str]]
+
+
+@message("work.stage")
+class RunStage:
+    """Gather layer ``layer`` of model ``name`` on the receiver: compute it on the layer's
+    holders from input ``h`` (columns), apply bias and activation, and forward the result
+    to the next layer's gatherer (or Y to ``origin``). Answered, once everything downstream
+    finished, with ``{"moved": bytes, "minimum": bytes}``."""
+
+    rid: int
+    name: str
+    deploy_id: str
+    layer: int
+    h: np.ndarray
+    read_seed: int
+    origin: str
+    request: str
+
+
+@message("work.stage_result")
+class StageResult:
+    """The model's output Y (columns) for request ``request``, sent to its origin."""
+
+    rid: int
+    request: str
+    y: np.ndarray

@@ -123,3 +123,33 @@ def test_safetensors_and_npy_deploy_and_bad_input_is_one_line_and_leaves_nothing
         assert sorted(d["name"] for d in c.deployments()) == ["s", "w"]
     out = run_cli("deploy", "x", str(tmp_path / "missing.onnx"), "--socket", str(n2.socket))
     assert out.returncode == 2 and out.stderr.count("\n") == 1
+
+
+def link_bytes(node) -> int:
+    return sum(p["traffic"]["sent_bytes"] + p["traffic"]["recv_bytes"]
+               for p in node.peers() if p["traffic"])
+
+
+def test_activations_go_holder_to_holder_not_through_the_origin(cluster, tmp_path):
+    # n1 holds nothing (tiny budget): every request it takes must send X out once and get Y
+    # back once; the 4096-wide hidden activations travel only between n2 and n3.
+    cluster.add(extra=["--memory-limit", "4KiB"])
+    cluster.add()
+    cluster.add()
+    cluster.wait_converged(alive=2)
+    n1, n2, n3 = cluster.nodes
+    path = torch_like_mlp(tmp_path / "wide.onnx", sizes=(64, 4096, 4096, 8))
+    with Client(n1.socket) as c:
+        c.deploy("wide", path, replicas=1)
+        assert not n1.status()["blocks"]
+        x = rand((32, 64), 7)
+        want = onnxruntime_run(path, x)
+        c.infer("wide", x)                                 # warm up the links
+        before = link_bytes(n1)
+        for _ in range(10):
+            assert_float32_equal(c.infer("wide", x), want)
+        used = link_bytes(n1) - before
+        (dep,) = c.deployments()
+    hidden = 4096 * 32 * 4
+    assert used < 10 * (x.nbytes + want.nbytes) + 200_000 < 10 * hidden, used
+    assert dep["last_bytes_moved"] >= dep["last_bytes_minimum"] >= x.nbytes

@@ -21,12 +21,14 @@ from compute.executor import Executor
 from compute.partition import PartitionPlan
 from node.metrics import Metrics
 from node.work.plans import PlanBook
-from node.net.session import Session
+from nat.link import LinkClosed
+from node.net.session import RemoteError, Session
 from node.memory.store import BlockStore, Resident, StoreError, as_matrix
 from node.work.modelbook import ModelBook, ModelRecord, check_matrix_name as check_name
 from protocol.errors import ProtocolError
 from protocol.work import (DropMatrix, GetModel, GetPlan, InferBlock, MatmulShare, ModelNotice,
-                           ModelSync, PlanNotice, StoreBlock, StoreState, Undeploy)
+                           ModelSync, PlanNotice, RunStage, StageResult, StoreBlock, StoreState,
+                           Undeploy)
 
 log = logging.getLogger("sedma.holder")
 
@@ -40,6 +42,7 @@ class BlockHolder:
                  metrics: Metrics, plans: PlanBook, book: ModelBook | None = None) -> None:
         self.device = device
         self.book = book
+        self.pipeline: Any = None   # node.work.pipeline.Pipeline, set once the daemon made it
         self.store = store
         self.executor = executor
         self.metrics = metrics
@@ -158,9 +161,13 @@ class BlockHolder:
             return
         self.serving += 1
         try:
-            value = await self._serve(msg)
-        except (StoreError, ValueError, ProtocolError) as exc:
-            await session.reply(msg.rid, error=str(exc))
+            if isinstance(msg, RunStage) and self.pipeline is not None:
+                value = await self.pipeline.serve(session.peer_id, msg)
+            else:
+                value = await self._serve(msg)
+        except (StoreError, ValueError, ProtocolError, LinkClosed, TimeoutError,
+                RemoteError) as exc:   # the last three: a stage's downstream failed
+            await session.reply(msg.rid, error=str(exc) or type(exc).__name__)
         except Exception as exc:
             log.exception("serving %s failed", type(msg).__name__)
             await session.reply(msg.rid, error=f"internal error: {exc!r}")
@@ -218,6 +225,8 @@ class BlockHolder:
             return rec.to_dict() if rec is not None and rec.removed is None else None
         if isinstance(msg, Undeploy):
             return await self.undeploy_local(msg.name, msg.deploy_id, msg.layers)
+        if isinstance(msg, StageResult) and self.pipeline is not None:
+            return self.pipeline.deliver(msg)
         if isinstance(msg, ModelSync):
             return [[str(n), str(d)] for n, d in (e[:2] for e in msg.entries if len(e) >= 2)
                     if book.is_removed(str(n), str(d))]

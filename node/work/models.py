@@ -9,14 +9,9 @@ few at a time, so neither this daemon nor the client ever holds more than a few 
 the weights. Any failure rolls back every block already programmed; plans and the record
 are published only once every layer is in place, so nothing half-deployed is ever listed.
 
-Infer: this node (the one the client talks to) sends each layer's input to one holder of
-each of the layer's row blocks (failing over to replicas), gathers the partial outputs,
-applies bias and activation, and feeds the next layer; the client sends X once and gets Y
-once. Every request is its own task, so concurrent requests overlap: while one request's
-layer 2 is computed on its holders, another's layer 1 runs on theirs (pipelining).
-Bytes moved per request are counted against the minimum: each layer's input sent once to
-each remote node that served one of its blocks. What is above it is the partial outputs
-coming back, plus the input sent again when one node serves several blocks of a layer.
+Infer: see :mod:`node.work.pipeline`: activations go from one layer's holders to the
+next layer's; the client sends X once and receives Y once. Bytes moved per request are
+counted against the minimum and shown by ``sedma deployments``.
 """
 
 from __future__ import annotations
@@ -34,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from compute.device import get_preset
-from compute.mlp import _layer_seed, apply_activation
+from compute.mlp import _layer_seed
 from compute.model import DenseLayer, Model, ModelError, from_columns, to_columns
 from compute.modelfile import read_model
 from compute.partition import Block, NodeSlot, PartitionPlan, PlacementError, plan_rows
@@ -43,6 +38,7 @@ from node.memory.store import StoreError, as_matrix, check_name
 from node.net.session import RemoteError
 from node.work.jobs import Job, JobError, JobManager, check_seed, check_size
 from node.work.modelbook import LayerRecord, ModelBook, ModelRecord, layer_matrix
+from node.work.pipeline import Pipeline
 from protocol.errors import ProtocolError
 from protocol.work import DropMatrix, GetModel, ModelNotice, ModelSync, Undeploy
 
@@ -53,8 +49,6 @@ log = logging.getLogger("sedma.models")
 BLOCK_BYTES = 64 << 20
 #: Blocks being sent at once during a deploy.
 DEPLOY_CONCURRENCY = 2
-#: Gathered outputs larger than this get bias and activation on a worker thread.
-FINISH_ON_THREAD = 1 << 16
 PEER_ERRORS = (LinkClosed, TimeoutError, RemoteError, ProtocolError, OSError)
 
 
@@ -63,8 +57,8 @@ class Traffic:
     """What requests of one deployment cost on the links, as seen by this coordinator."""
 
     requests: int = 0
-    moved: int = 0          # layer inputs sent to remote holders + partial outputs back
-    minimum: int = 0        # each layer's input once to each remote node serving a block
+    moved: int = 0          # every byte of activations a request sent between nodes
+    minimum: int = 0        # each layer's input once to each node that served a block
     last_moved: int = 0
     last_minimum: int = 0
 
@@ -82,6 +76,7 @@ class ModelManager:
         self.book = book
         self.holder = jobs.holder
         self.traffic: dict[str, Traffic] = {}
+        self.pipeline = Pipeline(self)
 
     # deploy ---------------------------------------------------------------------------
     async def deploy_array(self, name: str, w: Any, device: str | None, replicas: int | None,
@@ -271,68 +266,19 @@ class ModelManager:
             check_seed(read_seed)
         read_seed = random.getrandbits(62) if read_seed is None else read_seed
         start = time.perf_counter()
-        moved = minimum = 0
-        held = h.nbytes
-        self.jobs.metrics.live_bytes += held
+        self.jobs.metrics.live_bytes += h.nbytes
         try:
-            for i, layer in enumerate(rec.layers):
-                plan = await self.jobs.plan_for(layer.matrix)
-                if tuple(plan.shape) != tuple(layer.shape):
-                    raise JobError(f"{name}: layer {i} plan is {plan.shape}, record {layer.shape}")
-                seed = read_seed if i == 0 else _layer_seed(read_seed, i)
-                out, m, remote = await self._layer(layer.matrix, plan, h, seed)
-                moved += m
-                minimum += h.nbytes * remote
-                h = await self._finish(out, layer)
+            y, cost = await self.pipeline.run(rec, h, read_seed)
         finally:
-            self.jobs.metrics.live_bytes -= held
+            self.jobs.metrics.live_bytes -= h.nbytes
         t = self.traffic.setdefault(name, Traffic())
         t.requests += 1
-        t.moved += moved
-        t.minimum += minimum
-        t.last_moved, t.last_minimum = moved, minimum
+        t.moved += cost.moved
+        t.minimum += cost.minimum
+        t.last_moved, t.last_minimum = cost.moved, cost.minimum
         self.jobs.memory.record_request(name, time.perf_counter() - start)
         self.jobs.metrics.completed()
-        return from_columns(rec.layout, h, single)
-
-    async def _layer(self, lname: str, plan: PartitionPlan, h: np.ndarray,
-                     seed: int) -> tuple[np.ndarray, int, int]:
-        """``W @ h`` gathered here; also the bytes moved and how many distinct remote nodes
-        served a block (the minimum is the layer's input sent once to each of them)."""
-        out = np.empty((plan.shape[0], h.shape[1]), dtype=np.float32)
-        served = await asyncio.gather(*(self._block(lname, blk, h, seed, out)
-                                        for blk in plan.blocks))
-        moved = sum(h.nbytes + blk.rows * h.shape[1] * 4
-                    for blk, node in zip(plan.blocks, served) if node != self.jobs.node_id)
-        return out, moved, len(set(served) - {self.jobs.node_id})
-
-    async def _block(self, lname: str, blk: Block, h: np.ndarray, seed: int,
-                     out: np.ndarray) -> str:
-        """One block's rows of ``W @ h`` from its best live holder; returns that holder."""
-        errors = []
-        jobs = self.jobs
-        flops = 2.0 * blk.rows * h.shape[0] * h.shape[1]
-        for node in jobs._holder_order(blk.nodes):
-            start = time.perf_counter()
-            try:
-                out[blk.row_start:blk.row_stop] = await jobs._infer_on(node, lname, blk, h,
-                                                                       seed, flops)
-                jobs.memory.record_share(node, flops, time.perf_counter() - start, True)
-            except (*PEER_ERRORS, StoreError) as exc:
-                jobs.memory.record_share(node, flops, time.perf_counter() - start, False)
-                errors.append(f"{node[:8]}: {exc}")
-                continue
-            return node
-        raise JobError(f"block {blk.index} of {lname} has no live holder ({'; '.join(errors)})")
-
-    async def _finish(self, z: np.ndarray, layer: LayerRecord) -> np.ndarray:
-        def finish() -> np.ndarray:
-            if layer.bias is not None:
-                np.add(z, layer.bias[:, None], out=z)
-            return apply_activation(layer.activation, z)
-        if z.size > FINISH_ON_THREAD:
-            return await self.holder.executor.run(finish)
-        return finish()
+        return from_columns(rec.layout, y, single)
 
     # undeploy -------------------------------------------------------------------------
     async def undeploy(self, name: str) -> dict:
