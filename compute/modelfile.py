@@ -179,10 +179,36 @@ def read_onnx(path: Path) -> Model:
     import onnx
 
     try:
-        proto = onnx.load(str(path))
-    except Exception as exc:  # protobuf DecodeError, truncated external data, ...
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError, truncated file, ...
         raise ModelError(f"{path.name}: not a readable ONNX model ({_short(exc)})") from None
-    return _Lowering(proto.graph).run()
+    return _Lowering(proto.graph, path.parent).run()
+
+
+def _initializer(init: Any, base: Path) -> "np.ndarray | FileMatrix":
+    """An initializer's value; a 2-D float one in an external data file stays there
+    (read block by block at deploy), which is how ONNX stores models over 2 GB."""
+    from onnx import TensorProto, numpy_helper
+
+    if init.data_location != TensorProto.EXTERNAL:
+        return numpy_helper.to_array(init)
+    info = {e.key: e.value for e in init.external_data}
+    where = (base / info.get("location", "")).resolve()
+    if where.parent != base.resolve() or not where.is_file():
+        raise ModelError(f"initializer {init.name!r}: external data {info.get('location')!r} "
+                         "must be a file beside the model")
+    dtypes = {TensorProto.FLOAT: "<f4", TensorProto.DOUBLE: "<f8", TensorProto.INT64: "<i8",
+              TensorProto.INT32: "<i4"}
+    if init.data_type not in dtypes:
+        raise ModelError(f"initializer {init.name!r}: unsupported external data type")
+    dtype, shape = np.dtype(dtypes[init.data_type]), tuple(int(d) for d in init.dims)
+    offset = int(info.get("offset", 0))
+    if where.stat().st_size < offset + math.prod(shape) * dtype.itemsize:
+        raise ModelError(f"initializer {init.name!r}: external data file {where.name} is "
+                         "truncated")
+    if len(shape) == 2 and math.prod(shape):
+        return FileMatrix(str(where), offset, shape, dtype)
+    return np.fromfile(where, dtype, math.prod(shape), offset=offset).reshape(shape)
 
 
 @dataclass
@@ -197,6 +223,7 @@ class _Act:
 @dataclass
 class _Lowering:
     graph: Any
+    base: Path
     consts: dict[str, np.ndarray] = field(default_factory=dict)
     act_names: set[str] = field(default_factory=set)
     layers: list[Layer] = field(default_factory=list)
@@ -204,10 +231,8 @@ class _Lowering:
     input_shape: tuple[int, ...] = ()
 
     def run(self) -> Model:
-        from onnx import numpy_helper
-
         for init in self.graph.initializer:
-            self.consts[init.name] = numpy_helper.to_array(init)
+            self.consts[init.name] = _initializer(init, self.base)
         self._input()
         for i, node in enumerate(self.graph.node):
             self._node(node, node.name or f"#{i}")
@@ -315,8 +340,10 @@ class _Lowering:
         a, b = node.input
         if not self._is_act(a):
             raise ModelError(f"MatMul node {label!r}: only activation @ constant is supported")
-        w = self._const(b, label, "MatMul")
-        self._linear(np.asarray(w, np.float32), None, label, "MatMul")
+        w = np.asarray(self._const(b, label, "MatMul"), np.float32)
+        if w.ndim != 2:
+            raise ModelError(f"MatMul node {label!r}: weight must be 2-D, got {w.shape}")
+        self._linear(np.ascontiguousarray(w.T), None, label, "MatMul")
         self._set_output(node)
 
     def _op_Gemm(self, node, label, attrs) -> None:
@@ -324,31 +351,34 @@ class _Lowering:
         if not self._is_act(a) or attrs.get("transA", 0):
             raise ModelError(f"Gemm node {label!r}: only A = the activation, transA=0 is "
                              "supported")
-        w = np.asarray(self._const(b, label, "Gemm"), np.float32)
+        w = self._const(b, label, "Gemm")
         if w.ndim != 2:
             raise ModelError(f"Gemm node {label!r}: B must be 2-D, got {w.shape}")
-        if attrs.get("transB", 0):
-            w = w.T
         alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
-        if alpha != 1.0:
-            w = w * np.float32(alpha)
+        # transB=1 (PyTorch's export) already stores (out, in): a weight in an external
+        # file can then stay there until the deploy streams it.
+        if not (attrs.get("transB", 0) and isinstance(w, FileMatrix) and alpha == 1.0):
+            w = np.asarray(w, np.float32)
+            w = np.ascontiguousarray(w if attrs.get("transB", 0) else w.T)
+            if alpha != 1.0:
+                w = w * np.float32(alpha)
         c = None
         if len(node.input) > 2 and node.input[2]:
-            c = self._bias(self._const(node.input[2], label, "Gemm"), w.shape[1], label, "Gemm")
+            c = self._bias(self._const(node.input[2], label, "Gemm"), w.shape[0], label, "Gemm")
             if beta != 1.0:
                 c = c * np.float32(beta)
         self._linear(w, c, label, "Gemm")
         self._set_output(node)
 
-    def _linear(self, w_in_out: np.ndarray, bias: np.ndarray | None, label: str, op: str) -> None:
-        if w_in_out.ndim != 2:
-            raise ModelError(f"{op} node {label!r}: weight must be 2-D, got {w_in_out.shape}")
+    def _linear(self, w_out_in: "np.ndarray | FileMatrix", bias: np.ndarray | None,
+                label: str, op: str) -> None:
         self._close("identity")
         feats = self._flat(op, label)
-        if w_in_out.shape[0] != feats:
+        if w_out_in.shape[1] != feats:
             raise ModelError(f"{op} node {label!r}: shapes do not chain: the activation has "
-                             f"{feats} features but the weight is {w_in_out.shape}")
-        self.act.weight = np.ascontiguousarray(w_in_out.T)
+                             f"{feats} features but the weight maps {w_out_in.shape[1]} inputs "
+                             f"to {w_out_in.shape[0]}")
+        self.act.weight = w_out_in
         self.act.bias = bias
 
     def _bias(self, c: np.ndarray, out: int, label: str, op: str) -> np.ndarray:

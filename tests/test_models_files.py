@@ -231,3 +231,22 @@ def test_npy_stays_a_single_column_matrix(tmp_path):
     np.testing.assert_array_equal(reference_forward(model, x), w @ x)
     with pytest.raises(ModelError, match=r"X has shape \(3, 4\)"):
         reference_forward(model, rand(3, 4))
+
+
+def test_onnx_with_external_data_keeps_weights_in_their_file(tmp_path):
+    from compute.model import FileMatrix
+
+    src = torch_like_mlp(tmp_path / "src.onnx", sizes=(64, 96, 10))
+    model = onnx.load(str(src))
+    (tmp_path / "ext").mkdir()
+    path = tmp_path / "ext" / "m.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="m.bin", size_threshold=0)
+    lowered = read_model(path)
+    assert all(isinstance(l.weight, FileMatrix) for l in lowered.layers)
+    x = rand(5, 64)
+    assert_float32_equal(reference_forward(lowered, x), onnxruntime_run(path, x))
+    data = (tmp_path / "ext" / "m.bin").read_bytes()
+    (tmp_path / "ext" / "m.bin").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError, match="m.onnx: .*truncated"):
+        read_model(path)
