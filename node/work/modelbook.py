@@ -179,6 +179,8 @@ class ModelBook:
     async def tombstone(self, name: str, deploy_id: str, when: float | None = None) -> ModelRecord | None:
         """Mark deployment ``deploy_id`` of ``name`` removed; returns the record it had."""
         rec = self._records.get(name)
+        if rec is not None and rec.removed is None and rec.deploy_id != deploy_id:
+            return None   # stale: a newer deployment holds the name
         if rec is None or rec.deploy_id != deploy_id:
             rec = ModelRecord(name, deploy_id, "matrix", "columns", (1,),
                               [LayerRecord(name, (1, 1), "identity", None)], None, 0, 1)
