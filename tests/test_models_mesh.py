@@ -86,7 +86,8 @@ def test_onnx_model_deploys_runs_inside_the_mesh_lists_and_undeploys(cluster, tm
             c.infer("mlp", x)
 
 
-def test_safetensors_and_npy_deploy_and_bad_input_is_one_line_and_leaves_nothing(cluster, tmp_path):
+def test_safetensors_and_npy_deploy_and_bad_input_is_one_line_and_leaves_nothing(cluster, tmp_path,
+                                                                                 monkeypatch):
     cluster.start(2)
     cluster.wait_converged(alive=1)
     n1, n2 = cluster.nodes
@@ -103,6 +104,13 @@ def test_safetensors_and_npy_deploy_and_bad_input_is_one_line_and_leaves_nothing
         assert_float32_equal(c.infer("w", xc), w @ xc)
         kinds = {d["name"]: d["kind"] for d in c.deployments()}
         assert kinds == {"s": "safetensors", "w": "matrix"}
+        # an array too big for one API message goes to the daemon as a private temp file
+        import node.client
+        monkeypatch.setattr(node.client, "INLINE_DEPLOY_BYTES", 1000)
+        info = c.deploy("w2", w)
+        assert info["source"].endswith("w.npy") and info["source"] != str(tmp_path / "w.npy")
+        assert_float32_equal(c.infer("w2", xc), w @ xc)
+        c.undeploy("w2")
 
         bad = tmp_path / "bad.onnx"
         bad.write_bytes(b"\x08\x07junk" * 10)
