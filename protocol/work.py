@@ -153,3 +153,22 @@ class StageResult:
     rid: int
     request: str
     y: np.ndarray
+
+
+@message("work.claim")
+class ClaimName:
+    """Grant ``name`` to deployment ``deploy`` coordinated by ``owner`` (or refuse)."""
+
+    rid: int
+    name: str
+    deploy: str
+    owner: str
+
+
+@message("work.release")
+class ReleaseName:
+    """Deployment ``deploy`` gives up its claim on ``name``."""
+
+    rid: int
+    name: str
+    deploy: str

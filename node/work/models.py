@@ -21,7 +21,6 @@ import logging
 import math
 import random
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,10 @@ from compute.partition import Block, NodeSlot, PartitionPlan, PlacementError, pl
 from nat.link import LinkClosed
 from node.memory.store import StoreError, as_matrix, check_name
 from node.net.session import RemoteError
-from node.work.jobs import Job, JobError, JobManager, check_seed, check_size
+from node.errors import UserError
+from node.work.claims import ClaimRefused
+from node.work.jobs import Job, JobError, JobManager, check_device, check_seed, check_size
+from node.work.plans import VersionedPlan, new_deploy_id
 from node.work.modelbook import LayerRecord, ModelBook, ModelRecord, layer_matrix
 from node.work.pipeline import Pipeline
 from protocol.errors import ProtocolError
@@ -104,32 +106,50 @@ class ModelManager:
     async def _deploy(self, name: str, model: Model, device: str | None,
                       replicas: int | None, seed: int, source: str) -> Job:
         check_name(name)
-        if device is not None:
-            get_preset(device)
+        check_device(device)
         if replicas is not None and replicas < 1:
             raise JobError("replicas must be at least 1")
         check_seed(seed)
         jobs = self.jobs
-        if self.book.get(name) or name in jobs.plans or name in jobs._deploying:
-            raise JobError(f"a deployment named {name!r} already exists (or is being deployed)")
-        jobs._deploying.add(name)   # reserved before any await: no two deploys of one name
+        deploy_id = new_deploy_id(jobs.node_id)
+        try:   # claimed here before any await: no two local deploys of one name
+            jobs.plans.claims.grant(name, deploy_id, jobs.node_id, self.taken(name))
+        except ClaimRefused as exc:
+            raise JobError(str(exc)) from None
         try:
-            if await self._known_elsewhere(name):
-                raise JobError(f"a deployment named {name!r} already exists on the mesh")
             slots = jobs.slots()
             want = replicas if replicas is not None else (2 if len(slots) >= 2 else 1)
             check_fits(name, model, slots, device, min(want, len(slots)))
             detail = {"name": name, "model": model.kind, "layers": len(model.layers),
                       "shape": [model.in_features, model.out_features], "device": device,
-                      "seed": seed, "source": source}
-            return await jobs.start_job("deploy", detail, lambda job: self._run_deploy(
-                job, name, model, device, want, seed))
+                      "seed": seed, "source": source, "deploy_id": deploy_id}
+            return await jobs.start_job("deploy", detail, lambda job: self._claimed_deploy(
+                job, name, deploy_id, model, device, want, seed))
         except BaseException:
-            jobs._deploying.discard(name)
+            jobs.plans.claims.release(name, deploy_id)
             raise
 
-    async def _run_deploy(self, job: Job, name: str, model: Model, device: str | None,
-                          want: int, seed: int) -> None:
+    def taken(self, name: str) -> bool:
+        """Whether this node knows a live deployment (matrix or model) named ``name``."""
+        return name in self.jobs.plans or self.book.get(name) is not None
+
+    async def _claimed_deploy(self, job: Job, name: str, deploy_id: str, model: Model,
+                              device: str | None, want: int, seed: int) -> None:
+        """Win the name mesh-wide (a majority of members), deploy, then let the claim go:
+        the published record guards the name from then on."""
+        jobs = self.jobs
+        granted: list[str] = []
+        try:
+            granted = await jobs._claim_mesh(name, deploy_id)
+            if await self._known_elsewhere(name):
+                raise JobError(f"a deployment named {name!r} already exists on the mesh")
+            await self._run_deploy(job, name, deploy_id, model, device, want, seed)
+        finally:
+            jobs.plans.claims.release(name, deploy_id)
+            await asyncio.shield(jobs._release_mesh(name, deploy_id, granted))
+
+    async def _run_deploy(self, job: Job, name: str, deploy_id: str, model: Model,
+                          device: str | None, want: int, seed: int) -> None:
         placed: list[tuple[str, PartitionPlan]] = []
         try:
             slots = self.jobs.slots()
@@ -140,29 +160,27 @@ class ModelManager:
                 placed.append((lname, plan))
                 await self._place_layer(job, lname, plan, layer.weight, device, lseed)
                 take_memory(slots, plan, device)
-            rec = ModelRecord(name, uuid.uuid4().hex[:16], model.kind, model.layout,
+            rec = ModelRecord(name, deploy_id, model.kind, model.layout,
                               tuple(model.input_shape),
                               [LayerRecord(lname, tuple(int(v) for v in l.weight.shape),
                                            l.activation, l.bias if model.has_bias else None)
                                for (lname, _), l in zip(placed, model.layers)],
                               device, seed, want)
             for lname, plan in placed:
-                await self.jobs.plans.put(lname, plan)
+                await self.jobs.plans.put(lname, VersionedPlan(plan, deploy_id))
             await self.book.put(rec)
         except BaseException as exc:
-            dropped = await self._roll_back(name, placed)
-            if isinstance(exc, (JobError, StoreError, PlacementError)):
+            dropped = await asyncio.shield(self._roll_back(name, placed))
+            if isinstance(exc, (UserError, PlacementError)):
                 raise JobError(f"{exc} (rolled back: {dropped} block(s) already programmed "
                                "were dropped)") from None
             raise
-        finally:
-            self.jobs._deploying.discard(name)
         job.detail.update(replicas=want, deploy_id=rec.deploy_id,
                           placement={str(b.index): b.nodes for b in placed[0][1].blocks},
                           layer_placement=[{str(b.index): b.nodes for b in p.blocks}
                                            for _, p in placed])
-        for lname, plan in placed:
-            await self.jobs.announce_plan(lname, plan)
+        for lname, _ in placed:
+            await self.jobs.announce_plan(lname)
         await self._announce(rec)
 
     async def _place_layer(self, job: Job, lname: str, plan: PartitionPlan, weight: np.ndarray,
@@ -255,11 +273,13 @@ class ModelManager:
             return await self.jobs.infer(name, x, read_seed)   # a matrix from before records
         if not isinstance(x, np.ndarray):
             raise JobError("X must be an array")
-        try:
+        def columns() -> tuple[np.ndarray, bool]:   # a transpose and a NaN scan: off the loop
             h, single = to_columns(rec.layout, rec.input_shape, x)
+            return as_matrix(h, "X"), single
+        try:
+            h, single = await self.holder.executor.run(columns)
         except ModelError as exc:
             raise JobError(f"{name}: {exc}") from None
-        h = as_matrix(h, "X")
         widest = max(l.shape[0] for l in rec.layers)
         check_size(h.nbytes + widest * h.shape[1] * 4, "infer")
         if read_seed is not None:
@@ -278,7 +298,7 @@ class ModelManager:
         t.last_moved, t.last_minimum = cost.moved, cost.minimum
         self.jobs.memory.record_request(name, time.perf_counter() - start)
         self.jobs.metrics.completed()
-        return from_columns(rec.layout, y, single)
+        return await self.holder.executor.run(from_columns, rec.layout, y, single)
 
     # undeploy -------------------------------------------------------------------------
     async def undeploy(self, name: str) -> dict:

@@ -52,6 +52,8 @@ PEER_ERRORS = (LinkClosed, TimeoutError, RemoteError, ProtocolError, OSError)
 MAX_GATHERERS = 3
 #: Gathered outputs larger than this get bias and activation on a worker thread.
 FINISH_ON_THREAD = 1 << 16
+#: Partial outputs larger than this are copied into place on a worker thread.
+COPY_ON_THREAD = 1 << 20
 
 
 @dataclass
@@ -203,8 +205,12 @@ class Pipeline:
         for node in jobs._holder_order(blk.nodes):
             start = time.perf_counter()
             try:
-                out[blk.row_start:blk.row_stop] = await jobs._infer_on(node, lname, blk, h,
-                                                                       seed, flops)
+                part = await jobs._infer_on(node, lname, blk, h, seed, flops)
+                rows = slice(blk.row_start, blk.row_stop)
+                if part.nbytes > COPY_ON_THREAD:   # big copies stay off the event loop
+                    await jobs.executor.run(out.__setitem__, rows, part)
+                else:
+                    out[rows] = part
                 jobs.memory.record_share(node, flops, time.perf_counter() - start, True)
             except (*PEER_ERRORS, StoreError) as exc:
                 jobs.memory.record_share(node, flops, time.perf_counter() - start, False)
