@@ -156,3 +156,46 @@ def test_a_deploy_that_fails_part_way_rolls_back_every_block(cluster, tmp_path):
     for n in (n1, n2):
         assert not any(k.startswith("b:") for k in n.status()["blocks"])
         assert not list((n.data_dir / "blocks").glob("b*/*"))
+
+
+def test_a_gatherer_killed_mid_stream_is_replaced_and_no_request_is_lost(cluster, tmp_path):
+    # The origin holds nothing, so every layer is gathered on n2/n3/n4; killing one of them
+    # during the stream kills gatherers and holders in flight: every request must still end
+    # exactly, through the replicas.
+    cluster.add(extra=["--memory-limit", "4KiB"])
+    for _ in range(3):
+        cluster.add()
+    cluster.wait_converged(alive=3)
+    n1, n2, n3, n4 = cluster.nodes
+    path = torch_like_mlp(tmp_path / "m.onnx", sizes=(128, 768, 768, 10))
+    model = read_model(path)
+    with Client(n1.socket) as c:
+        c.deploy("m", path, replicas=2)
+    results, errors = [], []
+    done = threading.Event()
+
+    def stream() -> None:
+        with Client(n1.socket) as c:
+            for i in range(200):
+                if done.is_set() and i >= 40:
+                    break
+                x = rand((8, 128), 500 + i)
+                try:
+                    results.append((x, c.infer("m", x)))
+                except DaemonError as exc:
+                    errors.append(str(exc))
+
+    workers = [threading.Thread(target=stream) for _ in range(2)]
+    for w in workers:
+        w.start()
+    wait_for(lambda: len(results) >= 10, 60, "first requests")
+    n3.kill9()
+    time.sleep(1.0)
+    done.set()
+    for w in workers:
+        w.join(180)
+    assert not errors, errors[:3]
+    assert len(results) >= 80
+    for x, y in results:
+        want = reference_forward(model, x)
+        assert np.abs(y - want).max() <= 2e-5 * max(1.0, float(np.abs(want).max()))
