@@ -34,6 +34,11 @@ def assert_float32_equal(got, want):
     assert np.abs(got - want).max() <= 2e-5 * max(1.0, float(np.abs(want).max()))
 
 
+def live_replicas(node) -> int:
+    with Client(node.socket) as c:
+        return c.deployments()[0]["replicas_live"]
+
+
 def free_memory(nodes):
     return [n.status()["memory"]["free"] for n in nodes]
 
@@ -62,7 +67,9 @@ def test_onnx_model_deploys_runs_inside_the_mesh_lists_and_undeploys(cluster, tm
     (dep,) = deps
     assert dep["name"] == "mlp" and dep["kind"] == "onnx" and dep["shape"] == [300, 10]
     assert [l["shape"] for l in dep["layers"]] == [[512, 300], [256, 512], [10, 256]]
-    assert dep["replicas_live"] == dep["replicas_wanted"] == 2
+    assert dep["replicas_wanted"] == 2
+    # live counts members seen alive: under heavy load one may be suspected for a moment
+    wait_for(lambda: live_replicas(n3) == 2, 30, "both replicas live")
     assert dep["requests"] == 1                        # served via n3
     # n3 holds some blocks but not all: inputs went out, outputs came back, never the weights
     assert 0 < dep["last_bytes_minimum"] <= dep["last_bytes_moved"] < 4 * 300 * 4 * 20
