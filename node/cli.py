@@ -7,12 +7,13 @@ Exit status: 0 success, 1 the job or request failed (message on stderr), 2 usage
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -51,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--job-retention-count", type=int, metavar="N", help="keep at most this many finished jobs (default 1000)")
     d.add_argument("--config", metavar="FILE", help="TOML file whose keys mirror these flags")
     d.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    d.add_argument("--http", metavar="HOST:PORT", help="dashboard and Prometheus /metrics address (default 127.0.0.1:7947; 'off' disables; port 0 picks one)")
+    d.add_argument("--http-token", metavar="FILE", help="file holding the token the dashboard requires (mandatory on a non-loopback --http)")
 
     def client(name: str, help: str, **kw: Any) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help, description=help, **kw)
@@ -71,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", metavar="PRESET", help="simulate every share on this preset (default: each node's own)")
     s.add_argument("--seed", type=int, default=0, help="seed for device noise (default 0)")
     s.add_argument("--timeout", type=float, default=600.0, help="give up waiting after this many seconds")
+    s.add_argument("--json", action="store_true", help="print the job record as JSON (no progress bar)")
 
     dp = client("deploy", "program a matrix (.npy) or a model (.onnx, .safetensors) onto "
                           "crossbars across the mesh; it stays resident")
@@ -81,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--replicas", type=int, metavar="R", help="holders per row block (default 2 when the mesh has two or more nodes)")
     dp.add_argument("--seed", type=int, default=0)
     dp.add_argument("--timeout", type=float, default=3600.0, help="give up waiting after this many seconds")
+    dp.add_argument("--json", action="store_true", help="print the job record as JSON")
 
     i = client("infer", "run a deployment on X: Y = W @ X for a matrix, the whole network for a "
                         "model (rows of X are samples, as onnxruntime takes them)")
@@ -88,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("x", metavar="X.npy")
     i.add_argument("-o", "--output", metavar="Y.npy", required=True)
     i.add_argument("--seed", type=int, help="read-noise seed (default: fresh per request)")
+    i.add_argument("--json", action="store_true", help="print a JSON summary (no progress bar)")
 
     client("deployments", "every matrix and model the mesh knows: layers, holders, replicas, "
                           "bytes, requests").add_argument("--json", action="store_true",
@@ -130,6 +136,7 @@ def _daemon(args: argparse.Namespace) -> int:
         "turn", "cluster_key", "advertise", "capacity", "job_retention",
         "job_retention_count")}
     try:
+        overrides.update(http=args.http, http_token=args.http_token)   # the dashboard
         config = build_config(args.config, overrides)
         from compute.device import get_preset
         get_preset(config.device)
@@ -198,6 +205,7 @@ def _cmd_status(c, args) -> int:
               f"   reachability {s['reachability']}")
         print(f"memory    {_size(mem['free'])} free of {_size(mem['budget'])} budget "
               f"({_size(mem['total'])} physical)")
+        print(f"dashboard {s.get('dashboard') or 'off'}")
         print(f"uptime    {s['uptime_s']:.0f}s   members {s['members']}   deployments "
               f"{', '.join(s['deployments']) or '-'}")
         eff = m["memory_utilisation_efficiency"]
@@ -249,15 +257,69 @@ def _cmd_devices(c, args) -> int:
     return EXIT_OK
 
 
+class TransferBar:
+    """Progress bars (rich, on stderr) for transfers of at least ``MIN_BAR_BYTES``.
+
+    Passed to the client as its ``progress`` callback; small transfers finish before a bar
+    would be readable, so they draw nothing. Made by :func:`transfer_bar`, which gives
+    None instead (no bar at all) for --json or when stdout is not a terminal."""
+
+    MIN_BAR_BYTES = 4 << 20
+    LABELS = {"upload": "sending to the daemon", "download": "receiving the result"}
+
+    def __init__(self) -> None:
+        self._progress = None
+        self._tasks: dict[str, Any] = {}
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if total < self.MIN_BAR_BYTES:
+            return
+        if self._progress is None:
+            from rich.console import Console
+            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
+                                       TimeRemainingColumn, TransferSpeedColumn)
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                      DownloadColumn(binary_units=True), TransferSpeedColumn(),
+                                      TimeRemainingColumn(), console=Console(stderr=True))
+            self._progress.start()
+        task = self._tasks.get(phase)
+        if task is None:
+            task = self._tasks[phase] = self._progress.add_task(
+                self.LABELS.get(phase, phase), total=total)
+        self._progress.update(task, completed=done)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+@contextlib.contextmanager
+def transfer_bar(args: argparse.Namespace) -> Iterator[TransferBar | None]:
+    """A bar only for a person watching: not with --json, not when stdout is piped."""
+    if getattr(args, "json", False) or not sys.stdout.isatty():
+        yield None
+        return
+    bar = TransferBar()
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
 def _cmd_submit(c, args) -> int:
     a, b = load_npy(args.a), load_npy(args.b)
-    job_id = c.submit_matmul(a, b, args.device, args.seed)
+    with transfer_bar(args) as bar:
+        job_id = c.submit_matmul(a, b, args.device, args.seed, progress=bar)
     info = c.wait(job_id, args.timeout)
     if info["state"] != "done":
         print(f"sedma: job {job_id} {info['state']}: {info.get('error') or 'timed out'}", file=sys.stderr)
         return EXIT_FAILED
-    save_npy(args.output, c.result(job_id))
-    print(f"job {job_id} done in {info['finished'] - info['submitted']:.3f}s -> {args.output}")
+    with transfer_bar(args) as bar:
+        save_npy(args.output, c.result(job_id, progress=bar))
+    if args.json:
+        print(json.dumps(info | {"output": args.output}, indent=2, default=str))
+    else:
+        print(f"job {job_id} done in {info['finished'] - info['submitted']:.3f}s -> {args.output}")
     return EXIT_OK
 
 
@@ -266,6 +328,9 @@ def _cmd_deploy(c, args) -> int:
     if not os.path.isfile(path):
         raise UsageError(f"{args.w}: no such file")
     info = c.deploy(args.name, path, args.device, args.replicas, args.seed, args.timeout)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return EXIT_OK
     names = _node_names(c)
     layers = info.get("layer_placement") or [info.get("placement", {})]
     shape = info.get("shape") or ["?", "?"]
@@ -287,9 +352,14 @@ def _node_names(c) -> dict[str, str]:
 
 
 def _cmd_infer(c, args) -> int:
-    y = c.infer(args.name, load_npy(args.x), args.seed)
+    x = load_npy(args.x)
+    with transfer_bar(args) as bar:
+        y = c.infer(args.name, x, args.seed, progress=bar)
     save_npy(args.output, y)
-    print(f"{args.name}(X) -> {args.output} {tuple(y.shape)}")
+    if args.json:
+        print(json.dumps({"name": args.name, "output": args.output, "shape": list(y.shape)}))
+    else:
+        print(f"{args.name}(X) -> {args.output} {tuple(y.shape)}")
     return EXIT_OK
 
 
@@ -322,6 +392,7 @@ def _cmd_undeploy(c, args) -> int:
     print(info["message"] + (f": freed {_size(info['freed_bytes'])} on "
                              f"{len(info['nodes'])} node(s)" if info["freed_bytes"] else ""))
     return EXIT_OK
+
 
 
 COMMANDS = {"status": _cmd_status, "peers": _cmd_peers, "jobs": _cmd_jobs,
