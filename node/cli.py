@@ -327,16 +327,26 @@ def _cmd_deploy(c, args) -> int:
     path = os.path.abspath(args.w)
     if not os.path.isfile(path):
         raise UsageError(f"{args.w}: no such file")
-    info = c.deploy(args.name, path, args.device, args.replicas, args.seed, args.timeout)
+    from node.client import INLINE_DEPLOY_BYTES
+    if path.endswith(".npy") and os.path.getsize(path) <= INLINE_DEPLOY_BYTES:
+        w = load_npy(path)          # small enough for one message: sent, with a bar
+        with transfer_bar(args) as bar:
+            info = c.deploy(args.name, w, args.device, args.replicas, args.seed, args.timeout,
+                            progress=bar)
+    else:                           # a model, or a big matrix: the daemon reads the file
+        info = c.deploy(args.name, path, args.device, args.replicas, args.seed, args.timeout)
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return EXIT_OK
     names = _node_names(c)
     layers = info.get("layer_placement") or [info.get("placement", {})]
-    shape = info.get("shape") or ["?", "?"]
-    print(f"deployed {args.name} ({info.get('model', 'matrix')}, {len(layers)} layer(s), "
-          f"{shape[0]} -> {shape[1]}), {info.get('replicas')} replica(s) per block, "
-          f"job {info['id']}")
+    n_in, n_out = info.get("shape") or ["?", "?"]
+    if info.get("model", "matrix") == "matrix":
+        print(f"deployed {args.name} ({n_out}x{n_in}) as {len(layers[0])} block(s), "
+              f"{info.get('replicas')} replica(s) each, job {info['id']}")
+    else:
+        print(f"deployed {args.name} ({info['model']}, {len(layers)} layer(s), {n_in} -> "
+              f"{n_out}), {info.get('replicas')} replica(s) per block, job {info['id']}")
     for li, placement in enumerate(layers):
         spread = "; ".join(f"block {b}: {', '.join(names.get(h, h[:8]) for h in hs)}"
                            for b, hs in placement.items())
