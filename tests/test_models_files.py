@@ -48,10 +48,14 @@ def assert_float32_equal(got, want):
 
 
 def torch_like_mlp(path, sizes=(20, 32, 16, 5)):
-    """Gemm with transB=1 (weights (out, in)) and Relu, then Softmax, as PyTorch exports."""
+    """Gemm with transB=1 (weights (out, in)) and Relu, then Softmax, as PyTorch exports.
+
+    Weights are scaled by 1/sqrt(fan-in), as trained networks are: with unit-variance
+    weights the logits grow to hundreds and softmax amplifies float32 rounding (of any
+    summation order, onnxruntime's included) past what "float32 rounding" means."""
     nodes, inits, prev = [], {}, "X"
     for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
-        inits[f"w{i}"], inits[f"b{i}"] = rand(n_out, n_in), rand(n_out)
+        inits[f"w{i}"], inits[f"b{i}"] = rand(n_out, n_in) / np.float32(np.sqrt(n_in)), rand(n_out)
         nodes.append(helper.make_node("Gemm", [prev, f"w{i}", f"b{i}"], [f"g{i}"], transB=1,
                                       name=f"fc{i}"))
         last = i == len(sizes) - 2
