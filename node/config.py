@@ -2,11 +2,14 @@
 
 Keys in the TOML file mirror the ``sedma daemon`` flags (``listen``, ``bootstrap``,
 ``data_dir``, ``socket``, ``name``, ``memory_limit``, ``device``, ``stun``, ``turn``,
-``cluster_key``); a flag given on the command line wins over the file.
+``cluster_key``, ``open``); a flag given on the command line wins over the file.
+``cluster_key`` is a list (the keyring: first key dials, every key admits); a single
+string is one file.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import socket as sockets
@@ -65,7 +68,10 @@ class NodeConfig:
     device: str = "ideal"
     stun: list[str] = field(default_factory=list)
     turn: list[str] = field(default_factory=list)
-    cluster_key: str | None = None
+    #: Cluster key files (the keyring, in order); empty: an open mesh.
+    cluster_key: list[str] = field(default_factory=list)
+    #: Allow an open mesh (no cluster key) on a non-loopback address.
+    open: bool = False
     #: Addresses advertised to peers; default: the listen address (with a real IP).
     advertise: list[str] = field(default_factory=list)
     workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
@@ -99,7 +105,23 @@ class NodeConfig:
             raise ConfigError(str(exc)) from None
         if self.workers < 1:
             raise ConfigError("workers must be at least 1")
+        host, _ = parse_address(self.listen)
+        if not self.cluster_key and not self.open and not is_loopback(host):
+            raise ConfigError(
+                f"refusing to listen on {self.listen} without a cluster key: anyone who "
+                "reaches it could join, gossip and submit work. Give --cluster-key FILE "
+                "(make one with `sedma keygen FILE`), or --open to accept that")
         return self
+
+
+def is_loopback(host: str) -> bool:
+    """True only for addresses that certainly stay on this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
 
 
 def load_file(path: str | Path) -> dict[str, Any]:
@@ -127,7 +149,7 @@ def build_config(file: str | None, overrides: dict[str, Any]) -> NodeConfig:
     values.update({k: v for k, v in overrides.items() if v is not None})
     if "memory_limit" in values:
         values["memory_limit"] = parse_size(values["memory_limit"])
-    for key in ("bootstrap", "stun", "turn", "advertise"):
+    for key in ("bootstrap", "stun", "turn", "advertise", "cluster_key"):
         if isinstance(values.get(key), str):
             values[key] = [values[key]]
     try:

@@ -22,7 +22,7 @@ from node.config import parse_address
 from node.net.session import Session, handshake
 from protocol.advert import Advertisement
 from protocol.errors import ProtocolError
-from protocol.handshake import Hello, new_hello
+from protocol.identity import Identity
 from protocol.membership import Event, Member, Membership, MembershipConfig, Output, is_gossip_message
 from protocol.rpc import Bye
 
@@ -44,14 +44,15 @@ class Mesh:
     #: The one clock the membership state machine is fed (monotonic: never jumps back).
     clock = staticmethod(time.monotonic)
 
-    def __init__(self, node_id: str, name: str, cluster_id: str, key: bytes | None,
+    def __init__(self, identity: Identity, name: str, keys: list[bytes],
                  listen: str, bootstrap: list[str], handler: Handler,
                  connector_config: ConnectorConfig,
                  membership_config: MembershipConfig | None = None) -> None:
-        self.node_id = node_id
+        self.identity = identity
+        self.node_id = node_id = identity.node_id
         self.name = name
-        self.cluster_id = cluster_id
-        self.key = key
+        #: cluster keyring: the first key dials, every key is accepted (empty: open mesh)
+        self.keys = list(keys)
         self.listen = listen
         self.bootstrap = bootstrap
         self.handler = handler
@@ -89,8 +90,10 @@ class Mesh:
     def advert(self) -> Advertisement:
         return self.membership.member(self.node_id).advert
 
-    def hello(self) -> Hello:
-        return new_hello(self.node_id, self.cluster_id, self.name, self.advert.addresses)
+    async def handshake(self, link: Link, *, initiator: bool) -> Session:
+        """The Noise handshake over ``link`` as this node (see :mod:`protocol.handshake`)."""
+        return await handshake(link, self.identity, self.name, self.advert.addresses,
+                               self.keys, initiator=initiator)
 
     async def stop(self) -> None:
         """Leave gracefully: announce, close sessions, stop listening."""
@@ -141,7 +144,7 @@ class Mesh:
             return None
         self._handshaking += 1
         try:
-            session = await handshake(link, self.hello(), self.key, initiator=initiator)
+            session = await self.handshake(link, initiator=initiator)
         except (ProtocolError, LinkClosed) as exc:
             log.warning("rejected link from %s: %s", link.remote, exc)
             return None
@@ -210,7 +213,7 @@ class Mesh:
         link = await asyncio.wait_for(
             self.connector.connect(node_id, addresses, member.advert.extra),
             self.connector.setup_bound(len(addresses)) + 1.0)
-        session = await handshake(link, self.hello(), self.key, initiator=True)
+        session = await self.handshake(link, initiator=True)
         if session.peer_id != node_id:
             await session.close("wrong node at address")
             raise LinkClosed(f"{link.remote} is {session.peer_id[:8]}, not {node_id[:8]}")
@@ -240,7 +243,7 @@ class Mesh:
         host, port = parse_address(address)
         try:
             link = await dial_tcp(host, port, timeout=self.connector.config.tcp_timeout)
-            session = await handshake(link, self.hello(), self.key, initiator=True)
+            session = await self.handshake(link, initiator=True)
         except (LinkClosed, ProtocolError, OSError) as exc:
             log.info("bootstrap %s: %s", address, exc)
             return False
