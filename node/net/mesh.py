@@ -20,7 +20,7 @@ from nat.link import Link, LinkClosed
 from nat.tcp import dial_tcp, listen_tcp
 from node.config import parse_address
 from node.net.session import Session, handshake
-from protocol.advert import Advertisement
+from protocol.advert import Advertisement, alive_signer, verify_alive
 from protocol.errors import ProtocolError
 from protocol.identity import Identity
 from protocol.membership import Event, Member, Membership, MembershipConfig, Output, is_gossip_message
@@ -80,8 +80,10 @@ class Mesh:
         self._server = await listen_tcp(host, port, self._on_tcp_link)
         self.bound = self._server.sockets[0].getsockname()[:2]
         log.info("listening for peers on %s:%d", *self.bound)
-        self.membership = Membership(make_advert(self.bound), self.membership_config,
-                                     now=self.clock(), rng=random.Random())
+        advert = make_advert(self.bound).replace(identity=self.identity.public_key)
+        self.membership = Membership(advert, self.membership_config, now=self.clock(),
+                                     rng=random.Random(), sign=alive_signer(self.identity),
+                                     verify=verify_alive)
         self._spawn(self._tick_loop())
         if self.bootstrap:
             self._spawn(self._join_loop())
@@ -266,6 +268,8 @@ class Mesh:
                 pass
 
     def _process(self, out: Output) -> None:
+        for node_id, why in out.rejected:
+            log.warning("dropped forged gossip about %s: %s", node_id[:8], why)
         for dst, msg in out.sends:
             self._spawn(self._deliver(dst, msg))
         for event in out.events:
