@@ -206,7 +206,7 @@ class Daemon:
 
     async def _route_signal(self, msg: Any) -> None:
         if msg.dst == self.node_id:
-            await self.mesh.connector.handle_signal(msg.src, msg)
+            await self.mesh.handle_signal(msg)
             return
         target = self.mesh.sessions.get(msg.dst)
         onward = signaling.forwarded(msg)

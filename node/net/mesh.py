@@ -15,6 +15,7 @@ import random
 import time
 from typing import Any, Awaitable, Callable
 
+from nat import signaling
 from nat.connector import Connector, ConnectorConfig
 from nat.link import Link, LinkClosed
 from nat.tcp import dial_tcp, listen_tcp
@@ -312,8 +313,20 @@ class Mesh:
         self._process(self.membership.update_advert(self.clock(), **fields))
 
     # signalling relay ---------------------------------------------------------------
+    async def handle_signal(self, msg: Any) -> None:
+        """A signalling message for this node: hand it to the connector if ``src`` signed
+        it (offers and answers bind the DTLS fingerprint to the sender's identity)."""
+        why = signaling.check(msg)
+        if why is not None:
+            log.warning("dropping %s from %s: %s (a relay may have altered it)",
+                        type(msg).TAG, msg.src[:8], why)
+            return
+        await self.connector.handle_signal(msg.src, msg)
+
     async def send_signal(self, dst: str, msg: Any) -> None:
-        """Deliver a signalling message to ``dst``: directly, else via a linked member."""
+        """Deliver a signalling message to ``dst``: directly, else via a linked member.
+        Our own offers and answers are signed here, as they leave."""
+        msg = signaling.signed(msg, self.identity)
         direct = self.sessions.get(dst)
         if direct is not None and not direct.closed.is_set():
             await direct.send(msg)
