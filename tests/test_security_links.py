@@ -140,6 +140,7 @@ def test_strangers_get_no_answer_and_cannot_join_gossip_or_submit(cluster, tmp_p
              "n1 to reject all four strangers")
     assert {p["name"] for p in n1.peers()} == {"n2"}
     assert no_key.peers() == [] and wrong.peers() == []
+    assert "open mesh (no --cluster-key)" in no_key.log_path.read_text()   # said at start
     x = np.ones((256, 8), np.float32)
     with Client(wrong.socket) as c:          # its work stays on its own node
         c.matmul(x, x.T)
