@@ -1,4 +1,4 @@
-"""A session: one authenticated link to one peer, carrying typed messages.
+"""A session: one encrypted, authenticated link to one peer, carrying typed messages.
 
 The session owns the link's two directions. Outgoing messages are cut into fragments
 (:mod:`protocol.framing`) and a single writer task interleaves them: small messages
@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from nat.link import Link, LinkClosed
+from nat.secure import SecureLink
 from protocol.errors import ProtocolError
 from protocol.framing import DEFAULT_MAX_MESSAGE, Reassembler, fragments
-from nat.secure import SecureLink
 from protocol.handshake import MAX_HANDSHAKE_MESSAGE, Hello, HandshakeError, NoiseHandshake
 from protocol.identity import Identity
 from protocol.messages import decode_message, encode_message
