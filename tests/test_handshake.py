@@ -185,3 +185,37 @@ def test_the_handshake_core_is_sans_io():
     assert responder.key_index == 1
     record = dialler.cipher().encrypt(b"x" * 100)
     assert responder.cipher().decrypt(record) == b"x" * 100
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from protocol.errors import FrameError  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300), st.sampled_from([[KEY], []]))
+def test_any_first_message_is_refused_with_a_handshake_error(data, keys):
+    """Keyed: nothing but a PSK-authenticated message passes. Open: XX's first message is
+    a bare ephemeral key, so 32 arbitrary bytes are one (the dialler is checked later);
+    anything else is refused — and never with another exception than HandshakeError."""
+    for msg in (data, b"SEDMA\x02" + bytes([1 if keys else 0]) + data):
+        responder = NoiseHandshake(B, "b", [], keys, initiator=False)
+        try:
+            responder.on_first(msg)
+        except HandshakeError:
+            continue
+        assert not keys and msg.startswith(b"SEDMA") and len(data) >= 32
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_any_response_or_record_is_refused_with_a_clear_error(data):
+    dialler = NoiseHandshake(A, "a", [], [KEY], initiator=True)
+    dialler.first()
+    with pytest.raises(HandshakeError):
+        dialler.on_response(data)
+    x = NoiseHandshake(A, "a", [], [KEY], initiator=True)
+    y = NoiseHandshake(B, "b", [], [KEY], initiator=False)
+    y.on_final(x.on_response(y.on_first(x.first())))
+    with pytest.raises(FrameError):
+        y.cipher().decrypt(data)
