@@ -6,8 +6,10 @@ Both ends run in this process on one event loop over a real TCP connection on lo
 exactly as two daemons' sessions do (fragmentation, reassembly, the session's writer), so
 the table shows the whole per-byte cost of one link: ``plaintext`` is a session straight
 on the TCP link (what links carried before encryption), ``noise`` is the same after the
-Noise handshake (ChaCha20-Poly1305 records of <= 65,519 bytes). It also prints the raw
-cipher rate (encrypt + decrypt of 64 KiB records, one core) and what the difference
+Noise handshake (AES-256-GCM records of at most 65,535 bytes, a frame's records sent
+together). Wall-clock MB/s and MB per CPU second of this process (both ends' work; far
+steadier than wall time on a shared machine). It also prints the raw cipher rate
+(encrypt + decrypt of 64 KiB records) and what the difference
 means for one `stream` B=64 request (N=4096 on 3 nodes moves X, 1 MiB, to the two remote
 holders and their partial outputs back: ~2.7 MB of link traffic per request).
 Prints a markdown table of medians.
@@ -37,6 +39,8 @@ MiB = 1 << 20
 KEY = b"bench-cluster-key-0123456789abcdef"
 #: Link bytes of one stream B=64 request, N=4096, 3 nodes (X to 2 holders, 2 partial Y back).
 STREAM_B64_BYTES = 2 * 4096 * 64 * 4 + 2 * (4096 // 3) * 64 * 4
+#: stream B=64 requests/s with 1 client on a quiet machine (bench/README.md, peers.py table).
+STREAM_B64_REQ_S = 36.9
 
 
 @message("bench.blob")
@@ -69,8 +73,10 @@ def _hello(identity: Identity) -> Hello:
     return Hello(PROTOCOL_VERSION, identity.node_id, "x", [], identity.public_key, b"")
 
 
-async def throughput(encrypted: bool, messages: int, size: int) -> float:
-    """MB/s of ``messages`` messages of ``size`` bytes, first send to last delivery."""
+async def throughput(encrypted: bool, messages: int, size: int) -> tuple[float, float]:
+    """(MB/s of wall time, MB per CPU second of this process) of ``messages`` messages of
+    ``size`` bytes, first send to last delivery. CPU time counts both ends' work and is
+    far less sensitive than wall time to other load on a shared machine."""
     a, b = await link_pair(encrypted)
     got: asyncio.Queue = asyncio.Queue()
 
@@ -79,33 +85,33 @@ async def throughput(encrypted: bool, messages: int, size: int) -> float:
     a.start(sink)
     b.start(sink)
     blob = Blob(np.ones(size // 4, np.float32))
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(messages):
         await a.send(blob)
     for _ in range(messages):
         assert await got.get() == size
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     await a.close("done")
     await b.close("done")
-    return messages * size / elapsed / 1e6
+    return messages * size / elapsed / 1e6, messages * size / cpu / 1e6
 
 
 def cipher_rate(size: int) -> float:
-    """MB/s of encrypt + decrypt alone (one core), in records of one Noise message."""
+    """MB per CPU second of encrypt + decrypt alone, in records of one Noise message."""
     ida, idb = Identity.generate(), Identity.generate()
     x = NoiseHandshake(ida, "a", [], [KEY], initiator=True)
     y = NoiseHandshake(idb, "b", [], [KEY], initiator=False)
     y.on_final(x.on_response(y.on_first(x.first())))
     enc, dec = x.cipher(), y.cipher()
     data = memoryview(bytes(size))
-    start = time.perf_counter()
+    start = time.process_time()
     for i in range(0, size, MAX_RECORD_PLAINTEXT):
         dec.decrypt(enc.encrypt(data[i:i + MAX_RECORD_PLAINTEXT]))
-    return size / (time.perf_counter() - start) / 1e6
+    return size / (time.process_time() - start) / 1e6
 
 
-async def bench(runs: int, messages: int, size: int) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {"plaintext": [], "noise": []}
+async def bench(runs: int, messages: int, size: int) -> dict[str, list[tuple[float, float]]]:
+    out: dict[str, list[tuple[float, float]]] = {"plaintext": [], "noise": []}
     for _ in range(runs):           # interleaved: the shared machine's load drifts
         out["plaintext"].append(await throughput(False, messages, size))
         out["noise"].append(await throughput(True, messages, size))
@@ -120,19 +126,23 @@ def main() -> None:
     args = ap.parse_args()
     size = args.mib * MiB
     rates = asyncio.run(bench(args.runs, args.messages, size))
-    plain, noise = (statistics.median(rates[k]) for k in ("plaintext", "noise"))
+    wall = {k: statistics.median(r[0] for r in v) for k, v in rates.items()}
+    cpu = {k: statistics.median(r[1] for r in v) for k, v in rates.items()}
     cipher = statistics.median(cipher_rate(size) for _ in range(args.runs))
     print(f"| link (loopback, {args.messages} x {args.mib} MiB messages, median of "
-          f"{args.runs}) | MB/s | relative |")
-    print("|---|---:|---:|")
-    print(f"| plaintext session on TCP | {plain:.0f} | 1.00 |")
-    print(f"| Noise (XXpsk0, ChaCha20-Poly1305) session on TCP | {noise:.0f} | "
-          f"{noise / plain:.2f} |")
-    print(f"| cipher alone: encrypt + decrypt, one core | {cipher:.0f} | - |")
-    extra_ms = STREAM_B64_BYTES / 1e6 * (1 / noise - 1 / plain) * 1e3
+          f"{args.runs}) | MB/s (wall) | MB per CPU-s (both ends) | relative (CPU) |")
+    print("|---|---:|---:|---:|")
+    for key, label in (("plaintext", "plaintext session on TCP"),
+                       ("noise", "Noise (XXpsk0, AES-256-GCM) session on TCP")):
+        print(f"| {label} | {wall[key]:.0f} | {cpu[key]:.0f} | "
+              f"{cpu[key] / cpu['plaintext']:.2f} |")
+    print(f"| cipher alone: encrypt + decrypt | - | {cipher:.0f} | - |")
+    extra_ms = STREAM_B64_BYTES / 1e6 * (1 / cpu["noise"] - 1 / cpu["plaintext"]) * 1e3
     print(f"\nstream B=64 (N=4096, 3 nodes): {STREAM_B64_BYTES / 1e6:.1f} MB on links per "
-          f"request -> encryption adds {extra_ms:.2f} ms of link time per request "
-          "(compare with the request's p50 from bench/stream.py)")
+          f"request -> encryption costs {extra_ms:.2f} CPU-ms per request, spread over the "
+          f"sender's and the receivers' processes; at the README's quiet-machine "
+          f"{STREAM_B64_REQ_S} requests/s (1 client) that is "
+          f"{extra_ms / (1000 / STREAM_B64_REQ_S):.1%} of a request's time")
 
 
 if __name__ == "__main__":

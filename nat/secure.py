@@ -1,10 +1,13 @@
-"""An encrypted link: every frame of an inner link sealed as one Noise transport record.
+"""An encrypted link: every frame of an inner link sealed as consecutive Noise records.
 
 The cipher sits at the link boundary so nothing above it changes: a :class:`SecureLink`
-is a :class:`~nat.link.Link` like the TCP or ICE link it wraps, whose ``max_frame`` is
-one Noise message's plaintext (65,519 bytes). The session already cuts messages into
-fragments of ``max_frame``, so each fragment becomes exactly one record and there is no
-second layer of splitting. A record that fails authentication — altered, replayed,
+is a :class:`~nat.link.Link` like the TCP or ICE link it wraps. Each frame (a session
+fragment, up to ~1 MiB) is cut into records of one Noise message each (at most 65,535
+bytes: 65,519 of plaintext and the 16-byte tag), and the records of one frame travel
+together as one inner frame, so the link handles as many frames as it did in plaintext
+and the only added work is the cipher itself (records are fixed-size, so the receiver
+cuts them apart without any header). ``max_frame`` shrinks by the tags so the sealed
+frame still fits the inner link. A record that fails authentication — altered, replayed,
 reordered, dropped, truncated — closes the link with that reason in the log; the rest of
 the daemon only sees the link close.
 
@@ -19,7 +22,7 @@ import logging
 
 from nat.link import Buffers, Link, LinkClosed
 from protocol.errors import FrameError
-from protocol.handshake import MAX_RECORD_PLAINTEXT, TransportCipher
+from protocol.handshake import TransportCipher, max_plaintext
 
 log = logging.getLogger("sedma.secure")
 
@@ -31,23 +34,21 @@ class SecureLink(Link):
         super().__init__()
         self.inner = inner
         self.cipher = cipher
-        self.max_frame = min(inner.max_frame, MAX_RECORD_PLAINTEXT)
+        self.max_frame = max_plaintext(inner.max_frame)
 
     # Link ---------------------------------------------------------------------------
     async def send(self, frame: Buffers) -> None:
         if self.closed:
             raise LinkClosed(self.close_reason or "link closed")
         data = frame[0] if len(frame) == 1 else b"".join(frame)
-        try:
-            record = self.cipher.encrypt(data)
-        except FrameError as exc:
-            raise LinkClosed(str(exc)) from None
-        await self.inner.send([record])
+        if len(data) > self.max_frame:
+            raise LinkClosed(f"frame of {len(data)} bytes exceeds the {self.max_frame}-byte limit")
+        await self.inner.send(self.cipher.seal(data))
 
     async def recv(self) -> bytes:
-        record = await self.inner.recv()
+        sealed = await self.inner.recv()
         try:
-            return self.cipher.decrypt(record)
+            return self.cipher.open(sealed)
         except FrameError as exc:
             reason = f"protocol error: {exc}"
             log.warning("closing link to %s: %s", self.remote, reason)

@@ -1,8 +1,10 @@
 """The link handshake: Noise XX, the cluster key as PSK, node identities proven (sans-I/O).
 
 Every link (TCP or ICE) starts with a Noise handshake from the ``noiseprotocol`` package
-and carries only AEAD records (ChaCha20-Poly1305) afterwards; nothing here is a home-made
-construction. The pattern is XX (both sides' static keys travel encrypted, forward secrecy
+and carries only AEAD records (AES-256-GCM) afterwards; nothing here is a home-made
+construction. AES-GCM rather than ChaCha20-Poly1305: both are Noise ciphers, and with the
+AES instructions of ordinary x86 and ARMv8 machines OpenSSL's AES-GCM ran 1.6x faster
+here (3.3 vs 2.0 GB/s per core), which is most of what encryption costs a bulk link. The pattern is XX (both sides' static keys travel encrypted, forward secrecy
 from the ephemeral exchange), as in libp2p's Noise handshake:
 
     -> [psk,] e                      (the dialler; first frame prefixed with a preamble)
@@ -47,14 +49,26 @@ from protocol.messages import decode_message, encode_message, message
 NoiseError = (noise_errors.NoiseHandshakeError, noise_errors.NoiseInvalidMessage,
               noise_errors.NoiseValueError, noise_errors.NoiseMaxNonceError)
 
-KEYED_PATTERN = b"Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s"
-OPEN_PATTERN = b"Noise_XX_25519_ChaChaPoly_BLAKE2s"
+KEYED_PATTERN = b"Noise_XXpsk0_25519_AESGCM_BLAKE2s"
+OPEN_PATTERN = b"Noise_XX_25519_AESGCM_BLAKE2s"
 PREAMBLE = b"SEDMA"
 MODE_OPEN, MODE_KEYED = 0, 1
 #: Largest Noise message (the spec's limit) and the plaintext one record can carry.
 MAX_NOISE_MESSAGE = 65535
 TAG_BYTES = 16
 MAX_RECORD_PLAINTEXT = MAX_NOISE_MESSAGE - TAG_BYTES
+
+
+def sealed_size(plaintext: int) -> int:
+    """Bytes a frame of ``plaintext`` bytes takes once sealed into records."""
+    return plaintext + TAG_BYTES * max(-(-plaintext // MAX_RECORD_PLAINTEXT), 1)
+
+
+def max_plaintext(max_sealed: int) -> int:
+    """The largest frame whose sealed form fits in ``max_sealed`` bytes."""
+    return max_sealed - TAG_BYTES * -(-max_sealed // MAX_NOISE_MESSAGE)
+
+
 #: A handshake message larger than this is refused before it is even parsed.
 MAX_HANDSHAKE_MESSAGE = 8 << 10
 STATIC_KEY_CONTEXT = b"sedma-noise-static-key-v1"
@@ -100,6 +114,19 @@ class TransportCipher:
         self._enc = conn.noise_protocol.cipher_state_encrypt
         self._dec = conn.noise_protocol.cipher_state_decrypt
         self.handshake_hash = conn.get_handshake_hash()
+
+    def seal(self, frame: bytes | bytearray | memoryview) -> list[bytes]:
+        """A whole link frame as consecutive records (each one Noise message)."""
+        view = memoryview(frame)
+        return [self._enc.encrypt_with_ad(None, view[i:i + MAX_RECORD_PLAINTEXT])
+                for i in range(0, max(len(view), 1), MAX_RECORD_PLAINTEXT)]
+
+    def open(self, sealed: bytes | bytearray | memoryview) -> bytes:
+        """The frame a :meth:`seal` output arrived as (records cut at 65,535 bytes)."""
+        view = memoryview(sealed)
+        parts = [self.decrypt(view[i:i + MAX_NOISE_MESSAGE])
+                 for i in range(0, max(len(view), 1), MAX_NOISE_MESSAGE)]
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def encrypt(self, plaintext: bytes | bytearray | memoryview) -> bytes:
         if len(plaintext) > MAX_RECORD_PLAINTEXT:

@@ -219,3 +219,35 @@ def test_any_response_or_record_is_refused_with_a_clear_error(data):
     y.on_final(x.on_response(y.on_first(x.first())))
     with pytest.raises(FrameError):
         y.cipher().decrypt(data)
+
+
+def sealed_pair():
+    x = NoiseHandshake(A, "a", [], [KEY], initiator=True)
+    y = NoiseHandshake(B, "b", [], [KEY], initiator=False)
+    y.on_final(x.on_response(y.on_first(x.first())))
+    return x.cipher(), y.cipher()
+
+
+@pytest.mark.parametrize("size", [0, 1, 65519, 65520, 1 << 20])
+def test_a_frame_is_sealed_as_noise_sized_records_and_opened_whole(size):
+    from protocol.handshake import MAX_NOISE_MESSAGE, sealed_size
+    enc, dec = sealed_pair()
+    frame = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    records = enc.seal(frame)
+    assert all(len(r) <= MAX_NOISE_MESSAGE for r in records)
+    assert sum(map(len, records)) == sealed_size(size)
+    assert dec.open(b"".join(records)) == frame
+
+
+def test_records_of_one_frame_cannot_be_swapped_or_cut():
+    enc, dec = sealed_pair()
+    records = enc.seal(b"y" * 200_000)                       # four records
+    with pytest.raises(FrameError, match="failed authentication"):
+        dec.open(b"".join([records[1], records[0], *records[2:]]))
+    enc, dec = sealed_pair()
+    records = enc.seal(b"y" * 200_000)
+    with pytest.raises(FrameError, match="failed authentication"):
+        dec.open(b"".join(records)[:-1])                    # the last record cut short
+    enc, dec = sealed_pair()
+    records = enc.seal(b"y" * 200_000)
+    assert dec.open(b"".join(records)) == b"y" * 200_000   # the same, untouched, opens
