@@ -13,6 +13,13 @@ steadier than wall time on a shared machine). It also prints the raw cipher rate
 means for one `stream` B=64 request (N=4096 on 3 nodes moves X, 1 MiB, to the two remote
 holders and their partial outputs back: ~2.7 MB of link traffic per request).
 Prints a markdown table of medians.
+
+    python bench/crypto.py --baseline-tree DIR [--requests 20] [--runs 3]
+
+adds the end-to-end check: stream B=64 (N=4096, 1 client) on two 3-node loopback meshes
+started side by side, one from this tree (encrypted links) and one from DIR, a checkout
+from before link encryption (e.g. ``git worktree add /tmp/plain 3b5f0fb``), measured in
+alternation so both see the same machine load.
 """
 
 from __future__ import annotations
@@ -20,7 +27,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -118,11 +127,66 @@ async def bench(runs: int, messages: int, size: int) -> dict[str, list[tuple[flo
     return out
 
 
+def _mesh(root: Path, tree: Path | None, nodes: int = 3) -> list:
+    """``nodes`` daemons on loopback from ``tree`` (None: this tree), joined to the first."""
+    from node.localmesh import DaemonProc, sedma_env
+
+    class TreeProc(DaemonProc):
+        def spawn(self) -> "TreeProc":
+            if tree is None:
+                return super().spawn()
+            self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+            self._log = open(self.log_path, "ab")
+            env = sedma_env() | {"PYTHONPATH": str(tree)}
+            self.proc = subprocess.Popen(self.command(), stdout=self._log,
+                                         stderr=subprocess.STDOUT, env=env, cwd=tree)
+            return self
+    procs = [TreeProc(root / "n1", "n1").start()]
+    for i in range(2, nodes + 1):
+        procs.append(TreeProc(root / f"n{i}", f"n{i}", [procs[0].address]).start())
+    return procs
+
+
+def stream_ab(baseline: Path, requests: int, runs: int, n: int = 4096) -> dict[str, float]:
+    """Median stream B=64 requests/s, 1 client: this tree vs ``baseline``, alternating."""
+    from bench.stream import mesh_stream
+    from node.client import Client
+    from node.localmesh import wait_for
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((n, n), dtype=np.float32)
+    xs = [rng.standard_normal((n, 64), dtype=np.float32) for _ in range(requests)]
+    out: dict[str, list[float]] = {"plaintext": [], "noise": []}
+    with tempfile.TemporaryDirectory(prefix="sedma-crypto-") as tmp:
+        meshes = {}
+        try:
+            meshes["noise"] = _mesh(Path(tmp) / "noise", None)
+            meshes["plaintext"] = _mesh(Path(tmp) / "plain", baseline)
+            for procs in meshes.values():
+                for p in procs:
+                    wait_for(lambda p=p: sum(x["state"] == "alive" for x in p.peers()) == 2,
+                             60, f"{p.name} to see the mesh")
+                with Client(procs[0].socket) as c:
+                    c.deploy("w", w)
+            for _ in range(runs):
+                for key in ("plaintext", "noise"):
+                    wall, lat = asyncio.run(mesh_stream(meshes[key][0].socket, "w", xs, 1))
+                    out[key].append(len(lat) / wall)
+        finally:
+            for procs in meshes.values():
+                for p in procs:
+                    p.stop()
+    return {k: statistics.median(v) for k, v in out.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--messages", type=int, default=4)
     ap.add_argument("--mib", type=int, default=64)
+    ap.add_argument("--baseline-tree", type=Path, help="a checkout without link encryption: "
+                    "also compare stream B=64 end to end against it")
+    ap.add_argument("--requests", type=int, default=20)
     args = ap.parse_args()
     size = args.mib * MiB
     rates = asyncio.run(bench(args.runs, args.messages, size))
@@ -143,6 +207,15 @@ def main() -> None:
           f"sender's and the receivers' processes; at the README's quiet-machine "
           f"{STREAM_B64_REQ_S} requests/s (1 client) that is "
           f"{extra_ms / (1000 / STREAM_B64_REQ_S):.1%} of a request's time")
+
+    if args.baseline_tree:
+        req = stream_ab(args.baseline_tree.resolve(), args.requests, args.runs)
+        print(f"\n| stream B=64, N=4096, 3 nodes, 1 client ({args.requests} requests, median "
+              f"of {args.runs}, alternating) | requests/s | relative |")
+        print("|---|---:|---:|")
+        print(f"| plaintext links ({args.baseline_tree}) | {req['plaintext']:.1f} | 1.00 |")
+        print(f"| Noise links (this tree) | {req['noise']:.1f} | "
+              f"{req['noise'] / req['plaintext']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,20 @@ def parse_size(text: str | int) -> int:
     return int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str | int | float) -> float:
+    """``'24h'`` -> 86400.0; plain numbers are seconds."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return float(text)
+    m = _DURATION.match(str(text))
+    if not m:
+        raise ConfigError(f"not a duration: {text!r} (examples: 24h, 90m, 3600)")
+    return float(m.group(1)) * _SECONDS[m.group(2).lower()]
+
+
 def parse_address(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
     """``HOST:PORT``, ``[v6]:PORT`` or ``HOST`` -> (host, port)."""
     host, sep, port = text.rpartition(":")
@@ -79,6 +93,12 @@ class NodeConfig:
     #: it with what the dual memory observes).
     capacity: float | None = None
     shutdown_grace: float = 10.0
+    #: Finished jobs (records and result files) are forgotten after this many seconds...
+    job_retention: float = 24 * 3600.0
+    #: ...or once this many newer ones finished.
+    job_retention_count: int = 1000
+    #: Seconds between dual-memory consolidations (each one persists both memories).
+    memory_save_every: float = 10.0
 
     @property
     def data_path(self) -> Path:
@@ -103,6 +123,10 @@ class NodeConfig:
             parse_servers(self.stun, self.turn)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        if self.memory_save_every <= 0:
+            raise ConfigError("memory_save_every must be positive")
+        if self.job_retention <= 0 or self.job_retention_count < 1:
+            raise ConfigError("job_retention must be positive and job_retention_count >= 1")
         if self.workers < 1:
             raise ConfigError("workers must be at least 1")
         host, _ = parse_address(self.listen)
@@ -149,6 +173,8 @@ def build_config(file: str | None, overrides: dict[str, Any]) -> NodeConfig:
     values.update({k: v for k, v in overrides.items() if v is not None})
     if "memory_limit" in values:
         values["memory_limit"] = parse_size(values["memory_limit"])
+    if "job_retention" in values:
+        values["job_retention"] = parse_duration(values["job_retention"])
     for key in ("bootstrap", "stun", "turn", "advertise", "cluster_key"):
         if isinstance(values.get(key), str):
             values[key] = [values[key]]
