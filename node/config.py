@@ -9,7 +9,6 @@ string is one file.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import socket as sockets
@@ -21,6 +20,7 @@ from typing import Any
 from nat.iceservers import parse_servers
 
 DEFAULT_PORT = 7946
+DEFAULT_HTTP = "127.0.0.1:7947"
 DEFAULT_DATA_DIR = "~/.local/share/sedma"
 SOCKET_NAME = "sedma.sock"
 
@@ -99,6 +99,11 @@ class NodeConfig:
     job_retention_count: int = 1000
     #: Seconds between dual-memory consolidations (each one persists both memories).
     memory_save_every: float = 10.0
+    #: Dashboard and /metrics address, ``off`` to disable; None is the default address,
+    #: served when free (a second daemon on the machine then runs without one).
+    http: str | None = None
+    #: File holding the bearer token the dashboard requires (mandatory off loopback).
+    http_token: str | None = None
 
     @property
     def data_path(self) -> Path:
@@ -135,16 +140,28 @@ class NodeConfig:
                 f"refusing to listen on {self.listen} without a cluster key: anyone who "
                 "reaches it could join, gossip and submit work. Give --cluster-key FILE "
                 "(make one with `sedma keygen FILE`), or --open to accept that")
+        self._validate_http()
         return self
+
+    def _validate_http(self) -> None:
+        """A dashboard on a non-loopback address must have a token: it shows the mesh."""
+        if self.http is None or self.http == "off":
+            return
+        host, _ = parse_address(self.http, 7947)
+        if not is_loopback(host) and not self.http_token:
+            raise ConfigError(f"--http {self.http} is not a loopback address: it needs "
+                              "--http-token FILE (or use --http off)")
 
 
 def is_loopback(host: str) -> bool:
-    """True only for addresses that certainly stay on this machine."""
+    """True for 127.0.0.0/8, ::1 and ``localhost`` (names are not resolved)."""
+    import ipaddress
+
     if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: it may resolve to anything
+    except ValueError:
         return False
 
 

@@ -21,6 +21,7 @@ from nat import signaling
 from nat.connector import ConnectorConfig
 from node import api
 from node.config import NodeConfig
+from node.http.server import start_http
 from node.memory.dualmemory import DualMemory
 from node.net.identity import load_identity, load_keyring, prepare_data_dir
 from node.work.holder import BlockHolder
@@ -58,6 +59,7 @@ class Daemon:
         self.keys = load_keyring(config.cluster_key)
         self.device: DeviceProfile = get_preset(config.device)
         self.started = time.time()
+        self.http = None   # the dashboard server, once started
         self.stop_event = asyncio.Event()
         self._addresses: list[str] | None = None
         self._tasks: list[asyncio.Task] = []
@@ -92,6 +94,7 @@ class Daemon:
         connector = ConnectorConfig(stun=tuple(cfg.stun), turn=tuple(cfg.turn))
         self.mesh = Mesh(self.identity, cfg.name, self.keys, cfg.listen, cfg.bootstrap,
                          self._on_peer_message, connector)
+        self.mesh.event_hooks.append(self.metrics.member_event)   # gossip counts for /metrics
         self.plans = PlanBook(self.db)
         self.plans.restore()
         self.holder = BlockHolder(self.device, self.store, self.executor, self.metrics,
@@ -106,7 +109,8 @@ class Daemon:
                             "%d local block(s)", name, dropped)
         self.reconfigurer = Reconfigurer(self.jobs)
         await self.mesh.start(self._make_advert, self.supervisor.start)
-        self.api = await api.serve(cfg.socket_path, self._on_local_request)
+        self.http = await start_http(self)   # dashboard + /metrics (None when off)
+        self.api = await api.serve(cfg.socket_path, self.metrics.timed(self._on_local_request))
         self._install_signals()
         self.mesh.event_hooks.append(self._on_member_event)
         for name, loop in (("advertise", self._advertise_loop), ("memory", self._memory_loop),
@@ -123,6 +127,8 @@ class Daemon:
     async def shutdown(self) -> None:
         log.info("shutting down")
         self.api.close()
+        if self.http is not None:
+            await self.http.stop()
         await self.jobs.shutdown(self.config.shutdown_grace)
         await self.supervisor.stop(keep=("gossip",))   # the leave is gossiped by mesh.stop
         self.stall_reporter.stop()
@@ -303,6 +309,7 @@ class Daemon:
             "loop_lag": self.lag.report(),
             "metrics": self.metrics.summary(useful, self.executor.utilisation()),
             "memory_patterns": self.memory.short_term_summary(),
+            "dashboard": self.http.url if self.http is not None else None,
         }
 
     def peers(self) -> list[dict]:

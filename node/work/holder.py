@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -79,9 +80,11 @@ class BlockHolder:
                 block = Resident(name, index, row_start, device, seed, matrix)
                 self.store.persist(block)
                 return block
+            started = time.monotonic()
             block = await self.executor.run(program_and_persist)
         finally:
             self.store.release(cost)
+        self.metrics.programmed(block.nbytes, time.monotonic() - started)
         self.store.add(block)
         log.info("holding block %d of %s (%dx%d, %s, %d bytes)", index, name,
                  *block.matrix.shape, profile.name, block.nbytes)
@@ -113,6 +116,7 @@ class BlockHolder:
         read gives (noise is keyed by tile position).
         """
         block = self.store.get(name, index)
+        self.metrics.read()
         matrix = block.matrix
         if matrix.shape[1] != x.shape[0]:
             raise StoreError(f"X has {x.shape[0]} rows; block has {matrix.shape[1]} columns")
