@@ -255,7 +255,7 @@ def _program_tile_row(w: np.ndarray, profile: DeviceProfile, seed: int, tile_row
         "adc": _adc_ranges(g_read, ir_row, ir_col, profile, n_tc),
     }
     if ir_row is not None:
-        out["ir_row"], out["ir_col"] = ir_row.astype(np.float32), ir_col.astype(np.float32)
+        out["ir_row"], out["ir_col"] = ir_row.astype(np.float16), ir_col.astype(np.float16)
     return out
 
 
@@ -328,6 +328,8 @@ def _adc_ranges(g: np.ndarray, ir_row: np.ndarray | None, ir_col: np.ndarray | N
     if profile.adc_bits == 0 or profile.adc_calibration == "fixed":
         return np.full(n_tc, profile.adc_range, dtype=np.float32)
     q = profile.tile_inputs
+    if ir_row is not None:  # the factors as the reads will see them
+        ir_row, ir_col = ir_row.astype(np.float16), ir_col.astype(np.float16)
     eff = _weights_with_ir(g, ir_row, ir_col, profile, n_tc)
     s1 = _tile_sums(eff, q, n_tc)
     s2 = _tile_sums(eff * eff, q, n_tc)
@@ -345,9 +347,9 @@ def _weights_with_ir(g: np.ndarray, ir_row: np.ndarray | None, ir_col: np.ndarra
     p, k, d = g.shape
     q = profile.tile_inputs
     tc = np.arange(k) // q
-    row = ir_row[tc, np.arange(k) % q][None, :, None]  # (1, K, 1)
+    row = ir_row[tc, np.arange(k) % q].astype(np.float64)[None, :, None]  # (1, K, 1)
     colidx = np.arange(p)[:, None] * d + np.arange(d)[None, :]  # (p, d)
-    col = ir_col[:, colidx][tc].transpose(1, 0, 2)  # (p, K, d)
+    col = ir_col[:, colidx][tc].transpose(1, 0, 2).astype(np.float64)  # (p, K, d)
     return _effective(g * row * col, profile) if profile.mapping == "differential" else \
         (g[..., 0] * row[..., 0] * col[..., 0] - _g_mid(profile))
 
@@ -405,7 +407,6 @@ def adc_quantise(i: np.ndarray, lsb: np.ndarray | float, profile: DeviceProfile)
 # ---------------------------------------------------------------------------
 
 _TILE_KEYS = ("scales", "adc", "gdc")
-_IR_KEYS = ("ir_row", "ir_col")
 
 
 class ProgrammedMatrix:
@@ -447,8 +448,8 @@ class ProgrammedMatrix:
         codes = np.empty((profile.devices_per_weight, m, k), dtype=np.uint8)
         tiles = {key: np.empty((n_tr, n_tc), dtype=np.float32) for key in _TILE_KEYS}
         if profile.wire_ohm_per_cell > 0 and profile.ir_drop_mode == "fast":
-            tiles["ir_row"] = np.empty((n_tr, n_tc, profile.rows), dtype=np.float32)
-            tiles["ir_col"] = np.empty((n_tr, n_tc, profile.cols), dtype=np.float32)
+            tiles["ir_row"] = np.empty((n_tr, n_tc, profile.rows), dtype=np.float16)
+            tiles["ir_col"] = np.empty((n_tr, n_tc, profile.cols), dtype=np.float16)
         first = row_offset // g
         for r in range(n_tr):
             rows = slice(r * g, min(m, (r + 1) * g))
@@ -573,8 +574,8 @@ class ProgrammedMatrix:
         grid = profile.tile_grid(shape)
         tiles = {key: _state_array(state, key, np.float32, grid) for key in _TILE_KEYS}
         if profile.wire_ohm_per_cell > 0 and profile.ir_drop_mode == "fast":
-            tiles["ir_row"] = _state_array(state, "ir_row", np.float32, grid + (profile.rows,))
-            tiles["ir_col"] = _state_array(state, "ir_col", np.float32, grid + (profile.cols,))
+            tiles["ir_row"] = _state_array(state, "ir_row", np.float16, grid + (profile.rows,))
+            tiles["ir_col"] = _state_array(state, "ir_col", np.float16, grid + (profile.cols,))
         for key, arr in tiles.items():
             if not np.all(np.isfinite(arr)):
                 raise ValueError(f"state {key!r} contains non-finite values")
@@ -660,7 +661,7 @@ def _currents(pm: ProgrammedMatrix, xc: np.ndarray, r0: int, r1: int) -> np.ndar
                 view -= pm.codes[1, lo:hi, sl]
         else:
             # bit-line factors of each output's devices, then word-line factors per tile
-            col_f = pm.tiles["ir_col"][r0:r1, c, :g * d].reshape(nr * g, d)[:rows]
+            col_f = pm.tiles["ir_col"][r0:r1, c, :g * d].reshape(nr * g, d)[:rows].astype(np.float32)
             np.multiply(pm.codes[0, lo:hi, sl], col_f[:, :1], out=view)
             if diff:
                 np.multiply(pm.codes[1, lo:hi, sl], col_f[:, 1:2], out=tmp[:, :width])
