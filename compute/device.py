@@ -360,6 +360,7 @@ PRESETS: dict[str, DeviceProfile] = {
         drift_t0_s=20.0,  # aihwkit PCM reference time
         read_time_s=86400.0,  # one day after programming
         drift_compensation=True,  # global compensation [Joshi20]; drift still costs SNR
+        clip_sigma=2.5,  # design choice: clip at 2.5 sigma per tile, as aihwkit's Gaussian weight clipping
         fault_aware=True,  # verify read, repair via differential partner and spare columns
         spare_cols=32,  # design choice: 16 spare column pairs per array (112 outputs per array)
         notes="worst published numbers combined (Wan 2022 @2 days, Chen 2015 faults, PCM drift), "

@@ -272,3 +272,51 @@ def test_read_path_is_exact_up_to_code_rounding_without_noise(mapping: str) -> N
     per_dev = G_LSB / 2 * (2 if mapping == "differential" else 1)  # code rounding of each device
     bound = per_dev * (np.abs(_per_weight_scale(pm)) @ np.abs(x)) + 1e-5 * np.abs(ref).max()
     assert np.all(np.abs(y - ref) <= bound)
+
+
+FAULTS = dict(**BASE, stuck_at_gmin_rate=0.05, stuck_at_gmax_rate=0.10)
+
+
+def test_fault_aware_mapping_repairs_pairs_through_the_partner() -> None:
+    p = DeviceProfile(**FAULTS, fault_aware=True)  # no noise: a repaired pair is exact
+    w = _rand((64, 64))
+    pm = ProgrammedMatrix.program(w, p, seed=7)
+    raw = ProgrammedMatrix.program(w, p.with_changes(fault_aware=False), seed=7)
+    lo, hi = pm.fault_masks()
+    stuck = lo | hi
+    scale = _per_weight_scale(pm)
+    wn = w / scale  # target difference in units of Gmax
+    gmax_p, gmin_p = hi[..., 0] & ~stuck[..., 1], lo[..., 0] & ~stuck[..., 1]
+    gmax_m, gmin_m = hi[..., 1] & ~stuck[..., 0], lo[..., 1] & ~stuck[..., 0]
+    # feasible repairs: G+ stuck high and w >= 0 (G- = 1 - w), G+ stuck low and w <= 0 (G- = -w), ...
+    fixable = (gmax_p & (wn >= 0)) | (gmin_p & (wn <= 0)) | (gmax_m & (wn <= 0)) | (gmin_m & (wn >= 0))
+    # ... unless the partner is re-programmed onto a stuck device of its own (drawn afresh)
+    err = np.abs(pm.effective_weights() - w) / scale
+    assert fixable.sum() > 50
+    assert np.mean(err[fixable] <= G_LSB) > 0.8
+    assert np.all(err[~stuck.any(-1)] <= G_LSB)  # healthy pairs are untouched
+    raw_err = np.linalg.norm(raw.effective_weights() - w)
+    assert np.linalg.norm(pm.effective_weights() - w) < 0.6 * raw_err
+
+
+def test_spare_columns_replace_the_worst_columns_and_only_when_better() -> None:
+    # 32 device columns with 8 spare (4 pairs): 12 outputs per array
+    p = DeviceProfile(**FAULTS, fault_aware=True, spare_cols=8)
+    assert p.tile_outputs == 12
+    w = _rand((48, 64))
+    with_spares = ProgrammedMatrix.program(w, p, seed=3)
+    without = ProgrammedMatrix.program(w, p.with_changes(spare_cols=0, cols=24), seed=3)  # same 12 outputs
+    assert without.profile.tile_outputs == 12
+    e_sp = np.abs(with_spares.effective_weights() - w)
+    e_no = np.abs(without.effective_weights() - w)
+    # per array (12 outputs x 32 inputs): at most 4 output columns differ, each now better
+    q = p.tile_inputs
+    for r in range(4):
+        for c in range(2):
+            rows, cols = slice(12 * r, 12 * r + 12), slice(q * c, q * c + q)
+            col_err_sp = (e_sp[rows, cols] ** 2).sum(1)
+            col_err_no = (e_no[rows, cols] ** 2).sum(1)
+            changed = ~np.isclose(col_err_sp, col_err_no)
+            assert changed.sum() <= 4
+            assert np.all(col_err_sp[changed] < col_err_no[changed])
+    assert np.linalg.norm(e_sp) < np.linalg.norm(e_no)
