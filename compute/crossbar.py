@@ -384,22 +384,27 @@ def dac_quantise(x: np.ndarray, profile: DeviceProfile) -> tuple[np.ndarray, np.
     return xn.astype(np.float32, copy=False), xs
 
 
-def adc_quantise(i: np.ndarray, lsb: np.ndarray | float, profile: DeviceProfile) -> np.ndarray:
+def adc_quantise(i: np.ndarray, lsb: np.ndarray | float, profile: DeviceProfile,
+                 out: np.ndarray | None = None) -> np.ndarray:
     """Digitise currents: round to the LSB; beyond full scale saturate, or with bound
     management re-read at 1/2^n of the input (n up to 10), which keeps the value at a
-    2^n times coarser step."""
+    2^n times coarser step. ``out`` may be ``i`` (in place)."""
     if profile.adc_bits == 0:
         return i
     top = np.float32(2 ** (profile.adc_bits - 1) - 1)
-    codes = i / lsb
-    if profile.bound_management:
-        over = np.abs(codes) > top
-        if np.any(over):
-            n = np.zeros_like(codes)
-            n[over] = np.minimum(np.ceil(np.log2(np.abs(codes[over]) / top)), _BOUND_STEPS)
-            step = np.exp2(n)
-            return (np.clip(np.rint(codes / step), -top, top) * step * lsb).astype(i.dtype, copy=False)
-    return (np.clip(np.rint(codes), -top, top) * lsb).astype(i.dtype, copy=False)
+    codes = np.divide(i, lsb, out=out) if out is not None else (i / lsb).astype(i.dtype, copy=False)
+    over = np.abs(codes) > top if profile.bound_management else None
+    if over is not None and np.any(over):
+        n = np.minimum(np.ceil(np.log2(np.abs(codes[over]) / top)), _BOUND_STEPS)
+        step = np.exp2(n).astype(codes.dtype)
+        codes[over] = np.clip(np.rint(codes[over] / step), -top, top) * step
+        inside = ~over
+        codes[inside] = np.rint(codes[inside])
+    else:
+        np.rint(codes, out=codes)
+        np.clip(codes, -top, top, out=codes)
+    codes *= np.asarray(lsb, dtype=codes.dtype)
+    return codes
 
 
 # ---------------------------------------------------------------------------
@@ -651,6 +656,8 @@ def _currents(pm: ProgrammedMatrix, xc: np.ndarray, r0: int, r1: int) -> np.ndar
     d = prof.devices_per_weight
     if ir:
         tmp = np.empty((rows, q), dtype=np.float32)
+        ir_row = pm.tiles["ir_row"][r0:r1].astype(np.float32)  # (nr, n_tc, rows): float16 math is slow
+        ir_col = pm.tiles["ir_col"][r0:r1, :, :g * d].astype(np.float32)
     for c in range(n_tc):
         width = min(q, k - c * q)  # only real inputs: no GEMM work on padding
         sl = slice(c * q, c * q + width)
@@ -661,12 +668,12 @@ def _currents(pm: ProgrammedMatrix, xc: np.ndarray, r0: int, r1: int) -> np.ndar
                 view -= pm.codes[1, lo:hi, sl]
         else:
             # bit-line factors of each output's devices, then word-line factors per tile
-            col_f = pm.tiles["ir_col"][r0:r1, c, :g * d].reshape(nr * g, d)[:rows].astype(np.float32)
+            col_f = ir_col[:, c].reshape(nr * g, d)[:rows]
             np.multiply(pm.codes[0, lo:hi, sl], col_f[:, :1], out=view)
             if diff:
                 np.multiply(pm.codes[1, lo:hi, sl], col_f[:, 1:2], out=tmp[:, :width])
                 view -= tmp[:, :width]
-            blocks[:, :, :width] *= pm.tiles["ir_row"][r0:r1, c, None, :width]
+            blocks[:, :, :width] *= ir_row[:, c, None, :width]
         if not diff:
             view -= np.float32(_g_mid(prof) / G_LSB)
         np.matmul(view, xc[c, :width], out=part[c, :rows])
@@ -701,10 +708,12 @@ def _add_noise(part: np.ndarray, noise_std: np.ndarray, pm: ProgrammedMatrix, re
     g = row_granularity(pm.profile)
     first = pm.row_offset // g + r0
     per_row = n_tc * g
+    z = np.empty((b, r1 - r0, per_row), dtype=np.float32)
     for col in range(b):
-        z = column_normals(pm.seed, read_seed, col, first, r1 - r0, per_row)  # (nr, n_tc*g)
-        z = z.reshape(r1 - r0, n_tc, g).transpose(1, 0, 2).reshape(n_tc, rows)
-        part[:, :, col] += z * noise_std[:, 0, col][:, None]
+        z[col] = column_normals(pm.seed, read_seed, col, first, r1 - r0, per_row)
+    z = z.reshape(b, r1 - r0, n_tc, g).transpose(2, 1, 3, 0).reshape(n_tc, rows, b)  # one copy
+    z *= noise_std
+    part += z
 
 
 def _digitise_and_sum(pm: ProgrammedMatrix, part: np.ndarray, r0: int, r1: int) -> np.ndarray:
@@ -715,15 +724,20 @@ def _digitise_and_sum(pm: ProgrammedMatrix, part: np.ndarray, r0: int, r1: int) 
     n_tc, _, b = part.shape
     nr = r1 - r0
     stack = part.reshape(n_tc, nr, g * b)
+    digital = (pm.scales[r0:r1] * pm.tiles["gdc"][r0:r1]).T  # (n_tc, nr)
     if prof.adc_bits:
-        lsb = (pm.tiles["adc"][r0:r1] / np.float32(2 ** (prof.adc_bits - 1) - 1)).T[:, :, None]
-        stack = adc_quantise(stack, lsb, prof)
-    w = (pm.scales[r0:r1] * pm.tiles["gdc"][r0:r1])[:, None, :]  # (nr, 1, n_tc)
-    out = np.matmul(w, stack.transpose(1, 0, 2))  # (nr, 1, g*B)
+        lsb = pm.tiles["adc"][r0:r1].T / np.float32(2 ** (prof.adc_bits - 1) - 1)  # (n_tc, nr)
+        stack /= lsb[:, :, None]
+        adc_quantise(stack, np.float32(1.0), prof, out=stack)
+        digital = digital * lsb
+    out = np.zeros((nr, g * b), dtype=np.float32)
+    for c in range(n_tc):  # digital accumulation over tile columns
+        out += stack[c] * digital[c][:, None]
     return out.reshape(nr * g, b)[: min(m, r1 * g) - r0 * g]
 
 
 # ---------------------------------------------------------------------------
+# Validation helpers and the one-shot API
 # ---------------------------------------------------------------------------
 
 def _check_seed(seed: Any, what: str) -> None:

@@ -95,3 +95,18 @@ def test_fast_mode_read_tracks_circuit_mode_on_a_preset() -> None:
     drop = _rel(ideal, y_slow)
     assert drop > 0.005  # the circuit attenuates
     assert _rel(y_fast, y_slow) < 0.25 * drop  # fast mode removes most of the gap
+
+
+@pytest.mark.parametrize("ohm, ratio_bound, bound", [(0.35, 0.005, 0.005), (1.0, 0.015, 0.01), (2.5, 0.04, 0.04)])
+def test_one_sweep_calibration_is_close_to_the_converged_one(ohm: float, ratio_bound: float, bound: float) -> None:
+    rng = np.random.default_rng(4)
+    wn = rng.standard_normal((128, 256))
+    wn /= np.abs(wn).max()
+    g = np.stack([np.maximum(wn, 0), np.maximum(-wn, 0)], -1).transpose(1, 0, 2).reshape(1, 256, 256)
+    rho = circuit.wire_rho(ohm, 40.0)
+    assert np.abs(circuit.first_order_ratio(g, rho) - circuit.cell_voltage_ratio(g, rho)).max() < ratio_bound
+    x = rng.uniform(0, 1, (256, 16))
+    exact = circuit.solve(g, x, rho).currents[0]
+    fast = circuit.fast_currents(g, x, *circuit.fast_factors(g, rho))[0]
+    print(f"\n{ohm} Ohm: fast-mode error vs circuit {_rel(fast[0::2] - fast[1::2], exact[0::2] - exact[1::2]):.4f}")
+    assert _rel(fast[0::2] - fast[1::2], exact[0::2] - exact[1::2]) < bound
