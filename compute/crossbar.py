@@ -100,8 +100,7 @@ def column_normals(seed: int, read_seed: int, col: int, first_row: int, n_rows: 
     advanced straight to ``first_row``, so any node reading any span of tile
     rows draws exactly the samples the whole read would.
     """
-    key = np.random.SeedSequence([seed, _STREAM_READ, read_seed, col]).generate_state(2, np.uint64)
-    bits = np.random.Philox(key=key)
+    bits = np.random.Philox(np.random.SeedSequence([seed, _STREAM_READ, read_seed, col]))
     blocks = -(-per_row // 16)  # one Philox block = 4 words = 16 uint16 samples
     if first_row:
         bits.advance(first_row * blocks)
@@ -650,7 +649,6 @@ def _currents(pm: ProgrammedMatrix, xc: np.ndarray, r0: int, r1: int) -> np.ndar
     part = np.empty((n_tc, nr * g, b), dtype=np.float32)
     part[:, rows:] = 0.0  # rows past the matrix end: cropped later, but keep them finite
     buf = np.zeros((nr * g, q), dtype=np.float32)
-    blocks = buf.reshape(nr, g, q)  # a view: per-tile word-line factors scale it in place
     ir = "ir_row" in pm.tiles
     diff = prof.mapping == "differential"
     d = prof.devices_per_weight
@@ -663,20 +661,26 @@ def _currents(pm: ProgrammedMatrix, xc: np.ndarray, r0: int, r1: int) -> np.ndar
         sl = slice(c * q, c * q + width)
         view = buf[:rows, :width]
         if not ir:
-            view[...] = pm.codes[0, lo:hi, sl]
-            if diff:
-                view -= pm.codes[1, lo:hi, sl]
-        else:
-            # bit-line factors of each output's devices, then word-line factors per tile
+            np.subtract(pm.codes[0, lo:hi, sl], pm.codes[1, lo:hi, sl], out=view, dtype=np.float32) if diff \
+                else np.copyto(view, pm.codes[0, lo:hi, sl])
+        else:  # bit-line factors of each output's devices
             col_f = ir_col[:, c].reshape(nr * g, d)[:rows]
             np.multiply(pm.codes[0, lo:hi, sl], col_f[:, :1], out=view)
             if diff:
                 np.multiply(pm.codes[1, lo:hi, sl], col_f[:, 1:2], out=tmp[:, :width])
                 view -= tmp[:, :width]
-            blocks[:, :, :width] *= ir_row[:, c, None, :width]
         if not diff:
             view -= np.float32(_g_mid(prof) / G_LSB)
-        np.matmul(view, xc[c, :width], out=part[c, :rows])
+        if ir:  # word-line factors scale the inputs, per tile row: one small GEMM per tile
+            xr = ir_row[:, c, :width, None] * xc[c, None, :width]  # (nr, width, B)
+            full = rows // g
+            if full:
+                np.matmul(buf[:full * g, :width].reshape(full, g, width), xr[:full],
+                          out=part[c, :full * g].reshape(full, g, b))
+            if full < nr:
+                np.matmul(buf[full * g:rows, :width], xr[full], out=part[c, full * g:rows])
+        else:
+            np.matmul(view, xc[c, :width], out=part[c, :rows])
     part *= np.float32(G_LSB)
     return part
 
