@@ -196,7 +196,6 @@ def _repair(target: np.ndarray, g: np.ndarray, profile: DeviceProfile, seed: int
     q, g_rows = profile.tile_inputs, profile.tile_outputs
     p, k, d = g.shape
     full = (g_rows, k, d)
-    sigma = _prog_sigma(target, profile)
 
     def fix(tgt: np.ndarray, dev: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         flagged = faultmap.flag_stuck(tgt, dev, _prog_sigma(tgt, profile))
@@ -206,7 +205,6 @@ def _repair(target: np.ndarray, g: np.ndarray, profile: DeviceProfile, seed: int
         again = _program_devices(new_t, z, u, profile)  # the partner may turn out stuck too
         return np.where(redo, again, dev)
 
-    del sigma
     g = fix(target, g, _rng(seed, _STREAM_REPAIR, tile_row))
     n_spares = profile.spare_cols // d
     if n_spares == 0:

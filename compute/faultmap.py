@@ -20,23 +20,12 @@ devices); random draws come from the caller's keyed generators.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 #: A device reading further than this many programming sigmas (or 2 % of
 #: Gmax, whichever is larger) from its target is treated as stuck.
 VERIFY_SIGMAS = 4.0
 VERIFY_FLOOR = 0.02
-
-
-@dataclass(frozen=True)
-class RepairReport:
-    """What the verify read found and fixed in one tile row."""
-
-    flagged: int  # devices whose verify read was off target
-    partner_fixed: int  # weights made exact (to programming noise) by their partner
-    spares_used: int  # output columns moved to spare column pairs
 
 
 def flag_stuck(target: np.ndarray, read: np.ndarray, sigma: np.ndarray) -> np.ndarray:
@@ -96,8 +85,3 @@ def spare_slots(chosen: np.ndarray) -> np.ndarray:
 def expand_columns(mask_pc: np.ndarray, q: int, k: int) -> np.ndarray:
     """(p, n_tc) per-array column mask -> (p, K) per-weight mask."""
     return np.repeat(mask_pc, q, axis=1)[:, :k]
-
-
-def summary(flagged: np.ndarray, redo: np.ndarray, chosen: np.ndarray) -> RepairReport:
-    """Counts for diagnostics and benches."""
-    return RepairReport(int(flagged.sum()), int(redo.sum()), int(chosen.sum()))
