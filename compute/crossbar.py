@@ -389,9 +389,13 @@ def adc_quantise(i: np.ndarray, lsb: np.ndarray | float, profile: DeviceProfile,
     if profile.adc_bits == 0:
         return i
     top = np.float32(2 ** (profile.adc_bits - 1) - 1)
-    codes = np.divide(i, lsb, out=out) if out is not None else (i / lsb).astype(i.dtype, copy=False)
-    over = np.abs(codes) > top if profile.bound_management else None
-    if over is not None and np.any(over):
+    if out is i and np.ndim(lsb) == 0 and float(lsb) == 1.0:
+        codes = i  # already in converter steps
+    else:
+        codes = np.divide(i, lsb, out=out) if out is not None else (i / lsb).astype(i.dtype, copy=False)
+    saturates = codes.size and max(float(codes.max()), -float(codes.min())) > top
+    if profile.bound_management and saturates:
+        over = np.abs(codes) > top
         n = np.minimum(np.ceil(np.log2(np.abs(codes[over]) / top)), _BOUND_STEPS)
         step = np.exp2(n).astype(codes.dtype)
         codes[over] = np.clip(np.rint(codes[over] / step), -top, top) * step
@@ -400,7 +404,8 @@ def adc_quantise(i: np.ndarray, lsb: np.ndarray | float, profile: DeviceProfile,
     else:
         np.rint(codes, out=codes)
         np.clip(codes, -top, top, out=codes)
-    codes *= np.asarray(lsb, dtype=codes.dtype)
+    if codes is not i or float(np.max(lsb)) != 1.0:
+        codes *= np.asarray(lsb, dtype=codes.dtype)
     return codes
 
 
@@ -610,16 +615,25 @@ def _read(pm: ProgrammedMatrix, x: np.ndarray, read_seed: int, t0: int, t1: int)
     per_chunk = max(1, _CHUNK_ELEMS // (g * n_tc * b))
     for r0 in range(t0, t1, per_chunk):  # bounded scratch for tall matrices
         r1 = min(t1, r0 + per_chunk)
-        part = _currents(pm, xc, r0, r1)
+        unit = _current_unit(pm, r0, r1)
+        part = _currents(pm, xc, r0, r1, unit)
         if noise_std is not None:
-            _add_noise(part, noise_std, pm, read_seed, r0, r1)
-        y[r0 * g - base:min(m, r1 * g) - base] = _digitise_and_sum(pm, part, r0, r1)
+            _add_noise(part, noise_std / unit.T[:, :, None, None], pm, read_seed, r0, r1)
+        y[r0 * g - base:min(m, r1 * g) - base] = _digitise_and_sum(pm, part, r0, r1, unit)
     y *= xs[None, :]
     return y
 
 
+def _current_unit(pm: ProgrammedMatrix, r0: int, r1: int) -> np.ndarray:
+    """Per-tile unit of the analog outputs (nr, n_tc): the ADC step, so that the
+    converter is a rint and a clip; Gmax*V_read without an ADC."""
+    if pm.profile.adc_bits == 0:
+        return np.ones((r1 - r0, pm.scales.shape[1]), dtype=np.float32)
+    return pm.tiles["adc"][r0:r1] / np.float32(2 ** (pm.profile.adc_bits - 1) - 1)
+
+
 def _noise_std(prof: DeviceProfile, xc: np.ndarray) -> np.ndarray | None:
-    """Std of each tile's output noise per read, (n_tc, 1, B), units of Gmax*V_read.
+    """Std of each tile's output noise per read, (n_tc, 1, 1, B), units of Gmax*V_read.
 
     Per-device additive read noise N(0, s^2) (the "device" model) makes the
     bit-line current I = sum_q (g_q + n_q) x_q Gaussian around the clean
@@ -629,57 +643,66 @@ def _noise_std(prof: DeviceProfile, xc: np.ndarray) -> np.ndarray | None:
     s_dev = prof.read_noise_us / prof.g_max_us if prof.read_noise_model == "device" else 0.0
     if s_dev == 0 and prof.out_noise == 0:
         return None
-    sums = np.einsum("cqb,cqb->cb", xc, xc)[:, None, :]
+    sums = np.einsum("cqb,cqb->cb", xc, xc)[:, None, None, :]
     var = sums * np.float32(s_dev * s_dev * prof.devices_per_weight) + np.float32(prof.out_noise ** 2)
     return np.sqrt(var).astype(np.float32)
 
 
-def _currents(pm: ProgrammedMatrix, xc: np.ndarray, r0: int, r1: int) -> np.ndarray:
-    """Analog tile outputs (n_tc, rows of the chunk padded to whole tiles, B) for tile rows [r0, r1)."""
+def _currents(pm: ProgrammedMatrix, xc: np.ndarray, r0: int, r1: int, unit: np.ndarray) -> np.ndarray:
+    """Analog tile outputs in units of ``unit`` (n_tc, rows padded to whole tiles, B), tile rows [r0, r1).
+
+    One batched GEMM per tile column: the word-line IR factors and the output
+    unit are per tile, so they scale that tile's inputs; the bit-line factors
+    are per device column: G- is scaled by cf-/cf+ before the subtraction and
+    the output row by cf+ after the GEMM (two passes over the weights, not three).
+    """
     prof = pm.profile
     if prof.wire_ohm_per_cell > 0 and prof.ir_drop_mode == "circuit":
-        return _currents_circuit(pm, xc, r0, r1)
+        part = _currents_circuit(pm, xc, r0, r1)
+        part /= np.repeat(unit.T, row_granularity(prof), axis=1)[:, :, None]
+        return part
     m, k = pm.shape
-    g, q = row_granularity(prof), prof.tile_inputs
+    g, q, d = row_granularity(prof), prof.tile_inputs, prof.devices_per_weight
     n_tc, b = xc.shape[0], xc.shape[2]
     lo, hi = r0 * g, min(m, r1 * g)
     nr, rows = r1 - r0, hi - lo
+    full = rows // g  # whole tile rows in this chunk (the last tile row of W may be partial)
     part = np.empty((n_tc, nr * g, b), dtype=np.float32)
     part[:, rows:] = 0.0  # rows past the matrix end: cropped later, but keep them finite
-    buf = np.zeros((nr * g, q), dtype=np.float32)
+    buf = np.empty((nr * g, q), dtype=np.float32)
     ir = "ir_row" in pm.tiles
     diff = prof.mapping == "differential"
-    d = prof.devices_per_weight
+    gain = (np.float32(G_LSB) / unit).astype(np.float32)  # (nr, n_tc)
     if ir:
         tmp = np.empty((rows, q), dtype=np.float32)
         ir_row = pm.tiles["ir_row"][r0:r1].astype(np.float32)  # (nr, n_tc, rows): float16 math is slow
-        ir_col = pm.tiles["ir_col"][r0:r1, :, :g * d].astype(np.float32)
+        ir_col = pm.tiles["ir_col"][r0:r1, :, :g * d].astype(np.float32).reshape(nr, n_tc, g, d)
     for c in range(n_tc):
         width = min(q, k - c * q)  # only real inputs: no GEMM work on padding
         sl = slice(c * q, c * q + width)
         view = buf[:rows, :width]
-        if not ir:
-            np.subtract(pm.codes[0, lo:hi, sl], pm.codes[1, lo:hi, sl], out=view, dtype=np.float32) if diff \
-                else np.copyto(view, pm.codes[0, lo:hi, sl])
-        else:  # bit-line factors of each output's devices
-            col_f = ir_col[:, c].reshape(nr * g, d)[:rows]
-            np.multiply(pm.codes[0, lo:hi, sl], col_f[:, :1], out=view)
+        if ir:
+            cf = ir_col[:, c].reshape(nr * g, d)[:rows]
             if diff:
-                np.multiply(pm.codes[1, lo:hi, sl], col_f[:, 1:2], out=tmp[:, :width])
-                view -= tmp[:, :width]
-        if not diff:
-            view -= np.float32(_g_mid(prof) / G_LSB)
-        if ir:  # word-line factors scale the inputs, per tile row: one small GEMM per tile
-            xr = ir_row[:, c, :width, None] * xc[c, None, :width]  # (nr, width, B)
-            full = rows // g
-            if full:
-                np.matmul(buf[:full * g, :width].reshape(full, g, width), xr[:full],
-                          out=part[c, :full * g].reshape(full, g, b))
-            if full < nr:
-                np.matmul(buf[full * g:rows, :width], xr[full], out=part[c, full * g:rows])
+                np.multiply(pm.codes[1, lo:hi, sl], (cf[:, 1] / cf[:, 0])[:, None], out=tmp[:, :width])
+                np.subtract(pm.codes[0, lo:hi, sl], tmp[:, :width], out=view)
+            else:
+                np.subtract(pm.codes[0, lo:hi, sl], (np.float32(_g_mid(prof) / G_LSB) / cf[:, 0])[:, None],
+                            out=view)
+            xr = (ir_row[:, c, :width] * gain[:, c, None])[:, :, None] * xc[c, None, :width]  # (nr, width, B)
         else:
-            np.matmul(view, xc[c, :width], out=part[c, :rows])
-    part *= np.float32(G_LSB)
+            if diff:
+                np.subtract(pm.codes[0, lo:hi, sl], pm.codes[1, lo:hi, sl], out=view, dtype=np.float32)
+            else:
+                np.subtract(pm.codes[0, lo:hi, sl], np.float32(_g_mid(prof) / G_LSB), out=view)
+            xr = gain[:, c, None, None] * xc[c, None, :width]
+        if full:
+            np.matmul(buf[:full * g, :width].reshape(full, g, width), xr[:full],
+                      out=part[c, :full * g].reshape(full, g, b))
+        if full < nr:
+            np.matmul(buf[full * g:rows, :width], xr[full], out=part[c, full * g:rows])
+        if ir:
+            part[c, :rows] *= cf[:, :1]
     return part
 
 
@@ -713,25 +736,21 @@ def _add_noise(part: np.ndarray, noise_std: np.ndarray, pm: ProgrammedMatrix, re
     z = np.empty((b, r1 - r0, per_row), dtype=np.float32)
     for col in range(b):
         z[col] = column_normals(pm.seed, read_seed, col, first, r1 - r0, per_row)
-    z = z.reshape(b, r1 - r0, n_tc, g).transpose(2, 1, 3, 0).reshape(n_tc, rows, b)  # one copy
-    z *= noise_std
-    part += z
+    z = z.reshape(b, r1 - r0, n_tc, g).transpose(2, 1, 3, 0)  # (n_tc, nr, g, B)
+    part.reshape(n_tc, r1 - r0, g, b)[...] += z * noise_std
 
 
-def _digitise_and_sum(pm: ProgrammedMatrix, part: np.ndarray, r0: int, r1: int) -> np.ndarray:
-    """ADC per tile (calibrated range), then the digital sum over tile columns."""
+def _digitise_and_sum(pm: ProgrammedMatrix, part: np.ndarray, r0: int, r1: int, unit: np.ndarray) -> np.ndarray:
+    """ADC per tile (outputs are already in its steps), then the digital sum over tile columns."""
     prof = pm.profile
     m = pm.shape[0]
     g = row_granularity(prof)
     n_tc, _, b = part.shape
     nr = r1 - r0
     stack = part.reshape(n_tc, nr, g * b)
-    digital = (pm.scales[r0:r1] * pm.tiles["gdc"][r0:r1]).T  # (n_tc, nr)
     if prof.adc_bits:
-        lsb = pm.tiles["adc"][r0:r1].T / np.float32(2 ** (prof.adc_bits - 1) - 1)  # (n_tc, nr)
-        stack /= lsb[:, :, None]
         adc_quantise(stack, np.float32(1.0), prof, out=stack)
-        digital = digital * lsb
+    digital = (pm.scales[r0:r1] * pm.tiles["gdc"][r0:r1] * unit).T  # (n_tc, nr)
     out = np.zeros((nr, g * b), dtype=np.float32)
     for c in range(n_tc):  # digital accumulation over tile columns
         out += stack[c] * digital[c][:, None]
