@@ -92,6 +92,7 @@ def circuit_rows(w: np.ndarray) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--blas-threads", type=int, default=1, help="BLAS threads for both sides (0 = default)")
+    ap.add_argument("--skip-circuit", action="store_true", help="leave out the (minutes-long) circuit table")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     w = (rng.standard_normal((N, N)) / np.sqrt(N)).astype(np.float32)
@@ -99,7 +100,7 @@ def main() -> None:
     ref = (w.astype(np.float64) @ x.astype(np.float64))
     with threadpool_limits(args.blas_threads or None):
         rows = [bench_preset(name, w, x, ref) for name in PRESETS]
-        extra = circuit_rows(w)
+        extra = [] if args.skip_circuit else circuit_rows(w)
     lines = [
         f"N={N} B={B}, median of {RUNS} interleaved runs, BLAS threads: {args.blas_threads or 'default'}; "
         f"relative error vs float64 W @ X (Gaussian W, Gaussian X); IR drop in fast mode",

@@ -93,19 +93,31 @@ def _normal_table() -> np.ndarray:
         return _NORMAL_TABLE
 
 
-def column_normals(seed: int, read_seed: int, col: int, first_row: int, n_rows: int, per_row: int) -> np.ndarray:
-    """(n_rows, per_row) standard normals for one column of X, rows = global tile rows.
+class ColumnNoise:
+    """Standard normals per (column of X, global tile row) for one (seed, read_seed).
 
-    Philox is counter-based: the stream of (seed, read_seed, column) is
-    advanced straight to ``first_row``, so any node reading any span of tile
-    rows draws exactly the samples the whole read would.
+    Philox is counter-based: the 256-bit counter is set to (tile row x blocks
+    per row, column), so any node reading any span of tile rows of any column
+    draws exactly the samples the whole read would, and a column's noise does
+    not depend on the other columns in the batch. One generator per read;
+    moving between columns is a counter update, not a new key derivation.
     """
-    bits = np.random.Philox(np.random.SeedSequence([seed, _STREAM_READ, read_seed, col]))
-    blocks = -(-per_row // 16)  # one Philox block = 4 words = 16 uint16 samples
-    if first_row:
-        bits.advance(first_row * blocks)
-    raw = bits.random_raw(n_rows * blocks * 4).view(np.uint16).reshape(n_rows, blocks * 16)
-    return _normal_table()[raw[:, :per_row]]
+
+    def __init__(self, seed: int, read_seed: int) -> None:
+        key = np.random.SeedSequence([seed, _STREAM_READ, read_seed]).generate_state(2, np.uint64)
+        self._bits = np.random.Philox(key=key)
+        self._state = self._bits.state
+        self._table = _normal_table()
+
+    def normals(self, col: int, first_row: int, n_rows: int, per_row: int) -> np.ndarray:
+        """(n_rows, per_row) float32 standard normals for column ``col`` from tile row ``first_row``."""
+        blocks = -(-per_row // 16)  # one Philox block = 4 words = 16 uint16 samples
+        state = self._state
+        state["state"]["counter"] = np.array([first_row * blocks, col, 0, 0], dtype=np.uint64)
+        state["buffer_pos"] = 4  # drop any buffered words
+        self._bits.state = state
+        raw = self._bits.random_raw(n_rows * blocks * 4).view(np.uint16).reshape(n_rows, blocks * 16)
+        return self._table[raw[:, :per_row]]
 
 
 # ---------------------------------------------------------------------------
@@ -734,8 +746,9 @@ def _add_noise(part: np.ndarray, noise_std: np.ndarray, pm: ProgrammedMatrix, re
     first = pm.row_offset // g + r0
     per_row = n_tc * g
     z = np.empty((b, r1 - r0, per_row), dtype=np.float32)
+    streams = ColumnNoise(pm.seed, read_seed)
     for col in range(b):
-        z[col] = column_normals(pm.seed, read_seed, col, first, r1 - r0, per_row)
+        z[col] = streams.normals(col, first, r1 - r0, per_row)
     z = z.reshape(b, r1 - r0, n_tc, g).transpose(2, 1, 3, 0)  # (n_tc, nr, g, B)
     part.reshape(n_tc, r1 - r0, g, b)[...] += z * noise_std
 

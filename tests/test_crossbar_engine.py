@@ -182,3 +182,14 @@ def test_a_read_split_by_tile_rows_equals_the_whole_read(preset):
     np.testing.assert_allclose(parts, whole, rtol=1e-5, atol=1e-5 * np.abs(whole).max())
     with pytest.raises(ValueError):
         pm.matmul(x, tile_rows=(0, n + 1))
+
+
+def test_column_noise_is_a_pure_function_of_column_and_tile_row() -> None:
+    from compute.crossbar import ColumnNoise
+    a, b = ColumnNoise(1, 2), ColumnNoise(1, 2)
+    whole = a.normals(5, 0, 6, 300)
+    np.testing.assert_array_equal(b.normals(5, 3, 2, 300), whole[3:5])  # a span of tile rows
+    b.normals(7, 0, 6, 300)  # another column in between changes nothing
+    np.testing.assert_array_equal(b.normals(5, 0, 6, 300), whole)
+    assert not np.array_equal(a.normals(6, 0, 6, 300), whole)
+    assert abs(whole.std() - 1) < 0.05
