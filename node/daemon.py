@@ -24,9 +24,11 @@ from node import api
 from node.config import NodeConfig
 from node.http.server import start_http
 from node.memory.dualmemory import DualMemory
-from node.net.identity import load_cluster_key, load_node_id, prepare_data_dir
+from node.net.identity import load_identity, load_keyring, prepare_data_dir
 from node.work.holder import BlockHolder
 from node.work.jobs import JobManager
+from node.work.modelbook import ModelBook
+from node.work.models import ModelManager
 from node.work.plans import PlanBook
 from node.work.retention import Retention
 from node.work.reconfigure import Reconfigurer
@@ -45,6 +47,7 @@ log = logging.getLogger("sedma.daemon")
 ADVERT_EVERY = 1.0       # how often local load/memory is offered to the membership
 PING_EVERY = 2.0          # RTT samples on each session
 RECONFIGURE_EVERY = 30.0  # retry replica repairs that could not be made at once
+RECONCILE_EVERY = 5.0     # ask peers whether a deployment held here was undeployed
 HOUSEKEEPING_EVERY = 60.0  # job retention, forgetting departed peers
 FORGET_LINKS_AFTER = 3600.0  # a departed peer's link outcome is dropped after this long
 
@@ -55,8 +58,9 @@ class Daemon:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.data_dir = prepare_data_dir(config.data_path)
-        self.node_id = load_node_id(self.data_dir)
-        self.key = load_cluster_key(config.cluster_key)
+        self.identity = load_identity(self.data_dir)
+        self.node_id = self.identity.node_id
+        self.keys = load_keyring(config.cluster_key)
         self.device: DeviceProfile = get_preset(config.device)
         self.started = time.time()
         self.http = None   # the dashboard server, once started
@@ -80,9 +84,9 @@ class Daemon:
         # Before anything else: a second daemon on the same data dir must not join the
         # mesh or open the database under the running one.
         api.ensure_socket_free(cfg.socket_path)
-        if self.key is None:
-            log.warning("no --cluster-key: any host that reaches %s can join this mesh",
-                        cfg.listen)
+        if not self.keys:
+            log.warning("open mesh (no --cluster-key): links are encrypted, but any host "
+                        "that reaches %s can join, gossip and submit work", cfg.listen)
         self.db = StateDB(self.data_dir / "state.db")
         self.store = BlockStore(self.data_dir, self.db, cfg.memory_limit)
         self.memory = DualMemory()
@@ -92,21 +96,29 @@ class Daemon:
         self.capacity = cfg.capacity or await self.executor.run(measure_capacity)
         loaded = await self.executor.run(self.store.load_all)
         connector = ConnectorConfig(stun=tuple(cfg.stun), turn=tuple(cfg.turn))
-        self.mesh = Mesh(self.node_id, cfg.name, cluster_id_for(self.key), self.key,
-                         cfg.listen, cfg.bootstrap, self._on_peer_message, connector)
+        self.mesh = Mesh(self.identity, cfg.name, self.keys, cfg.listen, cfg.bootstrap,
+                         self._on_peer_message, connector)
         self.mesh.event_hooks.append(self.metrics.member_event)   # gossip counts for /metrics
         self.plans = PlanBook(self.db)
         self.plans.restore()
+        self.book = ModelBook(self.db)
+        self.book.restore()
         self.holder = BlockHolder(self.device, self.store, self.executor, self.metrics,
-                                  self.plans)
+                                  self.plans, self.book)
         self.jobs = JobManager(self.node_id, self.holder, self.mesh, self.memory, self.metrics,
                                self.db, self.data_dir, self.capacity,
                                Retention(cfg.job_retention, cfg.job_retention_count))
         for name in self.jobs.restore():
-            if name not in self.plans:   # our deploy died before its plan committed
-                dropped = await self.executor.run(self.store.drop, name)
+            if name not in self.plans and self.book.get(name) is None:
+                # our deploy died before it committed: drop its blocks (a model's layers too)
+                stale = [name] + [k for k in self.store.names() if k.startswith(f"{name}:")]
+                dropped = 0
+                for matrix in stale:
+                    dropped += await self.executor.run(self.store.drop, matrix)
                 log.warning("deploy of %s was interrupted before it committed; dropped its "
                             "%d local block(s)", name, dropped)
+        self.models = ModelManager(self.jobs, self.book)
+        self.holder.pipeline = self.models.pipeline
         self.reconfigurer = Reconfigurer(self.jobs)
         await self.mesh.start(self._make_advert, self.supervisor.start)
         self.http = await start_http(self)   # dashboard + /metrics (None when off)
@@ -116,6 +128,7 @@ class Daemon:
         for name, loop in (("advertise", self._advertise_loop), ("memory", self._memory_loop),
                            ("ping", self._ping_loop), ("reconfigure", self._reconfigure_loop),
                            ("housekeeping", self._housekeeping_loop),
+                           ("reconcile", self._reconcile_loop),
                            ("loop_lag", self.lag.run)):
             self.supervisor.start(name, loop)
         self.stall_reporter.start()
@@ -233,6 +246,13 @@ class Daemon:
         if forgotten:
             log.info("forgot %d record(s) of departed peers", len(forgotten))
 
+    async def _reconcile_loop(self) -> None:
+        """Drop deployments undeployed while this node was away (see ModelManager)."""
+        while True:
+            await asyncio.sleep(RECONCILE_EVERY)
+            await self.models.reconcile()   # a failure is logged and retried by the supervisor
+            await self.book.expire()
+
     async def _ping_loop(self) -> None:
         while True:
             await asyncio.sleep(PING_EVERY)
@@ -251,7 +271,7 @@ class Daemon:
 
     async def _route_signal(self, msg: Any) -> None:
         if msg.dst == self.node_id:
-            await self.mesh.connector.handle_signal(msg.src, msg)
+            await self.mesh.handle_signal(msg)
             return
         target = self.mesh.sessions.get(msg.dst)
         onward = signaling.forwarded(msg)
@@ -288,10 +308,17 @@ class Daemon:
         if isinstance(req, api.CancelRequest):
             return jobs.cancel(req.job_id).public()
         if isinstance(req, api.DeployRequest):
-            return (await jobs.deploy(req.name, req.w, req.device, req.replicas,
-                                      req.seed)).public()
+            return (await self.models.deploy_array(req.name, req.w, req.device, req.replicas,
+                                                   req.seed)).public()
+        if isinstance(req, api.DeployFileRequest):
+            return (await self.models.deploy_file(req.name, req.path, req.device,
+                                                  req.replicas, req.seed)).public()
         if isinstance(req, api.InferRequest):
-            return await jobs.infer(req.name, req.x, req.read_seed)
+            return await self.models.infer(req.name, req.x, req.read_seed)
+        if isinstance(req, api.UndeployRequest):
+            return await self.models.undeploy(req.name)
+        if isinstance(req, api.DeploymentsRequest):
+            return await self.models.deployments()
         raise api.UserError(f"unsupported request {type(req).TAG}")
 
     def status(self) -> dict:
@@ -302,9 +329,12 @@ class Daemon:
                        "budget": self.store.budget, "resident_blocks": useful},
             "load": self.jobs.load(), "device": self.device.name,
             "capacity": self.capacity, "uptime_s": time.time() - self.started,
-            "cluster": cluster_id_for(self.key), "socket": str(self.config.socket_path),
+            "cluster": cluster_id_for(self.keys[0] if self.keys else None),
+            "socket": str(self.config.socket_path),
             "reachability": self.mesh.advert.reachability,
-            "blocks": self.store.names(), "deployments": self.plans.names(),
+            "blocks": self.store.names(),
+            "deployments": sorted({n for n in self.plans.names() if ":" not in n}
+                                  | {r.name for r in self.book.live()}),
             "members": len(self.mesh.members()),
             "tasks": len(asyncio.all_tasks()),
             "loops": self.supervisor.report(),
