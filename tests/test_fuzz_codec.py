@@ -199,7 +199,7 @@ def valid_messages(draw):
 
 def test_the_registry_holds_every_layer():
     prefixes = {tag.split(".")[0] for tag in REGISTRY}
-    assert {"hello", "auth", "rpc", "bye", "work", "swim", "ice", "api"} <= prefixes
+    assert {"hello", "rpc", "bye", "work", "swim", "ice", "api"} <= prefixes
 
 
 @given(valid_messages())

@@ -9,6 +9,7 @@ They run the profile's budget like every decoder (300 examples in CI, 10,000 und
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import struct
 
@@ -23,7 +24,9 @@ from protocol.framing import fragments
 from protocol.handshake import Hello
 from protocol.messages import encode_message
 from tests.daemons import Cluster, wait_for
-from tests.test_fuzz_codec import forged_maps, safe_payload_or_none, valid_messages
+from protocol.messages import _hints
+from tests.test_fuzz_codec import (forged_maps, safe_payload_or_none, strategy_for,
+                                   valid_messages)
 
 pytestmark = pytest.mark.slow
 BUDGET = settings(suppress_health_check=list(HealthCheck))   # a module fixture is intended
@@ -58,9 +61,8 @@ def message_bytes(msg) -> bytes:
     return b"".join(bytes(p) for p in encode_message(msg))
 
 
-hellos = st.builds(Hello, st.integers(0, 3), st.text(max_size=70), st.sampled_from(["open", "x"]),
-                   st.text(max_size=10), st.lists(st.text(max_size=20), max_size=3),
-                   st.binary(min_size=0, max_size=20))
+hellos = st.builds(Hello, **{f.name: strategy_for(_hints(Hello)[f.name])
+                             for f in dataclasses.fields(Hello)})
 blobs = st.one_of(
     st.binary(max_size=2000),                                             # noise
     st.binary(max_size=300).map(lambda b: struct.pack(">I", len(b)) + b),  # framed noise
