@@ -20,7 +20,7 @@ from compute.device import DeviceProfile, PRESETS, get_preset
 from compute.executor import Executor, measure_capacity
 from nat import signaling
 from nat.connector import ConnectorConfig
-from node import api
+from node import allocator, api, memtrace
 from node.config import NodeConfig
 from node.http.server import start_http
 from node.memory.dualmemory import DualMemory
@@ -84,6 +84,7 @@ class Daemon:
         # Before anything else: a second daemon on the same data dir must not join the
         # mesh or open the database under the running one.
         api.ensure_socket_free(cfg.socket_path)
+        allocator.tune()   # before the executor's threads exist: see node/allocator.py
         if not self.keys:
             log.warning("open mesh (no --cluster-key): links are encrypted, but any host "
                         "that reaches %s can join, gossip and submit work", cfg.listen)
@@ -167,6 +168,7 @@ class Daemon:
                 loop.add_signal_handler(sig, self._on_signal, sig)
             except (NotImplementedError, RuntimeError):
                 pass
+        memtrace.install(loop, self.data_dir)   # debug only: SEDMA_TRACEMALLOC
 
     def _on_signal(self, sig: int) -> None:
         log.info("received %s", signal.Signals(sig).name)
