@@ -19,13 +19,20 @@ from typing import Any, Awaitable, Callable
 
 import numpy as np
 
+from node import shm
+from protocol import codec
 from protocol.errors import ProtocolError
-from protocol.messages import decode_message, encode_message, message
+from protocol.messages import decode_message, encode_message, from_wire, message
 
 log = logging.getLogger("sedma.api")
 
 #: Largest request or response frame: a job's operands travel in one frame.
 API_MAX_FRAME = (1 << 31) - 1
+#: Set in a frame's length word when the frame is a message header followed by a
+#: :class:`node.shm.Handle`, its array bytes being in shared memory (:mod:`node.shm`).
+SHM_FRAME = 1 << 31
+#: Largest shared-memory frame on the socket (the msgpack header and the handle).
+SHM_MAX_FRAME = codec.MAX_HEADER + 2 * codec.ALIGN + shm.Handle.SIZE
 _LEN = struct.Struct(">I")
 
 
@@ -140,21 +147,25 @@ async def serve(path: Path, dispatch: Dispatch) -> asyncio.AbstractServer:
 
 async def _connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                       dispatch: Dispatch) -> None:
+    channel = shm.Channel(writer.get_extra_info("socket"), send=False, follow=True,
+                          writable=False)
     try:
         while True:
             try:
-                payload = await read_frame(reader)
+                request = await read_message(reader, channel)
             except asyncio.IncompleteReadError:
                 return
-            try:
-                request = decode_message(payload)
-            except ProtocolError as exc:
-                log.warning("bad local request: %s", exc)
-                await write_frame(writer, Response(False, error=f"bad request: {exc}"))
-                return
-            await write_frame(writer, await _answer(request, dispatch))
+            finally:
+                channel.release()   # the client has read our last answer, or is gone
+            response = await _answer(request, dispatch)
+            # Drop the operands (maybe a mapping of the client's memory) before writing: a
+            # write to a vanished client raises, and the exception's traceback cycle would
+            # keep this frame's locals alive until the next garbage collection.
+            request = None
+            await write_message(writer, response, channel)
+            response = None
     except ProtocolError as exc:
-        log.warning("closing local client: %s", exc)
+        log.warning("bad local request: %s", exc)
         try:
             await write_frame(writer, Response(False, error=f"bad request: {exc}"))
         except (OSError, ProtocolError):
@@ -162,6 +173,7 @@ async def _connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     except (ConnectionError, OSError):
         pass
     finally:
+        channel.release()
         writer.close()
 
 
@@ -188,4 +200,45 @@ async def write_frame(writer: asyncio.StreamWriter, msg: Any) -> None:
     if size > API_MAX_FRAME:
         raise ProtocolError(f"response of {size} bytes exceeds the frame limit")
     writer.writelines([_LEN.pack(size), *parts])
+    await writer.drain()
+
+
+async def read_message(reader: asyncio.StreamReader, channel: shm.Channel | None = None,
+                       max_frame: int = API_MAX_FRAME) -> Any:
+    """Read and decode one message, its arrays from shared memory when the frame says so.
+
+    A shared-memory frame is refused (:class:`ProtocolError`) without a ``channel``; a bad
+    handle is a :class:`node.shm.ShmError` naming the problem.
+    """
+    (size,) = _LEN.unpack(await reader.readexactly(_LEN.size))
+    if not size & SHM_FRAME:
+        if size > max_frame:
+            raise ProtocolError(f"frame of {size} bytes exceeds the {max_frame}-byte limit")
+        return decode_message(await reader.readexactly(size))
+    size &= ~SHM_FRAME
+    if channel is None:
+        raise ProtocolError("shared-memory frames are not accepted here")
+    if size > SHM_MAX_FRAME:
+        raise ProtocolError(f"shared-memory frame of {size} bytes exceeds the "
+                            f"{SHM_MAX_FRAME}-byte limit")
+    frame = memoryview(await reader.readexactly(size))
+    handle = shm.Handle.unpack(frame)
+    return from_wire(codec.decode_split(frame[shm.Handle.SIZE:], channel.receive(handle)))
+
+
+async def write_message(writer: asyncio.StreamWriter, msg: Any,
+                        channel: shm.Channel | None = None) -> None:
+    """Write one message; its array bytes go through shared memory when ``channel``
+    sends that way and they are worth it, else on the socket (:func:`write_frame`)."""
+    parts = encode_message(msg)
+    handle = channel.export(parts[1:]) if channel is not None else None
+    if handle is None:
+        size = sum(len(p) for p in parts)
+        if size > API_MAX_FRAME:
+            raise ProtocolError(f"message of {size} bytes exceeds the frame limit")
+        writer.writelines([_LEN.pack(size), *parts])
+    else:
+        head = parts[0]
+        writer.writelines([_LEN.pack(SHM_FRAME | (shm.Handle.SIZE + len(head))),
+                           handle.pack(), head])
     await writer.drain()
