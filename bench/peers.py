@@ -1,4 +1,4 @@
-"""The `stream` yardstick (SPEC.md) for sedma next to its peers, all in one run.
+"""The `stream` yardstick (docs/yardsticks.md) for sedma next to its peers, all in one run.
 
 Systems, each holding W (N x N float32) once and then serving requests X (N x B):
 

@@ -1,4 +1,4 @@
-"""Yardsticks `stream` and `oneshot` (SPEC.md) on a 3-node loopback mesh vs in-process numpy.
+"""Yardsticks `stream` and `oneshot` (docs/yardsticks.md) on a 3-node loopback mesh vs in-process numpy.
 
 stream:  W (N x N float32) deployed once, then requests X (N x B), B in {1, 64}: requests/s,
          p50/p99 latency, deploy time. The mesh moves only X and Y; W stays put.

@@ -1,4 +1,4 @@
-"""The `sweep` yardstick (SPEC.md): a device-variation Monte Carlo spread over the mesh.
+"""The `sweep` yardstick (docs/yardsticks.md): a device-variation Monte Carlo spread over the mesh.
 
 The digits MLP (64-64-10, trained once with ``compute.digits.train_digits_mlp``) is
 programmed onto crossbars of a preset (default ``rram``) once per trial, with a different

@@ -15,7 +15,7 @@ from typing import Sequence
 
 Buffers = Sequence[bytes | memoryview]
 
-#: Link kinds as reported in ``sedma peers`` (SPEC.md).
+#: Link kinds as reported in ``sedma peers``.
 KIND_TCP = "tcp"
 KIND_ICE_DIRECT = "ice-direct"
 KIND_ICE_RELAY = "ice-relay"

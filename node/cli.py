@@ -1,4 +1,4 @@
-"""The ``sedma`` command line (SPEC.md): the daemon and the client commands.
+"""The ``sedma`` command line: the daemon and the client commands.
 
 Exit status: 0 success, 1 the job or request failed (message on stderr), 2 usage error
 (bad flags, unreadable input file). Never a traceback for a user's mistake.

@@ -1,4 +1,4 @@
-"""The four numbers the daemon reports (SPEC.md): memory utilisation efficiency, resource
+"""The four numbers the daemon reports (docs/yardsticks.md): memory utilisation efficiency, resource
 utilisation, communication latency (p50/p99) and throughput."""
 
 from __future__ import annotations
