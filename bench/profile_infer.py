@@ -38,6 +38,7 @@ from node.localmesh import DaemonProc, LocalMesh  # noqa: E402
 from protocol.messages import decode_message, encode_message  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class ProfiledDaemon(DaemonProc):
@@ -65,11 +66,14 @@ def ms(values: list[float], q: float = 50) -> float:
     return float(np.percentile(values, q)) * 1e3
 
 
-def top(stats_source, limit: int = 18) -> str:
+def top(stats_source, limit: int = 18, key: str = "tottime", only: str | None = None) -> str:
+    """The ``limit`` heaviest functions by ``key``; ``only`` keeps paths matching a regex."""
     buf = io.StringIO()
-    st = pstats.Stats(stats_source, stream=buf) if not isinstance(stats_source, cProfile.Profile) \
-        else pstats.Stats(stats_source, stream=buf)
-    st.strip_dirs().sort_stats("tottime").print_stats(limit)
+    st = pstats.Stats(stats_source, stream=buf)
+    if only is None:
+        st.strip_dirs().sort_stats(key).print_stats(limit)
+    else:
+        st.sort_stats(key).print_stats(only, limit)
     return buf.getvalue()
 
 
@@ -140,6 +144,7 @@ def main() -> None:
         rows.append((f"sedma infer, 2 daemons, 1 client", ms(lat), ms(lat, 99)))
         mesh.stop()
         coord_stats = top(str(prof_path))
+        coord_cum = top(str(prof_path), 25, "cumtime", r"(node|protocol|nat|compute)/")
     client_stats = top(client_prof)
     load_after = os.getloadavg()
 
@@ -149,7 +154,8 @@ def main() -> None:
     lines += [f"| {name} | {p50:.3f} | {p99:.3f} |" for name, p50, p99 in rows]
     text = "\n".join(lines)
     text += "\n\n### coordinator daemon, main thread, by own time (whole life incl. start)\n```\n"
-    text += _trim(coord_stats) + "```\n\n### client, the infer loop, by own time\n```\n"
+    text += _trim(coord_stats) + "```\n\n### coordinator, sedma's own functions by cumulative time\n```\n"
+    text += _trim(coord_cum) + "```\n\n### client, the infer loop, by own time\n```\n"
     text += _trim(client_stats) + "```\n"
     print(text)
     OUT.mkdir(exist_ok=True)
@@ -163,7 +169,7 @@ def _trim(stats: str) -> str:
         if "ncalls" in line:
             started = True
         if started and line.strip():
-            keep.append(line.rstrip()[:150])
+            keep.append(line.rstrip().replace(str(ROOT) + "/", "")[:150])
         elif "function calls" in line:
             keep.append(line.strip())
     return "\n".join(keep) + "\n"
