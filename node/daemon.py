@@ -40,7 +40,7 @@ log = logging.getLogger("sedma.daemon")
 ADVERT_EVERY = 1.0       # how often local load/memory is offered to the membership
 CONSOLIDATE_EVERY = 10.0  # short-term -> long-term memory, and persist both
 PING_EVERY = 2.0          # RTT samples, a few sessions per round
-PING_PER_ROUND = 4        # sessions pinged per round, in turn: idle cost flat in mesh size
+PING_PER_ROUND = 1        # sessions pinged per round, in turn: idle cost flat in mesh size
 RECONFIGURE_EVERY = 30.0  # retry replica repairs that could not be made at once
 
 
