@@ -128,6 +128,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--nodes", type=int, default=3)
     ap.add_argument("--replicas", type=int, default=None, help="deploy replicas (default: the daemon's)")
+    ap.add_argument("--deploy-rounds", type=int, default=2,
+                    help="further deploys of W per transport (alternating), after the stream")
     ap.add_argument("--b", default="1,64", help="batch sizes of the stream, comma separated")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
@@ -146,7 +148,7 @@ def main() -> None:
             deploy_s = time.perf_counter() - t
         copies = sum(len(h) for h in info["placement"].values()) / max(1, len(info["placement"]))
         fsync_s = fsync_write_seconds(Path(tmp) / "fsync-probe.bin", w)
-        notes.append(f"deploy of W ({w.nbytes / 2**20:.0f} MiB, {copies:.0f} cop{'y' if copies == 1 else 'ies'} "
+        notes.append(f"first deploy of W, shm ({w.nbytes / 2**20:.0f} MiB, {copies:.0f} cop{'y' if copies == 1 else 'ies'} "
                      f"per block): {deploy_s:.2f} s = {w.nbytes / deploy_s / 1e6:.0f} MB/s of W; "
                      f"writing the same bytes once with fsync to the same disk: {fsync_s:.2f} s = "
                      f"{w.nbytes / fsync_s / 1e6:.0f} MB/s")
@@ -174,12 +176,20 @@ def main() -> None:
         notes.append(f"memory efficiency (W + X + Y of B=64) / RSS: sedma {useful / daemons:.2f} "
                      f"({daemons / 2**20:.0f} MiB RSS in {args.nodes} daemons); numpy in-process "
                      f"{numpy_efficiency(n, 64):.2f}")
-        with Client(sock, use_shm=False) as c:      # the same deploy through the socket
-            t = time.perf_counter()
-            c.deploy("w-socket", w, replicas=args.replicas)
-            sock_s = time.perf_counter() - t
-        notes.append(f"the same deploy through the socket instead of shared memory: {sock_s:.2f} s "
-                     f"= {w.nbytes / sock_s / 1e6:.0f} MB/s")
+        deploy_times: dict[str, list[float]] = {label: [] for label, _ in TRANSPORTS}
+        for i in range(args.deploy_rounds):     # more deploys of W, transports alternating
+            order = TRANSPORTS if i % 2 == 0 else TRANSPORTS[::-1]
+            for label, use_shm in order:
+                with Client(sock, use_shm=use_shm) as c:
+                    t = time.perf_counter()
+                    c.deploy(f"w-{label}-{i}", w, replicas=args.replicas)
+                    deploy_times[label].append(time.perf_counter() - t)
+        for label, times in deploy_times.items():
+            if times:
+                med = statistics.median(times)
+                notes.append(f"deploy through {label}, median of {len(times)}: {med:.2f} s = "
+                             f"{w.nbytes / med / 1e6:.0f} MB/s (each: "
+                             f"{', '.join(f'{t:.2f}' for t in times)} s)")
         m = args.oneshot_n
         if not m:
             results_done(results, notes, n)
