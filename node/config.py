@@ -18,6 +18,7 @@ from typing import Any
 from nat.iceservers import parse_servers
 
 DEFAULT_PORT = 7946
+DEFAULT_HTTP = "127.0.0.1:7947"
 DEFAULT_DATA_DIR = "~/.local/share/sedma"
 SOCKET_NAME = "sedma.sock"
 
@@ -39,6 +40,20 @@ def parse_size(text: str | int) -> int:
     if not m:
         raise ConfigError(f"not a size: {text!r} (examples: 512MiB, 4GiB, 1000000)")
     return int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str | int | float) -> float:
+    """``'24h'`` -> 86400.0; plain numbers are seconds."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return float(text)
+    m = _DURATION.match(str(text))
+    if not m:
+        raise ConfigError(f"not a duration: {text!r} (examples: 24h, 90m, 3600)")
+    return float(m.group(1)) * _SECONDS[m.group(2).lower()]
 
 
 def parse_address(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
@@ -73,6 +88,17 @@ class NodeConfig:
     #: it with what the dual memory observes).
     capacity: float | None = None
     shutdown_grace: float = 10.0
+    #: Finished jobs (records and result files) are forgotten after this many seconds...
+    job_retention: float = 24 * 3600.0
+    #: ...or once this many newer ones finished.
+    job_retention_count: int = 1000
+    #: Seconds between dual-memory consolidations (each one persists both memories).
+    memory_save_every: float = 10.0
+    #: Dashboard and /metrics address, ``off`` to disable; None is the default address,
+    #: served when free (a second daemon on the machine then runs without one).
+    http: str | None = None
+    #: File holding the bearer token the dashboard requires (mandatory off loopback).
+    http_token: str | None = None
 
     @property
     def data_path(self) -> Path:
@@ -97,9 +123,35 @@ class NodeConfig:
             parse_servers(self.stun, self.turn)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        if self.memory_save_every <= 0:
+            raise ConfigError("memory_save_every must be positive")
+        if self.job_retention <= 0 or self.job_retention_count < 1:
+            raise ConfigError("job_retention must be positive and job_retention_count >= 1")
         if self.workers < 1:
             raise ConfigError("workers must be at least 1")
+        self._validate_http()
         return self
+
+    def _validate_http(self) -> None:
+        """A dashboard on a non-loopback address must have a token: it shows the mesh."""
+        if self.http is None or self.http == "off":
+            return
+        host, _ = parse_address(self.http, 7947)
+        if not is_loopback(host) and not self.http_token:
+            raise ConfigError(f"--http {self.http} is not a loopback address: it needs "
+                              "--http-token FILE (or use --http off)")
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and ``localhost`` (names are not resolved)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load_file(path: str | Path) -> dict[str, Any]:
@@ -127,6 +179,8 @@ def build_config(file: str | None, overrides: dict[str, Any]) -> NodeConfig:
     values.update({k: v for k, v in overrides.items() if v is not None})
     if "memory_limit" in values:
         values["memory_limit"] = parse_size(values["memory_limit"])
+    if "job_retention" in values:
+        values["job_retention"] = parse_duration(values["job_retention"])
     for key in ("bootstrap", "stun", "turn", "advertise"):
         if isinstance(values.get(key), str):
             values[key] = [values[key]]

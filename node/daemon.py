@@ -21,14 +21,18 @@ from nat import signaling
 from nat.connector import ConnectorConfig
 from node import api
 from node.config import NodeConfig
+from node.http.server import start_http
 from node.memory.dualmemory import DualMemory
 from node.net.identity import load_cluster_key, load_node_id, prepare_data_dir
 from node.work.holder import BlockHolder
 from node.work.jobs import JobManager
 from node.work.plans import PlanBook
+from node.work.retention import Retention
 from node.work.reconfigure import Reconfigurer
 from node.net.mesh import Mesh
+from node.looplag import LagMonitor, StallReporter
 from node.metrics import Metrics, total_memory
+from node.supervise import Supervisor
 from node.net.session import Session
 from node.memory.statedb import StateDB
 from node.memory.store import BlockStore
@@ -38,10 +42,11 @@ from protocol.handshake import cluster_id_for
 log = logging.getLogger("sedma.daemon")
 
 ADVERT_EVERY = 1.0       # how often local load/memory is offered to the membership
-CONSOLIDATE_EVERY = 10.0  # short-term -> long-term memory, and persist both
 PING_EVERY = 2.0          # RTT samples, a few sessions per round
 PING_PER_ROUND = 1        # sessions pinged per round, in turn: idle cost flat in mesh size
 RECONFIGURE_EVERY = 30.0  # retry replica repairs that could not be made at once
+HOUSEKEEPING_EVERY = 60.0  # job retention, forgetting departed peers
+FORGET_LINKS_AFTER = 3600.0  # a departed peer's link outcome is dropped after this long
 
 
 class Daemon:
@@ -54,9 +59,13 @@ class Daemon:
         self.key = load_cluster_key(config.cluster_key)
         self.device: DeviceProfile = get_preset(config.device)
         self.started = time.time()
+        self.http = None   # the dashboard server, once started
         self.stop_event = asyncio.Event()
         self._addresses: list[str] | None = None
         self._tasks: list[asyncio.Task] = []
+        self.supervisor = Supervisor()
+        self.lag = LagMonitor()
+        self.stall_reporter = StallReporter(self.lag)
 
     # lifecycle ----------------------------------------------------------------------
     async def run(self) -> None:
@@ -85,21 +94,31 @@ class Daemon:
         connector = ConnectorConfig(stun=tuple(cfg.stun), turn=tuple(cfg.turn))
         self.mesh = Mesh(self.node_id, cfg.name, cluster_id_for(self.key), self.key,
                          cfg.listen, cfg.bootstrap, self._on_peer_message, connector)
+        self.mesh.event_hooks.append(self.metrics.member_event)   # gossip counts for /metrics
         self.plans = PlanBook(self.db)
         self.plans.restore()
         self.holder = BlockHolder(self.device, self.store, self.executor, self.metrics,
                                   self.plans)
         self.jobs = JobManager(self.node_id, self.holder, self.mesh, self.memory, self.metrics,
-                               self.db, self.data_dir, self.capacity)
-        self.jobs.restore()
+                               self.db, self.data_dir, self.capacity,
+                               Retention(cfg.job_retention, cfg.job_retention_count))
+        for name in self.jobs.restore():
+            if name not in self.plans:   # our deploy died before its plan committed
+                dropped = await self.executor.run(self.store.drop, name)
+                log.warning("deploy of %s was interrupted before it committed; dropped its "
+                            "%d local block(s)", name, dropped)
         self.reconfigurer = Reconfigurer(self.jobs)
-        await self.mesh.start(self._make_advert)
-        self.api = await api.serve(cfg.socket_path, self._on_local_request)
+        await self.mesh.start(self._make_advert, self.supervisor.start)
+        self.http = await start_http(self)   # dashboard + /metrics (None when off)
+        self.api = await api.serve(cfg.socket_path, self.metrics.timed(self._on_local_request))
         self._install_signals()
         self.mesh.event_hooks.append(self._on_member_event)
-        for coro in (self._advertise_loop(), self._memory_loop(), self._ping_loop(),
-                     self._reconfigure_loop()):
-            self._tasks.append(asyncio.get_running_loop().create_task(coro))
+        for name, loop in (("advertise", self._advertise_loop), ("memory", self._memory_loop),
+                           ("ping", self._ping_loop), ("reconfigure", self._reconfigure_loop),
+                           ("housekeeping", self._housekeeping_loop),
+                           ("loop_lag", self.lag.run)):
+            self.supervisor.start(name, loop)
+        self.stall_reporter.start()
         await self.executor.run(trim_heap)
         log.info("node %s (%s) up: peers on %s, local socket %s, device %s, %.1f GFLOP/s, "
                  "%d resident block(s), budget %d bytes, event loop %s", self.node_id[:8],
@@ -109,13 +128,18 @@ class Daemon:
     async def shutdown(self) -> None:
         log.info("shutting down")
         self.api.close()
+        if self.http is not None:
+            await self.http.stop()
         await self.jobs.shutdown(self.config.shutdown_grace)
+        await self.supervisor.stop(keep=("gossip",))   # the leave is gossiped by mesh.stop
+        self.stall_reporter.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.memory.consolidate()
         await self.db.run(self.memory.save)
         await self.mesh.stop()
+        await self.supervisor.stop()
         self.executor.shutdown(wait=False)  # a long share must not hold the exit hostage
         self.db.close()
         try:
@@ -171,24 +195,42 @@ class Daemon:
 
     async def _memory_loop(self) -> None:
         while True:
-            await asyncio.sleep(CONSOLIDATE_EVERY)
+            await asyncio.sleep(self.config.memory_save_every)
             self.memory.consolidate()
             await self.db.run(self.memory.save)
             await self.executor.run(trim_heap)
 
     def _on_member_event(self, event: Any) -> None:
         if event.kind in ("dead", "left"):
-            task = asyncio.get_running_loop().create_task(self.reconfigurer.run())
+            task = asyncio.get_running_loop().create_task(self._repair_once())
             self._tasks.append(task)
             task.add_done_callback(self._tasks.remove)
+
+    async def _repair_once(self) -> None:
+        try:
+            await self.reconfigurer.run()
+        except Exception:  # the periodic pass retries; this one must not vanish silently
+            log.exception("replica repair pass failed")
 
     async def _reconfigure_loop(self) -> None:
         while True:
             await asyncio.sleep(RECONFIGURE_EVERY)
-            try:
-                await self.reconfigurer.run()
-            except Exception:  # one bad pass must not end repairs for good
-                log.exception("replica repair pass failed")
+            await self.reconfigurer.run()   # a failure is logged and retried by the supervisor
+
+    async def _housekeeping_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_EVERY)
+            await self.housekeeping()
+
+    async def housekeeping(self) -> None:
+        """Bound what grows with time: finished jobs, departed peers' records."""
+        await self.jobs.prune()
+        members = {m.node_id for m in self.mesh.members()
+                   if m.state.value in ("alive", "suspect")}
+        forgotten = self.memory.forget_departed(members)
+        forgotten += self.mesh.connector.forget(members, FORGET_LINKS_AFTER)
+        if forgotten:
+            log.info("forgot %d record(s) of departed peers", len(forgotten))
 
     async def _ping_loop(self) -> None:
         cursor = ""
@@ -244,7 +286,7 @@ class Daemon:
         if isinstance(req, api.WaitRequest):
             return (await jobs.wait(req.job_id, min(max(req.timeout, 0.0), 60.0))).public()
         if isinstance(req, api.ResultRequest):
-            return jobs.result(req.job_id)
+            return await jobs.result(req.job_id)
         if isinstance(req, api.CancelRequest):
             return jobs.cancel(req.job_id).public()
         if isinstance(req, api.DeployRequest):
@@ -255,7 +297,7 @@ class Daemon:
         raise api.UserError(f"unsupported request {type(req).TAG}")
 
     def status(self) -> dict:
-        useful = sum(b.nbytes for b in self.store.blocks())
+        useful = self.store.resident_bytes
         return {
             "id": self.node_id, "name": self.config.name, "addresses": self.addresses(),
             "memory": {"total": total_memory(), "free": self.store.free,
@@ -267,8 +309,13 @@ class Daemon:
             "blocks": self.store.names(), "deployments": self.plans.names(),
             "members": len(self.mesh.members()),
             "tasks": len(asyncio.all_tasks()),
+            "loops": self.supervisor.report(),
+            "compute": {"cores": self.executor.cores, "workers": self.executor.workers,
+                        "blas_threads": self.executor.blas_threads},
+            "loop_lag": self.lag.report(),
             "metrics": self.metrics.summary(useful, self.executor.utilisation()),
             "memory_patterns": self.memory.short_term_summary(),
+            "dashboard": self.http.url if self.http is not None else None,
         }
 
     def peers(self) -> list[dict]:

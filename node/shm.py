@@ -52,6 +52,9 @@ MAX_BYTES = 4 << 30
 MEMFD_NAME = "sedma-api"
 _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL \
     if hasattr(fcntl, "F_SEAL_SHRINK") else 0
+#: Handle "descriptor" meaning: the data area follows the header inline on the socket (a
+#: small message from a peer that takes its answer through shared memory).
+INLINE = 0xFFFFFFFF
 _HANDLE = struct.Struct(">IQ")
 _PEERCRED = struct.Struct("3i")
 
@@ -191,9 +194,10 @@ class Channel:
     """One connection's shared-memory state: the peer's pid, whether this end sends array
     bytes by shared memory, and the descriptors it still owes the peer.
 
-    The two ends differ in ``send`` and ``follow``: a client offers shared memory from
-    its first request (``send``); the daemon answers through it only once the client has
-    used it on that connection (``follow``), which proves the client is local and able to.
+    The two ends differ in ``send`` and ``follow``: a client sends every request as a
+    shared-memory frame (``send``; a small one carries its bytes inline); the daemon
+    answers a request through shared memory only when that request came as such a frame
+    (``follow``, see :meth:`note`), which proves the client is local and willing.
     ``writable`` maps received data copy-on-write (the client's results: writable arrays,
     nothing copied unless written), else read-only (the daemon's operands).
     """
@@ -216,11 +220,14 @@ class Channel:
         return out.handle
 
     def receive(self, handle: Handle) -> memoryview:
-        """Map the peer's data area; a peer that uses shared memory may be answered by it."""
-        data = attach(self.pid, handle, self.writable)
+        """Map the peer's data area."""
+        return attach(self.pid, handle, self.writable)
+
+    def note(self, shm_frame: bool) -> None:
+        """The peer's last message came as a shared-memory frame (or not): a following end
+        answers in kind."""
         if self.follow:
-            self.send = available()
-        return data
+            self.send = shm_frame and available() and self.pid is not None
 
     def release(self) -> None:
         """Close what this end sent: the peer has opened it (or never will)."""

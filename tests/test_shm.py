@@ -129,19 +129,24 @@ def test_bad_handles_are_refused_with_a_reason(case, words, tmp_path):
             k.close() if hasattr(k, "close") else os.close(k)
 
 
-def test_channel_sends_only_large_data_and_only_once_the_peer_used_it():
+def test_channel_sends_only_large_data_and_answers_in_kind():
     a, b = socket.socketpair(socket.AF_UNIX)
     try:
         client = shm.Channel(a, send=True, follow=False, writable=True)
         daemon = shm.Channel(b, send=False, follow=True, writable=False)
         assert client.pid == daemon.pid == os.getpid()
-        assert client.export([b"x" * 100]) is None                 # small: the socket
+        assert client.export([b"x" * 100]) is None                 # small: not in a memfd
         big = [b"y" * shm.MIN_BYTES]
-        assert daemon.export(big) is None                          # not offered yet
+        assert daemon.export(big) is None                          # not asked for it
         handle = client.export(big)
         assert handle is not None and handle.size == shm.MIN_BYTES
         assert bytes(daemon.receive(handle)[:3]) == b"yyy"
+        daemon.note(True)
         assert daemon.export(big) is not None                      # now it answers in kind
+        daemon.note(False)                                         # a plain request: plain
+        assert daemon.export(big) is None
+        client.note(False)
+        assert client.send                                         # the client keeps offering
         client.release()
         daemon.release()
         assert not memfd_links(os.getpid())

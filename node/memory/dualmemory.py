@@ -11,18 +11,25 @@ mesh gets better at its own workload over time.
 
 The class is a plain state machine fed with observations and a clock; persistence is two
 small methods the daemon calls.
+
+Threads: observations arrive on the event loop while ``save`` runs on the database
+thread. One lock owns every container; ``save`` copies under it and encodes outside it, so
+neither side ever iterates a deque the other is appending to ("deque mutated during
+iteration" used to kill the memory loop), and the loop waits at most for a copy.
 """
 
 from __future__ import annotations
 
 import collections
 import sqlite3
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 
 import msgpack
 
 SHORT_WINDOW = 300.0      # seconds of history in short-term memory
+FORGET_AFTER = 24 * 3600.0  # a departed peer's patterns are dropped after this long unseen
 ALPHA = 0.3               # weight of one consolidation period in the long-term estimate
 
 
@@ -42,6 +49,7 @@ class PeerPattern:
     reliability: float = 1.0
     samples: int = 0
     failures: int = 0
+    last_seen: float = 0.0   # newest sample folded in (wall clock)
 
 
 @dataclass
@@ -61,23 +69,31 @@ class DualMemory:
     peer_patterns: dict[str, PeerPattern] = field(default_factory=dict)
     matrix_patterns: dict[str, MatrixPattern] = field(default_factory=dict)
     _consolidated_at: dict[str, float] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     # observations (short-term) ------------------------------------------------------
     def record_share(self, peer: str, flops: float, seconds: float, ok: bool,
                      now: float | None = None) -> None:
         """A share sent to ``peer`` finished (or failed) after ``seconds``."""
         now = time.time() if now is None else now
-        self.peers.setdefault(peer, collections.deque(maxlen=4096)).append(
-            Sample(now, flops, seconds, ok))
+        with self._lock:
+            self.peers.setdefault(peer, collections.deque(maxlen=4096)).append(
+                Sample(now, flops, seconds, ok))
 
     def record_request(self, matrix: str, latency_s: float, now: float | None = None) -> None:
         now = time.time() if now is None else now
-        self.requests.setdefault(matrix, collections.deque(maxlen=4096)).append((now, latency_s))
+        with self._lock:
+            self.requests.setdefault(matrix, collections.deque(maxlen=4096)).append(
+                (now, latency_s))
 
     # consolidation (short -> long) ---------------------------------------------------
     def consolidate(self, now: float | None = None) -> None:
         """Fold samples newer than the last consolidation into the long-term patterns."""
         now = time.time() if now is None else now
+        with self._lock:
+            self._consolidate(now)
+
+    def _consolidate(self, now: float) -> None:
         for peer, samples in self.peers.items():
             since = self._consolidated_at.get(peer, 0.0)
             fresh = [s for s in samples if s.at > since]
@@ -111,6 +127,26 @@ class DualMemory:
         pat.reliability = (1 - ALPHA) * pat.reliability + ALPHA * rate
         pat.samples += len(fresh)
         pat.failures += len(fresh) - len(ok)
+        pat.last_seen = max(pat.last_seen, max(s.at for s in fresh))
+
+    def forget_departed(self, members: set[str], now: float | None = None,
+                        after: float = FORGET_AFTER) -> list[str]:
+        """Drop what we know of peers that are not ``members`` and went unseen ``after``
+        seconds: per-peer records otherwise grow with every node that ever passed by."""
+        now = time.time() if now is None else now
+        with self._lock:
+            gone = [p for p in set(self.peers) | set(self.peer_patterns)
+                    if p not in members and self._last_seen(p) < now - after]
+            for p in gone:
+                self.peers.pop(p, None)
+                self.peer_patterns.pop(p, None)
+                self._consolidated_at.pop(p, None)
+        return gone
+
+    def _last_seen(self, peer: str) -> float:
+        samples = self.peers.get(peer)
+        pat = self.peer_patterns.get(peer)
+        return max(samples[-1].at if samples else 0.0, pat.last_seen if pat else 0.0)
 
     # queries (what placement reads) -------------------------------------------------
     def peer_speed(self, peer: str) -> float | None:
@@ -125,22 +161,28 @@ class DualMemory:
         """Counts and rates over the window, for ``status``."""
         now = time.time() if now is None else now
         lo = now - self.window
-        shares = [s for q in self.peers.values() for s in q if s.at > lo]
-        reqs = [lat for q in self.requests.values() for at, lat in q if at > lo]
+        with self._lock:
+            shares = [s for q in self.peers.values() for s in q if s.at > lo]
+            reqs = [lat for q in self.requests.values() for at, lat in q if at > lo]
         return {"window_s": self.window, "shares": len(shares),
                 "share_failures": sum(not s.ok for s in shares), "requests": len(reqs),
                 "requests_per_s": len(reqs) / self.window}
 
     # persistence --------------------------------------------------------------------
     def save(self, conn: sqlite3.Connection, now: float | None = None) -> None:
-        """Write both memories in the caller's transaction."""
+        """Write both memories in the caller's transaction (any thread)."""
         now = time.time() if now is None else now
-        long_term = {"peers": {k: asdict(v) for k, v in self.peer_patterns.items()},
-                     "matrices": {k: asdict(v) for k, v in self.matrix_patterns.items()}}
+        with self._lock:   # copy only; encoding happens outside the lock
+            peer_patterns = {k: asdict(v) for k, v in self.peer_patterns.items()}
+            matrix_patterns = {k: asdict(v) for k, v in self.matrix_patterns.items()}
+            peers = {k: list(q) for k, q in self.peers.items()}
+            requests = {k: list(q) for k, q in self.requests.items()}
+            consolidated_at = dict(self._consolidated_at)
+        long_term = {"peers": peer_patterns, "matrices": matrix_patterns}
         short_term = {"peers": {k: [[s.at, s.flops, s.seconds, s.ok] for s in q]
-                                for k, q in self.peers.items()},
-                      "requests": {k: [list(r) for r in q] for k, q in self.requests.items()},
-                      "consolidated_at": dict(self._consolidated_at)}
+                                for k, q in peers.items()},
+                      "requests": {k: [list(r) for r in q] for k, q in requests.items()},
+                      "consolidated_at": consolidated_at}
         for table, value in (("long_term", long_term), ("short_term", short_term)):
             conn.execute(f"INSERT OR REPLACE INTO {table} VALUES ('memory', ?, ?)",
                          (msgpack.packb(value), now))
@@ -152,7 +194,9 @@ class DualMemory:
             if row is None:
                 continue
             try:
-                self._restore(table, msgpack.unpackb(row[0]))
+                value = msgpack.unpackb(row[0])
+                with self._lock:
+                    self._restore(table, value)
             except (ValueError, TypeError, KeyError, msgpack.UnpackException):
                 continue
 

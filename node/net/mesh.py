@@ -36,6 +36,7 @@ DUPLICATE_LINK_GRACE = 5.0          # a superseded link is closed after this lon
 JOIN_CHECK_AFTER = 3.0              # a join through a seed must show members by then
 LEAVE_LINGER = 0.5                  # keep gossiping this long after announcing a leave
 MAX_PENDING_HANDSHAKES = 64         # unauthenticated links at once (each times out in 5 s)
+MAX_LINKS = 1024                    # established links; more incoming ones are refused
 
 
 class Mesh:
@@ -73,15 +74,23 @@ class Mesh:
         self.bound: tuple[str, int] | None = None
 
     # lifecycle ----------------------------------------------------------------------
-    async def start(self, make_advert: Callable[[tuple[str, int]], Advertisement]) -> None:
-        """Listen, then build our advertisement (it needs the bound port) and gossip."""
+    async def start(self, make_advert: Callable[[tuple[str, int]], Advertisement],
+                    supervise: Callable[[str, Callable[[], Awaitable]], Any] | None = None
+                    ) -> None:
+        """Listen, then build our advertisement (it needs the bound port) and gossip.
+
+        ``supervise(name, loop)``, when given, runs the gossip loop (the daemon's
+        supervisor restarts it after a failure instead of letting it end silently)."""
         host, port = parse_address(self.listen)
         self._server = await listen_tcp(host, port, self._on_tcp_link)
         self.bound = self._server.sockets[0].getsockname()[:2]
         log.info("listening for peers on %s:%d", *self.bound)
         self.membership = Membership(make_advert(self.bound), self.membership_config,
                                      now=self.clock(), rng=random.Random())
-        self._spawn(self._tick_loop())
+        if supervise is not None:
+            supervise("gossip", self._tick_loop)
+        else:
+            self._spawn(self._tick_loop())
         if self.bootstrap:
             self._spawn(self._join_loop())
 
@@ -133,6 +142,11 @@ class Mesh:
     async def _accept(self, link: Link, initiator: bool) -> Session | None:
         if self._stopping:
             await link.close("node stopping")
+            return None
+        if not initiator and len(self.sessions) >= MAX_LINKS:
+            log.warning("refusing link from %s: already %d links (the cap)", link.remote,
+                        len(self.sessions))
+            await link.close("too many links")
             return None
         if self._handshaking >= MAX_PENDING_HANDSHAKES:
             log.warning("refusing link from %s: %d handshakes already pending", link.remote,

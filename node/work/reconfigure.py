@@ -4,8 +4,9 @@
 
 When a holder dies, the block's surviving holder with the lowest node id (so exactly one
 node acts, without a vote) picks the best-scoring member that does not hold the block,
-ships it the *programmed state* (replicas stay bit-identical), updates the plan and
-announces it. Decisions are a pure function (:func:`repairs`) of the plan, the set of live
+ships it the *programmed state* (replicas stay bit-identical), records the block's new
+holders as a new version of that block only, and announces the merged plan: two survivors
+repairing different blocks at once both keep their repair (:mod:`node.work.plans`). Decisions are a pure function (:func:`repairs`) of the plan, the set of live
 members and the scorer's ranking; the daemon runs them after membership events and on a
 slow timer, so a repair that failed is retried.
 """
@@ -72,18 +73,18 @@ class Reconfigurer:
             for name, plan in jobs.plans.items():
                 want = max(len(b.nodes) for b in plan.blocks)  # as deployed
                 todo = repairs(name, plan, jobs.node_id, alive, ranked, min(want, len(alive)))
+                done = 0
                 for repair in todo:
-                    made += await self._repair(plan, repair, alive)
-                if todo:
-                    await jobs.plans.put(name, plan)
-                    await jobs.announce_plan(name, plan)
+                    done += await self._repair(repair, alive)
+                if done:
+                    await jobs.announce_plan(name)
+                made += done
             return made
         finally:
             self._busy = False
 
-    async def _repair(self, plan: PartitionPlan, repair: Repair, alive: set[str]) -> int:
+    async def _repair(self, repair: Repair, alive: set[str]) -> int:
         """Ship the programmed state of one block to its new holder; 1 if it took."""
-        blk = next(b for b in plan.blocks if b.index == repair.index)
         try:
             block = self.jobs.holder.store.get(repair.name, repair.index)
         except StoreError as exc:   # the plan names us, but the block is gone (e.g. a bad file)
@@ -99,7 +100,13 @@ class Reconfigurer:
             log.warning("re-replicating %s block %d to %s failed: %s", repair.name,
                         repair.index, repair.target[:8], exc)
             return 0
-        blk.nodes = [n for n in blk.nodes if n in alive]
-        blk.nodes.append(repair.target)
+        plans = self.jobs.plans
+        current = plans.get(repair.name)       # re-read: announcements may have merged in
+        if current is None:
+            return 0
+        nodes = [n for n in current.blocks[repair.index].nodes if n in alive]
+        if repair.target not in nodes:
+            nodes.append(repair.target)
+        await plans.update_block(repair.name, repair.index, nodes, self.jobs.node_id)
         log.info("re-replicated %s block %d to %s", repair.name, repair.index, repair.target[:8])
         return 1
