@@ -164,6 +164,7 @@ async def _connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
             request = None
             await write_message(writer, response, channel)
             response = None
+            reap_mappings()
     except ProtocolError as exc:
         log.warning("bad local request: %s", exc)
         try:
@@ -175,6 +176,28 @@ async def _connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     finally:
         channel.release()
         writer.close()
+        reap_mappings()
+
+
+_reaping: set[asyncio.Task] = set()
+REAP_EVERY = 1.0
+
+
+def reap_mappings() -> None:
+    """Unmap big received mappings nothing uses any more, off the event loop; while some
+    are still in use (a running job's operands), retry every ``REAP_EVERY`` seconds. No
+    task exists when nothing is mapped, so an idle daemon pays nothing."""
+    if _reaping or not shm.REAPER.pending():
+        return
+    task = asyncio.get_running_loop().create_task(_reap_until_done())
+    _reaping.add(task)
+    task.add_done_callback(_reaping.discard)
+
+
+async def _reap_until_done() -> None:
+    loop = asyncio.get_running_loop()
+    while await loop.run_in_executor(None, shm.REAPER.reap):
+        await asyncio.sleep(REAP_EVERY)
 
 
 async def _answer(request: Any, dispatch: Dispatch) -> Response:

@@ -83,6 +83,19 @@ def test_copy_on_write_attach_gives_private_writable_bytes():
         assert bytes(shm.attach(os.getpid(), out.handle)) == b"hello"
 
 
+def test_the_reaper_unmaps_a_big_mapping_only_once_no_view_uses_it():
+    reaper = shm.Reaper()
+    with shm.Outgoing([b"z" * 4096]) as out:
+        view = shm.attach(os.getpid(), out.handle)
+    arr = np.frombuffer(view, dtype=np.uint8)
+    reaper.track(view.obj)
+    del view
+    assert reaper.reap() == 1 and arr[0] == ord("z")      # still in use: kept mapped
+    mapping = arr.base.obj
+    del arr
+    assert reaper.reap() == 0 and mapping.closed             # unmapped by reap, not by GC
+
+
 def test_codec_decode_split_matches_decode():
     msg = {"t": "x", "a": rand((33, 7), 1), "b": np.arange(5, dtype=np.int64), "s": "hi"}
     parts = codec.encode(msg)
