@@ -306,7 +306,11 @@ async def write_message(writer: asyncio.StreamWriter, msg: Any,
             raise ProtocolError(f"message of {size} bytes exceeds the frame limit")
         await _write_parts(writer, [_LEN.pack(size), *parts])
         return
-    handle = channel.export(parts[1:])
+    data = parts[1:]
+    if sum(len(p) for p in data) >= shm.REAP_BYTES:   # a big copy: not on the event loop
+        handle = await asyncio.get_running_loop().run_in_executor(None, channel.export, data)
+    else:
+        handle = channel.export(data)
     tail = []
     if handle is None:      # small: the bytes ride inline, the frame still asks for shm
         tail = parts[1:]
