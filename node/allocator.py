@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 from dataclasses import dataclass
 
 log = logging.getLogger("sedma.allocator")
@@ -51,7 +52,11 @@ def tune(settings: AllocatorSettings = AllocatorSettings()) -> bool:
     """Apply ``settings`` with mallopt; True if glibc accepted them all.
 
     Call at start-up, before the executor threads exist (arenas are made per thread).
+    ``SEDMA_MALLOC_TUNE=0`` leaves glibc's defaults (for A/B runs of ``bench/soak.py``).
     """
+    if os.environ.get("SEDMA_MALLOC_TUNE") == "0":
+        log.info("SEDMA_MALLOC_TUNE=0: allocator left at glibc's defaults")
+        return False
     lib = _libc()
     if lib is None:
         log.info("not glibc: allocator left at its defaults")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes.util
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -42,8 +43,9 @@ PROBE = textwrap.dedent("""
 
 
 def probe(tune: bool) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "SEDMA_MALLOC_TUNE"}
     out = subprocess.run([sys.executable, "-c", PROBE.format(root=str(ROOT), tune=tune)],
-                         capture_output=True, text=True, timeout=60, check=True)
+                         capture_output=True, text=True, timeout=60, check=True, env=env)
     return json.loads(out.stdout)
 
 
@@ -68,6 +70,12 @@ def test_tuned_allocator_keeps_medium_buffers_on_mmap():
     got = probe(tune=True)
     assert got["tuned"] is True
     assert got["mmapped"] == 1
+
+
+def test_tuning_can_be_switched_off_for_ab_runs(monkeypatch):
+    from node import allocator
+    monkeypatch.setenv("SEDMA_MALLOC_TUNE", "0")
+    assert allocator.tune() is False
 
 
 def test_daemon_tunes_the_allocator_before_starting_its_executor():
