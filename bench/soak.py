@@ -6,7 +6,13 @@ For ``--duration`` seconds (default 30 minutes) one client loop keeps the mesh b
 ``undeploy``, the oldest one undeployed so a few stay live. Every result is checked exact
 (device ``ideal``). Every ``--sample`` seconds it records, per daemon, the resident set
 (``/proc/PID/status`` VmRSS), open file descriptors (``/proc/PID/fd``) and asyncio tasks
-(``sedma status``), and prints them as a table.
+(``sedma status``), and prints them as a table; the RssAnon column separates heap growth
+from file-backed pages (mapped libraries, SQLite's WAL index).
+
+Chasing growth: ``SEDMA_TRACEMALLOC=1`` makes every daemon trace allocations (slow) and
+write its top allocation sites and their growth to ``tracemalloc-N.txt`` in its data dir
+on ``kill -USR1 PID`` (node/memtrace.py). ``SEDMA_MALLOC_TUNE=0`` runs the daemons with
+glibc's default malloc settings instead of node/allocator.py's, for before/after runs.
 
 After ``--warmup`` seconds (caches, the allocator and SQLite settle) it checks:
   * RSS of every daemon stays within +-10 % of its first post-warm-up sample;
@@ -47,6 +53,7 @@ class Sample:
     tasks: list[int]
     resident: list[int] = field(default_factory=list)   # bytes of programmed blocks held
     jobs: list[int] = field(default_factory=list)       # job records the daemon keeps
+    anon: list[int] = field(default_factory=list)       # bytes of RssAnon (heap, not file maps)
 
 
 @dataclass
@@ -58,11 +65,12 @@ class Counters:
     errors: list[str] = field(default_factory=list)
 
 
-def rss_of(pid: int) -> int:
+def rss_of(pid: int, field_name: str = "VmRSS") -> int:
+    """A resident-memory line of /proc/PID/status in bytes (VmRSS, RssAnon, RssFile)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field_name + ":"):
             return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
+    raise RuntimeError(f"no {field_name} for {pid}")
 
 
 def fds_of(pid: int) -> int:
@@ -79,7 +87,8 @@ def take_sample(mesh: LocalMesh, t: float) -> Sample:
             jobs.append(len(c.jobs()))
     return Sample(t, [rss_of(p) for p in pids], [fds_of(p) for p in pids],
                   [s["tasks"] for s in status],
-                  [s["memory"]["resident_blocks"] for s in status], jobs)
+                  [s["memory"]["resident_blocks"] for s in status], jobs,
+                  [rss_of(p, "RssAnon") for p in pids])
 
 
 def verdict(samples: list[Sample], warmup: float) -> list[str]:
@@ -168,12 +177,13 @@ def _has(client: Client, name: str) -> bool:
 
 
 def print_table(samples: list[Sample], names: list[str]) -> None:
-    head = " | ".join(f"{n} RSS MiB | fds | tasks | blocks MiB | jobs" for n in names)
+    head = " | ".join(f"{n} RSS MiB | anon MiB | fds | tasks | blocks MiB | jobs" for n in names)
     print(f"| t (s) | {head} |")
-    print("|---:|" + "---:|" * (5 * len(names)))
+    print("|---:|" + "---:|" * (6 * len(names)))
     for s in samples:
-        cells = " | ".join(f"{r / 2**20:.1f} | {f} | {k} | {b / 2**20:.1f} | {j}"
-                           for r, f, k, b, j in zip(s.rss, s.fds, s.tasks, s.resident, s.jobs))
+        cells = " | ".join(f"{r / 2**20:.1f} | {a / 2**20:.1f} | {f} | {k} | {b / 2**20:.1f} | {j}"
+                           for r, a, f, k, b, j in zip(s.rss, s.anon, s.fds, s.tasks,
+                                                       s.resident, s.jobs))
         print(f"| {s.t:.0f} | {cells} |")
 
 
