@@ -139,8 +139,14 @@ class Metrics:
         self.crossbar.reads += n
 
     def completed(self, n: int = 1) -> None:
+        """Count ``n`` completions now; stamps older than the window are dropped here, so
+        the deque holds one window's worth, not 100,000 stamps kept for hours (the soak's
+        slow RSS growth) and scanned on every ``throughput()`` call."""
         now = time.monotonic()
         self.completions.extend([now] * n)
+        horizon = now - self.window
+        while self.completions and self.completions[0] <= horizon:
+            self.completions.popleft()
 
     def rtt(self, ms: float) -> None:
         self.latencies_ms.append(ms)
