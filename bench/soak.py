@@ -11,8 +11,9 @@ from file-backed pages (mapped libraries, SQLite's WAL index).
 
 Chasing growth: ``SEDMA_TRACEMALLOC=1`` makes every daemon trace allocations (slow) and
 write its top allocation sites and their growth to ``tracemalloc-N.txt`` in its data dir
-on ``kill -USR1 PID`` (node/memtrace.py). ``SEDMA_MALLOC_TUNE=0`` runs the daemons with
-glibc's default malloc settings instead of node/allocator.py's, for before/after runs.
+on ``kill -USR1 PID`` (node/memtrace.py), with RSS before and after ``malloc_trim``. The
+daemons inherit the environment, so glibc's own knobs (``MALLOC_ARENA_MAX=2``,
+``MALLOC_MMAP_THRESHOLD_=131072``) can be tried for before/after runs.
 
 After ``--warmup`` seconds (caches, the allocator and SQLite settle) it checks:
   * RSS of every daemon stays within +-10 % of its first post-warm-up sample;

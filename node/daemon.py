@@ -20,7 +20,7 @@ from compute.device import DeviceProfile, PRESETS, get_preset
 from compute.executor import Executor, measure_capacity
 from nat import signaling
 from nat.connector import ConnectorConfig
-from node import allocator, api, memtrace
+from node import api, memtrace
 from node.config import NodeConfig
 from node.http.server import start_http
 from node.memory.dualmemory import DualMemory
@@ -85,7 +85,6 @@ class Daemon:
         # Before anything else: a second daemon on the same data dir must not join the
         # mesh or open the database under the running one.
         api.ensure_socket_free(cfg.socket_path)
-        allocator.tune()   # before the executor's threads exist: see node/allocator.py
         if not self.keys:
             log.warning("open mesh (no --cluster-key): links are encrypted, but any host "
                         "that reaches %s can join, gossip and submit work", cfg.listen)

@@ -9,13 +9,13 @@ was allocator fragmentation, not live objects.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
 import signal
 import tracemalloc
 from pathlib import Path
-
-from node.allocator import trim
 
 log = logging.getLogger("sedma.memtrace")
 
@@ -32,6 +32,15 @@ def rss_bytes() -> int:
     except OSError:
         pass
     return 0
+
+
+def trim() -> bool:
+    """glibc ``malloc_trim(0)``: hand free heap pages back; False if none or not glibc."""
+    name = ctypes.util.find_library("c")
+    try:
+        return bool(name and ctypes.CDLL(name).malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
 
 
 class AllocationTracer:
