@@ -506,6 +506,8 @@ class JobManager:
                 return
             except (LinkClosed, TimeoutError, RemoteError, ProtocolError, StoreError) as exc:
                 self.memory.record_share(node, flops, time.perf_counter() - start, False)
+                log.info("infer %s block %d on %s failed after %.3fs (%s); trying the next "
+                         "holder", name, blk.index, node[:8], time.perf_counter() - start, exc)
                 errors.append(f"{node[:8]}: {exc}")
         raise JobError(f"block {blk.index} of {name} has no live holder ({'; '.join(errors)})")
 
