@@ -512,9 +512,10 @@ class JobManager:
         raise JobError(f"block {blk.index} of {name} has no live holder ({'; '.join(errors)})")
 
     def _holder_order(self, nodes: list[str]) -> list[str]:
-        """Holders best first: this node (no transfer), then by score; dead ones last."""
+        """Holders best first: see :func:`holder_order`."""
         scores = {c.node_id: s for s, c in rank(self.candidates(), self.memory)}
-        return sorted(nodes, key=lambda n: (n != self.node_id, -scores.get(n, -1.0)))
+        linked = {p for p, s in self.mesh.sessions.items() if not s.closed.is_set()}
+        return holder_order(nodes, self.node_id, scores, linked)
 
     async def _infer_on(self, node, name, blk, x, read_seed, flops) -> np.ndarray:
         if node == self.node_id:
@@ -552,6 +553,19 @@ class JobManager:
                     continue
                 return (await self.plans.put(name, versioned)).plan
         raise JobError(f"no matrix named {name!r} is deployed on the mesh")
+
+def holder_order(nodes: list[str], me: str, scores: dict[str, float],
+                 linked: set[str]) -> list[str]:
+    """Holders of a block in the order a request tries them.
+
+    This node first (no transfer); then holders we have a live link to, so a holder whose
+    link just closed (killed, say) is tried only after its replicas -- a request then
+    fails over without a dial and without waiting for the failure detector to call the
+    holder dead; then by score, with holders the scorer rules out (dead, unreachable) last.
+    """
+    return sorted(nodes, key=lambda n: (n != me, n != me and n not in linked,
+                                        -scores.get(n, -1.0)))
+
 
 def check_device(device: str | None) -> None:
     """An unknown preset name is the user's error (get_preset raises a plain ValueError)."""
