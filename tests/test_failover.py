@@ -145,3 +145,34 @@ def test_an_infer_right_after_a_kill9_fails_over_without_waiting_for_anything(cl
     # a failover (when the request raced the link's close) never waited out a bound
     for line in re.findall(r'msg="[^"]*trying the next holder"', log):
         assert "timed out" not in line and "ICE attempt" not in line, line
+
+
+# --- the mesh: a dial to a member declared dead ------------------------------------------
+async def test_a_dial_to_a_member_declared_dead_ends_with_linkclosed_not_a_cancellation(tmp_path):
+    """Waiters on a dial that can no longer succeed get LinkClosed (so their request fails
+    over) as soon as the member is declared dead; nobody's own task is cancelled."""
+    from protocol.membership import Event, Output
+    from tests.inproc import running_daemon
+
+    async with running_daemon(tmp_path) as d:
+        mesh = d.mesh
+        started = asyncio.Event()
+
+        async def hanging_dial(node_id):          # a dial stuck in (say) an ICE attempt
+            started.set()
+            await asyncio.sleep(3600)
+        mesh._dial = hanging_dial
+        peer = "f" * 32
+        waiters = [asyncio.ensure_future(mesh.session(peer)) for _ in range(2)]
+        await asyncio.wait_for(started.wait(), 5)
+        mesh._process(Output(events=[Event("dead", peer, mesh.membership.member(d.mesh.node_id))]))
+        for w in waiters:
+            with pytest.raises(LinkClosed, match="declared dead"):
+                await asyncio.wait_for(w, 5)
+        assert peer not in mesh._dialing
+        # a caller cancelled by its own owner still sees its cancellation
+        task = asyncio.ensure_future(mesh.session(peer))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
