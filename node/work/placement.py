@@ -47,3 +47,22 @@ def rank(cands: list[Candidate], memory: DualMemory) -> list[tuple[float, Candid
     """Candidates that should get work, best first."""
     scored = [(score(c, memory), c) for c in cands]
     return sorted([sc for sc in scored if sc[0] > 0], key=lambda sc: -sc[0])
+
+
+def by_predicted_finish(holders: list[str], speeds: dict[str, float], inflight: dict[str, int],
+                        flops: float, overhead_s: dict[str, float] | None = None) -> list[str]:
+    """Holders ordered by when a new request would finish on each, soonest first.
+
+    Why not always the best-scoring holder: under load every request would pile onto it
+    while its replicas idle. Predicted finish = (requests already in flight there + this
+    one) x seconds per request at its learned speed + its transfer overhead, so requests
+    spread across replicas in proportion to what each can actually do. Unknown speeds
+    count as slow; ties go to the earlier holder (the plan's primary first).
+    """
+    extra = overhead_s or {}
+
+    def finish(i_n: tuple[int, str]) -> tuple[float, int]:
+        i, n = i_n
+        per = flops / (max(speeds.get(n, 0.0), MIN_SCORE) * 1e9)
+        return (inflight.get(n, 0) + 1) * per + extra.get(n, 0.0), i
+    return [n for _, n in sorted(enumerate(holders), key=finish)]
