@@ -247,7 +247,7 @@ class Daemon:
         raise api.UserError(f"unsupported request {type(req).TAG}")
 
     def status(self) -> dict:
-        useful = sum(b.nbytes for b in self.store.blocks())
+        useful = self.store.resident_bytes
         return {
             "id": self.node_id, "name": self.config.name, "addresses": self.addresses(),
             "memory": {"total": total_memory(), "free": self.store.free,

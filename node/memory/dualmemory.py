@@ -11,12 +11,18 @@ mesh gets better at its own workload over time.
 
 The class is a plain state machine fed with observations and a clock; persistence is two
 small methods the daemon calls.
+
+Threads: observations arrive on the event loop while ``save`` runs on the database
+thread. One lock owns every container; ``save`` copies under it and encodes outside it, so
+neither side ever iterates a deque the other is appending to ("deque mutated during
+iteration" used to kill the memory loop), and the loop waits at most for a copy.
 """
 
 from __future__ import annotations
 
 import collections
 import sqlite3
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -61,23 +67,31 @@ class DualMemory:
     peer_patterns: dict[str, PeerPattern] = field(default_factory=dict)
     matrix_patterns: dict[str, MatrixPattern] = field(default_factory=dict)
     _consolidated_at: dict[str, float] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     # observations (short-term) ------------------------------------------------------
     def record_share(self, peer: str, flops: float, seconds: float, ok: bool,
                      now: float | None = None) -> None:
         """A share sent to ``peer`` finished (or failed) after ``seconds``."""
         now = time.time() if now is None else now
-        self.peers.setdefault(peer, collections.deque(maxlen=4096)).append(
-            Sample(now, flops, seconds, ok))
+        with self._lock:
+            self.peers.setdefault(peer, collections.deque(maxlen=4096)).append(
+                Sample(now, flops, seconds, ok))
 
     def record_request(self, matrix: str, latency_s: float, now: float | None = None) -> None:
         now = time.time() if now is None else now
-        self.requests.setdefault(matrix, collections.deque(maxlen=4096)).append((now, latency_s))
+        with self._lock:
+            self.requests.setdefault(matrix, collections.deque(maxlen=4096)).append(
+                (now, latency_s))
 
     # consolidation (short -> long) ---------------------------------------------------
     def consolidate(self, now: float | None = None) -> None:
         """Fold samples newer than the last consolidation into the long-term patterns."""
         now = time.time() if now is None else now
+        with self._lock:
+            self._consolidate(now)
+
+    def _consolidate(self, now: float) -> None:
         for peer, samples in self.peers.items():
             since = self._consolidated_at.get(peer, 0.0)
             fresh = [s for s in samples if s.at > since]
@@ -125,22 +139,28 @@ class DualMemory:
         """Counts and rates over the window, for ``status``."""
         now = time.time() if now is None else now
         lo = now - self.window
-        shares = [s for q in self.peers.values() for s in q if s.at > lo]
-        reqs = [lat for q in self.requests.values() for at, lat in q if at > lo]
+        with self._lock:
+            shares = [s for q in self.peers.values() for s in q if s.at > lo]
+            reqs = [lat for q in self.requests.values() for at, lat in q if at > lo]
         return {"window_s": self.window, "shares": len(shares),
                 "share_failures": sum(not s.ok for s in shares), "requests": len(reqs),
                 "requests_per_s": len(reqs) / self.window}
 
     # persistence --------------------------------------------------------------------
     def save(self, conn: sqlite3.Connection, now: float | None = None) -> None:
-        """Write both memories in the caller's transaction."""
+        """Write both memories in the caller's transaction (any thread)."""
         now = time.time() if now is None else now
-        long_term = {"peers": {k: asdict(v) for k, v in self.peer_patterns.items()},
-                     "matrices": {k: asdict(v) for k, v in self.matrix_patterns.items()}}
+        with self._lock:   # copy only; encoding happens outside the lock
+            peer_patterns = {k: asdict(v) for k, v in self.peer_patterns.items()}
+            matrix_patterns = {k: asdict(v) for k, v in self.matrix_patterns.items()}
+            peers = {k: list(q) for k, q in self.peers.items()}
+            requests = {k: list(q) for k, q in self.requests.items()}
+            consolidated_at = dict(self._consolidated_at)
+        long_term = {"peers": peer_patterns, "matrices": matrix_patterns}
         short_term = {"peers": {k: [[s.at, s.flops, s.seconds, s.ok] for s in q]
-                                for k, q in self.peers.items()},
-                      "requests": {k: [list(r) for r in q] for k, q in self.requests.items()},
-                      "consolidated_at": dict(self._consolidated_at)}
+                                for k, q in peers.items()},
+                      "requests": {k: [list(r) for r in q] for k, q in requests.items()},
+                      "consolidated_at": consolidated_at}
         for table, value in (("long_term", long_term), ("short_term", short_term)):
             conn.execute(f"INSERT OR REPLACE INTO {table} VALUES ('memory', ?, ?)",
                          (msgpack.packb(value), now))
@@ -152,7 +172,9 @@ class DualMemory:
             if row is None:
                 continue
             try:
-                self._restore(table, msgpack.unpackb(row[0]))
+                value = msgpack.unpackb(row[0])
+                with self._lock:
+                    self._restore(table, value)
             except (ValueError, TypeError, KeyError, msgpack.UnpackException):
                 continue
 

@@ -5,6 +5,12 @@ Each block's programmed state is written to ``blocks/<name>/<idx>.blk`` (temp fi
 rename, fsync of the directory) *before* its row is committed to SQLite, so after a crash a
 committed row always has its file; files without a row are orphans and are removed at
 start. The store enforces the node's memory budget before anything is programmed.
+
+Threads: blocks are added and dropped from compute threads while the event loop reads
+``free`` (every second, for the advert) and lists blocks (``status``). One lock owns the
+block table and the byte counters; readers get snapshots, never the live dict, so no
+iteration can meet a concurrent change ("dictionary changed size during iteration" used
+to kill the advert loop).
 """
 
 from __future__ import annotations
@@ -65,14 +71,22 @@ class BlockStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.db = db
         self.budget = budget
-        self._blocks: dict[tuple[str, int], Resident] = {}
-        self._reserved = 0
+        self._blocks: dict[tuple[str, int], Resident] = {}   # guarded by _lock
+        self._resident = 0                                    # bytes of _blocks, by _lock
+        self._reserved = 0                                    # guarded by _lock
         self._lock = threading.Lock()
 
     # accounting ---------------------------------------------------------------------
     @property
     def used(self) -> int:
-        return sum(b.nbytes for b in self._blocks.values()) + self._reserved
+        with self._lock:
+            return self._resident + self._reserved
+
+    @property
+    def resident_bytes(self) -> int:
+        """Bytes of programmed blocks held (reservations for blocks in flight excluded)."""
+        with self._lock:
+            return self._resident
 
     @property
     def free(self) -> int:
@@ -81,10 +95,11 @@ class BlockStore:
     def reserve(self, nbytes: int, what: str) -> None:
         """Claim budget before programming, so two concurrent deploys cannot overcommit."""
         with self._lock:
-            if self.used + nbytes > self.budget:
+            used = self._resident + self._reserved
+            if used + nbytes > self.budget:
                 raise StoreError(
-                    f"{what} needs {nbytes} bytes but only {self.free} of the "
-                    f"{self.budget}-byte memory budget are free")
+                    f"{what} needs {nbytes} bytes but only {max(0, self.budget - used)} of "
+                    f"the {self.budget}-byte memory budget are free")
             self._reserved += nbytes
 
     def release(self, nbytes: int) -> None:
@@ -93,19 +108,24 @@ class BlockStore:
 
     # blocks ------------------------------------------------------------------------
     def get(self, name: str, index: int) -> Resident:
-        block = self._blocks.get((name, index))
+        with self._lock:
+            block = self._blocks.get((name, index))
         if block is None:
             raise StoreError(f"block {index} of {name!r} is not resident on this node")
         return block
 
     def names(self) -> dict[str, list[int]]:
         out: dict[str, list[int]] = {}
-        for (name, idx) in sorted(self._blocks):
+        with self._lock:
+            keys = sorted(self._blocks)
+        for (name, idx) in keys:
             out.setdefault(name, []).append(idx)
         return out
 
     def blocks(self) -> list[Resident]:
-        return list(self._blocks.values())
+        """A snapshot: safe to iterate while other threads add or drop blocks."""
+        with self._lock:
+            return list(self._blocks.values())
 
     def persist(self, block: Resident) -> None:
         """Write the block's file and commit its row (called from a worker thread)."""
@@ -119,15 +139,23 @@ class BlockStore:
              str(path.relative_to(self.root)), block.nbytes, time.time())))
 
     def add(self, block: Resident) -> None:
-        """Make a persisted block available for requests."""
-        self._blocks[(block.name, block.index)] = block
+        """Make a persisted block available for requests (any thread)."""
+        with self._lock:
+            old = self._blocks.get((block.name, block.index))
+            self._blocks[(block.name, block.index)] = block
+            self._resident += block.nbytes - (old.nbytes if old is not None else 0)
 
     def drop(self, name: str) -> int:
-        """Forget every block of ``name``, on disk too; return how many were dropped."""
-        keys = [k for k in self._blocks if k[0] == name]
+        """Forget every block of ``name``, on disk too; return how many were dropped.
+
+        Runs on a compute thread: the row goes first (a crash then leaves only orphan
+        files, removed at start), then the blocks leave the table under the lock.
+        """
         self.db.call(lambda c: c.execute("DELETE FROM blocks WHERE name = ?", (name,)))
-        for key in keys:
-            del self._blocks[key]
+        with self._lock:
+            keys = [k for k in self._blocks if k[0] == name]
+            for key in keys:
+                self._resident -= self._blocks.pop(key).nbytes
         directory = self.root / name
         if directory.is_dir():
             for f in directory.iterdir():
@@ -159,7 +187,11 @@ class BlockStore:
             if path not in known:
                 log.warning("removing orphaned block file %s", path)
                 path.unlink(missing_ok=True)
-        return len(self._blocks)
+        for directory in self.root.iterdir():
+            if directory.is_dir() and not any(directory.iterdir()):
+                directory.rmdir()
+        with self._lock:
+            return len(self._blocks)
 
 
 def _atomic_write(path: Path, parts: list) -> None:
