@@ -28,7 +28,12 @@ from dataclasses import asdict, dataclass, field
 
 import msgpack
 
+from node.memory.prefetch import Key, SuccessorModel
+from node.memory.tiers import HALF_LIFE_S, decayed
+
 SHORT_WINDOW = 300.0      # seconds of history in short-term memory
+MAX_BLOCK_STATS = 65536   # per-block read counts kept (the least used are forgotten)
+MAX_DECISIONS = 200       # reconfiguration decisions kept
 ALPHA = 0.3               # weight of one consolidation period in the long-term estimate
 
 
@@ -67,6 +72,14 @@ class DualMemory:
     peer_patterns: dict[str, PeerPattern] = field(default_factory=dict)
     matrix_patterns: dict[str, MatrixPattern] = field(default_factory=dict)
     _consolidated_at: dict[str, float] = field(default_factory=dict)
+    #: Long-term, per block ("name/idx"): [aged read count, last read] (tier policy).
+    block_reads: dict[str, list[float]] = field(default_factory=dict)
+    #: Long-term: which block follows which (prefetch).
+    successors: SuccessorModel = field(default_factory=SuccessorModel)
+    #: Long-term: the last reconfiguration decisions, with reason, predicted and measured gain.
+    decisions: list[dict] = field(default_factory=list)
+    #: Short-term, per tier: [bytes read, seconds] since start (how much slower tier 1 is).
+    tier_io: dict[int, list[float]] = field(default_factory=lambda: {0: [0.0, 0.0], 1: [0.0, 0.0]})
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     # observations (short-term) ------------------------------------------------------
@@ -83,6 +96,67 @@ class DualMemory:
         with self._lock:
             self.requests.setdefault(matrix, collections.deque(maxlen=4096)).append(
                 (now, latency_s))
+
+    def record_block_read(self, key: Key, now: float | None = None) -> None:
+        """A read of block ``key`` started: its aged count and the successor model learn."""
+        now = time.time() if now is None else now
+        k = f"{key[0]}/{key[1]}"
+        with self._lock:
+            hits, last = self.block_reads.get(k, (0.0, now))
+            self.block_reads[k] = [decayed(hits, last, now, HALF_LIFE_S) + 1.0, now]
+            if len(self.block_reads) > MAX_BLOCK_STATS:
+                del self.block_reads[min(self.block_reads, key=lambda j: self.block_reads[j][1])]
+            self.successors.observe(key, now)
+
+    def block_use(self, key: Key) -> tuple[float, float]:
+        """(aged read count at the last read, time of the last read) of block ``key``."""
+        with self._lock:
+            hits, last = self.block_reads.get(f"{key[0]}/{key[1]}", (0.0, 0.0))
+        return hits, last
+
+    def predict_next(self, key: Key, limit: int = 2) -> list[Key]:
+        """Blocks the successor model expects right after ``key``."""
+        with self._lock:
+            return [p.key for p in self.successors.predict(key, limit)]
+
+    def record_tier_read(self, tier: int, nbytes: int, seconds: float) -> None:
+        with self._lock:
+            acc = self.tier_io.setdefault(tier, [0.0, 0.0])
+            acc[0] += nbytes
+            acc[1] += seconds
+
+    def tier1_speed(self) -> float:
+        """Tier-1 read throughput as a fraction of tier 0's (1.0 until both were measured)."""
+        with self._lock:
+            (b0, s0), (b1, s1) = self.tier_io.get(0, (0, 0)), self.tier_io.get(1, (0, 0))
+        if not (b0 and s0 and b1 and s1):
+            return 1.0
+        return min(1.0, (b1 / s1) / (b0 / s0))
+
+    def record_decision(self, decision: dict) -> None:
+        """Keep a reconfiguration decision (with its reason and predicted gain)."""
+        with self._lock:
+            self.decisions.append(dict(decision))
+            del self.decisions[: max(0, len(self.decisions) - MAX_DECISIONS)]
+
+    def decided(self, limit: int = 20) -> list[dict]:
+        with self._lock:
+            return [dict(d) for d in self.decisions[-limit:]]
+
+    def matrix_rate(self, name: str, now: float | None = None, span: float = 60.0) -> float:
+        """Requests per second of ``name`` over the last ``span`` seconds (short-term)."""
+        now = time.time() if now is None else now
+        with self._lock:
+            q = self.requests.get(name, ())
+            return sum(1 for at, _ in q if at > now - span) / span
+
+    def forget_matrix(self, name: str) -> None:
+        """An undeployed matrix: its per-block counts and learned sequences go."""
+        prefix = name + "/"
+        with self._lock:
+            self.block_reads = {k: v for k, v in self.block_reads.items()
+                                if not k.startswith(prefix)}
+            self.successors.forget(name)
 
     # consolidation (short -> long) ---------------------------------------------------
     def consolidate(self, now: float | None = None) -> None:
@@ -156,7 +230,11 @@ class DualMemory:
             peers = {k: list(q) for k, q in self.peers.items()}
             requests = {k: list(q) for k, q in self.requests.items()}
             consolidated_at = dict(self._consolidated_at)
-        long_term = {"peers": peer_patterns, "matrices": matrix_patterns}
+            blocks = {k: list(v) for k, v in self.block_reads.items()}
+            successors = self.successors.to_dict()
+            decisions = [dict(d) for d in self.decisions]
+        long_term = {"peers": peer_patterns, "matrices": matrix_patterns, "blocks": blocks,
+                     "successors": successors, "decisions": decisions}
         short_term = {"peers": {k: [[s.at, s.flops, s.seconds, s.ok] for s in q]
                                 for k, q in peers.items()},
                       "requests": {k: [list(r) for r in q] for k, q in requests.items()},
@@ -182,6 +260,11 @@ class DualMemory:
         if table == "long_term":
             self.peer_patterns = {k: PeerPattern(**v) for k, v in value["peers"].items()}
             self.matrix_patterns = {k: MatrixPattern(**v) for k, v in value["matrices"].items()}
+            self.block_reads = {str(k): [float(v[0]), float(v[1])]
+                                for k, v in value.get("blocks", {}).items()}
+            if "successors" in value:
+                self.successors = SuccessorModel.from_dict(value["successors"])
+            self.decisions = [d for d in value.get("decisions", []) if isinstance(d, dict)]
             return
         for k, rows in value["peers"].items():
             self.peers[k] = collections.deque((Sample(*r) for r in rows), maxlen=4096)
