@@ -1,8 +1,8 @@
 """Daemon configuration: defaults, the optional TOML file, and command-line overrides.
 
 Keys in the TOML file mirror the ``sedma daemon`` flags (``listen``, ``bootstrap``,
-``data_dir``, ``socket``, ``name``, ``memory_limit``, ``device``, ``stun``, ``turn``,
-``cluster_key``); a flag given on the command line wins over the file.
+``data_dir``, ``socket``, ``name``, ``memory_limit``, ``disk_limit``, ``device``, ``stun``,
+``turn``, ``cluster_key``, ...); a flag given on the command line wins over the file.
 """
 
 from __future__ import annotations
@@ -62,6 +62,9 @@ class NodeConfig:
     socket: str | None = None
     name: str = field(default_factory=sockets.gethostname)
     memory_limit: int = 2 << 30
+    #: Tier 1: programmed state kept on disk beyond the RAM budget (every block counts,
+    #: the RAM copies too); never below ``memory_limit``.
+    disk_limit: int = 8 << 30
     device: str = "ideal"
     stun: list[str] = field(default_factory=list)
     turn: list[str] = field(default_factory=list)
@@ -73,6 +76,14 @@ class NodeConfig:
     #: it with what the dual memory observes).
     capacity: float | None = None
     shutdown_grace: float = 10.0
+    #: Testing aid: every compute on this node takes this many times as long (the extra
+    #: time is slept), to see the mesh move work away from a slow node. 1.0 = off.
+    compute_slowdown: float = 1.0
+    #: Learned prefetch of predicted blocks into RAM (off only to measure what it buys).
+    prefetch: bool = True
+    #: Seconds between reconfiguration passes (replica repair, hot replication, retiring,
+    #: migration). TOML only; tests shorten it.
+    reconfigure_every: float = 30.0
 
     @property
     def data_path(self) -> Path:
@@ -89,6 +100,12 @@ class NodeConfig:
             parse_address(b)
         if self.memory_limit <= 0:
             raise ConfigError(f"memory_limit must be positive, got {self.memory_limit}")
+        if self.disk_limit < self.memory_limit:
+            raise ConfigError(f"disk_limit ({self.disk_limit}) must be at least memory_limit "
+                              f"({self.memory_limit}): every block in RAM is also on disk")
+        if not 1.0 <= self.compute_slowdown <= 1000.0:
+            raise ConfigError(f"compute_slowdown must be within 1..1000, got "
+                              f"{self.compute_slowdown}")
         if not self.name or len(self.name) > 64:
             raise ConfigError("name must be 1 to 64 characters")
         if self.capacity is not None and self.capacity <= 0:
@@ -97,6 +114,9 @@ class NodeConfig:
             parse_servers(self.stun, self.turn)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        if not 0.5 <= self.reconfigure_every <= 3600:
+            raise ConfigError(f"reconfigure_every must be within 0.5..3600 s, got "
+                              f"{self.reconfigure_every}")
         if self.workers < 1:
             raise ConfigError("workers must be at least 1")
         return self
@@ -125,8 +145,11 @@ def build_config(file: str | None, overrides: dict[str, Any]) -> NodeConfig:
     """Defaults, then the file, then non-None overrides; sizes parsed; validated."""
     values: dict[str, Any] = load_file(file) if file else {}
     values.update({k: v for k, v in overrides.items() if v is not None})
-    if "memory_limit" in values:
-        values["memory_limit"] = parse_size(values["memory_limit"])
+    for key in ("memory_limit", "disk_limit"):
+        if key in values:
+            values[key] = parse_size(values[key])
+    if "memory_limit" in values and "disk_limit" not in values:
+        values["disk_limit"] = max(NodeConfig.disk_limit, values["memory_limit"])
     for key in ("bootstrap", "stun", "turn", "advertise"):
         if isinstance(values.get(key), str):
             values[key] = [values[key]]

@@ -40,7 +40,6 @@ log = logging.getLogger("sedma.daemon")
 ADVERT_EVERY = 1.0       # how often local load/memory is offered to the membership
 CONSOLIDATE_EVERY = 10.0  # short-term -> long-term memory, and persist both
 PING_EVERY = 2.0          # RTT samples on each session
-RECONFIGURE_EVERY = 30.0  # retry replica repairs that could not be made at once
 
 
 class Daemon:
@@ -74,9 +73,10 @@ class Daemon:
             log.warning("no --cluster-key: any host that reaches %s can join this mesh",
                         cfg.listen)
         self.db = StateDB(self.data_dir / "state.db")
-        self.store = BlockStore(self.data_dir, self.db, cfg.memory_limit)
         self.memory = DualMemory()
         self.db.call(self.memory.load)
+        self.store = BlockStore(self.data_dir, self.db, cfg.memory_limit, cfg.disk_limit,
+                                self.memory)
         self.metrics = Metrics()
         self.executor = Executor(cfg.workers)
         self.capacity = cfg.capacity or await self.executor.run(measure_capacity)
@@ -87,7 +87,8 @@ class Daemon:
         self.plans = PlanBook(self.db)
         self.plans.restore()
         self.holder = BlockHolder(self.device, self.store, self.executor, self.metrics,
-                                  self.plans)
+                                  self.plans, self.memory, cfg.compute_slowdown, cfg.prefetch,
+                                  self.node_id)
         self.jobs = JobManager(self.node_id, self.holder, self.mesh, self.memory, self.metrics,
                                self.db, self.data_dir, self.capacity)
         self.jobs.restore()
@@ -160,7 +161,19 @@ class Daemon:
                     memory_budget=self.store.budget, cores=self.executor.workers,
                     capacity=self.capacity, queue_depth=self.executor.queued,
                     running=self.executor.running, load=self.jobs.load(),
-                    device=self.device.name, device_summary=self.device.summary(), extra=extra)
+                    device=self.device.name, device_summary=self.device.summary(), extra=extra,
+                    disk_free=self.store.disk_free, disk_budget=self.store.disk_budget,
+                    tier1_speed=self.memory.tier1_speed(), stats=self._own_stats())
+
+    def _own_stats(self) -> dict[str, float | None]:
+        """This node's metrics for its advert (``status --mesh`` sums them up)."""
+        m = self.metrics.summary(self.store.resident_bytes, self.executor.utilisation())
+        return {"throughput_per_s": m["throughput_per_s"],
+                "resource_utilisation": m["resource_utilisation"],
+                "latency_p50_ms": m["communication_latency"]["p50_ms"],
+                "latency_p99_ms": m["communication_latency"]["p99_ms"],
+                "useful_bytes": m["useful_bytes"], "resident_bytes": m["resident_bytes"],
+                "served_gflops": self.memory.served_gflops}
 
     async def _advertise_loop(self) -> None:
         while True:
@@ -181,11 +194,15 @@ class Daemon:
 
     async def _reconfigure_loop(self) -> None:
         while True:
-            await asyncio.sleep(RECONFIGURE_EVERY)
+            await asyncio.sleep(self.config.reconfigure_every)
             try:
                 await self.reconfigurer.run()
             except Exception:  # one bad pass must not end repairs for good
                 log.exception("replica repair pass failed")
+            try:
+                await self.reconfigurer.rebalance()
+            except Exception:  # nor one bad rebalancing pass
+                log.exception("rebalancing pass failed")
 
     async def _ping_loop(self) -> None:
         while True:
@@ -220,7 +237,9 @@ class Daemon:
     async def _on_local_request(self, req: Any) -> Any:
         jobs = self.jobs
         if isinstance(req, api.StatusRequest):
-            return self.status()
+            return self.status() | ({"mesh": self.mesh_status()} if req.mesh else {})
+        if isinstance(req, api.MemoryRequest):
+            return self.memory_report()
         if isinstance(req, api.PeersRequest):
             return self.peers()
         if isinstance(req, api.JobsRequest):
@@ -251,7 +270,8 @@ class Daemon:
         return {
             "id": self.node_id, "name": self.config.name, "addresses": self.addresses(),
             "memory": {"total": total_memory(), "free": self.store.free,
-                       "budget": self.store.budget, "resident_blocks": useful},
+                       "budget": self.store.budget, "resident_blocks": useful,
+                       "disk_free": self.store.disk_free, "disk_budget": self.store.disk_budget},
             "load": self.jobs.load(), "device": self.device.name,
             "capacity": self.capacity, "uptime_s": time.time() - self.started,
             "cluster": cluster_id_for(self.key), "socket": str(self.config.socket_path),
@@ -261,6 +281,61 @@ class Daemon:
             "tasks": len(asyncio.all_tasks()),
             "metrics": self.metrics.summary(useful, self.executor.utilisation()),
             "memory_patterns": self.memory.short_term_summary(),
+        }
+
+    def mesh_status(self) -> dict:
+        """The four metrics for the whole mesh, from every alive member's advert.
+
+        Throughput adds up; resource utilisation is the core-weighted mean; memory
+        utilisation efficiency is all useful bytes over all resident bytes; latency is the
+        median of the members' p50 and the worst p99. Adverts are at most a few seconds old.
+        """
+        nodes = [(self.node_id, self.executor.workers, self._own_stats())]
+        nodes += [(m.node_id, m.advert.cores, m.advert.stats) for m in self.mesh.members()
+                  if m.node_id != self.node_id and m.state.value == "alive"]
+
+        def vals(key):
+            return [s.get(key) for _, _, s in nodes if s.get(key) is not None]
+        cores = sum(c for _, c, s in nodes if s.get("resource_utilisation") is not None)
+        rss = sum(vals("resident_bytes"))
+        p50 = sorted(vals("latency_p50_ms"))
+        return {
+            "nodes": len(nodes),
+            "throughput_per_s": sum(vals("throughput_per_s")),
+            "resource_utilisation": (sum(c * s["resource_utilisation"] for _, c, s in nodes
+                                         if s.get("resource_utilisation") is not None) / cores
+                                     if cores else None),
+            "memory_utilisation_efficiency": sum(vals("useful_bytes")) / rss if rss else None,
+            "communication_latency": {"p50_ms": p50[len(p50) // 2] if p50 else None,
+                                      "p99_ms": max(vals("latency_p99_ms"), default=None)},
+            "per_node": {nid: s for nid, _, s in nodes},
+        }
+
+    def memory_report(self) -> dict:
+        """What ``sedma memory`` shows: tiers, blocks, prefetch, learned peers, decisions."""
+        mem, store = self.memory, self.store
+        adverts = {m.node_id: m.advert for m in self.mesh.members()}
+        peers = {}
+        for nid, a in adverts.items():
+            pat = mem.peer_patterns.get(nid)
+            peers[nid] = {"name": a.name, "advertised_gflops": a.capacity,
+                          "learned_gflops": pat.speed_gflops if pat else None,
+                          "reliability": pat.reliability if pat else None,
+                          "self_measured_gflops": a.stats.get("served_gflops"),
+                          "link_bps": mem.link_bps.get(nid)}
+        names = {name for name, _ in self.plans.items()} | set(store.names())
+        return {
+            "id": self.node_id, "name": self.config.name,
+            "tiers": {"0": {"used": store.resident_bytes, "limit": store.budget},
+                      "1": {"used": store.disk_used, "limit": store.disk_budget},
+                      "tier1_speed": mem.tier1_speed()},
+            "blocks": {n: {str(i): t for i, t in b.items()} for n, b in store.tiers().items()},
+            "prefetch": store.stats.to_dict() | {"enabled": self.config.prefetch},
+            "peers": peers,
+            "request_rates": {n: mem.matrix_rate(n) for n in sorted(names)},
+            "block_read_rates": {f"{b.name}/{b.index}": mem.block_rate(b.key)
+                                 for b in store.blocks()},
+            "decisions": mem.decided(20),
         }
 
     def peers(self) -> list[dict]:

@@ -21,6 +21,7 @@ iteration" used to kill the memory loop), and the loop waits at most for a copy.
 from __future__ import annotations
 
 import collections
+import math
 import sqlite3
 import threading
 import time
@@ -80,6 +81,12 @@ class DualMemory:
     decisions: list[dict] = field(default_factory=list)
     #: Short-term, per tier: [bytes read, seconds] since start (how much slower tier 1 is).
     tier_io: dict[int, list[float]] = field(default_factory=lambda: {0: [0.0, 0.0], 1: [0.0, 0.0]})
+    #: Long-term, per block: smoothed seconds per read here (compute included).
+    block_seconds: dict[str, float] = field(default_factory=dict)
+    #: Long-term: this node's own achieved GFLOP/s serving reads (slowness shows here).
+    served_gflops: float | None = None
+    #: Long-term, per peer: measured bytes/s of block copies (the cost of a move).
+    link_bps: dict[str, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     # observations (short-term) ------------------------------------------------------
@@ -119,11 +126,56 @@ class DualMemory:
         with self._lock:
             return [p.key for p in self.successors.predict(key, limit)]
 
-    def record_tier_read(self, tier: int, nbytes: int, seconds: float) -> None:
+    def record_tier_read(self, tier: int, nbytes: int, seconds: float,
+                         key: Key | None = None) -> None:
+        """A read of a tier-``tier`` block took ``seconds`` (compute included)."""
         with self._lock:
             acc = self.tier_io.setdefault(tier, [0.0, 0.0])
             acc[0] += nbytes
             acc[1] += seconds
+            if key is not None:
+                k = f"{key[0]}/{key[1]}"
+                old = self.block_seconds.get(k)
+                self.block_seconds[k] = seconds if old is None else (
+                    (1 - ALPHA) * old + ALPHA * seconds)
+                if len(self.block_seconds) > MAX_BLOCK_STATS:
+                    self.block_seconds.pop(next(iter(self.block_seconds)))
+
+    def block_rate(self, key: Key, now: float | None = None) -> float:
+        """Reads per second of block ``key`` here: the aged count over its mean age.
+
+        With reads at a steady rate r, the aged count settles at r x half-life / ln 2.
+        """
+        now = time.time() if now is None else now
+        hits, last = self.block_use(key)
+        return decayed(hits, last, now, HALF_LIFE_S) * math.log(2) / HALF_LIFE_S
+
+    def block_service_s(self, key: Key) -> float | None:
+        """Smoothed seconds one read of block ``key`` takes here, None before the first."""
+        with self._lock:
+            return self.block_seconds.get(f"{key[0]}/{key[1]}")
+
+    def record_served(self, flops: float, seconds: float) -> None:
+        """This node computed ``flops`` for a peer or itself in ``seconds`` (its own speed)."""
+        if seconds <= 0:
+            return
+        with self._lock:
+            speed = flops / seconds / 1e9
+            self.served_gflops = speed if self.served_gflops is None else (
+                (1 - ALPHA) * self.served_gflops + ALPHA * speed)
+
+    def record_transfer(self, peer: str, nbytes: int, seconds: float) -> None:
+        """A block copy to ``peer`` moved ``nbytes`` in ``seconds`` (its link speed)."""
+        if seconds <= 0:
+            return
+        with self._lock:
+            bps = nbytes / seconds
+            old = self.link_bps.get(peer)
+            self.link_bps[peer] = bps if old is None else (1 - ALPHA) * old + ALPHA * bps
+
+    def link_speed(self, peer: str, default: float) -> float:
+        with self._lock:
+            return self.link_bps.get(peer, default)
 
     def tier1_speed(self) -> float:
         """Tier-1 read throughput as a fraction of tier 0's (1.0 until both were measured)."""
@@ -138,6 +190,13 @@ class DualMemory:
         with self._lock:
             self.decisions.append(dict(decision))
             del self.decisions[: max(0, len(self.decisions) - MAX_DECISIONS)]
+
+    def judge_decision(self, at: float, key: Key, measured_after: dict) -> None:
+        """Record what was measured after the decision made at ``at`` on block ``key``."""
+        with self._lock:
+            for d in self.decisions:
+                if d.get("at") == at and (d.get("name"), d.get("index")) == key:
+                    d["measured_after"] = measured_after
 
     def decided(self, limit: int = 20) -> list[dict]:
         with self._lock:
@@ -233,8 +292,10 @@ class DualMemory:
             blocks = {k: list(v) for k, v in self.block_reads.items()}
             successors = self.successors.to_dict()
             decisions = [dict(d) for d in self.decisions]
+            extra = {"block_seconds": dict(self.block_seconds), "link_bps": dict(self.link_bps),
+                     "served_gflops": self.served_gflops}
         long_term = {"peers": peer_patterns, "matrices": matrix_patterns, "blocks": blocks,
-                     "successors": successors, "decisions": decisions}
+                     "successors": successors, "decisions": decisions, **extra}
         short_term = {"peers": {k: [[s.at, s.flops, s.seconds, s.ok] for s in q]
                                 for k, q in peers.items()},
                       "requests": {k: [list(r) for r in q] for k, q in requests.items()},
@@ -265,6 +326,11 @@ class DualMemory:
             if "successors" in value:
                 self.successors = SuccessorModel.from_dict(value["successors"])
             self.decisions = [d for d in value.get("decisions", []) if isinstance(d, dict)]
+            self.block_seconds = {str(k): float(v)
+                                  for k, v in value.get("block_seconds", {}).items()}
+            self.link_bps = {str(k): float(v) for k, v in value.get("link_bps", {}).items()}
+            served = value.get("served_gflops")
+            self.served_gflops = None if served is None else float(served)
             return
         for k, rows in value["peers"].items():
             self.peers[k] = collections.deque((Sample(*r) for r in rows), maxlen=4096)

@@ -44,6 +44,7 @@ from protocol.errors import ProtocolError
 
 log = logging.getLogger("sedma.store")
 
+LOAD_WAIT_S = 30.0   # a read waits this long at most for a prefetch of its block
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -77,6 +78,7 @@ class Resident:
     tier: int = 0
     pins: int = 0
     loading: bool = False
+    loaded: threading.Event | None = None   # set when a load in flight ends
     prefetched: bool = False     # loaded by prefetch and not read since
 
     def __post_init__(self) -> None:
@@ -220,9 +222,11 @@ class BlockStore:
             self._blocks[block.key] = block
             block.tier = 1
             ram, block.matrix = block.matrix, None
-            if ram is not None and self._admit_locked(block, now, predicted=False) is not None:
+            victims = self._admit_locked(block, now, predicted=False) if ram is not None else None
+            if victims is not None:
                 block.matrix, block.tier = ram, 0
                 self._resident += block.nbytes
+        self._drop_cache([v.key for v in victims or ()] + ([block.key] if block.tier else []))
 
     def _forget(self, block: Resident) -> None:
         """Take ``block``'s bytes out of the counters (lock held)."""
@@ -294,14 +298,31 @@ class BlockStore:
                     self.stats.used += 1
         try:
             if matrix is None:
-                matrix = self._load(block, now, prefetch=False) or self._map(block)
+                matrix = self._await_load(block) or self._load(block, now, prefetch=False) \
+                    or self._map(block)
+                if block.tier == 0 and matrix is block.matrix:
+                    with self._lock:
+                        self.stats.tier0_reads += 1
+                        if block.prefetched:
+                            block.prefetched = False
+                            self.stats.used += 1
             yield Resident(block.name, block.index, block.row_start, block.device,
                            block.seed, matrix, block.size, tier)
         finally:
             with self._lock:
                 block.pins -= 1
             if self.memory is not None:
-                self.memory.record_tier_read(tier, block.size, time.perf_counter() - started)
+                self.memory.record_tier_read(tier, block.size, time.perf_counter() - started,
+                                             block.key)
+
+    def _await_load(self, block: Resident) -> ProgrammedMatrix | None:
+        """A prefetch of this block is under way: wait for it rather than read twice."""
+        with self._lock:
+            event = block.loaded if block.loading else None
+        if event is None or not event.wait(LOAD_WAIT_S):
+            return None
+        with self._lock:
+            return block.matrix if block.tier == 0 else None
 
     def prefetch(self, name: str, index: int, now: float | None = None) -> bool:
         """Bring a predicted block into RAM before it is read; True if it was loaded."""
@@ -327,10 +348,13 @@ class BlockStore:
         with self._lock:
             if block.tier == 0 and block.matrix is not None:
                 return block.matrix
-            if block.loading or self._admit_locked(block, now, predicted=prefetch) is None:
+            victims = None if block.loading else self._admit_locked(block, now, prefetch)
+            if victims is None:
                 return None
             block.loading = True
+            block.loaded = threading.Event()
             self._reserved += block.nbytes
+        self._drop_cache([v.key for v in victims])
         matrix = None
         try:
             matrix = ProgrammedMatrix.from_state(codec.decode(self.path(block.name,
@@ -348,7 +372,28 @@ class BlockStore:
                     if prefetch:
                         self.stats.issued += 1
                         self.stats.bytes_prefetched += block.nbytes
+                block.loaded.set()
+        self._drop_cache([block.key])      # RAM has its copy now
         return matrix
+
+    def _drop_cache(self, keys: list[Key]) -> None:
+        """Tell the kernel to drop the page cache of these files.
+
+        Why: the RAM budget bounds what this node keeps in memory; if evicted blocks stayed
+        in the page cache, tier 1 would silently be RAM and the budget a fiction. Files are
+        fsynced when written, so their pages are clean and the advice takes effect.
+        """
+        for name, index in keys:
+            try:
+                fd = os.open(self.path(name, index), os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
 
     def _map(self, block: Resident) -> ProgrammedMatrix:
         """Tier 1: the programmed state as views into a read-only map of its file."""

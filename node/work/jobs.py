@@ -32,7 +32,7 @@ from compute.partition import NodeSlot, PartitionPlan, PlacementError, plan_rows
 from nat.link import LinkClosed
 from node.memory.dualmemory import DualMemory
 from node.metrics import Metrics
-from node.work.placement import Candidate, rank
+from node.work.placement import Candidate, by_predicted_finish, holdable, rank
 from node.work.holder import BlockHolder
 from node.net.session import RemoteError
 from node.memory.statedb import StateDB
@@ -44,6 +44,7 @@ from protocol.work import DropMatrix, GetPlan, InferBlock, MatmulShare, PlanNoti
 log = logging.getLogger("sedma.jobs")
 
 MAX_ATTEMPTS = 4
+REMOTE_HOP_S = 0.002     # a remote block read pays a round trip and X's transfer
 BASE_TIMEOUT = 30.0
 #: A job's operands and result together. Below the peer message limit (every share and
 #: partial result then fits in one message) and the local API's frame limit.
@@ -93,6 +94,8 @@ class JobManager:
         self.jobs: dict[str, Job] = {}
         self.accepting = True
         self._deploying: set[str] = set()
+        #: Block requests this node has sent and not yet had answered, per holder.
+        self.inflight: dict[str, int] = {}
 
     # persistence --------------------------------------------------------------------
     def restore(self) -> None:
@@ -189,8 +192,10 @@ class JobManager:
     # candidates -----------------------------------------------------------------------
     def candidates(self) -> list[Candidate]:
         """This node plus every alive member, as the scorer sees them."""
-        out = [Candidate(self.node_id, self.capacity, self.load(), self.holder.store.free,
-                         self.holder.device.name, "self")]
+        store = self.holder.store
+        out = [Candidate(self.node_id, self.capacity, self.load(), store.free,
+                         self.holder.device.name, "self", True, store.disk_free,
+                         self.memory.tier1_speed())]
         for m in self.mesh.members():
             if m.node_id == self.node_id or m.state.value != "alive":
                 continue
@@ -198,7 +203,8 @@ class JobManager:
             outcome = self.mesh.connector.outcome(m.node_id)
             session = self.mesh.sessions.get(m.node_id)
             link = session.link.kind if session else (outcome.kind if outcome else "none")
-            out.append(Candidate(m.node_id, a.capacity, a.load, a.memory_free, a.device, link))
+            out.append(Candidate(m.node_id, a.capacity, a.load, a.memory_free, a.device, link,
+                                 True, a.disk_free, a.tier1_speed))
         return out
 
     def load(self) -> float:
@@ -213,7 +219,7 @@ class JobManager:
                 dev = self.holder.device if c.node_id == self.node_id else get_preset(c.device)
             except ValueError:
                 continue
-            slots.append(NodeSlot(c.node_id, sc, c.memory_free, dev))
+            slots.append(NodeSlot(c.node_id, sc, holdable(c), dev))
         return slots
 
     # matmul ---------------------------------------------------------------------------
@@ -409,8 +415,9 @@ class JobManager:
     async def _infer_block(self, name, blk, x, read_seed, out) -> None:
         errors = []
         flops = 2.0 * (blk.row_stop - blk.row_start) * x.shape[0] * x.shape[1]
-        for node in self._holder_order(blk.nodes):
+        for node in self._holder_order(blk.nodes, flops):
             start = time.perf_counter()
+            self.inflight[node] = self.inflight.get(node, 0) + 1
             try:
                 out[blk.row_start:blk.row_stop] = await self._infer_on(
                     node, name, blk, x, read_seed, flops)
@@ -419,12 +426,18 @@ class JobManager:
             except (LinkClosed, TimeoutError, RemoteError, ProtocolError, StoreError) as exc:
                 self.memory.record_share(node, flops, time.perf_counter() - start, False)
                 errors.append(f"{node[:8]}: {exc}")
+            finally:
+                self.inflight[node] -= 1
         raise JobError(f"block {blk.index} of {name} has no live holder ({'; '.join(errors)})")
 
-    def _holder_order(self, nodes: list[str]) -> list[str]:
-        """Holders best first: this node (no transfer), then by score; dead ones last."""
+    def _holder_order(self, nodes: list[str], flops: float = 0.0) -> list[str]:
+        """Holders by predicted finish time (requests in flight there x learned speed),
+        so load spreads over replicas; holders that are not alive go last."""
         scores = {c.node_id: s for s, c in rank(self.candidates(), self.memory)}
-        return sorted(nodes, key=lambda n: (n != self.node_id, -scores.get(n, -1.0)))
+        live = [n for n in nodes if n in scores]
+        hop = {n: REMOTE_HOP_S for n in live if n != self.node_id}   # this node: no transfer
+        ordered = by_predicted_finish(live, scores, self.inflight, flops, hop)
+        return ordered + [n for n in nodes if n not in scores]
 
     async def _infer_on(self, node, name, blk, x, read_seed, flops) -> np.ndarray:
         if node == self.node_id:
