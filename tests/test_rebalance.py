@@ -168,3 +168,18 @@ def test_bound_formula():
     assert migration_bound(1, 0) == 1
     assert migration_bound(3, 600, Policy(min_dwell_s=60)) == 3 * 11
     assert math.isfinite(busy(blk(holders=()), {}))
+
+
+def test_a_hot_block_may_gain_replicas_sooner_than_it_may_move():
+    p = Policy()
+    ns = nodes(NodeView("a", 10, load=0.9, free_bytes=1 << 30),
+               NodeView("b", 10, load=0.9, free_bytes=1 << 30),
+               NodeView("c", 10, load=0.1, free_bytes=1 << 30),
+               NodeView("slow", 1, load=0.1, free_bytes=1 << 30))
+    hot = blk(holders=("a", "b"), rate=20, changed=-(p.replicate_dwell_s + 1))
+    (d,) = plan_pass([hot], ns, now=0)
+    assert d.kind == "replicate"
+    young = blk(holders=("a", "b"), rate=20, changed=-(p.replicate_dwell_s - 1))
+    assert plan_pass([young], ns, now=0) == []
+    slow_young = blk(holders=("slow",), rate=1, changed=-(p.replicate_dwell_s + 1))
+    assert plan_pass([slow_young], ns, now=0) == []        # no migration before min_dwell_s

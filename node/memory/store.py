@@ -311,6 +311,9 @@ class BlockStore:
         finally:
             with self._lock:
                 block.pins -= 1
+                mapped = block.tier == 1
+            if mapped:          # read through the map: its pages must not linger in RAM
+                self._drop_cache([block.key])
             if self.memory is not None:
                 self.memory.record_tier_read(tier, block.size, time.perf_counter() - started,
                                              block.key)

@@ -20,9 +20,11 @@ work stealing's oscillations are the cautionary tales):
   (bytes over the measured link speed). Inputs are the dual memory's *long-term*
   estimates (EWMA over consolidation periods), so load that oscillates faster than a few
   periods averages out instead of driving moves.
-- *Dwell*: a block whose holders changed less than ``min_dwell_s`` ago is left alone, and
+- *Dwell*: a block whose holders changed less than ``min_dwell_s`` ago is neither moved
+  nor retired (it may gain a replica after the shorter ``replicate_dwell_s``: adding
+  capacity to a hot block cannot oscillate, retiring it needs the rate to fall 4x), and
   at most ``max_moves`` decisions are made per pass. Hence a hard bound: over T seconds
-  each block changes holders at most ``T / min_dwell_s + 1`` times.
+  each block migrates at most ``T / min_dwell_s + 1`` times.
 
 Every :class:`Decision` carries its reason and predicted gain so it can be checked later
 against what was measured.
@@ -46,7 +48,8 @@ class Policy:
     slow_ratio: float = 0.5      # holder slower than this x the target counts as slow
     horizon_s: float = 300.0     # how far ahead a move's saving is counted
     margin: float = 2.0          # saving must exceed margin x cost
-    min_dwell_s: float = 120.0   # a block keeps its holders at least this long
+    min_dwell_s: float = 120.0   # a block keeps its holders this long before a move/retire
+    replicate_dwell_s: float = 20.0  # ... and this long before it gains another replica
     max_moves: int = 2           # decisions per pass, all blocks together
     max_replicas: int = 4        # hot replication stops here
 
@@ -115,12 +118,13 @@ def plan_pass(blocks: list[BlockView], nodes: dict[str, NodeView], now: float,
     """This pass's decisions, most valuable first, at most ``policy.max_moves``."""
     free = {n.node_id: n.free_bytes for n in nodes.values()}
     out: list[Decision] = []
-    settled = [b for b in blocks if now - b.changed_at >= policy.min_dwell_s]
-    for b in sorted(settled, key=lambda b: -busy(b, nodes)):
+    for b in sorted(blocks, key=lambda b: -busy(b, nodes)):
         if len(out) >= policy.max_moves:
             break
-        d = (_replicate(b, nodes, free, now, policy) or _retire(b, nodes, now, policy)
-             or _migrate(b, nodes, free, now, policy))
+        age = now - b.changed_at
+        d = _replicate(b, nodes, free, now, policy) if age >= policy.replicate_dwell_s else None
+        if d is None and age >= policy.min_dwell_s:
+            d = _retire(b, nodes, now, policy) or _migrate(b, nodes, free, now, policy)
         if d is not None:
             out.append(d)
             if d.target:
@@ -215,7 +219,7 @@ def _why_move(src: NodeView, t: NodeView, policy: Policy) -> str:
 
 
 def migration_bound(blocks: int, seconds: float, policy: Policy = Policy()) -> int:
-    """Most holder changes the dwell rule allows for ``blocks`` blocks over ``seconds``."""
+    """Most migrations the dwell rule allows for ``blocks`` blocks over ``seconds``."""
     return blocks * (math.floor(seconds / policy.min_dwell_s) + 1)
 
 
