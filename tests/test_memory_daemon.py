@@ -9,6 +9,7 @@ bench/memory.py; this is the same path scaled down to run in seconds.
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 
@@ -17,6 +18,7 @@ from tests.daemons import run_cli, wait_for
 
 LAYERS, N = 8, 512
 LAYER_BYTES = N * N * 4
+THINK_S = 0.2     # between requests; a 1 MiB load takes milliseconds even on a busy box
 
 
 def rand(shape, seed):
@@ -44,6 +46,7 @@ def test_a_node_serves_more_layers_than_its_ram_and_prefetch_learns_the_order(cl
         for rnd in range(4):
             for i in range(LAYERS):
                 c.infer(f"L{i}", x)
+                time.sleep(THINK_S)   # time for the prefetch to land (speed: bench/memory.py)
         last = c.memory()
     assert last["tiers"]["0"]["used"] <= last["tiers"]["0"]["limit"]
     p0, p1 = first["prefetch"], last["prefetch"]
@@ -51,8 +54,8 @@ def test_a_node_serves_more_layers_than_its_ram_and_prefetch_learns_the_order(cl
     hits = p1["tier0_reads"] - p0["tier0_reads"]
     assert reads == 4 * LAYERS
     # Without prefetch, frequency-based admission keeps a fixed 3 of 8 in RAM (37 %);
-    # the learned order must do clearly better once warmed up.
-    assert hits / reads >= 0.6, last["prefetch"]
+    # with the learned order loaded ahead, the next layer is in RAM when asked for.
+    assert hits / reads >= 0.8, last["prefetch"]
     assert p1["issued"] > 0 and p1["bytes_prefetched"] > 0
 
     out = run_cli("memory", "--socket", str(node.socket))

@@ -107,7 +107,8 @@ class PrefetchStats:
     """What prefetch did, for ``sedma memory`` and the bench."""
 
     reads: int = 0              # block reads served
-    tier0_reads: int = 0        # ... that found the block in RAM
+    tier0_reads: int = 0        # ... that found the block in RAM (hits)
+    late: int = 0               # ... that waited for a prefetch of their block in flight
     issued: int = 0             # blocks loaded into RAM because they were predicted
     used: int = 0               # ... that were read while still in RAM
     wasted: int = 0             # ... that were evicted before anyone read them
@@ -115,7 +116,7 @@ class PrefetchStats:
     bytes_prefetched: int = 0   # ... of which by prefetch
 
     def hit_rate(self) -> float | None:
-        """Reads served from RAM over all reads."""
+        """Reads that found their block in RAM over all reads (late prefetches are misses)."""
         return self.tier0_reads / self.reads if self.reads else None
 
     def accuracy(self) -> float | None:

@@ -298,14 +298,15 @@ class BlockStore:
                     self.stats.used += 1
         try:
             if matrix is None:
-                matrix = self._await_load(block) or self._load(block, now, prefetch=False) \
-                    or self._map(block)
-                if block.tier == 0 and matrix is block.matrix:
+                matrix = self._await_load(block)
+                if matrix is not None:      # a prefetch was under way: late, but used
                     with self._lock:
-                        self.stats.tier0_reads += 1
+                        self.stats.late += 1
                         if block.prefetched:
                             block.prefetched = False
                             self.stats.used += 1
+                else:                       # a miss: load on demand or read the map
+                    matrix = self._load(block, now, prefetch=False) or self._map(block)
             yield Resident(block.name, block.index, block.row_start, block.device,
                            block.seed, matrix, block.size, tier)
         finally:

@@ -199,7 +199,9 @@ class BlockHolder:
             key = guesses[0]
             nxt.append(key)
         nxt = [k for k in nxt if k[1] in held.get(k[0], ())]
-        self.store.predicted = frozenset(nxt)
+        # The block about to be read counts as predicted too: until its read pins it, a
+        # prefetch running on the other thread must not evict it.
+        self.store.predicted = frozenset(nxt) | {(name, index)}
         loop = asyncio.get_running_loop()
         for key in nxt:
             if key in self._prefetching:
