@@ -74,7 +74,8 @@ def tiers(root: Path, layers: int, n: int, batch: int, passes: int, ram: str) ->
             reads = after["reads"] - before["reads"]
             hits = after["tier0_reads"] - before["tier0_reads"]
             used, wasted = after["used"] - before["used"], after["wasted"] - before["wasted"]
-            rows.append((prefetch, passes * layers / took, hits / reads,
+            late = after["late"] - before["late"]
+            rows.append((prefetch, passes * layers / took, hits / reads, late / reads,
                          used / (used + wasted) if used + wasted else None,
                          (after["bytes_loaded"] - before["bytes_loaded"]) / passes,
                          rep["tiers"]["0"]["used"], rep["tiers"]["1"]["used"]))
@@ -83,10 +84,12 @@ def tiers(root: Path, layers: int, n: int, batch: int, passes: int, ram: str) ->
     base = rows[0][1]
     out = [f"tiers: {layers} layers of {n}x{n} float32 ({layers * n * n * 4 >> 20} MiB) on one "
            f"node with --memory-limit {ram}, X {n}x{batch}, {passes} passes after one to learn",
-           "", "| prefetch | layers/s | vs off | tier-0 hit rate | prefetch accuracy | "
-           "MiB moved per pass | tier 0 used | tier 1 used |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for pf, rate, hit, acc, moved, t0, t1 in rows:
+           "", "| prefetch | layers/s | vs off | tier-0 hits | late (waited for its prefetch) "
+           "| prefetch accuracy | MiB moved per pass | tier 0 used | tier 1 used |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for pf, rate, hit, late, acc, moved, t0, t1 in rows:
         out.append(f"| {'on' if pf else 'off'} | {rate:.2f} | {rate / base:.2f}x | {hit:.0%} | "
+                   f"{late:.0%} | "
                    f"{'-' if acc is None else f'{acc:.0%}'} | {moved / 2**20:.0f} | "
                    f"{t0 / 2**20:.0f} MiB | {t1 / 2**20:.0f} MiB |")
     return out
