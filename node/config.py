@@ -84,6 +84,9 @@ class NodeConfig:
     #: Seconds between reconfiguration passes (replica repair, hot replication, retiring,
     #: migration). TOML only; tests shorten it.
     reconfigure_every: float = 30.0
+    #: Seconds a block keeps its holders before it may migrate or lose a replica (the
+    #: anti-thrash dwell; migrations per block over T seconds <= T / dwell + 1). TOML only.
+    rebalance_dwell_s: float = 120.0
 
     @property
     def data_path(self) -> Path:
@@ -117,6 +120,9 @@ class NodeConfig:
         if not 0.5 <= self.reconfigure_every <= 3600:
             raise ConfigError(f"reconfigure_every must be within 0.5..3600 s, got "
                               f"{self.reconfigure_every}")
+        if not 1.0 <= self.rebalance_dwell_s <= 86400:
+            raise ConfigError(f"rebalance_dwell_s must be within 1..86400 s, got "
+                              f"{self.rebalance_dwell_s}")
         if self.workers < 1:
             raise ConfigError("workers must be at least 1")
         return self

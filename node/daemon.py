@@ -26,6 +26,7 @@ from node.net.identity import load_cluster_key, load_node_id, prepare_data_dir
 from node.work.holder import BlockHolder
 from node.work.jobs import JobManager
 from node.work.plans import PlanBook
+from node.work.rebalance import Policy
 from node.work.reconfigure import Reconfigurer
 from node.net.mesh import Mesh
 from node.metrics import Metrics, total_memory
@@ -92,7 +93,9 @@ class Daemon:
         self.jobs = JobManager(self.node_id, self.holder, self.mesh, self.memory, self.metrics,
                                self.db, self.data_dir, self.capacity)
         self.jobs.restore()
-        self.reconfigurer = Reconfigurer(self.jobs)
+        dwell = cfg.rebalance_dwell_s
+        self.reconfigurer = Reconfigurer(self.jobs, Policy(
+            min_dwell_s=dwell, replicate_dwell_s=min(Policy.replicate_dwell_s, dwell)))
         await self.mesh.start(self._make_advert)
         self.api = await api.serve(cfg.socket_path, self._on_local_request)
         self._install_signals()

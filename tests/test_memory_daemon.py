@@ -28,7 +28,7 @@ def rand(shape, seed):
 def test_a_node_serves_more_layers_than_its_ram_and_prefetch_learns_the_order(cluster):
     node = cluster.add("solo", extra=["--capacity", "10", "--memory-limit",
                                       str(3 * LAYER_BYTES + 1000),
-                                      "--disk-limit", str(LAYERS * LAYER_BYTES + 1000)]).start()
+                                      "--disk-limit", str(LAYERS * LAYER_BYTES + 1000)])
     ws = [rand((N, N), i) for i in range(LAYERS)]
     with Client(node.socket) as c:
         for i, w in enumerate(ws):
@@ -70,7 +70,7 @@ def test_a_node_serves_more_layers_than_its_ram_and_prefetch_learns_the_order(cl
 def test_blocks_come_back_in_their_tiers_after_kill9(cluster):
     node = cluster.add("solo", extra=["--capacity", "10", "--memory-limit",
                                       str(2 * LAYER_BYTES + 1000),
-                                      "--disk-limit", str(6 * LAYER_BYTES)]).start()
+                                      "--disk-limit", str(6 * LAYER_BYTES)])
     ws = [rand((N, N), i) for i in range(4)]
     with Client(node.socket) as c:
         for i, w in enumerate(ws):

@@ -8,11 +8,16 @@ grace period. Every request before, during and after the move returns W @ X.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from node.client import Client
 from node.work.holder import RELEASE_GRACE_S
 from tests.daemons import wait_for
+
+
+DWELL_S = 8.0     # the anti-thrash dwell, shortened from 120 s so the test runs in a minute
 
 
 def rand(shape, seed):
@@ -21,11 +26,11 @@ def rand(shape, seed):
 
 def test_a_slow_nodes_blocks_migrate_away_and_every_answer_stays_exact(cluster, tmp_path):
     conf = tmp_path / "fast-reconfigure.toml"
-    conf.write_text("reconfigure_every = 2.0\n")
+    conf.write_text(f"reconfigure_every = 2.0\nrebalance_dwell_s = {DWELL_S}\n")
     common = ["--capacity", "10", "--config", str(conf)]
-    n1 = cluster.add("n1", extra=common).start()
-    n2 = cluster.add("n2", extra=common).start()
-    slow = cluster.add("slow", extra=common + ["--compute-slowdown", "10"]).start()
+    n1 = cluster.add("n1", extra=common)
+    n2 = cluster.add("n2", extra=common)
+    slow = cluster.add("slow", extra=common + ["--compute-slowdown", "10"])
     cluster.wait_converged(alive=2)
     w = rand((1536, 512), 1)
     with Client(n1.socket) as c:
@@ -53,4 +58,75 @@ def test_a_slow_nodes_blocks_migrate_away_and_every_answer_stays_exact(cluster, 
              RELEASE_GRACE_S + 60, "the slow node to release the moved blocks")
     held = {int(i) for node in (n1, n2) for i in node.status()["blocks"].get("w", [])}
     assert held == {int(i) for i in info["placement"]}      # every block still has a home
-    requests(5)
+    time.sleep(2 * DWELL_S)          # two more dwell periods under load: nothing moves back
+    requests(10)
+    moves = []
+    for node in (n1, n2, slow):
+        with Client(node.socket) as c:
+            moves += [d for d in c.memory()["decisions"] if d["kind"] == "migrate"]
+    assert len(moves) == len(moved), moves
+    assert all(d["source"] == slow.id for d in moves)
+
+
+def test_kill9_of_a_holder_during_a_migration_loses_no_request_and_replicas_come_back(
+        cluster, tmp_path):
+    """Requests run all along; the moment a migration off the slow node is decided (its
+    copy is done, the plan switched, the old holder still in its grace period) the slow
+    node is killed with SIGKILL. Every request still returns W @ X (the coordinator fails
+    over to the other replica), and every block is held by two live nodes again."""
+    import threading
+
+    conf = tmp_path / "fast-reconfigure.toml"
+    conf.write_text(f"reconfigure_every = 2.0\nrebalance_dwell_s = {DWELL_S}\n")
+    common = ["--capacity", "10", "--config", str(conf)]
+    n1 = cluster.add("n1", extra=common)
+    cluster.add("n2", extra=common)
+    cluster.add("n3", extra=common)
+    slow = cluster.add("slow", extra=common + ["--compute-slowdown", "10"])
+    cluster.wait_converged(alive=3)
+    w = rand((2048, 256), 3)
+    with Client(n1.socket) as c:
+        info = c.deploy("w", w, replicas=2)
+    assert any(slow.id in h for h in info["placement"].values())
+    failures: list[str] = []
+    served = [0]
+    stop = threading.Event()
+
+    def load():
+        with Client(n1.socket) as c:
+            i = 0
+            while not stop.is_set():
+                x = rand((256, 8), i)
+                try:
+                    np.testing.assert_allclose(c.infer("w", x), w @ x, rtol=1e-4, atol=1e-3)
+                    served[0] += 1
+                except Exception as exc:
+                    failures.append(repr(exc))
+                i += 1
+    t = threading.Thread(target=load)
+    t.start()
+    try:
+        def decided():
+            for node in cluster.nodes:
+                with Client(node.socket) as c:
+                    if any(d["kind"] == "migrate" and d["source"] == slow.id
+                           for d in c.memory()["decisions"]):
+                        return True
+            return False
+        wait_for(decided, 90, "a migration off the slow node")
+        slow.kill9()
+        before = served[0]
+        live = cluster.nodes[:3]
+
+        def restored():
+            held: dict[int, int] = {}
+            for node in live:
+                for idx in node.status()["blocks"].get("w", []):
+                    held[idx] = held.get(idx, 0) + 1
+            return all(held.get(int(i), 0) >= 2 for i in info["placement"])
+        wait_for(restored, 90, "every block of w to be held by two live nodes")
+        wait_for(lambda: served[0] > before + 5, 30, "requests to keep being served")
+    finally:
+        stop.set()
+        t.join(60)
+    assert failures == []

@@ -36,6 +36,7 @@ SHORT_WINDOW = 300.0      # seconds of history in short-term memory
 MAX_BLOCK_STATS = 65536   # per-block read counts kept (the least used are forgotten)
 MAX_DECISIONS = 200       # reconfiguration decisions kept
 ALPHA = 0.3               # weight of one consolidation period in the long-term estimate
+SERVED_ALPHA = 0.05       # weight of one read in this node's own speed (~20-read memory)
 
 
 @dataclass
@@ -162,7 +163,7 @@ class DualMemory:
         with self._lock:
             speed = flops / seconds / 1e9
             self.served_gflops = speed if self.served_gflops is None else (
-                (1 - ALPHA) * self.served_gflops + ALPHA * speed)
+                (1 - SERVED_ALPHA) * self.served_gflops + SERVED_ALPHA * speed)
 
     def record_transfer(self, peer: str, nbytes: int, seconds: float) -> None:
         """A block copy to ``peer`` moved ``nbytes`` in ``seconds`` (its link speed)."""

@@ -66,8 +66,10 @@ class BlockHolder:
     async def compute_share(self, a: np.ndarray, b: np.ndarray, device: str | None, seed: int,
                             row_offset: int) -> np.ndarray:
         """One-shot ``a @ b`` on crossbars (a is rows [row_offset, ...) of the job's A)."""
-        return await self._slowed(self.executor.run(crossbar_matmul, a, b, self.profile(device),
-                                                    seed, row_offset))
+        y, busy = await self.executor.run(_timed, functools.partial(
+            crossbar_matmul, a, b, self.profile(device), seed, row_offset))
+        await self._slow_down(busy)
+        return y
 
     async def store_block(self, name, index, row_start, w, device, seed) -> int:
         """Program a block here, persist it, then make it available; return its bytes."""
@@ -152,38 +154,39 @@ class BlockHolder:
         self._prefetch_after(name, index)
         reading = self.store.reading(name, index)
         block = await self.executor.run(reading.__enter__)
-        start = time.perf_counter()
         try:
-            y = await self._slowed(self._read(block.matrix, x, read_seed))
+            y, busy = await self._read(block.matrix, x, read_seed)
+            await self._slow_down(busy)
         finally:
             reading.__exit__(None, None, None)
         if self.memory is not None:
             rows, cols = block.matrix.shape
             self.memory.record_served(2.0 * rows * cols * (1 if x.ndim == 1 else x.shape[1]),
-                                      time.perf_counter() - start)
+                                      busy * self.slowdown)
         return y
 
-    async def _read(self, matrix: ProgrammedMatrix, x: np.ndarray, read_seed: int) -> np.ndarray:
+    async def _read(self, matrix: ProgrammedMatrix, x: np.ndarray,
+                    read_seed: int) -> tuple[np.ndarray, float]:
+        """The read and the seconds it kept the compute threads busy (queueing excluded:
+        this node's own speed must not drop just because it was given more work)."""
         if matrix.shape[1] != x.shape[0]:
             raise StoreError(f"X has {x.shape[0]} rows; block has {matrix.shape[1]} columns")
         spans = _chunks(-(-matrix.shape[0] // row_granularity(matrix.profile)), self.executor.workers)
         if len(spans) == 1 or x.ndim == 1 or x.shape[1] < MIN_SPLIT_BATCH:  # memory-bound
-            return await self.executor.run(matrix.matmul, x, read_seed)
-        parts = await asyncio.gather(*(self.executor.run(
-            functools.partial(matrix.matmul, x, read_seed, tile_rows=span)) for span in spans))
-        return np.concatenate(parts)
+            return await self.executor.run(_timed, functools.partial(matrix.matmul, x, read_seed))
+        parts = await asyncio.gather(*(self.executor.run(_timed, functools.partial(
+            matrix.matmul, x, read_seed, tile_rows=span)) for span in spans))
+        busy = sum(sec for _, sec in parts) / min(len(spans), self.executor.workers)
+        return np.concatenate([y for y, _ in parts]), busy
 
-    async def _slowed(self, work: Any) -> Any:
-        """Run ``work``; with ``--compute-slowdown F`` (a testing aid) take F times as long.
+    async def _slow_down(self, busy: float) -> None:
+        """With ``--compute-slowdown F`` (a testing aid), make compute take F times as long.
 
         The extra time is slept, not computed: the node looks slow to its peers (what the
         dual memory and migration must notice) without stealing the shared machine's CPU.
         """
-        start = time.perf_counter()
-        value = await work
         if self.slowdown > 1.0:
-            await asyncio.sleep((self.slowdown - 1.0) * (time.perf_counter() - start))
-        return value
+            await asyncio.sleep((self.slowdown - 1.0) * busy)
 
     def _prefetch_after(self, name: str, index: int) -> None:
         """Start loading the blocks the dual memory predicts after this one (if held here)."""
@@ -277,6 +280,13 @@ class BlockHolder:
 MIN_CHUNK_TILES = 2
 #: Below this many input columns a read is bound by memory, not arithmetic: keep it whole.
 MIN_SPLIT_BATCH = 8
+
+
+def _timed(fn: Any) -> tuple[Any, float]:
+    """``fn()`` and the seconds it ran, measured on the thread that ran it."""
+    start = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - start
 
 
 def _chunks(n_tiles: int, workers: int) -> list[tuple[int, int]]:

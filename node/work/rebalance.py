@@ -45,7 +45,9 @@ class Policy:
     hot_busy: float = 0.6        # busy fraction per holder that asks for another replica
     cool_busy: float = 0.15      # below this with one replica fewer, retire one
     overload: float = 1.5        # advertised load (tasks per core) that counts as overloaded
-    slow_ratio: float = 0.5      # holder slower than this x the target counts as slow
+    slow_ratio: float = 0.33     # holder slower than this x the target counts as slow (a
+                                 # wide margin: measured speeds of equal nodes differ ~2x
+                                 # on a busy machine, and a move must not be undone by noise)
     horizon_s: float = 300.0     # how far ahead a move's saving is counted
     margin: float = 2.0          # saving must exceed margin x cost
     min_dwell_s: float = 120.0   # a block keeps its holders this long before a move/retire

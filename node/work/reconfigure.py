@@ -83,7 +83,8 @@ class Reconfigurer:
         self.policy = policy
         self._busy = False
         self._load: dict[str, float] = {}          # per node, averaged over passes
-        self._changed: dict[tuple[str, int], float] = {}   # when a block's holders changed
+        #: per block: (holder set last seen, when it was first seen): the dwell clock
+        self._changed: dict[tuple[str, int], tuple[tuple[str, ...], float]] = {}
         self._deployed: dict[str, int] = {}
 
     async def rebalance(self, now: float | None = None) -> list[Decision]:
@@ -106,17 +107,26 @@ class Reconfigurer:
             self._busy = False
 
     def _node_views(self) -> dict[str, NodeView]:
+        """Every live member, with speeds of one kind only: each node's own measured
+        serving speed (ours from the dual memory, the others' from their adverts).
+
+        Why not mix in advertised capacity or what we measured as their client: a BLAS
+        peak and a serving speed with its overheads differ several-fold, and comparing
+        them made two nodes each find the other faster and swap a block back and forth.
+        A node that has served nothing yet gets the median of the known speeds.
+        """
         jobs, memory = self.jobs, self.jobs.memory
         adverts = {m.node_id: m.advert for m in jobs.mesh.members()}
+        cands = jobs.candidates()
+        own = {c.node_id: (memory.served_gflops if c.node_id == jobs.node_id else
+                           adverts[c.node_id].stats.get("served_gflops")
+                           if c.node_id in adverts else None) for c in cands}
+        known = sorted(v for v in own.values() if v)
         out = {}
-        for c in jobs.candidates():
+        for c in cands:
             prev = self._load.get(c.node_id, c.load)
             load = self._load[c.node_id] = 0.7 * prev + 0.3 * c.load
-            if c.node_id == jobs.node_id:
-                speed = memory.served_gflops or memory.peer_speed(c.node_id) or c.capacity
-            else:
-                told = adverts[c.node_id].stats.get("served_gflops") if c.node_id in adverts else None
-                speed = memory.peer_speed(c.node_id) or told or c.capacity
+            speed = own[c.node_id] or (known[len(known) // 2] if known else c.capacity)
             out[c.node_id] = NodeView(c.node_id, float(speed), load, c.memory_free,
                                       c.link == "ice-relay",
                                       memory.link_speed(c.node_id, DEFAULT_LINK_BPS))
@@ -140,7 +150,8 @@ class Reconfigurer:
                 rate = memory.block_rate(key, now) * len(live)
                 out.append(BlockView(name, blk.index, jobs.holder.store.get(*key).nbytes,
                                      svc * mine_speed * 1e9, tuple(blk.nodes), rate,
-                                     self._changed_at(key), self._want(name, plan)))
+                                     self._changed_at(key, tuple(blk.nodes), now),
+                                     self._want(name, plan)))
         return out
 
     def _want(self, name: str, plan: PartitionPlan) -> int:
@@ -163,7 +174,7 @@ class Reconfigurer:
         else:
             blk.nodes[blk.nodes.index(d.source)] = d.target
         key = (d.name, d.index)
-        self._changed[key] = d.at
+        self._changed[key] = (tuple(blk.nodes), d.at)
         await jobs.plans.put(d.name, plan)
         await jobs.announce_plan(d.name, plan)
         jobs.holder.release_unlisted(d.name)
@@ -175,14 +186,17 @@ class Reconfigurer:
                  d.source[:8], d.target[:8] or "-", d.reason, d.predicted_gain)
         return True
 
-    def _changed_at(self, key: tuple[str, int]) -> float:
-        """When the block's holders last changed: this run's moves, else the persisted log
-        (so a restart does not reset the dwell time)."""
-        if key not in self._changed:
-            ats = [float(d.get("at", 0.0)) for d in self.jobs.memory.decided(limit=10**6)
-                   if (d.get("name"), d.get("index")) == key]
-            self._changed[key] = max(ats, default=0.0)
-        return self._changed[key]
+    def _changed_at(self, key: tuple[str, int], holders: tuple[str, ...], now: float) -> float:
+        """When this node saw the block's holder set change (first sight counts as a change).
+
+        Why first sight: another node may have just moved the block here (its decision is
+        in its own log, not ours); assuming the holders are fresh keeps the dwell time
+        for everyone, at the price of waiting one dwell after a restart.
+        """
+        seen = self._changed.get(key)
+        if seen is None or seen[0] != holders:
+            self._changed[key] = seen = (holders, now)
+        return seen[1]
 
     def _measure_after(self, now: float) -> None:
         """Fill in what was measured after decisions old enough to judge (same metrics)."""
