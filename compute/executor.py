@@ -4,6 +4,11 @@ numpy's matmul releases the GIL, so a thread pool gives real parallelism without
 cost of shipping weights to another process; resident blocks are shared by reference.
 The busy-time ledger feeds the "resource utilisation" metric (busy compute time divided
 by wall time times cores, over a window).
+
+Oversubscription: each compute thread's matmul may itself start a BLAS thread team, so
+``workers`` threads x BLAS's default (one per core) would run cores^2 threads fighting for
+cores. The executor caps BLAS (threadpoolctl, process-wide, for OpenBLAS/MKL/BLIS alike)
+so that workers x BLAS threads <= the cores this process may run on, in production too.
 """
 
 from __future__ import annotations
@@ -13,8 +18,13 @@ import collections
 import concurrent.futures
 import os
 import threading
+import logging
 import time
 from typing import Any, Callable, TypeVar
+
+from threadpoolctl import threadpool_info, threadpool_limits
+
+log = logging.getLogger("sedma.executor")
 
 T = TypeVar("T")
 
@@ -22,8 +32,16 @@ T = TypeVar("T")
 class Executor:
     """A bounded pool of compute threads with a busy-time ledger."""
 
-    def __init__(self, workers: int | None = None, window: float = 60.0) -> None:
-        self.workers = workers or os.cpu_count() or 1
+    def __init__(self, workers: int | None = None, window: float = 60.0,
+                 cores: int | None = None) -> None:
+        self.cores = cores or usable_cores()
+        wanted = workers or self.cores
+        if wanted > self.cores:
+            log.warning("%d compute threads asked for, but only %d cores are usable; using %d",
+                        wanted, self.cores, self.cores)
+        self.workers = min(wanted, self.cores)
+        self.blas_threads = max(1, self.cores // self.workers)
+        self._blas_limit = threadpool_limits(limits=self.blas_threads, user_api="blas")
         self._pool = concurrent.futures.ThreadPoolExecutor(self.workers,
                                                            thread_name_prefix="sedma-compute")
         self.window = window
@@ -65,6 +83,22 @@ class Executor:
 
     def shutdown(self, wait: bool = True) -> None:
         self._pool.shutdown(wait=wait, cancel_futures=not wait)
+        if wait:   # with threads abandoned, leave their BLAS limit in place
+            self._blas_limit.restore_original_limits()
+
+    def threads_in_use(self) -> int:
+        """Compute threads x the BLAS threads each may start (what the cap bounds)."""
+        blas = max((i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"),
+                   default=1)
+        return self.workers * blas
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which containers narrow)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def measure_capacity(size: int = 512, repeats: int = 3) -> float:

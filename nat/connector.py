@@ -326,6 +326,16 @@ class Connector:
         """The last recorded attempt to reach ``node_id``."""
         return self.outcomes.get(node_id)
 
+    def forget(self, keep: set[str], older_than: float, now: float | None = None) -> list[str]:
+        """Drop link outcomes of peers not in ``keep`` recorded more than ``older_than``
+        seconds ago (departed peers must not accumulate forever)."""
+        now = time.time() if now is None else now
+        gone = [n for n, o in self.outcomes.items()
+                if n not in keep and o.at < now - older_than and n not in self._dialling]
+        for node_id in gone:
+            del self.outcomes[node_id]
+        return gone
+
     async def close(self) -> None:
         """Stop every attempt in progress (bounded: tasks are cancelled, not awaited forever)."""
         self._closed = True

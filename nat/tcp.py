@@ -20,7 +20,7 @@ from protocol.wire import DEFAULT_MAX_FRAME, FrameDecoder, frame_header
 log = logging.getLogger("sedma.tcp")
 
 #: Frames received but not yet consumed before we stop reading from the socket.
-RECV_QUEUE_FRAMES = 64
+RECV_QUEUE_FRAMES = 8
 WRITE_HIGH_WATER = 4 << 20
 #: A peer that drains none of our send buffer for this long is gone (or hostile).
 SEND_STALL_TIMEOUT = 60.0

@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--cluster-key", metavar="FILE", help="shared secret file; only nodes with the same key can join")
     d.add_argument("--advertise", metavar="HOST:PORT", action="append", help="address peers should dial (default: the listen address)")
     d.add_argument("--capacity", type=float, metavar="GFLOPS", help="advertise this compute capacity instead of measuring it at start")
+    d.add_argument("--job-retention", metavar="DURATION", help="forget finished jobs and their results after this long, e.g. 24h, 90m, 3600 (default 24h)")
+    d.add_argument("--job-retention-count", type=int, metavar="N", help="keep at most this many finished jobs (default 1000)")
     d.add_argument("--config", metavar="FILE", help="TOML file whose keys mirror these flags")
     d.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
@@ -122,8 +124,8 @@ def _daemon(args: argparse.Namespace) -> int:
 
     overrides = {k: getattr(args, k) for k in (
         "listen", "bootstrap", "data_dir", "socket", "name", "memory_limit", "device", "stun",
-        "turn", "cluster_key", "advertise", "capacity", "disk_limit", "compute_slowdown",
-        "prefetch")}
+        "turn", "cluster_key", "advertise", "capacity", "job_retention",
+        "job_retention_count", "disk_limit", "compute_slowdown", "prefetch")}
     try:
         config = build_config(args.config, overrides)
         from compute.device import get_preset
@@ -200,6 +202,9 @@ def _cmd_status(c, args) -> int:
               f"utilisation {m['resource_utilisation']:.1%}  "
               f"rtt p50 {_ms(lat['p50_ms'])} p99 {_ms(lat['p99_ms'])}  "
               f"throughput {m['throughput_per_s']:.2f}/s")
+        for name, h in s.get("loops", {}).items():
+            if h["consecutive"]:
+                print(f"loop      {name} FAILING ({h['failures']} failures): {h['last_error']}")
         if "mesh" in s:
             g = s["mesh"]
             glat = g["communication_latency"]

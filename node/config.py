@@ -41,6 +41,20 @@ def parse_size(text: str | int) -> int:
     return int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str | int | float) -> float:
+    """``'24h'`` -> 86400.0; plain numbers are seconds."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return float(text)
+    m = _DURATION.match(str(text))
+    if not m:
+        raise ConfigError(f"not a duration: {text!r} (examples: 24h, 90m, 3600)")
+    return float(m.group(1)) * _SECONDS[m.group(2).lower()]
+
+
 def parse_address(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
     """``HOST:PORT``, ``[v6]:PORT`` or ``HOST`` -> (host, port)."""
     host, sep, port = text.rpartition(":")
@@ -87,6 +101,10 @@ class NodeConfig:
     #: Seconds a block keeps its holders before it may migrate or lose a replica (the
     #: anti-thrash dwell; migrations per block over T seconds <= T / dwell + 1). TOML only.
     rebalance_dwell_s: float = 120.0
+    #: Finished jobs (records and result files) are forgotten after this many seconds...
+    job_retention: float = 24 * 3600.0
+    #: ...or once this many newer ones finished.
+    job_retention_count: int = 1000
 
     @property
     def data_path(self) -> Path:
@@ -123,6 +141,8 @@ class NodeConfig:
         if not 1.0 <= self.rebalance_dwell_s <= 86400:
             raise ConfigError(f"rebalance_dwell_s must be within 1..86400 s, got "
                               f"{self.rebalance_dwell_s}")
+        if self.job_retention <= 0 or self.job_retention_count < 1:
+            raise ConfigError("job_retention must be positive and job_retention_count >= 1")
         if self.workers < 1:
             raise ConfigError("workers must be at least 1")
         return self
@@ -156,6 +176,8 @@ def build_config(file: str | None, overrides: dict[str, Any]) -> NodeConfig:
             values[key] = parse_size(values[key])
     if "memory_limit" in values and "disk_limit" not in values:
         values["disk_limit"] = max(NodeConfig.disk_limit, values["memory_limit"])
+    if "job_retention" in values:
+        values["job_retention"] = parse_duration(values["job_retention"])
     for key in ("bootstrap", "stun", "turn", "advertise"):
         if isinstance(values.get(key), str):
             values[key] = [values[key]]

@@ -27,9 +27,12 @@ from node.work.holder import BlockHolder
 from node.work.jobs import JobManager
 from node.work.plans import PlanBook
 from node.work.rebalance import Policy
+from node.work.retention import Retention
 from node.work.reconfigure import Reconfigurer
 from node.net.mesh import Mesh
+from node.looplag import LagMonitor, StallReporter
 from node.metrics import Metrics, total_memory
+from node.supervise import Supervisor
 from node.net.session import Session
 from node.memory.statedb import StateDB
 from node.memory.store import BlockStore
@@ -41,6 +44,8 @@ log = logging.getLogger("sedma.daemon")
 ADVERT_EVERY = 1.0       # how often local load/memory is offered to the membership
 CONSOLIDATE_EVERY = 10.0  # short-term -> long-term memory, and persist both
 PING_EVERY = 2.0          # RTT samples on each session
+HOUSEKEEPING_EVERY = 60.0  # job retention, forgetting departed peers
+FORGET_LINKS_AFTER = 3600.0  # a departed peer's link outcome is dropped after this long
 
 
 class Daemon:
@@ -56,6 +61,9 @@ class Daemon:
         self.stop_event = asyncio.Event()
         self._addresses: list[str] | None = None
         self._tasks: list[asyncio.Task] = []
+        self.supervisor = Supervisor()
+        self.lag = LagMonitor()
+        self.stall_reporter = StallReporter(self.lag)
 
     # lifecycle ----------------------------------------------------------------------
     async def run(self) -> None:
@@ -91,7 +99,8 @@ class Daemon:
                                   self.plans, self.memory, cfg.compute_slowdown, cfg.prefetch,
                                   self.node_id)
         self.jobs = JobManager(self.node_id, self.holder, self.mesh, self.memory, self.metrics,
-                               self.db, self.data_dir, self.capacity)
+                               self.db, self.data_dir, self.capacity,
+                               Retention(cfg.job_retention, cfg.job_retention_count))
         self.jobs.restore()
         dwell = cfg.rebalance_dwell_s
         self.reconfigurer = Reconfigurer(self.jobs, Policy(
@@ -100,9 +109,12 @@ class Daemon:
         self.api = await api.serve(cfg.socket_path, self._on_local_request)
         self._install_signals()
         self.mesh.event_hooks.append(self._on_member_event)
-        for coro in (self._advertise_loop(), self._memory_loop(), self._ping_loop(),
-                     self._reconfigure_loop()):
-            self._tasks.append(asyncio.get_running_loop().create_task(coro))
+        for name, loop in (("advertise", self._advertise_loop), ("memory", self._memory_loop),
+                           ("ping", self._ping_loop), ("reconfigure", self._reconfigure_loop),
+                           ("housekeeping", self._housekeeping_loop),
+                           ("loop_lag", self.lag.run)):
+            self.supervisor.start(name, loop)
+        self.stall_reporter.start()
         log.info("node %s (%s) up: peers on %s, local socket %s, device %s, %.1f GFLOP/s, "
                  "%d resident block(s), budget %d bytes, event loop %s", self.node_id[:8],
                  cfg.name, self.addresses(), cfg.socket_path, self.device.name, self.capacity,
@@ -112,6 +124,8 @@ class Daemon:
         log.info("shutting down")
         self.api.close()
         await self.jobs.shutdown(self.config.shutdown_grace)
+        await self.supervisor.stop()
+        self.stall_reporter.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -191,21 +205,39 @@ class Daemon:
 
     def _on_member_event(self, event: Any) -> None:
         if event.kind in ("dead", "left"):
-            task = asyncio.get_running_loop().create_task(self.reconfigurer.run())
+            task = asyncio.get_running_loop().create_task(self._repair_once())
             self._tasks.append(task)
             task.add_done_callback(self._tasks.remove)
+
+    async def _repair_once(self) -> None:
+        try:
+            await self.reconfigurer.run()
+        except Exception:  # the periodic pass retries; this one must not vanish silently
+            log.exception("replica repair pass failed")
 
     async def _reconfigure_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.reconfigure_every)
-            try:
-                await self.reconfigurer.run()
-            except Exception:  # one bad pass must not end repairs for good
-                log.exception("replica repair pass failed")
+            await self.reconfigurer.run()   # a failure is logged and retried by the supervisor
             try:
                 await self.reconfigurer.rebalance()
-            except Exception:  # nor one bad rebalancing pass
+            except Exception:  # a bad rebalancing pass must not hold up the repairs
                 log.exception("rebalancing pass failed")
+
+    async def _housekeeping_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_EVERY)
+            await self.housekeeping()
+
+    async def housekeeping(self) -> None:
+        """Bound what grows with time: finished jobs, departed peers' records."""
+        await self.jobs.prune()
+        members = {m.node_id for m in self.mesh.members()
+                   if m.state.value in ("alive", "suspect")}
+        forgotten = self.memory.forget_departed(members)
+        forgotten += self.mesh.connector.forget(members, FORGET_LINKS_AFTER)
+        if forgotten:
+            log.info("forgot %d record(s) of departed peers", len(forgotten))
 
     async def _ping_loop(self) -> None:
         while True:
@@ -258,7 +290,7 @@ class Daemon:
         if isinstance(req, api.WaitRequest):
             return (await jobs.wait(req.job_id, min(max(req.timeout, 0.0), 60.0))).public()
         if isinstance(req, api.ResultRequest):
-            return jobs.result(req.job_id)
+            return await jobs.result(req.job_id)
         if isinstance(req, api.CancelRequest):
             return jobs.cancel(req.job_id).public()
         if isinstance(req, api.DeployRequest):
@@ -282,6 +314,10 @@ class Daemon:
             "blocks": self.store.names(), "deployments": self.plans.names(),
             "members": len(self.mesh.members()),
             "tasks": len(asyncio.all_tasks()),
+            "loops": self.supervisor.report(),
+            "compute": {"cores": self.executor.cores, "workers": self.executor.workers,
+                        "blas_threads": self.executor.blas_threads},
+            "loop_lag": self.lag.report(),
             "metrics": self.metrics.summary(useful, self.executor.utilisation()),
             "memory_patterns": self.memory.short_term_summary(),
         }

@@ -89,3 +89,22 @@ class StoreState:
     device: str | None
     seed: int
     state: dict[str, Any]
+
+
+@message("work.claim")
+class ClaimName:
+    """Grant ``name`` to deployment ``deploy`` coordinated by ``owner`` (or refuse)."""
+
+    rid: int
+    name: str
+    deploy: str
+    owner: str
+
+
+@message("work.release")
+class ReleaseName:
+    """Deployment ``deploy`` gives up its claim on ``name``."""
+
+    rid: int
+    name: str
+    deploy: str

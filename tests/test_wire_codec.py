@@ -172,3 +172,53 @@ async def test_a_message_being_written_when_the_link_dies_fails_its_sender():
     await session.close("member is dead")
     with pytest.raises(LinkClosed):
         await asyncio.wait_for(sending, 2)
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_a_declared_size_costs_no_memory_until_the_bytes_arrive():
+    from protocol.framing import _HEAD, _TOTAL, FIRST
+
+    r = Reassembler()
+    before = _rss()
+    for sid in range(1, 9):   # 8 messages each claiming 128 MiB, 1 KiB sent of each
+        r.feed(_HEAD.pack(FIRST, sid) + _TOTAL.pack(128 << 20) + b"z" * 1024)
+    grown = _rss() - before
+    assert grown < 64 << 20, f"resident memory grew {grown} bytes for 8 KiB received"
+    assert r.buffered == 8 * 1024
+    r.discard()
+
+
+def test_every_link_draws_on_one_daemon_budget_and_gets_it_back():
+    from protocol.framing import ByteBudget
+
+    budget = ByteBudget(8_000)
+    links = [Reassembler(budget=budget) for _ in range(3)]
+    msg = [joined(f) for f in fragments(1, [b"q" * 4000], 1000)]
+    for r in links[:2]:
+        for frame in msg[:-1]:
+            assert r.feed(frame) is None
+    assert budget.used == 2 * 3000
+    with pytest.raises(FrameError, match="daemon"):   # a third link's share would overflow
+        for frame in msg[:-1]:
+            links[2].feed(frame)
+    links[2].discard()                                   # a closed link returns its bytes
+    assert budget.used == 2 * 3000
+    assert bytes(links[0].feed(msg[-1])) == b"q" * 4000   # completion returns its bytes
+    links[1].discard()
+    assert budget.used == 0
+    for frame in msg:                                     # and the budget serves again
+        out = links[2].feed(frame)
+    assert bytes(out) == b"q" * 4000 and budget.used == 0
+
+
+def test_the_per_link_limit_counts_received_bytes():
+    r = Reassembler(max_message=10_000, max_buffered=5_000)
+    frames = [joined(f) for f in fragments(1, [b"w" * 8000], 1000)]
+    for frame in frames[:5]:
+        r.feed(frame)
+    with pytest.raises(FrameError, match="link's buffer"):
+        r.feed(frames[5])

@@ -35,6 +35,7 @@ from node.memory.tiers import HALF_LIFE_S, decayed
 SHORT_WINDOW = 300.0      # seconds of history in short-term memory
 MAX_BLOCK_STATS = 65536   # per-block read counts kept (the least used are forgotten)
 MAX_DECISIONS = 200       # reconfiguration decisions kept
+FORGET_AFTER = 24 * 3600.0  # a departed peer's patterns are dropped after this long unseen
 ALPHA = 0.3               # weight of one consolidation period in the long-term estimate
 SERVED_ALPHA = 0.05       # weight of one read in this node's own speed (~20-read memory)
 
@@ -55,6 +56,7 @@ class PeerPattern:
     reliability: float = 1.0
     samples: int = 0
     failures: int = 0
+    last_seen: float = 0.0   # newest sample folded in (wall clock)
 
 
 @dataclass
@@ -259,6 +261,26 @@ class DualMemory:
         pat.reliability = (1 - ALPHA) * pat.reliability + ALPHA * rate
         pat.samples += len(fresh)
         pat.failures += len(fresh) - len(ok)
+        pat.last_seen = max(pat.last_seen, max(s.at for s in fresh))
+
+    def forget_departed(self, members: set[str], now: float | None = None,
+                        after: float = FORGET_AFTER) -> list[str]:
+        """Drop what we know of peers that are not ``members`` and went unseen ``after``
+        seconds: per-peer records otherwise grow with every node that ever passed by."""
+        now = time.time() if now is None else now
+        with self._lock:
+            gone = [p for p in set(self.peers) | set(self.peer_patterns)
+                    if p not in members and self._last_seen(p) < now - after]
+            for p in gone:
+                self.peers.pop(p, None)
+                self.peer_patterns.pop(p, None)
+                self._consolidated_at.pop(p, None)
+        return gone
+
+    def _last_seen(self, peer: str) -> float:
+        samples = self.peers.get(peer)
+        pat = self.peer_patterns.get(peer)
+        return max(samples[-1].at if samples else 0.0, pat.last_seen if pat else 0.0)
 
     # queries (what placement reads) -------------------------------------------------
     def peer_speed(self, peer: str) -> float | None:

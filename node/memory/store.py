@@ -37,6 +37,7 @@ import numpy as np
 from compute.crossbar import ProgrammedMatrix
 from node.memory.dualmemory import DualMemory
 from node.memory.prefetch import PrefetchStats
+from node.errors import UserError
 from node.memory.statedb import StateDB
 from node.memory.tiers import BlockUse, Key, admit, decayed
 from protocol import codec
@@ -48,7 +49,7 @@ LOAD_WAIT_S = 30.0   # a read waits this long at most for a prefetch of its bloc
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-class StoreError(ValueError):
+class StoreError(UserError):
     """A block cannot be stored or found; the message says why."""
 
 
@@ -502,13 +503,28 @@ def _atomic_write(path: Path, parts: list) -> None:
         os.close(dir_fd)
 
 
+#: Rows of an operand checked for NaN/Inf at a time: bounds the temporary mask.
+_FINITE_CHUNK_BYTES = 16 << 20
+
+
 def as_matrix(value: object, what: str, ndim: int = 2) -> np.ndarray:
-    """Validate an operand from a client or peer: a finite float32-convertible array."""
+    """Validate an operand from a client or peer: a finite float32-convertible array.
+
+    Touches every element (conversion, NaN/Inf scan): up to GiBs, so callers on the event
+    loop run it on the executor. The scan goes in slices so its mask stays small.
+    """
     if not isinstance(value, np.ndarray) or value.ndim != ndim:
         raise StoreError(f"{what} must be a {ndim}-D array")
     if value.dtype.kind not in "fiu":
         raise StoreError(f"{what} has dtype {value.dtype}; expected numbers")
     arr = value.astype(np.float32, copy=False)
-    if not np.isfinite(arr).all():
-        raise StoreError(f"{what} contains NaN or infinity")
+    rows = max(1, _FINITE_CHUNK_BYTES // max(1, arr[:1].nbytes))
+    for start in range(0, max(1, arr.shape[0]), rows):
+        if not np.isfinite(arr[start:start + rows]).all():
+            raise StoreError(f"{what} contains NaN or infinity")
     return arr
+
+
+def validate_pair(a: object, b: object, a_name: str = "A") -> tuple[np.ndarray, np.ndarray]:
+    """Both operands of a matmul, validated in one executor hop."""
+    return as_matrix(a, a_name), as_matrix(b, "B")

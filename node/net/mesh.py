@@ -36,6 +36,7 @@ DUPLICATE_LINK_GRACE = 5.0          # a superseded link is closed after this lon
 JOIN_CHECK_AFTER = 3.0              # a join through a seed must show members by then
 LEAVE_LINGER = 0.5                  # keep gossiping this long after announcing a leave
 MAX_PENDING_HANDSHAKES = 64         # unauthenticated links at once (each times out in 5 s)
+MAX_LINKS = 1024                    # established links; more incoming ones are refused
 
 
 class Mesh:
@@ -133,6 +134,11 @@ class Mesh:
     async def _accept(self, link: Link, initiator: bool) -> Session | None:
         if self._stopping:
             await link.close("node stopping")
+            return None
+        if not initiator and len(self.sessions) >= MAX_LINKS:
+            log.warning("refusing link from %s: already %d links (the cap)", link.remote,
+                        len(self.sessions))
+            await link.close("too many links")
             return None
         if self._handshaking >= MAX_PENDING_HANDSHAKES:
             log.warning("refusing link from %s: %d handshakes already pending", link.remote,

@@ -20,7 +20,8 @@ from typing import Any, Awaitable, Callable
 
 from nat.link import Link, LinkClosed
 from protocol.errors import ProtocolError
-from protocol.framing import DEFAULT_MAX_MESSAGE, Reassembler, fragments
+from protocol.framing import (DEFAULT_MAX_MESSAGE, PROCESS_BUDGET, ByteBudget, Reassembler,
+                              fragments)
 from protocol.handshake import (Auth, Hello, HandshakeError, auth_for, check_hello,
                                 verify_auth)
 from protocol.messages import decode_message, encode_message
@@ -32,6 +33,9 @@ log = logging.getLogger("sedma.session")
 CONTROL_BYTES = 64 << 10
 HANDSHAKE_TIMEOUT = 5.0
 HANDSHAKE_MAX_MESSAGE = 8 << 10   # a Hello with a few dozen addresses fits easily
+#: The reader hands the event loop back after this many bytes of queued frames: a link's
+#: queue holds up to 64 MiB, and copying all of it in one go stalls the loop ~50 ms.
+READ_YIELD_BYTES = 4 << 20
 
 Handler = Callable[["Session", Any], Awaitable[None]]
 
@@ -58,14 +62,15 @@ class Session:
     """An authenticated, message-level conversation with one peer over one link."""
 
     def __init__(self, link: Link, local: Hello, remote: Hello, *, initiator: bool,
-                 max_message: int = DEFAULT_MAX_MESSAGE) -> None:
+                 max_message: int = DEFAULT_MAX_MESSAGE,
+                 budget: ByteBudget = PROCESS_BUDGET) -> None:
         self.link = link
         self.local = local
         self.remote = remote
         self.initiator = initiator
         self.peer_id = remote.node_id
         self.stats = SessionStats()
-        self._reassembler = Reassembler(max_message=max_message)
+        self._reassembler = Reassembler(max_message=max_message, budget=budget)
         self._sid = itertools.count(1)
         self._rid = itertools.count(1)
         self._pending: dict[int, asyncio.Future] = {}
@@ -90,6 +95,7 @@ class Session:
             return
         self.close_reason = reason
         self.closed.set()
+        self._reassembler.discard()   # partial messages give their bytes back
         await self.link.close(reason)
         err = LinkClosed(reason)
         for fut in self._pending.values():
@@ -114,6 +120,10 @@ class Session:
 
     async def send(self, msg: Any) -> None:
         """Send one message; returns when its last fragment is handed to the link."""
+        await self._enqueue(msg)
+
+    def _enqueue(self, msg: Any) -> asyncio.Future:
+        """Queue one message for the writer; the future resolves once it is sent."""
         if self.closed.is_set():
             raise LinkClosed(self.close_reason or "session closed")
         parts = encode_message(msg)
@@ -124,7 +134,7 @@ class Session:
                         asyncio.get_running_loop().create_future())
         (self._control if size <= CONTROL_BYTES else self._bulk).append(out)
         self._wake.set()
-        await out.done
+        return out.done
 
     async def request(self, msg: Any, timeout: float) -> Any:
         """Send a request (a message with ``rid``) and return its reply's value."""
@@ -196,10 +206,15 @@ class Session:
 
     # receiving ----------------------------------------------------------------------
     async def _read_loop(self, handler: Handler) -> None:
+        since_yield = 0
         try:
             while True:
                 frame = await self.link.recv()
                 self.stats.recv_bytes += len(frame)
+                since_yield += len(frame)
+                if since_yield >= READ_YIELD_BYTES:   # recv() need not suspend: let others run
+                    since_yield = 0
+                    await asyncio.sleep(0)
                 payload = self._reassembler.feed(frame)
                 if payload is None:
                     continue
@@ -219,9 +234,21 @@ class Session:
                 fut.set_result(msg)
             return
         if isinstance(msg, Ping):
-            await self.reply(msg.rid, msg.sent)
+            # Queue the answer and read on: waiting for it to be written would stall this
+            # reader behind our own bulk sends, and two peers streaming at each other then
+            # each wait for the other to read -- a deadlock. Reads never wait on writes.
+            try:
+                self._enqueue(Reply(msg.rid, msg.sent)).add_done_callback(_ignore_result)
+            except LinkClosed:
+                pass
             return
         await handler(self, msg)
+
+
+def _ignore_result(fut: asyncio.Future) -> None:
+    """A pong lost with its link needs no one told (the asker times out and retries)."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 async def handshake(link: Link, local: Hello, key: bytes | None, *, initiator: bool,

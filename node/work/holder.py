@@ -20,15 +20,18 @@ import numpy as np
 from compute.crossbar import ProgrammedMatrix, crossbar_matmul, row_granularity
 from compute.device import DeviceProfile, get_preset
 from compute.executor import Executor
-from compute.partition import PartitionPlan
+from compute.partition import PlacementError
+from node.errors import UserError, internal_message
 from node.memory.dualmemory import DualMemory
 from node.metrics import Metrics
-from node.work.plans import PlanBook
+from node.work.claims import ClaimRefused
+from node.work.plans import PlanBook, VersionedPlan
 from node.net.session import Session
-from node.memory.store import BlockStore, Resident, StoreError, as_matrix, check_name
+from node.memory.store import (BlockStore, Resident, StoreError, as_matrix, check_name,
+                               validate_pair)
 from protocol.errors import ProtocolError
-from protocol.work import (DropMatrix, GetPlan, InferBlock, MatmulShare, PlanNotice, StoreBlock,
-                           StoreState)
+from protocol.work import (ClaimName, DropMatrix, GetPlan, InferBlock, MatmulShare, PlanNotice,
+                           ReleaseName, StoreBlock, StoreState)
 
 log = logging.getLogger("sedma.holder")
 
@@ -61,7 +64,12 @@ class BlockHolder:
 
     def profile(self, name: str | None) -> DeviceProfile:
         """The named preset, or this node's own device when the job names none."""
-        return get_preset(name) if name else self.device
+        if not name:
+            return self.device
+        try:
+            return get_preset(name)
+        except ValueError as exc:   # the asker named a preset this node does not know
+            raise StoreError(str(exc)) from None
 
     async def compute_share(self, a: np.ndarray, b: np.ndarray, device: str | None, seed: int,
                             row_offset: int) -> np.ndarray:
@@ -74,7 +82,7 @@ class BlockHolder:
     async def store_block(self, name, index, row_start, w, device, seed) -> int:
         """Program a block here, persist it, then make it available; return its bytes."""
         check_name(name)
-        w = as_matrix(w, "block")
+        w = await self.executor.run(as_matrix, w, "block")
         profile = self.profile(device)
         if row_start % row_granularity(profile):
             raise StoreError(f"block start {row_start} is not a multiple of the "
@@ -130,7 +138,7 @@ class BlockHolder:
     async def store_state(self, name, index, row_start, device, seed, state) -> int:
         """Keep a block programmed elsewhere (a replica being restored)."""
         check_name(name)
-        matrix = await self.executor.run(ProgrammedMatrix.from_state, state)
+        matrix = await self.executor.run(_state_to_matrix, state)
         self.store.reserve(matrix.nbytes, f"block {index} of {name}")
         try:
             block = Resident(name, index, row_start, device, seed, matrix)
@@ -177,7 +185,8 @@ class BlockHolder:
         parts = await asyncio.gather(*(self.executor.run(_timed, functools.partial(
             matrix.matmul, x, read_seed, tile_rows=span)) for span in spans))
         busy = sum(sec for _, sec in parts) / min(len(spans), self.executor.workers)
-        return np.concatenate([y for y, _ in parts]), busy
+        y = await self.executor.run(np.concatenate, [y for y, _ in parts])   # not on the loop
+        return y, busy
 
     async def _slow_down(self, busy: float) -> None:
         """With ``--compute-slowdown F`` (a testing aid), make compute take F times as long.
@@ -229,11 +238,11 @@ class BlockHolder:
         self.serving += 1
         try:
             value = await self._serve(msg)
-        except (StoreError, ValueError, ProtocolError) as exc:
+        except (UserError, PlacementError, ProtocolError) as exc:   # the asker's mistake
             await session.reply(msg.rid, error=str(exc))
-        except Exception as exc:
+        except Exception as exc:   # a bug here, KeyError/ValueError included: say so
             log.exception("serving %s failed", type(msg).__name__)
-            await session.reply(msg.rid, error=f"internal error: {exc!r}")
+            await session.reply(msg.rid, error=internal_message(exc))
         else:
             await session.reply(msg.rid, value)
         finally:
@@ -241,15 +250,15 @@ class BlockHolder:
 
     async def _serve(self, msg: Any) -> Any:
         if isinstance(msg, MatmulShare):
-            a, b = as_matrix(msg.a, "A share"), as_matrix(msg.b, "B")
+            a, b = await self.executor.run(validate_pair, msg.a, msg.b, "A share")
             if a.shape[1] != b.shape[0]:
                 raise StoreError("share shapes do not align")
             result = await self.compute_share(a, b, msg.device, msg.seed, msg.row_offset)
             self.metrics.completed()
             return result
         if isinstance(msg, InferBlock):
-            result = await self.infer_local(check_name(msg.name), msg.index,
-                                            as_matrix(msg.x, "X"), msg.read_seed)
+            x = await self.executor.run(as_matrix, msg.x, "X")
+            result = await self.infer_local(check_name(msg.name), msg.index, x, msg.read_seed)
             self.metrics.completed()
             return result
         if isinstance(msg, StoreBlock):
@@ -263,13 +272,23 @@ class BlockHolder:
             return await self.store_state(msg.name, msg.index, msg.row_start, msg.device,
                                           msg.seed, msg.state)
         if isinstance(msg, PlanNotice):
-            plan = PartitionPlan.from_dict(msg.plan)
+            plan = _plan_from_peer(msg.plan)
             await self.plans.put(check_name(msg.name), plan)
             self.release_unlisted(msg.name)
             return True
         if isinstance(msg, GetPlan):
-            plan = self.plans.get(msg.name)
-            return plan.to_dict() if plan else None
+            plan = self.plans.versioned(msg.name)
+            return plan.to_wire() if plan else None
+        if isinstance(msg, ClaimName):
+            try:
+                self.plans.claims.grant(check_name(msg.name), msg.deploy, msg.owner,
+                                        msg.name in self.plans)
+            except ClaimRefused as exc:
+                raise StoreError(str(exc)) from None
+            return True
+        if isinstance(msg, ReleaseName):
+            self.plans.claims.release(msg.name, msg.deploy)
+            return True
         if isinstance(msg, DropMatrix):
             await self.plans.forget(check_name(msg.name))
             return await self.drop(msg.name)
@@ -295,3 +314,18 @@ def _chunks(n_tiles: int, workers: int) -> list[tuple[int, int]]:
     bounds = [round(i * n_tiles / count) for i in range(count + 1)]
     return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
 
+
+
+def _state_to_matrix(state: Any) -> ProgrammedMatrix:
+    """A peer's programmed state; a malformed one is the peer's error, not ours."""
+    try:
+        return ProgrammedMatrix.from_state(state)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ProtocolError(f"malformed block state: {exc}") from None
+
+
+def _plan_from_peer(value: Any) -> VersionedPlan:
+    try:
+        return VersionedPlan.from_wire(value)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ProtocolError(f"malformed plan: {exc}") from None

@@ -30,21 +30,27 @@ import numpy as np
 from compute.device import get_preset
 from compute.partition import NodeSlot, PartitionPlan, PlacementError, plan_rows
 from nat.link import LinkClosed
+from node.errors import UserError, internal_message
 from node.memory.dualmemory import DualMemory
 from node.metrics import Metrics
 from node.work.placement import Candidate, by_predicted_finish, holdable, rank
+from node.work.claims import ClaimRefused, quorum
+from node.work.plans import VersionedPlan, new_deploy_id
+from node.work.retention import JobStamp, Retention, expired
 from node.work.holder import BlockHolder
 from node.net.session import RemoteError
 from node.memory.statedb import StateDB
-from node.memory.store import StoreError, as_matrix, check_name
+from node.memory.store import StoreError, as_matrix, check_name, validate_pair
 from protocol.errors import ProtocolError
 from protocol.framing import DEFAULT_MAX_MESSAGE
-from protocol.work import DropMatrix, GetPlan, InferBlock, MatmulShare, PlanNotice, StoreBlock
+from protocol.work import (ClaimName, DropMatrix, GetPlan, InferBlock, MatmulShare, PlanNotice,
+                           ReleaseName, StoreBlock)
 
 log = logging.getLogger("sedma.jobs")
 
 MAX_ATTEMPTS = 4
 REMOTE_HOP_S = 0.002     # a remote block read pays a round trip and X's transfer
+CLAIM_TIMEOUT = 5.0   # a member that cannot answer a name claim in this long counts as "no"
 BASE_TIMEOUT = 30.0
 #: A job's operands and result together. Below the peer message limit (every share and
 #: partial result then fits in one message) and the local API's frame limit.
@@ -53,7 +59,7 @@ MAX_SEED = (1 << 63) - 1
 FINAL_STATES = ("done", "failed", "cancelled")
 
 
-class JobError(ValueError):
+class JobError(UserError):
     """A job cannot run or failed; the message is for the user."""
 
 
@@ -79,7 +85,8 @@ class JobManager:
     """Coordinates the jobs submitted here; the holder does this node's own share."""
 
     def __init__(self, node_id: str, holder: BlockHolder, mesh: Any, memory: DualMemory,
-                 metrics: Metrics, db: StateDB, data_dir: Path, capacity: float) -> None:
+                 metrics: Metrics, db: StateDB, data_dir: Path, capacity: float,
+                 retention: Retention = Retention()) -> None:
         self.node_id = node_id
         self.holder = holder
         self.plans = holder.plans
@@ -91,9 +98,9 @@ class JobManager:
         self.results = data_dir / "results"
         self.results.mkdir(parents=True, exist_ok=True)
         self.capacity = capacity
+        self.retention = retention
         self.jobs: dict[str, Job] = {}
         self.accepting = True
-        self._deploying: set[str] = set()
         #: Block requests this node has sent and not yet had answered, per holder.
         self.inflight: dict[str, int] = {}
 
@@ -105,13 +112,39 @@ class JobManager:
                          "error='interrupted: the daemon stopped before it finished' "
                          "WHERE state IN ('queued','running')", (time.time(),))
             return conn.execute("SELECT id, kind, state, submitted, finished, error, detail "
-                                "FROM jobs ORDER BY submitted DESC LIMIT 1000").fetchall()
-        jobs = self.db.call(read)
-        for jid, kind, state, submitted, finished, error, detail in reversed(jobs):
+                                "FROM jobs ORDER BY submitted").fetchall()
+        for jid, kind, state, submitted, finished, error, detail in self.db.call(read):
+            try:
+                info = msgpack.unpackb(detail) if detail else {}
+            except (ValueError, msgpack.UnpackException):
+                info = {}
             job = Job(jid, kind, state, submitted, finished, error,
-                      msgpack.unpackb(detail) if detail else {})
+                      info if isinstance(info, dict) else {})
             job.done.set()
             self.jobs[jid] = job
+        gone = self._forget(expired(self._stamps(), time.time(), self.retention))
+        self.db.call(lambda c: _delete_rows(c, gone))
+        _remove_results(self.results, gone, keep=set(self.jobs))
+
+    # retention ------------------------------------------------------------------------
+    def _stamps(self) -> list[JobStamp]:
+        return [JobStamp(j.id, j.finished if j.done.is_set() else None)
+                for j in self.jobs.values()]
+
+    def _forget(self, ids: list[str]) -> list[str]:
+        for jid in ids:
+            del self.jobs[jid]
+        return ids
+
+    async def prune(self, now: float | None = None) -> int:
+        """Forget finished jobs the retention rule expires: record, row and result file."""
+        now = time.time() if now is None else now
+        gone = self._forget(expired(self._stamps(), now, self.retention))
+        if gone:
+            await self.db.run(lambda c: _delete_rows(c, gone))
+            await self.executor.run(_remove_results, self.results, gone, None)
+            log.info("forgot %d finished job(s) past retention", len(gone))
+        return len(gone)
 
     async def _save_job(self, job: Job) -> None:
         row = (job.id, job.kind, job.state, job.submitted, job.finished, job.error,
@@ -136,11 +169,11 @@ class JobManager:
             job.state = "done"
         except asyncio.CancelledError:
             job.state, job.error = "cancelled", job.error or "cancelled by the user"
-        except (JobError, StoreError, PlacementError, ValueError) as exc:
+        except (UserError, PlacementError) as exc:
             job.state, job.error = "failed", str(exc)
         except Exception as exc:  # a bug: keep serving, but say so loudly
             log.exception("job %s crashed", job.id)
-            job.state, job.error = "failed", f"internal error: {exc!r}"
+            job.state, job.error = "failed", internal_message(exc)
         job.finished = time.time()
         await asyncio.shield(self._save_job(job))
         job.done.set()
@@ -167,14 +200,15 @@ class JobManager:
             job.task.cancel()
         return job
 
-    def result(self, job_id: str) -> np.ndarray:
+    async def result(self, job_id: str) -> np.ndarray:
         job = self.get(job_id)
         if job.state != "done":
             raise JobError(f"job {job_id} is {job.state}" + (f": {job.error}" if job.error else ""))
         path = self.results / f"{job_id}.npy"
-        if not path.exists():
-            raise JobError(f"job {job_id} has no stored result")
-        return np.load(path, mmap_mode="r")
+        try:   # read on the executor: a memory map would fault pages in on the event loop
+            return await self.executor.run(np.load, path)
+        except FileNotFoundError:
+            raise JobError(f"job {job_id} has no stored result") from None
 
     async def shutdown(self, grace: float) -> None:
         """Stop accepting jobs; give running ones ``grace`` seconds, then cancel them."""
@@ -224,12 +258,11 @@ class JobManager:
 
     # matmul ---------------------------------------------------------------------------
     async def submit_matmul(self, a: Any, b: Any, device: str | None, seed: int) -> Job:
-        a, b = as_matrix(a, "A"), as_matrix(b, "B")
+        a, b = await self.executor.run(validate_pair, a, b)
         if a.shape[1] != b.shape[0]:
             raise JobError(f"shapes do not align: A is {a.shape[0]}x{a.shape[1]}, "
                            f"B is {b.shape[0]}x{b.shape[1]}")
-        if device is not None:
-            get_preset(device)
+        check_device(device)
         check_seed(seed)
         check_size((a.size + b.size + a.shape[0] * b.shape[1]) * 4, "matmul")
         detail = {"shape": [a.shape[0], a.shape[1], b.shape[1]], "device": device, "seed": seed}
@@ -260,8 +293,9 @@ class JobManager:
             tried.add(target)
             start = time.perf_counter()
             try:
-                out[rows] = await self._matmul_on(target, job.id, a[rows], b, device, seed,
-                                                  blk.row_start, flops)
+                part = await self._matmul_on(target, job.id, a[rows], b, device, seed,
+                                             blk.row_start, flops)
+                await self.executor.run(out.__setitem__, rows, part)   # a copy of up to GiBs
                 self.memory.record_share(target, flops, time.perf_counter() - start, True)
                 return
             except (LinkClosed, TimeoutError, RemoteError, ProtocolError, OSError) as exc:
@@ -291,31 +325,70 @@ class JobManager:
     async def deploy(self, name: str, w: Any, device: str | None, replicas: int | None,
                      seed: int) -> Job:
         check_name(name)
-        w = as_matrix(w, "W")
-        if device is not None:
-            get_preset(device)
+        check_device(device)
         if replicas is not None and replicas < 1:
             raise JobError("replicas must be at least 1")
         check_seed(seed)
-        check_size(w.nbytes, "deploy")
-        if name in self.plans or name in self._deploying:
-            raise JobError(f"a matrix named {name!r} is already deployed (or being deployed)")
-        self._deploying.add(name)   # reserved before any await: no two deploys of one name
-        detail = {"name": name, "shape": list(w.shape), "device": device, "seed": seed}
+        deploy_id = new_deploy_id(self.node_id)
+        try:   # claimed here before any await: no two local deploys of one name
+            self.plans.claims.grant(name, deploy_id, self.node_id, name in self.plans)
+        except ClaimRefused as exc:
+            raise JobError(str(exc)) from None
         try:
+            w = await self.executor.run(as_matrix, w, "W")
+            check_size(w.nbytes, "deploy")
+            detail = {"name": name, "shape": list(w.shape), "device": device, "seed": seed}
             return await self.start_job(
-                "deploy", detail, lambda job: self._deploy(job, name, w, device, replicas, seed))
+                "deploy", detail,
+                lambda job: self._deploy(job, name, deploy_id, w, device, replicas, seed))
         except BaseException:
-            self._deploying.discard(name)
+            self.plans.claims.release(name, deploy_id)
             raise
 
-    async def _deploy(self, job: Job, name, w, device, replicas, seed) -> None:
+    async def _deploy(self, job: Job, name, deploy_id, w, device, replicas, seed) -> None:
+        granted: list[str] = []
         try:
-            await self._deploy_unreserved(job, name, w, device, replicas, seed)
-        finally:
-            self._deploying.discard(name)
+            granted = await self._claim_mesh(name, deploy_id)
+            await self._deploy_claimed(job, name, deploy_id, w, device, replicas, seed)
+        except BaseException:
+            self.plans.claims.release(name, deploy_id)
+            await asyncio.shield(self._release_mesh(name, deploy_id, granted))
+            raise
 
-    async def _deploy_unreserved(self, job: Job, name, w, device, replicas, seed) -> None:
+    async def _claim_mesh(self, name: str, deploy_id: str) -> list[str]:
+        """Win the name from a strict majority of alive members; return who granted it."""
+        peers = [c.node_id for c in self.candidates() if c.node_id != self.node_id]
+
+        async def ask(node: str) -> str | None:
+            try:
+                session = await self.mesh.session(node)
+                await session.request(ClaimName(session.next_rid(), name, deploy_id,
+                                                self.node_id), CLAIM_TIMEOUT)
+                return None
+            except (LinkClosed, TimeoutError, RemoteError, ProtocolError, OSError) as exc:
+                return f"{node[:8]}: {exc}"
+        answers = await asyncio.gather(*(ask(p) for p in peers))
+        granted = [p for p, err in zip(peers, answers) if err is None]
+        need = quorum(len(peers) + 1)
+        if len(granted) + 1 < need:
+            await self._release_mesh(name, deploy_id, granted)
+            refusals = "; ".join(a for a in answers if a)
+            raise JobError(f"cannot claim {name!r}: {len(granted) + 1} of {len(peers) + 1} "
+                           f"members granted it, {need} needed ({refusals})")
+        return granted
+
+    async def _release_mesh(self, name: str, deploy_id: str, nodes: list[str]) -> None:
+        async def release(node: str) -> None:
+            try:
+                session = await self.mesh.session(node)
+                await session.request(ReleaseName(session.next_rid(), name, deploy_id),
+                                      CLAIM_TIMEOUT)
+            except (LinkClosed, TimeoutError, RemoteError, ProtocolError, OSError):
+                pass   # the claim lapses after its TTL
+        await asyncio.gather(*(release(n) for n in nodes))
+
+    async def _deploy_claimed(self, job: Job, name, deploy_id, w, device, replicas,
+                              seed) -> None:
         if await self._known_elsewhere(name):
             raise JobError(f"a matrix named {name!r} is already deployed on the mesh")
         slots = self.slots()
@@ -329,10 +402,10 @@ class JobManager:
         if failures:
             await self._drop_everywhere(name, {n for b in plan.blocks for n in b.nodes})
             raise failures[0]
-        await self.plans.put(name, plan)
+        await self.plans.put(name, VersionedPlan(plan, deploy_id))
         job.detail.update(replicas=want, placement={str(b.index): b.nodes for b in plan.blocks},
                           **plan_meta)
-        await self.announce_plan(name, plan)
+        await self.announce_plan(name)
 
     async def _place_block(self, job: Job, name: str, blk, w, device, seed) -> None:
         """Store the block on each of its holders, replacing holders that fail."""
@@ -377,12 +450,18 @@ class JobManager:
                 log.warning("could not drop partial %s on %s: %s", name, node[:8], exc)
         await asyncio.gather(*(drop(n) for n in nodes))
 
-    async def announce_plan(self, name: str, plan: PartitionPlan) -> None:
-        """Tell every other member about a plan (best effort; GetPlan covers misses)."""
+    async def announce_plan(self, name: str) -> None:
+        """Tell every other member our merged plan of ``name`` (best effort; GetPlan and
+        later announcements cover misses, and receivers merge, so order does not matter)."""
+        versioned = self.plans.versioned(name)
+        if versioned is None:
+            return
+        wire = versioned.to_wire()
+
         async def tell(node: str) -> None:
             try:
                 session = await self.mesh.session(node)
-                await session.request(PlanNotice(session.next_rid(), name, plan.to_dict()), 10)
+                await session.request(PlanNotice(session.next_rid(), name, wire), 10)
             except (LinkClosed, TimeoutError, RemoteError, ProtocolError) as exc:
                 log.info("could not tell %s about plan %s: %s", node[:8], name, exc)
         peers = [c.node_id for c in self.candidates() if c.node_id != self.node_id]
@@ -394,7 +473,7 @@ class JobManager:
         start = time.perf_counter()
         plan = await self.plan_for(check_name(name))
         vector = isinstance(x, np.ndarray) and x.ndim == 1
-        x = as_matrix(x[:, None] if vector else x, "X")
+        x = await self.executor.run(as_matrix, x[:, None] if vector else x, "X")
         check_size(x.nbytes + plan.shape[0] * x.shape[1] * 4, "infer")
         if read_seed is not None:
             check_seed(read_seed)
@@ -419,8 +498,9 @@ class JobManager:
             start = time.perf_counter()
             self.inflight[node] = self.inflight.get(node, 0) + 1
             try:
-                out[blk.row_start:blk.row_stop] = await self._infer_on(
-                    node, name, blk, x, read_seed, flops)
+                part = await self._infer_on(node, name, blk, x, read_seed, flops)
+                await self.executor.run(out.__setitem__, slice(blk.row_start, blk.row_stop),
+                                        part)
                 self.memory.record_share(node, flops, time.perf_counter() - start, True)
                 return
             except (LinkClosed, TimeoutError, RemoteError, ProtocolError, StoreError) as exc:
@@ -468,10 +548,23 @@ class JobManager:
             except (LinkClosed, TimeoutError, RemoteError, ProtocolError):
                 continue
             if value:
-                plan = PartitionPlan.from_dict(value)
-                await self.plans.put(name, plan)
-                return plan
+                try:
+                    versioned = VersionedPlan.from_wire(value)
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.warning("%s sent a malformed plan of %s: %s", c.node_id[:8], name, exc)
+                    continue
+                return (await self.plans.put(name, versioned)).plan
         raise JobError(f"no matrix named {name!r} is deployed on the mesh")
+
+def check_device(device: str | None) -> None:
+    """An unknown preset name is the user's error (get_preset raises a plain ValueError)."""
+    if device is None:
+        return
+    try:
+        get_preset(device)
+    except ValueError as exc:
+        raise JobError(str(exc)) from None
+
 
 def check_seed(seed: object) -> None:
     """Seeds are checked here, once, so a bad one is the user's error, not a peer failure."""
@@ -495,6 +588,22 @@ def _expect_array(value: Any, shape: tuple[int, int], node: str) -> np.ndarray:
         got = getattr(value, "shape", type(value).__name__)
         raise ProtocolError(f"{node[:8]} returned {got}, expected an array of shape {shape}")
     return value
+
+
+def _delete_rows(conn, ids: list[str]) -> None:
+    conn.executemany("DELETE FROM jobs WHERE id=?", [(i,) for i in ids])
+
+
+def _remove_results(results: Path, ids: list[str], keep: set[str] | None) -> None:
+    """Delete the result files of ``ids``; with ``keep``, also every file of no known job
+    (a crash between forgetting a job and removing its file, or a leftover temp file)."""
+    for jid in ids:
+        (results / f"{jid}.npy").unlink(missing_ok=True)
+    if keep is None:
+        return
+    for path in results.iterdir():
+        if path.stem not in keep or path.suffix != ".npy":
+            path.unlink(missing_ok=True)
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:

@@ -17,8 +17,9 @@ what was measured before; a later pass fills in what was measured after.
 
 When a holder dies, the block's surviving holder with the lowest node id (so exactly one
 node acts, without a vote) picks the best-scoring member that does not hold the block,
-ships it the *programmed state* (replicas stay bit-identical), updates the plan and
-announces it. Decisions are a pure function (:func:`repairs`) of the plan, the set of live
+ships it the *programmed state* (replicas stay bit-identical), records the block's new
+holders as a new version of that block only, and announces the merged plan: two survivors
+repairing different blocks at once both keep their repair (:mod:`node.work.plans`). Decisions are a pure function (:func:`repairs`) of the plan, the set of live
 members and the scorer's ranking; the daemon runs them after membership events and on a
 slow timer, so a repair that failed is retried.
 """
@@ -159,25 +160,27 @@ class Reconfigurer:
         return self._deployed.setdefault(name, min(len(b.nodes) for b in plan.blocks))
 
     async def _carry_out(self, d: Decision, blocks: list[BlockView]) -> bool:
-        """Copy (for replicate/migrate), then switch the plan and announce it."""
+        """Copy (for replicate/migrate), then switch the plan (a new version of that block
+        only, so concurrent repairs of other blocks merge) and announce it."""
         jobs = self.jobs
-        plan = jobs.plans.get(d.name)
-        blk = next((b for b in plan.blocks if b.index == d.index), None) if plan else None
-        if blk is None:
-            return False
         if d.target and not await self._copy(d.name, d.index, d.target):
             return False
+        plan = jobs.plans.get(d.name)          # re-read: announcements may have merged in
+        blk = next((b for b in plan.blocks if b.index == d.index), None) if plan else None
+        if blk is None or d.source not in blk.nodes:
+            return False
+        nodes = list(blk.nodes)
         if d.kind == "replicate":
-            blk.nodes.append(d.target)
+            nodes.append(d.target)
         elif d.kind == "retire":
-            blk.nodes.remove(d.source)
+            nodes.remove(d.source)
         else:
-            blk.nodes[blk.nodes.index(d.source)] = d.target
-        key = (d.name, d.index)
-        self._changed[key] = (tuple(blk.nodes), d.at)
-        await jobs.plans.put(d.name, plan)
-        await jobs.announce_plan(d.name, plan)
+            nodes[nodes.index(d.source)] = d.target
+        await jobs.plans.update_block(d.name, d.index, nodes, jobs.node_id)
+        await jobs.announce_plan(d.name)
         jobs.holder.release_unlisted(d.name)
+        key = (d.name, d.index)
+        self._changed[key] = (tuple(nodes), d.at)
         before = {"rate": jobs.memory.block_rate(key, d.at),
                   "service_s": jobs.memory.block_service_s(key)}
         jobs.memory.record_decision(d.to_dict() | {"measured_before": before,
@@ -240,18 +243,18 @@ class Reconfigurer:
             for name, plan in jobs.plans.items():
                 want = max(len(b.nodes) for b in plan.blocks)  # as deployed
                 todo = repairs(name, plan, jobs.node_id, alive, ranked, min(want, len(alive)))
+                done = 0
                 for repair in todo:
-                    made += await self._repair(plan, repair, alive)
-                if todo:
-                    await jobs.plans.put(name, plan)
-                    await jobs.announce_plan(name, plan)
+                    done += await self._repair(repair, alive)
+                if done:
+                    await jobs.announce_plan(name)
+                made += done
             return made
         finally:
             self._busy = False
 
-    async def _repair(self, plan: PartitionPlan, repair: Repair, alive: set[str]) -> int:
+    async def _repair(self, repair: Repair, alive: set[str]) -> int:
         """Ship the programmed state of one block to its new holder; 1 if it took."""
-        blk = next(b for b in plan.blocks if b.index == repair.index)
         try:
             block = self.jobs.holder.store.get(repair.name, repair.index)
         except StoreError as exc:   # the plan names us, but the block is gone (e.g. a bad file)
@@ -269,7 +272,13 @@ class Reconfigurer:
             log.warning("re-replicating %s block %d to %s failed: %s", repair.name,
                         repair.index, repair.target[:8], exc)
             return 0
-        blk.nodes = [n for n in blk.nodes if n in alive]
-        blk.nodes.append(repair.target)
+        plans = self.jobs.plans
+        current = plans.get(repair.name)       # re-read: announcements may have merged in
+        if current is None:
+            return 0
+        nodes = [n for n in current.blocks[repair.index].nodes if n in alive]
+        if repair.target not in nodes:
+            nodes.append(repair.target)
+        await plans.update_block(repair.name, repair.index, nodes, self.jobs.node_id)
         log.info("re-replicated %s block %d to %s", repair.name, repair.index, repair.target[:8])
         return 1

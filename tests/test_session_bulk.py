@@ -1,0 +1,150 @@
+"""Two peers streaming bulk data at each other over real TCP keep reading and answering.
+
+Each session's reader used to send the answer to a ping itself and wait until it was
+written. With both writers blocked on full socket buffers (each peer streaming large
+messages), both readers then waited on writes, nobody read, and the link froze until the
+60 s send-stall guard killed it. Reads must never wait on writes.
+
+The first test uses links with small buffers (``BoundedLink``: a send waits while the
+peer's inbox is full, as a TCP send waits on a full socket buffer), where the deadlock
+happens every time on the old code. The second runs the same traffic over real TCP
+links, whose 64 MiB receive queues make the freeze rarer but not impossible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from nat.link import Link, LinkClosed
+from nat.tcp import dial_tcp, listen_tcp
+from node.net.session import Session
+from protocol.handshake import cluster_id_for, new_hello
+from protocol.rpc import Reply
+
+MESSAGE = 16 << 20        # bytes per bulk message (fragments of 1 MiB)
+MESSAGES = 24             # per direction
+BOUND = 45.0              # well below the 60 s stall guard
+
+
+def _hello(node: str):
+    return new_hello(node, cluster_id_for(None), node, [f"{node}:1"])
+
+
+class BoundedLink(Link):
+    """One end of an in-memory frame pipe whose receive side holds at most ``depth`` frames."""
+
+    kind = "tcp"
+    max_frame = (1 << 20) + 64
+
+    def __init__(self, depth: int) -> None:
+        super().__init__()
+        self.inbox: asyncio.Queue = asyncio.Queue(depth)
+        self.peer: BoundedLink | None = None
+
+    async def send(self, frame) -> None:
+        if self.closed:
+            raise LinkClosed(self.close_reason)
+        await self.peer.inbox.put(b"".join(bytes(b) for b in frame))
+
+    async def recv(self) -> bytes:
+        if self.closed:
+            raise LinkClosed(self.close_reason)
+        return await self.inbox.get()
+
+    async def close(self, reason: str = "closed locally") -> None:
+        self.close_reason = self.close_reason or reason
+
+
+async def test_bulk_both_ways_over_small_buffers_keeps_answering_pings():
+    a, b = BoundedLink(2), BoundedLink(2)
+    a.peer, b.peer = b, a
+    ha, hb = _hello("aa"), _hello("bb")
+    sa, sb = Session(a, ha, hb, initiator=True), Session(b, hb, ha, initiator=False)
+
+    async def handler(session, msg):
+        pass
+
+    sa.start(handler)
+    sb.start(handler)
+    payload = np.ones((4 << 20) // 4, dtype=np.float32)   # 4 fragments per message
+
+    async def stream(s: Session):
+        for i in range(20):
+            await s.send(Reply(1_000_000 + i, payload))
+
+    async def pings(s: Session):   # many in flight: one lands while the writer is stuck
+        await asyncio.gather(*(s.ping(timeout=15) for _ in range(50)))
+
+    try:
+        await asyncio.wait_for(asyncio.gather(stream(sa), stream(sb), pings(sa), pings(sb)),
+                               20)
+    finally:
+        await sa.close("test over")
+        await sb.close("test over")
+    assert sa.stats.recv_messages >= 20 + 50 and sb.stats.recv_messages >= 20 + 50
+
+
+async def _linked_sessions():
+    accepted: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    async def on_link(link):
+        accepted.set_result(link)
+        await asyncio.sleep(3600)
+
+    server = await listen_tcp("127.0.0.1", 0, on_link)
+    port = server.sockets[0].getsockname()[1]
+    a = await dial_tcp("127.0.0.1", port)
+    b = await asyncio.wait_for(accepted, 5)
+    ha, hb = _hello("aa"), _hello("bb")
+    return server, Session(a, ha, hb, initiator=True), Session(b, hb, ha, initiator=False)
+
+
+@pytest.mark.slow
+async def test_two_peers_streaming_at_each_other_never_deadlock():
+    server, sa, sb = await _linked_sessions()
+    received = {"aa": 0, "bb": 0}
+
+    async def handler(session, msg):   # not reached: bulk rides as unmatched replies
+        pass
+
+    sa.start(handler)
+    sb.start(handler)
+    payload = np.ones(MESSAGE // 4, dtype=np.float32)
+    done = asyncio.Event()
+    rtts: list[float] = []
+    failures: list[str] = []
+
+    async def stream(s: Session):
+        for i in range(MESSAGES):
+            await s.send(Reply(1_000_000 + i, payload))   # no waiter: dropped on arrival
+            received[s.peer_id] += 1
+
+    async def pinger(s: Session):
+        while not done.is_set():
+            try:
+                rtts.append(await s.ping(timeout=10))
+            except (TimeoutError, ConnectionError) as exc:
+                failures.append(repr(exc))
+            await asyncio.sleep(0.001)
+
+    pingers = [asyncio.create_task(pinger(s)) for s in (sa, sb) for _ in range(4)]
+    start = time.monotonic()
+    try:
+        await asyncio.wait_for(asyncio.gather(stream(sa), stream(sb)), BOUND)
+    finally:
+        done.set()
+        await asyncio.gather(*pingers, return_exceptions=True)
+        elapsed = time.monotonic() - start
+        await sa.close("test over")
+        await sb.close("test over")
+        server.close()
+    assert received == {"aa": MESSAGES, "bb": MESSAGES}
+    assert not failures, failures
+    assert rtts, "no ping was answered"
+    assert sb.stats.recv_messages >= MESSAGES and sa.stats.recv_messages >= MESSAGES
+    print(f"{2 * MESSAGES * MESSAGE / elapsed / 1e6:.0f} MB/s both ways, "
+          f"{len(rtts)} pings, max rtt {max(rtts):.0f} ms")
