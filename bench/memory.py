@@ -37,7 +37,9 @@ from node.client import Client  # noqa: E402
 from node.localmesh import LocalMesh, wait_for  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
-FAST_CONF = "reconfigure_every = 2.0\n"
+#: Adaptive runs: a pass every 2 s and a 10 s dwell (defaults 30 s and 120 s), so that the
+#: adaptation fits into a warm-up of tens of seconds.
+FAST_CONF = "reconfigure_every = 2.0\nrebalance_dwell_s = 10.0\n"
 STATIC_CONF = "reconfigure_every = 3600.0\n"
 
 
