@@ -56,7 +56,7 @@ def tiers(root: Path, layers: int, n: int, batch: int, passes: int, ram: str) ->
     rows = []
     for prefetch in (False, True):
         mesh = LocalMesh(root / f"tiers-{prefetch}")
-        try:
+        try:  # (a daemon that fails to start is killed by its launcher)
             extra = ["--capacity", "10", "--memory-limit", ram, "--disk-limit", "4GiB"]
             node = mesh.add("solo", extra=extra + ([] if prefetch else ["--no-prefetch"]))
             with Client(node.socket) as c:
@@ -134,12 +134,16 @@ def mesh_of(root: Path, n: int, conf: str, slow: float | None = None) -> LocalMe
     root.mkdir(parents=True, exist_ok=True)
     (root / "conf.toml").write_text(conf)
     mesh = LocalMesh(root)
-    for i in range(n):
-        extra = ["--capacity", "10", "--config", str(root / "conf.toml")]
-        if slow and i == n - 1:
-            extra += ["--compute-slowdown", str(slow)]
-        mesh.add(f"n{i + 1}", extra=extra)
-    mesh.wait_converged(alive=n - 1, timeout=60)
+    try:
+        for i in range(n):
+            extra = ["--capacity", "10", "--config", str(root / "conf.toml")]
+            if slow and i == n - 1:
+                extra += ["--compute-slowdown", str(slow)]
+            mesh.add(f"n{i + 1}", extra=extra)
+        mesh.wait_converged(alive=n - 1, timeout=120)
+    except BaseException:
+        mesh.stop()
+        raise
     return mesh
 
 
