@@ -200,9 +200,11 @@ def slow(root: Path, seconds: float, warmup: float, factor: float, n: int) -> li
                          "the slow node to release its block")
                 for node in mesh.nodes:
                     node.stop()
-                for node in mesh.nodes:
+                first = mesh.nodes[0].start()          # ports are fresh: join the new one
+                for node in mesh.nodes[1:]:
+                    node.bootstrap = [first.address]
                     node.start()
-                mesh.wait_converged(alive=3, timeout=60)
+                mesh.wait_converged(alive=3, timeout=120)
                 row[4], _ = closed_loop(socks, ["w"], [1.0], xs, min(seconds, 10), check=want)
             rows.append(row)
         finally:

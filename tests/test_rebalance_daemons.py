@@ -11,11 +11,14 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 
 from node.client import Client
 from node.work.holder import RELEASE_GRACE_S
 from tests.daemons import wait_for
 
+
+pytestmark = pytest.mark.slow   # about a minute each: real daemons adapting
 
 DWELL_S = 8.0     # the anti-thrash dwell, shortened from 120 s so the test runs in a minute
 
