@@ -235,7 +235,7 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--passes", type=int, default=3)
     p.add_argument("--ram", default="256MiB")
-    p.add_argument("--slowdown", type=float, default=4.0)
+    p.add_argument("--slowdown", type=float, default=16.0)
     args = p.parse_args()
     lines = [f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", ""]
     with tempfile.TemporaryDirectory(prefix="sedma-bench-memory-") as tmp:

@@ -90,8 +90,8 @@ class NodeConfig:
     #: it with what the dual memory observes).
     capacity: float | None = None
     shutdown_grace: float = 10.0
-    #: Testing aid: every compute on this node takes this many times as long (the extra
-    #: time is slept), to see the mesh move work away from a slow node. 1.0 = off.
+    #: Testing aid: every compute on this node holds its thread this many times as long
+    #: (the extra time is slept on it), to see the mesh move work away from a slow node.
     compute_slowdown: float = 1.0
     #: Learned prefetch of predicted blocks into RAM (off only to measure what it buys).
     prefetch: bool = True

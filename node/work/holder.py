@@ -74,9 +74,8 @@ class BlockHolder:
     async def compute_share(self, a: np.ndarray, b: np.ndarray, device: str | None, seed: int,
                             row_offset: int) -> np.ndarray:
         """One-shot ``a @ b`` on crossbars (a is rows [row_offset, ...) of the job's A)."""
-        y, busy = await self.executor.run(_timed, functools.partial(
+        y, _ = await self.executor.run(self._timed, functools.partial(
             crossbar_matmul, a, b, self.profile(device), seed, row_offset))
-        await self._slow_down(busy)
         return y
 
     async def store_block(self, name, index, row_start, w, device, seed) -> int:
@@ -164,13 +163,12 @@ class BlockHolder:
         block = await self.executor.run(reading.__enter__)
         try:
             y, busy = await self._read(block.matrix, x, read_seed)
-            await self._slow_down(busy)
         finally:
             reading.__exit__(None, None, None)
         if self.memory is not None:
             rows, cols = block.matrix.shape
             self.memory.record_served(2.0 * rows * cols * (1 if x.ndim == 1 else x.shape[1]),
-                                      busy * self.slowdown)
+                                      busy)
         return y
 
     async def _read(self, matrix: ProgrammedMatrix, x: np.ndarray,
@@ -181,21 +179,27 @@ class BlockHolder:
             raise StoreError(f"X has {x.shape[0]} rows; block has {matrix.shape[1]} columns")
         spans = _chunks(-(-matrix.shape[0] // row_granularity(matrix.profile)), self.executor.workers)
         if len(spans) == 1 or x.ndim == 1 or x.shape[1] < MIN_SPLIT_BATCH:  # memory-bound
-            return await self.executor.run(_timed, functools.partial(matrix.matmul, x, read_seed))
-        parts = await asyncio.gather(*(self.executor.run(_timed, functools.partial(
+            return await self.executor.run(self._timed, functools.partial(matrix.matmul, x,
+                                                                          read_seed))
+        parts = await asyncio.gather(*(self.executor.run(self._timed, functools.partial(
             matrix.matmul, x, read_seed, tile_rows=span)) for span in spans))
         busy = sum(sec for _, sec in parts) / min(len(spans), self.executor.workers)
         y = await self.executor.run(np.concatenate, [y for y, _ in parts])   # not on the loop
         return y, busy
 
-    async def _slow_down(self, busy: float) -> None:
-        """With ``--compute-slowdown F`` (a testing aid), make compute take F times as long.
+    def _timed(self, fn: Any) -> tuple[Any, float]:
+        """``fn()`` on a compute thread, and the seconds it kept that thread.
 
-        The extra time is slept, not computed: the node looks slow to its peers (what the
-        dual memory and migration must notice) without stealing the shared machine's CPU.
+        With ``--compute-slowdown F`` (a testing aid) the thread then sleeps F-1 times as
+        long as ``fn`` ran: the node's compute threads are held F times longer, so it serves
+        F times fewer requests, like a slower machine, without taking the shared machine's
+        CPU from anyone. Measured on the thread, so queueing is excluded.
         """
+        start = time.perf_counter()
+        value = fn()
         if self.slowdown > 1.0:
-            await asyncio.sleep((self.slowdown - 1.0) * busy)
+            time.sleep((self.slowdown - 1.0) * (time.perf_counter() - start))
+        return value, time.perf_counter() - start
 
     def _prefetch_after(self, name: str, index: int) -> None:
         """Start loading the blocks the dual memory predicts after this one (if held here)."""
@@ -299,13 +303,6 @@ class BlockHolder:
 MIN_CHUNK_TILES = 2
 #: Below this many input columns a read is bound by memory, not arithmetic: keep it whole.
 MIN_SPLIT_BATCH = 8
-
-
-def _timed(fn: Any) -> tuple[Any, float]:
-    """``fn()`` and the seconds it ran, measured on the thread that ran it."""
-    start = time.perf_counter()
-    value = fn()
-    return value, time.perf_counter() - start
 
 
 def _chunks(n_tiles: int, workers: int) -> list[tuple[int, int]]:
