@@ -5,7 +5,7 @@ PY ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: setup system-deps demo test bench clean
+.PHONY: setup system-deps demo test bench screenshots clean
 
 setup: $(VENV)/.installed
 
@@ -27,6 +27,10 @@ test: setup system-deps
 bench: setup
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python bench/stream.py
+
+# docs/dashboard.png (shown in the README): a 3-node mesh under load in headless Chromium
+screenshots: setup system-deps
+	SEDMA_SCREENSHOT=docs/dashboard.png $(BIN)/python -m pytest -q tests/test_dashboard_browser.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -50,6 +50,7 @@ class Executor:
         self.running = 0
         self.queued = 0
         self.completed = 0
+        self.busy_seconds = 0.0   # compute time since start, for /metrics
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on a compute thread and return its result."""
@@ -71,6 +72,7 @@ class Executor:
             with self._lock:
                 self.running -= 1
                 self.completed += 1
+                self.busy_seconds += end - start
                 self._spans.append((start, end))
 
     def utilisation(self, now: float | None = None) -> float:

@@ -7,12 +7,13 @@ Exit status: 0 success, 1 the job or request failed (message on stderr), 2 usage
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -54,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--job-retention-count", type=int, metavar="N", help="keep at most this many finished jobs (default 1000)")
     d.add_argument("--config", metavar="FILE", help="TOML file whose keys mirror these flags")
     d.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    d.add_argument("--http", metavar="HOST:PORT", help="dashboard and Prometheus /metrics address (default 127.0.0.1:7947; 'off' disables; port 0 picks one)")
+    d.add_argument("--http-token", metavar="FILE", help="file holding the token the dashboard requires (mandatory on a non-loopback --http)")
 
     def client(name: str, help: str, **kw: Any) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help, description=help, **kw)
@@ -78,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", metavar="PRESET", help="simulate every share on this preset (default: each node's own)")
     s.add_argument("--seed", type=int, default=0, help="seed for device noise (default 0)")
     s.add_argument("--timeout", type=float, default=600.0, help="give up waiting after this many seconds")
+    s.add_argument("--json", action="store_true", help="print the job record as JSON (no progress bar)")
 
     dp = client("deploy", "program W onto crossbars across the mesh; it stays resident")
     dp.add_argument("name", metavar="NAME")
@@ -85,12 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--device", metavar="PRESET")
     dp.add_argument("--replicas", type=int, metavar="R", help="holders per row block (default 2 when the mesh has two or more nodes)")
     dp.add_argument("--seed", type=int, default=0)
+    dp.add_argument("--json", action="store_true", help="print the job record as JSON (no progress bar)")
 
     i = client("infer", "compute Y = W @ X against a deployed matrix")
     i.add_argument("name", metavar="NAME")
     i.add_argument("x", metavar="X.npy")
     i.add_argument("-o", "--output", metavar="Y.npy", required=True)
     i.add_argument("--seed", type=int, help="read-noise seed (default: fresh per request)")
+    i.add_argument("--json", action="store_true", help="print a JSON summary (no progress bar)")
 
     demo = sub.add_parser("demo", help="start a 3-node mesh on loopback and run real crossbar work on it",
                           description="Starts three daemons on loopback ports in a temporary directory, "
@@ -127,6 +133,7 @@ def _daemon(args: argparse.Namespace) -> int:
         "turn", "cluster_key", "advertise", "capacity", "job_retention",
         "job_retention_count", "disk_limit", "compute_slowdown", "prefetch")}
     try:
+        overrides.update(http=args.http, http_token=args.http_token)   # the dashboard
         config = build_config(args.config, overrides)
         from compute.device import get_preset
         get_preset(config.device)
@@ -195,6 +202,7 @@ def _cmd_status(c, args) -> int:
               f"   reachability {s['reachability']}")
         print(f"memory    {_size(mem['free'])} free of {_size(mem['budget'])} budget "
               f"({_size(mem['total'])} physical)")
+        print(f"dashboard {s.get('dashboard') or 'off'}")
         print(f"uptime    {s['uptime_s']:.0f}s   members {s['members']}   deployments "
               f"{', '.join(s['deployments']) or '-'}")
         eff = m["memory_utilisation_efficiency"]
@@ -292,31 +300,94 @@ def _cmd_devices(c, args) -> int:
     return EXIT_OK
 
 
+class TransferBar:
+    """Progress bars (rich, on stderr) for transfers of at least ``MIN_BAR_BYTES``.
+
+    Passed to the client as its ``progress`` callback; small transfers finish before a bar
+    would be readable, so they draw nothing. Made by :func:`transfer_bar`, which gives
+    None instead (no bar at all) for --json or when stdout is not a terminal."""
+
+    MIN_BAR_BYTES = 4 << 20
+    LABELS = {"upload": "sending to the daemon", "download": "receiving the result"}
+
+    def __init__(self) -> None:
+        self._progress = None
+        self._tasks: dict[str, Any] = {}
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if total < self.MIN_BAR_BYTES:
+            return
+        if self._progress is None:
+            from rich.console import Console
+            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
+                                       TimeRemainingColumn, TransferSpeedColumn)
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                      DownloadColumn(binary_units=True), TransferSpeedColumn(),
+                                      TimeRemainingColumn(), console=Console(stderr=True))
+            self._progress.start()
+        task = self._tasks.get(phase)
+        if task is None:
+            task = self._tasks[phase] = self._progress.add_task(
+                self.LABELS.get(phase, phase), total=total)
+        self._progress.update(task, completed=done)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+@contextlib.contextmanager
+def transfer_bar(args: argparse.Namespace) -> Iterator[TransferBar | None]:
+    """A bar only for a person watching: not with --json, not when stdout is piped."""
+    if getattr(args, "json", False) or not sys.stdout.isatty():
+        yield None
+        return
+    bar = TransferBar()
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
 def _cmd_submit(c, args) -> int:
     a, b = load_npy(args.a), load_npy(args.b)
-    job_id = c.submit_matmul(a, b, args.device, args.seed)
+    with transfer_bar(args) as bar:
+        job_id = c.submit_matmul(a, b, args.device, args.seed, progress=bar)
     info = c.wait(job_id, args.timeout)
     if info["state"] != "done":
         print(f"sedma: job {job_id} {info['state']}: {info.get('error') or 'timed out'}", file=sys.stderr)
         return EXIT_FAILED
-    save_npy(args.output, c.result(job_id))
-    print(f"job {job_id} done in {info['finished'] - info['submitted']:.3f}s -> {args.output}")
+    with transfer_bar(args) as bar:
+        save_npy(args.output, c.result(job_id, progress=bar))
+    if args.json:
+        print(json.dumps(info | {"output": args.output}, indent=2, default=str))
+    else:
+        print(f"job {job_id} done in {info['finished'] - info['submitted']:.3f}s -> {args.output}")
     return EXIT_OK
 
 
 def _cmd_deploy(c, args) -> int:
     w = load_npy(args.w)
-    info = c.deploy(args.name, w, args.device, args.replicas, args.seed)
+    with transfer_bar(args) as bar:
+        info = c.deploy(args.name, w, args.device, args.replicas, args.seed, progress=bar)
     placement = info.get("placement", {})
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return EXIT_OK
     print(f"deployed {args.name} ({w.shape[0]}x{w.shape[1]}) as {len(placement)} block(s), "
           f"{info.get('replicas')} replica(s) each, job {info['id']}")
     return EXIT_OK
 
 
 def _cmd_infer(c, args) -> int:
-    y = c.infer(args.name, load_npy(args.x), args.seed)
+    x = load_npy(args.x)
+    with transfer_bar(args) as bar:
+        y = c.infer(args.name, x, args.seed, progress=bar)
     save_npy(args.output, y)
-    print(f"{args.name} @ X -> {args.output} {tuple(y.shape)}")
+    if args.json:
+        print(json.dumps({"name": args.name, "output": args.output, "shape": list(y.shape)}))
+    else:
+        print(f"{args.name} @ X -> {args.output} {tuple(y.shape)}")
     return EXIT_OK
 
 

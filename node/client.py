@@ -11,16 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import os
+import struct
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from node import api
 from node.config import DEFAULT_DATA_DIR, SOCKET_NAME
 from protocol.errors import ProtocolError
-from protocol.messages import decode_message
+from protocol.messages import decode_message, encode_message
+
+#: ``progress(phase, done_bytes, total_bytes)``: phase is "upload" or "download".
+Progress = Callable[[str, int, int], None]
+#: Bytes written or read between two progress reports (and drains).
+CHUNK = 1 << 20
+_LEN = struct.Struct(">I")    # the local API's frame header (see node.api)
 
 
 class DaemonError(Exception):
@@ -73,14 +80,21 @@ class AsyncClient:
     async def __aexit__(self, *exc: Any) -> None:
         await self.close()
 
-    async def call(self, request: Any) -> Any:
-        """Send one request; return its value or raise :class:`DaemonError`."""
+    async def call(self, request: Any, progress: Progress | None = None) -> Any:
+        """Send one request; return its value or raise :class:`DaemonError`.
+
+        With ``progress``, the request is written and the answer read in ``CHUNK``-sized
+        pieces and each piece is reported (same bytes on the wire, just observed)."""
         if self._writer is None:
             await self.connect()
         async with self._lock:
             try:
-                await api.write_frame(self._writer, request)
-                response = decode_message(await api.read_frame(self._reader))
+                if progress is None:
+                    await api.write_frame(self._writer, request)
+                    response = decode_message(await api.read_frame(self._reader))
+                else:
+                    await _write_observed(self._writer, request, progress)
+                    response = decode_message(await _read_observed(self._reader, progress))
             except (asyncio.IncompleteReadError, ConnectionError) as exc:
                 await self.close()
                 raise DaemonError(f"the daemon closed the connection: {exc}") from None
@@ -117,8 +131,8 @@ class AsyncClient:
         return await self.call(api.DevicesRequest())
 
     async def submit_matmul(self, a: np.ndarray, b: np.ndarray, device: str | None = None,
-                            seed: int = 0) -> str:
-        return (await self.call(api.SubmitRequest("matmul", a, b, device, seed)))["id"]
+                            seed: int = 0, progress: Progress | None = None) -> str:
+        return (await self.call(api.SubmitRequest("matmul", a, b, device, seed), progress))["id"]
 
     async def job(self, job_id: str) -> dict:
         return await self.call(api.JobRequest(job_id))
@@ -132,8 +146,8 @@ class AsyncClient:
             if info["state"] in ("done", "failed", "cancelled") or left <= 0:
                 return info
 
-    async def result(self, job_id: str) -> np.ndarray:
-        return await self.call(api.ResultRequest(job_id))
+    async def result(self, job_id: str, progress: Progress | None = None) -> np.ndarray:
+        return await self.call(api.ResultRequest(job_id), progress)
 
     async def cancel(self, job_id: str) -> dict:
         return await self.call(api.CancelRequest(job_id))
@@ -148,16 +162,54 @@ class AsyncClient:
         return await self.result(job_id)
 
     async def deploy(self, name: str, w: np.ndarray, device: str | None = None,
-                     replicas: int | None = None, seed: int = 0, timeout: float = 600.0) -> dict:
+                     replicas: int | None = None, seed: int = 0, timeout: float = 600.0,
+                     progress: Progress | None = None) -> dict:
         """Deploy W as resident blocks; returns the finished job record."""
-        job = await self.call(api.DeployRequest(name, w, device, replicas, seed))
+        job = await self.call(api.DeployRequest(name, w, device, replicas, seed), progress)
         info = await self.wait(job["id"], timeout)
         if info["state"] != "done":
             raise DaemonError(f"deploy of {name} {info['state']}: {info.get('error')}")
         return info
 
-    async def infer(self, name: str, x: np.ndarray, read_seed: int | None = None) -> np.ndarray:
-        return await self.call(api.InferRequest(name, x, read_seed))
+    async def infer(self, name: str, x: np.ndarray, read_seed: int | None = None,
+                    progress: Progress | None = None) -> np.ndarray:
+        return await self.call(api.InferRequest(name, x, read_seed), progress)
+
+
+async def _write_observed(writer: asyncio.StreamWriter, msg: Any, progress: Progress) -> None:
+    """:func:`node.api.write_frame`, in ``CHUNK`` pieces reported to ``progress``."""
+    parts = encode_message(msg)
+    total = sum(len(p) for p in parts)
+    if total > api.API_MAX_FRAME:
+        raise ProtocolError(f"request of {total} bytes exceeds the {api.API_MAX_FRAME}-byte "
+                            "frame limit")
+    writer.write(_LEN.pack(total))
+    done = 0
+    progress("upload", 0, total)
+    for part in parts:
+        view = memoryview(part).cast("B")
+        for start in range(0, len(view), CHUNK):
+            piece = view[start:start + CHUNK]
+            writer.write(piece)
+            await writer.drain()
+            done += len(piece)
+            progress("upload", done, total)
+
+
+async def _read_observed(reader: asyncio.StreamReader, progress: Progress) -> bytearray:
+    """:func:`node.api.read_frame`, in ``CHUNK`` pieces reported to ``progress``."""
+    (total,) = _LEN.unpack(await reader.readexactly(_LEN.size))
+    if total > api.API_MAX_FRAME:
+        raise ProtocolError(f"frame of {total} bytes exceeds the {api.API_MAX_FRAME}-byte limit")
+    buf = bytearray(total)
+    done = 0
+    progress("download", 0, total)
+    while done < total:
+        piece = await reader.readexactly(min(CHUNK, total - done))
+        buf[done:done + len(piece)] = piece
+        done += len(piece)
+        progress("download", done, total)
+    return buf
 
 
 class Client:

@@ -18,6 +18,7 @@ from typing import Any
 from nat.iceservers import parse_servers
 
 DEFAULT_PORT = 7946
+DEFAULT_HTTP = "127.0.0.1:7947"
 DEFAULT_DATA_DIR = "~/.local/share/sedma"
 SOCKET_NAME = "sedma.sock"
 
@@ -105,6 +106,13 @@ class NodeConfig:
     job_retention: float = 24 * 3600.0
     #: ...or once this many newer ones finished.
     job_retention_count: int = 1000
+    #: Seconds between dual-memory consolidations (each one persists both memories).
+    memory_save_every: float = 10.0
+    #: Dashboard and /metrics address, ``off`` to disable; None is the default address,
+    #: served when free (a second daemon on the machine then runs without one).
+    http: str | None = None
+    #: File holding the bearer token the dashboard requires (mandatory off loopback).
+    http_token: str | None = None
 
     @property
     def data_path(self) -> Path:
@@ -141,11 +149,35 @@ class NodeConfig:
         if not 1.0 <= self.rebalance_dwell_s <= 86400:
             raise ConfigError(f"rebalance_dwell_s must be within 1..86400 s, got "
                               f"{self.rebalance_dwell_s}")
+        if self.memory_save_every <= 0:
+            raise ConfigError("memory_save_every must be positive")
         if self.job_retention <= 0 or self.job_retention_count < 1:
             raise ConfigError("job_retention must be positive and job_retention_count >= 1")
         if self.workers < 1:
             raise ConfigError("workers must be at least 1")
+        self._validate_http()
         return self
+
+    def _validate_http(self) -> None:
+        """A dashboard on a non-loopback address must have a token: it shows the mesh."""
+        if self.http is None or self.http == "off":
+            return
+        host, _ = parse_address(self.http, 7947)
+        if not is_loopback(host) and not self.http_token:
+            raise ConfigError(f"--http {self.http} is not a loopback address: it needs "
+                              "--http-token FILE (or use --http off)")
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and ``localhost`` (names are not resolved)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load_file(path: str | Path) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from nat import signaling
 from nat.connector import ConnectorConfig
 from node import api
 from node.config import NodeConfig
+from node.http.server import start_http
 from node.memory.dualmemory import DualMemory
 from node.net.identity import load_cluster_key, load_node_id, prepare_data_dir
 from node.work.holder import BlockHolder
@@ -42,7 +43,6 @@ from protocol.handshake import cluster_id_for
 log = logging.getLogger("sedma.daemon")
 
 ADVERT_EVERY = 1.0       # how often local load/memory is offered to the membership
-CONSOLIDATE_EVERY = 10.0  # short-term -> long-term memory, and persist both
 PING_EVERY = 2.0          # RTT samples on each session
 HOUSEKEEPING_EVERY = 60.0  # job retention, forgetting departed peers
 FORGET_LINKS_AFTER = 3600.0  # a departed peer's link outcome is dropped after this long
@@ -58,6 +58,7 @@ class Daemon:
         self.key = load_cluster_key(config.cluster_key)
         self.device: DeviceProfile = get_preset(config.device)
         self.started = time.time()
+        self.http = None   # the dashboard server, once started
         self.stop_event = asyncio.Event()
         self._addresses: list[str] | None = None
         self._tasks: list[asyncio.Task] = []
@@ -93,6 +94,7 @@ class Daemon:
         connector = ConnectorConfig(stun=tuple(cfg.stun), turn=tuple(cfg.turn))
         self.mesh = Mesh(self.node_id, cfg.name, cluster_id_for(self.key), self.key,
                          cfg.listen, cfg.bootstrap, self._on_peer_message, connector)
+        self.mesh.event_hooks.append(self.metrics.member_event)   # gossip counts for /metrics
         self.plans = PlanBook(self.db)
         self.plans.restore()
         self.holder = BlockHolder(self.device, self.store, self.executor, self.metrics,
@@ -101,12 +103,17 @@ class Daemon:
         self.jobs = JobManager(self.node_id, self.holder, self.mesh, self.memory, self.metrics,
                                self.db, self.data_dir, self.capacity,
                                Retention(cfg.job_retention, cfg.job_retention_count))
-        self.jobs.restore()
+        for name in self.jobs.restore():
+            if name not in self.plans:   # our deploy died before its plan committed
+                dropped = await self.executor.run(self.store.drop, name)
+                log.warning("deploy of %s was interrupted before it committed; dropped its "
+                            "%d local block(s)", name, dropped)
         dwell = cfg.rebalance_dwell_s
         self.reconfigurer = Reconfigurer(self.jobs, Policy(
             min_dwell_s=dwell, replicate_dwell_s=min(Policy.replicate_dwell_s, dwell)))
-        await self.mesh.start(self._make_advert)
-        self.api = await api.serve(cfg.socket_path, self._on_local_request)
+        await self.mesh.start(self._make_advert, self.supervisor.start)
+        self.http = await start_http(self)   # dashboard + /metrics (None when off)
+        self.api = await api.serve(cfg.socket_path, self.metrics.timed(self._on_local_request))
         self._install_signals()
         self.mesh.event_hooks.append(self._on_member_event)
         for name, loop in (("advertise", self._advertise_loop), ("memory", self._memory_loop),
@@ -123,8 +130,10 @@ class Daemon:
     async def shutdown(self) -> None:
         log.info("shutting down")
         self.api.close()
+        if self.http is not None:
+            await self.http.stop()
         await self.jobs.shutdown(self.config.shutdown_grace)
-        await self.supervisor.stop()
+        await self.supervisor.stop(keep=("gossip",))   # the leave is gossiped by mesh.stop
         self.stall_reporter.stop()
         for task in self._tasks:
             task.cancel()
@@ -132,6 +141,7 @@ class Daemon:
         self.memory.consolidate()
         await self.db.run(self.memory.save)
         await self.mesh.stop()
+        await self.supervisor.stop()
         self.executor.shutdown(wait=False)  # a long share must not hold the exit hostage
         self.db.close()
         try:
@@ -199,7 +209,7 @@ class Daemon:
 
     async def _memory_loop(self) -> None:
         while True:
-            await asyncio.sleep(CONSOLIDATE_EVERY)
+            await asyncio.sleep(self.config.memory_save_every)
             self.memory.consolidate()
             await self.db.run(self.memory.save)
 
@@ -320,6 +330,7 @@ class Daemon:
             "loop_lag": self.lag.report(),
             "metrics": self.metrics.summary(useful, self.executor.utilisation()),
             "memory_patterns": self.memory.short_term_summary(),
+            "dashboard": self.http.url if self.http is not None else None,
         }
 
     def mesh_status(self) -> dict:

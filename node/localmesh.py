@@ -72,8 +72,11 @@ class DaemonProc:
         return self.data_dir / "sedma.sock"
 
     def command(self) -> list[str]:
+        # Each daemon gets its own dashboard port (port 0), so meshes on one machine do not
+        # compete for the default; an --http in ``extra`` comes later and wins.
         cmd = [*self.prefix, sys.executable, "-m", "node", "daemon", "--listen", self.listen,
-               "--data-dir", str(self.data_dir), "--name", self.name, *self.extra]
+               "--data-dir", str(self.data_dir), "--name", self.name, "--http", "127.0.0.1:0",
+               *self.extra]
         for b in self.bootstrap:
             cmd += ["--bootstrap", b]
         return cmd

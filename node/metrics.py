@@ -1,11 +1,19 @@
-"""The four numbers the daemon reports (docs/yardsticks.md): memory utilisation efficiency, resource
-utilisation, communication latency (p50/p99) and throughput."""
+"""The four numbers the daemon reports (docs/yardsticks.md): memory utilisation efficiency,
+resource utilisation, communication latency (p50/p99) and throughput; plus the running
+totals the Prometheus collector (:mod:`node.http.collector`) and the dashboard read at
+scrape time.
+
+Everything here is updated on the event loop only (callers hop back from compute threads
+before they record), so no lock is needed.
+"""
 
 from __future__ import annotations
 
 import collections
 import os
 import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
 
 import numpy as np
 
@@ -27,6 +35,60 @@ def total_memory() -> int:
         return 0
 
 
+#: Requests that carry work (the dashboard's rate and latency plot); status polls and
+#: job waits are counted in the totals but would only blur those.
+WORK_REQUESTS = frozenset({"infer", "submit", "deploy"})
+
+#: Upper bounds (seconds) of the request latency histogram buckets.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                   10.0, 30.0, 60.0, 300.0)
+
+
+@dataclass
+class Histogram:
+    """Cumulative-bucket latency histogram in Prometheus' shape (last bucket is +Inf)."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    total: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        for i, bound in enumerate(LATENCY_BUCKETS):
+            if seconds <= bound:
+                self.counts[i] += 1
+                break
+        else:
+            self.counts[-1] += 1
+        self.total += seconds
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """``[(le, count <= le), ...]`` ending with ``+Inf``."""
+        out, running = [], 0
+        for bound, n in zip([*map(str, LATENCY_BUCKETS), "+Inf"], self.counts):
+            running += n
+            out.append((bound, running))
+        return out
+
+
+@dataclass
+class RequestSample:
+    """One finished local API request, for the dashboard's recent-latency views."""
+
+    at: float
+    kind: str
+    seconds: float
+    ok: bool
+
+
+@dataclass
+class CrossbarTotals:
+    """Programming and reads of this node's crossbars since start."""
+
+    programs: int = 0
+    program_seconds: float = 0.0
+    programmed_bytes: int = 0
+    reads: int = 0
+
+
 class Metrics:
     """Rolling counters; cheap to update on hot paths, summarised on demand."""
 
@@ -35,6 +97,46 @@ class Metrics:
         self.completions: collections.deque[float] = collections.deque(maxlen=100_000)
         self.latencies_ms: collections.deque[float] = collections.deque(maxlen=4096)
         self.live_bytes = 0
+        #: (request kind, "ok" | "error") -> count, since start
+        self.request_totals: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.request_latency: dict[str, Histogram] = {}
+        self.recent_requests: collections.deque[RequestSample] = collections.deque(maxlen=4096)
+        #: membership event kind (joined, suspect, dead, ...) -> count, since start
+        self.member_events: collections.Counter[str] = collections.Counter()
+        self.crossbar = CrossbarTotals()
+
+    def request_done(self, kind: str, seconds: float, ok: bool) -> None:
+        """A local API request finished (``ok`` False: it answered with an error)."""
+        self.request_totals[(kind, "ok" if ok else "error")] += 1
+        self.request_latency.setdefault(kind, Histogram()).observe(seconds)
+        if kind in WORK_REQUESTS:
+            self.recent_requests.append(RequestSample(time.monotonic(), kind, seconds, ok))
+
+    def timed(self, dispatch: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitable[Any]]:
+        """Wrap the local API's dispatcher so every request is counted and timed."""
+        async def dispatch_timed(request: Any) -> Any:
+            start = time.perf_counter()
+            ok = False
+            try:
+                value = await dispatch(request)
+                ok = True
+                return value
+            finally:
+                kind = getattr(type(request), "TAG", type(request).__name__)
+                self.request_done(kind.removeprefix("api."), time.perf_counter() - start, ok)
+        return dispatch_timed
+
+    def member_event(self, event: object) -> None:
+        """Membership hook: count each change by kind (suspicions, deaths, joins)."""
+        self.member_events[getattr(event, "kind", "unknown")] += 1
+
+    def programmed(self, nbytes: int, seconds: float) -> None:
+        self.crossbar.programs += 1
+        self.crossbar.program_seconds += seconds
+        self.crossbar.programmed_bytes += nbytes
+
+    def read(self, n: int = 1) -> None:
+        self.crossbar.reads += n
 
     def completed(self, n: int = 1) -> None:
         now = time.monotonic()

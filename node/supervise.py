@@ -113,10 +113,10 @@ class Supervisor:
         self.report()
         return sorted(n for n, h in self.health.items() if h.consecutive)
 
-    async def stop(self) -> None:
-        """Cancel every loop and wait for them to end."""
-        tasks = list(self._tasks.values())
+    async def stop(self, keep: tuple[str, ...] = ()) -> None:
+        """Cancel every loop (but those named in ``keep``) and wait for them to end."""
+        names = [n for n in self._tasks if n not in keep]
+        tasks = [self._tasks.pop(n) for n in names]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._tasks.clear()

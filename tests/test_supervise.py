@@ -145,3 +145,14 @@ async def test_lag_monitor_counts_cpu_burnt_on_the_loop():
     task.cancel()
     r = lag.report()
     assert r["max_cpu_ms"] >= 140 and r["max_ms"] >= 140
+
+
+async def test_stop_can_keep_named_loops_running():
+    sup = Supervisor()
+    sup.start("gossip", lambda: asyncio.sleep(3600))
+    sup.start("advertise", lambda: asyncio.sleep(3600))
+    await asyncio.sleep(0)
+    await sup.stop(keep=("gossip",))
+    assert sup.report()["gossip"]["running"] and not sup.report()["advertise"]["running"]
+    await sup.stop()
+    assert not sup.report()["gossip"]["running"]

@@ -74,15 +74,23 @@ class Mesh:
         self.bound: tuple[str, int] | None = None
 
     # lifecycle ----------------------------------------------------------------------
-    async def start(self, make_advert: Callable[[tuple[str, int]], Advertisement]) -> None:
-        """Listen, then build our advertisement (it needs the bound port) and gossip."""
+    async def start(self, make_advert: Callable[[tuple[str, int]], Advertisement],
+                    supervise: Callable[[str, Callable[[], Awaitable]], Any] | None = None
+                    ) -> None:
+        """Listen, then build our advertisement (it needs the bound port) and gossip.
+
+        ``supervise(name, loop)``, when given, runs the gossip loop (the daemon's
+        supervisor restarts it after a failure instead of letting it end silently)."""
         host, port = parse_address(self.listen)
         self._server = await listen_tcp(host, port, self._on_tcp_link)
         self.bound = self._server.sockets[0].getsockname()[:2]
         log.info("listening for peers on %s:%d", *self.bound)
         self.membership = Membership(make_advert(self.bound), self.membership_config,
                                      now=self.clock(), rng=random.Random())
-        self._spawn(self._tick_loop())
+        if supervise is not None:
+            supervise("gossip", self._tick_loop)
+        else:
+            self._spawn(self._tick_loop())
         if self.bootstrap:
             self._spawn(self._join_loop())
 

@@ -94,10 +94,12 @@ class BlockHolder:
                 block = Resident(name, index, row_start, device, seed, matrix)
                 self.store.persist(block)
                 return block
+            started = time.monotonic()
             block = await self.executor.run(program_and_persist)
         finally:
             self.store.release(cost)
         shape = block.matrix.shape
+        self.metrics.programmed(block.nbytes, time.monotonic() - started)
         self.store.add(block)
         log.info("holding block %d of %s (%dx%d, %s, %d bytes, tier %d)", index, name,
                  *shape, profile.name, block.nbytes, block.tier)
@@ -158,6 +160,7 @@ class BlockHolder:
         brought into RAM meanwhile.
         """
         self.store.get(name, index)
+        self.metrics.read()
         self._prefetch_after(name, index)
         reading = self.store.reading(name, index)
         block = await self.executor.run(reading.__enter__)

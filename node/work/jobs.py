@@ -105,15 +105,22 @@ class JobManager:
         self.inflight: dict[str, int] = {}
 
     # persistence --------------------------------------------------------------------
-    def restore(self) -> None:
-        """Restore job records; jobs that were running were interrupted by a stop."""
+    def restore(self) -> list[str]:
+        """Restore job records; jobs that were running were interrupted by a stop.
+
+        Returns the names of deploys that were interrupted (their blocks may be stored
+        without a committed plan: the caller decides what to drop)."""
         def read(conn):
+            interrupted = conn.execute("SELECT detail FROM jobs WHERE kind='deploy' AND "
+                                       "state IN ('queued','running')").fetchall()
             conn.execute("UPDATE jobs SET state='failed', finished=?, "
                          "error='interrupted: the daemon stopped before it finished' "
                          "WHERE state IN ('queued','running')", (time.time(),))
-            return conn.execute("SELECT id, kind, state, submitted, finished, error, detail "
-                                "FROM jobs ORDER BY submitted").fetchall()
-        for jid, kind, state, submitted, finished, error, detail in self.db.call(read):
+            return interrupted, conn.execute(
+                "SELECT id, kind, state, submitted, finished, error, detail "
+                "FROM jobs ORDER BY submitted").fetchall()
+        interrupted, rows = self.db.call(read)
+        for jid, kind, state, submitted, finished, error, detail in rows:
             try:
                 info = msgpack.unpackb(detail) if detail else {}
             except (ValueError, msgpack.UnpackException):
@@ -125,6 +132,7 @@ class JobManager:
         gone = self._forget(expired(self._stamps(), time.time(), self.retention))
         self.db.call(lambda c: _delete_rows(c, gone))
         _remove_results(self.results, gone, keep=set(self.jobs))
+        return [n for n in (_detail_name(d) for (d,) in interrupted) if n]
 
     # retention ------------------------------------------------------------------------
     def _stamps(self) -> list[JobStamp]:
@@ -588,6 +596,15 @@ def _expect_array(value: Any, shape: tuple[int, int], node: str) -> np.ndarray:
         got = getattr(value, "shape", type(value).__name__)
         raise ProtocolError(f"{node[:8]} returned {got}, expected an array of shape {shape}")
     return value
+
+
+def _detail_name(blob: bytes | None) -> str | None:
+    try:
+        detail = msgpack.unpackb(blob) if blob else {}
+        name = detail.get("name") if isinstance(detail, dict) else None
+        return check_name(name) if name is not None else None
+    except (ValueError, msgpack.UnpackException):
+        return None
 
 
 def _delete_rows(conn, ids: list[str]) -> None:
