@@ -15,7 +15,7 @@ import pytest
 
 from node.client import Client
 from node.work.holder import RELEASE_GRACE_S
-from tests.daemons import wait_for
+from tests.daemons import run_cli, wait_for
 
 
 pytestmark = pytest.mark.slow   # about a minute each: real daemons adapting
@@ -69,6 +69,15 @@ def test_a_slow_nodes_blocks_migrate_away_and_every_answer_stays_exact(cluster, 
             moves += [d for d in c.memory()["decisions"] if d["kind"] == "migrate"]
     assert len(moves) == len(moved), moves
     assert all(d["source"] == slow.id for d in moves)
+
+    text = run_cli("memory", "--socket", str(slow.socket))      # what a person reads
+    assert text.returncode == 0, text.stderr
+    assert "migrate" in text.stdout and "stays slow" in text.stdout
+    assert "n1" in text.stdout and "n2" in text.stdout          # learned vs advertised peers
+    with Client(n1.socket) as c:
+        mesh = c.status(mesh=True)["mesh"]
+    assert mesh["nodes"] == 3 and mesh["throughput_per_s"] > 0
+    assert set(mesh["per_node"]) == {n1.id, n2.id, slow.id}
 
 
 def test_kill9_of_a_holder_during_a_migration_loses_no_request_and_replicas_come_back(
