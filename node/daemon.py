@@ -246,6 +246,9 @@ class Daemon:
                    if m.state.value in ("alive", "suspect")}
         forgotten = self.memory.forget_departed(members)
         forgotten += self.mesh.connector.forget(members, FORGET_LINKS_AFTER)
+        known = {m.node_id for m in self.mesh.members()}   # the membership drops the long dead
+        for node_id in [n for n in self.mesh.advert_seen if n not in known]:
+            del self.mesh.advert_seen[node_id]
         if forgotten:
             log.info("forgot %d record(s) of departed peers", len(forgotten))
 

@@ -25,7 +25,7 @@ from typing import Callable
 
 log = logging.getLogger("sedma.looplag")
 
-INTERVAL = 0.01   # seconds between ticks (short: a tick's CPU then bounds one callback's)
+INTERVAL = 0.02   # seconds between ticks (short: a tick's CPU then bounds one callback's)
 WINDOW = 60.0     # max lag reported over this many seconds
 
 
@@ -54,6 +54,7 @@ class LagMonitor:
             self._samples.popleft()
 
     async def run(self) -> None:
+        self.last_tick = self._clock()   # the watchdog measures from here, not from start-up
         while True:
             expected = self._clock() + self.interval
             cpu = time.thread_time()

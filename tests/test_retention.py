@@ -56,6 +56,11 @@ async def test_a_daemon_forgets_expired_jobs_with_their_results_and_rows(tmp_pat
         assert {r[0] for r in rows} == set(ids[2:])
         np.testing.assert_array_equal(await d.jobs.result(ids[3]), a @ b)
         (results / "stray.npy").write_bytes(b"left by a crash")
+        d.mesh.advert_seen["departed-long-ago"] = 1.0           # forgotten by the membership
+        d.memory.record_share("departed-long-ago", 1e9, 1.0, True, now=1.0)
+        await d.housekeeping()
+        assert "departed-long-ago" not in d.mesh.advert_seen
+        assert "departed-long-ago" not in d.memory.peers
     async with running_daemon(tmp_path, job_retention=1.0) as d:   # restart, 1 s retention
         assert not (d.data_dir / "results" / "stray.npy").exists()  # orphan removed at start
         assert await d.jobs.prune(now=time.time() + 2) == 2

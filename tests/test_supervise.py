@@ -156,3 +156,25 @@ async def test_stop_can_keep_named_loops_running():
     assert sup.report()["gossip"]["running"] and not sup.report()["advertise"]["running"]
     await sup.stop()
     assert not sup.report()["gossip"]["running"]
+
+
+def test_a_stuck_loop_thread_gets_its_stack_logged(caplog):
+    import time as _time
+
+    from node.looplag import StallReporter
+
+    lag = LagMonitor(interval=0.01)
+    reporter = StallReporter(lag, threshold=0.05)
+
+    def _busy_on_the_loop():
+        end = _time.monotonic() + 0.4
+        while _time.monotonic() < end:
+            sum(range(1000))
+
+    with caplog.at_level(logging.WARNING, logger="sedma.looplag"):
+        lag.last_tick = _time.monotonic()
+        reporter.start()
+        _busy_on_the_loop()
+        reporter.stop()
+    stuck = [r.getMessage() for r in caplog.records if "stuck" in r.getMessage()]
+    assert stuck and "_busy_on_the_loop" in stuck[0]

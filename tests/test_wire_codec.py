@@ -4,6 +4,8 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocol import codec
 from protocol.errors import DecodeError, FrameError
@@ -222,3 +224,32 @@ def test_the_per_link_limit_counts_received_bytes():
         r.feed(frame)
     with pytest.raises(FrameError, match="link's buffer"):
         r.feed(frames[5])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.binary(min_size=0, max_size=3000), min_size=1, max_size=6),
+       st.randoms(use_true_random=False), st.integers(0, 6))
+def test_the_daemon_budget_always_equals_the_bytes_held_and_returns_to_zero(msgs, rnd, cut):
+    from protocol.framing import ByteBudget
+
+    budget = ByteBudget(1 << 30)
+    links = [Reassembler(budget=budget) for _ in range(2)]
+    queues = [[(i % 2, joined(f)) for f in fragments(i + 1, [m], 500)]
+              for i, m in enumerate(msgs)]
+    done = []
+    steps = 0
+    while any(queues):
+        q = rnd.choice([q for q in queues if q])
+        link, frame = q.pop(0)
+        out = links[link].feed(frame)
+        if out is not None:
+            done.append(bytes(out))
+        steps += 1
+        assert budget.used == sum(r.buffered for r in links)
+        if steps == cut:
+            links[0].discard()                       # link 0 dies mid-way
+            for q in queues:
+                q[:] = [(ln, f) for ln, f in q if ln != 0]
+            assert budget.used == links[1].buffered
+    assert budget.used == 0
+    assert set(done) <= set(msgs)
