@@ -9,6 +9,14 @@ are persisted in SQLite so a restarted node keeps what it learned. Placement rea
 long-term estimates before it trusts a peer's self-advertised capacity: this is how the
 mesh gets better at its own workload over time.
 
+For the self-evolving memory it also keeps, long-term: per block, an aged read count (the
+tier policy's frequency and recency) and the smoothed seconds a read takes here; which
+block follows which (the prefetcher's successor model); this node's own serving speed and
+the measured speed of block copies to each peer (what a migration costs); and the last
+reconfiguration decisions with their reasons, predicted gain and what was measured
+before and after. Short-term: bytes and seconds read per tier (how much slower tier 1 is).
+Block reads are recorded from compute threads, under the same lock.
+
 The class is a plain state machine fed with observations and a clock; persistence is two
 small methods the daemon calls.
 
