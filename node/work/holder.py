@@ -61,6 +61,8 @@ class BlockHolder:
         #: queueing behind it; the set of keys in flight belongs to the event loop.
         self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sedma-prefetch")
         self._prefetching: set[tuple[str, int]] = set()
+        self._releasing: set[tuple[str, int]] = set()        # blocks in their grace period
+        self._release_tasks: set[asyncio.Task] = set()
 
     def profile(self, name: str | None) -> DeviceProfile:
         """The named preset, or this node's own device when the job names none."""
@@ -118,13 +120,21 @@ class BlockHolder:
         held = self.store.names().get(name, [])
         if plan is None or not held:
             return
+        loop = asyncio.get_running_loop()
         for blk in plan.blocks:
-            if blk.index in held and self.node_id not in blk.nodes and blk.nodes:
-                asyncio.get_running_loop().call_later(
-                    RELEASE_GRACE_S, lambda i=blk.index: asyncio.ensure_future(
-                        self._release(name, i)))
+            key = (name, blk.index)
+            if (blk.index in held and self.node_id not in blk.nodes and blk.nodes
+                    and key not in self._releasing):
+                self._releasing.add(key)
+                loop.call_later(RELEASE_GRACE_S, self._start_release, key)
+
+    def _start_release(self, key: tuple[str, int]) -> None:
+        task = asyncio.get_running_loop().create_task(self._release(*key))
+        self._release_tasks.add(task)          # held until done (the loop keeps weak refs)
+        task.add_done_callback(self._release_tasks.discard)
 
     async def _release(self, name: str, index: int) -> None:
+        self._releasing.discard((name, index))
         plan = self.plans.get(name)
         blk = next((b for b in plan.blocks if b.index == index), None) if plan else None
         if blk is None or self.node_id in blk.nodes or not blk.nodes:
