@@ -77,7 +77,7 @@ def repairs(name: str, plan: PartitionPlan, me: str, alive: set[str],
 
 
 class Reconfigurer:
-    """Runs :func:`repairs` against the live mesh (one pass at a time)."""
+    """Runs :func:`repairs` and :func:`plan_pass` against the live mesh (one pass at a time)."""
 
     def __init__(self, jobs: JobManager, policy: Policy = Policy()) -> None:
         self.jobs = jobs
@@ -101,7 +101,7 @@ class Reconfigurer:
             blocks = self._block_views(set(nodes), now)
             done = []
             for d in plan_pass(blocks, nodes, now, self.policy):
-                if await self._carry_out(d, blocks):
+                if await self._carry_out(d):
                     done.append(d)
             return done
         finally:
@@ -159,7 +159,7 @@ class Reconfigurer:
         """Replicas as deployed: the fewest holders any block of the plan had at first."""
         return self._deployed.setdefault(name, min(len(b.nodes) for b in plan.blocks))
 
-    async def _carry_out(self, d: Decision, blocks: list[BlockView]) -> bool:
+    async def _carry_out(self, d: Decision) -> bool:
         """Copy (for replicate/migrate), then switch the plan (a new version of that block
         only, so concurrent repairs of other blocks merge) and announce it."""
         jobs = self.jobs
@@ -167,8 +167,8 @@ class Reconfigurer:
             return False
         plan = jobs.plans.get(d.name)          # re-read: announcements may have merged in
         blk = next((b for b in plan.blocks if b.index == d.index), None) if plan else None
-        if blk is None or d.source not in blk.nodes:
-            return False
+        if blk is None or d.source not in blk.nodes or (d.target and d.target in blk.nodes):
+            return False                       # the plan moved on meanwhile
         nodes = list(blk.nodes)
         if d.kind == "replicate":
             nodes.append(d.target)
