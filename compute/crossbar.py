@@ -3,27 +3,37 @@
 Layout. W (M, K) is cut into tiles of ``tile_outputs`` rows x ``tile_inputs``
 columns of W (see ``DeviceProfile``). Each input (column of W) drives one word
 line; each output (row of W) is read on one bit line (offset mapping) or on a
-pair of bit lines whose currents are subtracted (differential mapping). Partial
-sums of tiles that share output rows are digitised per tile and added in
-digital, as real tiled accelerators do.
+pair of adjacent bit lines whose currents are subtracted (differential
+mapping). Partial sums of tiles that share output rows are digitised per tile
+and added in digital, as real tiled accelerators do.
 
-Reproducibility. Every random draw is keyed by ``(seed, purpose, global tile
-row)`` and, for read noise, the request's ``read_seed``. Draws always cover a
-full tile row (all K inputs, all tile_outputs rows) and are cropped afterwards,
-so programming rows [r0, r1) of W on one node yields exactly the state that
-programming all of W and slicing gives — placement does not change results.
+Device state. Every device keeps one uint8 conductance code (LSB = Gmax/200,
+so up to 1.275 Gmax): its conductance at the profile's inference time
+(``read_time_s``), after level quantisation, programming noise, stuck faults,
+the verify-read repair (``compute.faultmap``), per-device drift and the
+accumulated 1/f noise (``compute.aging``) — so 2 bytes per weight for pairs.
+Input-dependent effects are computed from these codes at every read: DAC,
+IR drop (``compute.circuit``: a per-read circuit solve, or the fast
+calibrated per-tile factors), per-device read noise, output noise, ADC with
+a per-tile calibrated range and bound management, drift compensation. Per
+tile a few float32 are kept: the digital scale, the ADC range, the drift
+compensation factor and, in fast IR-drop mode, one factor per word line and
+bit line. ``ideal`` keeps float32 weights.
 
-Memory. Non-ideal profiles keep one int16 fixed-point effective conductance
-per weight (LSB = 2^-14 Gmax; IR drop, faults, noise and levels are folded in)
-plus one float32 digital scale per tile. Fault maps are not kept: they are
-regenerated from the seed on demand. ``ideal`` keeps float32 weights.
+Reproducibility. Every programming draw is keyed by ``(seed, purpose, global
+tile row)`` and always covers a full tile row before cropping, so programming
+rows [r0, r1) of W on one node yields exactly the state that programming all
+of W and slicing gives — placement does not change results. Read noise is
+keyed by ``(seed, read_seed, column of X)`` with a counter-based generator
+(Philox) advanced to the global tile row, so a vector's result does not depend
+on its batch-mates nor on where its rows were placed.
 
 Speed. ``matmul`` has no Python loop per tile per input: for a chunk of tile
-rows (all of them for moderate sizes) one GEMM per tile column computes every
-tile's partial sums for the whole batch; read noise, ADC and the digital
-accumulation are whole-array operations on the (tile col, row, batch) stack.
-We tried a thread pool over chunks and a stacked batched matmul: neither beat
-this on 2 cores, and nested BLAS threads degrade badly under load.
+rows one GEMM per tile column computes every tile's partial sums for the whole
+batch; noise, ADC and the digital accumulation are whole-array operations on
+the (tile col, row, batch) stack. The circuit IR-drop mode is the exception:
+it solves each tile's circuit for the batch (slow; for validation and small
+layers).
 """
 
 from __future__ import annotations
@@ -34,14 +44,16 @@ from typing import Any
 
 import numpy as np
 
+from compute import aging, circuit, faultmap
 from compute.device import DeviceProfile
 
-STATE_FORMAT = "sedma.crossbar/1"
-CODE_FRAC_BITS = 14  # int16 codes: value = code * 2^-14 (in units of Gmax), range +-2
-_CODE_LSB = 2.0 ** -CODE_FRAC_BITS
-_STREAM_PROG, _STREAM_FAULT, _STREAM_READ = 1, 2, 3
+STATE_FORMAT = "sedma.crossbar/2"
+G_CODE_STEPS = 200  # uint8 device codes: G = code * Gmax / 200, up to 1.275 Gmax
+G_LSB = 1.0 / G_CODE_STEPS
+_STREAM_PROG, _STREAM_FAULT, _STREAM_READ, _STREAM_AGE, _STREAM_REPAIR, _STREAM_SPARE = 1, 2, 3, 4, 5, 6
 _CHUNK_ELEMS = 1 << 20  # partial sums per chunk (4 MiB scratch: stays cache-friendly)
 _MAX_SEED = 2**63 - 1
+_BOUND_STEPS = 10  # bound management: re-read at up to 2^-10 of the input
 
 
 def row_granularity(profile: DeviceProfile) -> int:
@@ -65,12 +77,10 @@ _NORMAL_TABLE: np.ndarray | None = None
 def _normal_table() -> np.ndarray:
     """65536 standard-normal quantiles, renormalised to unit variance.
 
-    Why: numpy's ziggurat costs ~8 ns per sample on our target machines, and
-    read noise needs M*B*(tiles per row) fresh samples per read, which alone
-    would blow the 3x-of-float32 budget. Indexing this table with 16 random
-    bits is ~4x cheaper. It is a discretised normal truncated at 4.3 sigma;
-    its variance is exactly 1 and its shape is indistinguishable from a
-    Gaussian at the sample sizes we use.
+    Why: numpy's ziggurat costs ~8 ns per sample, and read noise needs
+    M*B*(tiles per row) fresh samples per read. Indexing this table with 16
+    random bits is ~4x cheaper. It is a discretised normal truncated at 4.3
+    sigma; its variance is exactly 1.
     """
     global _NORMAL_TABLE
     with _TABLE_LOCK:
@@ -83,15 +93,31 @@ def _normal_table() -> np.ndarray:
         return _NORMAL_TABLE
 
 
-def _table_normals(key: tuple[int, ...], n: int) -> np.ndarray:
-    """n standard-normal float32 samples (quantile table) from the stream ``key``.
+class ColumnNoise:
+    """Standard normals per (column of X, global tile row) for one (seed, read_seed).
 
-    SFC64 raw words are the cheapest keyed random bits numpy offers; fancy
-    indexing with uint16 is faster than ``np.take`` (no cast to intp).
+    Philox is counter-based: the 256-bit counter is set to (tile row x blocks
+    per row, column), so any node reading any span of tile rows of any column
+    draws exactly the samples the whole read would, and a column's noise does
+    not depend on the other columns in the batch. One generator per read;
+    moving between columns is a counter update, not a new key derivation.
     """
-    bits = np.random.SFC64(np.random.SeedSequence(list(key)))
-    idx = bits.random_raw(-(-n // 4)).view(np.uint16)[:n]
-    return _normal_table()[idx]
+
+    def __init__(self, seed: int, read_seed: int) -> None:
+        key = np.random.SeedSequence([seed, _STREAM_READ, read_seed]).generate_state(2, np.uint64)
+        self._bits = np.random.Philox(key=key)
+        self._state = self._bits.state
+        self._table = _normal_table()
+
+    def normals(self, col: int, first_row: int, n_rows: int, per_row: int) -> np.ndarray:
+        """(n_rows, per_row) float32 standard normals for column ``col`` from tile row ``first_row``."""
+        blocks = -(-per_row // 16)  # one Philox block = 4 words = 16 uint16 samples
+        state = self._state
+        state["state"]["counter"] = np.array([first_row * blocks, col, 0, 0], dtype=np.uint64)
+        state["buffer_pos"] = 4  # drop any buffered words
+        self._bits.state = state
+        raw = self._bits.random_raw(n_rows * blocks * 4).view(np.uint16).reshape(n_rows, blocks * 16)
+        return self._table[raw[:, :per_row]]
 
 
 # ---------------------------------------------------------------------------
@@ -106,13 +132,23 @@ def _poly(coeffs: tuple[float, ...], g: np.ndarray) -> np.ndarray:
     return out
 
 
+def _pad_cols(a: np.ndarray, q: int, n_tc: int) -> np.ndarray:
+    """(p, K, ...) -> (p, n_tc, q, ...) with zero padding of the last tile column."""
+    p, k = a.shape[:2]
+    out = np.zeros((p, n_tc * q) + a.shape[2:], dtype=a.dtype)
+    out[:, :k] = a
+    return out.reshape((p, n_tc, q) + a.shape[2:])
+
+
 def _tile_scales(w: np.ndarray, profile: DeviceProfile, n_tc: int) -> np.ndarray:
-    """Per-tile max |w| over a tile row's tiles; zero tiles get 1 to avoid 0/0."""
-    q = profile.tile_inputs
-    k = w.shape[1]
-    padded = np.zeros((w.shape[0], n_tc * q), dtype=np.float32)
-    padded[:, :k] = np.abs(w)
-    wmax = padded.reshape(w.shape[0], n_tc, q).max(axis=(0, 2))
+    """Per-tile mapping range: max |w| (abs-max), or clip_sigma x std of the tile's weights."""
+    tiles = _pad_cols(w.astype(np.float64), profile.tile_inputs, n_tc)  # (p, n_tc, q)
+    wmax = np.abs(tiles).max(axis=(0, 2))
+    if profile.clip_sigma > 0:
+        k = w.shape[1]
+        counts = np.minimum(profile.tile_inputs, k - np.arange(n_tc) * profile.tile_inputs) * w.shape[0]
+        std = np.sqrt((tiles * tiles).sum(axis=(0, 2)) / counts)
+        wmax = np.minimum(wmax, profile.clip_sigma * std)
     wmax[wmax == 0] = 1.0
     return wmax.astype(np.float32)
 
@@ -135,51 +171,129 @@ def _quantise_levels(g: np.ndarray, profile: DeviceProfile) -> np.ndarray:
     return gmin + np.rint((g - gmin) / step) * step
 
 
-def _fault_draws(profile: DeviceProfile, seed: int, tile_row: int, p: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stuck-at-Gmin / stuck-at-Gmax masks (p, K, devices) of one tile row."""
-    shape = (profile.tile_outputs, k, profile.devices_per_weight)
-    u = _rng(seed, _STREAM_FAULT, tile_row).random(shape, dtype=np.float32)[:p]
+def _prog_sigma(g: np.ndarray, profile: DeviceProfile) -> np.ndarray:
+    """Programming-noise std (normalised) at target g, from the profile's polynomial in uS."""
+    if not profile.prog_noise_poly_us or profile.prog_noise_scale == 0:
+        return np.zeros_like(g)
+    return np.maximum(_poly(profile.prog_noise_poly_us, g), 0.0) * (profile.prog_noise_scale / profile.g_max_us)
+
+
+def _stuck(u: np.ndarray, profile: DeviceProfile) -> tuple[np.ndarray, np.ndarray]:
+    """Stuck-at-Gmin / stuck-at-Gmax masks from uniforms u."""
     lo = u < profile.stuck_at_gmin_rate
     hi = (u >= profile.stuck_at_gmin_rate) & (u < profile.stuck_at_gmin_rate + profile.stuck_at_gmax_rate)
     return lo, hi
 
 
-def _wire_resistance(profile: DeviceProfile, out_pos: np.ndarray, k: int) -> np.ndarray:
-    """Series wire resistance (ohm) seen by each device (p, K, devices).
+def _fault_draws(profile: DeviceProfile, seed: int, tile_row: int, p: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stuck-at-Gmin / stuck-at-Gmax masks (p, K, devices) of one tile row."""
+    shape = (profile.tile_outputs, k, profile.devices_per_weight)
+    u = _rng(seed, _STREAM_FAULT, tile_row).random(shape, dtype=np.float32)[:p]
+    return _stuck(u, profile)
 
-    First-order IR-drop model: drivers sit at the left end of each word line
-    (input q), sense amplifiers at the bottom of each bit line. A device on
-    bit line c and word line q sits behind (c + 1) word-line segments and
-    (rows - q) bit-line segments.
-    """
-    q = (np.arange(k) % profile.tile_inputs).astype(np.float64)
-    d = profile.devices_per_weight
-    col = out_pos[:, None, None] * d + np.arange(d)[None, None, :]
-    segments = (col + 1) + (profile.rows - q)[None, :, None]
-    return profile.wire_ohm_per_cell * segments
+
+def _program_devices(target: np.ndarray, z: np.ndarray, u: np.ndarray, profile: DeviceProfile) -> np.ndarray:
+    """Programming noise then stuck faults: what the devices hold right after programming."""
+    g = np.maximum(target + _prog_sigma(target, profile) * z, 0.0)
+    if profile.stuck_at_gmin_rate > 0 or profile.stuck_at_gmax_rate > 0:
+        lo, hi = _stuck(u, profile)
+        g = np.where(lo, profile.g_min_us / profile.g_max_us, np.where(hi, 1.0, g))
+    return g
+
+
+def _repair(target: np.ndarray, g: np.ndarray, profile: DeviceProfile, seed: int, tile_row: int,
+            n_tc: int) -> np.ndarray:
+    """Fault-aware mapping of one tile row (differential pairs): partner, then spares."""
+    gmin = profile.g_min_us / profile.g_max_us
+    q, g_rows = profile.tile_inputs, profile.tile_outputs
+    p, k, d = g.shape
+    full = (g_rows, k, d)
+
+    def fix(tgt: np.ndarray, dev: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        flagged = faultmap.flag_stuck(tgt, dev, _prog_sigma(tgt, profile))
+        new_t, redo = faultmap.partner_targets(tgt, dev, flagged, gmin)
+        z = rng.standard_normal(full)[:tgt.shape[0]]
+        u = rng.random(full, dtype=np.float32)[:tgt.shape[0]]
+        again = _program_devices(new_t, z, u, profile)  # the partner may turn out stuck too
+        return np.where(redo, again, dev)
+
+    g = fix(target, g, _rng(seed, _STREAM_REPAIR, tile_row))
+    n_spares = profile.spare_cols // d
+    if n_spares == 0:
+        return g
+    errs = faultmap.column_errors(target, g, q, n_tc)
+    chosen = faultmap.choose_spares(errs, n_spares)
+    # spare pairs of every array of this tile row, programmed afresh: (n_spares, n_tc, q, d)
+    rng = _rng(seed, _STREAM_SPARE, tile_row)
+    slots = faultmap.spare_slots(chosen)  # (p, n_tc)
+    sp_z = rng.standard_normal((n_spares, n_tc * q, d))
+    sp_u = rng.random((n_spares, n_tc * q, d), dtype=np.float32)
+    slot_w = np.repeat(np.maximum(slots, 0), q, axis=1)[:, :k]  # (p, K) spare index per weight
+    cols = np.arange(k)[None, :]
+    spare = _program_devices(target, sp_z[slot_w, cols], sp_u[slot_w, cols], profile)
+    spare = fix(target, spare, _rng(seed, _STREAM_SPARE, tile_row, 1))
+    better = faultmap.column_errors(target, spare, q, n_tc) < errs
+    use = faultmap.expand_columns(chosen & better, q, k)
+    return np.where(use[..., None], spare, g)
 
 
 def _program_tile_row(w: np.ndarray, profile: DeviceProfile, seed: int, tile_row: int,
-                      n_tc: int) -> tuple[np.ndarray, np.ndarray]:
-    """Program one tile row: returns (int16 codes (p, K), digital scales (n_tc,))."""
+                      n_tc: int) -> dict[str, np.ndarray]:
+    """Program one tile row: device codes (devices, p, K) and the per-tile parameters."""
     p, k = w.shape
-    q = profile.tile_inputs
+    q, d = profile.tile_inputs, profile.devices_per_weight
+    full = (profile.tile_outputs, k, d)
     wmax = _tile_scales(w, profile, n_tc)
-    wn = w.astype(np.float64) / np.repeat(wmax, q)[:k][None, :]
-    g = _quantise_levels(_targets(wn, profile), profile)
-    if profile.prog_noise_poly_us and profile.prog_noise_scale > 0:
-        sigma = np.maximum(_poly(profile.prog_noise_poly_us, g), 0.0) * (profile.prog_noise_scale / profile.g_max_us)
-        z = _rng(seed, _STREAM_PROG, tile_row).standard_normal((profile.tile_outputs, k, g.shape[-1]))[:p]
-        g = np.maximum(g + sigma * z, 0.0)
-    if profile.stuck_at_gmin_rate > 0 or profile.stuck_at_gmax_rate > 0:
-        lo, hi = _fault_draws(profile, seed, tile_row, p, k)
-        g = np.where(lo, profile.g_min_us / profile.g_max_us, np.where(hi, 1.0, g))
-    if profile.wire_ohm_per_cell > 0:
-        out_pos = np.arange(p)  # rows of this tile row, local to the tile
-        g = g / (1.0 + g * (profile.g_max_us * 1e-6) * _wire_resistance(profile, out_pos, k))
-    v = _effective(g, profile)
-    codes = np.clip(np.rint(v / _CODE_LSB), -32768, 32767).astype(np.int16)
-    return codes, _digital_scale(wmax, profile)
+    wn = np.clip(w.astype(np.float64) / np.repeat(wmax, q)[:k][None, :], -1.0, 1.0)
+    target = _quantise_levels(_targets(wn, profile), profile)
+    z = _rng(seed, _STREAM_PROG, tile_row).standard_normal(full)[:p]
+    u = _rng(seed, _STREAM_FAULT, tile_row).random(full, dtype=np.float32)[:p]
+    g_prog = _program_devices(target, z, u, profile)
+    if profile.fault_aware and d == 2:
+        g_prog = _repair(target, g_prog, profile, seed, tile_row, n_tc)
+    age_rng = _rng(seed, _STREAM_AGE, tile_row)
+    z_nu, z_read = age_rng.standard_normal(full)[:p], age_rng.standard_normal(full)[:p]
+    g_t = aging.age(profile, target, g_prog, z_nu, z_read)
+    codes = np.clip(np.rint(g_t / G_LSB), 0, 255).astype(np.uint8)
+    g_read = codes.astype(np.float64) * G_LSB
+    ir_row, ir_col = _ir_factors(g_read, profile, n_tc)
+    out = {
+        "codes": np.moveaxis(codes, -1, 0),
+        "scales": _digital_scale(wmax, profile),
+        "gdc": _drift_compensation(g_prog, g_read, profile, n_tc),
+        "adc": _adc_ranges(g_read, ir_row, ir_col, profile, n_tc),
+    }
+    if ir_row is not None:
+        out["ir_row"], out["ir_col"] = ir_row.astype(np.float16), ir_col.astype(np.float16)
+    return out
+
+
+def _tile_devices(g: np.ndarray, q: int, n_tc: int) -> np.ndarray:
+    """(p, K, d) conductances -> (n_tc, q, p*d) physical arrays: word lines x bit lines."""
+    p, k, d = g.shape
+    tiles = _pad_cols(g, q, n_tc)  # (p, n_tc, q, d)
+    return tiles.transpose(1, 2, 0, 3).reshape(n_tc, q, p * d)
+
+
+def _ir_factors(g: np.ndarray, profile: DeviceProfile, n_tc: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Fast-mode IR-drop factors per tile: (n_tc, rows) word-line and (n_tc, cols) bit-line."""
+    if profile.wire_ohm_per_cell == 0 or profile.ir_drop_mode != "fast":
+        return None, None
+    q, k = profile.tile_inputs, g.shape[1]
+    rho = circuit.wire_rho(profile.wire_ohm_per_cell, profile.g_max_us)
+    phys = _tile_devices(g, q, n_tc)
+    row_f = np.ones((n_tc, profile.rows))
+    col_f = np.ones((n_tc, profile.cols))
+    full_tc = k // q  # tile columns with every word line in use
+    used_cols = phys.shape[2]
+    if full_tc:
+        r, c = circuit.fast_factors(phys[:full_tc], rho)
+        row_f[:full_tc, :q], col_f[:full_tc, :used_cols] = r, c
+    if full_tc < n_tc:  # the partial last tile column: a smaller array
+        width = k - full_tc * q
+        r, c = circuit.fast_factors(phys[full_tc:, :width], rho)
+        row_f[full_tc:, :width], col_f[full_tc:, :used_cols] = r, c
+    return row_f, col_f
 
 
 def _effective(g: np.ndarray, profile: DeviceProfile) -> np.ndarray:
@@ -189,8 +303,64 @@ def _effective(g: np.ndarray, profile: DeviceProfile) -> np.ndarray:
     """
     if profile.mapping == "differential":
         return g[..., 0] - g[..., 1]
-    gmin = profile.g_min_us / profile.g_max_us
-    return g[..., 0] - (1.0 + gmin) / 2
+    return g[..., 0] - _g_mid(profile)
+
+
+def _g_mid(profile: DeviceProfile) -> float:
+    return (1.0 + profile.g_min_us / profile.g_max_us) / 2
+
+
+def _tile_sums(a: np.ndarray, q: int, n_tc: int) -> np.ndarray:
+    """(p, K) -> per-tile sums over the tile's inputs (p, n_tc)."""
+    return _pad_cols(a, q, n_tc).sum(axis=2)
+
+
+def _drift_compensation(g_prog: np.ndarray, g_read: np.ndarray, profile: DeviceProfile,
+                        n_tc: int) -> np.ndarray:
+    """Per-tile global drift compensation from all-ones calibration reads (aihwkit's GDC)."""
+    if not profile.drift_compensation:
+        return np.ones(n_tc, dtype=np.float32)
+    q = profile.tile_inputs
+    base = _tile_sums(_effective(g_prog, profile), q, n_tc).T  # (n_tc, p)
+    now = _tile_sums(_effective(g_read, profile), q, n_tc).T
+    return aging.compensation(base, now).astype(np.float32)
+
+
+def _adc_ranges(g: np.ndarray, ir_row: np.ndarray | None, ir_col: np.ndarray | None,
+                profile: DeviceProfile, n_tc: int) -> np.ndarray:
+    """Per-tile ADC full scale (units of Gmax*V_read).
+
+    "calibrated": ``adc_headroom`` x the largest output rms of the tile for
+    i.i.d. uniform [0, 1] inputs (ReLU-like activations after the DAC's
+    abs-max scaling): E[I^2] = sum d^2 / 12 + (sum d)^2 / 4.
+    """
+    if profile.adc_bits == 0 or profile.adc_calibration == "fixed":
+        return np.full(n_tc, profile.adc_range, dtype=np.float32)
+    q = profile.tile_inputs
+    if ir_row is not None:  # the factors as the reads will see them
+        ir_row, ir_col = ir_row.astype(np.float16), ir_col.astype(np.float16)
+    eff = _weights_with_ir(g, ir_row, ir_col, profile, n_tc)
+    s1 = _tile_sums(eff, q, n_tc)
+    s2 = _tile_sums(eff * eff, q, n_tc)
+    rms = np.sqrt(s2 / 12.0 + s1 * s1 / 4.0).max(axis=0)
+    rng = profile.adc_headroom * rms
+    rng[rng <= 0] = 1.0
+    return rng.astype(np.float32)
+
+
+def _weights_with_ir(g: np.ndarray, ir_row: np.ndarray | None, ir_col: np.ndarray | None,
+                     profile: DeviceProfile, n_tc: int) -> np.ndarray:
+    """Effective per-weight conductance (p, K) including fast IR-drop factors."""
+    if ir_row is None:
+        return _effective(g, profile)
+    p, k, d = g.shape
+    q = profile.tile_inputs
+    tc = np.arange(k) // q
+    row = ir_row[tc, np.arange(k) % q].astype(np.float64)[None, :, None]  # (1, K, 1)
+    colidx = np.arange(p)[:, None] * d + np.arange(d)[None, :]  # (p, d)
+    col = ir_col[:, colidx][tc].transpose(1, 0, 2).astype(np.float64)  # (p, K, d)
+    return _effective(g * row * col, profile) if profile.mapping == "differential" else \
+        (g[..., 0] * row[..., 0] * col[..., 0] - _g_mid(profile))
 
 
 def _digital_scale(wmax: np.ndarray, profile: DeviceProfile) -> np.ndarray:
@@ -223,52 +393,67 @@ def dac_quantise(x: np.ndarray, profile: DeviceProfile) -> tuple[np.ndarray, np.
     return xn.astype(np.float32, copy=False), xs
 
 
-def adc_lsb(profile: DeviceProfile) -> float:
-    """ADC step in units of Gmax*V_read (signed converter, symmetric range)."""
-    return profile.adc_range / (2 ** (profile.adc_bits - 1) - 1)
-
-
-def adc_quantise(i: np.ndarray, profile: DeviceProfile) -> np.ndarray:
-    """Digitise normalised currents: round to the LSB, saturate at +-adc_range."""
+def adc_quantise(i: np.ndarray, lsb: np.ndarray | float, profile: DeviceProfile,
+                 out: np.ndarray | None = None) -> np.ndarray:
+    """Digitise currents: round to the LSB; beyond full scale saturate, or with bound
+    management re-read at 1/2^n of the input (n up to 10), which keeps the value at a
+    2^n times coarser step. ``out`` may be ``i`` (in place)."""
     if profile.adc_bits == 0:
         return i
-    lsb = adc_lsb(profile)
-    top = 2 ** (profile.adc_bits - 1) - 1
-    return (np.clip(np.rint(i / lsb), -top, top) * lsb).astype(i.dtype, copy=False)
-
-
-def drift_factor(profile: DeviceProfile, elapsed_s: float) -> float:
-    """Power-law drift G(t)/G(t0) = (t/t0)^-nu for t > t0, 1 before."""
-    if profile.drift_nu == 0 or elapsed_s <= profile.drift_t0_s:
-        return 1.0
-    return float((elapsed_s / profile.drift_t0_s) ** (-profile.drift_nu))
+    top = np.float32(2 ** (profile.adc_bits - 1) - 1)
+    if out is i and np.ndim(lsb) == 0 and float(lsb) == 1.0:
+        codes = i  # already in converter steps
+    else:
+        codes = np.divide(i, lsb, out=out) if out is not None else (i / lsb).astype(i.dtype, copy=False)
+    saturates = codes.size and max(float(codes.max()), -float(codes.min())) > top
+    if profile.bound_management and saturates:
+        over = np.abs(codes) > top
+        n = np.minimum(np.ceil(np.log2(np.abs(codes[over]) / top)), _BOUND_STEPS)
+        step = np.exp2(n).astype(codes.dtype)
+        codes[over] = np.clip(np.rint(codes[over] / step), -top, top) * step
+        inside = ~over
+        codes[inside] = np.rint(codes[inside])
+    else:
+        np.rint(codes, out=codes)
+        np.clip(codes, -top, top, out=codes)
+    if codes is not i or float(np.max(lsb)) != 1.0:
+        codes *= np.asarray(lsb, dtype=codes.dtype)
+    return codes
 
 
 # ---------------------------------------------------------------------------
 # The programmed matrix
 # ---------------------------------------------------------------------------
 
+_TILE_KEYS = ("scales", "adc", "gdc")
+
+
 class ProgrammedMatrix:
     """Frozen programmed state of rows [row_offset, row_offset+M) of a global W."""
 
     def __init__(self, profile: DeviceProfile, shape: tuple[int, int], row_offset: int, seed: int,
-                 codes: np.ndarray | None, scales: np.ndarray | None,
+                 codes: np.ndarray | None, tiles: dict[str, np.ndarray] | None,
                  weights: np.ndarray | None) -> None:
         self.profile = profile
         self.shape = (int(shape[0]), int(shape[1]))
         self.row_offset = int(row_offset)
         self.seed = int(seed)
-        self.codes = codes  # int16 (M, K), non-ideal profiles
-        self.scales = scales  # float32 (tile rows, tile cols), non-ideal profiles
+        self.codes = codes  # uint8 (devices, M, K), non-ideal profiles
+        self.tiles = tiles or {}  # float32 per-tile parameters, non-ideal profiles
         self.weights = weights  # float32 (M, K), ideal profile only
+
+    @property
+    def scales(self) -> np.ndarray | None:
+        """Per-tile digital scale (tile rows, tile cols)."""
+        return self.tiles.get("scales")
 
     # -- construction -----------------------------------------------------
     @classmethod
     def program(cls, w: np.ndarray, profile: DeviceProfile, seed: int, row_offset: int = 0) -> "ProgrammedMatrix":
         """Program rows [row_offset, row_offset+M) of a global W once.
 
-        Quantisation, programming noise, faults and IR drop are frozen here;
-        the result is a pure function of (w, profile, seed, row_offset).
+        Everything up to the inference time is frozen here; the result is a
+        pure function of (w, profile, seed, row_offset).
         """
         w = _check_weights(w)
         _check_seed(seed, "seed")
@@ -279,13 +464,19 @@ class ProgrammedMatrix:
             return cls(profile, w.shape, row_offset, seed, None, None, np.array(w, dtype=np.float32))
         m, k = w.shape
         n_tr, n_tc = profile.tile_grid((m, k))
-        codes = np.empty((m, k), dtype=np.int16)
-        scales = np.empty((n_tr, n_tc), dtype=np.float32)
+        codes = np.empty((profile.devices_per_weight, m, k), dtype=np.uint8)
+        tiles = {key: np.empty((n_tr, n_tc), dtype=np.float32) for key in _TILE_KEYS}
+        if profile.wire_ohm_per_cell > 0 and profile.ir_drop_mode == "fast":
+            tiles["ir_row"] = np.empty((n_tr, n_tc, profile.rows), dtype=np.float16)
+            tiles["ir_col"] = np.empty((n_tr, n_tc, profile.cols), dtype=np.float16)
         first = row_offset // g
         for r in range(n_tr):
             rows = slice(r * g, min(m, (r + 1) * g))
-            codes[rows], scales[r] = _program_tile_row(w[rows], profile, seed, first + r, n_tc)
-        return cls(profile, (m, k), row_offset, seed, codes, scales, None)
+            part = _program_tile_row(w[rows], profile, seed, first + r, n_tc)
+            codes[:, rows] = part.pop("codes")
+            for key, val in part.items():
+                tiles[key][r] = val
+        return cls(profile, (m, k), row_offset, seed, codes, tiles, None)
 
     # -- introspection ----------------------------------------------------
     @property
@@ -293,24 +484,40 @@ class ProgrammedMatrix:
         """Resident bytes actually held (equals ``profile.resident_bytes(shape)``)."""
         if self.weights is not None:
             return int(self.weights.nbytes)
-        return int(self.codes.nbytes + self.scales.nbytes)
+        return int(self.codes.nbytes + sum(a.nbytes for a in self.tiles.values()))
+
+    def conductances(self) -> np.ndarray:
+        """Device conductances at the inference time, (M, K, devices) float64 in units of Gmax."""
+        if self.codes is None:
+            raise ValueError("the ideal profile keeps weights, not devices")
+        return np.moveaxis(self.codes, 0, -1).astype(np.float64) * G_LSB
 
     def effective_weights(self) -> np.ndarray:
-        """The weights the array would compute with, noise-free and at t0 (float32).
-
-        For diagnostics and tests; materialises a float32 (M, K) copy.
+        """The weights a noise-free read computes with (float32): device codes, fast
+        IR-drop factors, drift compensation and digital scale; no DAC/ADC/read noise.
         """
         if self.weights is not None:
             return self.weights.copy()
-        q = self.profile.tile_inputs
-        g = row_granularity(self.profile)
+        prof = self.profile
+        q, g = prof.tile_inputs, row_granularity(prof)
         m, k = self.shape
-        per_col = np.repeat(self.scales, q, axis=1)[:, :k]
-        per_elem = np.repeat(per_col, g, axis=0)[:m]
-        return (self.codes.astype(np.float32) * np.float32(_CODE_LSB)) * per_elem
+        gdev = self.conductances()
+        out = np.empty((m, k))
+        n_tc = self.scales.shape[1]
+        for r in range(self.scales.shape[0]):
+            rows = slice(r * g, min(m, (r + 1) * g))
+            ir_row = self.tiles["ir_row"][r] if "ir_row" in self.tiles else None
+            ir_col = self.tiles["ir_col"][r] if "ir_col" in self.tiles else None
+            eff = _weights_with_ir(gdev[rows], ir_row, ir_col, prof, n_tc)
+            factor = (self.scales[r] * self.tiles["gdc"][r]).astype(np.float64)
+            out[rows] = eff * np.repeat(factor, q)[:k][None, :]
+        return out.astype(np.float32)
 
     def fault_masks(self) -> tuple[np.ndarray, np.ndarray]:
-        """Regenerate (stuck_at_gmin, stuck_at_gmax) bool masks (M, K, devices per weight)."""
+        """Regenerate the raw (stuck_at_gmin, stuck_at_gmax) masks (M, K, devices per weight).
+
+        These are the devices' faults before any repair by fault-aware mapping.
+        """
         m, k = self.shape
         d = self.profile.devices_per_weight
         lo = np.zeros((m, k, d), dtype=bool)
@@ -325,16 +532,15 @@ class ProgrammedMatrix:
         return lo, hi
 
     # -- reading ----------------------------------------------------------
-    def matmul(self, x: np.ndarray, read_seed: int = 0, *, elapsed_s: float | None = None,
-               tile_rows: tuple[int, int] | None = None) -> np.ndarray:
+    def matmul(self, x: np.ndarray, read_seed: int = 0, *, tile_rows: tuple[int, int] | None = None) -> np.ndarray:
         """Y = W @ X through the arrays; (K,B) or (K,) float32 -> (M,B) or (M,).
 
-        Thread-safe: reads only immutable state, all scratch is per call.
-        ``elapsed_s`` (time since programming, for drift) defaults to the
-        profile's ``read_time_s``. ``tile_rows=(t0, t1)`` reads only tile rows
-        [t0, t1) (output rows [t0*g, min(M, t1*g)) for g = ``row_granularity``):
-        the same values the full read gives there, since noise is keyed by the
-        tile's position, so callers may split one read across threads.
+        Thread-safe: reads only immutable state, all scratch is per call. The
+        inference time is the profile's ``read_time_s`` (program with another
+        profile time to read at another time: same seed, same devices).
+        ``tile_rows=(t0, t1)`` reads only tile rows [t0, t1) (output rows
+        [t0*g, min(M, t1*g)) for g = ``row_granularity``): the same values the
+        full read gives there, so callers may split one read across threads.
         """
         x = np.asarray(x)
         vector = x.ndim == 1
@@ -348,8 +554,7 @@ class ProgrammedMatrix:
         elif x2.shape[1] == 0:
             y = np.zeros((hi - lo, 0), dtype=np.float32)
         else:
-            t = self.profile.read_time_s if elapsed_s is None else float(elapsed_s)
-            y = _read(self, x2, read_seed, t, t0, t1)
+            y = _read(self, x2, read_seed, t0, t1)
         return y[:, 0] if vector else y
 
     # -- persistence ------------------------------------------------------
@@ -366,7 +571,7 @@ class ProgrammedMatrix:
             state["weights"] = self.weights
         else:
             state["codes"] = self.codes
-            state["scales"] = self.scales
+            state.update(self.tiles)
         return state
 
     @classmethod
@@ -384,11 +589,16 @@ class ProgrammedMatrix:
         if profile.is_ideal:
             weights = _state_array(state, "weights", np.float32, shape)
             return cls(profile, shape, row_offset, seed, None, None, weights)
-        codes = _state_array(state, "codes", np.int16, shape)
-        scales = _state_array(state, "scales", np.float32, profile.tile_grid(shape))
-        if not np.all(np.isfinite(scales)):
-            raise ValueError("state 'scales' contains non-finite values")
-        return cls(profile, shape, row_offset, seed, codes, scales, None)
+        codes = _state_array(state, "codes", np.uint8, (profile.devices_per_weight,) + shape)
+        grid = profile.tile_grid(shape)
+        tiles = {key: _state_array(state, key, np.float32, grid) for key in _TILE_KEYS}
+        if profile.wire_ohm_per_cell > 0 and profile.ir_drop_mode == "fast":
+            tiles["ir_row"] = _state_array(state, "ir_row", np.float16, grid + (profile.rows,))
+            tiles["ir_col"] = _state_array(state, "ir_col", np.float16, grid + (profile.cols,))
+        for key, arr in tiles.items():
+            if not np.all(np.isfinite(arr)):
+                raise ValueError(f"state {key!r} contains non-finite values")
+        return cls(profile, shape, row_offset, seed, codes, tiles, None)
 
 
 def _tile_range(tile_rows: tuple[int, int] | None, n_tr: int) -> tuple[int, int]:
@@ -400,98 +610,164 @@ def _tile_range(tile_rows: tuple[int, int] | None, n_tr: int) -> tuple[int, int]
     return t0, t1
 
 
-def _read(pm: ProgrammedMatrix, x: np.ndarray, read_seed: int, elapsed_s: float,
-          t0: int = 0, t1: int | None = None) -> np.ndarray:
-    """The non-ideal read path: DAC, stacked tile matmuls, read noise, ADC, digital sum.
-
-    Reads tile rows [t0, t1) only (all by default)."""
-    prof = pm.profile
-    m, k = pm.shape
-    g, q = row_granularity(prof), prof.tile_inputs
-    n_tr, n_tc = pm.scales.shape
-    b = x.shape[1]
-    xn, xs = dac_quantise(x, prof)
-    drift = drift_factor(prof, elapsed_s)
-    unit = adc_lsb(prof) if prof.adc_bits else 1.0  # currents are computed in ADC LSBs
-    xc = np.zeros((n_tc * q, b), dtype=np.float32)
-    xc[:k] = xn * np.float32(drift * _CODE_LSB / unit)
-    xc = xc.reshape(n_tc, q, b)
-    noise_std = _read_noise_std(prof, xn, n_tc, unit)
-    post = np.float32(unit / drift if prof.drift_compensation else unit)
-    t1 = n_tr if t1 is None else t1
-    base = t0 * g
-    y = np.empty((min(m, t1 * g) - base, b), dtype=np.float32)
-    per_chunk = max(1, _CHUNK_ELEMS // (g * n_tc * b))
-    key = (pm.seed, read_seed, pm.row_offset // g)
-
-    for r0 in range(t0, t1, per_chunk):  # bounded scratch for tall matrices
-        r1 = min(t1, r0 + per_chunk)
-        y[r0 * g - base:min(m, r1 * g) - base] = _read_chunk(pm, xc, r0, r1, noise_std, key, post)
-    y *= xs[None, :]
-    return y
-
-
-def _read_noise_std(prof: DeviceProfile, xn: np.ndarray, n_tc: int, unit: float) -> np.ndarray | None:
-    """Std of each tile's output current noise, (n_tc, 1, B), in current units.
-
-    Per-device additive noise N(0, s^2) on every device, fresh per read,
-    makes the bit-line current I = sum_q (g_q + n_q) x_q Gaussian around the
-    clean current with variance s^2 * devices * sum_q x_q^2. We draw that
-    output noise directly: same distribution, K times fewer samples.
-    """
-    if prof.read_noise_us == 0:
-        return None
-    q = prof.tile_inputs
-    sq = np.zeros((n_tc * q, xn.shape[1]), dtype=np.float32)
-    sq[: xn.shape[0]] = xn * xn
-    sums = sq.reshape(n_tc, q, -1).sum(axis=1, keepdims=True)
-    s = prof.read_noise_us / prof.g_max_us * np.sqrt(prof.devices_per_weight) / unit
-    return (np.sqrt(sums) * np.float32(s)).astype(np.float32)
-
-
-def _read_chunk(pm: ProgrammedMatrix, xc: np.ndarray, r0: int, r1: int,
-                noise_std: np.ndarray | None, key: tuple[int, int, int], post: np.float32) -> np.ndarray:
-    """Tile rows [r0, r1): one large GEMM per tile column gives every tile's partial sums.
-
-    Why per tile column: each GEMM covers all tile rows of the chunk and the
-    whole batch at once (few large BLAS calls instead of many small ones).
-    """
+def _read(pm: ProgrammedMatrix, x: np.ndarray, read_seed: int, t0: int, t1: int) -> np.ndarray:
+    """The non-ideal read path over tile rows [t0, t1): DAC, arrays, noise, ADC, digital sum."""
     prof = pm.profile
     m, k = pm.shape
     g, q = row_granularity(prof), prof.tile_inputs
     n_tc = pm.scales.shape[1]
+    b = x.shape[1]
+    xn, xs = dac_quantise(x, prof)
+    xc = np.zeros((n_tc * q, b), dtype=np.float32)
+    xc[:k] = xn
+    xc = xc.reshape(n_tc, q, b)
+    noise_std = _noise_std(prof, xc)
+    base = t0 * g
+    y = np.empty((min(m, t1 * g) - base, b), dtype=np.float32)
+    per_chunk = max(1, _CHUNK_ELEMS // (g * n_tc * b))
+    for r0 in range(t0, t1, per_chunk):  # bounded scratch for tall matrices
+        r1 = min(t1, r0 + per_chunk)
+        unit = _current_unit(pm, r0, r1)
+        part = _currents(pm, xc, r0, r1, unit)
+        if noise_std is not None:
+            _add_noise(part, noise_std / unit.T[:, :, None, None], pm, read_seed, r0, r1)
+        y[r0 * g - base:min(m, r1 * g) - base] = _digitise_and_sum(pm, part, r0, r1, unit)
+    y *= xs[None, :]
+    return y
+
+
+def _current_unit(pm: ProgrammedMatrix, r0: int, r1: int) -> np.ndarray:
+    """Per-tile unit of the analog outputs (nr, n_tc): the ADC step, so that the
+    converter is a rint and a clip; Gmax*V_read without an ADC."""
+    if pm.profile.adc_bits == 0:
+        return np.ones((r1 - r0, pm.scales.shape[1]), dtype=np.float32)
+    return pm.tiles["adc"][r0:r1] / np.float32(2 ** (pm.profile.adc_bits - 1) - 1)
+
+
+def _noise_std(prof: DeviceProfile, xc: np.ndarray) -> np.ndarray | None:
+    """Std of each tile's output noise per read, (n_tc, 1, 1, B), units of Gmax*V_read.
+
+    Per-device additive read noise N(0, s^2) (the "device" model) makes the
+    bit-line current I = sum_q (g_q + n_q) x_q Gaussian around the clean
+    current with variance s^2 * devices * sum_q x_q^2; the output noise adds
+    ``out_noise^2``. We draw that output noise directly: K times fewer samples.
+    """
+    s_dev = prof.read_noise_us / prof.g_max_us if prof.read_noise_model == "device" else 0.0
+    if s_dev == 0 and prof.out_noise == 0:
+        return None
+    sums = np.einsum("cqb,cqb->cb", xc, xc)[:, None, None, :]
+    var = sums * np.float32(s_dev * s_dev * prof.devices_per_weight) + np.float32(prof.out_noise ** 2)
+    return np.sqrt(var).astype(np.float32)
+
+
+def _currents(pm: ProgrammedMatrix, xc: np.ndarray, r0: int, r1: int, unit: np.ndarray) -> np.ndarray:
+    """Analog tile outputs in units of ``unit`` (n_tc, rows padded to whole tiles, B), tile rows [r0, r1).
+
+    One batched GEMM per tile column: the word-line IR factors and the output
+    unit are per tile, so they scale that tile's inputs; the bit-line factors
+    are per device column: G- is scaled by cf-/cf+ before the subtraction and
+    the output row by cf+ after the GEMM (two passes over the weights, not three).
+    """
+    prof = pm.profile
+    if prof.wire_ohm_per_cell > 0 and prof.ir_drop_mode == "circuit":
+        part = _currents_circuit(pm, xc, r0, r1)
+        part /= np.repeat(unit.T, row_granularity(prof), axis=1)[:, :, None]
+        return part
+    m, k = pm.shape
+    g, q, d = row_granularity(prof), prof.tile_inputs, prof.devices_per_weight
+    n_tc, b = xc.shape[0], xc.shape[2]
     lo, hi = r0 * g, min(m, r1 * g)
-    nr, b = r1 - r0, xc.shape[2]
-    rows = hi - lo
-    part = np.empty((n_tc, nr * g, b), dtype=np.float32)  # (tile col, row, batch) currents
-    part[:, rows:] = 0.0  # rows past the matrix end: cropped below, but keep them finite
-    buf = np.empty((rows, q), dtype=np.float32)
+    nr, rows = r1 - r0, hi - lo
+    full = rows // g  # whole tile rows in this chunk (the last tile row of W may be partial)
+    part = np.empty((n_tc, nr * g, b), dtype=np.float32)
+    part[:, rows:] = 0.0  # rows past the matrix end: cropped later, but keep them finite
+    buf = np.empty((nr * g, q), dtype=np.float32)
+    ir = "ir_row" in pm.tiles
+    diff = prof.mapping == "differential"
+    gain = (np.float32(G_LSB) / unit).astype(np.float32)  # (nr, n_tc)
+    if ir:
+        tmp = np.empty((rows, q), dtype=np.float32)
+        ir_row = pm.tiles["ir_row"][r0:r1].astype(np.float32)  # (nr, n_tc, rows): float16 math is slow
+        ir_col = pm.tiles["ir_col"][r0:r1, :, :g * d].astype(np.float32).reshape(nr, n_tc, g, d)
     for c in range(n_tc):
-        width = min(q, k - c * q)  # only real rows and inputs: no GEMM work on padding
-        buf[:, :width] = pm.codes[lo:hi, c * q:c * q + width]  # int16 -> float32
-        np.matmul(buf[:, :width], xc[c, :width], out=part[c, :rows])
-    if noise_std is not None:
-        _add_read_noise(part, noise_std, key, r0, nr, g)
-    if prof.adc_bits:
-        top = 2 ** (prof.adc_bits - 1) - 1
-        np.rint(part, out=part)
-        np.clip(part, -top, top, out=part)
-    w = (pm.scales[r0:r1] * post)[:, None, :]  # (nr, 1, n_tc)
-    per_row = part.reshape(n_tc, nr, g * b).transpose(1, 0, 2)  # (nr, n_tc, g*B)
-    out = np.matmul(w, per_row)  # digital accumulation over tile cols
-    return out.reshape(nr * g, b)[: hi - lo]
+        width = min(q, k - c * q)  # only real inputs: no GEMM work on padding
+        sl = slice(c * q, c * q + width)
+        view = buf[:rows, :width]
+        if ir:
+            cf = ir_col[:, c].reshape(nr * g, d)[:rows]
+            if diff:
+                np.multiply(pm.codes[1, lo:hi, sl], (cf[:, 1] / cf[:, 0])[:, None], out=tmp[:, :width])
+                np.subtract(pm.codes[0, lo:hi, sl], tmp[:, :width], out=view)
+            else:
+                np.subtract(pm.codes[0, lo:hi, sl], (np.float32(_g_mid(prof) / G_LSB) / cf[:, 0])[:, None],
+                            out=view)
+            xr = (ir_row[:, c, :width] * gain[:, c, None])[:, :, None] * xc[c, None, :width]  # (nr, width, B)
+        else:
+            if diff:
+                np.subtract(pm.codes[0, lo:hi, sl], pm.codes[1, lo:hi, sl], out=view, dtype=np.float32)
+            else:
+                np.subtract(pm.codes[0, lo:hi, sl], np.float32(_g_mid(prof) / G_LSB), out=view)
+            xr = gain[:, c, None, None] * xc[c, None, :width]
+        if full:
+            np.matmul(buf[:full * g, :width].reshape(full, g, width), xr[:full],
+                      out=part[c, :full * g].reshape(full, g, b))
+        if full < nr:
+            np.matmul(buf[full * g:rows, :width], xr[full], out=part[c, full * g:rows])
+        if ir:
+            part[c, :rows] *= cf[:, :1]
+    return part
 
 
-def _add_read_noise(part: np.ndarray, noise_std: np.ndarray, key: tuple[int, int, int],
-                    r0: int, nr: int, g: int) -> None:
-    """Fresh output noise per tile, keyed by (seed, read_seed, global tile row)."""
-    seed, read_seed, first = key
+def _currents_circuit(pm: ProgrammedMatrix, xc: np.ndarray, r0: int, r1: int) -> np.ndarray:
+    """Tile outputs with IR drop solved as a circuit for this read's inputs, tile by tile."""
+    prof = pm.profile
+    m, k = pm.shape
+    g, q, d = row_granularity(prof), prof.tile_inputs, prof.devices_per_weight
+    n_tc, b = xc.shape[0], xc.shape[2]
+    rho = circuit.wire_rho(prof.wire_ohm_per_cell, prof.g_max_us)
+    part = np.zeros((n_tc, (r1 - r0) * g, b), dtype=np.float32)
+    for r in range(r0, r1):
+        lo, hi = r * g, min(m, (r + 1) * g)
+        gdev = np.moveaxis(pm.codes[:, lo:hi], 0, -1).astype(np.float64) * G_LSB  # (p, K, d)
+        for c in range(n_tc):
+            width = min(q, k - c * q)
+            arr = gdev[:, c * q:c * q + width].transpose(1, 0, 2).reshape(width, -1)  # word x bit lines
+            cur = circuit.solve(arr[None], xc[c, :width], rho).currents[0]  # (p*d, B)
+            out = cur[0::2] - cur[1::2] if d == 2 else cur - _g_mid(prof) * xc[c, :width].sum(axis=0)
+            part[c, (r - r0) * g:(r - r0) * g + hi - lo] = out
+    return part
+
+
+def _add_noise(part: np.ndarray, noise_std: np.ndarray, pm: ProgrammedMatrix, read_seed: int,
+               r0: int, r1: int) -> None:
+    """Fresh noise per (tile, output, column), keyed by (seed, read_seed, column, global tile row)."""
+    n_tc, rows, b = part.shape
+    g = row_granularity(pm.profile)
+    first = pm.row_offset // g + r0
+    per_row = n_tc * g
+    z = np.empty((b, r1 - r0, per_row), dtype=np.float32)
+    streams = ColumnNoise(pm.seed, read_seed)
+    for col in range(b):
+        z[col] = streams.normals(col, first, r1 - r0, per_row)
+    z = z.reshape(b, r1 - r0, n_tc, g).transpose(2, 1, 3, 0)  # (n_tc, nr, g, B)
+    part.reshape(n_tc, r1 - r0, g, b)[...] += z * noise_std
+
+
+def _digitise_and_sum(pm: ProgrammedMatrix, part: np.ndarray, r0: int, r1: int, unit: np.ndarray) -> np.ndarray:
+    """ADC per tile (outputs are already in its steps), then the digital sum over tile columns."""
+    prof = pm.profile
+    m = pm.shape[0]
+    g = row_granularity(prof)
     n_tc, _, b = part.shape
-    for i in range(nr):
-        z = _table_normals((seed, _STREAM_READ, read_seed, first + r0 + i), n_tc * g * b)
-        z = z.reshape(n_tc, g, b)
-        z *= noise_std
-        part[:, i * g:(i + 1) * g] += z
+    nr = r1 - r0
+    stack = part.reshape(n_tc, nr, g * b)
+    if prof.adc_bits:
+        adc_quantise(stack, np.float32(1.0), prof, out=stack)
+    digital = (pm.scales[r0:r1] * pm.tiles["gdc"][r0:r1] * unit).T  # (n_tc, nr)
+    out = np.zeros((nr, g * b), dtype=np.float32)
+    for c in range(n_tc):  # digital accumulation over tile columns
+        out += stack[c] * digital[c][:, None]
+    return out.reshape(nr * g, b)[: min(m, r1 * g) - r0 * g]
 
 
 # ---------------------------------------------------------------------------

@@ -9,13 +9,27 @@ Routing contract for the daemon: a message for which :func:`is_signal` is true c
 ``src``, ``dst`` and ``ttl``. If ``dst`` is this node, ``await connector.handle_signal(src,
 msg)``; otherwise forward it towards ``dst`` with ``ttl - 1`` and drop it when ``ttl``
 reaches 0, so a routing loop cannot bounce a message forever.
+
+Offers and answers are signed by their sender's identity key (:func:`signed`) over the
+whole SDP — which holds the DTLS certificate fingerprint aiortc checks the peer's
+certificate against — and carry the public key, whose hash must be ``src``
+(:func:`check`). So a member relaying the signal cannot substitute its own fingerprint
+(or candidates) and sit in the middle of the DTLS session: the receiver drops any offer
+or answer whose SDP is not exactly what ``src`` signed. (The link then also runs the
+Noise handshake, which proves the identity key a second time, end to end.)
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+import msgpack
+
+from protocol.identity import Identity, verify_claim
 from protocol.messages import message
+
+SDP_CONTEXT = b"sedma-ice-sdp-v1"
 
 #: Hops a signal may take; the mesh needs one (direct) or two (via a common member).
 DEFAULT_TTL = 4
@@ -30,6 +44,8 @@ class IceOffer:
     ttl: int
     session: str
     sdp: str
+    identity: bytes = b""    # src's Ed25519 public key
+    sig: bytes = b""         # its signature over (kind, src, dst, session, sdp)
 
 
 @message("ice.answer")
@@ -41,6 +57,8 @@ class IceAnswer:
     ttl: int
     session: str
     sdp: str
+    identity: bytes = b""
+    sig: bytes = b""
 
 
 @message("ice.error")
@@ -67,3 +85,24 @@ def forwarded(msg: Any) -> Any | None:
     if msg.ttl <= 1:
         return None
     return type(msg)(**{**msg.__dict__, "ttl": msg.ttl - 1})
+
+
+def _signed_part(msg: IceOffer | IceAnswer) -> bytes:
+    """What the signature covers: everything but the hop count, which relays change."""
+    return msgpack.packb([msg.TAG, msg.src, msg.dst, msg.session, msg.sdp], use_bin_type=True)
+
+
+def signed(msg: Any, identity: Identity) -> Any:
+    """``msg`` signed by ``identity`` if it is an offer or answer this node sends."""
+    if not isinstance(msg, (IceOffer, IceAnswer)) or msg.src != identity.node_id:
+        return msg
+    return dataclasses.replace(msg, identity=identity.public_key,
+                               sig=identity.sign(SDP_CONTEXT, _signed_part(msg)))
+
+
+def check(msg: Any) -> str | None:
+    """Why an offer/answer is not what its ``src`` signed (None when it is, or for
+    messages that need no signature)."""
+    if not isinstance(msg, (IceOffer, IceAnswer)):
+        return None
+    return verify_claim(msg.src, msg.identity, SDP_CONTEXT, _signed_part(msg), msg.sig)

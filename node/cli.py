@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", metavar="PRESET", help="this node's crossbar device preset (see `sedma devices`; default ideal)")
     d.add_argument("--stun", metavar="URL", action="append", help="STUN server, stun:HOST:PORT (repeatable)")
     d.add_argument("--turn", metavar="URL", action="append", help="TURN server, turn:USER:PASS@HOST:PORT[?transport=tcp] (repeatable)")
-    d.add_argument("--cluster-key", metavar="FILE", help="shared secret file; only nodes with the same key can join")
+    d.add_argument("--cluster-key", metavar="FILE", action="append", help="cluster key file (repeatable, or one key per line: the keyring; the first key dials, every key admits); only nodes holding a key of it can join")
+    d.add_argument("--open", action="store_const", const=True, help="allow an open mesh (no cluster key) on a non-loopback address; anyone who reaches it can join")
     d.add_argument("--advertise", metavar="HOST:PORT", action="append", help="address peers should dial (default: the listen address)")
     d.add_argument("--capacity", type=float, metavar="GFLOPS", help="advertise this compute capacity instead of measuring it at start")
     d.add_argument("--job-retention", metavar="DURATION", help="forget finished jobs and their results after this long, e.g. 24h, 90m, 3600 (default 24h)")
@@ -98,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--seed", type=int, help="read-noise seed (default: fresh per request)")
     i.add_argument("--json", action="store_true", help="print a JSON summary (no progress bar)")
 
+    k = sub.add_parser("keygen", help="write a new random cluster key file (mode 0600)",
+                       description="Write a new cluster key (32 random bytes, base64) to FILE, "
+                                   "readable only by you. Give it to every daemon with --cluster-key.")
+    k.add_argument("file", metavar="FILE")
+
     demo = sub.add_parser("demo", help="start a 3-node mesh on loopback and run real crossbar work on it",
                           description="Starts three daemons on loopback ports in a temporary directory, "
                                       "deploys matrices and the digits MLP, runs jobs, prints what each node did, and stops them.")
@@ -112,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "daemon":
             return _daemon(args)
+        if args.command == "keygen":
+            return _keygen(args.file)
         if args.command == "demo":
             from node.demo import run_demo
             return run_demo(args.nodes, args.keep)
@@ -130,7 +138,7 @@ def _daemon(args: argparse.Namespace) -> int:
 
     overrides = {k: getattr(args, k) for k in (
         "listen", "bootstrap", "data_dir", "socket", "name", "memory_limit", "device", "stun",
-        "turn", "cluster_key", "advertise", "capacity", "job_retention",
+        "turn", "cluster_key", "advertise", "capacity", "open", "job_retention",
         "job_retention_count", "disk_limit", "compute_slowdown", "prefetch")}
     try:
         overrides.update(http=args.http, http_token=args.http_token)   # the dashboard
@@ -148,6 +156,23 @@ def _daemon(args: argparse.Namespace) -> int:
     except ValueError as exc:  # e.g. another daemon holds the socket
         logging.getLogger("sedma.daemon").error("cannot start: %s", exc)
         return EXIT_FAILED
+
+
+def _keygen(path: str) -> int:
+    from node.net.identity import new_cluster_key, write_private
+    from pathlib import Path
+    from protocol.handshake import cluster_id_for
+
+    target = Path(path).expanduser()
+    if target.exists():
+        raise UsageError(f"{path} exists; not overwriting a key (remove it first)")
+    key = new_cluster_key()
+    try:
+        write_private(target, key)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+    print(f"wrote cluster key {path} (cluster {cluster_id_for(key.strip())})")
+    return EXIT_OK
 
 
 def _client_command(args: argparse.Namespace) -> int:

@@ -2,7 +2,9 @@
 
 Keys in the TOML file mirror the ``sedma daemon`` flags (``listen``, ``bootstrap``,
 ``data_dir``, ``socket``, ``name``, ``memory_limit``, ``disk_limit``, ``device``, ``stun``,
-``turn``, ``cluster_key``, ...); a flag given on the command line wins over the file.
+``turn``, ``cluster_key``, ``open``, ...); a flag given on the command line wins over the file.
+``cluster_key`` is a list (the keyring: first key dials, every key admits); a single
+string is one file.
 """
 
 from __future__ import annotations
@@ -83,7 +85,10 @@ class NodeConfig:
     device: str = "ideal"
     stun: list[str] = field(default_factory=list)
     turn: list[str] = field(default_factory=list)
-    cluster_key: str | None = None
+    #: Cluster key files (the keyring, in order); empty: an open mesh.
+    cluster_key: list[str] = field(default_factory=list)
+    #: Allow an open mesh (no cluster key) on a non-loopback address.
+    open: bool = False
     #: Addresses advertised to peers; default: the listen address (with a real IP).
     advertise: list[str] = field(default_factory=list)
     workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
@@ -155,6 +160,12 @@ class NodeConfig:
             raise ConfigError("job_retention must be positive and job_retention_count >= 1")
         if self.workers < 1:
             raise ConfigError("workers must be at least 1")
+        host, _ = parse_address(self.listen)
+        if not self.cluster_key and not self.open and not is_loopback(host):
+            raise ConfigError(
+                f"refusing to listen on {self.listen} without a cluster key: anyone who "
+                "reaches it could join, gossip and submit work. Give --cluster-key FILE "
+                "(make one with `sedma keygen FILE`), or --open to accept that")
         self._validate_http()
         return self
 
@@ -210,7 +221,7 @@ def build_config(file: str | None, overrides: dict[str, Any]) -> NodeConfig:
         values["disk_limit"] = max(NodeConfig.disk_limit, values["memory_limit"])
     if "job_retention" in values:
         values["job_retention"] = parse_duration(values["job_retention"])
-    for key in ("bootstrap", "stun", "turn", "advertise"):
+    for key in ("bootstrap", "stun", "turn", "advertise", "cluster_key"):
         if isinstance(values.get(key), str):
             values[key] = [values[key]]
     try:

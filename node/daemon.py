@@ -23,7 +23,7 @@ from node import api
 from node.config import NodeConfig
 from node.http.server import start_http
 from node.memory.dualmemory import DualMemory
-from node.net.identity import load_cluster_key, load_node_id, prepare_data_dir
+from node.net.identity import load_identity, load_keyring, prepare_data_dir
 from node.work.holder import BlockHolder
 from node.work.jobs import JobManager
 from node.work.plans import PlanBook
@@ -54,8 +54,9 @@ class Daemon:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.data_dir = prepare_data_dir(config.data_path)
-        self.node_id = load_node_id(self.data_dir)
-        self.key = load_cluster_key(config.cluster_key)
+        self.identity = load_identity(self.data_dir)
+        self.node_id = self.identity.node_id
+        self.keys = load_keyring(config.cluster_key)
         self.device: DeviceProfile = get_preset(config.device)
         self.started = time.time()
         self.http = None   # the dashboard server, once started
@@ -79,9 +80,9 @@ class Daemon:
         # Before anything else: a second daemon on the same data dir must not join the
         # mesh or open the database under the running one.
         api.ensure_socket_free(cfg.socket_path)
-        if self.key is None:
-            log.warning("no --cluster-key: any host that reaches %s can join this mesh",
-                        cfg.listen)
+        if not self.keys:
+            log.warning("open mesh (no --cluster-key): links are encrypted, but any host "
+                        "that reaches %s can join, gossip and submit work", cfg.listen)
         self.db = StateDB(self.data_dir / "state.db")
         self.memory = DualMemory()
         self.db.call(self.memory.load)
@@ -92,8 +93,8 @@ class Daemon:
         self.capacity = cfg.capacity or await self.executor.run(measure_capacity)
         loaded = await self.executor.run(self.store.load_all)
         connector = ConnectorConfig(stun=tuple(cfg.stun), turn=tuple(cfg.turn))
-        self.mesh = Mesh(self.node_id, cfg.name, cluster_id_for(self.key), self.key,
-                         cfg.listen, cfg.bootstrap, self._on_peer_message, connector)
+        self.mesh = Mesh(self.identity, cfg.name, self.keys, cfg.listen, cfg.bootstrap,
+                         self._on_peer_message, connector)
         self.mesh.event_hooks.append(self.metrics.member_event)   # gossip counts for /metrics
         self.plans = PlanBook(self.db)
         self.plans.restore()
@@ -270,7 +271,7 @@ class Daemon:
 
     async def _route_signal(self, msg: Any) -> None:
         if msg.dst == self.node_id:
-            await self.mesh.connector.handle_signal(msg.src, msg)
+            await self.mesh.handle_signal(msg)
             return
         target = self.mesh.sessions.get(msg.dst)
         onward = signaling.forwarded(msg)
@@ -322,7 +323,8 @@ class Daemon:
                        "disk_free": self.store.disk_free, "disk_budget": self.store.disk_budget},
             "load": self.jobs.load(), "device": self.device.name,
             "capacity": self.capacity, "uptime_s": time.time() - self.started,
-            "cluster": cluster_id_for(self.key), "socket": str(self.config.socket_path),
+            "cluster": cluster_id_for(self.keys[0] if self.keys else None),
+            "socket": str(self.config.socket_path),
             "reachability": self.mesh.advert.reachability,
             "blocks": self.store.names(), "deployments": self.plans.names(),
             "members": len(self.mesh.members()),

@@ -5,4 +5,4 @@ bytes (or, for gossip, messages and a clock into messages and events). The async
 that moves the bytes lives in ``nat`` (links) and ``node`` (the daemon).
 """
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: Noise handshake, encrypted records, signed adverts

@@ -9,13 +9,22 @@ arrives from peers we do not control.
 incarnation, see :mod:`protocol.membership`): a receiver keeps the newest. Load and memory
 change constantly, so a node only re-advertises when they moved by more than a threshold
 (:meth:`Advertisement.differs_enough`), which keeps gossip traffic bounded.
+
+An advertisement is self-certifying: ``identity`` is the node's Ed25519 public key, whose
+hash is ``node_id``, and the alive record carrying it is signed by that key
+(:func:`sign_alive` / :func:`verify_alive`), so relays cannot alter what a node says about
+its memory, capacity, load or addresses.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
+
+import msgpack
+
+from protocol.identity import Identity, verify_claim
 
 REACHABILITY = frozenset({"public", "cone", "symmetric", "unknown"})
 
@@ -25,13 +34,13 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "memory_total": (int,), "memory_free": (int,), "memory_budget": (int,),
     "cores": (int,), "capacity": (float, int), "queue_depth": (int,), "running": (int,),
     "load": (float, int), "device": (str,), "device_summary": (dict,), "extra": (dict,),
-    "version": (int,), "disk_free": (int,), "disk_budget": (int,),
+    "version": (int,), "identity": (bytes,), "disk_free": (int,), "disk_budget": (int,),
     "tier1_speed": (float, int), "stats": (dict,),
 }
 _REQUIRED = ("node_id", "name", "addresses")
 #: Fields that describe what a node *is*; any change is worth announcing at once.
 _IDENTITY = ("node_id", "name", "addresses", "reachability", "memory_total", "cores",
-             "capacity", "device", "device_summary", "extra")
+             "capacity", "device", "device_summary", "extra", "identity")
 
 
 @dataclass(slots=True)
@@ -62,6 +71,8 @@ class Advertisement:
     #: The node's own metrics (throughput, utilisation, latency, memory efficiency,
     #: achieved GFLOP/s serving blocks) for ``status --mesh``; numbers only.
     stats: dict = field(default_factory=dict)
+    #: The node's raw Ed25519 public key (node_id is its hash); b"" only in simulations.
+    identity: bytes = b""
 
     def to_dict(self) -> dict:
         """The msgpack-able form carried inside gossip messages."""
@@ -135,6 +146,35 @@ def _check_field(name: str, value: Any) -> None:
         raise ValueError("advertisement.stats: values must be numbers")
     if name == "tier1_speed" and not 0.0 <= value <= 1.0:
         raise ValueError("advertisement.tier1_speed: must be within 0..1")
+    if name == "identity" and len(value) not in (0, 32):
+        raise ValueError("advertisement.identity: an Ed25519 public key has 32 bytes")
     if name in ("memory_total", "memory_free", "memory_budget", "cores", "queue_depth",
                 "running", "version", "disk_free", "disk_budget") and value < 0:
         raise ValueError(f"advertisement.{name}: must not be negative")
+
+
+#: Signs (incarnation, advert) of this node; checks someone's (node_id, incarnation,
+#: advert, signature), returning why it is refused or None.
+AliveSigner = Callable[[int, Advertisement], bytes]
+AliveVerifier = Callable[[str, int, Advertisement, bytes], "str | None"]
+ALIVE_CONTEXT = b"sedma-alive-v1"
+
+
+def alive_claim(node_id: str, incarnation: int, advert: Advertisement) -> bytes:
+    """The bytes an alive record's signature covers: canonical (from the parsed advert,
+    fields in declaration order), so a relay's re-encoding cannot change them."""
+    return msgpack.packb([node_id, incarnation, advert.to_dict()], use_bin_type=True)
+
+
+def alive_signer(identity: Identity) -> AliveSigner:
+    """The signer a node plugs into its membership."""
+    def sign(incarnation: int, advert: Advertisement) -> bytes:
+        return identity.sign(ALIVE_CONTEXT, alive_claim(identity.node_id, incarnation, advert))
+    return sign
+
+
+def verify_alive(node_id: str, incarnation: int, advert: Advertisement,
+                 signature: bytes) -> str | None:
+    """Why an alive record of ``node_id`` is not X's own, or None when it verifies."""
+    return verify_claim(node_id, advert.identity, ALIVE_CONTEXT,
+                        alive_claim(node_id, incarnation, advert), signature)

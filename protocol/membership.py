@@ -34,10 +34,21 @@ Protocol (SWIM, Das et al. 2002, as refined by HashiCorp memberlist and Lifeguar
   a restarted node that rejoined through another fresh node meets the old cluster); and
   dead members are pinged now and then so healed partitions re-merge.
 
-Update records travel as 5-element lists ``[kind, node_id, incarnation, from, advert]``:
+Update records travel as lists ``[kind, node_id, incarnation, from, advert(, signature)]``:
 ``kind`` is ``a`` (alive), ``s`` (suspect), ``d`` (dead) or ``l`` (left); ``from`` is the
 accuser of a suspect/dead record; ``advert`` is an advertisement dict (always in alive
-records and in push-pull state, else ``None``).
+records and in push-pull state, else ``None``); ``signature`` is the subject's signature
+of its alive record.
+
+* **Signed alive records.** An alive record about node X — its incarnation and its whole
+  advertisement (memory, capacity, load, addresses) — carries X's signature, made by X
+  (``sign``) and relayed unchanged, and the advertisement carries X's public key, so any
+  receiver checks it (``verify``) without a key directory: a relay cannot forge or alter
+  another node's record, and a forged record is dropped and reported in
+  ``Output.rejected``. Suspect/dead/left records are not signed by their subject (it is
+  usually unable to), but they cannot outbid X's own signed alive record at a higher
+  incarnation, so X can always refute. ``sign``/``verify`` are plugged in by the daemon;
+  a simulator may leave them out (no signatures, nothing checked).
 """
 
 from __future__ import annotations
@@ -49,7 +60,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable
 
-from protocol.advert import Advertisement
+from protocol.advert import Advertisement, AliveSigner, AliveVerifier
 from protocol.awareness import Awareness
 from protocol.broadcast import BroadcastQueue
 from protocol.errors import DecodeError
@@ -164,6 +175,8 @@ class Member:
     incarnation: int
     advert: Advertisement
     state_since: float
+    #: The subject's signature of (node_id, incarnation, advert); b"" when unsigned.
+    signature: bytes = b""
 
 
 @dataclass(slots=True)
@@ -184,6 +197,8 @@ class Output:
 
     sends: list[tuple[str, Any]] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    #: (node id, why) of alive records dropped because their signature did not verify.
+    rejected: list[tuple[str, str]] = field(default_factory=list)
 
 
 def push_pull_scale(interval: float, n: int) -> float:
@@ -240,6 +255,7 @@ class _Record:
     incarnation: int
     origin: str | None
     advert_dict: dict | None
+    signature: bytes = b""
     advert: Advertisement | None = None
 
 
@@ -324,10 +340,14 @@ class Membership:
     """
 
     def __init__(self, advert: Advertisement, config: MembershipConfig | None = None, *,
-                 now: float, rng: random.Random) -> None:
+                 now: float, rng: random.Random, sign: AliveSigner | None = None,
+                 verify: AliveVerifier | None = None) -> None:
         self.config = config or MembershipConfig()
         self._rng = rng
+        self._sign = sign
+        self._verify = verify
         self._me = Member(advert.node_id, MemberState.ALIVE, 0, advert, now)
+        self._sign_me()
         self._members: dict[str, Member] = {advert.node_id: self._me}
         self._live = _LiveSet()
         self._dead = _LiveSet()  # dead (not left) members, for reconnect attempts
@@ -406,7 +426,7 @@ class Membership:
         if advert is not None and node_id not in self._members:
             if advert.node_id != node_id:
                 raise ValueError("seed advert belongs to another node")
-            self._add_member(node_id, 0, advert, now, out)
+            self._add_member(node_id, 0, advert, b"", now, out)
         out.sends.append((node_id, PushPull(join=True, reply=False, states=self._state())))
         return out
 
@@ -731,7 +751,7 @@ class Membership:
             raise DecodeError(f"gossip: expected a list of at most {limit} records")
         records = [self._parse(r) for r in raw]
         for rec in records:
-            self._prepare_advert(rec)
+            self._prepare_advert(rec, out)
         if self._left:
             return
         for rec in records:
@@ -739,9 +759,12 @@ class Membership:
 
     @staticmethod
     def _parse(raw: Any) -> _Record:
-        if not isinstance(raw, (list, tuple)) or len(raw) != 5:
-            raise DecodeError("gossip record must be a 5-element list")
-        kind, node_id, inc, origin, adv = raw
+        if not isinstance(raw, (list, tuple)) or len(raw) not in (5, 6):
+            raise DecodeError("gossip record must be a 5- or 6-element list")
+        kind, node_id, inc, origin, adv = raw[:5]
+        sig = raw[5] if len(raw) == 6 else b""
+        if not isinstance(sig, bytes) or len(sig) > 128:
+            raise DecodeError("gossip record: signature must be bytes (at most 128)")
         if kind not in ("a", "s", "d", "l"):
             raise DecodeError(f"gossip record: unknown kind {kind!r}")
         if not isinstance(node_id, str) or not node_id:
@@ -758,10 +781,11 @@ class Membership:
             version = adv.get("version", 0)
             if not isinstance(version, int) or isinstance(version, bool):
                 raise DecodeError("gossip record: advertisement version must be an int")
-        return _Record(kind, node_id, inc, origin, adv)
+        return _Record(kind, node_id, inc, origin, adv, sig)
 
-    def _prepare_advert(self, rec: _Record) -> None:
-        """Parse the advertisement only if it could replace what we have (it is costly)."""
+    def _prepare_advert(self, rec: _Record, out: Output) -> None:
+        """Parse (and verify) the advertisement only if it could replace what we have:
+        both are costly, and an old record changes nothing whatever it says."""
         if rec.kind != "a" or rec.node_id == self.local_id:
             return
         m = self._members.get(rec.node_id)
@@ -774,6 +798,12 @@ class Membership:
             raise DecodeError(f"gossip record: {exc}") from None
         if adv.node_id != rec.node_id:
             raise DecodeError("gossip record: advertisement of another node")
+        if self._verify is not None:
+            why = self._verify(rec.node_id, rec.incarnation, adv, rec.signature)
+            if why is not None:
+                out.rejected.append((rec.node_id, f"alive record of {rec.node_id[:8]} "
+                                     f"rejected: {why}"))
+                return
         rec.advert = adv
 
     def _apply(self, sender: str, rec: _Record, now: float, out: Output,
@@ -784,7 +814,7 @@ class Membership:
             self._about_self(rec, now)
         elif rec.kind == "a":
             if rec.advert is not None:
-                self._alive(rec.node_id, rec.incarnation, rec.advert, now, out)
+                self._alive(rec.node_id, rec.incarnation, rec.advert, rec.signature, now, out)
         elif rec.kind == "s" or (rec.kind == "d" and remote_state):
             # like memberlist, a remote full state's "dead" is only a suspicion to us
             self._suspect(rec.node_id, rec.incarnation, rec.origin or sender, now, out)
@@ -825,21 +855,22 @@ class Membership:
         me.incarnation = max(incarnation, me.incarnation) + 1
         if version >= me.advert.version:
             me.advert = me.advert.replace(version=version + 1)
+        self._sign_me()
         if penalise:  # Lifeguard: being suspected hints that we are the slow one
             self._awareness.apply_delta(1)
         self._queue_alive(me)
         self._corrections[me.node_id] = self._alive_record(me)  # the sender is behind
 
-    def _alive(self, node_id: str, inc: int, advert: Advertisement, now: float,
+    def _alive(self, node_id: str, inc: int, advert: Advertisement, sig: bytes, now: float,
                out: Output) -> None:
         m = self._members.get(node_id)
         if m is None:
-            self._add_member(node_id, inc, advert, now, out)
+            self._add_member(node_id, inc, advert, sig, now, out)
             return
         newer_advert = (inc, advert.version) > (m.incarnation, m.advert.version)
         if m.state in _LIVE and inc > m.incarnation:
             changed = advert != m.advert
-            m.incarnation, m.advert = inc, advert
+            m.incarnation, m.advert, m.signature = inc, advert, sig
             if m.state is MemberState.SUSPECT:
                 self._set_state(m, MemberState.ALIVE, now)
                 self._end_suspicion(node_id)
@@ -848,11 +879,11 @@ class Membership:
                 out.events.append(Event("advert", node_id, m))
             self._queue_alive(m)
         elif m.state in _LIVE and newer_advert:
-            m.advert = advert
+            m.advert, m.signature = advert, sig
             out.events.append(Event("advert", node_id, m))
             self._queue.queue(node_id + _ADVERT_KEY, self._alive_record(m))
         elif m.state in _GONE and inc > m.incarnation:
-            m.incarnation, m.advert = inc, advert
+            m.incarnation, m.advert, m.signature = inc, advert, sig
             self._set_state(m, MemberState.ALIVE, now)
             self._cancel("reclaim", node_id)
             self._dead.discard(node_id)
@@ -903,9 +934,9 @@ class Membership:
         self._queue.queue(m.node_id, [_KIND_OF_STATE[state], m.node_id, m.incarnation,
                                       origin, None])
 
-    def _add_member(self, node_id: str, inc: int, advert: Advertisement, now: float,
-                    out: Output) -> None:
-        m = Member(node_id, MemberState.ALIVE, inc, advert, now)
+    def _add_member(self, node_id: str, inc: int, advert: Advertisement, sig: bytes,
+                    now: float, out: Output) -> None:
+        m = Member(node_id, MemberState.ALIVE, inc, advert, now, sig)
         self._members[node_id] = m
         self._enter_live(node_id)
         out.events.append(Event("joined", node_id, m))
@@ -946,7 +977,21 @@ class Membership:
         return self._queue.take(limit, self.num_live(), cfg.retransmit_mult)
 
     def _alive_record(self, m: Member) -> list[Any]:
-        return ["a", m.node_id, m.incarnation, None, m.advert.to_dict()]
+        return self._record("a", m)
+
+    @staticmethod
+    def _record(kind: str, m: Member) -> list[Any]:
+        """A record carrying ``m``'s advertisement (and signature, if it has one)."""
+        rec = [kind, m.node_id, m.incarnation, None, m.advert.to_dict()]
+        if m.signature:
+            rec.append(m.signature)
+        return rec
+
+    def _sign_me(self) -> None:
+        """Sign our current (incarnation, advert): whenever either changes."""
+        me = self._me
+        if self._sign is not None:
+            me.signature = self._sign(me.incarnation, me.advert)
 
     def _queue_alive(self, m: Member) -> None:
         self._queue.queue(m.node_id, self._alive_record(m))
@@ -954,13 +999,13 @@ class Membership:
 
     def _state(self) -> list[Any]:
         """Full state for push-pull: every member with its advertisement."""
-        return [[_KIND_OF_STATE[m.state], m.node_id, m.incarnation, None, m.advert.to_dict()]
-                for m in self._members.values()]
+        return [self._record(_KIND_OF_STATE[m.state], m) for m in self._members.values()]
 
     def _publish_advert(self, now: float) -> None:
         me = self._me
         me.advert = self._local_advert.replace(version=me.advert.version + 1)
         self._local_advert = me.advert
+        self._sign_me()
         self._last_publish = now
         self._advert_pending = False
         self._advert_due = math.inf

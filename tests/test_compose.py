@@ -45,3 +45,21 @@ def test_every_service_command_parses_and_joiners_point_at_the_bootstrap():
     coturn = services["coturn"]["command"]
     user = next(a.split("=", 1)[1] for a in coturn if a.startswith("--user="))
     assert all(t.startswith(f"turn:{user}@") for a in daemons.values() for t in a.turn)
+
+
+def test_the_compose_mesh_is_keyed_and_client_commands_find_the_daemon_socket():
+    from node.config import build_config
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    parser = build_parser()
+    assert compose["secrets"]["cluster_key"]["file"] == "./cluster.key"
+    for name in ("bootstrap", "node1", "node2"):
+        svc = compose["services"][name]
+        args = parser.parse_args(svc["command"])
+        assert svc["secrets"] == ["cluster_key"]
+        assert args.cluster_key == ["/run/secrets/cluster_key"]
+        # a keyed daemon may listen on every interface (an open one would be refused)
+        overrides = {k: getattr(args, k) for k in ("listen", "cluster_key", "data_dir", "open")}
+        assert build_config(None, overrides).socket_path.as_posix() == "/data/sedma.sock"
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "ENV SEDMA_SOCKET=/data/sedma.sock" in dockerfile   # `compose exec ... sedma peers`

@@ -28,7 +28,7 @@ def test_addresses():
 def test_flags_override_the_file_and_the_file_overrides_defaults(tmp_path):
     f = tmp_path / "sedma.toml"
     f.write_text('listen = "0.0.0.0:9000"\nmemory_limit = "1GiB"\nbootstrap = "a:1"\n'
-                 'device = "rram"\n')
+                 'device = "rram"\nopen = true\n')
     cfg = build_config(str(f), {"device": "pcm", "listen": None})
     assert cfg.listen == "0.0.0.0:9000"          # file
     assert cfg.memory_limit == 1 << 30           # file, parsed

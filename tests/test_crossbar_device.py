@@ -37,7 +37,13 @@ def test_get_preset_unknown_name_lists_known() -> None:
         ({"rows": 0}, "rows"),
         ({"g_min_us": 50.0}, "g_min_us < g_max_us"),
         ({"stuck_at_gmin_rate": -0.1}, "stuck_at_gmin_rate"),
-        ({"adc_bits": 8, "adc_range": 0.0}, "adc_range"),
+        ({"adc_bits": 8, "adc_range": 0.0, "adc_calibration": "fixed"}, "adc_range"),
+        ({"ir_drop_mode": "exact"}, "ir_drop_mode"),
+        ({"drift_model": "linear"}, "drift_model"),
+        ({"spare_cols": 3}, "spare_cols"),
+        ({"spare_cols": 256}, "spare_cols"),
+        ({"fault_aware": 1}, "fault_aware"),
+        ({"out_noise": -0.1}, "out_noise"),
         ({"level_bits": 1}, "level_bits"),
         ({"prog_noise_poly_us": "abc"}, "prog_noise_poly_us"),
         ({"bogus": 1}, "unknown device profile field"),
@@ -71,13 +77,17 @@ def test_resident_bytes_predicts_programmed_size(name: str, shape: tuple[int, in
         assert per_weight == 4.0
     else:
         tiles = np.prod(p.tile_grid(shape))
-        assert pm.nbytes == 2 * w.size + 4 * tiles  # int16 codes + one float32 scale per tile
+        ir = 2 * (p.rows + p.cols) if p.wire_ohm_per_cell > 0 and p.ir_drop_mode == "fast" else 0
+        # one uint8 code per device (2 per weight) + scale, ADC range, drift factor (float32)
+        # and float16 word-/bit-line IR-drop factors per tile
+        assert pm.nbytes == 2 * w.size + (3 * 4 + ir) * tiles
 
 
-def test_large_matrix_costs_at_most_two_bytes_per_weight_plus_tile_scales() -> None:
-    p = PRESETS["rram"]
-    cost = p.resident_bytes((4096, 4096))
-    assert cost / 4096**2 < 2.001
+def test_large_matrix_costs_two_bytes_per_weight_plus_small_tile_data() -> None:
+    for name in ("rram", "pcm", "conservative"):
+        p = PRESETS[name]
+        cost = p.resident_bytes((4096, 4096))
+        assert 2.0 < cost / 4096**2 < 2.04, name
 
 
 def test_summary_is_short_and_plain() -> None:

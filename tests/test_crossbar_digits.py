@@ -59,6 +59,24 @@ def test_realistic_preset_accuracy_reported(trained, name: str) -> None:
     assert np.mean(accs) > 0.1 - 3 * np.sqrt(0.09 / len(yte))  # not worse than guessing
 
 
+def test_conservative_reaches_085_with_fault_aware_mapping_and_collapses_without(trained) -> None:
+    layers, xte, yte = trained
+    prof = PRESETS["conservative"]
+    assert prof.fault_aware and prof.spare_cols == 32
+    mitigated = np.mean([_accuracy(layers, prof, xte, yte, s) for s in SEEDS])
+    raw = np.mean([_accuracy(layers, prof.with_changes(fault_aware=False), xte, yte, s) for s in SEEDS])
+    print(f"\nconservative: {mitigated:.4f} with fault-aware mapping, {raw:.4f} without")
+    assert mitigated >= 0.85
+    assert raw < mitigated - 0.2
+
+
+@pytest.mark.parametrize("name", ["rram", "pcm"])
+def test_rram_and_pcm_stay_close_to_float(trained, name: str) -> None:
+    layers, xte, yte = trained
+    acc = np.mean([_accuracy(layers, PRESETS[name], xte, yte, s) for s in SEEDS])
+    assert acc >= 0.92, acc
+
+
 def test_accuracy_falls_monotonically_with_programming_noise(trained) -> None:
     layers, xte, yte = trained
     scales = (0.0, 1.0, 2.0, 4.0, 8.0)

@@ -53,7 +53,7 @@ def test_same_seed_same_state_bit_for_bit_different_seed_differs(name: str) -> N
     c = ProgrammedMatrix.program(w, PRESETS[name], seed=12)
     np.testing.assert_array_equal(a.codes, b.codes)
     np.testing.assert_array_equal(a.scales, b.scales)
-    assert np.mean(a.codes != c.codes) > 0.5
+    assert np.mean(a.codes != c.codes) > 0.3
 
 
 def test_read_noise_keyed_by_read_seed() -> None:
@@ -71,8 +71,9 @@ def test_row_blocks_program_exactly_the_rows_of_the_full_matrix(profile) -> None
     full = ProgrammedMatrix.program(w, profile, seed=21)
     cuts = [0, g, 3 * g, 4 * g, 7 * g, m]  # 5 uneven row blocks
     parts = [ProgrammedMatrix.program(w[a:b], profile, seed=21, row_offset=a) for a, b in zip(cuts, cuts[1:])]
-    np.testing.assert_array_equal(np.concatenate([p.codes for p in parts]), full.codes)
-    np.testing.assert_array_equal(np.concatenate([p.scales for p in parts]), full.scales)
+    np.testing.assert_array_equal(np.concatenate([p.codes for p in parts], axis=1), full.codes)
+    for key, arr in full.tiles.items():  # scales, ADC ranges, drift factors, IR-drop factors
+        np.testing.assert_array_equal(np.concatenate([p.tiles[key] for p in parts]), arr)
     y_full = full.matmul(x, read_seed=5)
     y_parts = np.concatenate([p.matmul(x, read_seed=5) for p in parts])
     np.testing.assert_allclose(y_parts, y_full, rtol=1e-6, atol=1e-6 * np.abs(y_full).max())
@@ -103,8 +104,9 @@ def test_from_state_rejects_bad_states() -> None:
     good = pm.to_state()
     bad_cases = [
         ({**good, "format": "other"}, "format"),
-        ({**good, "codes": good["codes"].astype(np.float64)}, "int16"),
-        ({**good, "codes": good["codes"][:-1]}, "int16"),
+        ({**good, "codes": good["codes"].astype(np.float64)}, "uint8"),
+        ({**good, "codes": good["codes"][:, :-1]}, "uint8"),
+        ({**good, "adc": np.full_like(good["adc"], np.nan)}, "non-finite"),
         ({**good, "scales": good["scales"][:, :0]}, "scales"),
         ({k: v for k, v in good.items() if k != "codes"}, "missing array 'codes'"),
         ({**good, "row_offset": 3}, "row_offset"),
@@ -118,7 +120,7 @@ def test_from_state_rejects_bad_states() -> None:
 
 def test_no_float64_resident_state() -> None:
     pm = ProgrammedMatrix.program(_rand((300, 300)), PRESETS["rram"], seed=0)
-    arrays = [v for v in vars(pm).values() if isinstance(v, np.ndarray)]
+    arrays = [v for v in vars(pm).values() if isinstance(v, np.ndarray)] + list(pm.tiles.values())
     assert arrays and all(a.dtype != np.float64 for a in arrays)
     assert sum(a.nbytes for a in arrays) == pm.nbytes
 
@@ -180,3 +182,14 @@ def test_a_read_split_by_tile_rows_equals_the_whole_read(preset):
     np.testing.assert_allclose(parts, whole, rtol=1e-5, atol=1e-5 * np.abs(whole).max())
     with pytest.raises(ValueError):
         pm.matmul(x, tile_rows=(0, n + 1))
+
+
+def test_column_noise_is_a_pure_function_of_column_and_tile_row() -> None:
+    from compute.crossbar import ColumnNoise
+    a, b = ColumnNoise(1, 2), ColumnNoise(1, 2)
+    whole = a.normals(5, 0, 6, 300)
+    np.testing.assert_array_equal(b.normals(5, 3, 2, 300), whole[3:5])  # a span of tile rows
+    b.normals(7, 0, 6, 300)  # another column in between changes nothing
+    np.testing.assert_array_equal(b.normals(5, 0, 6, 300), whole)
+    assert not np.array_equal(a.normals(6, 0, 6, 300), whole)
+    assert abs(whole.std() - 1) < 0.05

@@ -105,15 +105,15 @@ async def test_links_beyond_the_cap_are_refused_and_the_daemon_keeps_serving(tmp
     from node.net import mesh as mesh_module
     from node.net.session import handshake
     from protocol.errors import ProtocolError
-    from protocol.handshake import cluster_id_for, new_hello
+    from protocol.identity import Identity
 
     async with running_daemon(tmp_path) as d:
         monkeypatch.setattr(mesh_module, "MAX_LINKS", 0)
         host, port = d.mesh.bound
         link = await dial_tcp(host, port)
-        hello = new_hello("intruder", cluster_id_for(None), "x", ["127.0.0.1:1"])
         try:
-            await handshake(link, hello, None, initiator=True, timeout=5)
+            await handshake(link, Identity.generate(), "x", ["127.0.0.1:1"], [],
+                            initiator=True, timeout=5)
             refused = False
         except (ProtocolError, LinkClosed):
             refused = True

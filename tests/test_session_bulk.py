@@ -22,7 +22,8 @@ import pytest
 from nat.link import Link, LinkClosed
 from nat.tcp import dial_tcp, listen_tcp
 from node.net.session import Session
-from protocol.handshake import cluster_id_for, new_hello
+from protocol import PROTOCOL_VERSION
+from protocol.handshake import Hello
 from protocol.rpc import Reply
 
 MESSAGE = 16 << 20        # bytes per bulk message (fragments of 1 MiB)
@@ -31,7 +32,7 @@ BOUND = 45.0              # well below the 60 s stall guard
 
 
 def _hello(node: str):
-    return new_hello(node, cluster_id_for(None), node, [f"{node}:1"])
+    return Hello(PROTOCOL_VERSION, node, node, [f"{node}:1"], b"", b"")
 
 
 class BoundedLink(Link):

@@ -151,7 +151,7 @@ async def test_a_message_being_written_when_the_link_dies_fails_its_sender():
 
     from nat.link import LinkClosed
     from node.net.session import Session
-    from protocol.handshake import new_hello
+    from protocol.handshake import Hello
     from protocol.rpc import Bye
     from tests.test_handshake import MemoryLink
 
@@ -163,7 +163,7 @@ async def test_a_message_being_written_when_the_link_dies_fails_its_sender():
             raise LinkClosed("peer vanished")
 
     link = StuckLink()
-    session = Session(link, new_hello("aa", "open", "a", []), new_hello("bb", "open", "b", []),
+    session = Session(link, Hello(1, "aa", "a", [], b"", b""), Hello(1, "bb", "b", [], b"", b""),
                       initiator=True)
 
     async def ignore(_session, _msg):

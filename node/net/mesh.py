@@ -15,14 +15,15 @@ import random
 import time
 from typing import Any, Awaitable, Callable
 
+from nat import signaling
 from nat.connector import Connector, ConnectorConfig
 from nat.link import Link, LinkClosed
 from nat.tcp import dial_tcp, listen_tcp
 from node.config import parse_address
 from node.net.session import Session, handshake
-from protocol.advert import Advertisement
+from protocol.advert import Advertisement, alive_signer, verify_alive
 from protocol.errors import ProtocolError
-from protocol.handshake import Hello, new_hello
+from protocol.identity import Identity
 from protocol.membership import Event, Member, Membership, MembershipConfig, Output, is_gossip_message
 from protocol.rpc import Bye
 
@@ -45,14 +46,15 @@ class Mesh:
     #: The one clock the membership state machine is fed (monotonic: never jumps back).
     clock = staticmethod(time.monotonic)
 
-    def __init__(self, node_id: str, name: str, cluster_id: str, key: bytes | None,
+    def __init__(self, identity: Identity, name: str, keys: list[bytes],
                  listen: str, bootstrap: list[str], handler: Handler,
                  connector_config: ConnectorConfig,
                  membership_config: MembershipConfig | None = None) -> None:
-        self.node_id = node_id
+        self.identity = identity
+        self.node_id = node_id = identity.node_id
         self.name = name
-        self.cluster_id = cluster_id
-        self.key = key
+        #: cluster keyring: the first key dials, every key is accepted (empty: open mesh)
+        self.keys = list(keys)
         self.listen = listen
         self.bootstrap = bootstrap
         self.handler = handler
@@ -85,8 +87,10 @@ class Mesh:
         self._server = await listen_tcp(host, port, self._on_tcp_link)
         self.bound = self._server.sockets[0].getsockname()[:2]
         log.info("listening for peers on %s:%d", *self.bound)
-        self.membership = Membership(make_advert(self.bound), self.membership_config,
-                                     now=self.clock(), rng=random.Random())
+        advert = make_advert(self.bound).replace(identity=self.identity.public_key)
+        self.membership = Membership(advert, self.membership_config, now=self.clock(),
+                                     rng=random.Random(), sign=alive_signer(self.identity),
+                                     verify=verify_alive)
         if supervise is not None:
             supervise("gossip", self._tick_loop)
         else:
@@ -98,8 +102,10 @@ class Mesh:
     def advert(self) -> Advertisement:
         return self.membership.member(self.node_id).advert
 
-    def hello(self) -> Hello:
-        return new_hello(self.node_id, self.cluster_id, self.name, self.advert.addresses)
+    async def handshake(self, link: Link, *, initiator: bool) -> Session:
+        """The Noise handshake over ``link`` as this node (see :mod:`protocol.handshake`)."""
+        return await handshake(link, self.identity, self.name, self.advert.addresses,
+                               self.keys, initiator=initiator)
 
     async def stop(self) -> None:
         """Leave gracefully: announce, close sessions, stop listening."""
@@ -155,7 +161,7 @@ class Mesh:
             return None
         self._handshaking += 1
         try:
-            session = await handshake(link, self.hello(), self.key, initiator=initiator)
+            session = await self.handshake(link, initiator=initiator)
         except (ProtocolError, LinkClosed) as exc:
             log.warning("rejected link from %s: %s", link.remote, exc)
             return None
@@ -224,7 +230,7 @@ class Mesh:
         link = await asyncio.wait_for(
             self.connector.connect(node_id, addresses, member.advert.extra),
             self.connector.setup_bound(len(addresses)) + 1.0)
-        session = await handshake(link, self.hello(), self.key, initiator=True)
+        session = await self.handshake(link, initiator=True)
         if session.peer_id != node_id:
             await session.close("wrong node at address")
             raise LinkClosed(f"{link.remote} is {session.peer_id[:8]}, not {node_id[:8]}")
@@ -254,7 +260,7 @@ class Mesh:
         host, port = parse_address(address)
         try:
             link = await dial_tcp(host, port, timeout=self.connector.config.tcp_timeout)
-            session = await handshake(link, self.hello(), self.key, initiator=True)
+            session = await self.handshake(link, initiator=True)
         except (LinkClosed, ProtocolError, OSError) as exc:
             log.info("bootstrap %s: %s", address, exc)
             return False
@@ -277,6 +283,8 @@ class Mesh:
                 pass
 
     def _process(self, out: Output) -> None:
+        for node_id, why in out.rejected:
+            log.warning("dropped forged gossip about %s: %s", node_id[:8], why)
         for dst, msg in out.sends:
             self._spawn(self._deliver(dst, msg))
         for event in out.events:
@@ -319,8 +327,20 @@ class Mesh:
         self._process(self.membership.update_advert(self.clock(), **fields))
 
     # signalling relay ---------------------------------------------------------------
+    async def handle_signal(self, msg: Any) -> None:
+        """A signalling message for this node: hand it to the connector if ``src`` signed
+        it (offers and answers bind the DTLS fingerprint to the sender's identity)."""
+        why = signaling.check(msg)
+        if why is not None:
+            log.warning("dropping %s from %s: %s (a relay may have altered it)",
+                        type(msg).TAG, msg.src[:8], why)
+            return
+        await self.connector.handle_signal(msg.src, msg)
+
     async def send_signal(self, dst: str, msg: Any) -> None:
-        """Deliver a signalling message to ``dst``: directly, else via a linked member."""
+        """Deliver a signalling message to ``dst``: directly, else via a linked member.
+        Our own offers and answers are signed here, as they leave."""
+        msg = signaling.signed(msg, self.identity)
         direct = self.sessions.get(dst)
         if direct is not None and not direct.closed.is_set():
             await direct.send(msg)

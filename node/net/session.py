@@ -1,4 +1,4 @@
-"""A session: one authenticated link to one peer, carrying typed messages.
+"""A session: one encrypted, authenticated link to one peer, carrying typed messages.
 
 The session owns the link's two directions. Outgoing messages are cut into fragments
 (:mod:`protocol.framing`) and a single writer task interleaves them: small messages
@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from nat.link import Link, LinkClosed
+from nat.secure import SecureLink
 from protocol.errors import ProtocolError
 from protocol.framing import (DEFAULT_MAX_MESSAGE, PROCESS_BUDGET, ByteBudget, Reassembler,
                               fragments)
-from protocol.handshake import (Auth, Hello, HandshakeError, auth_for, check_hello,
-                                verify_auth)
+from protocol.handshake import MAX_HANDSHAKE_MESSAGE, Hello, HandshakeError, NoiseHandshake
+from protocol.identity import Identity
 from protocol.messages import decode_message, encode_message
 from protocol.rpc import Ping, Reply
 
@@ -32,7 +33,6 @@ log = logging.getLogger("sedma.session")
 #: A message whose payload is at most this size is "control" and jumps the bulk queue.
 CONTROL_BYTES = 64 << 10
 HANDSHAKE_TIMEOUT = 5.0
-HANDSHAKE_MAX_MESSAGE = 8 << 10   # a Hello with a few dozen addresses fits easily
 #: The reader hands the event loop back after this many bytes of queued frames: a link's
 #: queue holds up to 64 MiB, and copying all of it in one go stalls the loop ~50 ms.
 READ_YIELD_BYTES = 4 << 20
@@ -251,11 +251,18 @@ def _ignore_result(fut: asyncio.Future) -> None:
         fut.exception()
 
 
-async def handshake(link: Link, local: Hello, key: bytes | None, *, initiator: bool,
+async def handshake(link: Link, identity: Identity, name: str, addresses: list[str],
+                    keys: list[bytes], *, initiator: bool,
                     timeout: float = HANDSHAKE_TIMEOUT) -> Session:
-    """Exchange Hello and Auth over a fresh link; return the session or raise."""
+    """Run the Noise handshake over a fresh link; return the encrypted session or raise.
+
+    ``keys`` is the cluster keyring (first key dials, any key is accepted; empty: an
+    open mesh). See :mod:`protocol.handshake` for what is proven and why.
+    """
     try:
-        return await asyncio.wait_for(_handshake(link, local, key, initiator), timeout)
+        return await asyncio.wait_for(
+            _handshake(link, NoiseHandshake(identity, name, addresses, keys,
+                                            initiator=initiator)), timeout)
     except asyncio.TimeoutError:
         await link.close("handshake timed out")
         raise HandshakeError(f"handshake with {link.remote} timed out after {timeout}s") from None
@@ -264,33 +271,21 @@ async def handshake(link: Link, local: Hello, key: bytes | None, *, initiator: b
         raise
 
 
-async def _handshake(link: Link, local: Hello, key: bytes | None, initiator: bool) -> Session:
-    # Tiny limits: nothing unauthenticated may make us hold more than a few KiB.
-    reassembler = Reassembler(max_message=HANDSHAKE_MAX_MESSAGE, max_streams=1,
-                              max_buffered=HANDSHAKE_MAX_MESSAGE)
-    await _send_small(link, local)
-    remote = await _recv_small(link, reassembler, Hello)
-    check_hello(local, remote)
-    if initiator:
-        await _send_small(link, auth_for(key, local, remote, initiator))
-        verify_auth(key, local, remote, await _recv_small(link, reassembler, Auth), initiator)
-    else:  # check the dialler's proof before giving any proof of our own
-        verify_auth(key, local, remote, await _recv_small(link, reassembler, Auth), initiator)
-        await _send_small(link, auth_for(key, local, remote, initiator))
-    return Session(link, local, remote, initiator=initiator)
+async def _handshake(link: Link, hs: NoiseHandshake) -> Session:
+    if hs.initiator:
+        await link.send([hs.first()])
+        await link.send([hs.on_response(await _recv_small(link))])
+    else:  # nothing goes back to a dialler that did not prove a key of our keyring
+        await link.send([hs.on_first(await _recv_small(link))])
+        hs.on_final(await _recv_small(link))
+    secure = SecureLink(link, hs.cipher())
+    return Session(secure, hs.hello, hs.remote, initiator=hs.initiator)
 
 
-async def _send_small(link: Link, msg: Any) -> None:
-    for frame in fragments(0, encode_message(msg)):
-        await link.send(frame)
-
-
-async def _recv_small(link: Link, reassembler: Reassembler, expected: type) -> Any:
-    while True:
-        payload = reassembler.feed(await link.recv())
-        if payload is not None:
-            break
-    msg = decode_message(payload)
-    if not isinstance(msg, expected):
-        raise HandshakeError(f"expected {expected.TAG}, got {type(msg).TAG}")
-    return msg
+async def _recv_small(link: Link) -> bytes:
+    """One handshake message; nothing unauthenticated may make us hold more than 8 KiB."""
+    frame = await link.recv()
+    if len(frame) > MAX_HANDSHAKE_MESSAGE:
+        raise HandshakeError(f"handshake message of {len(frame)} bytes "
+                             f"(limit {MAX_HANDSHAKE_MESSAGE})")
+    return frame

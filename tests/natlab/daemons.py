@@ -52,13 +52,23 @@ class Daemon:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
+def lab_key(lab: Lab) -> Path:
+    """The lab mesh's cluster key (daemons on public addresses must be keyed)."""
+    path = lab.workdir / "cluster.key"
+    if not path.exists():
+        from node.net.identity import new_cluster_key, write_private
+        write_private(path, new_cluster_key())
+    return path
+
+
 def start_daemon(lab: Lab, name: str, ns: str, listen: str, *flags: str) -> Daemon:
     """Start one daemon in ``ns``; its output goes to ``<workdir>/<name>.log``."""
     data_dir = lab.workdir / name
     data_dir.mkdir(parents=True, exist_ok=True)
     log = open(lab.workdir / f"{name}.log", "wb")
     argv = lab.python_argv(ns, "node", "daemon", "--name", name, "--listen", listen,
-                           "--data-dir", str(data_dir), "--log-level", "DEBUG", *flags)
+                           "--data-dir", str(data_dir), "--log-level", "DEBUG",
+                           "--cluster-key", str(lab_key(lab)), *flags)
     proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     lab.track(proc)
     daemon = Daemon(name, ns, data_dir, proc)

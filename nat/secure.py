@@ -1,0 +1,85 @@
+"""An encrypted link: every frame of an inner link sealed as consecutive Noise records.
+
+The cipher sits at the link boundary so nothing above it changes: a :class:`SecureLink`
+is a :class:`~nat.link.Link` like the TCP or ICE link it wraps. Each frame (a session
+fragment, up to ~1 MiB) is cut into records of one Noise message each (at most 65,535
+bytes: 65,519 of plaintext and the 16-byte tag), and the records of one frame travel
+together as one inner frame, so the link handles as many frames as it did in plaintext
+and the only added work is the cipher itself (records are fixed-size, so the receiver
+cuts them apart without any header). ``max_frame`` shrinks by the tags so the sealed
+frame still fits the inner link. A record that fails authentication — altered, replayed,
+reordered, dropped, truncated — closes the link with that reason in the log; the rest of
+the daemon only sees the link close.
+
+Order matters (Noise nonces count records): ``send`` encrypts and hands the record to the
+inner link without awaiting in between, so records reach the wire in nonce order even if
+two tasks sent at once; the session has a single writer anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from nat.link import Buffers, Link, LinkClosed
+from protocol.errors import FrameError
+from protocol.handshake import TransportCipher, max_plaintext
+
+log = logging.getLogger("sedma.secure")
+
+
+class SecureLink(Link):
+    """The encrypted view of an authenticated inner link."""
+
+    def __init__(self, inner: Link, cipher: TransportCipher) -> None:
+        super().__init__()
+        self.inner = inner
+        self.cipher = cipher
+        self.max_frame = max_plaintext(inner.max_frame)
+
+    # Link ---------------------------------------------------------------------------
+    async def send(self, frame: Buffers) -> None:
+        if self.closed:
+            raise LinkClosed(self.close_reason or "link closed")
+        data = frame[0] if len(frame) == 1 else b"".join(frame)
+        if len(data) > self.max_frame:
+            raise LinkClosed(f"frame of {len(data)} bytes exceeds the {self.max_frame}-byte limit")
+        await self.inner.send(self.cipher.seal(data))
+
+    async def recv(self) -> bytes:
+        sealed = await self.inner.recv()
+        try:
+            return self.cipher.open(sealed)
+        except FrameError as exc:
+            reason = f"protocol error: {exc}"
+            log.warning("closing link to %s: %s", self.remote, reason)
+            await self.close(reason)
+            raise LinkClosed(reason) from None
+
+    async def close(self, reason: str = "closed locally") -> None:
+        if self._own_reason is None:
+            self._own_reason = reason
+        await self.inner.close(reason)
+
+    # delegated state ----------------------------------------------------------------
+    @property
+    def close_reason(self) -> str | None:  # type: ignore[override]
+        return self._own_reason or self.inner.close_reason
+
+    @close_reason.setter
+    def close_reason(self, value: str | None) -> None:
+        self._own_reason = value
+
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        return self.inner.kind
+
+    @property
+    def remote(self) -> str:
+        return self.inner.remote
+
+    @property
+    def rtt_ms(self) -> float | None:
+        return self.inner.rtt_ms
+
+    def observe_rtt(self, sample_ms: float) -> None:
+        self.inner.observe_rtt(sample_ms)
