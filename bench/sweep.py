@@ -7,7 +7,7 @@ whole test set (450 samples) is classified; the trial's result is its accuracy.
 
 How a trial runs on the mesh. Each layer is one one-shot ``matmul(W_layer, H,
 device=preset, seed=trial*100+layer)`` job; bias and activation are applied digitally here
-between layers (as ``node/meshmodel.py`` does). One-shot jobs rather than deploy/infer:
+between layers (as the client-side chaining removed in issue 9 did). One-shot jobs rather than deploy/infer:
 a trial programs each matrix exactly once and reads it exactly once, which is what a
 one-shot matmul is; ``deploy`` would also persist the programmed state (fsync'd block files
 and SQLite rows) and leave it resident, to be dropped again, for a single read. The daemon

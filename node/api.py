@@ -108,6 +108,27 @@ class InferRequest:
     read_seed: int | None = None
 
 
+@message("api.deploy_file")
+class DeployFileRequest:
+    """Deploy a model file the daemon reads itself (same machine and user as the client)."""
+
+    name: str
+    path: str
+    device: str | None = None
+    replicas: int | None = None
+    seed: int = 0
+
+
+@message("api.undeploy")
+class UndeployRequest:
+    name: str
+
+
+@message("api.deployments")
+class DeploymentsRequest:
+    pass
+
+
 Dispatch = Callable[[Any], Awaitable[Any]]
 
 

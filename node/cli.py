@@ -84,20 +84,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, default=600.0, help="give up waiting after this many seconds")
     s.add_argument("--json", action="store_true", help="print the job record as JSON (no progress bar)")
 
-    dp = client("deploy", "program W onto crossbars across the mesh; it stays resident")
+    dp = client("deploy", "program a matrix (.npy) or a model (.onnx, .safetensors) onto "
+                          "crossbars across the mesh; it stays resident")
     dp.add_argument("name", metavar="NAME")
-    dp.add_argument("w", metavar="W.npy")
+    dp.add_argument("w", metavar="FILE", help="W.npy (Y = W @ X), model.onnx, or "
+                    "model.safetensors with its layer list; the daemon reads it block by block")
     dp.add_argument("--device", metavar="PRESET")
     dp.add_argument("--replicas", type=int, metavar="R", help="holders per row block (default 2 when the mesh has two or more nodes)")
     dp.add_argument("--seed", type=int, default=0)
-    dp.add_argument("--json", action="store_true", help="print the job record as JSON (no progress bar)")
+    dp.add_argument("--timeout", type=float, default=3600.0, help="give up waiting after this many seconds")
+    dp.add_argument("--json", action="store_true", help="print the job record as JSON")
 
-    i = client("infer", "compute Y = W @ X against a deployed matrix")
+    i = client("infer", "run a deployment on X: Y = W @ X for a matrix, the whole network for a "
+                        "model (rows of X are samples, as onnxruntime takes them)")
     i.add_argument("name", metavar="NAME")
     i.add_argument("x", metavar="X.npy")
     i.add_argument("-o", "--output", metavar="Y.npy", required=True)
     i.add_argument("--seed", type=int, help="read-noise seed (default: fresh per request)")
     i.add_argument("--json", action="store_true", help="print a JSON summary (no progress bar)")
+
+    client("deployments", "every matrix and model the mesh knows: layers, holders, replicas, "
+                          "bytes, requests").add_argument("--json", action="store_true",
+                                                          help="machine-readable output")
+    u = client("undeploy", "remove a deployment from every holder (memory and disk); idempotent")
+    u.add_argument("name", metavar="NAME")
 
     k = sub.add_parser("keygen", help="write a new random cluster key file (mode 0600)",
                        description="Write a new cluster key (32 random bytes, base64) to FILE, "
@@ -392,16 +402,41 @@ def _cmd_submit(c, args) -> int:
 
 
 def _cmd_deploy(c, args) -> int:
-    w = load_npy(args.w)
-    with transfer_bar(args) as bar:
-        info = c.deploy(args.name, w, args.device, args.replicas, args.seed, progress=bar)
-    placement = info.get("placement", {})
+    path = os.path.abspath(args.w)
+    if not os.path.isfile(path):
+        raise UsageError(f"{args.w}: no such file")
+    from node.client import INLINE_DEPLOY_BYTES
+    if path.endswith(".npy") and os.path.getsize(path) <= INLINE_DEPLOY_BYTES:
+        w = load_npy(path)          # small enough for one message: sent, with a bar
+        with transfer_bar(args) as bar:
+            info = c.deploy(args.name, w, args.device, args.replicas, args.seed, args.timeout,
+                            progress=bar)
+    else:                           # a model, or a big matrix: the daemon reads the file
+        info = c.deploy(args.name, path, args.device, args.replicas, args.seed, args.timeout)
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return EXIT_OK
-    print(f"deployed {args.name} ({w.shape[0]}x{w.shape[1]}) as {len(placement)} block(s), "
-          f"{info.get('replicas')} replica(s) each, job {info['id']}")
+    names = _node_names(c)
+    layers = info.get("layer_placement") or [info.get("placement", {})]
+    n_in, n_out = info.get("shape") or ["?", "?"]
+    if info.get("model", "matrix") == "matrix":
+        print(f"deployed {args.name} ({n_out}x{n_in}) as {len(layers[0])} block(s), "
+              f"{info.get('replicas')} replica(s) each, job {info['id']}")
+    else:
+        print(f"deployed {args.name} ({info['model']}, {len(layers)} layer(s), {n_in} -> "
+              f"{n_out}), {info.get('replicas')} replica(s) per block, job {info['id']}")
+    for li, placement in enumerate(layers):
+        spread = "; ".join(f"block {b}: {', '.join(names.get(h, h[:8]) for h in hs)}"
+                           for b, hs in placement.items())
+        print(f"  layer {li}: {spread}")
     return EXIT_OK
+
+
+def _node_names(c) -> dict[str, str]:
+    s = c.status()
+    names = {p["id"]: p["name"] for p in c.peers()}
+    names[s["id"]] = s["name"]
+    return names
 
 
 def _cmd_infer(c, args) -> int:
@@ -412,13 +447,44 @@ def _cmd_infer(c, args) -> int:
     if args.json:
         print(json.dumps({"name": args.name, "output": args.output, "shape": list(y.shape)}))
     else:
-        print(f"{args.name} @ X -> {args.output} {tuple(y.shape)}")
+        print(f"{args.name}(X) -> {args.output} {tuple(y.shape)}")
+    return EXIT_OK
+
+
+def _cmd_deployments(c, args) -> int:
+    def text(deps):
+        if not deps:
+            print("no deployments (add one with `sedma deploy NAME FILE`)")
+            return
+        names = _node_names(c)
+        for d in deps:
+            print(f"{d['name']}  {d['kind']}  {d['shape'][0]} -> {d['shape'][1]}  "
+                  f"{len(d['layers'])} layer(s)  device {d['device']}  "
+                  f"{_size(d['bytes_resident'])} resident  replicas "
+                  f"{d['replicas_live']}/{d['replicas_wanted']}  requests {d['requests']}"
+                  + (f"  bytes/request {d['last_bytes_moved']} (minimum "
+                     f"{d['last_bytes_minimum']})" if d["requests"] else ""))
+            for li, layer in enumerate(d["layers"]):
+                blocks = "; ".join(
+                    f"b{k} rows {v['rows'][0]}-{v['rows'][1]}: "
+                    + ",".join(names.get(h, h[:8]) for h in v["holders"])
+                    for k, v in layer["blocks"].items())
+                print(f"  layer {li} {layer['shape'][0]}x{layer['shape'][1]} "
+                      f"{layer['activation']:8} {blocks or 'no plan found'}")
+    _print(c.deployments(), args.json, text)
+    return EXIT_OK
+
+
+def _cmd_undeploy(c, args) -> int:
+    info = c.undeploy(args.name)
+    print(info["message"] + (f": freed {_size(info['freed_bytes'])} on "
+                             f"{len(info['nodes'])} node(s)" if info["freed_bytes"] else ""))
     return EXIT_OK
 
 
 COMMANDS = {"status": _cmd_status, "memory": _cmd_memory, "peers": _cmd_peers, "jobs": _cmd_jobs,
             "devices": _cmd_devices, "submit": _cmd_submit, "deploy": _cmd_deploy,
-            "infer": _cmd_infer}
+            "infer": _cmd_infer, "deployments": _cmd_deployments, "undeploy": _cmd_undeploy}
 
 
 def _size(n: int | None) -> str:

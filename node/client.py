@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import struct
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -28,6 +29,10 @@ Progress = Callable[[str, int, int], None]
 #: Bytes written or read between two progress reports (and drains).
 CHUNK = 1 << 20
 _LEN = struct.Struct(">I")    # the local API's frame header (see node.api)
+
+
+#: Matrices above this go to the daemon as a file, not inside one API message.
+INLINE_DEPLOY_BYTES = 256 << 20
 
 
 class DaemonError(Exception):
@@ -161,11 +166,31 @@ class AsyncClient:
             raise DaemonError(f"job {job_id} {info['state']}: {info.get('error')}")
         return await self.result(job_id)
 
-    async def deploy(self, name: str, w: np.ndarray, device: str | None = None,
+    async def deploy(self, name: str, w: np.ndarray | str | Path, device: str | None = None,
                      replicas: int | None = None, seed: int = 0, timeout: float = 600.0,
                      progress: Progress | None = None) -> dict:
-        """Deploy W as resident blocks; returns the finished job record."""
-        job = await self.call(api.DeployRequest(name, w, device, replicas, seed), progress)
+        """Deploy a matrix W or a model file (``.npy``, ``.onnx``, ``.safetensors``) as
+        resident blocks; returns the finished job record.
+
+        A file is read by the daemon itself, block by block (it runs on this machine as this
+        user: the socket is private to the user). A matrix too large for one API message is
+        written to a private temporary ``.npy`` and deployed the same way.
+        """
+        if isinstance(w, (str, Path)):
+            request = api.DeployFileRequest(name, str(Path(w).expanduser().resolve()), device,
+                                            replicas, seed)
+            return await self._deploy(name, request, timeout, None)
+        if isinstance(w, np.ndarray) and w.nbytes > INLINE_DEPLOY_BYTES:
+            with tempfile.TemporaryDirectory(prefix="sedma-deploy-") as tmp:
+                path = Path(tmp) / "w.npy"
+                np.save(path, w)
+                return await self.deploy(name, path, device, replicas, seed, timeout)
+        return await self._deploy(name, api.DeployRequest(name, w, device, replicas, seed),
+                                  timeout, progress)
+
+    async def _deploy(self, name: str, request: Any, timeout: float,
+                      progress: Progress | None) -> dict:
+        job = await self.call(request, progress)
         info = await self.wait(job["id"], timeout)
         if info["state"] != "done":
             raise DaemonError(f"deploy of {name} {info['state']}: {info.get('error')}")
@@ -173,7 +198,16 @@ class AsyncClient:
 
     async def infer(self, name: str, x: np.ndarray, read_seed: int | None = None,
                     progress: Progress | None = None) -> np.ndarray:
+        """Run a deployed matrix (``W @ X``) or model (X in the model's layout) on X."""
         return await self.call(api.InferRequest(name, x, read_seed), progress)
+
+    async def undeploy(self, name: str) -> dict:
+        """Remove a deployment from every holder (idempotent); returns what was freed."""
+        return await self.call(api.UndeployRequest(name))
+
+    async def deployments(self) -> list[dict]:
+        """Every matrix and model the mesh knows: kind, layers, placement, health, traffic."""
+        return await self.call(api.DeploymentsRequest())
 
 
 async def _write_observed(writer: asyncio.StreamWriter, msg: Any, progress: Progress) -> None:

@@ -26,6 +26,8 @@ from node.memory.dualmemory import DualMemory
 from node.net.identity import load_identity, load_keyring, prepare_data_dir
 from node.work.holder import BlockHolder
 from node.work.jobs import JobManager
+from node.work.modelbook import ModelBook
+from node.work.models import ModelManager
 from node.work.plans import PlanBook
 from node.work.rebalance import Policy
 from node.work.retention import Retention
@@ -44,6 +46,7 @@ log = logging.getLogger("sedma.daemon")
 
 ADVERT_EVERY = 1.0       # how often local load/memory is offered to the membership
 PING_EVERY = 2.0          # RTT samples on each session
+RECONCILE_EVERY = 5.0     # ask peers whether a deployment held here was undeployed
 HOUSEKEEPING_EVERY = 60.0  # job retention, forgetting departed peers
 FORGET_LINKS_AFTER = 3600.0  # a departed peer's link outcome is dropped after this long
 
@@ -98,20 +101,29 @@ class Daemon:
         self.mesh.event_hooks.append(self.metrics.member_event)   # gossip counts for /metrics
         self.plans = PlanBook(self.db)
         self.plans.restore()
+        self.book = ModelBook(self.db)
+        self.book.restore()
         self.holder = BlockHolder(self.device, self.store, self.executor, self.metrics,
-                                  self.plans, self.memory, cfg.compute_slowdown, cfg.prefetch,
-                                  self.node_id)
+                                  self.plans, self.book, memory=self.memory,
+                                  slowdown=cfg.compute_slowdown, prefetch=cfg.prefetch,
+                                  node_id=self.node_id)
         self.jobs = JobManager(self.node_id, self.holder, self.mesh, self.memory, self.metrics,
                                self.db, self.data_dir, self.capacity,
                                Retention(cfg.job_retention, cfg.job_retention_count))
         for name in self.jobs.restore():
-            if name not in self.plans:   # our deploy died before its plan committed
-                dropped = await self.executor.run(self.store.drop, name)
+            if name not in self.plans and self.book.get(name) is None:
+                # our deploy died before it committed: drop its blocks (a model's layers too)
+                stale = [name] + [k for k in self.store.names() if k.startswith(f"{name}:")]
+                dropped = 0
+                for matrix in stale:
+                    dropped += await self.executor.run(self.store.drop, matrix)
                 log.warning("deploy of %s was interrupted before it committed; dropped its "
                             "%d local block(s)", name, dropped)
         dwell = cfg.rebalance_dwell_s
         self.reconfigurer = Reconfigurer(self.jobs, Policy(
             min_dwell_s=dwell, replicate_dwell_s=min(Policy.replicate_dwell_s, dwell)))
+        self.models = ModelManager(self.jobs, self.book)
+        self.holder.pipeline = self.models.pipeline
         await self.mesh.start(self._make_advert, self.supervisor.start)
         self.http = await start_http(self)   # dashboard + /metrics (None when off)
         self.api = await api.serve(cfg.socket_path, self.metrics.timed(self._on_local_request))
@@ -120,6 +132,7 @@ class Daemon:
         for name, loop in (("advertise", self._advertise_loop), ("memory", self._memory_loop),
                            ("ping", self._ping_loop), ("reconfigure", self._reconfigure_loop),
                            ("housekeeping", self._housekeeping_loop),
+                           ("reconcile", self._reconcile_loop),
                            ("loop_lag", self.lag.run)):
             self.supervisor.start(name, loop)
         self.stall_reporter.start()
@@ -253,6 +266,13 @@ class Daemon:
         if forgotten:
             log.info("forgot %d record(s) of departed peers", len(forgotten))
 
+    async def _reconcile_loop(self) -> None:
+        """Drop deployments undeployed while this node was away (see ModelManager)."""
+        while True:
+            await asyncio.sleep(RECONCILE_EVERY)
+            await self.models.reconcile()   # a failure is logged and retried by the supervisor
+            await self.book.expire()
+
     async def _ping_loop(self) -> None:
         while True:
             await asyncio.sleep(PING_EVERY)
@@ -308,10 +328,17 @@ class Daemon:
         if isinstance(req, api.CancelRequest):
             return jobs.cancel(req.job_id).public()
         if isinstance(req, api.DeployRequest):
-            return (await jobs.deploy(req.name, req.w, req.device, req.replicas,
-                                      req.seed)).public()
+            return (await self.models.deploy_array(req.name, req.w, req.device, req.replicas,
+                                                   req.seed)).public()
+        if isinstance(req, api.DeployFileRequest):
+            return (await self.models.deploy_file(req.name, req.path, req.device,
+                                                  req.replicas, req.seed)).public()
         if isinstance(req, api.InferRequest):
-            return await jobs.infer(req.name, req.x, req.read_seed)
+            return await self.models.infer(req.name, req.x, req.read_seed)
+        if isinstance(req, api.UndeployRequest):
+            return await self.models.undeploy(req.name)
+        if isinstance(req, api.DeploymentsRequest):
+            return await self.models.deployments()
         raise api.UserError(f"unsupported request {type(req).TAG}")
 
     def status(self) -> dict:
@@ -326,7 +353,9 @@ class Daemon:
             "cluster": cluster_id_for(self.keys[0] if self.keys else None),
             "socket": str(self.config.socket_path),
             "reachability": self.mesh.advert.reachability,
-            "blocks": self.store.names(), "deployments": self.plans.names(),
+            "blocks": self.store.names(),
+            "deployments": sorted({n for n in self.plans.names() if ":" not in n}
+                                  | {r.name for r in self.book.live()}),
             "members": len(self.mesh.members()),
             "tasks": len(asyncio.all_tasks()),
             "loops": self.supervisor.report(),

@@ -2,8 +2,9 @@
 
 Starts three daemons on loopback (each with a different crossbar device), then:
 a one-shot matmul split across them, a matrix deployed once and served by repeated
-``infer`` requests, and the scikit-learn digits MLP deployed on crossbars per device
-preset, with test accuracy next to float inference. Stops the daemons at the end.
+``infer`` requests, and the scikit-learn digits MLP exported to an ONNX file, deployed from
+it and run inside the mesh per device preset, with test accuracy next to float inference.
+Stops the daemons at the end.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def _demo(root: Path, n: int) -> int:
             _show_peers(c)
             _oneshot(c, names)
             _stream(mesh, names)
-            _digits(c, names)
+            _digits(c, names, root)
             _section("what each node did")
         for nd in mesh.nodes:
             _show_status(nd, names)
@@ -112,29 +113,38 @@ def _stream(mesh: LocalMesh, names: dict[str, str]) -> None:
           f"max relative error vs numpy {worst:.1e}")
 
 
-def _digits(c: Client, names: dict[str, str]) -> None:
+def _digits(c: Client, names: dict[str, str], root: Path) -> None:
     from compute.digits import load_digits_split, train_digits_mlp
     from compute.mlp import float_forward
-    from node.meshmodel import MeshMLP
+    from compute.modelsave import save_onnx
 
-    _section("digits MLP (scikit-learn's bundled data) deployed on crossbars, per preset")
+    _section("digits MLP (scikit-learn's bundled data) exported to ONNX, deployed from the "
+             "file, run inside the mesh, per preset")
     layers = train_digits_mlp(seed=0, hidden=256)
+    path = save_onnx(layers, root / "digits.onnx")
     _, _, x_test, y_test = load_digits_split(0)
-    xt = x_test.T.copy()
-    float_acc = float(np.mean(np.argmax(float_forward(layers, xt), axis=0) == y_test))
-    print(f"  float inference: test accuracy {float_acc:.4f} on {len(y_test)} samples")
-    print(f"  {'preset':13} {'accuracy':>9} {'vs float':>9} {'samples/s':>10}  tiles")
+    float_acc = float(np.mean(np.argmax(float_forward(layers, x_test.T), axis=0) == y_test))
+    print(f"  {path.name}: Gemm(transB=1)+Relu, Gemm+Softmax (as PyTorch exports); float "
+          f"test accuracy {float_acc:.4f} on {len(y_test)} samples")
+    print(f"  {'preset':13} {'accuracy':>9} {'vs float':>9} {'samples/s':>10}  "
+          "blocks (layer: holders)")
     for preset in ("ideal", "rram", "pcm", "conservative"):
-        model = MeshMLP(f"digits-{preset}", layers, preset)
-        jobs = model.deploy(c, seed=3)
+        info = c.deploy(f"digits-{preset}", path, device=preset, seed=3)
         t = time.perf_counter()
-        pred = model.predict(c, xt)
+        y = c.infer(f"digits-{preset}", x_test)          # rows in, rows out, as onnxruntime
         dt = time.perf_counter() - t
-        acc = float(np.mean(pred == y_test))
+        acc = float(np.mean(np.argmax(y, axis=1) == y_test))
         spread = "; ".join(f"L{i}: " + ", ".join(
-            f"b{k}@{'+'.join(names.get(h, h[:8]) for h in v)}" for k, v in j["placement"].items())
-            for i, j in enumerate(jobs))
+            f"b{k}@{'+'.join(names.get(h, h[:8]) for h in v)}" for k, v in lay.items())
+            for i, lay in enumerate(info["layer_placement"]))
         print(f"  {preset:13} {acc:9.4f} {acc - float_acc:+9.4f} {len(y_test) / dt:10.0f}  {spread}")
+    dep = next(d for d in c.deployments() if d["name"] == "digits-ideal")
+    print(f"  one request moved {dep['last_bytes_moved']} bytes between nodes (minimum "
+          f"{dep['last_bytes_minimum']}: each layer's input once to each remote holder used); "
+          "the client sent X once and got Y once")
+    info = c.undeploy("digits-conservative")
+    print(f"  sedma undeploy digits-conservative: freed {info['freed_bytes']} bytes on "
+          f"{len(info['nodes'])} holder(s)")
 
 
 def _show_status(nd, names: dict[str, str]) -> None:

@@ -91,6 +91,70 @@ class StoreState:
     state: dict[str, Any]
 
 
+@message("work.model")
+class ModelNotice:
+    """A model deployment's record (layers, biases, layout), announced after its plans."""
+
+    rid: int
+    record: dict[str, Any]
+
+
+@message("work.get_model")
+class GetModel:
+    """Ask for the record of ``name`` (live or tombstone); the answer is a dict or None."""
+
+    rid: int
+    name: str
+
+
+@message("work.undeploy")
+class Undeploy:
+    """Deployment ``deploy_id`` of ``name`` is removed: forget its plans, drop its blocks.
+
+    Answered with the resident bytes this node freed.
+    """
+
+    rid: int
+    name: str
+    deploy_id: str
+    layers: list[str]
+
+
+@message("work.model_sync")
+class ModelSync:
+    """A node's live deployments as ``[name, deploy_id]`` pairs; the answer lists the pairs
+    the receiver knows to be removed (the asker then drops their blocks)."""
+
+    rid: int
+    entries: list[list[str]]
+
+
+@message("work.stage")
+class RunStage:
+    """Gather layer ``layer`` of model ``name`` on the receiver: compute it on the layer's
+    holders from input ``h`` (columns), apply bias and activation, and forward the result
+    to the next layer's gatherer (or Y to ``origin``). Answered, once everything downstream
+    finished, with ``{"moved": bytes, "minimum": bytes}``."""
+
+    rid: int
+    name: str
+    deploy_id: str
+    layer: int
+    h: np.ndarray
+    read_seed: int
+    origin: str
+    request: str
+
+
+@message("work.stage_result")
+class StageResult:
+    """The model's output Y (columns) for request ``request``, sent to its origin."""
+
+    rid: int
+    request: str
+    y: np.ndarray
+
+
 @message("work.claim")
 class ClaimName:
     """Grant ``name`` to deployment ``deploy`` coordinated by ``owner`` (or refuse)."""

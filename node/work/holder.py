@@ -24,14 +24,16 @@ from compute.partition import PlacementError
 from node.errors import UserError, internal_message
 from node.memory.dualmemory import DualMemory
 from node.metrics import Metrics
+from nat.link import LinkClosed
 from node.work.claims import ClaimRefused
+from node.work.modelbook import ModelBook, ModelRecord, check_matrix_name as check_name
 from node.work.plans import PlanBook, VersionedPlan
-from node.net.session import Session
-from node.memory.store import (BlockStore, Resident, StoreError, as_matrix, check_name,
-                               validate_pair)
+from node.net.session import RemoteError, Session
+from node.memory.store import BlockStore, Resident, StoreError, as_matrix, validate_pair
 from protocol.errors import ProtocolError
-from protocol.work import (ClaimName, DropMatrix, GetPlan, InferBlock, MatmulShare, PlanNotice,
-                           ReleaseName, StoreBlock, StoreState)
+from protocol.work import (ClaimName, DropMatrix, GetModel, GetPlan, InferBlock, MatmulShare,
+                           ModelNotice, ModelSync, PlanNotice, ReleaseName, RunStage,
+                           StageResult, StoreBlock, StoreState, Undeploy)
 
 log = logging.getLogger("sedma.holder")
 
@@ -44,9 +46,12 @@ class BlockHolder:
     """This node's compute and resident blocks, behind one small API."""
 
     def __init__(self, device: DeviceProfile, store: BlockStore, executor: Executor,
-                 metrics: Metrics, plans: PlanBook, memory: DualMemory | None = None,
-                 slowdown: float = 1.0, prefetch: bool = True, node_id: str = "") -> None:
+                 metrics: Metrics, plans: PlanBook, book: ModelBook | None = None,
+                 memory: DualMemory | None = None, slowdown: float = 1.0,
+                 prefetch: bool = True, node_id: str = "") -> None:
         self.device = device
+        self.book = book
+        self.pipeline: Any = None   # node.work.pipeline.Pipeline, set once the daemon made it
         self.store = store
         self.executor = executor
         self.metrics = metrics
@@ -145,6 +150,35 @@ class BlockHolder:
                          ", ".join(n[:8] for n in blk.nodes))
         except Exception:
             log.exception("releasing block %d of %s failed", index, name)
+    async def undeploy_local(self, name: str, deploy_id: str, layers: list[str]) -> int:
+        """Tombstone deployment ``deploy_id`` of ``name``, forget its plans and drop its blocks
+        here (memory and disk); returns the resident bytes freed. Idempotent."""
+        check_name(name)
+        layers = [check_name(l) for l in layers]
+        if self.book is not None:
+            rec = self.book.entry(name)
+            if rec is not None and rec.removed is None and rec.deploy_id != deploy_id:
+                return 0   # stale: a newer deployment holds this name now
+            if rec is not None and rec.deploy_id == deploy_id:
+                layers = sorted(set(layers) | {l.matrix for l in rec.layers})
+            await self.book.tombstone(name, deploy_id)
+        freed = 0
+        for lname in layers:
+            freed += sum(b.nbytes for b in self.store.blocks() if b.name == lname)
+            await self.plans.forget(lname)
+            await self.drop(lname)
+        if freed:
+            log.info("undeployed %s: freed %d bytes", name, freed)
+        return freed
+
+    def _layer_removed(self, matrix: str) -> bool:
+        """A plan for a layer of a removed model arriving late must not bring it back."""
+        if self.book is None:
+            return False
+        base = matrix.partition(":")[0]
+        rec = self.book.entry(base)
+        return (rec is not None and rec.removed is not None
+                and any(l.matrix == matrix for l in rec.layers))
 
     async def store_state(self, name, index, row_start, device, seed, state) -> int:
         """Keep a block programmed elsewhere (a replica being restored)."""
@@ -254,9 +288,14 @@ class BlockHolder:
             return
         self.serving += 1
         try:
-            value = await self._serve(msg)
+            if isinstance(msg, RunStage) and self.pipeline is not None:
+                value = await self.pipeline.serve(session.peer_id, msg)
+            else:
+                value = await self._serve(msg)
         except (UserError, PlacementError, ProtocolError) as exc:   # the asker's mistake
             await session.reply(msg.rid, error=str(exc))
+        except (LinkClosed, TimeoutError, RemoteError) as exc:   # a stage's downstream failed
+            await session.reply(msg.rid, error=f"downstream: {exc or type(exc).__name__}")
         except Exception as exc:   # a bug here, KeyError/ValueError included: say so
             log.exception("serving %s failed", type(msg).__name__)
             await session.reply(msg.rid, error=internal_message(exc))
@@ -290,7 +329,9 @@ class BlockHolder:
                                           msg.seed, msg.state)
         if isinstance(msg, PlanNotice):
             plan = _plan_from_peer(msg.plan)
-            await self.plans.put(check_name(msg.name), plan)
+            if self._layer_removed(check_name(msg.name)):
+                return False
+            await self.plans.put(msg.name, plan)
             self.release_unlisted(msg.name)
             return True
         if isinstance(msg, GetPlan):
@@ -299,7 +340,9 @@ class BlockHolder:
         if isinstance(msg, ClaimName):
             try:
                 self.plans.claims.grant(check_name(msg.name), msg.deploy, msg.owner,
-                                        msg.name in self.plans)
+                                        msg.name in self.plans or (
+                                            self.book is not None
+                                            and self.book.get(msg.name) is not None))
             except ClaimRefused as exc:
                 raise StoreError(str(exc)) from None
             return True
@@ -309,6 +352,29 @@ class BlockHolder:
         if isinstance(msg, DropMatrix):
             await self.plans.forget(check_name(msg.name))
             return await self.drop(msg.name)
+        if self.book is not None:
+            return await self._serve_models(msg)
+        raise StoreError(f"unexpected message {type(msg).TAG}")
+
+    async def _serve_models(self, msg: Any) -> Any:
+        """Deployment records: notices, lookups, undeploys and tombstone syncs."""
+        book = self.book
+        if isinstance(msg, ModelNotice):
+            try:
+                rec = ModelRecord.from_dict(msg.record)
+            except ValueError as exc:
+                raise ProtocolError(f"bad model record: {exc}") from None
+            return await book.put(rec)
+        if isinstance(msg, GetModel):
+            rec = book.entry(check_name(msg.name))
+            return rec.to_dict() if rec is not None and rec.removed is None else None
+        if isinstance(msg, Undeploy):
+            return await self.undeploy_local(msg.name, msg.deploy_id, msg.layers)
+        if isinstance(msg, StageResult) and self.pipeline is not None:
+            return self.pipeline.deliver(msg)
+        if isinstance(msg, ModelSync):
+            return [[str(n), str(d)] for n, d in (e[:2] for e in msg.entries if len(e) >= 2)
+                    if book.is_removed(str(n), str(d))]
         raise StoreError(f"unexpected message {type(msg).TAG}")
 
 
