@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--socket", metavar="PATH", help="local API socket (default DATA_DIR/sedma.sock)")
     d.add_argument("--name", help="human-readable node name (default: host name)")
     d.add_argument("--memory-limit", metavar="SIZE", help="budget for resident weights, e.g. 2GiB (default 2GiB)")
-    d.add_argument("--disk-limit", metavar="SIZE", help="budget for programmed state on disk (tier 1, mapped when read), every block counted; at least --memory-limit (default 8GiB)")
+    d.add_argument("--disk-limit", metavar="SIZE", help="budget for programmed state on disk (tier 1, mapped when read), every block counted; at least --memory-limit (default: equal to it, i.e. no tier 1)")
     d.add_argument("--compute-slowdown", type=float, metavar="F", help="TESTING AID: every compute on this node holds its thread F times as long (sleeping), so the node serves F times fewer requests (default 1 = off)")
     d.add_argument("--no-prefetch", dest="prefetch", action="store_const", const=False, help="do not prefetch predicted blocks into memory (to measure what prefetch buys)")
     d.add_argument("--device", metavar="PRESET", help="this node's crossbar device preset (see `sedma devices`; default ideal)")

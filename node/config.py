@@ -81,7 +81,7 @@ class NodeConfig:
     memory_limit: int = 2 << 30
     #: Tier 1: programmed state kept on disk beyond the RAM budget (every block counts,
     #: the RAM copies too); never below ``memory_limit``.
-    disk_limit: int = 8 << 30
+    disk_limit: int | None = None      # None: equal to memory_limit (no tier 1)
     device: str = "ideal"
     stun: list[str] = field(default_factory=list)
     turn: list[str] = field(default_factory=list)
@@ -134,6 +134,8 @@ class NodeConfig:
             parse_address(b)
         if self.memory_limit <= 0:
             raise ConfigError(f"memory_limit must be positive, got {self.memory_limit}")
+        if self.disk_limit is None:
+            self.disk_limit = self.memory_limit
         if self.disk_limit < self.memory_limit:
             raise ConfigError(f"disk_limit ({self.disk_limit}) must be at least memory_limit "
                               f"({self.memory_limit}): every block in RAM is also on disk")
@@ -217,8 +219,6 @@ def build_config(file: str | None, overrides: dict[str, Any]) -> NodeConfig:
     for key in ("memory_limit", "disk_limit"):
         if key in values:
             values[key] = parse_size(values[key])
-    if "memory_limit" in values and "disk_limit" not in values:
-        values["disk_limit"] = max(NodeConfig.disk_limit, values["memory_limit"])
     if "job_retention" in values:
         values["job_retention"] = parse_duration(values["job_retention"])
     for key in ("bootstrap", "stun", "turn", "advertise", "cluster_key"):
