@@ -34,3 +34,15 @@ screenshots: setup system-deps
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Fuzzing at depth: every decoder gets >= 10,000 hypothesis examples (CI runs 300); no
+# per-test timeout, since 10,000 examples against a real daemon take minutes.
+.PHONY: fuzz soak
+fuzz: setup
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -p no:cacheprovider --timeout=0 tests/test_fuzz_*.py
+
+# Soak (not in CI): 3 daemons, requests with deploy churn, RSS/fd/task samples, for
+# SOAK_DURATION seconds (default 30 minutes).
+SOAK_DURATION ?= 1800
+soak: setup
+	$(BIN)/python bench/soak.py --duration $(SOAK_DURATION)

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -197,16 +198,40 @@ def _client_command(args: argparse.Namespace) -> int:
 
 
 def load_npy(path: str) -> np.ndarray:
-    """Read a numeric .npy file (no pickles), or raise UsageError saying what is wrong."""
+    """Read a numeric .npy file (no pickles), or raise UsageError saying what is wrong.
+
+    The header is checked against the file's size before numpy allocates what it declares,
+    so a 40-byte file claiming terabytes is one line of error, not a MemoryError.
+    """
     try:
-        arr = np.load(path, allow_pickle=False)
+        with open(path, "rb") as f:
+            shape, dtype = _npy_header(f)
+            declared = dtype.itemsize * math.prod(shape)
+            available = os.fstat(f.fileno()).st_size - f.tell()
+            if declared > available:
+                raise UsageError(f"{path}: the header declares {declared} bytes of data, "
+                                 f"the file holds {available} (truncated or forged)")
+            if dtype.kind not in "fiu":
+                raise UsageError(f"{path}: expected a numeric array, got dtype {dtype}")
+            f.seek(0)
+            return np.lib.format.read_array(f, allow_pickle=False)
     except FileNotFoundError:
         raise UsageError(f"{path}: no such file") from None
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{path}: not a readable .npy array ({exc})") from None
-    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu":
-        raise UsageError(f"{path}: expected a numeric array")
-    return arr
+    except UsageError:
+        raise
+    except Exception as exc:  # numpy's header parser raises many types; all mean "bad file"
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise UsageError(f"{path}: not a readable .npy array ({type(exc).__name__}: "
+                         f"{first})") from None
+
+
+def _npy_header(f) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from a .npy header (format versions 1.0 to 3.0)."""
+    fmt = np.lib.format
+    version = fmt.read_magic(f)
+    read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+    shape, _fortran, dtype = read(f)
+    return shape, dtype
 
 
 def save_npy(path: str, arr: np.ndarray) -> None:

@@ -9,10 +9,12 @@ string is one file.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket as sockets
 import tomllib
+import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,10 @@ def parse_size(text: str | int) -> int:
     m = _SIZE.match(str(text))
     if not m:
         raise ConfigError(f"not a size: {text!r} (examples: 512MiB, 4GiB, 1000000)")
-    return int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
+    size = float(m.group(1)) * _UNITS[(m.group(2) or "").lower()]
+    if not math.isfinite(size):
+        raise ConfigError(f"size {text!r} is too large")
+    return int(size)
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
@@ -64,7 +69,7 @@ def parse_address(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int
     if not sep or "]" in port:
         host, port = text, str(default_port)
     host = host.strip("[]")
-    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+    if not host or not (port.isascii() and port.isdigit()) or not 0 <= int(port) < 65536:
         raise ConfigError(f"not a HOST:PORT address: {text!r}")
     return host, int(port)
 
@@ -144,8 +149,11 @@ class NodeConfig:
                               f"{self.compute_slowdown}")
         if not self.name or len(self.name) > 64:
             raise ConfigError("name must be 1 to 64 characters")
-        if self.capacity is not None and self.capacity <= 0:
+        if self.capacity is not None and not 0 < self.capacity < math.inf:
             raise ConfigError(f"capacity must be positive, got {self.capacity}")
+        if not 0 <= self.shutdown_grace < math.inf:
+            raise ConfigError(f"shutdown_grace must be a finite number of seconds >= 0, "
+                              f"got {self.shutdown_grace}")
         try:
             parse_servers(self.stun, self.turn)
         except ValueError as exc:
@@ -156,9 +164,9 @@ class NodeConfig:
         if not 1.0 <= self.rebalance_dwell_s <= 86400:
             raise ConfigError(f"rebalance_dwell_s must be within 1..86400 s, got "
                               f"{self.rebalance_dwell_s}")
-        if self.memory_save_every <= 0:
+        if not 0 < self.memory_save_every < math.inf:   # NaN too: the save loop sleeps on it
             raise ConfigError("memory_save_every must be positive")
-        if self.job_retention <= 0 or self.job_retention_count < 1:
+        if not 0 < self.job_retention < math.inf or self.job_retention_count < 1:
             raise ConfigError("job_retention must be positive and job_retention_count >= 1")
         if self.workers < 1:
             raise ConfigError("workers must be at least 1")
@@ -228,7 +236,37 @@ def build_config(file: str | None, overrides: dict[str, Any]) -> NodeConfig:
         cfg = NodeConfig(**values)
     except TypeError as exc:
         raise ConfigError(str(exc)) from None
+    _check_types(cfg)
     return cfg.validate()
+
+
+def _check_types(cfg: NodeConfig) -> None:
+    """A TOML file can hold any type: each value must have its field's, or a ConfigError
+    names the key (a number where a string belongs failed deep inside start-up)."""
+    for name, hint in typing.get_type_hints(NodeConfig).items():
+        value = getattr(cfg, name)
+        options = (hint,) if typing.get_origin(hint) is list else typing.get_args(hint) or (hint,)
+        if not any(_has_type(value, t) for t in options):
+            raise ConfigError(f"{name} must be {_type_name(hint)}, got {value!r}")
+        if isinstance(value, int) and not isinstance(value, bool) and float in options:
+            setattr(cfg, name, float(value))
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    if hint is type(None):
+        return value is None
+    if typing.get_origin(hint) is list:
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, hint) and not (hint is int and isinstance(value, bool))
+
+
+def _type_name(hint: Any) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", type(None): "absent"}
+    if typing.get_origin(hint) is list:
+        return "a list of strings"
+    return " or ".join(names.get(t, str(t)) for t in (typing.get_args(hint) or (hint,)))
 
 
 def with_overrides(cfg: NodeConfig, **changes: Any) -> NodeConfig:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import signal
 import time
@@ -45,7 +46,8 @@ from protocol.handshake import cluster_id_for
 log = logging.getLogger("sedma.daemon")
 
 ADVERT_EVERY = 1.0       # how often local load/memory is offered to the membership
-PING_EVERY = 2.0          # RTT samples on each session
+PING_EVERY = 2.0          # RTT samples, a few sessions per round
+PING_PER_ROUND = 1        # sessions pinged per round, in turn: idle cost flat in mesh size
 RECONCILE_EVERY = 5.0     # ask peers whether a deployment held here was undeployed
 HOUSEKEEPING_EVERY = 60.0  # job retention, forgetting departed peers
 FORGET_LINKS_AFTER = 3600.0  # a departed peer's link outcome is dropped after this long
@@ -136,6 +138,7 @@ class Daemon:
                            ("loop_lag", self.lag.run)):
             self.supervisor.start(name, loop)
         self.stall_reporter.start()
+        await self.executor.run(trim_heap)
         log.info("node %s (%s) up: peers on %s, local socket %s, device %s, %.1f GFLOP/s, "
                  "%d resident block(s), budget %d bytes, event loop %s", self.node_id[:8],
                  cfg.name, self.addresses(), cfg.socket_path, self.device.name, self.capacity,
@@ -226,6 +229,7 @@ class Daemon:
             await asyncio.sleep(self.config.memory_save_every)
             self.memory.consolidate()
             await self.db.run(self.memory.save)
+            await self.executor.run(trim_heap)
 
     def _on_member_event(self, event: Any) -> None:
         if event.kind in ("dead", "left"):
@@ -274,9 +278,14 @@ class Daemon:
             await self.book.expire()
 
     async def _ping_loop(self) -> None:
+        cursor = ""
         while True:
             await asyncio.sleep(PING_EVERY)
-            for session in list(self.mesh.sessions.values()):
+            chosen, cursor = ping_round(sorted(self.mesh.sessions), cursor, PING_PER_ROUND)
+            for peer in chosen:
+                session = self.mesh.sessions.get(peer)
+                if session is None:
+                    continue
                 try:
                     self.metrics.rtt(await session.ping(timeout=PING_EVERY))
                 except (TimeoutError, ConnectionError):
@@ -322,6 +331,8 @@ class Daemon:
         if isinstance(req, api.JobRequest):
             return jobs.get(req.job_id).public()
         if isinstance(req, api.WaitRequest):
+            if math.isnan(req.timeout):   # min/max pass NaN through to the wait: refuse it here
+                raise api.UserError("timeout must be a number of seconds, got NaN")
             return (await jobs.wait(req.job_id, min(max(req.timeout, 0.0), 60.0))).public()
         if isinstance(req, api.ResultRequest):
             return await jobs.result(req.job_id)
@@ -452,6 +463,17 @@ class Daemon:
         return out
 
 
+def ping_round(peers: list[str], after: str, count: int) -> tuple[list[str], str]:
+    """The next ``count`` of the sorted ``peers`` after ``after`` (wrapping), and the new
+    cursor. Pinging every session each round cost O(mesh size) per daemon: with 100 idle
+    daemons on a machine that alone was most of their CPU."""
+    if not peers:
+        return [], after
+    start = next((i for i, p in enumerate(peers) if p > after), 0)
+    chosen = [peers[(start + i) % len(peers)] for i in range(min(count, len(peers)))]
+    return chosen, chosen[-1]
+
+
 def _interface_ips() -> list[str]:
     """Non-loopback IPv4 addresses of this host's interfaces (ifaddr, which aioice uses).
 
@@ -468,8 +490,44 @@ def _interface_ips() -> list[str]:
     return found or ["127.0.0.1"]
 
 
+#: glibc's mallopt parameter for the number of malloc arenas.
+_M_ARENA_MAX = -8
+#: Arenas for the whole daemon: glibc makes up to 8 x cores, one per thread that allocates,
+#: and each keeps freed memory of its own (compute threads, the database thread, the loop).
+ARENA_MAX = 2
+
+
+def _libc():
+    """glibc through ctypes, or None elsewhere (musl, macOS): allocator tuning is optional."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt, libc.malloc_trim  # noqa: B018 — both must exist
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def limit_arenas() -> None:
+    """Cap glibc's malloc arenas before any thread starts (same as MALLOC_ARENA_MAX=2)."""
+    libc = _libc()
+    if libc is not None and "MALLOC_ARENA_MAX" not in os.environ:
+        libc.mallopt(_M_ARENA_MAX, ARENA_MAX)
+
+
+def trim_heap() -> None:
+    """Give freed heap pages back to the system (glibc keeps them otherwise): after start
+    (capacity measurement, block loading) and after each consolidation."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
 def run(config: NodeConfig) -> int:
     """Run a daemon until SIGINT/SIGTERM; return the exit status."""
+    limit_arenas()
     daemon = Daemon(config)
     try:
         import uvloop

@@ -19,6 +19,7 @@ its memory, capacity, load or addresses.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -151,6 +152,9 @@ def _check_field(name: str, value: Any) -> None:
     if name in ("memory_total", "memory_free", "memory_budget", "cores", "queue_depth",
                 "running", "version", "disk_free", "disk_budget") and value < 0:
         raise ValueError(f"advertisement.{name}: must not be negative")
+    if name in ("capacity", "load") and not 0 <= value < math.inf:
+        # placement divides by these: one peer's inf or NaN would fail every plan
+        raise ValueError(f"advertisement.{name}: must be a finite number >= 0, got {value!r}")
 
 
 #: Signs (incarnation, advert) of this node; checks someone's (node_id, incarnation,

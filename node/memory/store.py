@@ -517,6 +517,8 @@ def as_matrix(value: object, what: str, ndim: int = 2) -> np.ndarray:
         raise StoreError(f"{what} must be a {ndim}-D array")
     if value.dtype.kind not in "fiu":
         raise StoreError(f"{what} has dtype {value.dtype}; expected numbers")
+    if 0 in value.shape:   # accepted, it failed later inside planning as an internal error
+        raise StoreError(f"{what} is empty (shape {value.shape})")
     arr = value.astype(np.float32, copy=False)
     rows = max(1, _FINITE_CHUNK_BYTES // max(1, arr[:1].nbytes))
     for start in range(0, max(1, arr.shape[0]), rows):
