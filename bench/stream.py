@@ -1,10 +1,16 @@
-"""Yardsticks `stream` and `oneshot` (docs/yardsticks.md) on a 3-node loopback mesh vs in-process numpy.
+"""Yardsticks `stream` and `oneshot` (docs/yardsticks.md) on a loopback mesh vs in-process numpy.
 
 stream:  W (N x N float32) deployed once, then requests X (N x B), B in {1, 64}: requests/s,
-         p50/p99 latency, deploy time. The mesh moves only X and Y; W stays put.
-oneshot: `submit matmul` with both operands shipped, N=2048.
+         p50/p99 latency, deploy time. The mesh moves only X and Y; W stays put. Each sedma
+         row is measured twice: operands and results through shared memory (the default for
+         a local client, node/shm.py) and through the socket (SEDMA_NO_SHM, what a remote or
+         untrusted client gets).
+oneshot: `submit matmul` with both operands shipped, N=2048, both transports.
+memory:  memory efficiency = bytes of W, X and Y / RSS of every daemon (after the stream
+         runs), next to numpy's (a fresh process holding W, X, Y after W @ X).
+deploy:  MB/s of `deploy`, next to writing the same bytes to the data dir's disk with fsync.
 
-Run by hand:  python bench/stream.py [--n 4096] [--requests 40] [--runs 3]
+Run by hand:  python bench/stream.py [--n 4096] [--requests 40] [--runs 3] [--nodes 2 --replicas 1]
 Prints a markdown table and writes it to bench/out/stream.md. Medians over --runs runs of
 --requests requests each; every system is measured in this one run of the script.
 """
@@ -13,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,13 +50,14 @@ def numpy_stream(w: np.ndarray, xs: list[np.ndarray]) -> list[float]:
     return lat
 
 
-async def mesh_stream(socket: Path, name: str, xs: list[np.ndarray], concurrency: int) -> tuple[float, list[float]]:
+async def mesh_stream(socket: Path, name: str, xs: list[np.ndarray], concurrency: int,
+                      use_shm: bool) -> tuple[float, list[float]]:
     """Closed loop with ``concurrency`` clients; returns (wall seconds, latencies)."""
     queue = list(xs)
     lat: list[float] = []
 
     async def worker() -> None:
-        async with AsyncClient(socket) as c:
+        async with AsyncClient(socket, use_shm=use_shm) as c:
             while queue:
                 x = queue.pop()
                 t = time.perf_counter()
@@ -72,6 +81,45 @@ def median_row(rows: list[dict]) -> dict:
     return out
 
 
+NUMPY_MEMORY = """
+import sys, numpy as np
+n, b = int(sys.argv[1]), int(sys.argv[2])
+rng = np.random.default_rng(0)
+w = rng.standard_normal((n, n), dtype=np.float32)
+x = rng.standard_normal((n, b), dtype=np.float32)
+y = w @ x
+rss = int(open("/proc/self/statm").read().split()[1]) * 4096
+print((w.nbytes + x.nbytes + y.nbytes) / rss)
+"""
+
+
+def numpy_efficiency(n: int, b: int) -> float:
+    """Memory efficiency of in-process numpy: a fresh process holding W, X and Y."""
+    out = subprocess.run([sys.executable, "-c", NUMPY_MEMORY, str(n), str(b)],
+                         capture_output=True, text=True, check=True, timeout=300)
+    return float(out.stdout)
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def fsync_write_seconds(path: Path, data: np.ndarray) -> float:
+    """Write ``data`` to a file under ``path`` with fsync, as a deploy persists a block."""
+    t = time.perf_counter()
+    with open(path, "wb") as f:
+        f.write(memoryview(data).cast("B"))
+        f.flush()
+        os.fsync(f.fileno())
+    elapsed = time.perf_counter() - t
+    path.unlink()
+    return elapsed
+
+
+TRANSPORTS = (("shm", True), ("socket", False))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=4096)
@@ -79,58 +127,101 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=40)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--nodes", type=int, default=3)
+    ap.add_argument("--replicas", type=int, default=None, help="deploy replicas (default: the daemon's)")
+    ap.add_argument("--deploy-rounds", type=int, default=2,
+                    help="further deploys of W per transport (alternating), after the stream")
+    ap.add_argument("--b", default="1,64", help="batch sizes of the stream, comma separated")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     n = args.n
     w = rng.standard_normal((n, n), dtype=np.float32)
     results: list[dict] = []
+    notes: list[str] = [f"load before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}"]
+    cfg = f"{args.nodes} nodes" + (f", replicas {args.replicas}" if args.replicas else "")
     with tempfile.TemporaryDirectory(prefix="sedma-bench-") as tmp, LocalMesh(Path(tmp)) as mesh:
         mesh.start(args.nodes)
         mesh.wait_converged(alive=args.nodes - 1)
         sock = mesh.nodes[0].socket
         with Client(sock) as c:
             t = time.perf_counter()
-            c.deploy("w", w)
+            info = c.deploy("w", w, replicas=args.replicas)
             deploy_s = time.perf_counter() - t
-        for b in (1, 64):
+        copies = sum(len(h) for h in info["placement"].values()) / max(1, len(info["placement"]))
+        fsync_s = fsync_write_seconds(Path(tmp) / "fsync-probe.bin", w)
+        notes.append(f"first deploy of W, shm ({w.nbytes / 2**20:.0f} MiB, {copies:.0f} cop{'y' if copies == 1 else 'ies'} "
+                     f"per block): {deploy_s:.2f} s = {w.nbytes / deploy_s / 1e6:.0f} MB/s of W; "
+                     f"writing the same bytes once with fsync to the same disk: {fsync_s:.2f} s = "
+                     f"{w.nbytes / fsync_s / 1e6:.0f} MB/s")
+        for b in (int(v) for v in args.b.split(",") if v):
             xs = [rng.standard_normal((n, b), dtype=np.float32) for _ in range(args.requests)]
-            np_rows, mesh_rows, mesh2_rows = [], [], []
+            np_rows: list[dict] = []
+            mesh_rows: dict[tuple[str, int], list[dict]] = {}
             for _ in range(args.runs):
                 lat = numpy_stream(w, xs)
                 np_rows.append(row("numpy (in-process)", f"stream B={b}", sum(lat), lat))
-                wall, lat = asyncio.run(mesh_stream(sock, "w", xs, 1))
-                mesh_rows.append(row(f"sedma {args.nodes} nodes, 1 client", f"stream B={b}", wall, lat,
-                                     f"deploy {deploy_s:.2f}s"))
-                wall, lat = asyncio.run(mesh_stream(sock, "w", xs, 4))
-                mesh2_rows.append(row(f"sedma {args.nodes} nodes, 4 clients", f"stream B={b}", wall, lat,
-                                      f"deploy {deploy_s:.2f}s"))
+                for label, use_shm in TRANSPORTS:
+                    for conc in (1, 4):
+                        wall, lat = asyncio.run(mesh_stream(sock, "w", xs, conc, use_shm))
+                        mesh_rows.setdefault((label, conc), []).append(
+                            row(f"sedma {cfg}, {conc} client{'s' if conc > 1 else ''}, {label}",
+                                f"stream B={b}", wall, lat, f"deploy {deploy_s:.2f}s"))
             base = median_row(np_rows)
             results.append(base)
-            for rows in (mesh_rows, mesh2_rows):
+            for rows in mesh_rows.values():
                 r = median_row(rows)
                 r["ratio"] = r["req_s"] / base["req_s"]
                 results.append(r)
+        useful = w.nbytes + n * 64 * 4 * 2
+        daemons = sum(rss_bytes(node.proc.pid) for node in mesh.nodes)
+        notes.append(f"memory efficiency (W + X + Y of B=64) / RSS: sedma {useful / daemons:.2f} "
+                     f"({daemons / 2**20:.0f} MiB RSS in {args.nodes} daemons); numpy in-process "
+                     f"{numpy_efficiency(n, 64):.2f}")
+        deploy_times: dict[str, list[float]] = {label: [] for label, _ in TRANSPORTS}
+        for i in range(args.deploy_rounds):     # more deploys of W, transports alternating
+            order = TRANSPORTS if i % 2 == 0 else TRANSPORTS[::-1]
+            for label, use_shm in order:
+                with Client(sock, use_shm=use_shm) as c:
+                    t = time.perf_counter()
+                    c.deploy(f"w-{label}-{i}", w, replicas=args.replicas)
+                    deploy_times[label].append(time.perf_counter() - t)
+        for label, times in deploy_times.items():
+            if times:
+                med = statistics.median(times)
+                notes.append(f"deploy through {label}, median of {len(times)}: {med:.2f} s = "
+                             f"{w.nbytes / med / 1e6:.0f} MB/s (each: "
+                             f"{', '.join(f'{t:.2f}' for t in times)} s)")
         m = args.oneshot_n
+        if not m:
+            results_done(results, notes, n)
+            return
         a = rng.standard_normal((m, m), dtype=np.float32)
         bmat = rng.standard_normal((m, m), dtype=np.float32)
-        np_lat, mesh_lat = [], []
-        with Client(sock) as c:
-            for _ in range(args.runs):
-                t = time.perf_counter()
-                a @ bmat
-                np_lat.append(time.perf_counter() - t)
-                t = time.perf_counter()
-                c.matmul(a, bmat)
-                mesh_lat.append(time.perf_counter() - t)
+        np_lat: list[float] = []
+        mesh_lat: dict[str, list[float]] = {label: [] for label, _ in TRANSPORTS}
+        for _ in range(args.runs):
+            t = time.perf_counter()
+            a @ bmat
+            np_lat.append(time.perf_counter() - t)
+            for label, use_shm in TRANSPORTS:
+                with Client(sock, use_shm=use_shm) as c:
+                    t = time.perf_counter()
+                    c.matmul(a, bmat)
+                    mesh_lat[label].append(time.perf_counter() - t)
         base = row("numpy (in-process)", f"oneshot N={m}", sum(np_lat), np_lat)
         results.append(base)
-        r = row(f"sedma {args.nodes} nodes", f"oneshot N={m}", sum(mesh_lat), mesh_lat)
-        r["ratio"] = r["req_s"] / base["req_s"]
-        results.append(r)
-    table = render(results, n)
+        for label, lat in mesh_lat.items():
+            r = row(f"sedma {cfg}, {label}", f"oneshot N={m}", sum(lat), lat)
+            r["ratio"] = r["req_s"] / base["req_s"]
+            results.append(r)
+    results_done(results, notes, n)
+
+
+def results_done(results: list[dict], notes: list[str], n: int) -> None:
+    notes.append(f"load after: {' '.join(f'{v:.2f}' for v in os.getloadavg())} (2 cores)")
+    table = render(results, n) + "\n\n" + "\n".join(f"- {x}" for x in notes)
     print(table)
     OUT.mkdir(exist_ok=True)
-    (OUT / "stream.md").write_text(table + "\n")
+    (OUT / f"stream_n{n}.md").write_text(table + "\n")
 
 
 def render(results: list[dict], n: int) -> str:

@@ -19,14 +19,22 @@ from typing import Any, Awaitable, Callable
 
 import numpy as np
 
+from node import shm
 from node.errors import UserError, internal_message  # UserError is re-exported
+from protocol import codec
 from protocol.errors import ProtocolError
-from protocol.messages import decode_message, encode_message, message
+from protocol.messages import decode_message, encode_message, from_wire, message
 
 log = logging.getLogger("sedma.api")
 
 #: Largest request or response frame: a job's operands travel in one frame.
 API_MAX_FRAME = (1 << 31) - 1
+#: Set in a frame's length word when the frame is a message header followed by a
+#: :class:`node.shm.Handle`, its array bytes being in shared memory (:mod:`node.shm`).
+SHM_FRAME = 1 << 31
+#: Largest shared-memory frame on the socket: the handle, the msgpack header and, for a
+#: small message, its data area inline.
+SHM_MAX_FRAME = codec.MAX_HEADER + 2 * codec.ALIGN + shm.Handle.SIZE + shm.MIN_BYTES
 _LEN = struct.Struct(">I")
 
 
@@ -39,6 +47,11 @@ class Response:
 
 @message("api.status")
 class StatusRequest:
+    mesh: bool = False       # also every member's metrics (from their adverts)
+
+
+@message("api.memory")
+class MemoryRequest:
     pass
 
 
@@ -160,21 +173,26 @@ async def serve(path: Path, dispatch: Dispatch) -> asyncio.AbstractServer:
 
 async def _connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                       dispatch: Dispatch) -> None:
+    channel = shm.Channel(writer.get_extra_info("socket"), send=False, follow=True,
+                          writable=False)
     try:
         while True:
             try:
-                payload = await read_frame(reader)
+                request = await read_message(reader, channel)
             except asyncio.IncompleteReadError:
                 return
-            try:
-                request = decode_message(payload)
-            except ProtocolError as exc:
-                log.warning("bad local request: %s", exc)
-                await write_frame(writer, Response(False, error=f"bad request: {exc}"))
-                return
-            await write_frame(writer, await _answer(request, dispatch))
+            finally:
+                channel.release()   # the client has read our last answer, or is gone
+            response = await _answer(request, dispatch)
+            # Drop the operands (maybe a mapping of the client's memory) before writing: a
+            # write to a vanished client raises, and the exception's traceback cycle would
+            # keep this frame's locals alive until the next garbage collection.
+            request = None
+            await write_message(writer, response, channel)
+            response = None
+            reap_mappings()
     except ProtocolError as exc:
-        log.warning("closing local client: %s", exc)
+        log.warning("bad local request: %s", exc)
         try:
             await write_frame(writer, Response(False, error=f"bad request: {exc}"))
         except (OSError, ProtocolError):
@@ -182,7 +200,30 @@ async def _connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     except (ConnectionError, OSError):
         pass
     finally:
+        channel.release()
         writer.close()
+        reap_mappings()
+
+
+_reaping: set[asyncio.Task] = set()
+REAP_EVERY = 1.0
+
+
+def reap_mappings() -> None:
+    """Unmap big received mappings nothing uses any more, off the event loop; while some
+    are still in use (a running job's operands), retry every ``REAP_EVERY`` seconds. No
+    task exists when nothing is mapped, so an idle daemon pays nothing."""
+    if _reaping or not shm.REAPER.pending():
+        return
+    task = asyncio.get_running_loop().create_task(_reap_until_done())
+    _reaping.add(task)
+    task.add_done_callback(_reaping.discard)
+
+
+async def _reap_until_done() -> None:
+    loop = asyncio.get_running_loop()
+    while await loop.run_in_executor(None, shm.REAPER.reap):
+        await asyncio.sleep(REAP_EVERY)
 
 
 async def _answer(request: Any, dispatch: Dispatch) -> Response:
@@ -209,6 +250,10 @@ async def read_frame(reader: asyncio.StreamReader, max_frame: int = API_MAX_FRAM
     (size,) = _LEN.unpack(await reader.readexactly(_LEN.size))
     if size > max_frame:
         raise ProtocolError(f"frame of {size} bytes exceeds the {max_frame}-byte limit")
+    return await _read_body(reader, size)
+
+
+async def _read_body(reader: asyncio.StreamReader, size: int) -> np.ndarray:
     buf = np.empty(size, dtype=np.uint8)
     filled = 0
     while filled < size:
@@ -227,10 +272,74 @@ async def write_frame(writer: asyncio.StreamWriter, msg: Any) -> None:
     size = sum(len(p) for p in parts)
     if size > API_MAX_FRAME:
         raise ProtocolError(f"response of {size} bytes exceeds the frame limit")
-    writer.write(_LEN.pack(size))
+    await _write_parts(writer, [_LEN.pack(size), *parts])
+
+
+async def _write_parts(writer: asyncio.StreamWriter, parts: list) -> None:
+    if sum(len(p) for p in parts) <= IO_CHUNK:    # small: one write, one drain
+        writer.writelines(parts)
+        await writer.drain()
+        return
     for part in parts:
         view = memoryview(part).cast("B")
         for start in range(0, len(view), IO_CHUNK):
             writer.write(view[start:start + IO_CHUNK])
             await writer.drain()
     await writer.drain()
+
+
+async def read_message(reader: asyncio.StreamReader, channel: shm.Channel | None = None,
+                       max_frame: int = API_MAX_FRAME) -> Any:
+    """Read and decode one message, its arrays from shared memory when the frame says so.
+
+    A shared-memory frame is refused (:class:`ProtocolError`) without a ``channel``; a bad
+    handle is a :class:`node.shm.ShmError` naming the problem.
+    """
+    (size,) = _LEN.unpack(await reader.readexactly(_LEN.size))
+    if not size & SHM_FRAME:
+        if size > max_frame:
+            raise ProtocolError(f"frame of {size} bytes exceeds the {max_frame}-byte limit")
+        if channel is not None:
+            channel.note(False)
+        return decode_message(await _read_body(reader, size))
+    size &= ~SHM_FRAME
+    if channel is None:
+        raise ProtocolError("shared-memory frames are not accepted here")
+    if size > SHM_MAX_FRAME:
+        raise ProtocolError(f"shared-memory frame of {size} bytes exceeds the "
+                            f"{SHM_MAX_FRAME}-byte limit")
+    frame = memoryview(await reader.readexactly(size))
+    handle = shm.Handle.unpack(frame)
+    rest = frame[shm.Handle.SIZE:]
+    if handle.fd == shm.INLINE:
+        if handle.size > len(rest):
+            raise ProtocolError("inline data area is larger than its frame")
+        head, data = rest[:len(rest) - handle.size], rest[len(rest) - handle.size:]
+    else:
+        head, data = rest, channel.receive(handle)
+    channel.note(True)
+    return from_wire(codec.decode_split(head, data))
+
+
+async def write_message(writer: asyncio.StreamWriter, msg: Any,
+                        channel: shm.Channel | None = None) -> None:
+    """Write one message; its array bytes go through shared memory when ``channel``
+    sends that way and they are worth it, else on the socket (:func:`write_frame`)."""
+    parts = encode_message(msg)
+    if channel is None or not channel.send:
+        size = sum(len(p) for p in parts)
+        if size > API_MAX_FRAME:
+            raise ProtocolError(f"message of {size} bytes exceeds the frame limit")
+        await _write_parts(writer, [_LEN.pack(size), *parts])
+        return
+    data = parts[1:]
+    if sum(len(p) for p in data) >= shm.REAP_BYTES:   # a big copy: not on the event loop
+        handle = await asyncio.get_running_loop().run_in_executor(None, channel.export, data)
+    else:
+        handle = channel.export(data)
+    tail = []
+    if handle is None:      # small: the bytes ride inline, the frame still asks for shm
+        tail = parts[1:]
+        handle = shm.Handle(shm.INLINE, sum(len(p) for p in tail))
+    body = [handle.pack(), parts[0], *tail]
+    await _write_parts(writer, [_LEN.pack(SHM_FRAME | sum(len(p) for p in body)), *body])

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from node import api
+from node import api, shm
 from node.config import DEFAULT_DATA_DIR, SOCKET_NAME
 from protocol.errors import ProtocolError
 from protocol.messages import decode_message, encode_message
@@ -51,18 +51,34 @@ def default_socket() -> Path:
     return Path(DEFAULT_DATA_DIR).expanduser() / SOCKET_NAME
 
 
-class AsyncClient:
-    """One connection to the daemon; requests are answered in order."""
+def shm_default() -> bool:
+    """Shared memory for operands and results unless ``$SEDMA_NO_SHM`` is set."""
+    return not os.environ.get("SEDMA_NO_SHM") and shm.available()
 
-    def __init__(self, socket_path: str | Path | None = None) -> None:
+
+class AsyncClient:
+    """One connection to the daemon; requests are answered in order.
+
+    Operands and results of a large request travel through shared memory (:mod:`node.shm`)
+    unless ``use_shm`` is False (or ``$SEDMA_NO_SHM`` is set); the daemon is on this
+    machine anyway. If the daemon cannot open this process's memory (e.g. /proc hidden),
+    the request is sent again on the socket and the connection stays on the socket.
+    """
+
+    def __init__(self, socket_path: str | Path | None = None,
+                 use_shm: bool | None = None) -> None:
         self.path = Path(socket_path).expanduser() if socket_path else default_socket()
+        self.use_shm = shm_default() if use_shm is None else use_shm
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self._channel: shm.Channel | None = None
         self._lock = asyncio.Lock()
 
     async def connect(self) -> "AsyncClient":
         try:
             self._reader, self._writer = await asyncio.open_unix_connection(str(self.path))
+            self._channel = shm.Channel(self._writer.get_extra_info("socket"),
+                                        send=self.use_shm, follow=False, writable=True)
         except (FileNotFoundError, ConnectionRefusedError):
             raise NotRunning(f"no sedma daemon is listening on {self.path} "
                              "(start one with `sedma daemon`, or pass --socket)") from None
@@ -71,6 +87,9 @@ class AsyncClient:
         return self
 
     async def close(self) -> None:
+        if self._channel is not None:
+            self._channel.release()
+            self._channel = None
         if self._writer is not None:
             self._writer.close()
             try:
@@ -88,15 +107,29 @@ class AsyncClient:
     async def call(self, request: Any, progress: Progress | None = None) -> Any:
         """Send one request; return its value or raise :class:`DaemonError`.
 
-        With ``progress``, the request is written and the answer read in ``CHUNK``-sized
-        pieces and each piece is reported (same bytes on the wire, just observed)."""
+        With ``progress``, the request is written and the answer read on the socket in
+        ``CHUNK``-sized pieces and each piece is reported (same bytes on the wire, just
+        observed); such a call does not use shared memory, where there is nothing to
+        observe."""
+        response = await self._exchange(request, progress)
+        if (not response.ok and self.use_shm
+                and (response.error or "").startswith(_SHM_REFUSED)):
+            self.use_shm = False        # this daemon cannot read our memory: use the socket
+            await self.close()
+            response = await self._exchange(request, progress)
+        if not response.ok:
+            raise DaemonError(response.error or "request failed")
+        return response.value
+
+    async def _exchange(self, request: Any, progress: Progress | None) -> "api.Response":
         if self._writer is None:
             await self.connect()
         async with self._lock:
             try:
                 if progress is None:
-                    await api.write_frame(self._writer, request)
-                    response = decode_message(await api.read_frame(self._reader))
+                    await api.write_message(self._writer, request, self._channel)
+                    response = await api.read_message(self._reader, self._channel)
+                    self._channel.release()     # the daemon has read our request
                 else:
                     await _write_observed(self._writer, request, progress)
                     response = decode_message(await _read_observed(self._reader, progress))
@@ -113,13 +146,16 @@ class AsyncClient:
                 raise
         if not isinstance(response, api.Response):
             raise DaemonError("unexpected response type from the daemon")
-        if not response.ok:
-            raise DaemonError(response.error or "request failed")
-        return response.value
+        return response
 
     # operations -------------------------------------------------------------------
-    async def status(self) -> dict:
-        return await self.call(api.StatusRequest())
+    async def status(self, mesh: bool = False) -> dict:
+        return await self.call(api.StatusRequest(mesh))
+
+    async def memory(self) -> dict:
+        """Tiers, each block's tier, prefetch figures, learned peers, request rates and the
+        last reconfiguration decisions (``sedma memory``)."""
+        return await self.call(api.MemoryRequest())
 
     async def peers(self) -> list[dict]:
         return await self.call(api.PeersRequest())
@@ -241,12 +277,17 @@ async def _read_observed(reader: asyncio.StreamReader, progress: Progress) -> by
     return buf
 
 
+#: How the daemon words a refused shared-memory handle (see node/api.py, node/shm.py).
+_SHM_REFUSED = "bad request: shared-memory handle"
+
+
 class Client:
     """Blocking wrapper around :class:`AsyncClient` with its own event loop."""
 
-    def __init__(self, socket_path: str | Path | None = None) -> None:
+    def __init__(self, socket_path: str | Path | None = None,
+                 use_shm: bool | None = None) -> None:
         self._loop = asyncio.new_event_loop()
-        self._client = AsyncClient(socket_path)
+        self._client = AsyncClient(socket_path, use_shm)
 
     def __enter__(self) -> "Client":
         self._run(self._client.connect())

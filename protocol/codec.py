@@ -108,16 +108,33 @@ def _array_hook(data_area: memoryview):
 def decode(payload: bytes | bytearray | memoryview) -> Any:
     """Decode a payload made by :func:`encode`; arrays are views into ``payload``."""
     view = memoryview(payload)
+    head = _header_length(view)
+    return _unpack(view[_U32.size:_U32.size + head], view[_aligned(_U32.size + head):])
+
+
+def decode_split(head_part: bytes | bytearray | memoryview,
+                 data_area: bytes | bytearray | memoryview) -> Any:
+    """Decode a payload whose first part (``encode(...)[0]``) and data area (the rest,
+    concatenated) arrived separately, e.g. the data area through shared memory; arrays
+    are views into ``data_area``."""
+    view = memoryview(head_part)
+    head = _header_length(view)
+    return _unpack(view[_U32.size:_U32.size + head], memoryview(data_area))
+
+
+def _header_length(view: memoryview) -> int:
     if len(view) < _U32.size:
         raise DecodeError("payload shorter than its header")
     (head,) = _U32.unpack_from(view, 0)
     if head > MAX_HEADER or _U32.size + head > len(view):
         raise DecodeError(f"header length {head} is invalid for a {len(view)}-byte payload")
-    data_area = view[_aligned(_U32.size + head):]
+    return head
+
+
+def _unpack(header: memoryview, data_area: memoryview) -> Any:
     try:
-        return msgpack.unpackb(
-            view[_U32.size:_U32.size + head], ext_hook=_array_hook(data_area), raw=False,
-            strict_map_key=True)
+        return msgpack.unpackb(header, ext_hook=_array_hook(data_area), raw=False,
+                               strict_map_key=True)
     except DecodeError:
         raise
     except Exception as exc:

@@ -20,7 +20,7 @@ from nat.connector import Connector, ConnectorConfig, refusal_is_final
 from nat.link import LinkClosed
 from nat.tcp import ConnectRefused, dial_tcp
 from node.client import Client
-from node.work.jobs import holder_order
+from node.work.jobs import linked_first
 from tests.daemons import wait_for
 
 
@@ -42,13 +42,13 @@ def test_a_refusal_ends_the_dial_only_when_it_surely_came_from_the_peers_host(
 
 
 def test_holders_with_a_live_link_are_tried_before_one_whose_link_just_closed():
-    scores = {"me": 1.0, "fast": 9.0, "slow": 2.0, "dead": 0.5}
-    # "fast" scores best but its link closed (killed): the replica goes first, it stays last
-    assert holder_order(["fast", "slow"], "me", scores, {"slow"}) == ["slow", "fast"]
-    assert holder_order(["slow", "fast"], "me", scores, {"slow", "fast"}) == ["fast", "slow"]
-    assert holder_order(["fast", "me"], "me", scores, set()) == ["me", "fast"]
-    # unlinked holders are still tried (dialled), by score, never dropped
-    assert holder_order(["dead", "slow", "fast"], "me", scores, set()) == ["fast", "slow", "dead"]
+    # "fast" comes first by predicted finish but its link closed (killed): the replica
+    # goes first, it stays last
+    assert linked_first(["fast", "slow"], "me", {"slow"}) == ["slow", "fast"]
+    assert linked_first(["fast", "slow"], "me", {"slow", "fast"}) == ["fast", "slow"]
+    assert linked_first(["fast", "me"], "me", set()) == ["me", "fast"]
+    # unlinked holders are still tried (dialled), in their order, never dropped
+    assert linked_first(["a", "me", "b", "c"], "me", {"c"}) == ["me", "c", "a", "b"]
 
 
 # --- the connector ------------------------------------------------------------------------

@@ -1,0 +1,285 @@
+"""The shared-memory local path: array bytes of an API message travel in a sealed memfd.
+
+A client on the same machine as its daemon should not push operands through a socket (two
+copies through the kernel and a reassembly buffer on the far side). Instead the sender
+writes the *data area* of an encoded message (:mod:`protocol.codec`: everything after the
+msgpack header) into an anonymous ``memfd``, seals it against any change (shrink, grow,
+write, further seals) and sends on the socket only the header plus a :class:`Handle` — the
+descriptor's number in the sender and the data size. The receiver opens the same memory
+through ``/proc/<sender pid>/fd/<n>`` (the pid comes from ``SO_PEERCRED``, never from the
+message), checks it is a sealed sedma memfd, maps it read-only (or copy-on-write) and
+decodes arrays as views into that mapping: no copy at all on the receiving side.
+
+Why memfd rather than ``multiprocessing.shared_memory``:
+
+- *Always released, also when a process dies.* A memfd has no name in ``/dev/shm``; the
+  kernel frees it when the last descriptor and mapping are gone. A client killed with
+  ``kill -9`` at any moment cannot leave a segment behind, and no sweeper is needed.
+  (Python 3.11's ``SharedMemory`` also registers every segment with a resource-tracker
+  process that would unlink segments the other side still uses, and cannot be closed while
+  numpy views exist.)
+- *Safe against a misbehaving client.* Seals are checked by the receiver: a sealed memfd
+  cannot shrink under the daemon's mapping (which would be ``SIGBUS``) nor change while a
+  job reads it.
+
+Ownership: the sender owns its descriptor (:class:`Outgoing`) and keeps it open until the
+receiver has had the chance to open its own — a client until the reply arrives, the daemon
+until the next request on that connection or the connection's end. Limits: at most
+:data:`MAX_BYTES` per message. The path is used only above :data:`MIN_BYTES` (below it the
+socket is as cheap as the extra system calls) and only on Linux; the socket path stays for
+everything else, and for remote or untrusted use.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import os
+import socket
+import stat
+import struct
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Sequence
+
+from protocol.errors import ProtocolError
+
+#: Messages whose array bytes are smaller than this go through the socket.
+MIN_BYTES = 256 << 10
+#: Largest data area accepted through shared memory (a job's operands and result: 4 GiB).
+MAX_BYTES = 4 << 30
+#: The name every sedma memfd carries (seen in /proc/PID/fd as "/memfd:sedma-api").
+MEMFD_NAME = "sedma-api"
+_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL \
+    if hasattr(fcntl, "F_SEAL_SHRINK") else 0
+#: Handle "descriptor" meaning: the data area follows the header inline on the socket (a
+#: small message from a peer that takes its answer through shared memory).
+INLINE = 0xFFFFFFFF
+_HANDLE = struct.Struct(">IQ")
+_PEERCRED = struct.Struct("3i")
+
+
+class ShmError(ProtocolError):
+    """A shared-memory handle could not be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class Handle:
+    """What the socket carries instead of the bytes: a descriptor number and a size."""
+
+    fd: int
+    size: int
+
+    SIZE = _HANDLE.size
+
+    def pack(self) -> bytes:
+        return _HANDLE.pack(self.fd, self.size)
+
+    @classmethod
+    def unpack(cls, data: bytes | memoryview) -> "Handle":
+        if len(data) < _HANDLE.size:
+            raise ShmError("shared-memory handle is truncated")
+        return cls(*_HANDLE.unpack_from(data, 0))
+
+
+def available() -> bool:
+    """Linux with memfd sealing and /proc: the only place this path is offered."""
+    return (sys.platform.startswith("linux") and hasattr(os, "memfd_create")
+            and _SEALS != 0 and os.path.isdir("/proc/self/fd"))
+
+
+def peer_pid(sock: socket.socket | None) -> int | None:
+    """The pid of the process at the other end of a Unix socket (``SO_PEERCRED``)."""
+    if sock is None or not hasattr(socket, "SO_PEERCRED"):
+        return None
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    except OSError:
+        return None
+    pid = _PEERCRED.unpack(raw)[0]
+    return pid if pid > 0 else None
+
+
+class Outgoing:
+    """A sealed memfd holding one message's data area; the sender closes it when the
+    receiver has had its chance to open it (it may close it any time after that)."""
+
+    def __init__(self, parts: Sequence[bytes | memoryview]) -> None:
+        size = sum(len(p) for p in parts)
+        if size > MAX_BYTES:
+            raise ShmError(f"{size} bytes exceed the {MAX_BYTES}-byte shared-memory limit")
+        self.fd = os.memfd_create(MEMFD_NAME, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            os.ftruncate(self.fd, size)
+            _write_all(self.fd, parts)
+            fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, _SEALS)
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self.handle = Handle(self.fd, size)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> "Outgoing":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _write_all(fd: int, parts: Sequence[bytes | memoryview]) -> None:
+    """Write every part at its offset (a memfd behaves like a file); one kernel copy."""
+    offset = 0
+    for part in parts:
+        view = memoryview(part).cast("B")
+        done = 0
+        while done < len(view):
+            done += os.pwrite(fd, view[done:done + (1 << 30)], offset + done)
+        offset += len(view)
+
+
+def attach(pid: int | None, handle: Handle, writable: bool = False) -> memoryview:
+    """Map the sender's memfd ``handle`` (sender ``pid``) and return its bytes.
+
+    The mapping lives as long as any view of it (numpy arrays decoded from it keep it
+    alive), so nothing has to be released by hand. ``writable`` maps it copy-on-write,
+    which gives the caller writable arrays without copying anything it does not write.
+    Every check failure is a :class:`ShmError` saying what was wrong.
+    """
+    if pid is None:
+        raise ShmError("shared memory needs a local peer (its pid is unknown)")
+    if not 0 <= handle.size <= MAX_BYTES:
+        raise ShmError(f"shared-memory size {handle.size} is over the {MAX_BYTES}-byte limit")
+    path = f"/proc/{pid}/fd/{handle.fd}"
+    try:
+        target = os.readlink(path)
+    except OSError as exc:
+        raise ShmError(f"shared-memory handle {handle.fd} of process {pid} cannot be "
+                       f"opened: {exc.strerror}") from None
+    if not target.startswith(f"/memfd:{MEMFD_NAME}"):
+        raise ShmError(f"shared-memory handle {handle.fd} is not a sedma memfd ({target!r})")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        raise ShmError(f"shared-memory handle {handle.fd} of process {pid} cannot be "
+                       f"opened: {exc.strerror}") from None
+    try:
+        return _map_checked(fd, handle, writable)
+    finally:
+        os.close(fd)
+
+
+def _map_checked(fd: int, handle: Handle, writable: bool) -> memoryview:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise ShmError("shared-memory handle is not a memory file")
+    try:
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    except OSError:
+        raise ShmError("shared-memory handle is not a sealable memfd") from None
+    if seals & _SEALS != _SEALS:
+        raise ShmError("shared-memory handle is not sealed against changes")
+    if st.st_size != handle.size:
+        raise ShmError(f"shared memory holds {st.st_size} bytes, the handle says {handle.size}")
+    if handle.size == 0:
+        return memoryview(b"")
+    access = mmap.ACCESS_COPY if writable else mmap.ACCESS_READ
+    mapping = mmap.mmap(fd, handle.size, access=access)
+    view = memoryview(mapping)         # exported before the reaper can see the mapping
+    if handle.size >= REAP_BYTES:
+        REAPER.track(mapping)
+    return view
+
+
+#: Mappings at least this big are unmapped by :data:`REAPER` on a worker thread.
+REAP_BYTES = 16 << 20
+
+
+class Reaper:
+    """Big received mappings, unmapped on a worker thread once nothing uses them.
+
+    Unmapping costs time in proportion to the pages mapped (~0.1-0.3 s for 1 GiB on this
+    machine): left to reference counting, it happens wherever the last array view dies,
+    usually on the event loop. Holding each big mapping here keeps it alive until
+    :meth:`reap` (called off the loop) finds no view left and closes it there.
+    """
+
+    def __init__(self) -> None:
+        self._maps: list[mmap.mmap] = []
+        self._lock = threading.Lock()
+
+    def track(self, mapping: mmap.mmap) -> None:
+        with self._lock:
+            self._maps.append(mapping)
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._maps)
+
+    def reap(self) -> int:
+        """Unmap every tracked mapping no view uses any more; return how many are left."""
+        with self._lock:
+            maps = self._maps
+            self._maps = []
+        busy = []
+        for mapping in maps:
+            try:
+                mapping.close()
+            except BufferError:        # arrays still use it
+                busy.append(mapping)
+        with self._lock:
+            self._maps += busy
+            return len(self._maps)
+
+
+REAPER = Reaper()
+
+
+class Channel:
+    """One connection's shared-memory state: the peer's pid, whether this end sends array
+    bytes by shared memory, and the descriptors it still owes the peer.
+
+    The two ends differ in ``send`` and ``follow``: a client sends every request as a
+    shared-memory frame (``send``; a small one carries its bytes inline); the daemon
+    answers a request through shared memory only when that request came as such a frame
+    (``follow``, see :meth:`note`), which proves the client is local and willing.
+    ``writable`` maps received data copy-on-write (the client's results: writable arrays,
+    nothing copied unless written), else read-only (the daemon's operands).
+    """
+
+    def __init__(self, sock: socket.socket | None, send: bool, follow: bool,
+                 writable: bool) -> None:
+        self.pid = peer_pid(sock)
+        self.send = send and available() and self.pid is not None
+        self.follow = follow
+        self.writable = writable
+        self._owed: list[Outgoing] = []
+
+    def export(self, parts: Sequence[bytes | memoryview]) -> Handle | None:
+        """Put ``parts`` (a payload's data area) in shared memory if worth it; the handle
+        to send, or None to send the bytes on the socket."""
+        if not self.send or sum(len(p) for p in parts) < MIN_BYTES:
+            return None
+        out = Outgoing(parts)
+        self._owed.append(out)
+        return out.handle
+
+    def receive(self, handle: Handle) -> memoryview:
+        """Map the peer's data area."""
+        return attach(self.pid, handle, self.writable)
+
+    def note(self, shm_frame: bool) -> None:
+        """The peer's last message came as a shared-memory frame (or not): a following end
+        answers in kind."""
+        if self.follow:
+            self.send = shm_frame and available() and self.pid is not None
+
+    def release(self) -> None:
+        """Close what this end sent: the peer has opened it (or never will)."""
+        owed, self._owed = self._owed, []
+        for out in owed:
+            out.close()

@@ -1,0 +1,285 @@
+"""The shared-memory local path (node/shm.py): operands and results of a local client
+travel in sealed memfds, the socket carries only a handle; bad handles are refused with a
+clear error; nothing outlives a client killed with -9.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from node import api, shm
+from node.client import Client
+from protocol import codec
+from protocol.messages import encode_message
+from tests.daemons import ROOT, sedma_env, wait_for
+
+pytestmark = pytest.mark.skipif(not shm.available(), reason="needs Linux memfd sealing and /proc")
+
+
+def rand(shape, seed):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def from_mapping(arr: np.ndarray) -> bool:
+    """Whether ``arr``'s memory is a mapping (the shared-memory path), not socket bytes."""
+    base = arr
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    return isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap)
+
+
+def memfd_links(pid: int) -> list[str]:
+    """sedma memfds that process ``pid`` holds open or mapped."""
+    found = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if shm.MEMFD_NAME in target:
+            found.append(target)
+    with open(f"/proc/{pid}/maps") as f:
+        found += [line for line in f if shm.MEMFD_NAME in line]
+    return found
+
+
+def sedma_dev_shm() -> set[str]:
+    return {n for n in os.listdir("/dev/shm") if "sedma" in n} if os.path.isdir("/dev/shm") else set()
+
+
+# --- the memfd itself ---------------------------------------------------------------------
+
+def test_outgoing_memfd_round_trips_and_is_sealed():
+    parts = [b"abc", memoryview(np.arange(10, dtype=np.float32)).cast("B"), b"\0" * 24]
+    with shm.Outgoing(parts) as out:
+        data = shm.attach(os.getpid(), out.handle)
+        assert bytes(data) == b"".join(bytes(p) for p in parts)
+        with pytest.raises(OSError):                   # sealed: the sender cannot change it
+            os.pwrite(out.fd, b"x", 0)
+        with pytest.raises(OSError):
+            os.ftruncate(out.fd, 1)
+        with pytest.raises(TypeError):                 # read-only for the receiver
+            data[0] = 1
+    assert bytes(data[:3]) == b"abc"                   # the mapping outlives the descriptor
+
+
+def test_copy_on_write_attach_gives_private_writable_bytes():
+    with shm.Outgoing([b"hello"]) as out:
+        mine = shm.attach(os.getpid(), out.handle, writable=True)
+        mine[0] = ord("j")
+        assert bytes(mine) == b"jello"
+        assert bytes(shm.attach(os.getpid(), out.handle)) == b"hello"
+
+
+def test_the_reaper_unmaps_a_big_mapping_only_once_no_view_uses_it():
+    reaper = shm.Reaper()
+    with shm.Outgoing([b"z" * 4096]) as out:
+        view = shm.attach(os.getpid(), out.handle)
+    arr = np.frombuffer(view, dtype=np.uint8)
+    reaper.track(view.obj)
+    del view
+    assert reaper.reap() == 1 and arr[0] == ord("z")      # still in use: kept mapped
+    mapping = arr.base.obj
+    del arr
+    assert reaper.reap() == 0 and mapping.closed             # unmapped by reap, not by GC
+
+
+def test_codec_decode_split_matches_decode():
+    msg = {"t": "x", "a": rand((33, 7), 1), "b": np.arange(5, dtype=np.int64), "s": "hi"}
+    parts = codec.encode(msg)
+    whole = codec.decode(b"".join(bytes(p) for p in parts))
+    split = codec.decode_split(parts[0], b"".join(bytes(p) for p in parts[1:]))
+    assert split["s"] == whole["s"] == "hi"
+    np.testing.assert_array_equal(split["a"], msg["a"])
+    np.testing.assert_array_equal(split["b"], msg["b"])
+
+
+@pytest.mark.parametrize("case, words", [
+    ("no such descriptor", "cannot be opened"),
+    ("a plain file", "not a sedma memfd"),
+    ("unsealed memfd", "not sealed"),
+    ("wrong size", "the handle says"),
+    ("too large", "over the"),
+])
+def test_bad_handles_are_refused_with_a_reason(case, words, tmp_path):
+    keep = []
+    if case == "no such descriptor":
+        handle = shm.Handle(999_999, 8)
+    elif case == "a plain file":
+        f = open(tmp_path / "f", "wb+")
+        f.write(b"x" * 8)
+        f.flush()
+        keep.append(f)
+        handle = shm.Handle(f.fileno(), 8)
+    elif case == "unsealed memfd":
+        fd = os.memfd_create(shm.MEMFD_NAME, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        os.ftruncate(fd, 8)
+        keep.append(fd)
+        handle = shm.Handle(fd, 8)
+    elif case == "wrong size":
+        out = shm.Outgoing([b"x" * 8])
+        keep.append(out)
+        handle = shm.Handle(out.fd, 16)
+    else:
+        handle = shm.Handle(3, shm.MAX_BYTES + 1)
+    try:
+        with pytest.raises(shm.ShmError, match=words):
+            shm.attach(os.getpid(), handle)
+    finally:
+        for k in keep:
+            k.close() if hasattr(k, "close") else os.close(k)
+
+
+def test_channel_sends_only_large_data_and_answers_in_kind():
+    before = set(memfd_links(os.getpid()))      # other tests' results may still be mapped
+    a, b = socket.socketpair(socket.AF_UNIX)
+    try:
+        client = shm.Channel(a, send=True, follow=False, writable=True)
+        daemon = shm.Channel(b, send=False, follow=True, writable=False)
+        assert client.pid == daemon.pid == os.getpid()
+        assert client.export([b"x" * 100]) is None                 # small: not in a memfd
+        big = [b"y" * shm.MIN_BYTES]
+        assert daemon.export(big) is None                          # not asked for it
+        handle = client.export(big)
+        assert handle is not None and handle.size == shm.MIN_BYTES
+        assert bytes(daemon.receive(handle)[:3]) == b"yyy"
+        daemon.note(True)
+        assert daemon.export(big) is not None                      # now it answers in kind
+        daemon.note(False)                                         # a plain request: plain
+        assert daemon.export(big) is None
+        client.note(False)
+        assert client.send                                         # the client keeps offering
+        client.release()
+        daemon.release()
+        assert set(memfd_links(os.getpid())) <= before           # nothing of ours left open
+    finally:
+        a.close()
+        b.close()
+
+
+# --- a real daemon ----------------------------------------------------------------------
+
+@pytest.fixture
+def daemon(cluster):
+    cluster.start(1, extra=["--capacity", "10"])
+    return cluster.nodes[0]
+
+
+def test_infer_and_matmul_through_shared_memory_match_the_socket_path(daemon):
+    w, x = rand((1024, 512), 1), rand((512, 96), 2)
+    a, b = rand((600, 400), 3), rand((400, 300), 4)
+    with Client(daemon.socket, use_shm=True) as c:
+        c.deploy("w", w, device="ideal")
+        y_shm = c.infer("w", x)
+        r_shm = c.matmul(a, b, device="ideal")
+    with Client(daemon.socket, use_shm=False) as c:
+        y_sock = c.infer("w", x)
+        r_sock = c.matmul(a, b, device="ideal")
+    assert from_mapping(y_shm) and from_mapping(r_shm)           # the results came by shm
+    assert not from_mapping(y_sock) and not from_mapping(r_sock)
+    np.testing.assert_array_equal(y_shm, y_sock)
+    np.testing.assert_array_equal(r_shm, r_sock)
+    np.testing.assert_allclose(y_shm, w @ x, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(r_shm, a @ b, rtol=1e-4, atol=1e-3)
+    y_shm[0, 0] = 7.0                                            # results are the caller's
+    assert not memfd_links(daemon.proc.pid) or wait_for(
+        lambda: not memfd_links(daemon.proc.pid), 10, "the daemon to release shared memory")
+
+
+def test_a_bad_handle_gets_a_clear_error_and_the_daemon_keeps_serving(daemon):
+    header = encode_message(api.InferRequest("w", np.zeros((4, 1), np.float32)))[0]
+    frame = shm.Handle(987_654, 64).pack() + bytes(header)
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(daemon.socket))
+        s.sendall(struct.pack(">I", api.SHM_FRAME | len(frame)) + frame)
+        size = struct.unpack(">I", s.recv(4, socket.MSG_WAITALL))[0]
+        reply = codec.decode(s.recv(size, socket.MSG_WAITALL))
+    assert reply["ok"] is False
+    assert reply["error"].startswith("bad request: shared-memory handle 987654")
+    assert "cannot be opened" in reply["error"]
+    with Client(daemon.socket) as c:
+        assert c.status()["id"]
+
+
+def test_an_oversized_shared_memory_frame_is_refused(daemon):
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(daemon.socket))
+        s.sendall(struct.pack(">I", api.SHM_FRAME | (api.SHM_MAX_FRAME + 1)))
+        size = struct.unpack(">I", s.recv(4, socket.MSG_WAITALL))[0]
+        reply = codec.decode(s.recv(size, socket.MSG_WAITALL))
+    assert reply["ok"] is False and "exceeds" in reply["error"]
+    with Client(daemon.socket) as c:
+        assert c.status()["id"]
+
+
+CLIENT = textwrap.dedent("""
+    import sys, numpy as np
+    from node.client import Client
+    w_name, mode = sys.argv[2], sys.argv[3]
+    rng = np.random.default_rng(0)
+    with Client(sys.argv[1], use_shm=True) as c:
+        if mode == "submit":
+            a = rng.standard_normal((2048, 2048), dtype=np.float32)
+            print(c.submit_matmul(a, a, device="rram"), flush=True)
+            import time; time.sleep(600)
+        x = rng.standard_normal((1024, 128), dtype=np.float32)
+        print("looping", flush=True)
+        while True:
+            c.infer(w_name, x)
+""")
+
+
+@pytest.mark.parametrize("mode", ["infer-loop", "submit"])
+def test_kill_9_of_a_client_leaves_no_shared_memory_anywhere(daemon, mode):
+    with Client(daemon.socket) as c:
+        c.deploy("w", rand((1024, 1024), 5), device="ideal")
+    before = sedma_dev_shm()
+    proc = subprocess.Popen([sys.executable, "-c", CLIENT, str(daemon.socket), "w", mode],
+                            stdout=subprocess.PIPE, text=True, env=sedma_env(), cwd=ROOT)
+    try:
+        first = proc.stdout.readline().strip()
+        assert first, "the client printed nothing"
+        if mode == "infer-loop":
+            time.sleep(1.0)                         # many requests in flight both ways
+            assert memfd_links(proc.pid), "the client never used shared memory"
+        else:                                       # the running job reads the client's memfd
+            assert memfd_links(daemon.proc.pid), "the job's operands are not in shared memory"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    if mode == "submit":                            # the job still completes, on its own
+        with Client(daemon.socket) as c:
+            assert c.wait(first, 120)["state"] == "done"
+    try:
+        wait_for(lambda: not memfd_links(daemon.proc.pid), 15,
+                 "the daemon to release every shared-memory descriptor and mapping")
+    except TimeoutError:
+        pytest.fail(f"the daemon still holds {memfd_links(daemon.proc.pid)}")
+    assert sedma_dev_shm() == before
+    with Client(daemon.socket) as c:
+        assert c.infer("w", rand((1024, 1), 6)).shape == (1024, 1)
+
+
+def test_no_shm_env_keeps_the_socket_path(daemon, monkeypatch):
+    monkeypatch.setenv("SEDMA_NO_SHM", "1")
+    with Client(daemon.socket) as c:
+        c.deploy("w", rand((512, 512), 7), device="ideal")
+        y = c.infer("w", rand((512, 256), 8))
+    assert not from_mapping(y)
