@@ -223,9 +223,9 @@ class Mesh:
         try:
             return await asyncio.shield(pending)
         except asyncio.CancelledError:
-            # the dial (not this caller) was cancelled: the member was declared dead
+            # the dial (not this caller) was cancelled: the member was declared dead or left
             if pending.cancelled() and not asyncio.current_task().cancelling():
-                raise LinkClosed(f"{node_id[:8]} was declared dead while being dialled") from None
+                raise LinkClosed(f"{node_id[:8]} was declared dead or left while being dialled") from None
             raise
 
     async def _dial(self, node_id: str) -> Session:
