@@ -225,7 +225,8 @@ class Mesh:
         except asyncio.CancelledError:
             # the dial (not this caller) was cancelled: the member was declared dead or left
             if pending.cancelled() and not asyncio.current_task().cancelling():
-                raise LinkClosed(f"{node_id[:8]} was declared dead or left while being dialled") from None
+                raise LinkClosed(f"{node_id[:8]} was declared dead or left while being "
+                                 "dialled") from None
             raise
 
     async def _dial(self, node_id: str) -> Session:
