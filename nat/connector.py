@@ -85,11 +85,12 @@ def refusal_is_final(extra: dict, last_kind: str | None,
 
     A refusal (a reset) is an answer: a host is up there and nothing listens on the port.
     When that host is surely the peer's -- we reached the peer over TCP last time, or it
-    says it is publicly reachable -- its daemon is dead or restarting, and ICE would only spend ``ice_attempts x ice_timeout`` (21 s
-    by default, measured in bench/failover.py) waiting for the same dead process before a
-    request could fail over. The same holds when ICE could only use host candidates (no
-    STUN/TURN on our side, no relay on the peer's, NAT kind not advertised). A peer that
-    advertises a NAT keeps its ICE attempt: its private address may be another host here.
+    says it is publicly reachable -- its daemon is dead or restarting, and ICE would only
+    spend ``ice_attempts x ice_timeout`` (21 s by default, measured in bench/failover.py)
+    waiting for the same dead process before a request could fail over. The same holds
+    when ICE could only use host candidates (no STUN/TURN on our side, no relay on the
+    peer's, NAT kind not advertised). A peer that advertises a NAT keeps its ICE attempt:
+    its private address may be another host here.
     """
     if last_kind == "tcp" or extra.get("reach") == reachability.PUBLIC:
         return True
