@@ -27,7 +27,7 @@ from nat import reachability
 from nat.iceservers import IceServer, parse_servers
 from nat.link import Link, LinkClosed
 from nat.signaling import DEFAULT_TTL, IceAnswer, IceError, IceOffer
-from nat.tcp import dial_tcp
+from nat.tcp import ConnectRefused, dial_tcp
 
 log = logging.getLogger("sedma.connector")
 
@@ -77,6 +77,25 @@ def split_host_port(address: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"not a HOST:PORT address: {address!r}")
     return host.strip("[]"), int(port)
+
+
+def refusal_is_final(extra: dict, last_kind: str | None,
+                     have_servers: bool) -> bool:
+    """Whether every advertised address refusing a TCP connect means the peer is down.
+
+    A refusal (a reset) is an answer: a host is up there and nothing listens on the port.
+    When that host is surely the peer's -- we reached the peer over TCP last time, or it
+    says it is publicly reachable -- its daemon is dead or restarting, and ICE would only
+    spend ``ice_attempts x ice_timeout`` (21 s by default, measured in bench/failover.py)
+    waiting for the same dead process before a request could fail over. The same holds
+    when ICE could only use host candidates (no STUN/TURN on our side, no relay on the
+    peer's, NAT kind not advertised). A peer that advertises a NAT keeps its ICE attempt:
+    its private address may be another host here.
+    """
+    if last_kind == "tcp" or extra.get("reach") == reachability.PUBLIC:
+        return True
+    natted = extra.get("reach") in (reachability.CONE, reachability.SYMMETRIC)
+    return not (natted or have_servers or extra.get("turn"))
 
 
 class Connector:
@@ -164,8 +183,13 @@ class Connector:
     async def _connect(self, node_id: str, addresses: list[str], extra: dict) -> Link:
         start = time.monotonic()
         errors: list[str] = []
-        link = await self._try_tcp(addresses, errors)
-        if link is None:
+        link, refused = await self._try_tcp(addresses, errors)
+        last = self.outcomes.get(node_id)
+        if link is None and refused and refusal_is_final(
+                extra, last.kind if last else None, bool(self.servers)):
+            errors.append("ICE not tried: the advertised address refused the connection "
+                          "(the node is down or restarting)")
+        elif link is None:
             link = await self._try_ice(node_id, extra, errors)
         if link is None:
             reason = "; ".join(errors) or "peer advertises no address"
@@ -174,14 +198,22 @@ class Connector:
         self._record(node_id, link.kind, start)
         return link
 
-    async def _try_tcp(self, addresses: list[str], errors: list[str]) -> Link | None:
+    async def _try_tcp(self, addresses: list[str],
+                       errors: list[str]) -> tuple[Link | None, bool]:
+        """A TCP link to the first address that takes one, and whether every address
+        actively refused (a reset, not silence).
+
+        See :func:`refusal_is_final` for when a refusal makes ICE pointless.
+        """
+        refused = bool(addresses)
         for address in addresses:
             try:
                 host, port = split_host_port(address)
-                return await dial_tcp(host, port, timeout=self.config.tcp_timeout)
+                return await dial_tcp(host, port, timeout=self.config.tcp_timeout), False
             except (ValueError, LinkClosed) as exc:
+                refused = refused and isinstance(exc, ConnectRefused)
                 errors.append(str(exc))
-        return None
+        return None, refused
 
     async def _try_ice(self, node_id: str, extra: dict, errors: list[str]) -> Link | None:
         hopeless = self._ice_hopeless(extra)

@@ -9,6 +9,7 @@ kernel buffer is full, and reading pauses while too many frames wait to be consu
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 from typing import Awaitable, Callable
@@ -138,8 +139,18 @@ async def dial_tcp(host: str, port: int, timeout: float = 5.0,
     except asyncio.TimeoutError:
         raise LinkClosed(f"connect to {host}:{port} timed out after {timeout}s") from None
     except OSError as exc:
-        raise LinkClosed(f"connect to {host}:{port} failed: {exc.strerror or exc}") from None
+        kind = ConnectRefused if _refused(exc) else LinkClosed
+        raise kind(f"connect to {host}:{port} failed: {exc.strerror or exc}") from None
     return link
+
+
+class ConnectRefused(LinkClosed):
+    """The address answered that nothing listens there (a TCP reset): the host is up, the
+    daemon is not. Unlike a timeout this is an answer, so callers need not wait longer."""
+
+
+def _refused(exc: OSError) -> bool:
+    return isinstance(exc, ConnectionRefusedError) or exc.errno == errno.ECONNREFUSED
 
 
 async def listen_tcp(host: str, port: int, on_link: Callable[[TcpLink], Awaitable[None]],

@@ -47,6 +47,11 @@ class Response:
 
 @message("api.status")
 class StatusRequest:
+    mesh: bool = False       # also every member's metrics (from their adverts)
+
+
+@message("api.memory")
+class MemoryRequest:
     pass
 
 

@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--socket", metavar="PATH", help="local API socket (default DATA_DIR/sedma.sock)")
     d.add_argument("--name", help="human-readable node name (default: host name)")
     d.add_argument("--memory-limit", metavar="SIZE", help="budget for resident weights, e.g. 2GiB (default 2GiB)")
+    d.add_argument("--disk-limit", metavar="SIZE", help="budget for programmed state on disk (tier 1, mapped when read), every block counted; at least --memory-limit (default: equal to it, i.e. no tier 1)")
+    d.add_argument("--compute-slowdown", type=float, metavar="F", help="TESTING AID: every compute on this node holds its thread F times as long (sleeping), so the node serves F times fewer requests (default 1 = off)")
+    d.add_argument("--no-prefetch", dest="prefetch", action="store_const", const=False, help="do not prefetch predicted blocks into memory (to measure what prefetch buys)")
     d.add_argument("--device", metavar="PRESET", help="this node's crossbar device preset (see `sedma devices`; default ideal)")
     d.add_argument("--stun", metavar="URL", action="append", help="STUN server, stun:HOST:PORT (repeatable)")
     d.add_argument("--turn", metavar="URL", action="append", help="TURN server, turn:USER:PASS@HOST:PORT[?transport=tcp] (repeatable)")
@@ -62,7 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--socket", metavar="PATH", help="the daemon's socket")
         return c
 
-    for name, help in (("status", "this node: id, addresses, memory, load, device, uptime"),
+    st = client("status", "this node: id, addresses, memory, load, device, uptime, metrics")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.add_argument("--mesh", action="store_true", help="also the metrics of the whole mesh")
+    for name, help in (("memory", "memory tiers, each block's tier, prefetch, learned peers, "
+                                  "request rates, last reconfiguration decisions"),
                        ("peers", "the mesh as this node sees it"),
                        ("jobs", "jobs submitted to this node"),
                        ("devices", "crossbar device presets and their parameters")):
@@ -143,7 +150,7 @@ def _daemon(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in (
         "listen", "bootstrap", "data_dir", "socket", "name", "memory_limit", "device", "stun",
         "turn", "cluster_key", "advertise", "capacity", "open", "job_retention",
-        "job_retention_count")}
+        "job_retention_count", "disk_limit", "compute_slowdown", "prefetch")}
     try:
         overrides.update(http=args.http, http_token=args.http_token)   # the dashboard
         config = build_config(args.config, overrides)
@@ -266,7 +273,53 @@ def _cmd_status(c, args) -> int:
         for name, h in s.get("loops", {}).items():
             if h["consecutive"]:
                 print(f"loop      {name} FAILING ({h['failures']} failures): {h['last_error']}")
-    _print(c.status(), args.json, text)
+        if "mesh" in s:
+            g = s["mesh"]
+            glat = g["communication_latency"]
+            geff = g["memory_utilisation_efficiency"]
+            gut = g["resource_utilisation"]
+            print(f"mesh      {g['nodes']} node(s)  memory efficiency "
+                  f"{'-' if geff is None else f'{geff:.1%}'}  utilisation "
+                  f"{'-' if gut is None else f'{gut:.1%}'}  rtt p50 {_ms(glat['p50_ms'])} "
+                  f"p99 {_ms(glat['p99_ms'])}  throughput {g['throughput_per_s']:.2f}/s")
+    _print(c.status(args.mesh), args.json, text)
+    return EXIT_OK
+
+
+def _cmd_memory(c, args) -> int:
+    def text(r):
+        t0, t1 = r["tiers"]["0"], r["tiers"]["1"]
+        print(f"node      {r['name']} ({r['id'][:8]})")
+        print(f"tier 0    {_size(t0['used'])} of {_size(t0['limit'])} (RAM)")
+        print(f"tier 1    {_size(t1['used'])} of {_size(t1['limit'])} (disk, mapped when read; "
+              f"reads at {r['tiers']['tier1_speed']:.0%} of tier-0 speed)")
+        p = r["prefetch"]
+        hit, acc = p["hit_rate"], p["accuracy"]
+        print(f"prefetch  {'on' if p['enabled'] else 'off'}  hit rate "
+              f"{'-' if hit is None else f'{hit:.1%}'} of {p['reads']} reads  issued "
+              f"{p['issued']} used {p['used']} wasted {p['wasted']} "
+              f"(accuracy {'-' if acc is None else f'{acc:.0%}'})  moved "
+              f"{_size(p['bytes_loaded'])}")
+        for name, blocks in r["blocks"].items():
+            tiers = " ".join(f"{i}:t{t}" for i, t in blocks.items())
+            print(f"blocks    {name:16} {tiers}")
+        for name, rate in r["request_rates"].items():
+            print(f"requests  {name:16} {rate:.2f}/s")
+        if r["peers"]:
+            print(f"{'PEER':10} {'NAME':14} {'ADVERTISED':>11} {'LEARNED':>9} {'OWN':>9} "
+                  f"{'RELIABLE':>8}")
+        for nid, p in r["peers"].items():
+            print(f"{nid[:8]:10} {p['name'][:14]:14} {p['advertised_gflops']:11.1f} "
+                  f"{_num(p['learned_gflops']):>9} {_num(p['self_measured_gflops']):>9} "
+                  f"{_num(p['reliability'], '{:.0%}'):>8}")
+        for d in r["decisions"][-10:]:
+            when = time.strftime("%H:%M:%S", time.localtime(d["at"]))
+            print(f"{when} {d['kind']:9} {d['name']}/{d['index']} {d['source'][:8]} -> "
+                  f"{d['target'][:8] or '-'}: {d['reason']} (predicted gain "
+                  f"{d['predicted_gain']:.3g})")
+        if not r["decisions"]:
+            print("no reconfiguration decisions yet")
+    _print(c.memory(), args.json, text)
     return EXIT_OK
 
 
@@ -454,8 +507,7 @@ def _cmd_undeploy(c, args) -> int:
     return EXIT_OK
 
 
-
-COMMANDS = {"status": _cmd_status, "peers": _cmd_peers, "jobs": _cmd_jobs,
+COMMANDS = {"status": _cmd_status, "memory": _cmd_memory, "peers": _cmd_peers, "jobs": _cmd_jobs,
             "devices": _cmd_devices, "submit": _cmd_submit, "deploy": _cmd_deploy,
             "infer": _cmd_infer, "deployments": _cmd_deployments, "undeploy": _cmd_undeploy}
 
@@ -468,6 +520,10 @@ def _size(n: int | None) -> str:
             return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
         n /= 1024
     return str(n)
+
+
+def _num(v: float | None, fmt: str = "{:.1f}") -> str:
+    return "-" if v is None else fmt.format(v)
 
 
 def _ms(v: float | None) -> str:

@@ -149,8 +149,13 @@ class AsyncClient:
         return response
 
     # operations -------------------------------------------------------------------
-    async def status(self) -> dict:
-        return await self.call(api.StatusRequest())
+    async def status(self, mesh: bool = False) -> dict:
+        return await self.call(api.StatusRequest(mesh))
+
+    async def memory(self) -> dict:
+        """Tiers, each block's tier, prefetch figures, learned peers, request rates and the
+        last reconfiguration decisions (``sedma memory``)."""
+        return await self.call(api.MemoryRequest())
 
     async def peers(self) -> list[dict]:
         return await self.call(api.PeersRequest())

@@ -1,8 +1,8 @@
 """Daemon configuration: defaults, the optional TOML file, and command-line overrides.
 
 Keys in the TOML file mirror the ``sedma daemon`` flags (``listen``, ``bootstrap``,
-``data_dir``, ``socket``, ``name``, ``memory_limit``, ``device``, ``stun``, ``turn``,
-``cluster_key``, ``open``); a flag given on the command line wins over the file.
+``data_dir``, ``socket``, ``name``, ``memory_limit``, ``disk_limit``, ``device``, ``stun``,
+``turn``, ``cluster_key``, ``open``, ...); a flag given on the command line wins over the file.
 ``cluster_key`` is a list (the keyring: first key dials, every key admits); a single
 string is one file.
 """
@@ -84,6 +84,9 @@ class NodeConfig:
     socket: str | None = None
     name: str = field(default_factory=sockets.gethostname)
     memory_limit: int = 2 << 30
+    #: Tier 1: programmed state kept on disk beyond the RAM budget (every block counts,
+    #: the RAM copies too); never below ``memory_limit``.
+    disk_limit: int | None = None      # None: equal to memory_limit (no tier 1)
     device: str = "ideal"
     stun: list[str] = field(default_factory=list)
     turn: list[str] = field(default_factory=list)
@@ -98,6 +101,17 @@ class NodeConfig:
     #: it with what the dual memory observes).
     capacity: float | None = None
     shutdown_grace: float = 10.0
+    #: Testing aid: every compute on this node holds its thread this many times as long
+    #: (the extra time is slept on it), to see the mesh move work away from a slow node.
+    compute_slowdown: float = 1.0
+    #: Learned prefetch of predicted blocks into RAM (off only to measure what it buys).
+    prefetch: bool = True
+    #: Seconds between reconfiguration passes (replica repair, hot replication, retiring,
+    #: migration). TOML only; tests shorten it.
+    reconfigure_every: float = 30.0
+    #: Seconds a block keeps its holders before it may migrate or lose a replica (the
+    #: anti-thrash dwell; migrations per block over T seconds <= T / dwell + 1). TOML only.
+    rebalance_dwell_s: float = 120.0
     #: Finished jobs (records and result files) are forgotten after this many seconds...
     job_retention: float = 24 * 3600.0
     #: ...or once this many newer ones finished.
@@ -125,6 +139,14 @@ class NodeConfig:
             parse_address(b)
         if self.memory_limit <= 0:
             raise ConfigError(f"memory_limit must be positive, got {self.memory_limit}")
+        if self.disk_limit is None:
+            self.disk_limit = self.memory_limit
+        if self.disk_limit < self.memory_limit:
+            raise ConfigError(f"disk_limit ({self.disk_limit}) must be at least memory_limit "
+                              f"({self.memory_limit}): every block in RAM is also on disk")
+        if not 1.0 <= self.compute_slowdown <= 1000.0:
+            raise ConfigError(f"compute_slowdown must be within 1..1000, got "
+                              f"{self.compute_slowdown}")
         if not self.name or len(self.name) > 64:
             raise ConfigError("name must be 1 to 64 characters")
         if self.capacity is not None and not 0 < self.capacity < math.inf:
@@ -136,6 +158,12 @@ class NodeConfig:
             parse_servers(self.stun, self.turn)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        if not 0.5 <= self.reconfigure_every <= 3600:
+            raise ConfigError(f"reconfigure_every must be within 0.5..3600 s, got "
+                              f"{self.reconfigure_every}")
+        if not 1.0 <= self.rebalance_dwell_s <= 86400:
+            raise ConfigError(f"rebalance_dwell_s must be within 1..86400 s, got "
+                              f"{self.rebalance_dwell_s}")
         if not 0 < self.memory_save_every < math.inf:   # NaN too: the save loop sleeps on it
             raise ConfigError("memory_save_every must be positive")
         if not 0 < self.job_retention < math.inf or self.job_retention_count < 1:
@@ -196,8 +224,9 @@ def build_config(file: str | None, overrides: dict[str, Any]) -> NodeConfig:
     """Defaults, then the file, then non-None overrides; sizes parsed; validated."""
     values: dict[str, Any] = load_file(file) if file else {}
     values.update({k: v for k, v in overrides.items() if v is not None})
-    if "memory_limit" in values:
-        values["memory_limit"] = parse_size(values["memory_limit"])
+    for key in ("memory_limit", "disk_limit"):
+        if key in values:
+            values[key] = parse_size(values[key])
     if "job_retention" in values:
         values["job_retention"] = parse_duration(values["job_retention"])
     for key in ("bootstrap", "stun", "turn", "advertise", "cluster_key"):

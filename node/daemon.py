@@ -30,6 +30,7 @@ from node.work.jobs import JobManager
 from node.work.modelbook import ModelBook
 from node.work.models import ModelManager
 from node.work.plans import PlanBook
+from node.work.rebalance import Policy
 from node.work.retention import Retention
 from node.work.reconfigure import Reconfigurer
 from node.net.mesh import Mesh
@@ -47,7 +48,6 @@ log = logging.getLogger("sedma.daemon")
 ADVERT_EVERY = 1.0       # how often local load/memory is offered to the membership
 PING_EVERY = 2.0          # RTT samples, a few sessions per round
 PING_PER_ROUND = 1        # sessions pinged per round, in turn: idle cost flat in mesh size
-RECONFIGURE_EVERY = 30.0  # retry replica repairs that could not be made at once
 RECONCILE_EVERY = 5.0     # ask peers whether a deployment held here was undeployed
 HOUSEKEEPING_EVERY = 60.0  # job retention, forgetting departed peers
 FORGET_LINKS_AFTER = 3600.0  # a departed peer's link outcome is dropped after this long
@@ -89,9 +89,10 @@ class Daemon:
             log.warning("open mesh (no --cluster-key): links are encrypted, but any host "
                         "that reaches %s can join, gossip and submit work", cfg.listen)
         self.db = StateDB(self.data_dir / "state.db")
-        self.store = BlockStore(self.data_dir, self.db, cfg.memory_limit)
         self.memory = DualMemory()
         self.db.call(self.memory.load)
+        self.store = BlockStore(self.data_dir, self.db, cfg.memory_limit, cfg.disk_limit,
+                                self.memory)
         self.metrics = Metrics()
         self.executor = Executor(cfg.workers)
         self.capacity = cfg.capacity or await self.executor.run(measure_capacity)
@@ -105,7 +106,9 @@ class Daemon:
         self.book = ModelBook(self.db)
         self.book.restore()
         self.holder = BlockHolder(self.device, self.store, self.executor, self.metrics,
-                                  self.plans, self.book)
+                                  self.plans, self.book, memory=self.memory,
+                                  slowdown=cfg.compute_slowdown, prefetch=cfg.prefetch,
+                                  node_id=self.node_id)
         self.jobs = JobManager(self.node_id, self.holder, self.mesh, self.memory, self.metrics,
                                self.db, self.data_dir, self.capacity,
                                Retention(cfg.job_retention, cfg.job_retention_count))
@@ -118,9 +121,11 @@ class Daemon:
                     dropped += await self.executor.run(self.store.drop, matrix)
                 log.warning("deploy of %s was interrupted before it committed; dropped its "
                             "%d local block(s)", name, dropped)
+        dwell = cfg.rebalance_dwell_s
+        self.reconfigurer = Reconfigurer(self.jobs, Policy(
+            min_dwell_s=dwell, replicate_dwell_s=min(Policy.replicate_dwell_s, dwell)))
         self.models = ModelManager(self.jobs, self.book)
         self.holder.pipeline = self.models.pipeline
-        self.reconfigurer = Reconfigurer(self.jobs)
         await self.mesh.start(self._make_advert, self.supervisor.start)
         self.http = await start_http(self)   # dashboard + /metrics (None when off)
         self.api = await api.serve(cfg.socket_path, self.metrics.timed(self._on_local_request))
@@ -201,7 +206,19 @@ class Daemon:
                     memory_budget=self.store.budget, cores=self.executor.workers,
                     capacity=self.capacity, queue_depth=self.executor.queued,
                     running=self.executor.running, load=self.jobs.load(),
-                    device=self.device.name, device_summary=self.device.summary(), extra=extra)
+                    device=self.device.name, device_summary=self.device.summary(), extra=extra,
+                    disk_free=self.store.disk_free, disk_budget=self.store.disk_budget,
+                    tier1_speed=self.memory.tier1_speed(), stats=self._own_stats())
+
+    def _own_stats(self) -> dict[str, float | None]:
+        """This node's metrics for its advert (``status --mesh`` sums them up)."""
+        m = self.metrics.summary(self.store.resident_bytes, self.executor.utilisation())
+        return {"throughput_per_s": m["throughput_per_s"],
+                "resource_utilisation": m["resource_utilisation"],
+                "latency_p50_ms": m["communication_latency"]["p50_ms"],
+                "latency_p99_ms": m["communication_latency"]["p99_ms"],
+                "useful_bytes": m["useful_bytes"], "resident_bytes": m["resident_bytes"],
+                "served_gflops": self.memory.served_gflops}
 
     async def _advertise_loop(self) -> None:
         while True:
@@ -229,8 +246,12 @@ class Daemon:
 
     async def _reconfigure_loop(self) -> None:
         while True:
-            await asyncio.sleep(RECONFIGURE_EVERY)
+            await asyncio.sleep(self.config.reconfigure_every)
             await self.reconfigurer.run()   # a failure is logged and retried by the supervisor
+            try:
+                await self.reconfigurer.rebalance()
+            except Exception:  # a bad rebalancing pass must not hold up the repairs
+                log.exception("rebalancing pass failed")
 
     async def _housekeeping_loop(self) -> None:
         while True:
@@ -295,7 +316,9 @@ class Daemon:
     async def _on_local_request(self, req: Any) -> Any:
         jobs = self.jobs
         if isinstance(req, api.StatusRequest):
-            return self.status()
+            return self.status() | ({"mesh": self.mesh_status()} if req.mesh else {})
+        if isinstance(req, api.MemoryRequest):
+            return self.memory_report()
         if isinstance(req, api.PeersRequest):
             return self.peers()
         if isinstance(req, api.JobsRequest):
@@ -335,7 +358,8 @@ class Daemon:
         return {
             "id": self.node_id, "name": self.config.name, "addresses": self.addresses(),
             "memory": {"total": total_memory(), "free": self.store.free,
-                       "budget": self.store.budget, "resident_blocks": useful},
+                       "budget": self.store.budget, "resident_blocks": useful,
+                       "disk_free": self.store.disk_free, "disk_budget": self.store.disk_budget},
             "load": self.jobs.load(), "device": self.device.name,
             "capacity": self.capacity, "uptime_s": time.time() - self.started,
             "cluster": cluster_id_for(self.keys[0] if self.keys else None),
@@ -353,6 +377,61 @@ class Daemon:
             "metrics": self.metrics.summary(useful, self.executor.utilisation()),
             "memory_patterns": self.memory.short_term_summary(),
             "dashboard": self.http.url if self.http is not None else None,
+        }
+
+    def mesh_status(self) -> dict:
+        """The four metrics for the whole mesh, from every alive member's advert.
+
+        Throughput adds up; resource utilisation is the core-weighted mean; memory
+        utilisation efficiency is all useful bytes over all resident bytes; latency is the
+        median of the members' p50 and the worst p99. Adverts are at most a few seconds old.
+        """
+        nodes = [(self.node_id, self.executor.workers, self._own_stats())]
+        nodes += [(m.node_id, m.advert.cores, m.advert.stats) for m in self.mesh.members()
+                  if m.node_id != self.node_id and m.state.value == "alive"]
+
+        def vals(key):
+            return [s.get(key) for _, _, s in nodes if s.get(key) is not None]
+        cores = sum(c for _, c, s in nodes if s.get("resource_utilisation") is not None)
+        rss = sum(vals("resident_bytes"))
+        p50 = sorted(vals("latency_p50_ms"))
+        return {
+            "nodes": len(nodes),
+            "throughput_per_s": sum(vals("throughput_per_s")),
+            "resource_utilisation": (sum(c * s["resource_utilisation"] for _, c, s in nodes
+                                         if s.get("resource_utilisation") is not None) / cores
+                                     if cores else None),
+            "memory_utilisation_efficiency": sum(vals("useful_bytes")) / rss if rss else None,
+            "communication_latency": {"p50_ms": p50[len(p50) // 2] if p50 else None,
+                                      "p99_ms": max(vals("latency_p99_ms"), default=None)},
+            "per_node": {nid: s for nid, _, s in nodes},
+        }
+
+    def memory_report(self) -> dict:
+        """What ``sedma memory`` shows: tiers, blocks, prefetch, learned peers, decisions."""
+        mem, store = self.memory, self.store
+        adverts = {m.node_id: m.advert for m in self.mesh.members()}
+        peers = {}
+        for nid, a in adverts.items():
+            pat = mem.peer_patterns.get(nid)
+            peers[nid] = {"name": a.name, "advertised_gflops": a.capacity,
+                          "learned_gflops": pat.speed_gflops if pat else None,
+                          "reliability": pat.reliability if pat else None,
+                          "self_measured_gflops": a.stats.get("served_gflops"),
+                          "link_bps": mem.link_bps.get(nid)}
+        names = {name for name, _ in self.plans.items()} | set(store.names())
+        return {
+            "id": self.node_id, "name": self.config.name,
+            "tiers": {"0": {"used": store.resident_bytes, "limit": store.budget},
+                      "1": {"used": store.disk_used, "limit": store.disk_budget},
+                      "tier1_speed": mem.tier1_speed()},
+            "blocks": {n: {str(i): t for i, t in b.items()} for n, b in store.tiers().items()},
+            "prefetch": store.stats.to_dict() | {"enabled": self.config.prefetch},
+            "peers": peers,
+            "request_rates": {n: mem.matrix_rate(n) for n in sorted(names)},
+            "block_read_rates": {f"{b.name}/{b.index}": mem.block_rate(b.key)
+                                 for b in store.blocks()},
+            "decisions": mem.decided(20),
         }
 
     def peers(self) -> list[dict]:

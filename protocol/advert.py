@@ -35,7 +35,8 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "memory_total": (int,), "memory_free": (int,), "memory_budget": (int,),
     "cores": (int,), "capacity": (float, int), "queue_depth": (int,), "running": (int,),
     "load": (float, int), "device": (str,), "device_summary": (dict,), "extra": (dict,),
-    "version": (int,), "identity": (bytes,),
+    "version": (int,), "identity": (bytes,), "disk_free": (int,), "disk_budget": (int,),
+    "tier1_speed": (float, int), "stats": (dict,),
 }
 _REQUIRED = ("node_id", "name", "addresses")
 #: Fields that describe what a node *is*; any change is worth announcing at once.
@@ -63,6 +64,14 @@ class Advertisement:
     device_summary: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     version: int = 0
+    #: Tier 1 (programmed state on disk, mapped when read): free and total bytes, and its
+    #: measured read speed as a fraction of tier 0's (RAM), so placement can discount it.
+    disk_free: int = 0
+    disk_budget: int = 0
+    tier1_speed: float = 1.0
+    #: The node's own metrics (throughput, utilisation, latency, memory efficiency,
+    #: achieved GFLOP/s serving blocks) for ``status --mesh``; numbers only.
+    stats: dict = field(default_factory=dict)
     #: The node's raw Ed25519 public key (node_id is its hash); b"" only in simulations.
     identity: bytes = b""
 
@@ -84,7 +93,7 @@ class Advertisement:
         for name, value in d.items():
             _check_field(name, value)
         kwargs: dict[str, Any] = dict(d)
-        for name in ("capacity", "load"):
+        for name in ("capacity", "load", "tier1_speed"):
             if name in kwargs:
                 kwargs[name] = float(kwargs[name])
         return cls(**kwargs)
@@ -110,7 +119,7 @@ class Advertisement:
             if getattr(self, name) != getattr(other, name):
                 return True
         scale = max(self.memory_total, other.memory_total, 1)
-        for name in ("memory_free", "memory_budget"):
+        for name in ("memory_free", "memory_budget", "disk_free", "disk_budget"):
             if abs(getattr(self, name) - getattr(other, name)) / scale > threshold:
                 return True
         for name in ("load", "queue_depth", "running"):
@@ -130,12 +139,18 @@ def _check_field(name: str, value: Any) -> None:
         raise ValueError("advertisement.addresses: every address must be a string")
     if name == "reachability" and value not in REACHABILITY:
         raise ValueError(f"advertisement.reachability: {value!r} not in {sorted(REACHABILITY)}")
-    if name in ("device_summary", "extra") and not all(isinstance(k, str) for k in value):
+    if name in ("device_summary", "extra", "stats") and not all(isinstance(k, str) for k in value):
         raise ValueError(f"advertisement.{name}: keys must be strings")
+    if name == "stats" and not all(v is None or (isinstance(v, (int, float))
+                                                 and not isinstance(v, bool))
+                                   for v in value.values()):
+        raise ValueError("advertisement.stats: values must be numbers")
+    if name == "tier1_speed" and not 0.0 <= value <= 1.0:
+        raise ValueError("advertisement.tier1_speed: must be within 0..1")
     if name == "identity" and len(value) not in (0, 32):
         raise ValueError("advertisement.identity: an Ed25519 public key has 32 bytes")
     if name in ("memory_total", "memory_free", "memory_budget", "cores", "queue_depth",
-                "running", "version") and value < 0:
+                "running", "version", "disk_free", "disk_budget") and value < 0:
         raise ValueError(f"advertisement.{name}: must not be negative")
     if name in ("capacity", "load") and not 0 <= value < math.inf:
         # placement divides by these: one peer's inf or NaN would fail every plan

@@ -9,6 +9,14 @@ are persisted in SQLite so a restarted node keeps what it learned. Placement rea
 long-term estimates before it trusts a peer's self-advertised capacity: this is how the
 mesh gets better at its own workload over time.
 
+For the self-evolving memory it also keeps, long-term: per block, an aged read count (the
+tier policy's frequency and recency) and the smoothed seconds a read takes here; which
+block follows which (the prefetcher's successor model); this node's own serving speed and
+the measured speed of block copies to each peer (what a migration costs); and the last
+reconfiguration decisions with their reasons, predicted gain and what was measured
+before and after. Short-term: bytes and seconds read per tier (how much slower tier 1 is).
+Block reads are recorded from compute threads, under the same lock.
+
 The class is a plain state machine fed with observations and a clock; persistence is two
 small methods the daemon calls.
 
@@ -21,6 +29,7 @@ iteration" used to kill the memory loop), and the loop waits at most for a copy.
 from __future__ import annotations
 
 import collections
+import math
 import sqlite3
 import threading
 import time
@@ -28,9 +37,15 @@ from dataclasses import asdict, dataclass, field
 
 import msgpack
 
+from node.memory.prefetch import Key, SuccessorModel
+from node.memory.tiers import HALF_LIFE_S, decayed
+
 SHORT_WINDOW = 300.0      # seconds of history in short-term memory
+MAX_BLOCK_STATS = 65536   # per-block read counts kept (the least used are forgotten)
+MAX_DECISIONS = 200       # reconfiguration decisions kept
 FORGET_AFTER = 24 * 3600.0  # a departed peer's patterns are dropped after this long unseen
 ALPHA = 0.3               # weight of one consolidation period in the long-term estimate
+SERVED_ALPHA = 0.05       # weight of one read in this node's own speed (~20-read memory)
 
 
 @dataclass
@@ -69,6 +84,20 @@ class DualMemory:
     peer_patterns: dict[str, PeerPattern] = field(default_factory=dict)
     matrix_patterns: dict[str, MatrixPattern] = field(default_factory=dict)
     _consolidated_at: dict[str, float] = field(default_factory=dict)
+    #: Long-term, per block ("name/idx"): [aged read count, last read] (tier policy).
+    block_reads: dict[str, list[float]] = field(default_factory=dict)
+    #: Long-term: which block follows which (prefetch).
+    successors: SuccessorModel = field(default_factory=SuccessorModel)
+    #: Long-term: the last reconfiguration decisions, with reason, predicted and measured gain.
+    decisions: list[dict] = field(default_factory=list)
+    #: Short-term, per tier: [bytes read, seconds] since start (how much slower tier 1 is).
+    tier_io: dict[int, list[float]] = field(default_factory=lambda: {0: [0.0, 0.0], 1: [0.0, 0.0]})
+    #: Long-term, per block: smoothed seconds per read here (compute included).
+    block_seconds: dict[str, float] = field(default_factory=dict)
+    #: Long-term: this node's own achieved GFLOP/s serving reads (slowness shows here).
+    served_gflops: float | None = None
+    #: Long-term, per peer: measured bytes/s of block copies (the cost of a move).
+    link_bps: dict[str, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     # observations (short-term) ------------------------------------------------------
@@ -85,6 +114,119 @@ class DualMemory:
         with self._lock:
             self.requests.setdefault(matrix, collections.deque(maxlen=4096)).append(
                 (now, latency_s))
+
+    def record_block_read(self, key: Key, now: float | None = None) -> None:
+        """A read of block ``key`` started: its aged count and the successor model learn."""
+        now = time.time() if now is None else now
+        k = f"{key[0]}/{key[1]}"
+        with self._lock:
+            hits, last = self.block_reads.get(k, (0.0, now))
+            self.block_reads[k] = [decayed(hits, last, now, HALF_LIFE_S) + 1.0, now]
+            if len(self.block_reads) > MAX_BLOCK_STATS:
+                del self.block_reads[min(self.block_reads, key=lambda j: self.block_reads[j][1])]
+            self.successors.observe(key, now)
+
+    def block_use(self, key: Key) -> tuple[float, float]:
+        """(aged read count at the last read, time of the last read) of block ``key``."""
+        with self._lock:
+            hits, last = self.block_reads.get(f"{key[0]}/{key[1]}", (0.0, 0.0))
+        return hits, last
+
+    def predict_next(self, key: Key, limit: int = 2) -> list[Key]:
+        """Blocks the successor model expects right after ``key``."""
+        with self._lock:
+            return [p.key for p in self.successors.predict(key, limit)]
+
+    def record_tier_read(self, tier: int, nbytes: int, seconds: float,
+                         key: Key | None = None) -> None:
+        """A read of a tier-``tier`` block took ``seconds`` (compute included)."""
+        with self._lock:
+            acc = self.tier_io.setdefault(tier, [0.0, 0.0])
+            acc[0] += nbytes
+            acc[1] += seconds
+            if key is not None:
+                k = f"{key[0]}/{key[1]}"
+                old = self.block_seconds.get(k)
+                self.block_seconds[k] = seconds if old is None else (
+                    (1 - ALPHA) * old + ALPHA * seconds)
+                if len(self.block_seconds) > MAX_BLOCK_STATS:
+                    self.block_seconds.pop(next(iter(self.block_seconds)))
+
+    def block_rate(self, key: Key, now: float | None = None) -> float:
+        """Reads per second of block ``key`` here: the aged count over its mean age.
+
+        With reads at a steady rate r, the aged count settles at r x half-life / ln 2.
+        """
+        now = time.time() if now is None else now
+        hits, last = self.block_use(key)
+        return decayed(hits, last, now, HALF_LIFE_S) * math.log(2) / HALF_LIFE_S
+
+    def block_service_s(self, key: Key) -> float | None:
+        """Smoothed seconds one read of block ``key`` takes here, None before the first."""
+        with self._lock:
+            return self.block_seconds.get(f"{key[0]}/{key[1]}")
+
+    def record_served(self, flops: float, seconds: float) -> None:
+        """This node computed ``flops`` for a peer or itself in ``seconds`` (its own speed)."""
+        if seconds <= 0:
+            return
+        with self._lock:
+            speed = flops / seconds / 1e9
+            self.served_gflops = speed if self.served_gflops is None else (
+                (1 - SERVED_ALPHA) * self.served_gflops + SERVED_ALPHA * speed)
+
+    def record_transfer(self, peer: str, nbytes: int, seconds: float) -> None:
+        """A block copy to ``peer`` moved ``nbytes`` in ``seconds`` (its link speed)."""
+        if seconds <= 0:
+            return
+        with self._lock:
+            bps = nbytes / seconds
+            old = self.link_bps.get(peer)
+            self.link_bps[peer] = bps if old is None else (1 - ALPHA) * old + ALPHA * bps
+
+    def link_speed(self, peer: str, default: float) -> float:
+        with self._lock:
+            return self.link_bps.get(peer, default)
+
+    def tier1_speed(self) -> float:
+        """Tier-1 read throughput as a fraction of tier 0's (1.0 until both were measured)."""
+        with self._lock:
+            (b0, s0), (b1, s1) = self.tier_io.get(0, (0, 0)), self.tier_io.get(1, (0, 0))
+        if not (b0 and s0 and b1 and s1):
+            return 1.0
+        return min(1.0, (b1 / s1) / (b0 / s0))
+
+    def record_decision(self, decision: dict) -> None:
+        """Keep a reconfiguration decision (with its reason and predicted gain)."""
+        with self._lock:
+            self.decisions.append(dict(decision))
+            del self.decisions[: max(0, len(self.decisions) - MAX_DECISIONS)]
+
+    def judge_decision(self, at: float, key: Key, measured_after: dict) -> None:
+        """Record what was measured after the decision made at ``at`` on block ``key``."""
+        with self._lock:
+            for d in self.decisions:
+                if d.get("at") == at and (d.get("name"), d.get("index")) == key:
+                    d["measured_after"] = measured_after
+
+    def decided(self, limit: int = 20) -> list[dict]:
+        with self._lock:
+            return [dict(d) for d in self.decisions[-limit:]]
+
+    def matrix_rate(self, name: str, now: float | None = None, span: float = 60.0) -> float:
+        """Requests per second of ``name`` over the last ``span`` seconds (short-term)."""
+        now = time.time() if now is None else now
+        with self._lock:
+            q = self.requests.get(name, ())
+            return sum(1 for at, _ in q if at > now - span) / span
+
+    def forget_matrix(self, name: str) -> None:
+        """An undeployed matrix: its per-block counts and learned sequences go."""
+        prefix = name + "/"
+        with self._lock:
+            self.block_reads = {k: v for k, v in self.block_reads.items()
+                                if not k.startswith(prefix)}
+            self.successors.forget(name)
 
     # consolidation (short -> long) ---------------------------------------------------
     def consolidate(self, now: float | None = None) -> None:
@@ -178,7 +320,13 @@ class DualMemory:
             peers = {k: list(q) for k, q in self.peers.items()}
             requests = {k: list(q) for k, q in self.requests.items()}
             consolidated_at = dict(self._consolidated_at)
-        long_term = {"peers": peer_patterns, "matrices": matrix_patterns}
+            blocks = {k: list(v) for k, v in self.block_reads.items()}
+            successors = self.successors.to_dict()
+            decisions = [dict(d) for d in self.decisions]
+            extra = {"block_seconds": dict(self.block_seconds), "link_bps": dict(self.link_bps),
+                     "served_gflops": self.served_gflops}
+        long_term = {"peers": peer_patterns, "matrices": matrix_patterns, "blocks": blocks,
+                     "successors": successors, "decisions": decisions, **extra}
         short_term = {"peers": {k: [[s.at, s.flops, s.seconds, s.ok] for s in q]
                                 for k, q in peers.items()},
                       "requests": {k: [list(r) for r in q] for k, q in requests.items()},
@@ -204,6 +352,16 @@ class DualMemory:
         if table == "long_term":
             self.peer_patterns = {k: PeerPattern(**v) for k, v in value["peers"].items()}
             self.matrix_patterns = {k: MatrixPattern(**v) for k, v in value["matrices"].items()}
+            self.block_reads = {str(k): [float(v[0]), float(v[1])]
+                                for k, v in value.get("blocks", {}).items()}
+            if "successors" in value:
+                self.successors = SuccessorModel.from_dict(value["successors"])
+            self.decisions = [d for d in value.get("decisions", []) if isinstance(d, dict)]
+            self.block_seconds = {str(k): float(v)
+                                  for k, v in value.get("block_seconds", {}).items()}
+            self.link_bps = {str(k): float(v) for k, v in value.get("link_bps", {}).items()}
+            served = value.get("served_gflops")
+            self.served_gflops = None if served is None else float(served)
             return
         for k, rows in value["peers"].items():
             self.peers[k] = collections.deque((Sample(*r) for r in rows), maxlen=4096)

@@ -220,7 +220,14 @@ class Mesh:
             pending = asyncio.ensure_future(self._dial(node_id))
             self._dialing[node_id] = pending
             pending.add_done_callback(lambda _f: self._dialing.pop(node_id, None))
-        return await asyncio.shield(pending)
+        try:
+            return await asyncio.shield(pending)
+        except asyncio.CancelledError:
+            # the dial (not this caller) was cancelled: the member was declared dead or left
+            if pending.cancelled() and not asyncio.current_task().cancelling():
+                raise LinkClosed(f"{node_id[:8]} was declared dead or left while being "
+                                 "dialled") from None
+            raise
 
     async def _dial(self, node_id: str) -> Session:
         member = self.membership.member(node_id)
@@ -296,6 +303,9 @@ class Mesh:
                 session = self.sessions.get(event.node_id)
                 if session is not None:
                     self._spawn(session.close(f"member is {event.kind}"))
+                dial = self._dialing.get(event.node_id)
+                if dial is not None:   # nobody should keep waiting on a dead member
+                    dial.cancel()
             for hook in self.event_hooks:
                 hook(event)
         self._wake.set()

@@ -9,6 +9,7 @@ sends can stop the daemon. Compute always runs on the executor's threads.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import logging
 import time
@@ -21,6 +22,7 @@ from compute.device import DeviceProfile, get_preset
 from compute.executor import Executor
 from compute.partition import PlacementError
 from node.errors import UserError, internal_message
+from node.memory.dualmemory import DualMemory
 from node.metrics import Metrics
 from nat.link import LinkClosed
 from node.work.claims import ClaimRefused
@@ -36,13 +38,17 @@ from protocol.work import (ClaimName, DropMatrix, GetModel, GetPlan, InferBlock,
 log = logging.getLogger("sedma.holder")
 
 MAX_SERVING = 256          # peer requests served at once; more are refused, not queued
+PREFETCH_DEPTH = 2         # blocks predicted ahead of the one being read
+RELEASE_GRACE_S = 30.0     # a block the plan moved away stays this long for requests in flight
 
 
 class BlockHolder:
     """This node's compute and resident blocks, behind one small API."""
 
     def __init__(self, device: DeviceProfile, store: BlockStore, executor: Executor,
-                 metrics: Metrics, plans: PlanBook, book: ModelBook | None = None) -> None:
+                 metrics: Metrics, plans: PlanBook, book: ModelBook | None = None,
+                 memory: DualMemory | None = None, slowdown: float = 1.0,
+                 prefetch: bool = True, node_id: str = "") -> None:
         self.device = device
         self.book = book
         self.pipeline: Any = None   # node.work.pipeline.Pipeline, set once the daemon made it
@@ -52,6 +58,16 @@ class BlockHolder:
         self.plans = plans
         self.accepting = True
         self.serving = 0
+        self.memory = memory
+        self.node_id = node_id
+        self.slowdown = slowdown
+        self.prefetch_enabled = prefetch
+        #: Prefetch loads run on their own thread so they overlap compute instead of
+        #: queueing behind it; the set of keys in flight belongs to the event loop.
+        self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sedma-prefetch")
+        self._prefetching: set[tuple[str, int]] = set()
+        self._releasing: set[tuple[str, int]] = set()        # blocks in their grace period
+        self._release_tasks: set[asyncio.Task] = set()
 
     def profile(self, name: str | None) -> DeviceProfile:
         """The named preset, or this node's own device when the job names none."""
@@ -65,8 +81,9 @@ class BlockHolder:
     async def compute_share(self, a: np.ndarray, b: np.ndarray, device: str | None, seed: int,
                             row_offset: int) -> np.ndarray:
         """One-shot ``a @ b`` on crossbars (a is rows [row_offset, ...) of the job's A)."""
-        return await self.executor.run(crossbar_matmul, a, b, self.profile(device), seed,
-                                       row_offset)
+        y, _ = await self.executor.run(self._timed, functools.partial(
+            crossbar_matmul, a, b, self.profile(device), seed, row_offset))
+        return y
 
     async def store_block(self, name, index, row_start, w, device, seed) -> int:
         """Program a block here, persist it, then make it available; return its bytes."""
@@ -88,16 +105,51 @@ class BlockHolder:
             block = await self.executor.run(program_and_persist)
         finally:
             self.store.release(cost)
+        shape = block.matrix.shape
         self.metrics.programmed(block.nbytes, time.monotonic() - started)
         self.store.add(block)
-        log.info("holding block %d of %s (%dx%d, %s, %d bytes)", index, name,
-                 *block.matrix.shape, profile.name, block.nbytes)
+        log.info("holding block %d of %s (%dx%d, %s, %d bytes, tier %d)", index, name,
+                 *shape, profile.name, block.nbytes, block.tier)
         return block.nbytes
 
     async def drop(self, name: str) -> int:
         """Forget every block of ``name`` (file deletes and the commit off the event loop)."""
+        if self.memory is not None:
+            self.memory.forget_matrix(name)
         return await self.executor.run(self.store.drop, name)
 
+    def release_unlisted(self, name: str) -> None:
+        """After a plan change: blocks held here that the plan no longer lists are dropped
+        after a grace period (copy-then-switch: requests routed by the old plan finish)."""
+        plan = self.plans.get(name)
+        held = self.store.names().get(name, [])
+        if plan is None or not held:
+            return
+        loop = asyncio.get_running_loop()
+        for blk in plan.blocks:
+            key = (name, blk.index)
+            if (blk.index in held and self.node_id not in blk.nodes and blk.nodes
+                    and key not in self._releasing):
+                self._releasing.add(key)
+                loop.call_later(RELEASE_GRACE_S, self._start_release, key)
+
+    def _start_release(self, key: tuple[str, int]) -> None:
+        task = asyncio.get_running_loop().create_task(self._release(*key))
+        self._release_tasks.add(task)          # held until done (the loop keeps weak refs)
+        task.add_done_callback(self._release_tasks.discard)
+
+    async def _release(self, name: str, index: int) -> None:
+        self._releasing.discard((name, index))
+        plan = self.plans.get(name)
+        blk = next((b for b in plan.blocks if b.index == index), None) if plan else None
+        if blk is None or self.node_id in blk.nodes or not blk.nodes:
+            return              # the plan changed back (or vanished): keep it
+        try:
+            if await self.executor.run(self.store.drop_block, name, index):
+                log.info("released block %d of %s (now held by %s)", index, name,
+                         ", ".join(n[:8] for n in blk.nodes))
+        except Exception:
+            log.exception("releasing block %d of %s failed", index, name)
     async def undeploy_local(self, name: str, deploy_id: str, layers: list[str]) -> int:
         """Tombstone deployment ``deploy_id`` of ``name``, forget its plans and drop its blocks
         here (memory and disk); returns the resident bytes freed. Idempotent."""
@@ -147,20 +199,84 @@ class BlockHolder:
 
         Several requests (or several blocks of one request) then share the threads evenly
         instead of queueing whole blocks behind each other; the values are the ones a single
-        read gives (noise is keyed by tile position).
+        read gives (noise is keyed by tile position). The block is pinned for the whole
+        read (it cannot leave RAM under it), and the blocks predicted to follow it are
+        brought into RAM meanwhile.
         """
-        block = self.store.get(name, index)
+        self.store.get(name, index)
         self.metrics.read()
-        matrix = block.matrix
+        self._prefetch_after(name, index)
+        reading = self.store.reading(name, index)
+        block = await self.executor.run(reading.__enter__)
+        try:
+            y, busy = await self._read(block.matrix, x, read_seed)
+        finally:
+            reading.__exit__(None, None, None)
+        if self.memory is not None:
+            rows, cols = block.matrix.shape
+            self.memory.record_served(2.0 * rows * cols * (1 if x.ndim == 1 else x.shape[1]),
+                                      busy)
+        return y
+
+    async def _read(self, matrix: ProgrammedMatrix, x: np.ndarray,
+                    read_seed: int) -> tuple[np.ndarray, float]:
+        """The read and the seconds it kept the compute threads busy (queueing excluded:
+        this node's own speed must not drop just because it was given more work)."""
         if matrix.shape[1] != x.shape[0]:
             raise StoreError(f"X has {x.shape[0]} rows; block has {matrix.shape[1]} columns")
         spans = _chunks(-(-matrix.shape[0] // row_granularity(matrix.profile)), self.executor.workers)
         if len(spans) == 1 or x.ndim == 1 or x.shape[1] < MIN_SPLIT_BATCH:  # memory-bound
-            return await self.executor.run(matrix.matmul, x, read_seed)
-        parts = await asyncio.gather(*(self.executor.run(
-            functools.partial(matrix.matmul, x, read_seed, tile_rows=span)) for span in spans))
-        return await self.executor.run(np.concatenate, parts)   # up to GiBs: not on the loop
+            return await self.executor.run(self._timed, functools.partial(matrix.matmul, x,
+                                                                          read_seed))
+        parts = await asyncio.gather(*(self.executor.run(self._timed, functools.partial(
+            matrix.matmul, x, read_seed, tile_rows=span)) for span in spans))
+        busy = sum(sec for _, sec in parts) / min(len(spans), self.executor.workers)
+        y = await self.executor.run(np.concatenate, [y for y, _ in parts])   # not on the loop
+        return y, busy
 
+    def _timed(self, fn: Any) -> tuple[Any, float]:
+        """``fn()`` on a compute thread, and the seconds it kept that thread.
+
+        With ``--compute-slowdown F`` (a testing aid) the thread then sleeps F-1 times as
+        long as ``fn`` ran: the node's compute threads are held F times longer, so it serves
+        F times fewer requests, like a slower machine, without taking the shared machine's
+        CPU from anyone. Measured on the thread, so queueing is excluded.
+        """
+        start = time.perf_counter()
+        value = fn()
+        if self.slowdown > 1.0:
+            time.sleep((self.slowdown - 1.0) * (time.perf_counter() - start))
+        return value, time.perf_counter() - start
+
+    def _prefetch_after(self, name: str, index: int) -> None:
+        """Start loading the blocks the dual memory predicts after this one (if held here)."""
+        if not self.prefetch_enabled or self.memory is None:
+            return
+        held = self.store.names()
+        nxt: list[tuple[str, int]] = []
+        key = (name, index)
+        for _ in range(PREFETCH_DEPTH):   # follow the most likely chain a few steps
+            guesses = self.memory.predict_next(key, limit=1)
+            if not guesses or guesses[0] in nxt or guesses[0] == (name, index):
+                break
+            key = guesses[0]
+            nxt.append(key)
+        nxt = [k for k in nxt if k[1] in held.get(k[0], ())]
+        # The block about to be read counts as predicted too: until its read pins it, a
+        # prefetch running on the other thread must not evict it.
+        self.store.predicted = frozenset(nxt) | {(name, index)}
+        loop = asyncio.get_running_loop()
+        for key in nxt:
+            if key in self._prefetching:
+                continue
+            self._prefetching.add(key)
+            fut = loop.run_in_executor(self._io, self.store.prefetch, *key)
+            fut.add_done_callback(lambda f, key=key: self._prefetch_done(key, f))
+
+    def _prefetch_done(self, key: tuple[str, int], fut: asyncio.Future) -> None:
+        self._prefetching.discard(key)
+        if not fut.cancelled() and fut.exception() is not None:
+            log.warning("prefetch of %s/%d failed: %s", *key, fut.exception())
 
     async def handle(self, session: Session, msg: Any) -> None:
         """Serve a work request from a peer; errors go back as text."""
@@ -216,6 +332,7 @@ class BlockHolder:
             if self._layer_removed(check_name(msg.name)):
                 return False
             await self.plans.put(msg.name, plan)
+            self.release_unlisted(msg.name)
             return True
         if isinstance(msg, GetPlan):
             plan = self.plans.versioned(msg.name)

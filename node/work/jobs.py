@@ -33,7 +33,7 @@ from nat.link import LinkClosed
 from node.errors import UserError, internal_message
 from node.memory.dualmemory import DualMemory
 from node.metrics import Metrics
-from node.work.placement import Candidate, rank
+from node.work.placement import Candidate, by_predicted_finish, holdable, rank
 from node.work.claims import ClaimRefused, quorum
 from node.work.plans import VersionedPlan, new_deploy_id
 from node.work.retention import JobStamp, Retention, expired
@@ -49,6 +49,7 @@ from protocol.work import (ClaimName, DropMatrix, GetPlan, InferBlock, MatmulSha
 log = logging.getLogger("sedma.jobs")
 
 MAX_ATTEMPTS = 4
+REMOTE_HOP_S = 0.002     # a remote block read pays a round trip and X's transfer
 CLAIM_TIMEOUT = 5.0   # a member that cannot answer a name claim in this long counts as "no"
 BASE_TIMEOUT = 30.0
 #: A job's operands and result together. Below the peer message limit (every share and
@@ -100,6 +101,8 @@ class JobManager:
         self.retention = retention
         self.jobs: dict[str, Job] = {}
         self.accepting = True
+        #: Block requests this node has sent and not yet had answered, per holder.
+        self.inflight: dict[str, int] = {}
 
     # persistence --------------------------------------------------------------------
     def restore(self) -> list[str]:
@@ -231,8 +234,10 @@ class JobManager:
     # candidates -----------------------------------------------------------------------
     def candidates(self) -> list[Candidate]:
         """This node plus every alive member, as the scorer sees them."""
-        out = [Candidate(self.node_id, self.capacity, self.load(), self.holder.store.free,
-                         self.holder.device.name, "self")]
+        store = self.holder.store
+        out = [Candidate(self.node_id, self.capacity, self.load(), store.free,
+                         self.holder.device.name, "self", True, store.disk_free,
+                         self.memory.tier1_speed())]
         for m in self.mesh.members():
             if m.node_id == self.node_id or m.state.value != "alive":
                 continue
@@ -240,7 +245,8 @@ class JobManager:
             outcome = self.mesh.connector.outcome(m.node_id)
             session = self.mesh.sessions.get(m.node_id)
             link = session.link.kind if session else (outcome.kind if outcome else "none")
-            out.append(Candidate(m.node_id, a.capacity, a.load, a.memory_free, a.device, link))
+            out.append(Candidate(m.node_id, a.capacity, a.load, a.memory_free, a.device, link,
+                                 True, a.disk_free, a.tier1_speed))
         return out
 
     def load(self) -> float:
@@ -255,7 +261,7 @@ class JobManager:
                 dev = self.holder.device if c.node_id == self.node_id else get_preset(c.device)
             except ValueError:
                 continue
-            slots.append(NodeSlot(c.node_id, sc, c.memory_free, dev))
+            slots.append(NodeSlot(c.node_id, sc, holdable(c), dev))
         return slots
 
     # matmul ---------------------------------------------------------------------------
@@ -496,8 +502,9 @@ class JobManager:
     async def _infer_block(self, name, blk, x, read_seed, out) -> None:
         errors = []
         flops = 2.0 * (blk.row_stop - blk.row_start) * x.shape[0] * x.shape[1]
-        for node in self._holder_order(blk.nodes):
+        for node in self._holder_order(blk.nodes, flops):
             start = time.perf_counter()
+            self.inflight[node] = self.inflight.get(node, 0) + 1
             try:
                 part = await self._infer_on(node, name, blk, x, read_seed, flops)
                 await self.executor.run(out.__setitem__, slice(blk.row_start, blk.row_stop),
@@ -506,13 +513,24 @@ class JobManager:
                 return
             except (LinkClosed, TimeoutError, RemoteError, ProtocolError, StoreError) as exc:
                 self.memory.record_share(node, flops, time.perf_counter() - start, False)
+                log.info("infer %s block %d on %s failed after %.3fs (%s); trying the next "
+                         "holder", name, blk.index, node[:8], time.perf_counter() - start, exc)
                 errors.append(f"{node[:8]}: {exc}")
+            finally:
+                self.inflight[node] -= 1
         raise JobError(f"block {blk.index} of {name} has no live holder ({'; '.join(errors)})")
 
-    def _holder_order(self, nodes: list[str]) -> list[str]:
-        """Holders best first: this node (no transfer), then by score; dead ones last."""
+    def _holder_order(self, nodes: list[str], flops: float = 0.0) -> list[str]:
+        """Holders by predicted finish time (requests in flight there x learned speed),
+        so load spreads over replicas; holders that are not alive go last, and a holder
+        whose link just closed goes after the linked ones (see :func:`linked_first`)."""
         scores = {c.node_id: s for s, c in rank(self.candidates(), self.memory)}
-        return sorted(nodes, key=lambda n: (n != self.node_id, -scores.get(n, -1.0)))
+        live = [n for n in nodes if n in scores]
+        hop = {n: REMOTE_HOP_S for n in live if n != self.node_id}   # this node: no transfer
+        ordered = by_predicted_finish(live, scores, self.inflight, flops, hop)
+        linked = {p for p, s in self.mesh.sessions.items() if not s.closed.is_set()}
+        return linked_first(ordered + [n for n in nodes if n not in scores], self.node_id,
+                            linked)
 
     async def _infer_on(self, node, name, blk, x, read_seed, flops) -> np.ndarray:
         if node == self.node_id:
@@ -550,6 +568,16 @@ class JobManager:
                     continue
                 return (await self.plans.put(name, versioned)).plan
         raise JobError(f"no matrix named {name!r} is deployed on the mesh")
+
+def linked_first(order: list[str], me: str, linked: set[str]) -> list[str]:
+    """``order`` with the holders we have no live link to moved last (stable).
+
+    A holder whose link just closed (killed, say) is then tried only after its replicas:
+    the request fails over without a dial and without waiting for the failure detector to
+    call the holder dead. Unlinked holders are still tried (dialled), in their order.
+    """
+    return sorted(order, key=lambda n: n != me and n not in linked)
+
 
 def check_device(device: str | None) -> None:
     """An unknown preset name is the user's error (get_preset raises a plain ValueError)."""

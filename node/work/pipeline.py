@@ -214,6 +214,8 @@ class Pipeline:
                 jobs.memory.record_share(node, flops, time.perf_counter() - start, True)
             except (*PEER_ERRORS, StoreError) as exc:
                 jobs.memory.record_share(node, flops, time.perf_counter() - start, False)
+                log.info("%s block %d on %s failed after %.3fs (%s); trying the next holder",
+                         lname, blk.index, node[:8], time.perf_counter() - start, exc)
                 errors.append(f"{node[:8]}: {exc}")
                 continue
             return node

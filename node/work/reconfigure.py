@@ -1,6 +1,19 @@
-"""Continuous reconfiguration: keep every deployed block at its replica count.
+"""Continuous reconfiguration: keep every deployed block at its replica count, and move
+blocks to where they serve best (hot replication, retiring cooled replicas, migration).
 
-(:func:`repairs` decides, sans I/O; :class:`Reconfigurer` carries the decisions out.)
+(:func:`repairs` and :func:`node.work.rebalance.plan_pass` decide, sans I/O;
+:class:`Reconfigurer` carries the decisions out.)
+
+Rebalancing: for each block, the same single actor as for repairs (its lowest-id live
+holder) builds a snapshot — learned speeds (its dual memory, else the peer's own measured
+speed from its advert, else its advertised capacity), loads averaged over passes, free RAM,
+the block's request rate (its own read rate here times the live holders, since requests
+spread evenly by predicted finish time) — and runs :func:`plan_pass`. Every move is
+copy-then-switch: the new holder receives the programmed state, *then* the plan lists it
+and is announced; a holder the plan drops keeps serving for a grace period
+(:data:`~node.work.holder.RELEASE_GRACE_S`) before it releases the block, so requests in
+flight finish. Each decision goes into the dual memory with its reason, predicted gain and
+what was measured before; a later pass fills in what was measured after.
 
 When a holder dies, the block's surviving holder with the lowest node id (so exactly one
 node acts, without a vote) picks the best-scoring member that does not hold the block,
@@ -14,18 +27,29 @@ slow timer, so a repair that failed is retried.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from compute.partition import PartitionPlan
 from nat.link import LinkClosed
 from node.work.jobs import JobManager, request_timeout
 from node.work.placement import rank
+from node.work.rebalance import BlockView, Decision, NodeView, Policy, plan_pass
 from node.net.session import RemoteError
 from node.memory.store import StoreError
+from protocol import codec
 from protocol.errors import ProtocolError
 from protocol.work import StoreState
 
 log = logging.getLogger("sedma.reconfigure")
+
+DEFAULT_LINK_BPS = 50e6   # until a copy to the peer was measured (request_timeout's figure)
+JUDGE_AFTER_S = 60.0      # a decision's effect is measured this long after it
+
+
+def decode_state(raw: bytes) -> dict:
+    """The programmed-state dict of a block file (arrays are views into ``raw``)."""
+    return codec.decode(raw)
 
 
 @dataclass(frozen=True)
@@ -53,11 +77,157 @@ def repairs(name: str, plan: PartitionPlan, me: str, alive: set[str],
 
 
 class Reconfigurer:
-    """Runs :func:`repairs` against the live mesh (one pass at a time)."""
+    """Runs :func:`repairs` and :func:`plan_pass` against the live mesh (one pass at a time)."""
 
-    def __init__(self, jobs: JobManager) -> None:
+    def __init__(self, jobs: JobManager, policy: Policy = Policy()) -> None:
         self.jobs = jobs
+        self.policy = policy
         self._busy = False
+        self._load: dict[str, float] = {}          # per node, averaged over passes
+        #: per block: (holder set last seen, when it was first seen): the dwell clock
+        self._changed: dict[tuple[str, int], tuple[tuple[str, ...], float]] = {}
+        self._deployed: dict[str, int] = {}
+
+    async def rebalance(self, now: float | None = None) -> list[Decision]:
+        """One rebalancing pass over the blocks this node acts for; the decisions made."""
+        jobs = self.jobs
+        if self._busy or not jobs.accepting:
+            return []
+        self._busy = True
+        try:
+            now = time.time() if now is None else now
+            self._measure_after(now)
+            nodes = self._node_views()
+            blocks = self._block_views(set(nodes), now)
+            done = []
+            for d in plan_pass(blocks, nodes, now, self.policy):
+                if await self._carry_out(d):
+                    done.append(d)
+            return done
+        finally:
+            self._busy = False
+
+    def _node_views(self) -> dict[str, NodeView]:
+        """Every live member, with speeds of one kind only: each node's own measured
+        serving speed (ours from the dual memory, the others' from their adverts).
+
+        Why not mix in advertised capacity or what we measured as their client: a BLAS
+        peak and a serving speed with its overheads differ several-fold, and comparing
+        them made two nodes each find the other faster and swap a block back and forth.
+        A node that has served nothing yet gets the median of the known speeds.
+        """
+        jobs, memory = self.jobs, self.jobs.memory
+        adverts = {m.node_id: m.advert for m in jobs.mesh.members()}
+        cands = jobs.candidates()
+        own = {c.node_id: (memory.served_gflops if c.node_id == jobs.node_id else
+                           adverts[c.node_id].stats.get("served_gflops")
+                           if c.node_id in adverts else None) for c in cands}
+        known = sorted(v for v in own.values() if v)
+        out = {}
+        for c in cands:
+            prev = self._load.get(c.node_id, c.load)
+            load = self._load[c.node_id] = 0.7 * prev + 0.3 * c.load
+            speed = own[c.node_id] or (known[len(known) // 2] if known else c.capacity)
+            out[c.node_id] = NodeView(c.node_id, float(speed), load, c.memory_free,
+                                      c.link == "ice-relay",
+                                      memory.link_speed(c.node_id, DEFAULT_LINK_BPS))
+        return out
+
+    def _block_views(self, alive: set[str], now: float) -> list[BlockView]:
+        jobs, memory = self.jobs, self.jobs.memory
+        me = jobs.node_id
+        held = jobs.holder.store.names()
+        mine_speed = memory.served_gflops or jobs.capacity
+        out = []
+        for name, plan in jobs.plans.items():
+            for blk in plan.blocks:
+                live = [n for n in blk.nodes if n in alive]
+                if not live or min(live) != me or blk.index not in held.get(name, ()):
+                    continue
+                key = (name, blk.index)
+                svc = memory.block_service_s(key)
+                if svc is None:
+                    continue           # never read here: nothing to go on yet
+                rate = memory.block_rate(key, now) * len(live)
+                out.append(BlockView(name, blk.index, jobs.holder.store.get(*key).nbytes,
+                                     svc * mine_speed * 1e9, tuple(blk.nodes), rate,
+                                     self._changed_at(key, tuple(blk.nodes), now),
+                                     self._want(name, plan)))
+        return out
+
+    def _want(self, name: str, plan: PartitionPlan) -> int:
+        """Replicas as deployed: the fewest holders any block of the plan had at first."""
+        return self._deployed.setdefault(name, min(len(b.nodes) for b in plan.blocks))
+
+    async def _carry_out(self, d: Decision) -> bool:
+        """Copy (for replicate/migrate), then switch the plan (a new version of that block
+        only, so concurrent repairs of other blocks merge) and announce it."""
+        jobs = self.jobs
+        if d.target and not await self._copy(d.name, d.index, d.target):
+            return False
+        plan = jobs.plans.get(d.name)          # re-read: announcements may have merged in
+        blk = next((b for b in plan.blocks if b.index == d.index), None) if plan else None
+        if blk is None or d.source not in blk.nodes or (d.target and d.target in blk.nodes):
+            return False                       # the plan moved on meanwhile
+        nodes = list(blk.nodes)
+        if d.kind == "replicate":
+            nodes.append(d.target)
+        elif d.kind == "retire":
+            nodes.remove(d.source)
+        else:
+            nodes[nodes.index(d.source)] = d.target
+        await jobs.plans.update_block(d.name, d.index, nodes, jobs.node_id)
+        await jobs.announce_plan(d.name)
+        jobs.holder.release_unlisted(d.name)
+        key = (d.name, d.index)
+        self._changed[key] = (tuple(nodes), d.at)
+        before = {"rate": jobs.memory.block_rate(key, d.at),
+                  "service_s": jobs.memory.block_service_s(key)}
+        jobs.memory.record_decision(d.to_dict() | {"measured_before": before,
+                                                   "measured_after": None})
+        log.info("%s %s block %d: %s -> %s (%s; predicted gain %.3g)", d.kind, d.name, d.index,
+                 d.source[:8], d.target[:8] or "-", d.reason, d.predicted_gain)
+        return True
+
+    def _changed_at(self, key: tuple[str, int], holders: tuple[str, ...], now: float) -> float:
+        """When this node saw the block's holder set change (first sight counts as a change).
+
+        Why first sight: another node may have just moved the block here (its decision is
+        in its own log, not ours); assuming the holders are fresh keeps the dwell time
+        for everyone, at the price of waiting one dwell after a restart.
+        """
+        seen = self._changed.get(key)
+        if seen is None or seen[0] != holders:
+            self._changed[key] = seen = (holders, now)
+        return seen[1]
+
+    def _measure_after(self, now: float) -> None:
+        """Fill in what was measured after decisions old enough to judge (same metrics)."""
+        memory = self.jobs.memory
+        for d in memory.decided(limit=10**6):
+            if d.get("measured_after") is None and now - float(d.get("at", now)) >= JUDGE_AFTER_S:
+                key = (d["name"], d["index"])
+                memory.judge_decision(d["at"], key, {
+                    "rate": memory.block_rate(key, now),
+                    "service_s": memory.block_service_s(key)})
+
+    async def _copy(self, name: str, index: int, target: str) -> bool:
+        """Ship this node's programmed state of a block to ``target``; True if it took."""
+        store = self.jobs.holder.store
+        try:
+            block = store.get(name, index)
+            raw = await self.jobs.executor.run(store.state_bytes, name, index)
+            state = await self.jobs.executor.run(decode_state, raw)
+            session = await self.jobs.mesh.session(target)
+            msg = StoreState(session.next_rid(), name, index, block.row_start, block.device,
+                             block.seed, state)
+            start = time.perf_counter()
+            await session.request(msg, request_timeout(0, block.nbytes))
+            self.jobs.memory.record_transfer(target, block.nbytes, time.perf_counter() - start)
+            return True
+        except (StoreError, OSError, LinkClosed, TimeoutError, RemoteError, ProtocolError) as exc:
+            log.warning("copying %s block %d to %s failed: %s", name, index, target[:8], exc)
+            return False
 
     async def run(self) -> int:
         """Restore lost replicas of every deployment this node holds; return repairs made."""
@@ -92,11 +262,13 @@ class Reconfigurer:
             return 0
         try:
             session = await self.jobs.mesh.session(repair.target)
-            state = block.matrix.to_state()
+            raw = await self.jobs.executor.run(self.jobs.holder.store.state_bytes,
+                                               repair.name, repair.index)
+            state = decode_state(raw)
             msg = StoreState(session.next_rid(), repair.name, repair.index, block.row_start,
                              block.device, block.seed, state)
             await session.request(msg, request_timeout(0, block.nbytes))
-        except (LinkClosed, TimeoutError, RemoteError, ProtocolError) as exc:
+        except (LinkClosed, TimeoutError, RemoteError, ProtocolError, OSError) as exc:
             log.warning("re-replicating %s block %d to %s failed: %s", repair.name,
                         repair.index, repair.target[:8], exc)
             return 0

@@ -1,0 +1,261 @@
+"""Self-evolving memory: tiers + learned prefetch, hot replication, migration, restart.
+
+Every figure is measured against a static baseline in the same run of this script:
+
+tiers     one node, --memory-limit 256MiB, a model of 16 layers of 4096x4096 float32
+          (1 GiB of programmed state) served layer by layer; prefetch on vs --no-prefetch.
+          Reports layers/s, tier-0 hit rate, prefetch accuracy, bytes moved disk -> RAM.
+skew      4 nodes, 4 one-block matrices, 4 client threads, 90 % of requests to one matrix;
+          static placement (reconfiguration effectively off) vs adaptive (hot replication)
+          after a warm-up. Reports requests/s.
+slow      4 nodes, one with --compute-slowdown F (a testing aid: it sleeps F-1 times its
+          compute time), W spread over all four (one block each); static vs adaptive
+          (migration) after a warm-up; then every adaptive node is restarted and the first
+          requests are timed (the learned placement must hold from the first request).
+
+Run by hand:  python bench/memory.py [--only tiers,skew,slow] [--seconds 20]
+Prints markdown tables and writes them to bench/out/memory.md. The machine these numbers
+come from is shared (2 cores, several engineers): read ratios, not absolute numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from node.client import Client  # noqa: E402
+from node.localmesh import LocalMesh, wait_for  # noqa: E402
+
+OUT = Path(__file__).resolve().parent / "out"
+#: Adaptive runs: a pass every 2 s and a 10 s dwell (defaults 30 s and 120 s), so that the
+#: adaptation fits into a warm-up of tens of seconds.
+FAST_CONF = "reconfigure_every = 2.0\nrebalance_dwell_s = 10.0\n"
+STATIC_CONF = "reconfigure_every = 3600.0\n"
+
+
+def rand(shape, seed) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+
+
+# -- tiers and prefetch ------------------------------------------------------------------
+
+def tiers(root: Path, layers: int, n: int, batch: int, passes: int, ram: str) -> list[str]:
+    ws = [rand((n, n), i) for i in range(layers)]
+    x = rand((n, batch), 1000)
+    want0 = ws[0] @ x
+    rows = []
+    for prefetch in (False, True):
+        mesh = LocalMesh(root / f"tiers-{prefetch}")
+        try:  # (a daemon that fails to start is killed by its launcher)
+            extra = ["--capacity", "10", "--memory-limit", ram, "--disk-limit", "4GiB"]
+            node = mesh.add("solo", extra=extra + ([] if prefetch else ["--no-prefetch"]))
+            with Client(node.socket) as c:
+                for i, w in enumerate(ws):
+                    c.deploy(f"L{i}", w, replicas=1)
+                np.testing.assert_allclose(c.infer("L0", x), want0, rtol=1e-4, atol=1e-3)
+                for i in range(layers):               # one pass to learn the order
+                    c.infer(f"L{i}", x)
+                before = c.memory()["prefetch"]
+                t = time.perf_counter()
+                for _ in range(passes):
+                    for i in range(layers):
+                        c.infer(f"L{i}", x)
+                took = time.perf_counter() - t
+                rep = c.memory()
+            after = rep["prefetch"]
+            reads = after["reads"] - before["reads"]
+            hits = after["tier0_reads"] - before["tier0_reads"]
+            used, wasted = after["used"] - before["used"], after["wasted"] - before["wasted"]
+            late = after["late"] - before["late"]
+            rows.append((prefetch, passes * layers / took, hits / reads, late / reads,
+                         used / (used + wasted) if used + wasted else None,
+                         (after["bytes_loaded"] - before["bytes_loaded"]) / passes,
+                         rep["tiers"]["0"]["used"], rep["tiers"]["1"]["used"]))
+        finally:
+            mesh.stop()
+    base = rows[0][1]
+    out = [f"tiers: {layers} layers of {n}x{n} float32 ({layers * n * n * 4 >> 20} MiB) on one "
+           f"node with --memory-limit {ram}, X {n}x{batch}, {passes} passes after one to learn",
+           "", "| prefetch | layers/s | vs off | tier-0 hits | late (waited for its prefetch) "
+           "| prefetch accuracy | MiB moved per pass | tier 0 used | tier 1 used |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for pf, rate, hit, late, acc, moved, t0, t1 in rows:
+        out.append(f"| {'on' if pf else 'off'} | {rate:.2f} | {rate / base:.2f}x | {hit:.0%} | "
+                   f"{late:.0%} | "
+                   f"{'-' if acc is None else f'{acc:.0%}'} | {moved / 2**20:.0f} | "
+                   f"{t0 / 2**20:.0f} MiB | {t1 / 2**20:.0f} MiB |")
+    return out
+
+
+# -- closed-loop load --------------------------------------------------------------------
+
+def closed_loop(sockets: list[Path], names: list[str], weights: list[float], xs: dict,
+                seconds: float, threads: int = 4, check: dict | None = None) -> tuple[float, int]:
+    """``threads`` clients, each sending requests back to back for ``seconds``."""
+    done, failures = [0], [0]
+    lock = threading.Lock()
+    stop = time.perf_counter() + seconds
+
+    def client(k: int) -> None:
+        rng = random.Random(k)
+        with Client(sockets[k % len(sockets)]) as c:
+            while time.perf_counter() < stop:
+                name = rng.choices(names, weights)[0]
+                try:
+                    y = c.infer(name, xs[name])
+                    if check is not None and not np.allclose(y, check[name], rtol=1e-4, atol=1e-3):
+                        raise ValueError("wrong result")
+                    with lock:
+                        done[0] += 1
+                except Exception as exc:  # counted and reported, never hidden
+                    with lock:
+                        failures[0] += 1
+                    print(f"  request failed: {exc}", file=sys.stderr)
+    ts = [threading.Thread(target=client, args=(k,)) for k in range(threads)]
+    start = time.perf_counter()
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return done[0] / (time.perf_counter() - start), failures[0]
+
+
+def mesh_of(root: Path, n: int, conf: str, slow: float | None = None) -> LocalMesh:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "conf.toml").write_text(conf)
+    mesh = LocalMesh(root)
+    try:
+        for i in range(n):
+            extra = ["--capacity", "10", "--config", str(root / "conf.toml")]
+            if slow and i == n - 1:
+                extra += ["--compute-slowdown", str(slow)]
+            mesh.add(f"n{i + 1}", extra=extra)
+        mesh.wait_converged(alive=n - 1, timeout=120)
+    except BaseException:
+        mesh.stop()
+        raise
+    return mesh
+
+
+def skew(root: Path, seconds: float, warmup: float, k: int) -> list[str]:
+    names = [f"m{i}" for i in range(4)]
+    ws = {m: rand((128, k), i) for i, m in enumerate(names)}
+    xs = {m: rand((k, 64), 100 + i) for i, m in enumerate(names)}
+    want = {m: ws[m] @ xs[m] for m in names}
+    weights = [0.9] + [0.1 / 3] * 3
+    rows = []
+    for label, conf in (("static", STATIC_CONF), ("adaptive", FAST_CONF)):
+        mesh = mesh_of(root / f"skew-{label}", 4, conf)
+        try:
+            with Client(mesh.nodes[0].socket) as c:
+                for m in names:
+                    c.deploy(m, ws[m], replicas=1)
+            socks = [n.socket for n in mesh.nodes]
+            closed_loop(socks, names, weights, xs, warmup, check=want)
+            rate, fails = closed_loop(socks, names, weights, xs, seconds, check=want)
+            holders = sum(len(n.status()["blocks"].get("m0", [])) for n in mesh.nodes)
+            decisions = [d["kind"] for n in mesh.nodes for d in _memory(n)["decisions"]]
+            rows.append((label, rate, fails, holders, decisions))
+        finally:
+            mesh.stop()
+    base = rows[0][1]
+    out = [f"skew: 4 nodes, 4 matrices of 128x{k} (one block each), 4 client threads, 90 % of "
+           f"requests to m0, X {k}x64; {warmup:.0f} s warm-up then {seconds:.0f} s measured",
+           "", "| placement | req/s | vs static | failed | holders of m0 | decisions |",
+           "|---|---:|---:|---:|---:|---|"]
+    for label, rate, fails, holders, decisions in rows:
+        out.append(f"| {label} | {rate:.1f} | {rate / base:.2f}x | {fails} | {holders} | "
+                   f"{', '.join(decisions) or '-'} |")
+    return out
+
+
+def slow(root: Path, seconds: float, warmup: float, factor: float, n: int) -> list[str]:
+    w = rand((n, n), 7)
+    xs = {"w": rand((n, 16), 8)}
+    want = {"w": w @ xs["w"]}
+    rows = []
+    for label, conf in (("static", STATIC_CONF), ("adaptive", FAST_CONF)):
+        mesh = mesh_of(root / f"slow-{label}", 4, conf, slow=factor)
+        try:
+            with Client(mesh.nodes[0].socket) as c:
+                c.deploy("w", w, replicas=1)
+            socks = [nd.socket for nd in mesh.nodes[:3]]
+            closed_loop(socks, ["w"], [1.0], xs, warmup, check=want)
+            rate, fails = closed_loop(socks, ["w"], [1.0], xs, seconds, check=want)
+            slow_node = mesh.nodes[-1]
+            decisions = [d["kind"] for d in _memory(slow_node)["decisions"]]
+            row = [label, rate, fails, ", ".join(decisions) or "-", None]
+            if label == "adaptive":
+                wait_for(lambda: not slow_node.status()["blocks"].get("w"), 90,
+                         "the slow node to release its block")
+                for node in mesh.nodes:
+                    node.stop()
+                first = mesh.nodes[0].start()          # ports are fresh: join the new one
+                for node in mesh.nodes[1:]:
+                    node.bootstrap = [first.address]
+                    node.start()
+                mesh.wait_converged(alive=3, timeout=120)
+                row[4], _ = closed_loop(socks, ["w"], [1.0], xs, min(seconds, 10), check=want)
+            rows.append(row)
+        finally:
+            mesh.stop()
+    base = rows[0][1]
+    out = [f"slow: 4 nodes, one with --compute-slowdown {factor:g}, W {n}x{n} float32 in one block "
+           f"per node, 4 client threads, X {n}x16; {warmup:.0f} s warm-up then {seconds:.0f} s",
+           "", "| placement | req/s | vs static | failed | slow node's decisions | "
+           "req/s right after restarting every node |", "|---|---:|---:|---:|---|---:|"]
+    for label, rate, fails, decisions, after in rows:
+        out.append(f"| {label} | {rate:.1f} | {rate / base:.2f}x | {fails} | {decisions} | "
+                   f"{'-' if after is None else f'{after:.1f} ({after / base:.2f}x)'} |")
+    return out
+
+
+def _memory(node) -> dict:
+    with Client(node.socket) as c:
+        return c.memory()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", default="tiers,skew,slow")
+    p.add_argument("--seconds", type=float, default=20.0, help="measured seconds per system")
+    p.add_argument("--warmup", type=float, default=40.0, help="seconds to adapt first")
+    p.add_argument("--layers", type=int, default=16)
+    p.add_argument("--n", type=int, default=4096)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--passes", type=int, default=3)
+    p.add_argument("--ram", default="256MiB")
+    p.add_argument("--slowdown", type=float, default=16.0)
+    args = p.parse_args()
+    lines = [f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", ""]
+    with tempfile.TemporaryDirectory(prefix="sedma-bench-memory-") as tmp:
+        root = Path(tmp)
+        parts = args.only.split(",")
+        if "tiers" in parts:
+            lines += tiers(root, args.layers, args.n, args.batch, args.passes, args.ram) + [""]
+            print("\n".join(lines), flush=True)
+        if "skew" in parts:
+            lines += skew(root, args.seconds, args.warmup, args.n) + [""]
+            print("\n".join(lines[-8:]), flush=True)
+        if "slow" in parts:
+            lines += slow(root, args.seconds, args.warmup, args.slowdown, min(args.n, 2048)) + [""]
+    lines.append(f"load average at end: {os.getloadavg()[0]:.1f}")
+    text = "\n".join(lines)
+    print(text)
+    OUT.mkdir(exist_ok=True)
+    (OUT / "memory.md").write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Which programmed blocks stay in RAM (tier 0) and which wait on disk (tier 1).
+
+A node holds more blocks than its ``--memory-limit``: every block's programmed state is in
+the data dir (tier 1, memory-mapped when read), and the ones worth it are also copied into
+RAM (tier 0). Choosing them is a cache policy, and plain LRU is the wrong one for this
+workload: a layer-by-layer model touches every block once per pass, so LRU evicts exactly
+the block needed next, and one scan of a cold matrix flushes the hot ones. The value of a
+block here is its *decayed frequency* (how often it was read, each read worth less as it
+ages; the dual memory keeps these counts), like LFU with aging (the frequency half of ARC),
+plus a bonus when the prefetcher predicts the block is needed next. A block being read is
+*pinned* and never chosen.
+
+Everything here is a pure function over a snapshot (:class:`BlockUse` rows), so the store
+decides under its lock without I/O and the tests need no files.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+#: Seconds for a read's weight to halve: recency, folded into frequency.
+HALF_LIFE_S = 60.0
+#: Worth of "the prefetcher predicts this block next", in reads.
+PREDICTED_BONUS = 4.0
+
+Key = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class BlockUse:
+    """One held block as the eviction policy sees it."""
+
+    key: Key
+    nbytes: int
+    tier: int                 # 0: in RAM, 1: on disk only
+    pinned: bool = False      # being read (or being loaded) right now
+    hits: float = 0.0         # decayed read count at ``last_used``
+    last_used: float = 0.0
+    predicted: bool = False   # the prefetcher expects a read soon
+
+
+@dataclass(frozen=True)
+class Eviction:
+    """Move ``key`` from RAM to disk-only, and why."""
+
+    key: Key
+    nbytes: int
+    value: float
+    reason: str
+
+
+def decayed(hits: float, last_used: float, now: float, half_life: float = HALF_LIFE_S) -> float:
+    """``hits`` aged from ``last_used`` to ``now``."""
+    age = max(0.0, now - last_used)
+    return hits * math.pow(0.5, age / half_life)
+
+
+def value(use: BlockUse, now: float, half_life: float = HALF_LIFE_S) -> float:
+    """How much keeping ``use`` in RAM is worth: aged frequency, plus the prediction bonus."""
+    return decayed(use.hits, use.last_used, now, half_life) + (
+        PREDICTED_BONUS if use.predicted else 0.0)
+
+
+def choose_victims(blocks: list[BlockUse], need: int, free: int, now: float,
+                   protect: frozenset[Key] = frozenset(),
+                   below: float | None = None) -> list[Eviction] | None:
+    """Tier-0 blocks to evict so that ``need`` bytes fit in ``free`` + what they release.
+
+    Lowest value first (ties: least recently used, then the larger block, so fewer go).
+    Pinned blocks and ``protect`` are never chosen. With ``below``, only blocks worth less
+    than that may go (admission: a newcomer must be worth more than what it displaces).
+    Returns ``[]`` when it fits already and ``None`` when it cannot be made to fit.
+    """
+    if need <= free:
+        return []
+    pool = [b for b in blocks if b.tier == 0 and not b.pinned and b.key not in protect]
+    pool.sort(key=lambda b: (value(b, now), b.last_used, -b.nbytes))
+    out: list[Eviction] = []
+    for b in pool:
+        v = value(b, now)
+        if below is not None and v >= below:
+            return None
+        out.append(Eviction(b.key, b.nbytes, v,
+                            f"least valuable in RAM (aged reads {v:.2f}) to make room for "
+                            f"{need} bytes"))
+        free += b.nbytes
+        if need <= free:
+            return out
+    return None
+
+
+def admit(candidate: BlockUse, blocks: list[BlockUse], free: int,
+          now: float) -> list[Eviction] | None:
+    """Should a disk-only block come into RAM now? The evictions that make room, or None.
+
+    A block that fits in free RAM always comes in. Otherwise it displaces only blocks worth
+    less than itself, so a single cold read cannot flush the working set (scan resistance).
+    """
+    if candidate.tier == 0:
+        return []
+    return choose_victims(blocks, candidate.nbytes, free, now,
+                          protect=frozenset({candidate.key}), below=value(candidate, now))

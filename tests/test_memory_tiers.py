@@ -1,0 +1,58 @@
+"""Tier-0 eviction: aged frequency (not LRU), pinned blocks never go, admission resists scans."""
+
+from node.memory.tiers import BlockUse, admit, choose_victims, decayed, value
+
+
+def use(name, hits, last=100.0, tier=0, nbytes=10, pinned=False, predicted=False):
+    return BlockUse((name, 0), nbytes, tier, pinned, hits, last, predicted)
+
+
+def test_fits_already_means_nothing_is_evicted():
+    assert choose_victims([use("a", 1)], need=5, free=10, now=100) == []
+
+
+def test_the_frequently_read_block_stays_even_when_another_was_read_more_recently():
+    hot = use("hot", hits=50, last=90)        # read often, 10 s ago
+    fresh = use("fresh", hits=1, last=100)    # read once, just now (LRU would keep this one)
+    out = choose_victims([hot, fresh], need=10, free=0, now=100)
+    assert [e.key for e in out] == [("fresh", 0)]
+    assert "least valuable" in out[0].reason
+
+
+def test_old_reads_count_less_than_recent_ones():
+    assert decayed(8, last_used=0, now=60, half_life=60) == 4
+    stale = use("stale", hits=8, last=0)      # 8 reads, two half-lives ago -> 2
+    recent = use("recent", hits=3, last=120)
+    out = choose_victims([stale, recent], need=10, free=0, now=120)
+    assert [e.key for e in out] == [("stale", 0)]
+
+
+def test_a_pinned_block_is_never_evicted_even_when_it_is_the_coldest():
+    cold_but_read = use("reading", hits=0, pinned=True)
+    warm = use("warm", hits=5)
+    out = choose_victims([cold_but_read, warm], need=10, free=0, now=100)
+    assert [e.key for e in out] == [("warm", 0)]
+    assert choose_victims([cold_but_read], need=10, free=0, now=100) is None
+
+
+def test_disk_only_blocks_free_nothing_and_several_victims_add_up():
+    blocks = [use("a", 1, nbytes=4), use("b", 2, nbytes=4), use("c", 3, nbytes=4),
+              use("d", 0, tier=1, nbytes=100)]
+    out = choose_victims(blocks, need=8, free=1, now=100)
+    assert [e.key[0] for e in out] == ["a", "b"]
+
+
+def test_admission_lets_a_hot_disk_block_displace_a_colder_one_but_not_a_scan():
+    resident = [use("warm", hits=5, nbytes=10)]
+    hot = use("hot", hits=9, tier=1, nbytes=10)
+    cold = use("scan", hits=1, tier=1, nbytes=10)
+    assert [e.key for e in admit(hot, resident, free=0, now=100)] == [("warm", 0)]
+    assert admit(cold, resident, free=0, now=100) is None
+    assert admit(cold, resident, free=10, now=100) == []     # free room: always
+
+
+def test_a_predicted_block_outranks_an_equally_used_one():
+    nxt = use("next", hits=5, tier=1, predicted=True)
+    done = use("done", hits=5)
+    assert value(nxt, 100) > value(done, 100)
+    assert [e.key for e in admit(nxt, [done], free=0, now=100)] == [("done", 0)]
