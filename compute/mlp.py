@@ -32,11 +32,19 @@ class Layer:
     def __post_init__(self) -> None:
         self.weight = np.asarray(self.weight, dtype=np.float32)
         self.bias = np.asarray(self.bias, dtype=np.float32).reshape(-1)
-        if self.weight.ndim != 2 or self.bias.shape != (self.weight.shape[0],):
-            raise ValueError(f"layer needs weight (out, in) and bias (out,), got "
-                             f"{self.weight.shape} and {self.bias.shape}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r}; known: {', '.join(ACTIVATIONS)}")
+        problem = layer_problem(self.weight.shape, self.bias.shape, self.activation)
+        if problem:
+            raise ValueError(problem)
+
+
+def layer_problem(weight_shape: tuple, bias_shape: tuple, activation: str) -> str | None:
+    """What is wrong with a dense layer of these shapes, or None: one rule for every layer type."""
+    if len(weight_shape) != 2 or tuple(bias_shape) != (weight_shape[0],):
+        return (f"a layer needs weight (out, in) and bias (out,), got "
+                f"{tuple(weight_shape)} and {tuple(bias_shape)}")
+    if activation not in ACTIVATIONS:
+        return f"unknown activation {activation!r}; known: {', '.join(ACTIVATIONS)}"
+    return None
 
 
 def apply_activation(name: str, z: np.ndarray) -> np.ndarray:
@@ -76,7 +84,7 @@ def float_forward(layers: list[Layer], x: np.ndarray) -> np.ndarray:
     return h[:, 0] if vector else h
 
 
-def _layer_seed(seed: int, i: int) -> int:
+def layer_seed(seed: int, i: int) -> int:
     """Independent, reproducible seed per layer."""
     return int(np.random.SeedSequence([seed, i]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
@@ -96,7 +104,7 @@ class CrossbarMLP:
         for a, b in zip(layers, layers[1:]):
             if a.weight.shape[0] != b.weight.shape[1]:
                 raise ValueError(f"layer sizes do not chain: {a.weight.shape} then {b.weight.shape}")
-        mats = [ProgrammedMatrix.program(l.weight, profile, _layer_seed(seed, i)) for i, l in enumerate(layers)]
+        mats = [ProgrammedMatrix.program(l.weight, profile, layer_seed(seed, i)) for i, l in enumerate(layers)]
         return cls(list(layers), mats)
 
     @property
@@ -107,7 +115,7 @@ class CrossbarMLP:
         """Logits (out, B) for inputs (in, B); read noise keyed by read_seed."""
         h, vector = _as_columns(x, self.layers[0].weight.shape[1])
         for i, (layer, pm) in enumerate(zip(self.layers, self.matrices)):
-            z = pm.matmul(h, read_seed=_layer_seed(read_seed, i)) + layer.bias[:, None]
+            z = pm.matmul(h, read_seed=layer_seed(read_seed, i)) + layer.bias[:, None]
             h = apply_activation(_hidden_activation(self.layers, i), z)
         return h[:, 0] if vector else h
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from compute.mlp import ACTIVATIONS, apply_activation
+from compute.mlp import ACTIVATIONS, apply_activation, layer_problem
 
 LAYOUTS = ("rows", "columns")
 KINDS = ("matrix", "onnx", "safetensors")
@@ -86,12 +86,9 @@ class DenseLayer:
         if isinstance(self.weight, np.ndarray) and self.weight.dtype != np.float32:
             self.weight = np.asarray(self.weight, dtype=np.float32)
         self.bias = np.asarray(self.bias, dtype=np.float32).reshape(-1)
-        if self.weight.ndim != 2 or self.bias.shape != (self.weight.shape[0],):
-            raise ModelError(f"a layer needs weight (out, in) and bias (out,), got "
-                             f"{self.weight.shape} and {self.bias.shape}")
-        if self.activation not in ACTIVATIONS:
-            raise ModelError(f"unknown activation {self.activation!r}; known: "
-                             f"{', '.join(ACTIVATIONS)}")
+        problem = layer_problem(self.weight.shape, self.bias.shape, self.activation)
+        if problem:
+            raise ModelError(problem)
 
 
 @dataclass

@@ -58,6 +58,9 @@ class FakePlans:
     def items(self):
         return list(self.plans.items())
 
+    def get(self, name):
+        return self.plans.get(name)
+
 
 def fake_daemon(plans: dict, peers: list[dict]) -> SimpleNamespace:
     store = SimpleNamespace(budget=1000, free=400)
@@ -89,10 +92,21 @@ def test_deployments_show_holders_and_replicas_live_of_wanted():
     assert members[1]["memory"] == {"used": 20, "limit": 30}
 
 
-def test_a_daemon_with_its_own_deployments_view_is_used_as_is():
-    d = fake_daemon({}, [])
-    d.deployments = lambda: [{"name": "model", "kind": "model"}]
-    assert views.deployments(d) == [{"name": "model", "kind": "model"}]
+def test_a_models_layers_are_shown_under_the_model_not_as_matrices():
+    l0 = PartitionPlan((32, 64), "ideal", [Block(0, 0, 32, ["me", "a"])])
+    l1 = PartitionPlan((10, 32), "ideal", [Block(0, 0, 5, ["a"]), Block(1, 5, 10, ["me"])])
+    w = PartitionPlan((8, 8), "rram", [Block(0, 0, 8, ["me"])])
+    d = fake_daemon({"mlp:0": l0, "mlp:1": l1, "w": w}, [peer("a", "A", "alive")])
+    layers = [SimpleNamespace(matrix="mlp:0", shape=(32, 64)),
+              SimpleNamespace(matrix="mlp:1", shape=(10, 32))]
+    d.book = SimpleNamespace(live=lambda: [SimpleNamespace(
+        name="mlp", kind="model", layers=layers, device=None, replicas=2)])
+    model, matrix = views.deployments(d)
+    assert (model["name"], model["kind"], model["layers"]) == ("mlp", "model", 2)
+    assert model["shape"] == [64, 10] and model["missing_layers"] == 0
+    assert [b["index"] for b in model["blocks"]] == ["L0.0", "L1.0", "L1.1"]
+    assert model["replicas_live"] == 1 and model["replicas_wanted"] == 2
+    assert (matrix["name"], matrix["kind"]) == ("w", "matrix")
 
 
 def test_percentiles():

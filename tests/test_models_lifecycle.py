@@ -18,7 +18,7 @@ import pytest
 
 from compute.crossbar import ProgrammedMatrix
 from compute.device import get_preset
-from compute.mlp import _layer_seed, apply_activation
+from compute.mlp import layer_seed, apply_activation
 from compute.model import reference_forward
 from compute.modelfile import read_model
 from node.client import Client, DaemonError
@@ -34,8 +34,8 @@ def crossbar_reference(model, profile, seed, read_seed, x_rows):
     """What the mesh must compute: each layer programmed whole with its layer seed."""
     h = np.ascontiguousarray(x_rows.T)
     for i, layer in enumerate(model.layers):
-        pm = ProgrammedMatrix.program(layer.weight, profile, _layer_seed(seed, i))
-        z = pm.matmul(h, read_seed if i == 0 else _layer_seed(read_seed, i))
+        pm = ProgrammedMatrix.program(layer.weight, profile, layer_seed(seed, i))
+        z = pm.matmul(h, read_seed if i == 0 else layer_seed(read_seed, i))
         h = apply_activation(layer.activation, z + layer.bias[:, None])
     return h.T
 

@@ -54,29 +54,53 @@ def members(daemon: Any) -> list[dict]:
 
 
 def deployments(daemon: Any, known: list[dict] | None = None) -> list[dict]:
-    """Each deployed matrix (or model), its blocks, their holders and replica health.
+    """Each deployed matrix or model, its blocks, their holders and replica health.
 
-    The one place the dashboard learns what is deployed: a daemon that offers a richer
-    ``deployments()`` (models, tiers) is used as is; otherwise the plan book is read.
+    The one place the dashboard learns what is deployed, read from this node's plan book
+    (never a peer call: the page must not wait on the mesh). A model's layers are plans
+    named ``NAME:i``; they are shown under the model, each block labelled ``L<i>.<j>``.
     """
-    richer = getattr(daemon, "deployments", None)
-    if callable(richer):
-        return richer()
     names = {m["id"]: (m["name"], m["state"]) for m in known or members(daemon)}
-    out = []
-    for name, plan in daemon.plans.items():
-        wanted = max(len(b.nodes) for b in plan.blocks)
-        blocks = []
-        for b in plan.blocks:
-            holders = [{"id": n, "name": names.get(n, (n[:8], "unknown"))[0],
-                        "state": names.get(n, ("", "unknown"))[1]} for n in b.nodes]
-            blocks.append({"index": b.index, "rows": [b.row_start, b.row_stop],
-                           "holders": holders,
-                           "live": sum(h["state"] == "alive" for h in holders)})
-        out.append({"name": name, "kind": "matrix", "shape": list(plan.shape),
-                    "device": plan.device, "replicas_wanted": wanted,
-                    "replicas_live": min(b["live"] for b in blocks), "blocks": blocks})
-    return out
+    models = {r.name: r for r in _live_models(daemon) if r.kind == "model"}
+    layer_of = {l.matrix: (r.name, i) for r in models.values() for i, l in enumerate(r.layers)}
+    out = [_matrix_entry(name, plan, names) for name, plan in daemon.plans.items()
+           if name not in layer_of]
+    for rec in models.values():
+        plans = [(i, daemon.plans.get(l.matrix)) for i, l in enumerate(rec.layers)]
+        out.append(_model_entry(rec, [(i, p) for i, p in plans if p is not None], names))
+    return sorted(out, key=lambda d: d["name"])
+
+
+def _live_models(daemon: Any) -> list:
+    book = getattr(daemon, "book", None)
+    return book.live() if book is not None else []
+
+
+def _blocks(plan: Any, names: dict, label: Any = None) -> list[dict]:
+    blocks = []
+    for b in plan.blocks:
+        holders = [{"id": n, "name": names.get(n, (n[:8], "unknown"))[0],
+                    "state": names.get(n, ("", "unknown"))[1]} for n in b.nodes]
+        blocks.append({"index": b.index if label is None else f"{label}.{b.index}",
+                       "rows": [b.row_start, b.row_stop], "holders": holders,
+                       "live": sum(h["state"] == "alive" for h in holders)})
+    return blocks
+
+
+def _matrix_entry(name: str, plan: Any, names: dict) -> dict:
+    blocks = _blocks(plan, names)
+    return {"name": name, "kind": "matrix", "shape": list(plan.shape), "device": plan.device,
+            "replicas_wanted": max(len(b.nodes) for b in plan.blocks),
+            "replicas_live": min(b["live"] for b in blocks), "blocks": blocks}
+
+
+def _model_entry(rec: Any, plans: list[tuple[int, Any]], names: dict) -> dict:
+    blocks = [b for i, plan in plans for b in _blocks(plan, names, f"L{i}")]
+    return {"name": rec.name, "kind": "model", "layers": len(rec.layers),
+            "shape": [rec.layers[0].shape[1], rec.layers[-1].shape[0]],
+            "device": rec.device or "per node", "replicas_wanted": rec.replicas,
+            "replicas_live": min((b["live"] for b in blocks), default=0),
+            "missing_layers": len(rec.layers) - len(plans), "blocks": blocks}
 
 
 def jobs_view(daemon: Any, now_mono: float | None = None) -> dict:

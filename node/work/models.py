@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from compute.device import get_preset
-from compute.mlp import _layer_seed
+from compute.mlp import layer_seed
 from compute.model import DenseLayer, Model, ModelError, from_columns, to_columns
 from compute.modelfile import read_model
 from compute.partition import Block, NodeSlot, PartitionPlan, PlacementError, plan_rows
@@ -155,7 +155,7 @@ class ModelManager:
             slots = self.jobs.slots()
             for i, layer in enumerate(model.layers):
                 lname = name if model.kind == "matrix" else layer_matrix(name, i)
-                lseed = seed if model.kind == "matrix" else _layer_seed(seed, i)
+                lseed = seed if model.kind == "matrix" else layer_seed(seed, i)
                 plan = layer_plan(layer.weight.shape, slots, device, want)
                 placed.append((lname, plan))
                 await self._place_layer(job, lname, plan, layer.weight, device, lseed)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from compute.mlp import _layer_seed, apply_activation
+from compute.mlp import layer_seed, apply_activation
 from compute.partition import Block, PartitionPlan
 from nat.link import LinkClosed
 from node.memory.store import StoreError, as_matrix
@@ -135,7 +135,7 @@ class Pipeline:
         cost from here on."""
         layer = rec.layers[i]
         plan = await self._plan(rec, i)
-        seed = read_seed if i == 0 else _layer_seed(read_seed, i)
+        seed = read_seed if i == 0 else layer_seed(read_seed, i)
         out, served = await self._layer(layer.matrix, plan, h, seed)
         moved = sum(h.nbytes + blk.rows * h.shape[1] * 4
                     for blk, node in zip(plan.blocks, served) if node != self.me)
