@@ -50,6 +50,10 @@ def test_forgetting_a_matrix_drops_its_counts_and_sequences():
     mem = DualMemory()
     mem.record_block_read(("a", 0), now=1)
     mem.record_block_read(("b", 0), now=1.1)
+    mem.record_request("a", 0.01, now=1.2)
+    mem.consolidate(now=20)
+    assert "a" in mem.matrix_patterns and "a" in mem.requests
     mem.forget_matrix("a")
     assert mem.block_use(("a", 0)) == (0.0, 0.0)
+    assert "a" not in mem.matrix_patterns and "a" not in mem.requests
     assert mem.predict_next(("a", 0)) == []

@@ -226,7 +226,12 @@ class DualMemory:
         with self._lock:
             self.block_reads = {k: v for k, v in self.block_reads.items()
                                 if not k.startswith(prefix)}
+            self.block_seconds = {k: v for k, v in self.block_seconds.items()
+                                  if not k.startswith(prefix)}
             self.successors.forget(name)
+            self.requests.pop(name, None)          # deploy churn must not grow these
+            self.matrix_patterns.pop(name, None)
+            self._consolidated_at.pop("m:" + name, None)
 
     # consolidation (short -> long) ---------------------------------------------------
     def consolidate(self, now: float | None = None) -> None:
