@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from tests.natlab.lab import PUBLIC_NET, SINK_IP, Lab, run, sweep_stale
+from tests.natlab.lab import PUBLIC_NET, Lab, sweep_stale
 
 
 @dataclass
@@ -31,10 +31,7 @@ class FaultLab(Lab):
     def up(self) -> "FaultLab":
         sweep_stale()
         try:
-            self._add_ns(self.sw)
-            run("ip", "-n", self.sw, "link", "add", "br0", "type", "bridge")
-            run("ip", "-n", self.sw, "addr", "add", f"{SINK_IP}/24", "dev", "br0")
-            run("ip", "-n", self.sw, "link", "set", "br0", "up")
+            self._add_switch()
             for i in range(self.n_hosts):
                 ns = f"{self.prefix}h{i + 1}"
                 self._add_public(ns, f"h{i + 1}", (self.host_ip(i),))

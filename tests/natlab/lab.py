@@ -116,14 +116,18 @@ class Lab:
         return f"turn:{TURN_USER}:{TURN_PASSWORD}@{STUN_IPS[0]}:{TURN_PORT}{tail}"
 
     # build ------------------------------------------------------------------------
+    def _add_switch(self) -> None:
+        """The "internet": a bridge in its own namespace whose own address is a sink."""
+        self._add_ns(self.sw)
+        run("ip", "-n", self.sw, "link", "add", "br0", "type", "bridge")
+        run("ip", "-n", self.sw, "addr", "add", f"{SINK_IP}/24", "dev", "br0")
+        run("ip", "-n", self.sw, "link", "set", "br0", "up")
+
     def up(self) -> "Lab":
         """Create namespaces, wiring and NAT rules; on any error, undo what was done."""
         sweep_stale()
         try:
-            self._add_ns(self.sw)
-            run("ip", "-n", self.sw, "link", "add", "br0", "type", "bridge")
-            run("ip", "-n", self.sw, "addr", "add", f"{SINK_IP}/24", "dev", "br0")
-            run("ip", "-n", self.sw, "link", "set", "br0", "up")
+            self._add_switch()
             self._add_public(self.stun, "stun", STUN_IPS)
             self._add_public(self.pub, "pub", (PUB_IP,))
             for i, kind in enumerate(self.site_kinds, start=1):
