@@ -78,27 +78,26 @@ blobs = st.one_of(
 def send_tcp(address: str, data: bytes) -> None:
     host, port = address.rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=5) as s:
-        s.settimeout(1)
-        try:
-            s.sendall(data)
-            s.shutdown(socket.SHUT_WR)
-            while s.recv(65536):
-                pass
-        except (socket.timeout, ConnectionError):
-            pass
+        _send_and_drain(s, data)
 
 
 def send_unix(path, data: bytes) -> None:
     with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(1)
+        s.settimeout(5)
         s.connect(str(path))
-        try:
-            s.sendall(data)
-            s.shutdown(socket.SHUT_WR)
-            while s.recv(65536):
-                pass
-        except (socket.timeout, ConnectionError):
+        _send_and_drain(s, data)
+
+
+def _send_and_drain(s: socket.socket, data: bytes) -> None:
+    """Send everything, close our side, read until the daemon closes or goes quiet."""
+    s.settimeout(1)
+    try:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        while s.recv(65536):
             pass
+    except (socket.timeout, ConnectionError):
+        pass
 
 
 @BUDGET
