@@ -83,8 +83,11 @@ class ModelManager:
     # deploy ---------------------------------------------------------------------------
     async def deploy_array(self, name: str, w: Any, device: str | None, replicas: int | None,
                            seed: int) -> Job:
-        """A matrix sent by the client (it fits one API message)."""
-        w = as_matrix(w, "W")
+        """A matrix sent by the client (it fits one API message).
+
+        Validation reads every weight (dtype, finiteness): on the executor, as the job
+        path's operands are, not on the event loop."""
+        w = await self.jobs.executor.run(as_matrix, w, "W")
         check_size(w.nbytes, "deploy")
         model = Model("matrix", "columns", [DenseLayer(w, np.zeros(w.shape[0], np.float32),
                                                   "identity")], has_bias=False)
