@@ -10,12 +10,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import struct
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -33,6 +34,33 @@ _LEN = struct.Struct(">I")    # the local API's frame header (see node.api)
 
 #: Matrices above this go to the daemon as a file, not inside one API message.
 INLINE_DEPLOY_BYTES = 256 << 20
+
+
+@contextlib.contextmanager
+def npy_for_daemon(w: np.ndarray) -> Iterator[Path]:
+    """``w`` as a ``.npy`` file the daemon can read by path, removed afterwards.
+
+    Why a memfd: a temporary file on disk made a 1 GiB deploy write W to disk twice (this
+    file, whose writeback competed with the daemons' fsyncs, then the block files) and
+    wait on dirty-page throttling. The ``.npy`` goes into an anonymous ``memfd`` instead,
+    reached through a ``w.npy`` symlink to ``/proc/<pid>/fd/<n>`` (the daemon runs as this
+    user on this machine, as for any file deploy); the kernel frees it when this process
+    ends, also on ``kill -9``. Without memfd support: a temporary file, as before.
+    """
+    with tempfile.TemporaryDirectory(prefix="sedma-deploy-") as tmp:
+        path = Path(tmp) / "w.npy"
+        if not hasattr(os, "memfd_create") or not Path("/proc/self/fd").is_dir():
+            np.save(path, w)
+            yield path
+            return
+        fd = os.memfd_create("sedma-deploy", os.MFD_CLOEXEC)
+        try:
+            with os.fdopen(os.dup(fd), "wb") as f:
+                np.save(f, w)
+            path.symlink_to(f"/proc/{os.getpid()}/fd/{fd}")
+            yield path
+        finally:
+            os.close(fd)
 
 
 class DaemonError(Exception):
@@ -212,10 +240,9 @@ class AsyncClient:
                                             replicas, seed)
             return await self._deploy(name, request, timeout, None)
         if isinstance(w, np.ndarray) and w.nbytes > INLINE_DEPLOY_BYTES:
-            with tempfile.TemporaryDirectory(prefix="sedma-deploy-") as tmp:
-                path = Path(tmp) / "w.npy"
-                np.save(path, w)
-                return await self.deploy(name, path, device, replicas, seed, timeout)
+            with npy_for_daemon(w) as path:   # not resolved: it may be a link to a memfd
+                request = api.DeployFileRequest(name, str(path), device, replicas, seed)
+                return await self._deploy(name, request, timeout, None)
         return await self._deploy(name, api.DeployRequest(name, w, device, replicas, seed),
                                   timeout, progress)
 

@@ -13,6 +13,7 @@ import concurrent.futures
 import functools
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,15 @@ log = logging.getLogger("sedma.holder")
 MAX_SERVING = 256          # peer requests served at once; more are refused, not queued
 PREFETCH_DEPTH = 2         # blocks predicted ahead of the one being read
 RELEASE_GRACE_S = 30.0     # a block the plan moved away stays this long for requests in flight
+DEPLOY_WRITERS = 2         # block files written (and fsynced) at once
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What this process already knows about a block's rows when it stores them."""
+
+    checked: bool = False   # validated (finite, float32, 2-D) where they entered this process
+    owned: bool = False     # a private buffer no one else writes: kept without a copy
 
 
 class BlockHolder:
@@ -66,6 +76,10 @@ class BlockHolder:
         #: queueing behind it; the set of keys in flight belongs to the event loop.
         self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sedma-prefetch")
         self._prefetching: set[tuple[str, int]] = set()
+        #: Block files are written and fsynced here, not on the compute threads: a deploy's
+        #: fsyncs then wait on the disk without holding a thread that infers need.
+        self._writer = concurrent.futures.ThreadPoolExecutor(
+            DEPLOY_WRITERS, thread_name_prefix="sedma-write")
         self._releasing: set[tuple[str, int]] = set()        # blocks in their grace period
         self._release_tasks: set[asyncio.Task] = set()
 
@@ -85,10 +99,19 @@ class BlockHolder:
             crossbar_matmul, a, b, self.profile(device), seed, row_offset))
         return y
 
-    async def store_block(self, name, index, row_start, w, device, seed) -> int:
-        """Program a block here, persist it, then make it available; return its bytes."""
+    async def store_block(self, name, index, row_start, w, device, seed,
+                          rows: Provenance = Provenance()) -> int:
+        """Program a block here, persist it, then make it available; return its bytes.
+
+        ``rows`` says what this process already knows about ``w``: rows validated where
+        they entered it are not scanned again, and a private buffer (a block read from a
+        file, a peer's message) becomes the ideal device's weights without a copy.
+        """
         check_name(name)
-        w = await self.executor.run(as_matrix, w, "block")
+        started = time.monotonic()
+        if not rows.checked:
+            w = await self.executor.run(as_matrix, w, "block")
+        checked = time.monotonic()
         profile = self.profile(device)
         if row_start % row_granularity(profile):
             raise StoreError(f"block start {row_start} is not a multiple of the "
@@ -96,20 +119,22 @@ class BlockHolder:
         cost = profile.resident_bytes(w.shape)
         self.store.reserve(cost, f"block {index} of {name}")
         try:
-            def program_and_persist() -> Resident:
-                matrix = ProgrammedMatrix.program(w, profile, seed, row_offset=row_start)
-                block = Resident(name, index, row_start, device, seed, matrix)
-                self.store.persist(block)
-                return block
-            started = time.monotonic()
-            block = await self.executor.run(program_and_persist)
+            matrix = await self.executor.run(program_block, w, profile, seed, row_start,
+                                             rows.owned)
+            programmed = time.monotonic()
+            block = Resident(name, index, row_start, device, seed, matrix)
+            await asyncio.get_running_loop().run_in_executor(self._writer, self.store.persist,
+                                                             block)
         finally:
             self.store.release(cost)
+        done = time.monotonic()
         shape = block.matrix.shape
-        self.metrics.programmed(block.nbytes, time.monotonic() - started)
+        self.metrics.programmed(block.nbytes, done - started)
         self.store.add(block)
-        log.info("holding block %d of %s (%dx%d, %s, %d bytes, tier %d)", index, name,
-                 *shape, profile.name, block.nbytes, block.tier)
+        log.info("holding block %d of %s (%dx%d, %s, %d bytes, tier %d) in %.3f s: validate "
+                 "%.3f, program %.3f, write+commit %.3f", index, name, *shape, profile.name,
+                 block.nbytes, block.tier, done - started, checked - started,
+                 programmed - checked, done - programmed)
         return block.nbytes
 
     async def drop(self, name: str) -> int:
@@ -320,8 +345,9 @@ class BlockHolder:
         if isinstance(msg, StoreBlock):
             if not self.accepting:
                 raise StoreError("node is shutting down")
+            # msg.w is a view into this message's own buffer: owned, not yet validated
             return await self.store_block(msg.name, msg.index, msg.row_start, msg.w,
-                                          msg.device, msg.seed)
+                                          msg.device, msg.seed, Provenance(owned=True))
         if isinstance(msg, StoreState):
             if not self.accepting:
                 raise StoreError("node is shutting down")
@@ -390,6 +416,23 @@ def _chunks(n_tiles: int, workers: int) -> list[tuple[int, int]]:
     bounds = [round(i * n_tiles / count) for i in range(count + 1)]
     return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
 
+
+
+def program_block(w: np.ndarray, profile: DeviceProfile, seed: int, row_start: int,
+                  owned: bool) -> ProgrammedMatrix:
+    """Program a block; the ideal device keeps an owned float32 buffer as its weights.
+
+    Why: programming an ideal matrix is a float32 copy of W. When ``w`` is a buffer only
+    this block will hold (rows read from a file, a peer's message), that copy is a second
+    W-sized allocation and a pass over it for nothing. The seed is checked here because
+    the shortcut does not reach the engine's own check (a peer's bad seed is its error).
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 1 << 63:
+        raise StoreError(f"seed must be an integer from 0 to 2^63-1, got {seed!r}")
+    if (owned and profile.is_ideal and w.dtype == np.float32 and w.ndim == 2
+            and w.flags.c_contiguous):
+        return ProgrammedMatrix(profile, w.shape, row_start, seed, None, None, w)
+    return ProgrammedMatrix.program(w, profile, seed, row_offset=row_start)
 
 
 def _state_to_matrix(state: Any) -> ProgrammedMatrix:

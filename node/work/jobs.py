@@ -37,7 +37,7 @@ from node.work.placement import Candidate, by_predicted_finish, holdable, rank
 from node.work.claims import ClaimRefused, quorum
 from node.work.plans import VersionedPlan, new_deploy_id
 from node.work.retention import JobStamp, Retention, expired
-from node.work.holder import BlockHolder
+from node.work.holder import BlockHolder, Provenance
 from node.net.session import RemoteError
 from node.memory.statedb import StateDB
 from node.memory.store import StoreError, as_matrix, check_name, validate_pair
@@ -415,8 +415,10 @@ class JobManager:
                           **plan_meta)
         await self.announce_plan(name)
 
-    async def _place_block(self, job: Job, name: str, blk, w, device, seed) -> None:
-        """Store the block on each of its holders, replacing holders that fail."""
+    async def _place_block(self, job: Job, name: str, blk, w, device, seed,
+                           rows: Provenance = Provenance()) -> None:
+        """Store the block on each of its holders, replacing holders that fail (``rows``:
+        what this process knows of the block's rows, for the copy stored here)."""
         part = w[blk.row_start:blk.row_stop]
         holders: list[str] = []
         tried: set[str] = set()
@@ -426,7 +428,8 @@ class JobManager:
             node = queue.pop(0)
             tried.add(node)
             try:
-                await self._store_on(node, name, blk.index, blk.row_start, part, device, seed)
+                await self._store_on(node, name, blk.index, blk.row_start, part, device, seed,
+                                     rows)
                 holders.append(node)
             except (LinkClosed, TimeoutError, RemoteError, StoreError, ProtocolError) as exc:
                 log.warning("deploy %s block %d on %s failed: %s", name, blk.index, node[:8], exc)
@@ -437,9 +440,10 @@ class JobManager:
                            f"({'; '.join(errors)})")
         blk.nodes = holders
 
-    async def _store_on(self, node, name, index, row_start, part, device, seed) -> None:
+    async def _store_on(self, node, name, index, row_start, part, device, seed,
+                        rows: Provenance = Provenance()) -> None:
         if node == self.node_id:
-            await self.holder.store_block(name, index, row_start, part, device, seed)
+            await self.holder.store_block(name, index, row_start, part, device, seed, rows)
             return
         session = await self.mesh.session(node)
         msg = StoreBlock(session.next_rid(), name, index, row_start, part, device, seed)

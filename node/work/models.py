@@ -29,7 +29,8 @@ import numpy as np
 
 from compute.device import get_preset
 from compute.mlp import layer_seed
-from compute.model import DenseLayer, Model, ModelError, from_columns, to_columns
+from compute.model import (DenseLayer, FileMatrix, Model, ModelError, from_columns,
+                           to_columns)
 from compute.modelfile import read_model
 from compute.partition import Block, NodeSlot, PartitionPlan, PlacementError, plan_rows
 from nat.link import LinkClosed
@@ -37,6 +38,7 @@ from node.memory.store import StoreError, as_matrix, check_name
 from node.net.session import RemoteError
 from node.errors import UserError
 from node.work.claims import ClaimRefused
+from node.work.holder import Provenance
 from node.work.jobs import Job, JobError, JobManager, check_device, check_seed, check_size
 from node.work.plans import VersionedPlan, new_deploy_id
 from node.work.modelbook import LayerRecord, ModelBook, ModelRecord, layer_matrix
@@ -91,7 +93,8 @@ class ModelManager:
         check_size(w.nbytes, "deploy")
         model = Model("matrix", "columns", [DenseLayer(w, np.zeros(w.shape[0], np.float32),
                                                   "identity")], has_bias=False)
-        return await self._deploy(name, model, device, replicas, seed, source="array")
+        return await self._deploy(name, model, device, replicas, seed, source="array",
+                                  checked=True)
 
     async def deploy_file(self, name: str, path: str, device: str | None,
                           replicas: int | None, seed: int) -> Job:
@@ -107,7 +110,9 @@ class ModelManager:
         return await self._deploy(name, model, device, replicas, seed, source=str(p))
 
     async def _deploy(self, name: str, model: Model, device: str | None,
-                      replicas: int | None, seed: int, source: str) -> Job:
+                      replicas: int | None, seed: int, source: str,
+                      checked: bool = False) -> Job:
+        """``checked``: the model's weights were validated in this process already."""
         check_name(name)
         check_device(device)
         if replicas is not None and replicas < 1:
@@ -127,7 +132,7 @@ class ModelManager:
                       "shape": [model.in_features, model.out_features], "device": device,
                       "seed": seed, "source": source, "deploy_id": deploy_id}
             return await jobs.start_job("deploy", detail, lambda job: self._claimed_deploy(
-                job, name, deploy_id, model, device, want, seed))
+                job, name, deploy_id, model, device, want, seed, checked))
         except BaseException:
             jobs.plans.claims.release(name, deploy_id)
             raise
@@ -137,7 +142,8 @@ class ModelManager:
         return name in self.jobs.plans or self.book.get(name) is not None
 
     async def _claimed_deploy(self, job: Job, name: str, deploy_id: str, model: Model,
-                              device: str | None, want: int, seed: int) -> None:
+                              device: str | None, want: int, seed: int,
+                              checked: bool = False) -> None:
         """Win the name mesh-wide (a majority of members), deploy, then let the claim go:
         the published record guards the name from then on."""
         jobs = self.jobs
@@ -146,13 +152,14 @@ class ModelManager:
             granted = await jobs._claim_mesh(name, deploy_id)
             if await self._known_elsewhere(name):
                 raise JobError(f"a deployment named {name!r} already exists on the mesh")
-            await self._run_deploy(job, name, deploy_id, model, device, want, seed)
+            await self._run_deploy(job, name, deploy_id, model, device, want, seed, checked)
         finally:
             jobs.plans.claims.release(name, deploy_id)
             await asyncio.shield(jobs._release_mesh(name, deploy_id, granted))
 
     async def _run_deploy(self, job: Job, name: str, deploy_id: str, model: Model,
-                          device: str | None, want: int, seed: int) -> None:
+                          device: str | None, want: int, seed: int,
+                          checked: bool = False) -> None:
         placed: list[tuple[str, PartitionPlan]] = []
         try:
             slots = self.jobs.slots()
@@ -161,7 +168,7 @@ class ModelManager:
                 lseed = seed if model.kind == "matrix" else layer_seed(seed, i)
                 plan = layer_plan(layer.weight.shape, slots, device, want)
                 placed.append((lname, plan))
-                await self._place_layer(job, lname, plan, layer.weight, device, lseed)
+                await self._place_layer(job, lname, plan, layer.weight, device, lseed, checked)
                 take_memory(slots, plan, device)
             rec = ModelRecord(name, deploy_id, model.kind, model.layout,
                               tuple(model.input_shape),
@@ -187,17 +194,27 @@ class ModelManager:
         await self._announce(rec)
 
     async def _place_layer(self, job: Job, lname: str, plan: PartitionPlan, weight: np.ndarray,
-                           device: str | None, seed: int) -> None:
-        """Stream the layer's row blocks to their holders, a few at a time."""
-        gate = asyncio.Semaphore(DEPLOY_CONCURRENCY)
+                           device: str | None, seed: int, checked: bool = False) -> None:
+        """Stream the layer's row blocks to their holders, a few at a time per holder.
+
+        Why per holder and interleaved: with one gate over the plan's order (all of one
+        node's blocks, then the next node's), this node programmed and wrote its own blocks
+        while the peers idled, then shipped to the peers while it idled. Each holder now
+        has its own :data:`DEPLOY_CONCURRENCY` blocks in flight, so local writes, the link
+        and the peers' writes overlap; at most ``holders x DEPLOY_CONCURRENCY`` blocks are
+        held here at once.
+        """
+        gates: dict[str, asyncio.Semaphore] = {}
 
         async def place(blk: Block) -> None:
+            gate = gates.setdefault(blk.nodes[0], asyncio.Semaphore(DEPLOY_CONCURRENCY))
             async with gate:
-                part = await self.holder.executor.run(_read_rows, weight, blk)
+                part, owned = await self.holder.executor.run(_read_rows, weight, blk)
                 await self.jobs._place_block(job, lname, blk, part_source(part, blk),
-                                             device, seed)
+                                             device, seed, Provenance(checked, owned))
 
-        results = await asyncio.gather(*(place(b) for b in plan.blocks), return_exceptions=True)
+        order = interleave(plan.blocks)
+        results = await asyncio.gather(*(place(b) for b in order), return_exceptions=True)
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
             raise failures[0]
@@ -459,9 +476,30 @@ def take_memory(slots: list[NodeSlot], plan: PartitionPlan, device: str | None) 
                 s.free_bytes = max(0, s.free_bytes - prof.resident_bytes((b.rows, plan.shape[1])))
 
 
-def _read_rows(weight: Any, blk: Block) -> np.ndarray:
-    """The block's rows as float32 in memory (read from the file for a FileMatrix)."""
-    return np.array(weight[blk.row_start:blk.row_stop], dtype=np.float32)
+def interleave(blocks: list[Block]) -> list[Block]:
+    """Blocks round-robin over their first holders (a, b, a, b, ... not a, a, ..., b, b),
+    so every holder gets work from the start of a deploy."""
+    by_node: dict[str, list[Block]] = {}
+    for blk in blocks:
+        by_node.setdefault(blk.nodes[0] if blk.nodes else "", []).append(blk)
+    queues = list(by_node.values())
+    out: list[Block] = []
+    for i in range(max((len(q) for q in queues), default=0)):
+        out += [q[i] for q in queues if i < len(q)]
+    return out
+
+
+def _read_rows(weight: Any, blk: Block) -> tuple[np.ndarray, bool]:
+    """The block's rows as float32 in memory, and whether they are a private buffer.
+
+    A :class:`~compute.model.FileMatrix` reads them into a fresh buffer (owned: the holder
+    here may keep it as is); an in-memory W gives a view (not owned: it is the client's
+    message) or, for another dtype, a converted copy (owned)."""
+    rows = weight[blk.row_start:blk.row_stop]
+    if isinstance(weight, FileMatrix):
+        return np.ascontiguousarray(rows, dtype=np.float32), True
+    part = np.ascontiguousarray(rows, dtype=np.float32)
+    return part, not np.may_share_memory(part, weight) if isinstance(weight, np.ndarray) else True
 
 
 def part_source(part: np.ndarray, blk: Block) -> np.ndarray:
