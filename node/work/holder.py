@@ -93,10 +93,27 @@ class BlockHolder:
             raise StoreError(str(exc)) from None
 
     async def compute_share(self, a: np.ndarray, b: np.ndarray, device: str | None, seed: int,
-                            row_offset: int) -> np.ndarray:
-        """One-shot ``a @ b`` on crossbars (a is rows [row_offset, ...) of the job's A)."""
-        y, _ = await self.executor.run(self._timed, functools.partial(
-            crossbar_matmul, a, b, self.profile(device), seed, row_offset))
+                            row_offset: int, out: np.ndarray | None = None) -> np.ndarray:
+        """One-shot ``a @ b`` on crossbars (a is rows [row_offset, ...) of the job's A).
+
+        ``a`` and ``b`` were validated where they entered this process. On the ideal device
+        the product is plain float32 ``a @ b``, cut into row chunks, one per compute thread,
+        each written straight into ``out``: a daemon gives each compute thread one BLAS
+        thread, so one call would use one core, and the engine's own entry would scan A for
+        NaN a second time.
+        """
+        profile = self.profile(device)
+        if not profile.is_ideal:
+            y, _ = await self.executor.run(self._timed, functools.partial(
+                crossbar_matmul, a, b, profile, seed, row_offset))
+            if out is not None:
+                out[...] = y
+            return y
+        check_seed(seed)
+        y = np.empty((a.shape[0], b.shape[1]), np.float32) if out is None else out
+        await asyncio.gather(*(self.executor.run(self._timed, functools.partial(
+            np.matmul, a[r0:r1], b, out=y[r0:r1]))
+            for r0, r1 in _row_spans(a.shape[0], self.executor.workers)))
         return y
 
     async def store_block(self, name, index, row_start, w, device, seed,
@@ -418,6 +435,23 @@ def _chunks(n_tiles: int, workers: int) -> list[tuple[int, int]]:
 
 
 
+def check_seed(seed: Any) -> None:
+    """A programming seed from a peer or a job; a bad one is the asker's error."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 1 << 63:
+        raise StoreError(f"seed must be an integer from 0 to 2^63-1, got {seed!r}")
+
+
+#: Fewest rows of a one-shot product worth a compute thread of their own.
+MIN_SHARE_ROWS = 64
+
+
+def _row_spans(rows: int, workers: int) -> list[tuple[int, int]]:
+    """``rows`` cut into at most ``workers`` near-equal spans of ``MIN_SHARE_ROWS`` or more."""
+    count = max(1, min(workers, rows // MIN_SHARE_ROWS))
+    bounds = [round(i * rows / count) for i in range(count + 1)]
+    return [(r0, r1) for r0, r1 in zip(bounds, bounds[1:]) if r1 > r0]
+
+
 def program_block(w: np.ndarray, profile: DeviceProfile, seed: int, row_start: int,
                   owned: bool) -> ProgrammedMatrix:
     """Program a block; the ideal device keeps an owned float32 buffer as its weights.
@@ -427,8 +461,7 @@ def program_block(w: np.ndarray, profile: DeviceProfile, seed: int, row_start: i
     W-sized allocation and a pass over it for nothing. The seed is checked here because
     the shortcut does not reach the engine's own check (a peer's bad seed is its error).
     """
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 1 << 63:
-        raise StoreError(f"seed must be an integer from 0 to 2^63-1, got {seed!r}")
+    check_seed(seed)
     if (owned and profile.is_ideal and w.dtype == np.float32 and w.ndim == 2
             and w.flags.c_contiguous):
         return ProgrammedMatrix(profile, w.shape, row_start, seed, None, None, w)

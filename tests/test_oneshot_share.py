@@ -1,0 +1,64 @@
+"""One-shot matmul (issue 13): a share on the ideal device is computed on every compute
+thread, straight into its rows of the job's output, without a second NaN scan."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compute.device import get_preset
+from compute.executor import Executor
+from node.memory.statedb import StateDB
+from node.memory.store import BlockStore, StoreError
+from node.metrics import Metrics
+from node.work.holder import BlockHolder, _row_spans
+from node.work.plans import PlanBook
+
+IDEAL = get_preset("ideal")
+
+
+def test_row_spans_cover_every_row_once():
+    for rows, workers in [(2048, 2), (100, 4), (10, 8), (1, 1), (1000, 3)]:
+        spans = _row_spans(rows, workers)
+        assert spans[0][0] == 0 and spans[-1][1] == rows
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+        assert len(spans) <= workers
+
+
+@pytest.fixture
+def holder(tmp_path: Path):
+    db = StateDB(tmp_path / "state.db")
+    h = BlockHolder(IDEAL, BlockStore(tmp_path, db, budget=1 << 20), Executor(workers=2),
+                    Metrics(), PlanBook(db))
+    yield h
+    db.close()
+
+
+def test_an_ideal_share_is_exact_and_lands_in_the_given_rows(holder):
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((300, 40)).astype(np.float32)
+    b = rng.standard_normal((40, 7)).astype(np.float32)
+    out = np.full((500, 7), -1.0, np.float32)
+    y = asyncio.run(holder.compute_share(a, b, None, 3, 128, out[100:400]))
+    assert np.shares_memory(y, out)
+    np.testing.assert_array_equal(out[100:400], a @ b)
+    assert (out[:100] == -1).all() and (out[400:] == -1).all()
+    np.testing.assert_array_equal(asyncio.run(holder.compute_share(a, b, None, 3, 128)), a @ b)
+
+
+def test_a_non_ideal_share_still_goes_through_the_engine(holder):
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((128, 64)).astype(np.float32)
+    b = rng.standard_normal((64, 3)).astype(np.float32)
+    y = asyncio.run(holder.compute_share(a, b, "rram", 3, 0))
+    assert y.shape == (128, 3) and not np.array_equal(y, a @ b)   # device noise and ADC
+    assert np.corrcoef(y.ravel(), (a @ b).ravel())[0, 1] > 0.9
+
+
+def test_a_share_with_a_bad_seed_is_refused(holder):
+    a = np.ones((4, 4), np.float32)
+    with pytest.raises(StoreError, match="seed"):
+        asyncio.run(holder.compute_share(a, a, None, -1, 0))
