@@ -14,6 +14,7 @@ import contextlib
 import os
 import struct
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -59,8 +60,9 @@ def npy_for_daemon(w: np.ndarray) -> Iterator[Path]:
                 np.save(f, w)
             path.symlink_to(f"/proc/{os.getpid()}/fd/{fd}")
             yield path
-        finally:
-            os.close(fd)
+        finally:   # freeing a GiB of pages takes the kernel ~0.5 s: not on the caller's time
+            threading.Thread(target=os.close, args=(fd,), name="sedma-memfd-close",
+                             daemon=True).start()
 
 
 class DaemonError(Exception):
