@@ -23,7 +23,7 @@ from node.memory.store import BlockStore, StoreError
 from node.metrics import Metrics
 from node.work import holder as holder_mod
 from node.work.holder import BlockHolder, Provenance, program_block
-from node.work.models import ModelManager, _read_rows, interleave
+from node.work.models import DEPLOY_IN_FLIGHT, ModelManager, _read_rows, interleave
 from node.work.plans import PlanBook
 from protocol.work import StoreBlock
 
@@ -166,6 +166,19 @@ def test_each_holder_gets_its_own_blocks_in_flight(tmp_path):
     assert {jobs.seen[0][0] // 4, jobs.seen[1][0] // 4} == {0, 1}   # a's and b's first
     assert sorted(i for i, _ in jobs.seen) == list(range(8))
     assert all(rows.checked and not rows.owned for _, rows in jobs.seen)
+
+
+def test_blocks_in_flight_are_bounded_whatever_the_number_of_holders():
+    jobs = _FakeJobs()
+    mm = ModelManager.__new__(ModelManager)
+    mm.jobs = jobs
+    mm.holder = type("H", (), {"executor": Executor(workers=1)})()
+    owners = [f"n{i}" for i in range(8)] * 2
+    w = np.repeat(np.arange(128 * len(owners), dtype=np.float32)[:, None], 4, axis=1)
+    plan = PartitionPlan(w.shape, None, blocks(owners))
+    asyncio.run(mm._place_layer(None, "m", plan, w, None, 0, checked=True))
+    assert jobs.total_peak == DEPLOY_IN_FLIGHT
+    assert len(jobs.seen) == len(owners)
 
 
 def test_npy_for_daemon_is_a_readable_npy_path_gone_afterwards():

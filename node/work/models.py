@@ -51,8 +51,10 @@ log = logging.getLogger("sedma.models")
 #: Largest row block sent in one message (the file's float32 rows): bounds what a deploy
 #: holds in memory at once, whatever the model's size.
 BLOCK_BYTES = 64 << 20
-#: Blocks being sent at once during a deploy.
+#: Blocks being sent at once to one holder during a deploy.
 DEPLOY_CONCURRENCY = 2
+#: Blocks in flight at once over all holders: what this node holds of the weights.
+DEPLOY_IN_FLIGHT = 4
 PEER_ERRORS = (LinkClosed, TimeoutError, RemoteError, ProtocolError, OSError)
 
 
@@ -200,15 +202,16 @@ class ModelManager:
         Why per holder and interleaved: with one gate over the plan's order (all of one
         node's blocks, then the next node's), this node programmed and wrote its own blocks
         while the peers idled, then shipped to the peers while it idled. Each holder now
-        has its own :data:`DEPLOY_CONCURRENCY` blocks in flight, so local writes, the link
-        and the peers' writes overlap; at most ``holders x DEPLOY_CONCURRENCY`` blocks are
-        held here at once.
+        has up to :data:`DEPLOY_CONCURRENCY` blocks in flight, so local writes, the link
+        and the peers' writes overlap; :data:`DEPLOY_IN_FLIGHT` bounds them all, so this
+        node holds at most that many blocks of the weights whatever the mesh's size.
         """
         gates: dict[str, asyncio.Semaphore] = {}
+        total = asyncio.Semaphore(DEPLOY_IN_FLIGHT)
 
         async def place(blk: Block) -> None:
             gate = gates.setdefault(blk.nodes[0], asyncio.Semaphore(DEPLOY_CONCURRENCY))
-            async with gate:
+            async with gate, total:    # always in this order: no two waits cross
                 part, owned = await self.holder.executor.run(_read_rows, weight, blk)
                 await self.jobs._place_block(job, lname, blk, part_source(part, blk),
                                              device, seed, Provenance(checked, owned))
