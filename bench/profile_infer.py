@@ -1,7 +1,11 @@
-"""Where one B=1 ``infer`` request's time goes (issue 13): a breakdown and two profiles.
+"""Where one B=1 ``infer`` request's time goes (issue 13): a per-stage breakdown and profiles.
 
 Two daemons on loopback hold one row block each of W (N x N float32, replicas 1), as in the
-issue's yardstick; the coordinator runs under cProfile. The script measures, in one run:
+issue's yardstick. First, with ``$SEDMA_SPANS`` set (node/spans.py), the client and both
+daemons mark each stage boundary of every request with perf_counter (one clock for every
+process of the machine); the script merges the marks and prints the median of each stage:
+client encode, socket, coordinator, peer hop, compute, gather, reply. Then, on a fresh
+mesh whose coordinator runs under cProfile, it measures:
 
 - numpy in-process: W @ x, and one row block's GEMV (what each daemon computes);
 - client encode + decode of the request and response (codec only, no socket);
@@ -32,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from node import api  # noqa: E402
+from node import api, spans  # noqa: E402
 from node.client import AsyncClient, Client, DaemonError  # noqa: E402
 from node.localmesh import DaemonProc, LocalMesh  # noqa: E402
 from protocol.messages import decode_message, encode_message  # noqa: E402
@@ -93,12 +97,87 @@ async def infer_loop(sock: Path, x: np.ndarray, count: int, prof: cProfile.Profi
     return lat
 
 
+#: (label, role, first mark, role, second mark): the stages of one request, in order.
+#: "last"/"first" pick which occurrence counts when a mark repeats within a request.
+STAGES = [
+    ("client: encode + write request", "client", "client.send", "client", "client.written"),
+    ("socket + coordinator read/decode", "client", "client.written", "coord", "coord.decoded"),
+    ("coordinator: plan, rank, send share", "coord", "coord.decoded", "coord", "coord.dispatch"),
+    ("peer hop out (seal, TCP, open, decode, task)", "coord", "coord.dispatch", "peer", "peer.recv"),
+    ("peer: validate X, pin block, queue", "peer", "peer.recv", "peer", "compute.start"),
+    ("peer: compute (its row block)", "peer", "compute.start", "peer", "compute.end"),
+    ("peer hop back (reply seal, TCP, open, wake)", "peer", "compute.end", "coord", "coord.peer_reply"),
+    ("coordinator: gather + finish + answer", "coord", "coord.peer_reply", "coord", "coord.answered"),
+    ("coordinator: encode + write response", "coord", "coord.answered", "coord", "coord.written"),
+    ("socket + client read/decode", "coord", "coord.written", "client", "client.recv"),
+]
+#: Not on the critical path when the peer is slower, shown for comparison.
+SIDE = [
+    ("(coordinator: decoded -> own compute start)", "coord", "coord.decoded", "coord", "compute.start"),
+    ("(coordinator: own compute, in parallel)", "coord", "compute.start", "coord", "compute.end"),
+    ("(coordinator: own compute end -> answered)", "coord", "compute.end", "coord", "coord.answered"),
+]
+
+
+def breakdown(events: list[tuple[float, int, str]], roles: dict[int, str]) -> list[tuple[str, float, float]]:
+    """Median and p90 (ms) of each stage, over requests split at the client's sends."""
+    requests: list[dict[tuple[str, str], float]] = []
+    for t, pid, name in events:
+        role = roles.get(pid)
+        if role is None:
+            continue
+        if role == "client" and name == "client.send":
+            requests.append({})
+        if requests:
+            requests[-1].setdefault((role, name), t)     # first occurrence in the request
+    out = []
+    for label, r0, m0, r1, m1 in STAGES + [("total (client send -> client recv)", "client",
+                                             "client.send", "client", "client.recv")] + SIDE:
+        vals = [req[(r1, m1)] - req[(r0, m0)] for req in requests
+                if (r0, m0) in req and (r1, m1) in req]
+        if vals:
+            out.append((label, ms(vals), ms(vals, 90)))
+    return out
+
+
+def span_run(n: int, w: np.ndarray, x: np.ndarray, count: int) -> tuple[list, float]:
+    """The per-stage breakdown on a fresh two-daemon mesh (no profiler)."""
+    with tempfile.TemporaryDirectory(prefix="sedma-spans-") as tmp:
+        root = Path(tmp)
+        marks = root / "marks"
+        marks.mkdir()
+        os.environ["SEDMA_SPANS"] = str(marks)
+        spans.DIR = str(marks)
+        try:
+            with LocalMesh(root) as mesh:
+                coord = mesh.add("n1")
+                peer = mesh.add("n2")
+                mesh.wait_converged(alive=1)
+                with Client(coord.socket) as c:
+                    c.deploy("w", w, device="ideal", replicas=1)
+                spans._marks.clear()
+                lat = asyncio.run(infer_loop(coord.socket, x, count, None))
+                roles = {coord.proc.pid: "coord", peer.proc.pid: "peer", os.getpid(): "client"}
+                mesh.stop()
+            spans.dump(marks)
+        finally:
+            os.environ.pop("SEDMA_SPANS", None)
+            spans.DIR = None
+        events = spans.load(marks)
+    # warm-up requests were marked too: keep the last ``count`` requests
+    sends = [i for i, e in enumerate(events) if e[2] == "client.send" and roles.get(e[1]) == "client"]
+    if len(sends) > count:
+        events = events[sends[-count]:]
+    return breakdown(events, roles), ms(lat)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=4096)
     ap.add_argument("--b", type=int, default=1)
     ap.add_argument("--requests", type=int, default=400)
+    ap.add_argument("--no-cprofile", action="store_true", help="only the per-stage breakdown")
     args = ap.parse_args()
     n, b = args.n, args.b
     rng = np.random.default_rng(0)
@@ -118,6 +197,20 @@ def main() -> None:
     rows.append(("codec: encode+decode request (joined)", ms(lat), ms(lat, 99)))
     lat = timed(lambda: decode_message(b"".join(encode_message(resp))), args.requests)
     rows.append(("codec: encode+decode response (joined)", ms(lat), ms(lat, 99)))
+    stages, span_p50 = span_run(n, w, x, args.requests)
+    head = (f"profile_infer: N={n}, B={b}, {args.requests} requests, 2 daemons (one row block "
+            f"each, replicas 1); load {load_before[0]:.2f} -> {os.getloadavg()[0]:.2f}")
+    text = (head + "\n\n### one request, stage by stage (medians of per-request spans; "
+            f"end-to-end p50 {span_p50:.3f} ms)\n\n| stage | p50 ms | p90 ms |\n|---|---:|---:|\n")
+    text += "\n".join(f"| {name} | {p50:.3f} | {p90:.3f} |" for name, p50, p90 in stages)
+    text += "\n\n| step (separately measured) | p50 ms | p99 ms |\n|---|---:|---:|\n"
+    text += "\n".join(f"| {name} | {p50:.3f} | {p99:.3f} |" for name, p50, p99 in rows)
+    shown = len(rows)
+    if args.no_cprofile:
+        print(text)
+        OUT.mkdir(exist_ok=True)
+        (OUT / f"profile_infer_b{b}.md").write_text(text + "\n")
+        return
 
     with tempfile.TemporaryDirectory(prefix="sedma-prof-") as tmp, LocalMesh(Path(tmp)) as mesh:
         root = Path(tmp)
@@ -148,11 +241,8 @@ def main() -> None:
     client_stats = top(client_prof)
     load_after = os.getloadavg()
 
-    lines = [f"profile_infer: N={n}, B={b}, {args.requests} requests, 2 daemons (one row block "
-             f"each, replicas 1); load {load_before[0]:.2f} -> {load_after[0]:.2f}", "",
-             "| step | p50 ms | p99 ms |", "|---|---:|---:|"]
-    lines += [f"| {name} | {p50:.3f} | {p99:.3f} |" for name, p50, p99 in rows]
-    text = "\n".join(lines)
+    text += "\n" + "\n".join(f"| {name} | {p50:.3f} | {p99:.3f} |" for name, p50, p99 in rows[shown:])
+    text += f"\n\n(load after: {load_after[0]:.2f})\n"
     text += "\n\n### coordinator daemon, main thread, by own time (whole life incl. start)\n```\n"
     text += _trim(coord_stats) + "```\n\n### coordinator, sedma's own functions by cumulative time\n```\n"
     text += _trim(coord_cum) + "```\n\n### client, the infer loop, by own time\n```\n"

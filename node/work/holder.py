@@ -21,6 +21,7 @@ from compute.crossbar import ProgrammedMatrix, crossbar_matmul, row_granularity
 from compute.device import DeviceProfile, get_preset
 from compute.executor import Executor
 from compute.partition import PlacementError
+from node import spans
 from node.errors import UserError, internal_message
 from node.memory.dualmemory import DualMemory
 from node.metrics import Metrics
@@ -242,8 +243,10 @@ class BlockHolder:
         F times fewer requests, like a slower machine, without taking the shared machine's
         CPU from anyone. Measured on the thread, so queueing is excluded.
         """
+        spans.mark("compute.start")
         start = time.perf_counter()
         value = fn()
+        spans.mark("compute.end")
         if self.slowdown > 1.0:
             time.sleep((self.slowdown - 1.0) * (time.perf_counter() - start))
         return value, time.perf_counter() - start
@@ -301,6 +304,7 @@ class BlockHolder:
             await session.reply(msg.rid, error=internal_message(exc))
         else:
             await session.reply(msg.rid, value)
+            spans.mark("peer.replied")
         finally:
             self.serving -= 1
 
@@ -313,6 +317,7 @@ class BlockHolder:
             self.metrics.completed()
             return result
         if isinstance(msg, InferBlock):
+            spans.mark("peer.recv")
             x = await self.executor.run(as_matrix, msg.x, "X")
             result = await self.infer_local(check_name(msg.name), msg.index, x, msg.read_seed)
             self.metrics.completed()

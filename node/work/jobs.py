@@ -30,6 +30,7 @@ import numpy as np
 from compute.device import get_preset
 from compute.partition import NodeSlot, PartitionPlan, PlacementError, plan_rows
 from nat.link import LinkClosed
+from node import spans
 from node.errors import UserError, internal_message
 from node.memory.dualmemory import DualMemory
 from node.metrics import Metrics
@@ -537,7 +538,9 @@ class JobManager:
             return await self.holder.infer_local(name, blk.index, x, read_seed)
         session = await self.mesh.session(node)
         msg = InferBlock(session.next_rid(), name, blk.index, x, read_seed)
+        spans.mark("coord.dispatch")
         value = await session.request(msg, request_timeout(flops, x.nbytes))
+        spans.mark("coord.peer_reply")
         return _expect_array(value, (blk.row_stop - blk.row_start, x.shape[1]), node)
 
     async def _known_elsewhere(self, name: str) -> bool:
