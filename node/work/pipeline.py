@@ -227,6 +227,8 @@ class Pipeline:
             if layer.bias is not None:
                 np.add(z, layer.bias[:, None], out=z)
             return apply_activation(layer.activation, z)
+        if layer.bias is None and layer.activation == "identity":
+            return z          # a plain matrix: nothing to do, and no hop to do it
         if z.size > FINISH_ON_THREAD:
             return await self.jobs.executor.run(finish)
         return finish()
