@@ -45,8 +45,27 @@ OUT = Path(__file__).resolve().parent / "out"
 ROOT = Path(__file__).resolve().parent.parent
 
 
+#: Runs ``python -m node ...`` under cProfile timing the main thread's *CPU* time
+#: (time.thread_time): on a busy machine wall-clock profiles charge preemption and GIL
+#: waits to whichever function was running, which hides where the loop's CPU goes.
+CPU_PROFILE = """
+import cProfile, runpy, sys, time
+out = sys.argv.pop(1)
+sys.argv = ["sedma", *sys.argv[3:]]   # drop "-m node"
+prof = cProfile.Profile(time.thread_time)
+prof.enable()
+try:
+    runpy.run_module("node", run_name="__main__", alter_sys=True)
+except SystemExit:
+    pass
+finally:
+    prof.disable()
+    prof.dump_stats(out)
+"""
+
+
 class ProfiledDaemon(DaemonProc):
-    """A daemon whose main thread runs under cProfile, written at its clean exit."""
+    """A daemon whose main thread runs under a CPU-time cProfile, written at its clean exit."""
 
     def __init__(self, *a, profile_path: Path, **kw) -> None:
         super().__init__(*a, **kw)
@@ -54,7 +73,8 @@ class ProfiledDaemon(DaemonProc):
 
     def command(self) -> list[str]:
         cmd = super().command()
-        return [cmd[0], "-m", "cProfile", "-o", str(self.profile_path), *cmd[1:]]
+        i = cmd.index("-m")
+        return [*cmd[:i], "-c", CPU_PROFILE, str(self.profile_path), *cmd[i:]]
 
 
 def timed(fn, count: int) -> list[float]:
@@ -98,18 +118,23 @@ async def infer_loop(sock: Path, x: np.ndarray, count: int, prof: cProfile.Profi
 
 
 #: (label, role, first mark, role, second mark): the stages of one request, in order.
-#: "last"/"first" pick which occurrence counts when a mark repeats within a request.
+#: Every boundary is a mark taken *before* handing bytes on (or after receiving them), so
+#: the stages are causally ordered even when a process is preempted right after a write
+#: (a mark after a write can land after the other side already answered). The client's
+#: encode alone is the separately measured codec row below.
 STAGES = [
-    ("client: encode + write request", "client", "client.send", "client", "client.written"),
-    ("socket + coordinator read/decode", "client", "client.written", "coord", "coord.decoded"),
-    ("coordinator: plan, rank, send share", "coord", "coord.decoded", "coord", "coord.dispatch"),
+    ("client encode + write, socket, coordinator read + decode", "client", "client.send",
+     "coord", "coord.decoded"),
+    ("coordinator: plan, rank, send share to the peer", "coord", "coord.decoded", "coord",
+     "coord.dispatch"),
     ("peer hop out (seal, TCP, open, decode, task)", "coord", "coord.dispatch", "peer", "peer.recv"),
-    ("peer: validate X, pin block, queue", "peer", "peer.recv", "peer", "compute.start"),
+    ("peer: validate X, pin block, queue for a thread", "peer", "peer.recv", "peer", "compute.start"),
     ("peer: compute (its row block)", "peer", "compute.start", "peer", "compute.end"),
-    ("peer hop back (reply seal, TCP, open, wake)", "peer", "compute.end", "coord", "coord.peer_reply"),
+    ("peer hop back (thread->loop, reply seal, TCP, open, wake)", "peer", "compute.end", "coord",
+     "coord.peer_reply"),
     ("coordinator: gather + finish + answer", "coord", "coord.peer_reply", "coord", "coord.answered"),
-    ("coordinator: encode + write response", "coord", "coord.answered", "coord", "coord.written"),
-    ("socket + client read/decode", "coord", "coord.written", "client", "client.recv"),
+    ("coordinator encode + write, socket, client read + decode", "coord", "coord.answered",
+     "client", "client.recv"),
 ]
 #: Not on the critical path when the peer is slower, shown for comparison.
 SIDE = [
@@ -230,7 +255,7 @@ def main() -> None:
             rows.append(("API round trip doing nothing (unknown job id)", ms(lat), ms(lat, 99)))
             lat = timed(lambda: c.status(), 50)
             rows.append(("API status (for scale)", ms(lat), ms(lat, 99)))
-        client_prof = cProfile.Profile()
+        client_prof = cProfile.Profile(time.thread_time)
         lat = asyncio.run(infer_loop(coord.socket, x, args.requests, client_prof))
         rows.append((f"sedma infer, 2 daemons, 1 client (profiled)", ms(lat), ms(lat, 99)))
         lat = asyncio.run(infer_loop(coord.socket, x, args.requests, None))
@@ -243,9 +268,9 @@ def main() -> None:
 
     text += "\n" + "\n".join(f"| {name} | {p50:.3f} | {p99:.3f} |" for name, p50, p99 in rows[shown:])
     text += f"\n\n(load after: {load_after[0]:.2f})\n"
-    text += "\n\n### coordinator daemon, main thread, by own time (whole life incl. start)\n```\n"
+    text += "\n\n### coordinator daemon, main thread, by own CPU time (whole life incl. start)\n```\n"
     text += _trim(coord_stats) + "```\n\n### coordinator, sedma's own functions by cumulative time\n```\n"
-    text += _trim(coord_cum) + "```\n\n### client, the infer loop, by own time\n```\n"
+    text += _trim(coord_cum) + "```\n\n### client, the infer loop, by own CPU time\n```\n"
     text += _trim(client_stats) + "```\n"
     print(text)
     OUT.mkdir(exist_ok=True)

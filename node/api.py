@@ -191,7 +191,6 @@ async def _connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
             # keep this frame's locals alive until the next garbage collection.
             request = None
             await write_message(writer, response, channel)
-            spans.mark("coord.written")
             response = None
             reap_mappings()
     except ProtocolError as exc:

@@ -129,7 +129,6 @@ class AsyncClient:
                 if progress is None:
                     spans.mark("client.send")
                     await api.write_message(self._writer, request, self._channel)
-                    spans.mark("client.written")
                     response = await api.read_message(self._reader, self._channel)
                     spans.mark("client.recv")
                     self._channel.release()     # the daemon has read our request

@@ -329,7 +329,6 @@ class BlockHolder:
             await session.reply(msg.rid, error=internal_message(exc))
         else:
             await session.reply(msg.rid, value)
-            spans.mark("peer.replied")
         finally:
             self.serving -= 1
 

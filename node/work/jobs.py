@@ -539,7 +539,10 @@ class JobManager:
     def _holder_order(self, nodes: list[str], flops: float = 0.0) -> list[str]:
         """Holders by predicted finish time (requests in flight there x learned speed),
         so load spreads over replicas; holders that are not alive go last, and a holder
-        whose link just closed goes after the linked ones (see :func:`linked_first`)."""
+        whose link just closed goes after the linked ones (see :func:`linked_first`).
+        A single holder needs no ranking: every rule keeps it where it is."""
+        if len(nodes) <= 1:
+            return list(nodes)
         scores = {c.node_id: s for s, c in rank(self.candidates(set(nodes)), self.memory)}
         live = [n for n in nodes if n in scores]
         hop = {n: REMOTE_HOP_S for n in live if n != self.node_id}   # this node: no transfer

@@ -180,9 +180,12 @@ class Pipeline:
         for b in plan.blocks:
             for n in b.nodes:
                 rows[n] = rows.get(n, 0) + b.rows
+        first = {n: (n != self.me, -rows[n]) for n in rows}
+        if len(set(first.values())) == len(first):   # no ties: no ranking needed
+            return sorted(rows, key=first.__getitem__)
         order = self.jobs._holder_order(list(rows))
         rank = {n: k for k, n in enumerate(order)}
-        return sorted(rows, key=lambda n: (n != self.me, -rows[n], rank[n]))
+        return sorted(rows, key=lambda n: (*first[n], rank[n]))
 
     def _timeout(self, rec: ModelRecord, i: int, h: np.ndarray) -> float:
         flops = sum(2.0 * l.shape[0] * l.shape[1] * h.shape[1] for l in rec.layers[i:])
