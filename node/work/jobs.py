@@ -504,8 +504,10 @@ class JobManager:
         out = np.empty((plan.shape[0], x.shape[1]), dtype=np.float32)
         self.metrics.live_bytes += x.nbytes + out.nbytes
         try:
+            # peers' shares are sent before this node wakes its own compute thread
             await asyncio.gather(*(self._infer_block(name, blk, x, read_seed, out)
-                                   for blk in plan.blocks))
+                                   for blk in sorted(plan.blocks,
+                                                     key=lambda b: self.node_id in b.nodes)))
         finally:
             self.metrics.live_bytes -= x.nbytes + out.nbytes
         self.memory.record_request(name, time.perf_counter() - start)

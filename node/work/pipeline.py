@@ -195,9 +195,13 @@ class Pipeline:
                      seed: int) -> tuple[np.ndarray, list[str]]:
         """``W @ h`` gathered here, and which node served each block."""
         out = np.empty((plan.shape[0], h.shape[1]), dtype=np.float32)
-        served = await asyncio.gather(*(self._block(lname, blk, h, seed, out)
-                                        for blk in plan.blocks))
-        return out, list(served)
+        # Blocks go to peers before this node starts its own: waking a compute thread
+        # here can take the core from the event loop before the peers' shares are sent.
+        order = sorted(range(len(plan.blocks)), key=lambda i: self.me in plan.blocks[i].nodes)
+        served = await asyncio.gather(*(self._block(lname, plan.blocks[i], h, seed, out)
+                                        for i in order))
+        by_block = dict(zip(order, served))
+        return out, [by_block[i] for i in range(len(plan.blocks))]
 
     async def _block(self, lname: str, blk: Block, h: np.ndarray, seed: int,
                      out: np.ndarray) -> str:
