@@ -129,13 +129,15 @@ STAGES = [
      "coord.dispatch"),
     ("peer hop out (seal, TCP, open, decode, task)", "coord", "coord.dispatch", "peer", "peer.recv"),
     ("peer: validate X, pin block, queue for a thread", "peer", "peer.recv", "peer", "compute.start"),
-    ("peer: compute (its row block)", "peer", "compute.start", "peer", "compute.end"),
+    ("peer: compute (its row block; first chunk start to last chunk end)", "peer", "compute.start", "peer", "compute.end"),
     ("peer hop back (thread->loop, reply seal, TCP, open, wake)", "peer", "compute.end", "coord",
      "coord.peer_reply"),
     ("coordinator: gather + finish + answer", "coord", "coord.peer_reply", "coord", "coord.answered"),
     ("coordinator encode + write, socket, client read + decode", "coord", "coord.answered",
      "client", "client.recv"),
 ]
+#: Marks that repeat within a request (a wide read's chunks) and count at their last.
+LAST = {"compute.end"}
 #: Not on the critical path when the peer is slower, shown for comparison.
 SIDE = [
     ("(coordinator: decoded -> own compute start)", "coord", "coord.decoded", "coord", "compute.start"),
@@ -153,8 +155,11 @@ def breakdown(events: list[tuple[float, int, str]], roles: dict[int, str]) -> li
             continue
         if role == "client" and name == "client.send":
             requests.append({})
-        if requests:
-            requests[-1].setdefault((role, name), t)     # first occurrence in the request
+        if requests:   # the first occurrence in the request; compute ends: the last
+            if name in LAST:
+                requests[-1][(role, name)] = t
+            else:
+                requests[-1].setdefault((role, name), t)
     out = []
     for label, r0, m0, r1, m1 in STAGES + [("total (client send -> client recv)", "client",
                                              "client.send", "client", "client.recv")] + SIDE:
