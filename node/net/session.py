@@ -4,6 +4,8 @@ The session owns the link's two directions. Outgoing messages are cut into fragm
 (:mod:`protocol.framing`) and a single writer task interleaves them: small messages
 (gossip, replies, pings) always go before the next fragment of a bulk transfer, so a
 64 MiB weight block cannot delay a failure-detector probe by more than one fragment.
+A small message that finds nothing queued and nothing being written skips the writer
+task and goes to the link from its sender (one task wake-up less per request or reply).
 Incoming frames are reassembled and decoded; a protocol error closes the link with a
 logged reason and never reaches the rest of the daemon.
 """
