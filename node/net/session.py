@@ -79,6 +79,8 @@ class Session:
         self._control: collections.deque[_Outgoing] = collections.deque()
         self._bulk: collections.deque[_Outgoing] = collections.deque()
         self._current: _Outgoing | None = None   # the message the writer is sending now
+        #: Tasks inside a direct send (see send); True once close() interrupted one.
+        self._sending: dict[asyncio.Task, bool] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self.closed = asyncio.Event()
@@ -112,6 +114,10 @@ class Session:
                 out.done.set_exception(err)
         self._wake.set()
         current = asyncio.current_task()
+        for task in list(self._sending):     # senders waiting inside link.send
+            if task is not current:
+                self._sending[task] = True
+                task.cancel()
         for task in self._tasks:
             if task is not current:
                 task.cancel()
@@ -141,13 +147,29 @@ class Session:
             await self._queue(frames, size)
             return
         frame = frames[0]
-        try:
-            await self.link.send(frame)
-        except LinkClosed as exc:
-            await self.close(exc.reason)
-            raise
+        await self._send_now(frame)
         self.stats.sent_bytes += sum(len(b) for b in frame)
         self.stats.sent_messages += 1
+
+    async def _send_now(self, frame: list) -> None:
+        """Hand one frame to the link from the calling task. If the link makes it wait
+        (a full send buffer) and the session closes meanwhile, :meth:`close` interrupts
+        the wait and the sender gets LinkClosed, as a queued message's sender would."""
+        task = asyncio.current_task()
+        self._sending[task] = False
+        try:
+            await self.link.send(frame)
+        except asyncio.CancelledError:
+            if self._sending.get(task):        # close() interrupted the send
+                task.uncancel()
+                raise LinkClosed(self.close_reason or "session closed") from None
+            raise
+        except LinkClosed as exc:
+            self._sending.pop(task, None)
+            await self.close(exc.reason)
+            raise
+        finally:
+            self._sending.pop(task, None)
 
     def _idle(self) -> bool:
         """Nothing queued and the writer is not in the middle of a frame."""
