@@ -28,7 +28,6 @@ from node.work.holder import MIN_SPLIT_BATCH, BlockHolder
 from node.work.plans import PlanBook
 from protocol import PROTOCOL_VERSION
 from protocol.handshake import Hello
-from protocol.rpc import Reply
 from protocol.work import InferBlock
 
 ROWS, COLS = 640, 384      # 5 tile rows of 128: the wide read splits into chunks
