@@ -111,13 +111,25 @@ class ColumnNoise:
 
     def normals(self, col: int, first_row: int, n_rows: int, per_row: int) -> np.ndarray:
         """(n_rows, per_row) float32 standard normals for column ``col`` from tile row ``first_row``."""
+        return self.block(1, first_row, n_rows, per_row, first_col=col)[0]
+
+    def block(self, n_cols: int, first_row: int, n_rows: int, per_row: int, first_col: int = 0) -> np.ndarray:
+        """(n_cols, n_rows, per_row) float32 normals: columns [first_col, first_col + n_cols).
+
+        One Philox call per column fills that column's raw bits; a single table
+        lookup then turns the whole block into normals.
+        """
         blocks = -(-per_row // 16)  # one Philox block = 4 words = 16 uint16 samples
+        words = n_rows * blocks * 4
+        raw = np.empty((n_cols, words), dtype=np.uint64)
         state = self._state
-        state["state"]["counter"] = np.array([first_row * blocks, col, 0, 0], dtype=np.uint64)
-        state["buffer_pos"] = 4  # drop any buffered words
-        self._bits.state = state
-        raw = self._bits.random_raw(n_rows * blocks * 4).view(np.uint16).reshape(n_rows, blocks * 16)
-        return self._table[raw[:, :per_row]]
+        for i in range(n_cols):
+            state["state"]["counter"] = np.array([first_row * blocks, first_col + i, 0, 0], dtype=np.uint64)
+            state["buffer_pos"] = 4  # drop any buffered words
+            self._bits.state = state
+            raw[i] = self._bits.random_raw(words)
+        idx = raw.view(np.uint16).reshape(n_cols, n_rows, blocks * 16)
+        return self._table[idx if blocks * 16 == per_row else idx[..., :per_row]]
 
 
 # ---------------------------------------------------------------------------
@@ -611,27 +623,41 @@ def _tile_range(tile_rows: tuple[int, int] | None, n_tr: int) -> tuple[int, int]
 
 
 def _read(pm: ProgrammedMatrix, x: np.ndarray, read_seed: int, t0: int, t1: int) -> np.ndarray:
-    """The non-ideal read path over tile rows [t0, t1): DAC, arrays, noise, ADC, digital sum."""
+    """The non-ideal read path over tile rows [t0, t1): DAC, arrays, noise, ADC, digital sum.
+
+    Partial sums live in one preallocated float32 block laid out (tile row, column of X,
+    tile column, output): the tile GEMMs write X^T W^T straight into it, and each column
+    of X owns contiguous runs of (tile column, output) — the order its noise stream is
+    drawn in — so noise is added without a transposing copy. Tile rows are read in
+    chunks of about ``_CHUNK_ELEMS`` partial sums (bounded scratch for tall matrices).
+    """
     prof = pm.profile
     m, k = pm.shape
     g, q = row_granularity(prof), prof.tile_inputs
     n_tc = pm.scales.shape[1]
     b = x.shape[1]
     xn, xs = dac_quantise(x, prof)
-    xc = np.zeros((n_tc * q, b), dtype=np.float32)
-    xc[:k] = xn
-    xc = xc.reshape(n_tc, q, b)
-    noise_std = _noise_std(prof, xc)
+    xt = np.zeros((b, n_tc * q), dtype=np.float32)
+    xt[:, :k] = xn.T
+    std = _noise_std(prof, xt, n_tc)
+    streams = ColumnNoise(pm.seed, read_seed) if std is not None else None
     base = t0 * g
     y = np.empty((min(m, t1 * g) - base, b), dtype=np.float32)
-    per_chunk = max(1, _CHUNK_ELEMS // (g * n_tc * b))
-    for r0 in range(t0, t1, per_chunk):  # bounded scratch for tall matrices
+    per_chunk = max(1, min(t1 - t0, _CHUNK_ELEMS // (g * n_tc * b)))
+    scratch = np.empty((per_chunk, b, n_tc, g), dtype=np.float32)
+    for r0 in range(t0, t1, per_chunk):
         r1 = min(t1, r0 + per_chunk)
+        part = scratch[:r1 - r0]
         unit = _current_unit(pm, r0, r1)
-        part = _currents(pm, xc, r0, r1, unit)
-        if noise_std is not None:
-            _add_noise(part, noise_std / unit.T[:, :, None, None], pm, read_seed, r0, r1)
-        y[r0 * g - base:min(m, r1 * g) - base] = _digitise_and_sum(pm, part, r0, r1, unit)
+        if prof.wire_ohm_per_cell > 0 and prof.ir_drop_mode == "circuit":
+            _currents_circuit(pm, xt, r0, r1, unit, part)
+        else:
+            _currents(pm, xt, r0, r1, unit, part)
+        if streams is not None:
+            _add_noise(part, std, unit, streams, pm.row_offset // g + r0)
+        _digitise(part, prof)
+        lo, hi = r0 * g, min(m, r1 * g)
+        y[lo - base:hi - base] = _sum_tiles(pm, part, r0, r1, unit)[:hi - lo]
     y *= xs[None, :]
     return y
 
@@ -644,8 +670,8 @@ def _current_unit(pm: ProgrammedMatrix, r0: int, r1: int) -> np.ndarray:
     return pm.tiles["adc"][r0:r1] / np.float32(2 ** (pm.profile.adc_bits - 1) - 1)
 
 
-def _noise_std(prof: DeviceProfile, xc: np.ndarray) -> np.ndarray | None:
-    """Std of each tile's output noise per read, (n_tc, 1, 1, B), units of Gmax*V_read.
+def _noise_std(prof: DeviceProfile, xt: np.ndarray, n_tc: int) -> np.ndarray | None:
+    """Std of each tile's output noise per read, (B, n_tc), units of Gmax*V_read.
 
     Per-device additive read noise N(0, s^2) (the "device" model) makes the
     bit-line current I = sum_q (g_q + n_q) x_q Gaussian around the clean
@@ -655,119 +681,141 @@ def _noise_std(prof: DeviceProfile, xc: np.ndarray) -> np.ndarray | None:
     s_dev = prof.read_noise_us / prof.g_max_us if prof.read_noise_model == "device" else 0.0
     if s_dev == 0 and prof.out_noise == 0:
         return None
-    sums = np.einsum("cqb,cqb->cb", xc, xc)[:, None, None, :]
+    xc = xt.reshape(xt.shape[0], n_tc, -1)
+    sums = np.einsum("bcq,bcq->bc", xc, xc)
     var = sums * np.float32(s_dev * s_dev * prof.devices_per_weight) + np.float32(prof.out_noise ** 2)
-    return np.sqrt(var).astype(np.float32)
+    return np.sqrt(var, dtype=np.float32)
 
 
-def _currents(pm: ProgrammedMatrix, xc: np.ndarray, r0: int, r1: int, unit: np.ndarray) -> np.ndarray:
-    """Analog tile outputs in units of ``unit`` (n_tc, rows padded to whole tiles, B), tile rows [r0, r1).
+def _decode_tile_row(pm: ProgrammedMatrix, lo: int, hi: int, ratio: np.ndarray | None,
+                     out: np.ndarray, tmp: np.ndarray) -> None:
+    """Device codes of output rows [lo, hi) -> float32 analog weights in code units (p, K).
 
-    One batched GEMM per tile column: the word-line IR factors and the output
-    unit are per tile, so they scale that tile's inputs; the bit-line factors
-    are per device column: G- is scaled by cf-/cf+ before the subtraction and
-    the output row by cf+ after the GEMM (two passes over the weights, not three).
+    Differential: G+ - G-; offset: G - Gmid. With fast IR drop, G- (or Gmid) is
+    pre-scaled by ``ratio`` (n_tc, p) = cf-/cf+ per tile and output, and the
+    output is scaled by cf+ after the GEMM: two passes over the codes, not three.
     """
     prof = pm.profile
-    if prof.wire_ohm_per_cell > 0 and prof.ir_drop_mode == "circuit":
-        part = _currents_circuit(pm, xc, r0, r1)
-        part /= np.repeat(unit.T, row_granularity(prof), axis=1)[:, :, None]
-        return part
+    c0 = pm.codes[0, lo:hi]
+    diff = prof.mapping == "differential"
+    if ratio is None:
+        if diff:
+            np.subtract(c0, pm.codes[1, lo:hi], out=out, dtype=np.float32)
+        else:
+            np.subtract(c0, np.float32(_g_mid(prof) / G_LSB), out=out, dtype=np.float32)
+        return
+    q, k = prof.tile_inputs, c0.shape[1]
+    full = k // q
+    for a, z, tiles in ((0, full * q, slice(0, full)), (full * q, k, slice(full, full + 1))):
+        if z <= a:
+            continue
+        n = tiles.stop - tiles.start
+        shape = (c0.shape[0], n, (z - a) // n)
+        r = ratio[tiles].T[:, :, None]  # (p, n, 1)
+        dst = out[:, a:z].reshape(shape)
+        if diff:
+            scaled = tmp[:, a:z].reshape(shape)
+            np.multiply(pm.codes[1, lo:hi, a:z].reshape(shape), r, out=scaled)
+            np.subtract(c0[:, a:z].reshape(shape), scaled, out=dst)
+        else:
+            np.subtract(c0[:, a:z].reshape(shape), r, out=dst)
+
+
+def _currents(pm: ProgrammedMatrix, xt: np.ndarray, r0: int, r1: int, unit: np.ndarray,
+              part: np.ndarray) -> None:
+    """Analog tile outputs in units of ``unit`` into ``part`` (nr, B, n_tc, g), tile rows [r0, r1).
+
+    Per tile row: the codes are decoded once into a float32 buffer, the inputs are
+    scaled per tile (the output unit and the word-line IR factors are per tile and
+    per word line), then one GEMM per tile writes X^T W^T into its place in
+    ``part``; the bit-line IR factors scale the outputs.
+    """
+    prof = pm.profile
     m, k = pm.shape
     g, q, d = row_granularity(prof), prof.tile_inputs, prof.devices_per_weight
-    n_tc, b = xc.shape[0], xc.shape[2]
-    lo, hi = r0 * g, min(m, r1 * g)
-    nr, rows = r1 - r0, hi - lo
-    full = rows // g  # whole tile rows in this chunk (the last tile row of W may be partial)
-    part = np.empty((n_tc, nr * g, b), dtype=np.float32)
-    part[:, rows:] = 0.0  # rows past the matrix end: cropped later, but keep them finite
-    buf = np.empty((nr * g, q), dtype=np.float32)
-    ir = "ir_row" in pm.tiles
-    diff = prof.mapping == "differential"
+    n_tc = pm.scales.shape[1]
+    b = xt.shape[0]
+    buf = np.empty((g, k), dtype=np.float32)
+    tmp = np.empty((g, k), dtype=np.float32) if prof.mapping == "differential" else buf
+    xr = np.empty((b, n_tc, q), dtype=np.float32)
     gain = (np.float32(G_LSB) / unit).astype(np.float32)  # (nr, n_tc)
+    ir = "ir_row" in pm.tiles
     if ir:
-        tmp = np.empty((rows, q), dtype=np.float32)
-        ir_row = pm.tiles["ir_row"][r0:r1].astype(np.float32)  # (nr, n_tc, rows): float16 math is slow
-        ir_col = pm.tiles["ir_col"][r0:r1, :, :g * d].astype(np.float32).reshape(nr, n_tc, g, d)
-    for c in range(n_tc):
-        width = min(q, k - c * q)  # only real inputs: no GEMM work on padding
-        sl = slice(c * q, c * q + width)
-        view = buf[:rows, :width]
+        ir_row = pm.tiles["ir_row"][r0:r1].astype(np.float32)  # float16 math is slow
+        ir_col = pm.tiles["ir_col"][r0:r1, :, :g * d].astype(np.float32).reshape(r1 - r0, n_tc, g, d)
+    x3 = xt.reshape(b, n_tc, q)
+    for i, r in enumerate(range(r0, r1)):
+        lo, hi = r * g, min(m, (r + 1) * g)
+        p = hi - lo
+        ratio = None
         if ir:
-            cf = ir_col[:, c].reshape(nr * g, d)[:rows]
-            if diff:
-                np.multiply(pm.codes[1, lo:hi, sl], (cf[:, 1] / cf[:, 0])[:, None], out=tmp[:, :width])
-                np.subtract(pm.codes[0, lo:hi, sl], tmp[:, :width], out=view)
-            else:
-                np.subtract(pm.codes[0, lo:hi, sl], (np.float32(_g_mid(prof) / G_LSB) / cf[:, 0])[:, None],
-                            out=view)
-            xr = (ir_row[:, c, :width] * gain[:, c, None])[:, :, None] * xc[c, None, :width]  # (nr, width, B)
+            cf = ir_col[i, :, :p]  # (n_tc, p, d)
+            ratio = cf[..., 1] / cf[..., 0] if d == 2 else np.float32(_g_mid(prof) / G_LSB) / cf[..., 0]
+            np.multiply(x3, (ir_row[i] * gain[i, :, None])[None], out=xr)
         else:
-            if diff:
-                np.subtract(pm.codes[0, lo:hi, sl], pm.codes[1, lo:hi, sl], out=view, dtype=np.float32)
-            else:
-                np.subtract(pm.codes[0, lo:hi, sl], np.float32(_g_mid(prof) / G_LSB), out=view)
-            xr = gain[:, c, None, None] * xc[c, None, :width]
-        if full:
-            np.matmul(buf[:full * g, :width].reshape(full, g, width), xr[:full],
-                      out=part[c, :full * g].reshape(full, g, b))
-        if full < nr:
-            np.matmul(buf[full * g:rows, :width], xr[full], out=part[c, full * g:rows])
+            np.multiply(x3, gain[i, None, :, None], out=xr)
+        w = buf[:p]
+        _decode_tile_row(pm, lo, hi, ratio, w, tmp[:p])
+        for c in range(n_tc):
+            width = min(q, k - c * q)  # only real inputs: no GEMM work on padding
+            np.matmul(xr[:, c, :width], w[:, c * q:c * q + width].T, out=part[i, :, c, :p])
+        if p < g:
+            part[i, :, :, p:] = 0.0  # rows past the matrix end: cropped later, but keep them finite
         if ir:
-            part[c, :rows] *= cf[:, :1]
-    return part
+            part[i, :, :, :p] *= cf[None, :, :, 0]
 
 
-def _currents_circuit(pm: ProgrammedMatrix, xc: np.ndarray, r0: int, r1: int) -> np.ndarray:
+def _currents_circuit(pm: ProgrammedMatrix, xt: np.ndarray, r0: int, r1: int, unit: np.ndarray,
+                      part: np.ndarray) -> None:
     """Tile outputs with IR drop solved as a circuit for this read's inputs, tile by tile."""
     prof = pm.profile
     m, k = pm.shape
     g, q, d = row_granularity(prof), prof.tile_inputs, prof.devices_per_weight
-    n_tc, b = xc.shape[0], xc.shape[2]
+    n_tc = pm.scales.shape[1]
     rho = circuit.wire_rho(prof.wire_ohm_per_cell, prof.g_max_us)
-    part = np.zeros((n_tc, (r1 - r0) * g, b), dtype=np.float32)
-    for r in range(r0, r1):
+    part[...] = 0.0
+    for i, r in enumerate(range(r0, r1)):
         lo, hi = r * g, min(m, (r + 1) * g)
         gdev = np.moveaxis(pm.codes[:, lo:hi], 0, -1).astype(np.float64) * G_LSB  # (p, K, d)
         for c in range(n_tc):
             width = min(q, k - c * q)
             arr = gdev[:, c * q:c * q + width].transpose(1, 0, 2).reshape(width, -1)  # word x bit lines
-            cur = circuit.solve(arr[None], xc[c, :width], rho).currents[0]  # (p*d, B)
-            out = cur[0::2] - cur[1::2] if d == 2 else cur - _g_mid(prof) * xc[c, :width].sum(axis=0)
-            part[c, (r - r0) * g:(r - r0) * g + hi - lo] = out
-    return part
+            v = xt[:, c * q:c * q + width].T
+            cur = circuit.solve(arr[None], v, rho).currents[0]  # (p*d, B)
+            out = cur[0::2] - cur[1::2] if d == 2 else cur - _g_mid(prof) * v.sum(axis=0)
+            part[i, :, c, :hi - lo] = out.T / unit[i, c]
 
 
-def _add_noise(part: np.ndarray, noise_std: np.ndarray, pm: ProgrammedMatrix, read_seed: int,
-               r0: int, r1: int) -> None:
-    """Fresh noise per (tile, output, column), keyed by (seed, read_seed, column, global tile row)."""
-    n_tc, rows, b = part.shape
-    g = row_granularity(pm.profile)
-    first = pm.row_offset // g + r0
-    per_row = n_tc * g
-    z = np.empty((b, r1 - r0, per_row), dtype=np.float32)
-    streams = ColumnNoise(pm.seed, read_seed)
-    for col in range(b):
-        z[col] = streams.normals(col, first, r1 - r0, per_row)
-    z = z.reshape(b, r1 - r0, n_tc, g).transpose(2, 1, 3, 0)  # (n_tc, nr, g, B)
-    part.reshape(n_tc, r1 - r0, g, b)[...] += z * noise_std
+def _add_noise(part: np.ndarray, std: np.ndarray, unit: np.ndarray, streams: "ColumnNoise",
+               first: int) -> None:
+    """Fresh noise per (tile, output, column), keyed by (seed, read_seed, column, global tile row).
+
+    ``std`` (B, n_tc) in Gmax*V_read; ``part`` is in per-tile ADC units ``unit`` (nr, n_tc).
+    """
+    nr, b, n_tc, g = part.shape
+    z = streams.block(b, first, nr, n_tc * g).reshape(b, nr, n_tc, g)
+    z *= (std[:, None, :] / unit[None, :, :])[..., None]
+    part += z.transpose(1, 0, 2, 3)
 
 
-def _digitise_and_sum(pm: ProgrammedMatrix, part: np.ndarray, r0: int, r1: int, unit: np.ndarray) -> np.ndarray:
-    """ADC per tile (outputs are already in its steps), then the digital sum over tile columns."""
-    prof = pm.profile
-    m = pm.shape[0]
-    g = row_granularity(prof)
-    n_tc, _, b = part.shape
-    nr = r1 - r0
-    stack = part.reshape(n_tc, nr, g * b)
-    if prof.adc_bits:
-        adc_quantise(stack, np.float32(1.0), prof, out=stack)
-    digital = (pm.scales[r0:r1] * pm.tiles["gdc"][r0:r1] * unit).T  # (n_tc, nr)
-    out = np.zeros((nr, g * b), dtype=np.float32)
-    for c in range(n_tc):  # digital accumulation over tile columns
-        out += stack[c] * digital[c][:, None]
-    return out.reshape(nr * g, b)[: min(m, r1 * g) - r0 * g]
+def _digitise(part: np.ndarray, prof: DeviceProfile) -> None:
+    """ADC per tile, in place: outputs are already in its steps, so it is a rint unless
+    something saturates (then ``adc_quantise`` clips or applies bound management)."""
+    if not prof.adc_bits:
+        return
+    top = 2 ** (prof.adc_bits - 1) - 1
+    if part.size and max(float(part.max()), -float(part.min())) > top:
+        adc_quantise(part, np.float32(1.0), prof, out=part)
+    else:
+        np.rint(part, out=part)
+
+
+def _sum_tiles(pm: ProgrammedMatrix, part: np.ndarray, r0: int, r1: int, unit: np.ndarray) -> np.ndarray:
+    """Digital accumulation over tile columns with each tile's scale: (nr * g, B)."""
+    nr, b, n_tc, g = part.shape
+    digital = pm.scales[r0:r1] * pm.tiles["gdc"][r0:r1] * unit  # (nr, n_tc)
+    out = np.matmul(digital[:, None, None, :], part)  # (nr, B, 1, g)
+    return out.reshape(nr, b, g).transpose(0, 2, 1).reshape(nr * g, b)
 
 
 # ---------------------------------------------------------------------------
