@@ -137,8 +137,9 @@ def first_order_ratio(g: np.ndarray, rho: float) -> np.ndarray:
     ratios (tests/test_crossbar_circuit.py) — at 1/10 of the solve's cost.
     """
     g = np.asarray(g, dtype=np.float32)  # a calibration: float32 sums are ample, and 2x faster
-    drop = -_node_drop(g[..., None], rho)[..., 0]
-    return 1.0 / (1.0 + drop.astype(np.float64))
+    ratio = _node_drop(g[..., None], rho)[..., 0]  # -d
+    np.subtract(1.0, ratio, out=ratio)
+    return np.divide(1.0, ratio, out=ratio)
 
 
 def fast_factors(g: np.ndarray, rho: float, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -150,16 +151,16 @@ def fast_factors(g: np.ndarray, rho: float, exact: bool = False) -> tuple[np.nda
     word line; the bit-line factor then makes each bit line's calibration
     current match. The fast read computes ``I_j = f_j * sum_i G_ij e_i x_i``.
     """
-    g = np.asarray(g, dtype=np.float64)
+    g = np.asarray(g, dtype=np.float64 if exact else np.float32)
     if rho == 0:
         return np.ones(g.shape[:2]), np.ones((g.shape[0], g.shape[2]))
     ratio = cell_voltage_ratio(g, rho) if exact else first_order_ratio(g, rho)
     weighted = g * ratio
-    g_row = g.sum(axis=2)
-    row_f = np.where(g_row > 0, weighted.sum(axis=2) / np.maximum(g_row, 1e-30), 1.0)
-    approx = (g * row_f[:, :, None]).sum(axis=1)
-    exact = weighted.sum(axis=1)
-    col_f = np.where(approx > 0, exact / np.maximum(approx, 1e-30), 1.0)
+    g_row = g.sum(axis=2, dtype=np.float64)
+    row_f = np.where(g_row > 0, weighted.sum(axis=2, dtype=np.float64) / np.maximum(g_row, 1e-30), 1.0)
+    approx = np.einsum("trc,tr->tc", g, row_f.astype(g.dtype))
+    target = weighted.sum(axis=1, dtype=np.float64)
+    col_f = np.where(approx > 0, target / np.maximum(approx, 1e-30), 1.0)
     return row_f, col_f
 
 

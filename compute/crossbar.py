@@ -134,19 +134,31 @@ class ColumnNoise:
 
 # ---------------------------------------------------------------------------
 # Programming (one tile row at a time; programming is the rare operation)
+#
+# Speed: everything is float32 (a device's state is stored as a uint8 code, so
+# float64 buys nothing), random draws are made in float32 and only for the
+# effects the profile has, and the per-tile calibrations (IR-drop factors, ADC
+# range) work on the tile row's devices in array layout, built once from the
+# uint8 codes. Sums over a tile accumulate in float64.
 # ---------------------------------------------------------------------------
 
+_F32 = np.float32
+
+
 def _poly(coeffs: tuple[float, ...], g: np.ndarray) -> np.ndarray:
-    """Evaluate an ascending polynomial with Horner's rule."""
-    out = np.zeros_like(g)
-    for c in reversed(coeffs):
-        out = out * g + c
+    """Evaluate an ascending polynomial with Horner's rule, in g's dtype, in place."""
+    out = np.full_like(g, coeffs[-1] if coeffs else 0.0)
+    for c in reversed(coeffs[:-1]):
+        out *= g
+        out += c
     return out
 
 
 def _pad_cols(a: np.ndarray, q: int, n_tc: int) -> np.ndarray:
     """(p, K, ...) -> (p, n_tc, q, ...) with zero padding of the last tile column."""
     p, k = a.shape[:2]
+    if k == n_tc * q:
+        return a.reshape((p, n_tc, q) + a.shape[2:])
     out = np.zeros((p, n_tc * q) + a.shape[2:], dtype=a.dtype)
     out[:, :k] = a
     return out.reshape((p, n_tc, q) + a.shape[2:])
@@ -154,40 +166,54 @@ def _pad_cols(a: np.ndarray, q: int, n_tc: int) -> np.ndarray:
 
 def _tile_scales(w: np.ndarray, profile: DeviceProfile, n_tc: int) -> np.ndarray:
     """Per-tile mapping range: max |w| (abs-max), or clip_sigma x std of the tile's weights."""
-    tiles = _pad_cols(w.astype(np.float64), profile.tile_inputs, n_tc)  # (p, n_tc, q)
-    wmax = np.abs(tiles).max(axis=(0, 2))
+    tiles = _pad_cols(w, profile.tile_inputs, n_tc)  # (p, n_tc, q)
+    wmax = np.abs(tiles).max(axis=(0, 2)).astype(np.float64)
     if profile.clip_sigma > 0:
         k = w.shape[1]
         counts = np.minimum(profile.tile_inputs, k - np.arange(n_tc) * profile.tile_inputs) * w.shape[0]
-        std = np.sqrt((tiles * tiles).sum(axis=(0, 2)) / counts)
+        std = np.sqrt(np.square(tiles).sum(axis=(0, 2), dtype=np.float64) / counts)
         wmax = np.minimum(wmax, profile.clip_sigma * std)
     wmax[wmax == 0] = 1.0
     return wmax.astype(np.float32)
 
 
 def _targets(wn: np.ndarray, profile: DeviceProfile) -> np.ndarray:
-    """Target normalised conductances (p, K, devices) for weights in [-1, 1]."""
+    """Target normalised conductances (p, K, devices) float32 for weights in [-1, 1],
+    snapped to the 2^level_bits programmable levels in [Gmin, Gmax] when the device has levels."""
     gmin = profile.g_min_us / profile.g_max_us
     span = 1.0 - gmin
+    levels = 2**profile.level_bits - 1 if profile.level_bits else 0
+
+    def place(frac: np.ndarray) -> np.ndarray:  # frac in [0, 1] of the window -> conductance
+        if levels:
+            frac = np.rint(frac * _F32(levels), out=frac)
+            frac *= _F32(span / levels)
+        else:
+            frac *= _F32(span)
+        frac += _F32(gmin)
+        return frac
+
     if profile.mapping == "differential":
-        return np.stack([gmin + np.maximum(wn, 0) * span, gmin + np.maximum(-wn, 0) * span], axis=-1)
-    return (gmin + span / 2 + wn * (span / 2))[..., None]
-
-
-def _quantise_levels(g: np.ndarray, profile: DeviceProfile) -> np.ndarray:
-    """Snap targets to the 2^bits programmable levels in [Gmin, Gmax]."""
-    if profile.level_bits == 0:
-        return g
-    gmin = profile.g_min_us / profile.g_max_us
-    step = (1.0 - gmin) / (2**profile.level_bits - 1)
-    return gmin + np.rint((g - gmin) / step) * step
+        out = np.empty(wn.shape + (2,), dtype=np.float32)
+        out[..., 0] = place(np.maximum(wn, 0))
+        out[..., 1] = place(np.maximum(-wn, 0))
+        return out
+    frac = (wn + _F32(1.0)) * _F32(0.5)
+    return place(frac)[..., None]
 
 
 def _prog_sigma(g: np.ndarray, profile: DeviceProfile) -> np.ndarray:
     """Programming-noise std (normalised) at target g, from the profile's polynomial in uS."""
     if not profile.prog_noise_poly_us or profile.prog_noise_scale == 0:
         return np.zeros_like(g)
-    return np.maximum(_poly(profile.prog_noise_poly_us, g), 0.0) * (profile.prog_noise_scale / profile.g_max_us)
+    sigma = _poly(profile.prog_noise_poly_us, g)
+    np.maximum(sigma, 0.0, out=sigma)
+    sigma *= _F32(profile.prog_noise_scale / profile.g_max_us)
+    return sigma
+
+
+def _has_faults(profile: DeviceProfile) -> bool:
+    return profile.stuck_at_gmin_rate > 0 or profile.stuck_at_gmax_rate > 0
 
 
 def _stuck(u: np.ndarray, profile: DeviceProfile) -> tuple[np.ndarray, np.ndarray]:
@@ -204,18 +230,38 @@ def _fault_draws(profile: DeviceProfile, seed: int, tile_row: int, p: int, k: in
     return _stuck(u, profile)
 
 
-def _program_devices(target: np.ndarray, z: np.ndarray, u: np.ndarray, profile: DeviceProfile) -> np.ndarray:
+def _draws(rng: np.random.Generator, profile: DeviceProfile, full: tuple[int, ...],
+           p: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Programming-noise normals and (if the profile has faults) fault uniforms for one tile row.
+
+    Drawn for the full tile row and cropped to p outputs, so a block's draws do not
+    depend on where the matrix ends.
+    """
+    z = rng.standard_normal(full, dtype=np.float32)[:p]
+    u = rng.random(full, dtype=np.float32)[:p] if _has_faults(profile) else None
+    return z, u
+
+
+def _program_devices(target: np.ndarray, z: np.ndarray, u: np.ndarray | None,
+                     profile: DeviceProfile) -> np.ndarray:
     """Programming noise then stuck faults: what the devices hold right after programming."""
-    g = np.maximum(target + _prog_sigma(target, profile) * z, 0.0)
-    if profile.stuck_at_gmin_rate > 0 or profile.stuck_at_gmax_rate > 0:
+    g = _prog_sigma(target, profile)
+    g *= z
+    g += target
+    np.maximum(g, 0.0, out=g)
+    if u is not None:
         lo, hi = _stuck(u, profile)
-        g = np.where(lo, profile.g_min_us / profile.g_max_us, np.where(hi, 1.0, g))
+        g[lo] = profile.g_min_us / profile.g_max_us
+        g[hi] = 1.0
     return g
 
 
 def _repair(target: np.ndarray, g: np.ndarray, profile: DeviceProfile, seed: int, tile_row: int,
             n_tc: int) -> np.ndarray:
-    """Fault-aware mapping of one tile row (differential pairs): partner, then spares."""
+    """Fault-aware mapping of one tile row (differential pairs): partner, then spares.
+
+    The verify read is one vectorised comparison over the whole tile row.
+    """
     gmin = profile.g_min_us / profile.g_max_us
     q, g_rows = profile.tile_inputs, profile.tile_outputs
     p, k, d = g.shape
@@ -224,8 +270,7 @@ def _repair(target: np.ndarray, g: np.ndarray, profile: DeviceProfile, seed: int
     def fix(tgt: np.ndarray, dev: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         flagged = faultmap.flag_stuck(tgt, dev, _prog_sigma(tgt, profile))
         new_t, redo = faultmap.partner_targets(tgt, dev, flagged, gmin)
-        z = rng.standard_normal(full)[:tgt.shape[0]]
-        u = rng.random(full, dtype=np.float32)[:tgt.shape[0]]
+        z, u = _draws(rng, profile, full, tgt.shape[0])
         again = _program_devices(new_t, z, u, profile)  # the partner may turn out stuck too
         return np.where(redo, again, dev)
 
@@ -238,15 +283,27 @@ def _repair(target: np.ndarray, g: np.ndarray, profile: DeviceProfile, seed: int
     # spare pairs of every array of this tile row, programmed afresh: (n_spares, n_tc, q, d)
     rng = _rng(seed, _STREAM_SPARE, tile_row)
     slots = faultmap.spare_slots(chosen)  # (p, n_tc)
-    sp_z = rng.standard_normal((n_spares, n_tc * q, d))
-    sp_u = rng.random((n_spares, n_tc * q, d), dtype=np.float32)
+    sp_z = rng.standard_normal((n_spares, n_tc * q, d), dtype=np.float32)
+    sp_u = rng.random((n_spares, n_tc * q, d), dtype=np.float32) if _has_faults(profile) else None
     slot_w = np.repeat(np.maximum(slots, 0), q, axis=1)[:, :k]  # (p, K) spare index per weight
     cols = np.arange(k)[None, :]
-    spare = _program_devices(target, sp_z[slot_w, cols], sp_u[slot_w, cols], profile)
+    spare = _program_devices(target, sp_z[slot_w, cols], None if sp_u is None else sp_u[slot_w, cols], profile)
     spare = fix(target, spare, _rng(seed, _STREAM_SPARE, tile_row, 1))
     better = faultmap.column_errors(target, spare, q, n_tc) < errs
     use = faultmap.expand_columns(chosen & better, q, k)
     return np.where(use[..., None], spare, g)
+
+
+def _age_draws(profile: DeviceProfile, seed: int, tile_row: int, full: tuple[int, ...],
+               p: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Standard normals for the per-device drift exponent and the accumulated 1/f noise,
+    drawn only for the effects the profile has."""
+    if profile.drift_model != "pcm" and profile.read_noise_model != "pcm":
+        return None, None
+    rng = _rng(seed, _STREAM_AGE, tile_row)
+    z_nu = rng.standard_normal(full, dtype=np.float32)[:p] if profile.drift_model == "pcm" else None
+    z_read = rng.standard_normal(full, dtype=np.float32)[:p] if profile.read_noise_model == "pcm" else None
+    return z_nu, z_read
 
 
 def _program_tile_row(w: np.ndarray, profile: DeviceProfile, seed: int, tile_row: int,
@@ -256,48 +313,53 @@ def _program_tile_row(w: np.ndarray, profile: DeviceProfile, seed: int, tile_row
     q, d = profile.tile_inputs, profile.devices_per_weight
     full = (profile.tile_outputs, k, d)
     wmax = _tile_scales(w, profile, n_tc)
-    wn = np.clip(w.astype(np.float64) / np.repeat(wmax, q)[:k][None, :], -1.0, 1.0)
-    target = _quantise_levels(_targets(wn, profile), profile)
-    z = _rng(seed, _STREAM_PROG, tile_row).standard_normal(full)[:p]
-    u = _rng(seed, _STREAM_FAULT, tile_row).random(full, dtype=np.float32)[:p]
+    wn = w / np.repeat(wmax, q)[:k][None, :]
+    np.clip(wn, -1.0, 1.0, out=wn)
+    target = _targets(wn, profile)
+    z = _rng(seed, _STREAM_PROG, tile_row).standard_normal(full, dtype=np.float32)[:p]
+    # faults have their own stream, so fault_masks() can regenerate them
+    u = _rng(seed, _STREAM_FAULT, tile_row).random(full, dtype=np.float32)[:p] if _has_faults(profile) else None
     g_prog = _program_devices(target, z, u, profile)
     if profile.fault_aware and d == 2:
         g_prog = _repair(target, g_prog, profile, seed, tile_row, n_tc)
-    age_rng = _rng(seed, _STREAM_AGE, tile_row)
-    z_nu, z_read = age_rng.standard_normal(full)[:p], age_rng.standard_normal(full)[:p]
+    z_nu, z_read = _age_draws(profile, seed, tile_row, full, p)
     g_t = aging.age(profile, target, g_prog, z_nu, z_read)
-    codes = np.clip(np.rint(g_t / G_LSB), 0, 255).astype(np.uint8)
-    g_read = codes.astype(np.float64) * G_LSB
-    ir_row, ir_col = _ir_factors(g_read, profile, n_tc)
+    g_t *= _F32(G_CODE_STEPS)
+    np.rint(g_t, out=g_t)
+    np.clip(g_t, 0, 255, out=g_t)
+    codes = g_t.astype(np.uint8)
+    phys = _tile_devices(codes, q, n_tc)  # (n_tc, q, p*d) conductances in array layout
+    ir_row, ir_col = _ir_factors(phys, k, profile)
     out = {
         "codes": np.moveaxis(codes, -1, 0),
         "scales": _digital_scale(wmax, profile),
-        "gdc": _drift_compensation(g_prog, g_read, profile, n_tc),
-        "adc": _adc_ranges(g_read, ir_row, ir_col, profile, n_tc),
+        "gdc": _drift_compensation(g_prog, codes, profile, n_tc),
+        "adc": _adc_ranges(phys, k, ir_row, ir_col, profile),
     }
     if ir_row is not None:
-        out["ir_row"], out["ir_col"] = ir_row.astype(np.float16), ir_col.astype(np.float16)
+        out["ir_row"], out["ir_col"] = ir_row, ir_col
     return out
 
 
-def _tile_devices(g: np.ndarray, q: int, n_tc: int) -> np.ndarray:
-    """(p, K, d) conductances -> (n_tc, q, p*d) physical arrays: word lines x bit lines."""
-    p, k, d = g.shape
-    tiles = _pad_cols(g, q, n_tc)  # (p, n_tc, q, d)
-    return tiles.transpose(1, 2, 0, 3).reshape(n_tc, q, p * d)
+def _tile_devices(codes: np.ndarray, q: int, n_tc: int) -> np.ndarray:
+    """(p, K, d) uint8 codes -> (n_tc, q, p*d) float32 conductances (units of Gmax) in array
+    layout, word lines x bit lines; word lines past K are zero."""
+    p, k, d = codes.shape
+    tiles = _pad_cols(codes, q, n_tc)  # (p, n_tc, q, d)
+    phys = tiles.transpose(1, 2, 0, 3).reshape(n_tc, q, p * d).astype(np.float32)
+    phys *= _F32(G_LSB)
+    return phys
 
 
-def _ir_factors(g: np.ndarray, profile: DeviceProfile, n_tc: int) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Fast-mode IR-drop factors per tile: (n_tc, rows) word-line and (n_tc, cols) bit-line."""
+def _ir_factors(phys: np.ndarray, k: int, profile: DeviceProfile) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Fast-mode IR-drop factors per tile, float16 as stored: (n_tc, rows) word-line and (n_tc, cols) bit-line."""
     if profile.wire_ohm_per_cell == 0 or profile.ir_drop_mode != "fast":
         return None, None
-    q, k = profile.tile_inputs, g.shape[1]
+    n_tc, q, used_cols = phys.shape
     rho = circuit.wire_rho(profile.wire_ohm_per_cell, profile.g_max_us)
-    phys = _tile_devices(g, q, n_tc)
-    row_f = np.ones((n_tc, profile.rows))
-    col_f = np.ones((n_tc, profile.cols))
+    row_f = np.ones((n_tc, profile.rows), dtype=np.float16)
+    col_f = np.ones((n_tc, profile.cols), dtype=np.float16)
     full_tc = k // q  # tile columns with every word line in use
-    used_cols = phys.shape[2]
     if full_tc:
         r, c = circuit.fast_factors(phys[:full_tc], rho)
         row_f[:full_tc, :q], col_f[:full_tc, :used_cols] = r, c
@@ -323,38 +385,45 @@ def _g_mid(profile: DeviceProfile) -> float:
 
 
 def _tile_sums(a: np.ndarray, q: int, n_tc: int) -> np.ndarray:
-    """(p, K) -> per-tile sums over the tile's inputs (p, n_tc)."""
-    return _pad_cols(a, q, n_tc).sum(axis=2)
+    """(p, K) -> per-tile sums over the tile's inputs (p, n_tc), accumulated in float64."""
+    return _pad_cols(a, q, n_tc).sum(axis=2, dtype=np.float64)
 
 
-def _drift_compensation(g_prog: np.ndarray, g_read: np.ndarray, profile: DeviceProfile,
+def _drift_compensation(g_prog: np.ndarray, codes: np.ndarray, profile: DeviceProfile,
                         n_tc: int) -> np.ndarray:
     """Per-tile global drift compensation from all-ones calibration reads (aihwkit's GDC)."""
     if not profile.drift_compensation:
         return np.ones(n_tc, dtype=np.float32)
     q = profile.tile_inputs
     base = _tile_sums(_effective(g_prog, profile), q, n_tc).T  # (n_tc, p)
-    now = _tile_sums(_effective(g_read, profile), q, n_tc).T
+    now = _tile_sums(_effective(codes.astype(np.float32), profile), q, n_tc).T * G_LSB
     return aging.compensation(base, now).astype(np.float32)
 
 
-def _adc_ranges(g: np.ndarray, ir_row: np.ndarray | None, ir_col: np.ndarray | None,
-                profile: DeviceProfile, n_tc: int) -> np.ndarray:
+def _adc_ranges(phys: np.ndarray, k: int, ir_row: np.ndarray | None, ir_col: np.ndarray | None,
+                profile: DeviceProfile) -> np.ndarray:
     """Per-tile ADC full scale (units of Gmax*V_read).
 
     "calibrated": ``adc_headroom`` x the largest output rms of the tile for
     i.i.d. uniform [0, 1] inputs (ReLU-like activations after the DAC's
-    abs-max scaling): E[I^2] = sum d^2 / 12 + (sum d)^2 / 4.
+    abs-max scaling): E[I^2] = sum d^2 / 12 + (sum d)^2 / 4, with the fast
+    IR-drop factors as the reads will see them.
     """
+    n_tc, q, _ = phys.shape
     if profile.adc_bits == 0 or profile.adc_calibration == "fixed":
         return np.full(n_tc, profile.adc_range, dtype=np.float32)
-    q = profile.tile_inputs
-    if ir_row is not None:  # the factors as the reads will see them
-        ir_row, ir_col = ir_row.astype(np.float16), ir_col.astype(np.float16)
-    eff = _weights_with_ir(g, ir_row, ir_col, profile, n_tc)
-    s1 = _tile_sums(eff, q, n_tc)
-    s2 = _tile_sums(eff * eff, q, n_tc)
-    rms = np.sqrt(s2 / 12.0 + s1 * s1 / 4.0).max(axis=0)
+    g = phys
+    if ir_row is not None:
+        g = phys * ir_row[:, :q, None].astype(np.float32)
+        g *= ir_col[:, None, :phys.shape[2]].astype(np.float32)
+    if profile.mapping == "differential":
+        eff = g[:, :, 0::2] - g[:, :, 1::2]  # (n_tc, q, p)
+    else:
+        eff = g - _F32(_g_mid(profile))
+        eff[k // q:, k % q or q:] = 0.0  # word lines past K carry no weight
+    s1 = eff.sum(axis=1, dtype=np.float64)
+    s2 = np.square(eff).sum(axis=1, dtype=np.float64)
+    rms = np.sqrt(s2 / 12.0 + s1 * s1 / 4.0).max(axis=1)
     rng = profile.adc_headroom * rms
     rng[rng <= 0] = 1.0
     return rng.astype(np.float32)
