@@ -796,8 +796,8 @@ def _currents(pm: ProgrammedMatrix, xt: np.ndarray, r0: int, r1: int, unit: np.n
 
     Per tile row: the codes are decoded once into a float32 buffer, the inputs are
     scaled per tile (the output unit and the word-line IR factors are per tile and
-    per word line), then one GEMM per tile writes X^T W^T into its place in
-    ``part``; the bit-line IR factors scale the outputs.
+    per word line), then one batched GEMM (a GEMM per tile) writes X^T W^T into
+    its place in ``part``; the bit-line IR factors scale the outputs.
     """
     prof = pm.profile
     m, k = pm.shape
@@ -812,7 +812,9 @@ def _currents(pm: ProgrammedMatrix, xt: np.ndarray, r0: int, r1: int, unit: np.n
     if ir:
         ir_row = pm.tiles["ir_row"][r0:r1].astype(np.float32)  # float16 math is slow
         ir_col = pm.tiles["ir_col"][r0:r1, :, :g * d].astype(np.float32).reshape(r1 - r0, n_tc, g, d)
+        cf0 = np.ascontiguousarray(ir_col[..., 0])  # (nr, n_tc, g) G+ (or single device) factors
     x3 = xt.reshape(b, n_tc, q)
+    full = k // q  # tile columns with every word line in use
     for i, r in enumerate(range(r0, r1)):
         lo, hi = r * g, min(m, (r + 1) * g)
         p = hi - lo
@@ -825,13 +827,15 @@ def _currents(pm: ProgrammedMatrix, xt: np.ndarray, r0: int, r1: int, unit: np.n
             np.multiply(x3, gain[i, None, :, None], out=xr)
         w = buf[:p]
         _decode_tile_row(pm, lo, hi, ratio, w, tmp[:p])
-        for c in range(n_tc):
-            width = min(q, k - c * q)  # only real inputs: no GEMM work on padding
-            np.matmul(xr[:, c, :width], w[:, c * q:c * q + width].T, out=part[i, :, c, :p])
+        if full:  # one batched GEMM over the tile row's full tile columns: (full, B, q) @ (full, q, p)
+            np.matmul(xr[:, :full].transpose(1, 0, 2), w[:, :full * q].reshape(p, full, q).transpose(1, 2, 0),
+                      out=part[i, :, :full, :p].transpose(1, 0, 2))
+        if full < n_tc:  # the partial last tile column: only real inputs, no GEMM work on padding
+            np.matmul(xr[:, full, :k - full * q], w[:, full * q:].T, out=part[i, :, full, :p])
         if p < g:
             part[i, :, :, p:] = 0.0  # rows past the matrix end: cropped later, but keep them finite
         if ir:
-            part[i, :, :, :p] *= cf[None, :, :, 0]
+            part[i, :, :, :p] *= cf0[i, None, :, :p]
 
 
 def _currents_circuit(pm: ProgrammedMatrix, xt: np.ndarray, r0: int, r1: int, unit: np.ndarray,
