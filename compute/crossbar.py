@@ -48,6 +48,8 @@ from compute import aging, circuit, faultmap
 from compute.device import DeviceProfile
 
 STATE_FORMAT = "sedma.crossbar/2"
+#: States saved before per-device codes (one int16 effective conductance per weight).
+LEGACY_FORMAT = "sedma.crossbar/1"
 G_CODE_STEPS = 200  # uint8 device codes: G = code * Gmax / 200, up to 1.275 Gmax
 G_LSB = 1.0 / G_CODE_STEPS
 _STREAM_PROG, _STREAM_FAULT, _STREAM_READ, _STREAM_AGE, _STREAM_REPAIR, _STREAM_SPARE = 1, 2, 3, 4, 5, 6
@@ -522,6 +524,7 @@ class ProgrammedMatrix:
         self.codes = codes  # uint8 (devices, M, K), non-ideal profiles
         self.tiles = tiles or {}  # float32 per-tile parameters, non-ideal profiles
         self.weights = weights  # float32 (M, K), ideal profile only
+        self.converted_from: str | None = None  # set when read from an older state format
 
     @property
     def scales(self) -> np.ndarray | None:
@@ -657,7 +660,14 @@ class ProgrammedMatrix:
 
     @classmethod
     def from_state(cls, state: dict) -> "ProgrammedMatrix":
-        """Rebuild from ``to_state`` output; ValueError on anything inconsistent."""
+        """Rebuild from ``to_state`` output; ValueError on anything inconsistent.
+
+        An ``ideal`` block in the older ``crossbar/1`` format is converted (its weights
+        are stored the same way; ``converted_from`` is set); any other ``crossbar/1``
+        block raises ``LegacyStateError`` (a ValueError) that says to deploy it again.
+        """
+        if isinstance(state, dict) and state.get("format") == LEGACY_FORMAT:
+            return _legacy_ideal(state, cls)
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise ValueError(f"not a programmed-matrix state (format must be {STATE_FORMAT!r})")
         profile = DeviceProfile.from_dict(state.get("profile"))
@@ -680,6 +690,34 @@ class ProgrammedMatrix:
             if not np.all(np.isfinite(arr)):
                 raise ValueError(f"state {key!r} contains non-finite values")
         return cls(profile, shape, row_offset, seed, codes, tiles, None)
+
+
+class LegacyStateError(ValueError):
+    """A state saved by an older engine that cannot be converted to today's format."""
+
+
+def _legacy_ideal(state: dict, cls: type) -> ProgrammedMatrix:
+    """An ``ideal`` ``crossbar/1`` state as today's matrix, or LegacyStateError.
+
+    Why only ``ideal``: its float32 weights are stored exactly as today, so nothing
+    the user deployed is lost. A non-ideal ``crossbar/1`` block kept one int16
+    effective conductance per weight, with that engine's IR drop, faults and noise
+    folded in: neither the per-device G+/G- codes this engine reads nor the
+    deployed weights can be recovered from it.
+    """
+    try:
+        profile = DeviceProfile.from_dict(state.get("profile"))
+    except ValueError:
+        profile = None
+    if profile is None or not profile.is_ideal:
+        device = profile.name if profile is not None else "unknown"
+        raise LegacyStateError(
+            f"programmed by an older sedma ({LEGACY_FORMAT}) on device {device!r}, which kept one "
+            "effective conductance per weight instead of the per-device codes this version reads; "
+            "it cannot be converted: deploy the matrix again")
+    matrix = cls.from_state({**state, "format": STATE_FORMAT})
+    matrix.converted_from = LEGACY_FORMAT
+    return matrix
 
 
 def _tile_range(tile_rows: tuple[int, int] | None, n_tr: int) -> tuple[int, int]:
