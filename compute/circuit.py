@@ -137,9 +137,30 @@ def first_order_ratio(g: np.ndarray, rho: float) -> np.ndarray:
     ratios (tests/test_crossbar_circuit.py) — at 1/10 of the solve's cost.
     """
     g = np.asarray(g, dtype=np.float32)  # a calibration: float32 sums are ample, and 2x faster
-    ratio = _node_drop(g[..., None], rho)[..., 0]  # -d
-    np.subtract(1.0, ratio, out=ratio)
-    return np.divide(1.0, ratio, out=ratio)
+    drop = _line_drop(g.transpose(0, 2, 1)).transpose(0, 2, 1)  # word lines: driven at index 0
+    drop += _line_drop(g[:, ::-1])[:, ::-1]  # bit lines: sense amp after the last word line
+    drop *= np.float32(rho)
+    drop += 1.0
+    return np.divide(1.0, drop, out=drop)
+
+
+def _line_drop(i: np.ndarray) -> np.ndarray:
+    """Voltage drop (per unit wire resistance) at every node of lines driven at index 0 of axis 1.
+
+    ``i`` (T, N, L): cell currents, N nodes along each of the L lines. The segment
+    before node n carries the currents of nodes n..N-1 (a suffix sum); the drop at
+    node n sums the segments up to it (a prefix sum of those). Both sums are loops
+    over N with vector adds across (T, L): numpy's cumsum along a strided axis is
+    several times slower, and this is most of a programming's IR-drop calibration.
+    """
+    t, n, lines = i.shape
+    seg = np.empty((t, n, lines), dtype=np.float32)
+    seg[:, n - 1] = i[:, n - 1]
+    for k in range(n - 2, -1, -1):
+        np.add(seg[:, k + 1], i[:, k], out=seg[:, k])
+    for k in range(1, n):
+        np.add(seg[:, k - 1], seg[:, k], out=seg[:, k])
+    return seg
 
 
 def fast_factors(g: np.ndarray, rho: float, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:

@@ -262,38 +262,56 @@ def _repair(target: np.ndarray, g: np.ndarray, profile: DeviceProfile, seed: int
             n_tc: int) -> np.ndarray:
     """Fault-aware mapping of one tile row (differential pairs): partner, then spares.
 
-    The verify read is one vectorised comparison over the whole tile row.
+    The verify read is one vectorised comparison over the tile row; re-programming
+    (partners, spare columns) is computed only for the devices it concerns. The
+    random draws still cover the full tile row (cropped and indexed), so a device's
+    draws depend on its position only.
     """
     gmin = profile.g_min_us / profile.g_max_us
     q, g_rows = profile.tile_inputs, profile.tile_outputs
     p, k, d = g.shape
     full = (g_rows, k, d)
 
-    def fix(tgt: np.ndarray, dev: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def fix(tgt: np.ndarray, dev: np.ndarray, rng: np.random.Generator, where: np.ndarray | None) -> np.ndarray:
+        """Verify ``dev`` (n, 2) against ``tgt``; re-program partners of stuck devices.
+
+        ``where``: flat weight indices of the rows of tgt/dev in the tile row (None: all).
+        """
         flagged = faultmap.flag_stuck(tgt, dev, _prog_sigma(tgt, profile))
         new_t, redo = faultmap.partner_targets(tgt, dev, flagged, gmin)
-        z, u = _draws(rng, profile, full, tgt.shape[0])
-        again = _program_devices(new_t, z, u, profile)  # the partner may turn out stuck too
-        return np.where(redo, again, dev)
+        z, u = _draws(rng, profile, full, p)
+        z, u = z.reshape(p * k, d), None if u is None else u.reshape(p * k, d)
+        if where is not None:
+            z, u = z[where], None if u is None else u[where]
+        pick = np.nonzero(redo)
+        out = dev.copy()
+        out[pick] = _program_devices(new_t[pick], z[pick], None if u is None else u[pick], profile)
+        return out
 
-    g = fix(target, g, _rng(seed, _STREAM_REPAIR, tile_row))
+    flat_t = target.reshape(p * k, d)
+    g = fix(flat_t, g.reshape(p * k, d), _rng(seed, _STREAM_REPAIR, tile_row), None).reshape(p, k, d)
     n_spares = profile.spare_cols // d
     if n_spares == 0:
         return g
     errs = faultmap.column_errors(target, g, q, n_tc)
     chosen = faultmap.choose_spares(errs, n_spares)
-    # spare pairs of every array of this tile row, programmed afresh: (n_spares, n_tc, q, d)
+    # spare pairs of every array of this tile row, programmed afresh: (n_spares, n_tc * q, d)
     rng = _rng(seed, _STREAM_SPARE, tile_row)
-    slots = faultmap.spare_slots(chosen)  # (p, n_tc)
     sp_z = rng.standard_normal((n_spares, n_tc * q, d), dtype=np.float32)
     sp_u = rng.random((n_spares, n_tc * q, d), dtype=np.float32) if _has_faults(profile) else None
-    slot_w = np.repeat(np.maximum(slots, 0), q, axis=1)[:, :k]  # (p, K) spare index per weight
-    cols = np.arange(k)[None, :]
-    spare = _program_devices(target, sp_z[slot_w, cols], None if sp_u is None else sp_u[slot_w, cols], profile)
-    spare = fix(target, spare, _rng(seed, _STREAM_SPARE, tile_row, 1))
-    better = faultmap.column_errors(target, spare, q, n_tc) < errs
-    use = faultmap.expand_columns(chosen & better, q, k)
-    return np.where(use[..., None], spare, g)
+    rows, cols = np.nonzero(faultmap.expand_columns(chosen, q, k))  # weights of the chosen columns
+    where = rows * k + cols
+    slot = faultmap.spare_slots(chosen)[rows, cols // q]
+    spare = _program_devices(flat_t[where], sp_z[slot, cols], None if sp_u is None else sp_u[slot, cols], profile)
+    spare = fix(flat_t[where], spare, _rng(seed, _STREAM_SPARE, tile_row, 1), where)
+    # column errors of the spares (only chosen columns have any), as faultmap.column_errors
+    err = (spare[:, 0] - spare[:, 1]) - (flat_t[where, 0] - flat_t[where, 1])
+    cell = rows * n_tc + cols // q
+    spare_errs = np.bincount(cell, weights=(err * err).astype(np.float64), minlength=p * n_tc).reshape(p, n_tc)
+    use = (chosen & (spare_errs < errs))[rows, cols // q]
+    out = g.reshape(p * k, d)
+    out[where[use]] = spare[use]
+    return g
 
 
 def _age_draws(profile: DeviceProfile, seed: int, tile_row: int, full: tuple[int, ...],
