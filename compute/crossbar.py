@@ -28,11 +28,17 @@ keyed by ``(seed, read_seed, column of X)`` with a counter-based generator
 (Philox) advanced to the global tile row, so a vector's result does not depend
 on its batch-mates nor on where its rows were placed.
 
-Speed. ``matmul`` has no Python loop per tile per input: for a chunk of tile
-rows one GEMM per tile column computes every tile's partial sums for the whole
-batch; noise, ADC and the digital accumulation are whole-array operations on
-the (tile col, row, batch) stack. The circuit IR-drop mode is the exception:
-it solves each tile's circuit for the batch (slow; for validation and small
+Speed. A read is float32 throughout, with scratch preallocated per call and
+nothing cached across requests (each computes W @ X with its own read noise).
+Per tile row: the uint8 codes are decoded once into one float32 buffer (two
+in-place passes), the inputs are scaled per tile (ADC unit, word-line IR
+factors), and one batched GEMM writes every tile's partial sums, laid out
+(tile row, column of X, tile column, output) so that each column's noise —
+drawn for all columns at once with one table lookup — is added without a
+transposing copy. The ADC is a bare rint unless something saturates; the
+digital sum over tile columns is one batched matmul. Programming is float32
+too (see the section below). The circuit IR-drop mode is the exception: it
+solves each tile's circuit for the batch (slow; for validation and small
 layers).
 """
 
