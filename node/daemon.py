@@ -9,6 +9,7 @@ jobs a bounded grace period, persist the dual memory, leave the mesh, close the 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import os
@@ -498,13 +499,18 @@ _M_ARENA_MAX = -8
 ARENA_MAX = 2
 
 
+@functools.cache
 def _libc():
-    """glibc through ctypes, or None elsewhere (musl, macOS): allocator tuning is optional."""
+    """glibc through ctypes, or None elsewhere (musl, macOS): allocator tuning is optional.
+
+    Looked up once: ``ctypes.util.find_library`` runs ``/sbin/ldconfig -p`` in a child
+    process on every call, which every 10 s (the consolidation's trim) was most of an idle
+    daemon's CPU. The loaded C library is already in this process, so ``CDLL(None)``
+    finds its symbols without any lookup."""
     import ctypes
-    import ctypes.util
 
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL(None)
         libc.mallopt, libc.malloc_trim  # noqa: B018 — both must exist
     except (OSError, AttributeError):
         return None
