@@ -22,6 +22,7 @@ from compute.executor import Executor, measure_capacity
 from nat import signaling
 from nat.connector import ConnectorConfig
 from node import api, memtrace
+from node.beat import sleep_to_beat
 from node.config import NodeConfig
 from node.http.server import start_http
 from node.memory.dualmemory import DualMemory
@@ -223,12 +224,12 @@ class Daemon:
 
     async def _advertise_loop(self) -> None:
         while True:
-            await asyncio.sleep(ADVERT_EVERY)
+            await sleep_to_beat(ADVERT_EVERY)
             self.mesh.update_advert(**self._load_fields())
 
     async def _memory_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.config.memory_save_every)
+            await sleep_to_beat(self.config.memory_save_every)
             self.memory.consolidate()
             await self.db.run(self.memory.save)
             await self.executor.run(trim_heap)
@@ -247,7 +248,7 @@ class Daemon:
 
     async def _reconfigure_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.config.reconfigure_every)
+            await sleep_to_beat(self.config.reconfigure_every)
             await self.reconfigurer.run()   # a failure is logged and retried by the supervisor
             try:
                 await self.reconfigurer.rebalance()
@@ -256,7 +257,7 @@ class Daemon:
 
     async def _housekeeping_loop(self) -> None:
         while True:
-            await asyncio.sleep(HOUSEKEEPING_EVERY)
+            await sleep_to_beat(HOUSEKEEPING_EVERY)
             await self.housekeeping()
 
     async def housekeeping(self) -> None:
@@ -275,14 +276,14 @@ class Daemon:
     async def _reconcile_loop(self) -> None:
         """Drop deployments undeployed while this node was away (see ModelManager)."""
         while True:
-            await asyncio.sleep(RECONCILE_EVERY)
+            await sleep_to_beat(RECONCILE_EVERY)
             await self.models.reconcile()   # a failure is logged and retried by the supervisor
             await self.book.expire()
 
     async def _ping_loop(self) -> None:
         cursor = ""
         while True:
-            await asyncio.sleep(PING_EVERY)
+            await sleep_to_beat(PING_EVERY)
             chosen, cursor = ping_round(sorted(self.mesh.sessions), cursor, PING_PER_ROUND)
             for peer in chosen:
                 session = self.mesh.sessions.get(peer)

@@ -53,3 +53,47 @@ def test_an_idle_daemon_loads_the_dashboard_only_when_someone_connects(cluster):
     assert _loaded(node.proc.pid) == {"aiohttp", "multidict", "yarl"}
     with urllib.request.urlopen(url, timeout=10) as r:                 # and keeps serving
         assert r.status == 200
+
+
+def test_the_lag_ticker_slows_down_when_the_loop_is_idle_and_speeds_up_for_work():
+    from node.looplag import ACTIVE_CPU, IDLE_MAX_CPU, LagMonitor
+
+    now = [100.0]
+    lag = LagMonitor(interval=0.02, idle_interval=1.0, linger=10.0, clock=lambda: now[0])
+    assert lag.next_interval(now[0]) == 0.02            # start-up counts as work
+    for _ in range(600):                                 # 12 s of quiet fast ticks
+        now[0] += 0.02
+        lag.tick(0.02, now[0], now[0], cpu=0.0001)
+    assert lag.next_interval(now[0]) == 1.0              # idle: one tick a second
+    now[0] += 1.0
+    lag.tick(1.0, now[0], now[0], cpu=0.003)             # gossip: a small bound, kept
+    assert lag.report()["max_cpu_ms"] == 3.0 and lag.next_interval(now[0]) == 1.0
+    now[0] += 1.0
+    lag.tick(1.0, now[0], now[0], cpu=IDLE_MAX_CPU * 4)  # work started within this second
+    r = lag.report()
+    assert r["unmeasured"] == 1 and r["max_cpu_ms"] == 3.0   # a sum, not one callback: dropped
+    assert lag.next_interval(now[0]) == 0.02             # and fast again at once
+    now[0] += 0.02
+    lag.tick(0.02, now[0], now[0], cpu=0.08)             # an 80 ms callback while fast
+    assert lag.report()["max_cpu_ms"] == 80.0
+    now[0] += 9.0
+    lag.tick(0.02, now[0], now[0], cpu=ACTIVE_CPU * 2)   # still busy 9 s later
+    now[0] += 9.0
+    assert lag.next_interval(now[0]) == 0.02             # lingers 10 s after the last work
+    now[0] += 1.1
+    assert lag.next_interval(now[0]) == 1.0
+
+
+def test_periodic_loops_share_one_beat():
+    from node.beat import next_beat
+
+    # loops of 1, 2 and 10 s started at different moments all wake at whole seconds
+    assert next_beat(100.37, 1.0) == 101.0
+    assert next_beat(100.37, 2.0) == 102.0
+    assert next_beat(103.9, 10.0) == 110.0
+    assert next_beat(101.0, 1.0) == 102.0          # on the beat: the next one
+    assert next_beat(101.9995, 1.0) == 103.0       # a timer that fired a hair early
+    assert next_beat(0.95, 1.0) == 2.0
+    assert next_beat(0.0101, 0.02) == 0.04         # short periods: half a period of gap
+    wakes = {next_beat(t / 10, p) for t in range(1000, 1010) for p in (1.0, 2.0, 5.0)}
+    assert wakes <= {101.0, 102.0, 105.0}          # 30 loops, three instants

@@ -30,6 +30,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Awaitable, Callable
 
+from node.beat import sleep_to_beat
 from node.config import ConfigError, DEFAULT_HTTP, is_loopback, parse_address
 from node.http.history import History
 from node.http.linktotals import LinkTotals
@@ -231,7 +232,7 @@ class HttpServer:
     async def _sample_loop(self) -> None:
         """Once a second: a history point, and closed links folded into the totals."""
         while True:
-            await asyncio.sleep(SAMPLE_EVERY)
+            await sleep_to_beat(SAMPLE_EVERY)   # with the daemon's other 1 s loops
             self.history.sample(self.daemon.metrics)
             self.links.update(list(self.daemon.mesh.sessions.values()))
 
