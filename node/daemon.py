@@ -213,14 +213,19 @@ class Daemon:
                     tier1_speed=self.memory.tier1_speed(), stats=self._own_stats())
 
     def _own_stats(self) -> dict[str, float | None]:
-        """This node's metrics for its advert (``status --mesh`` sums them up)."""
+        """This node's metrics for its advert (``status --mesh`` sums them up), settled
+        against what the advert already says (see :func:`settle_stats`)."""
         m = self.metrics.summary(self.store.resident_bytes, self.executor.utilisation())
-        return {"throughput_per_s": m["throughput_per_s"],
-                "resource_utilisation": m["resource_utilisation"],
-                "latency_p50_ms": m["communication_latency"]["p50_ms"],
-                "latency_p99_ms": m["communication_latency"]["p99_ms"],
-                "useful_bytes": m["useful_bytes"], "resident_bytes": m["resident_bytes"],
-                "served_gflops": self.memory.served_gflops}
+        fresh = {"throughput_per_s": m["throughput_per_s"],
+                 "resource_utilisation": m["resource_utilisation"],
+                 "latency_p50_ms": m["communication_latency"]["p50_ms"],
+                 "latency_p99_ms": m["communication_latency"]["p99_ms"],
+                 "useful_bytes": m["useful_bytes"], "resident_bytes": m["resident_bytes"],
+                 "served_gflops": self.memory.served_gflops}
+        mesh = getattr(self, "mesh", None)
+        if mesh is None or mesh.membership is None:
+            return fresh
+        return settle_stats(mesh.advert.stats, fresh)   # against what peers have
 
     async def _advertise_loop(self) -> None:
         while True:
@@ -464,6 +469,36 @@ class Daemon:
                 "advert_age_s": now - self.mesh.advert_seen.get(m.node_id, m.state_since),
             })
         return out
+
+
+#: How far an advertised statistic may drift before the advert carries the new value:
+#: relative, and an absolute floor per statistic (below it a change is noise).
+STATS_TOLERANCE = 0.05
+STATS_FLOOR = {"resident_bytes": 1 << 20, "useful_bytes": 1 << 20,
+               "resource_utilisation": 0.005, "throughput_per_s": 0.05,
+               "latency_p50_ms": 0.5, "latency_p99_ms": 0.5, "served_gflops": 0.05}
+
+
+def settle_stats(advertised: dict[str, float | None], fresh: dict[str, float | None],
+                 tolerance: float = STATS_TOLERANCE) -> dict[str, float | None]:
+    """``fresh``, except values within ``tolerance`` (or their floor) of ``advertised``,
+    which keep the advertised value.
+
+    Any difference in an advert is republished within ``advert_refresh`` and gossiped to
+    every member, who each verify its signature. An idle node's RSS moves by kilobytes
+    and its utilisation by millionths every second, so every node re-published every 5 s:
+    with N daemons each one handled ~N/5 adverts a second, idle cost growing with the
+    mesh (issue 13). Settled, an idle node's advert does not change at all.
+    """
+    out = dict(fresh)
+    for key, value in fresh.items():
+        old = advertised.get(key)
+        if value is None or old is None or key not in advertised:
+            continue
+        if abs(value - old) <= max(tolerance * max(abs(value), abs(old)),
+                                   STATS_FLOOR.get(key, 0.0)):
+            out[key] = old
+    return out
 
 
 def ping_round(peers: list[str], after: str, count: int) -> tuple[list[str], str]:

@@ -97,3 +97,31 @@ def test_periodic_loops_share_one_beat():
     assert next_beat(0.0101, 0.02) == 0.04         # short periods: half a period of gap
     wakes = {next_beat(t / 10, p) for t in range(1000, 1010) for p in (1.0, 2.0, 5.0)}
     assert wakes <= {101.0, 102.0, 105.0}          # 30 loops, three instants
+
+
+def test_advert_stats_keep_their_value_until_they_really_move():
+    from node.daemon import settle_stats
+
+    shown = {"resident_bytes": 50_000_000, "resource_utilisation": 8e-6,
+             "throughput_per_s": 0.0, "latency_p50_ms": None, "served_gflops": 12.0}
+    idle = {"resident_bytes": 50_012_288, "resource_utilisation": 9e-6,
+            "throughput_per_s": 0.0, "latency_p50_ms": None, "served_gflops": 12.3}
+    assert settle_stats(shown, idle) == shown           # noise: the advert stays as it is
+    busy = dict(idle, resident_bytes=60_000_000, throughput_per_s=40.0, latency_p50_ms=3.0)
+    settled = settle_stats(shown, busy)
+    assert settled["resident_bytes"] == 60_000_000      # 20 % more: the new value
+    assert settled["throughput_per_s"] == 40.0 and settled["latency_p50_ms"] == 3.0
+    assert settled["served_gflops"] == 12.0             # 2.5 %: still noise
+    assert settle_stats({}, busy) == busy               # nothing advertised yet
+
+
+async def test_an_idle_daemon_does_not_republish_its_advert(tmp_path):
+    import asyncio
+
+    from tests.inproc import running_daemon
+
+    async with running_daemon(tmp_path) as d:
+        await asyncio.sleep(7)                          # past advert_refresh (5 s)
+        version = d.mesh.advert.version
+        await asyncio.sleep(7)
+        assert d.mesh.advert.version == version         # nothing worth gossiping changed
