@@ -125,3 +125,22 @@ async def test_an_idle_daemon_does_not_republish_its_advert(tmp_path):
         version = d.mesh.advert.version
         await asyncio.sleep(7)
         assert d.mesh.advert.version == version         # nothing worth gossiping changed
+
+
+def test_rtt_percentiles_follow_new_samples():
+    import numpy as np
+
+    from node.metrics import Metrics
+
+    m = Metrics()
+    assert m.latency() == {"p50_ms": None, "p99_ms": None}
+    samples = [float(v) for v in range(1, 101)]
+    for v in samples:
+        m.rtt(v)
+    first = m.latency()
+    assert first == {"p50_ms": np.percentile(samples, 50), "p99_ms": np.percentile(samples, 99)}
+    first["p50_ms"] = -1.0                      # a caller's copy, not the cache
+    assert m.latency()["p50_ms"] == np.percentile(samples, 50)
+    for _ in range(100):
+        m.rtt(1000.0)                           # new samples move the percentiles
+    assert m.latency()["p50_ms"] == np.percentile(samples + [1000.0] * 100, 50)
