@@ -23,6 +23,7 @@ from nat import signaling
 from nat.connector import ConnectorConfig
 from node import api, memtrace
 from node.beat import sleep_to_beat
+from node.capacity import node_capacity
 from node.config import NodeConfig
 from node.http.server import start_http
 from node.memory.dualmemory import DualMemory
@@ -97,7 +98,9 @@ class Daemon:
                                 self.memory)
         self.metrics = Metrics()
         self.executor = Executor(cfg.workers)
-        self.capacity = cfg.capacity or await self.executor.run(measure_capacity)
+        self.capacity = cfg.capacity or await node_capacity(
+            self.data_dir, self.executor.blas_threads,
+            lambda: self.executor.run(measure_capacity))
         loaded = await self.executor.run(self.store.load_all)
         connector = ConnectorConfig(stun=tuple(cfg.stun), turn=tuple(cfg.turn))
         self.mesh = Mesh(self.identity, cfg.name, self.keys, cfg.listen, cfg.bootstrap,
@@ -568,9 +571,16 @@ def trim_heap() -> None:
         libc.malloc_trim(0)
 
 
+#: libuv's thread pool (uvloop resolves host names on it) starts 4 threads by default;
+#: the daemon resolves a name only when dialling one, so 2 threads (each with a stack and
+#: a share of the malloc arenas) are plenty and one slow lookup does not block the rest.
+UV_THREADPOOL_SIZE = "2"
+
+
 def run(config: NodeConfig) -> int:
     """Run a daemon until SIGINT/SIGTERM; return the exit status."""
     limit_arenas()
+    os.environ.setdefault("UV_THREADPOOL_SIZE", UV_THREADPOOL_SIZE)   # read at first use
     daemon = Daemon(config)
     try:
         import uvloop
