@@ -475,31 +475,34 @@ class Daemon:
 
 
 #: How far an advertised statistic may drift before the advert carries the new value:
-#: relative, and an absolute floor per statistic (below it a change is noise).
-STATS_TOLERANCE = 0.05
+#: relative (default ``STATS_TOLERANCE``), and an absolute floor below which a change is
+#: noise. RTT percentiles move by a fifth with every sample on a loaded host: half.
+STATS_TOLERANCE = 0.1
+STATS_RELATIVE = {"latency_p50_ms": 0.5, "latency_p99_ms": 0.5}
 STATS_FLOOR = {"resident_bytes": 1 << 20, "useful_bytes": 1 << 20,
-               "resource_utilisation": 0.005, "throughput_per_s": 0.05,
-               "latency_p50_ms": 0.5, "latency_p99_ms": 0.5, "served_gflops": 0.05}
+               "resource_utilisation": 0.01, "throughput_per_s": 0.05,
+               "latency_p50_ms": 2.0, "latency_p99_ms": 2.0, "served_gflops": 0.05}
 
 
-def settle_stats(advertised: dict[str, float | None], fresh: dict[str, float | None],
-                 tolerance: float = STATS_TOLERANCE) -> dict[str, float | None]:
-    """``fresh``, except values within ``tolerance`` (or their floor) of ``advertised``,
-    which keep the advertised value.
+def settle_stats(advertised: dict[str, float | None],
+                 fresh: dict[str, float | None]) -> dict[str, float | None]:
+    """``fresh``, except values within their tolerance (relative, or their absolute
+    floor) of ``advertised``, which keep the advertised value.
 
     Any difference in an advert is republished within ``advert_refresh`` and gossiped to
-    every member, who each verify its signature. An idle node's RSS moves by kilobytes
-    and its utilisation by millionths every second, so every node re-published every 5 s:
-    with N daemons each one handled ~N/5 adverts a second, idle cost growing with the
-    mesh (issue 13). Settled, an idle node's advert does not change at all.
+    every member, who each verify its signature. An idle node's RSS moves by kilobytes,
+    its utilisation by millionths and its RTT percentiles by a millisecond every few
+    seconds, so every node re-published every 5 s: with N daemons each one handled ~N/5
+    adverts a second, idle cost growing with the mesh (issue 13). Settled, an idle
+    node's advert does not change at all.
     """
     out = dict(fresh)
     for key, value in fresh.items():
         old = advertised.get(key)
         if value is None or old is None or key not in advertised:
             continue
-        if abs(value - old) <= max(tolerance * max(abs(value), abs(old)),
-                                   STATS_FLOOR.get(key, 0.0)):
+        rel = STATS_RELATIVE.get(key, STATS_TOLERANCE)
+        if abs(value - old) <= max(rel * max(abs(value), abs(old)), STATS_FLOOR.get(key, 0.0)):
             out[key] = old
     return out
 

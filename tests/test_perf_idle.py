@@ -103,14 +103,18 @@ def test_advert_stats_keep_their_value_until_they_really_move():
     from node.daemon import settle_stats
 
     shown = {"resident_bytes": 50_000_000, "resource_utilisation": 8e-6,
-             "throughput_per_s": 0.0, "latency_p50_ms": None, "served_gflops": 12.0}
+             "throughput_per_s": 0.0, "latency_p50_ms": None, "latency_p99_ms": 20.0,
+             "served_gflops": 12.0}
     idle = {"resident_bytes": 50_012_288, "resource_utilisation": 9e-6,
-            "throughput_per_s": 0.0, "latency_p50_ms": None, "served_gflops": 12.3}
+            "throughput_per_s": 0.0, "latency_p50_ms": None, "latency_p99_ms": 24.0,
+            "served_gflops": 12.3}
     assert settle_stats(shown, idle) == shown           # noise: the advert stays as it is
-    busy = dict(idle, resident_bytes=60_000_000, throughput_per_s=40.0, latency_p50_ms=3.0)
+    busy = dict(idle, resident_bytes=60_000_000, throughput_per_s=40.0, latency_p50_ms=3.0,
+                latency_p99_ms=45.0)
     settled = settle_stats(shown, busy)
     assert settled["resident_bytes"] == 60_000_000      # 20 % more: the new value
     assert settled["throughput_per_s"] == 40.0 and settled["latency_p50_ms"] == 3.0
+    assert settled["latency_p99_ms"] == 45.0            # RTT more than doubled
     assert settled["served_gflops"] == 12.0             # 2.5 %: still noise
     assert settle_stats({}, busy) == busy               # nothing advertised yet
 
