@@ -559,11 +559,28 @@ def _libc():
     return libc
 
 
+#: glibc's mallopt parameter for the size from which malloc maps memory of its own.
+_M_MMAP_THRESHOLD = -3
+#: Buffers of 1 MiB and more (request operands and results, frames, block copies) are
+#: mapped and unmapped, so their memory leaves the process when they are freed. glibc's
+#: default threshold is dynamic: freeing one mapped 32 MiB block raises it to 32 MiB, and
+#: from then on every buffer up to that size stays in the heap until a trim. Measured
+#: with ``bench/stream.py --nodes 2 --replicas 1`` (N=4096, B=64): 190 MiB of RSS in the
+#: two daemons after the stream instead of 205 MiB, in the same machine state.
+MMAP_THRESHOLD = 1 << 20
+
+
 def limit_arenas() -> None:
-    """Cap glibc's malloc arenas before any thread starts (same as MALLOC_ARENA_MAX=2)."""
+    """Tune glibc's allocator before any thread starts: at most ``ARENA_MAX`` arenas
+    (same as MALLOC_ARENA_MAX=2) and a fixed ``MMAP_THRESHOLD`` (same as
+    MALLOC_MMAP_THRESHOLD_=1048576); either environment variable wins over ours."""
     libc = _libc()
-    if libc is not None and "MALLOC_ARENA_MAX" not in os.environ:
+    if libc is None:
+        return
+    if "MALLOC_ARENA_MAX" not in os.environ:
         libc.mallopt(_M_ARENA_MAX, ARENA_MAX)
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
 def trim_heap() -> None:
