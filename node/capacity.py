@@ -13,11 +13,14 @@ The dual memory learns what peers really achieve; this number only seeds placeme
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import math
 import os
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -71,26 +74,36 @@ def write_cached(path: Path, key: dict[str, Any], gflops: float, now: float) -> 
 
 
 async def measure_in_child(blas_threads: int, timeout: float = CHILD_TIMEOUT_S) -> float:
-    """Run the probe in a child Python with the daemon's BLAS thread count."""
+    """Run the probe in a child Python with the daemon's BLAS thread count.
+
+    The child is started and waited for by ``subprocess`` on a one-off thread, not by the
+    event loop's subprocess support: the daemon keeps no child watcher, and the loop's
+    process machinery (uvloop's) stays out of a daemon that otherwise never spawns."""
     root = str(Path(__file__).resolve().parent.parent)
     env = dict(os.environ)
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(blas_threads)
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", CHILD_CODE, env=env, cwd=root,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
+    done: concurrent.futures.Future = concurrent.futures.Future()
+
+    def work() -> None:
+        try:
+            done.set_result(subprocess.run(
+                [sys.executable, "-c", CHILD_CODE], env=env, cwd=root,
+                stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout))
+        except BaseException as exc:     # delivered to the awaiting coroutine
+            done.set_exception(exc)
+
+    threading.Thread(target=work, name="sedma-capacity", daemon=True).start()
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except BaseException:
-        proc.kill()
-        await proc.wait()
-        raise
+        proc = await asyncio.wrap_future(done)
+    except subprocess.TimeoutExpired as exc:       # run() killed the child
+        raise asyncio.TimeoutError(f"capacity probe took over {timeout:.0f} s") from exc
     if proc.returncode != 0:
         raise RuntimeError(f"capacity probe exited with {proc.returncode}: "
-                           f"{err.decode(errors='replace').strip()[-300:]}")
-    value = float(out.decode().strip().splitlines()[-1])
+                           f"{proc.stderr.decode(errors='replace').strip()[-300:]}")
+    lines = proc.stdout.decode(errors="replace").strip().splitlines()
+    value = float(lines[-1]) if lines else math.nan      # ValueError if not a number
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"capacity probe printed {value!r}")
     return value

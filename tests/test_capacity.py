@@ -48,6 +48,14 @@ async def test_a_child_that_cannot_run_falls_back_to_measuring_in_process(tmp_pa
     monkeypatch.setattr(capacity, "CHILD_CODE", "raise SystemExit(3)")
     with pytest.raises(RuntimeError, match="exited with 3"):
         await measure_in_child(1)
+    for says in ("pass", "print('fast')", "print(-1.0)"):
+        monkeypatch.setattr(capacity, "CHILD_CODE", says)
+        with pytest.raises(ValueError):
+            await measure_in_child(1)
+    monkeypatch.setattr(capacity, "CHILD_CODE", "import time; time.sleep(30)")
+    with pytest.raises(TimeoutError):
+        await measure_in_child(1, timeout=0.5)
+    monkeypatch.setattr(capacity, "CHILD_CODE", "raise SystemExit(3)")
 
     async def in_process() -> float:
         return 7.0
