@@ -9,6 +9,7 @@ jobs a bounded grace period, persist the dual memory, leave the mesh, close the 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import os
@@ -21,6 +22,8 @@ from compute.executor import Executor, measure_capacity
 from nat import signaling
 from nat.connector import ConnectorConfig
 from node import api, memtrace
+from node.beat import sleep_to_beat
+from node.capacity import node_capacity
 from node.config import NodeConfig
 from node.http.server import start_http
 from node.memory.dualmemory import DualMemory
@@ -95,7 +98,9 @@ class Daemon:
                                 self.memory)
         self.metrics = Metrics()
         self.executor = Executor(cfg.workers)
-        self.capacity = cfg.capacity or await self.executor.run(measure_capacity)
+        self.capacity = cfg.capacity or await node_capacity(
+            self.data_dir, self.executor.blas_threads,
+            lambda: self.executor.run(measure_capacity))
         loaded = await self.executor.run(self.store.load_all)
         connector = ConnectorConfig(stun=tuple(cfg.stun), turn=tuple(cfg.turn))
         self.mesh = Mesh(self.identity, cfg.name, self.keys, cfg.listen, cfg.bootstrap,
@@ -211,23 +216,28 @@ class Daemon:
                     tier1_speed=self.memory.tier1_speed(), stats=self._own_stats())
 
     def _own_stats(self) -> dict[str, float | None]:
-        """This node's metrics for its advert (``status --mesh`` sums them up)."""
+        """This node's metrics for its advert (``status --mesh`` sums them up), settled
+        against what the advert already says (see :func:`settle_stats`)."""
         m = self.metrics.summary(self.store.resident_bytes, self.executor.utilisation())
-        return {"throughput_per_s": m["throughput_per_s"],
-                "resource_utilisation": m["resource_utilisation"],
-                "latency_p50_ms": m["communication_latency"]["p50_ms"],
-                "latency_p99_ms": m["communication_latency"]["p99_ms"],
-                "useful_bytes": m["useful_bytes"], "resident_bytes": m["resident_bytes"],
-                "served_gflops": self.memory.served_gflops}
+        fresh = {"throughput_per_s": m["throughput_per_s"],
+                 "resource_utilisation": m["resource_utilisation"],
+                 "latency_p50_ms": m["communication_latency"]["p50_ms"],
+                 "latency_p99_ms": m["communication_latency"]["p99_ms"],
+                 "useful_bytes": m["useful_bytes"], "resident_bytes": m["resident_bytes"],
+                 "served_gflops": self.memory.served_gflops}
+        mesh = getattr(self, "mesh", None)
+        if mesh is None or mesh.membership is None:
+            return fresh
+        return settle_stats(mesh.advert.stats, fresh)   # against what peers have
 
     async def _advertise_loop(self) -> None:
         while True:
-            await asyncio.sleep(ADVERT_EVERY)
+            await sleep_to_beat(ADVERT_EVERY)
             self.mesh.update_advert(**self._load_fields())
 
     async def _memory_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.config.memory_save_every)
+            await sleep_to_beat(self.config.memory_save_every)
             self.memory.consolidate()
             await self.db.run(self.memory.save)
             await self.executor.run(trim_heap)
@@ -246,7 +256,7 @@ class Daemon:
 
     async def _reconfigure_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.config.reconfigure_every)
+            await sleep_to_beat(self.config.reconfigure_every)
             await self.reconfigurer.run()   # a failure is logged and retried by the supervisor
             try:
                 await self.reconfigurer.rebalance()
@@ -255,7 +265,7 @@ class Daemon:
 
     async def _housekeeping_loop(self) -> None:
         while True:
-            await asyncio.sleep(HOUSEKEEPING_EVERY)
+            await sleep_to_beat(HOUSEKEEPING_EVERY)
             await self.housekeeping()
 
     async def housekeeping(self) -> None:
@@ -274,14 +284,14 @@ class Daemon:
     async def _reconcile_loop(self) -> None:
         """Drop deployments undeployed while this node was away (see ModelManager)."""
         while True:
-            await asyncio.sleep(RECONCILE_EVERY)
+            await sleep_to_beat(RECONCILE_EVERY)
             await self.models.reconcile()   # a failure is logged and retried by the supervisor
             await self.book.expire()
 
     async def _ping_loop(self) -> None:
         cursor = ""
         while True:
-            await asyncio.sleep(PING_EVERY)
+            await sleep_to_beat(PING_EVERY)
             chosen, cursor = ping_round(sorted(self.mesh.sessions), cursor, PING_PER_ROUND)
             for peer in chosen:
                 session = self.mesh.sessions.get(peer)
@@ -464,6 +474,39 @@ class Daemon:
         return out
 
 
+#: How far an advertised statistic may drift before the advert carries the new value:
+#: relative (default ``STATS_TOLERANCE``), and an absolute floor below which a change is
+#: noise. RTT percentiles move by a fifth with every sample on a loaded host: half.
+STATS_TOLERANCE = 0.1
+STATS_RELATIVE = {"latency_p50_ms": 0.5, "latency_p99_ms": 0.5}
+STATS_FLOOR = {"resident_bytes": 1 << 20, "useful_bytes": 1 << 20,
+               "resource_utilisation": 0.01, "throughput_per_s": 0.05,
+               "latency_p50_ms": 2.0, "latency_p99_ms": 2.0, "served_gflops": 0.05}
+
+
+def settle_stats(advertised: dict[str, float | None],
+                 fresh: dict[str, float | None]) -> dict[str, float | None]:
+    """``fresh``, except values within their tolerance (relative, or their absolute
+    floor) of ``advertised``, which keep the advertised value.
+
+    Any difference in an advert is republished within ``advert_refresh`` and gossiped to
+    every member, who each verify its signature. An idle node's RSS moves by kilobytes,
+    its utilisation by millionths and its RTT percentiles by a millisecond every few
+    seconds, so every node re-published every 5 s: with N daemons each one handled ~N/5
+    adverts a second, idle cost growing with the mesh (issue 13). Settled, an idle
+    node's advert does not change at all.
+    """
+    out = dict(fresh)
+    for key, value in fresh.items():
+        old = advertised.get(key)
+        if value is None or old is None or key not in advertised:
+            continue
+        rel = STATS_RELATIVE.get(key, STATS_TOLERANCE)
+        if abs(value - old) <= max(rel * max(abs(value), abs(old)), STATS_FLOOR.get(key, 0.0)):
+            out[key] = old
+    return out
+
+
 def ping_round(peers: list[str], after: str, count: int) -> tuple[list[str], str]:
     """The next ``count`` of the sorted ``peers`` after ``after`` (wrapping), and the new
     cursor. Pinging every session each round cost O(mesh size) per daemon: with 100 idle
@@ -498,24 +541,46 @@ _M_ARENA_MAX = -8
 ARENA_MAX = 2
 
 
+@functools.cache
 def _libc():
-    """glibc through ctypes, or None elsewhere (musl, macOS): allocator tuning is optional."""
+    """glibc through ctypes, or None elsewhere (musl, macOS): allocator tuning is optional.
+
+    Looked up once: ``ctypes.util.find_library`` runs ``/sbin/ldconfig -p`` in a child
+    process on every call, which every 10 s (the consolidation's trim) was most of an idle
+    daemon's CPU. The loaded C library is already in this process, so ``CDLL(None)``
+    finds its symbols without any lookup."""
     import ctypes
-    import ctypes.util
 
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL(None)
         libc.mallopt, libc.malloc_trim  # noqa: B018 — both must exist
     except (OSError, AttributeError):
         return None
     return libc
 
 
+#: glibc's mallopt parameter for the size from which malloc maps memory of its own.
+_M_MMAP_THRESHOLD = -3
+#: Buffers of 1 MiB and more (request operands and results, frames, block copies) are
+#: mapped and unmapped, so their memory leaves the process when they are freed. glibc's
+#: default threshold is dynamic: freeing one mapped 32 MiB block raises it to 32 MiB, and
+#: from then on every buffer up to that size stays in the heap until a trim. Measured
+#: with ``bench/stream.py --nodes 2 --replicas 1`` (N=4096, B=64): 190 MiB of RSS in the
+#: two daemons after the stream instead of 205 MiB, in the same machine state.
+MMAP_THRESHOLD = 1 << 20
+
+
 def limit_arenas() -> None:
-    """Cap glibc's malloc arenas before any thread starts (same as MALLOC_ARENA_MAX=2)."""
+    """Tune glibc's allocator before any thread starts: at most ``ARENA_MAX`` arenas
+    (same as MALLOC_ARENA_MAX=2) and a fixed ``MMAP_THRESHOLD`` (same as
+    MALLOC_MMAP_THRESHOLD_=1048576); either environment variable wins over ours."""
     libc = _libc()
-    if libc is not None and "MALLOC_ARENA_MAX" not in os.environ:
+    if libc is None:
+        return
+    if "MALLOC_ARENA_MAX" not in os.environ:
         libc.mallopt(_M_ARENA_MAX, ARENA_MAX)
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
 def trim_heap() -> None:
@@ -526,9 +591,16 @@ def trim_heap() -> None:
         libc.malloc_trim(0)
 
 
+#: libuv's thread pool (uvloop resolves host names on it) starts 4 threads by default;
+#: the daemon resolves a name only when dialling one, so 2 threads (each with a stack and
+#: a share of the malloc arenas) are plenty and one slow lookup does not block the rest.
+UV_THREADPOOL_SIZE = "2"
+
+
 def run(config: NodeConfig) -> int:
     """Run a daemon until SIGINT/SIGTERM; return the exit status."""
     limit_arenas()
+    os.environ.setdefault("UV_THREADPOOL_SIZE", UV_THREADPOOL_SIZE)   # read at first use
     daemon = Daemon(config)
     try:
         import uvloop

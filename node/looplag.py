@@ -10,6 +10,17 @@ time the OS did not run the process at all. *Loop CPU* is the CPU time the loop 
 itself spent between two ticks: every callback in between ran inside it, so if it stays
 under X ms, no single callback (numpy on the loop, a big copy, a page-faulting read) took
 X ms of CPU -- which is what this code controls, whatever else the machine is doing.
+
+The ticker is adaptive (issue 13: idle cost). A 20 ms ticker is 50 wake-ups a second, most
+of an idle daemon's CPU, spent watching a loop that has nothing to do. It ticks every
+``interval`` while the loop is working -- a tick used more than ``active_cpu`` of CPU --
+and for ``linger`` seconds after, then every ``idle_interval``. A slow tick's CPU is the
+sum of everything in it, so it still bounds every callback from above; when that sum
+exceeds ``idle_max_cpu`` work has started, the sample's CPU is dropped (counted in
+``unmeasured``: it says nothing about a single callback) and the ticker goes fast. What
+this gives up: a callback that blocks for long in the very first second of work after
+``linger`` seconds of quiet is seen as wall lag (and by the stall watchdog when it spans
+the tick) but not as loop CPU.
 """
 
 from __future__ import annotations
@@ -23,9 +34,15 @@ import time
 import traceback
 from typing import Callable
 
+from node.beat import next_beat
+
 log = logging.getLogger("sedma.looplag")
 
 INTERVAL = 0.02   # seconds between ticks (short: a tick's CPU then bounds one callback's)
+IDLE_INTERVAL = 1.0   # seconds between ticks while the loop has had nothing to do
+LINGER = 10.0     # keep ticking fast this long after the last busy tick
+ACTIVE_CPU = 0.005    # a tick that used more loop CPU than this means work is under way
+IDLE_MAX_CPU = 0.05   # a slow tick above this: work started; its CPU sample is dropped
 WINDOW = 60.0     # max lag reported over this many seconds
 
 
@@ -33,42 +50,73 @@ class LagMonitor:
     """Ticks on the loop and keeps the recent lag samples."""
 
     def __init__(self, interval: float = INTERVAL, window: float = WINDOW,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 idle_interval: float = IDLE_INTERVAL, linger: float = LINGER) -> None:
         self.interval = interval
+        self.idle_interval = max(idle_interval, interval)
+        self.linger = linger
         self.window = window
         self._clock = clock
-        self._samples: collections.deque[tuple[float, float, float]] = collections.deque()
+        self._samples: collections.deque[tuple[float, float, float | None]] = \
+            collections.deque()
         self.worst = 0.0   # since start, seconds
         self.worst_cpu = 0.0
+        self.unmeasured = 0   # slow ticks whose CPU was dropped (work started in them)
         self.last_tick = clock()
+        self.last_active = self.last_tick   # start fast: start-up is work
+        self.due = self.last_tick + interval  # when the pending tick should run
 
-    def observe(self, expected: float, actual: float, cpu: float = 0.0) -> None:
+    def next_interval(self, now: float) -> float:
+        """Fast while the loop works and ``linger`` seconds after, slow when idle."""
+        return self.interval if now - self.last_active < self.linger else self.idle_interval
+
+    def observe(self, expected: float, actual: float, cpu: float | None = 0.0) -> None:
         """Record one tick due at ``expected`` that ran at ``actual``, the loop thread having
-        used ``cpu`` seconds of CPU since the previous tick."""
+        used ``cpu`` seconds of CPU since the previous tick (None: not a bound, dropped)."""
         self.last_tick = actual
         lag = max(0.0, actual - expected)
         self._samples.append((actual, lag, cpu))
         self.worst = max(self.worst, lag)
-        self.worst_cpu = max(self.worst_cpu, cpu)
+        if cpu is not None:
+            self.worst_cpu = max(self.worst_cpu, cpu)
         while self._samples and self._samples[0][0] < actual - self.window:
             self._samples.popleft()
 
+    def tick(self, interval: float, expected: float, actual: float, cpu: float) -> None:
+        """One tick of the ticker that slept ``interval``: record it, pick the pace."""
+        slow = interval > self.interval
+        if slow and cpu > IDLE_MAX_CPU:
+            self.unmeasured += 1
+            self.observe(expected, actual, None)
+        else:
+            self.observe(expected, actual, cpu)
+        if cpu > (IDLE_MAX_CPU if slow else ACTIVE_CPU):
+            self.last_active = actual
+
     async def run(self) -> None:
-        self.last_tick = self._clock()   # the watchdog measures from here, not from start-up
+        self.last_tick = self.last_active = self._clock()   # the watchdog measures from here
+        loop = asyncio.get_running_loop()
         while True:
-            expected = self._clock() + self.interval
+            now = self._clock()
+            interval = self.next_interval(now)
+            delay = interval
+            if interval > self.interval:   # idle: tick on the daemon's shared beat
+                delay = next_beat(loop.time(), interval) - loop.time()
+            self.due = now + delay
             cpu = time.thread_time()
-            await asyncio.sleep(self.interval)
-            self.observe(expected, self._clock(), time.thread_time() - cpu)
+            await asyncio.sleep(delay)
+            self.tick(interval, self.due, self._clock(), time.thread_time() - cpu)
 
     def report(self) -> dict:
         lags = [lag for _, lag, _ in self._samples]
-        cpus = [cpu for _, _, cpu in self._samples]
+        cpus = [cpu for _, _, cpu in self._samples if cpu is not None]
         return {"last_ms": lags[-1] * 1000 if lags else 0.0,
                 "max_ms": max(lags, default=0.0) * 1000, "window_s": self.window,
                 "worst_ms": self.worst * 1000,
                 "max_cpu_ms": max(cpus, default=0.0) * 1000,
-                "worst_cpu_ms": self.worst_cpu * 1000}
+                "worst_cpu_ms": self.worst_cpu * 1000,
+                "interval_ms": self.next_interval(self._clock()) * 1000,
+                "unmeasured": self.unmeasured}
 
 
 class StallReporter:
@@ -90,14 +138,24 @@ class StallReporter:
     def start(self) -> None:
         self._thread.start()
 
+    def _late(self) -> float:
+        """How long past its due time the loop's pending tick is (negative: not due)."""
+        due = max(self.monitor.due, self.monitor.last_tick + self.monitor.interval)
+        return time.monotonic() - due
+
+    def _pause(self) -> float:
+        """Sleep until the pending tick would be ``threshold`` late, checking at least
+        every half threshold: one wake-up per slow tick when idle, not eight a second."""
+        return max(self.threshold / 2, -self._late() + self.threshold / 2)
+
     def stop(self) -> None:
         self._stop.set()
 
     def _watch(self) -> None:
         reported = None
-        while not self._stop.wait(self.threshold / 2):
+        while not self._stop.wait(self._pause()):
             stuck_since = self.monitor.last_tick
-            if time.monotonic() - stuck_since - self.monitor.interval < self.threshold:
+            if self._late() < self.threshold:
                 continue
             if reported == stuck_since:
                 continue

@@ -96,6 +96,9 @@ class Metrics:
         self.window = window
         self.completions: collections.deque[float] = collections.deque(maxlen=100_000)
         self.latencies_ms: collections.deque[float] = collections.deque(maxlen=4096)
+        self._rtt_samples = 0           # samples ever added (the latency cache's key)
+        self._latency_at = -1
+        self._latency: dict[str, float | None] = {}
         self.live_bytes = 0
         #: (request kind, "ok" | "error") -> count, since start
         self.request_totals: collections.Counter[tuple[str, str]] = collections.Counter()
@@ -150,16 +153,23 @@ class Metrics:
 
     def rtt(self, ms: float) -> None:
         self.latencies_ms.append(ms)
+        self._rtt_samples += 1
 
     def throughput(self) -> float:
         lo = time.monotonic() - self.window
         return sum(1 for t in self.completions if t > lo) / self.window
 
     def latency(self) -> dict[str, float | None]:
+        """p50 and p99 of the RTT samples; recomputed only when a sample came in (the
+        advert reads this every second, and percentiles over 4096 samples were most of
+        an idle daemon's advert check)."""
         if not self.latencies_ms:
             return {"p50_ms": None, "p99_ms": None}
-        arr = np.fromiter(self.latencies_ms, dtype=np.float64)
-        return {"p50_ms": float(np.percentile(arr, 50)), "p99_ms": float(np.percentile(arr, 99))}
+        if self._latency_at != self._rtt_samples:
+            p50, p99 = np.percentile(np.fromiter(self.latencies_ms, dtype=np.float64), [50, 99])
+            self._latency = {"p50_ms": float(p50), "p99_ms": float(p99)}
+            self._latency_at = self._rtt_samples
+        return dict(self._latency)
 
     def summary(self, useful_bytes: int, utilisation: float) -> dict:
         rss = resident_memory()

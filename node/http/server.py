@@ -1,5 +1,10 @@
 """The dashboard's HTTP server: aiohttp, read-only, bounded, token-guarded off loopback.
 
+The port is bound at start with plain asyncio; aiohttp (:mod:`node.http.app`) is imported
+on a short-lived thread when the first connection arrives, which then waits (reading
+paused) until the application is ready. An idle daemon whose dashboard nobody opens never
+pays for aiohttp and prometheus_client (about 15 MB of RSS, issue 13).
+
 Limits (a slow or huge client must not stall the daemon or pile up):
 - GET and HEAD only (anything else 405); no request bodies beyond ``MAX_BODY`` bytes.
 - Request line and each header at most ``MAX_FIELD`` bytes, at most ``MAX_HEADERS`` headers
@@ -13,23 +18,22 @@ Every page polls short JSON requests, so nothing needs a long-lived connection.
 from __future__ import annotations
 
 import asyncio
-import hmac
+import concurrent.futures
+import importlib
 import json
 import logging
 import math
-import mimetypes
 import sys
+import threading
 from importlib import resources
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Awaitable, Callable
 
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
+from node.beat import sleep_to_beat
 from node.config import ConfigError, DEFAULT_HTTP, is_loopback, parse_address
-from node.http import views
-from node.http.collector import LinkTotals, registry_for
 from node.http.history import History
+from node.http.linktotals import LinkTotals
 
 log = logging.getLogger("sedma.http")
 
@@ -39,6 +43,8 @@ KEEPALIVE_SECONDS = 5.0
 MAX_FIELD = 8190
 MAX_HEADERS = 64
 MAX_BODY = 1024
+#: Bytes buffered from a connection that arrived before the app finished loading.
+MAX_EARLY_BYTES = MAX_FIELD * (MAX_HEADERS + 1) + MAX_BODY
 SAMPLE_EVERY = 1.0
 #: The files the pages are made of (nothing else under /static is served).
 STATIC_FILES = ("index.html", "app.js", "style.css")
@@ -66,22 +72,18 @@ def read_token(path: str) -> str:
     return token
 
 
-class _OneLineLog(logging.LoggerAdapter):
-    """aiohttp logs a malformed request with a traceback; a bad client is worth one line."""
-
-    def exception(self, msg: object, *args: Any, exc_info: Any = True, **kw: Any) -> None:
-        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
-        self.logger.warning("bad HTTP request: %s", str(exc).splitlines()[0] if exc else msg)
-
-
 class _ConnectionGuard(asyncio.Protocol):
-    """Wraps aiohttp's per-connection protocol with a connection cap and a lifetime."""
+    """Caps connections and their lifetime; hands the connection to aiohttp's protocol
+    once the application is loaded (reading stays paused until then)."""
 
-    def __init__(self, inner: asyncio.Protocol, server: "HttpServer") -> None:
-        self.inner = inner
+    def __init__(self, server: "HttpServer") -> None:
         self.server = server
+        self.inner: asyncio.Protocol | None = None
+        self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.counted = False
+        self.early: list[bytes] = []     # bytes that arrived before the app was loaded
+        self.early_eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.server.connections >= MAX_CONNECTIONS:
@@ -90,28 +92,63 @@ class _ConnectionGuard(asyncio.Protocol):
             return
         self.server.connections += 1
         self.counted = True
+        self.transport = transport
         self.timer = asyncio.get_running_loop().call_later(MAX_CONNECTION_SECONDS,
                                                            transport.abort)
-        self.inner.connection_made(transport)
+        if self.server.factory is not None:
+            self.attach(self.server.factory)
+        else:
+            transport.pause_reading()
+            self.server.when_loaded(self)
+
+    def attach(self, factory: Callable[[], asyncio.Protocol]) -> None:
+        """Give the connection to aiohttp (unless it closed while the app was loading)."""
+        if self.transport.is_closing():
+            return
+        self.inner = factory()
+        self.inner.connection_made(self.transport)
+        early, self.early = self.early, []
+        for data in early:
+            self.inner.data_received(data)
+        if self.early_eof:
+            if not self.inner.eof_received():
+                self.transport.close()
+            return
+        self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.counted:
             return
         self.server.connections -= 1
         self.timer.cancel()
-        self.inner.connection_lost(exc)
+        if self.inner is not None:
+            self.inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        self.inner.data_received(data)
+        if self.inner is not None:
+            self.inner.data_received(data)
+            return
+        # Reading is paused while the app loads, but a read already under way is
+        # delivered: keep it for aiohttp, within the limit of one request head.
+        self.early.append(data)
+        if sum(map(len, self.early)) > MAX_EARLY_BYTES:
+            log.warning("HTTP client sent over %d bytes before the dashboard loaded; closed",
+                        MAX_EARLY_BYTES)
+            self.transport.abort()
 
     def eof_received(self) -> bool | None:
-        return self.inner.eof_received()
+        if self.inner is not None:
+            return self.inner.eof_received()
+        self.early_eof = True
+        return True        # keep the transport half-open until aiohttp has seen the rest
 
     def pause_writing(self) -> None:
-        self.inner.pause_writing()
+        if self.inner is not None:
+            self.inner.pause_writing()
 
     def resume_writing(self) -> None:
-        self.inner.resume_writing()
+        if self.inner is not None:
+            self.inner.resume_writing()
 
 
 class HttpServer:
@@ -122,43 +159,21 @@ class HttpServer:
         self.token = token
         self.connections = 0
         self.links = LinkTotals()
-        self.registry = registry_for(daemon, self.links)
         self.history = History()
         self.static = {name: (resources.files("node.http").joinpath("static", name)
                               .read_bytes()) for name in STATIC_FILES}
         self.url: str | None = None
-        self._runner: web.AppRunner | None = None
+        #: aiohttp's per-connection protocol factory, once the app is loaded
+        self.factory: Callable[[], asyncio.Protocol] | None = None
+        self._app: Any = None            # node.http.app.DashboardApp, once loaded
+        self._loading: asyncio.Task | None = None
+        self._waiting: list[_ConnectionGuard] = []
         self._server: asyncio.AbstractServer | None = None
         self._sampler: asyncio.Task | None = None
 
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._guard])
-        app.router.add_get("/", self._index)
-        app.router.add_get("/static/{name}", self._file)
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/api/snapshot", self._json(lambda: views.snapshot(self.daemon)
-                                                        | {"history": self.history.as_list()}))
-        app.router.add_get("/api/mesh", self._json(lambda: views.members(self.daemon)))
-        app.router.add_get("/api/deployments", self._json(lambda: views.deployments(self.daemon)))
-        app.router.add_get("/api/jobs", self._json(lambda: views.jobs_view(self.daemon)))
-        app.router.add_get("/api/memory", self._json(lambda: views.dual_memory(self.daemon)))
-        app.router.add_get("/api/history", self._json(self.history.as_list))
-        return app
-
     async def start(self, host: str, port: int) -> None:
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
-                                     keepalive_timeout=KEEPALIVE_SECONDS,
-                                     max_line_size=MAX_FIELD, max_field_size=MAX_FIELD,
-                                     max_headers=MAX_HEADERS,
-                                     logger=_OneLineLog(logging.getLogger("sedma.http"), {}))
-        await self._runner.setup()
-        factory = self._runner.server
-        try:
-            self._server = await asyncio.get_running_loop().create_server(
-                lambda: _ConnectionGuard(factory(), self), host, port)
-        except OSError:
-            await self._runner.cleanup()
-            raise
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: _ConnectionGuard(self), host, port)
         bound = self._server.sockets[0].getsockname()
         shown = bound[0]
         if shown in ("0.0.0.0", "::"):     # a wildcard: show an address people can open
@@ -168,15 +183,42 @@ class HttpServer:
         log.info("dashboard and /metrics on %s%s", self.url,
                  " (token required)" if self.token else "")
 
+    def when_loaded(self, guard: _ConnectionGuard) -> None:
+        """Attach ``guard``'s connection once the app is loaded (starting the load)."""
+        self._waiting.append(guard)
+        if self._loading is None:
+            self._loading = asyncio.get_running_loop().create_task(self._load())
+
+    async def _load(self) -> None:
+        try:
+            module = await import_off_loop("node.http.app")
+            app = module.DashboardApp(self, sys.modules[__name__])
+            self.factory = await app.protocol_factory()
+            self._app = app
+        except Exception:
+            log.exception("the dashboard application failed to load; retried on the next "
+                          "connection")
+            waiting, self._waiting, self._loading = self._waiting, [], None
+            for guard in waiting:
+                guard.transport.abort()
+            return
+        waiting, self._waiting = self._waiting, []
+        for guard in waiting:
+            guard.attach(self.factory)
+
     async def stop(self) -> None:
         if self._sampler is not None:
             self._sampler.cancel()
             await asyncio.gather(self._sampler, return_exceptions=True)
         if self._server is not None:
             self._server.close()
-        if self._runner is not None:
-            await self._runner.shutdown()
-            await self._runner.cleanup()
+        if self._loading is not None and not self._loading.done():
+            self._loading.cancel()
+            await asyncio.gather(self._loading, return_exceptions=True)
+        if self._app is not None:
+            await self._app.close()
+        for guard in self._waiting:
+            guard.transport.abort()
 
     def start_sampler(self, supervise: Callable[[str, Callable[[], Awaitable]], Any] | None
                       ) -> None:
@@ -190,47 +232,24 @@ class HttpServer:
     async def _sample_loop(self) -> None:
         """Once a second: a history point, and closed links folded into the totals."""
         while True:
-            await asyncio.sleep(SAMPLE_EVERY)
+            await sleep_to_beat(SAMPLE_EVERY)   # with the daemon's other 1 s loops
             self.history.sample(self.daemon.metrics)
             self.links.update(list(self.daemon.mesh.sessions.values()))
 
-    # middleware and handlers --------------------------------------------------------
-    @web.middleware
-    async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.method not in ("GET", "HEAD"):
-            raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
-        if self.token is not None and not self._authorised(request):
-            return web.Response(status=401, text="401: a valid token is required "
-                                "(Authorization: Bearer TOKEN, or ?token=TOKEN)\n",
-                                headers={"WWW-Authenticate": 'Bearer realm="sedma"'})
-        response = await handler(request)
-        response.headers.update(SECURITY_HEADERS)
-        return response
 
-    def _authorised(self, request: web.Request) -> bool:
-        header = request.headers.get("Authorization", "")
-        given = header[7:] if header.startswith("Bearer ") else request.query.get("token", "")
-        return hmac.compare_digest(given.encode(), self.token.encode())
+async def import_off_loop(name: str) -> ModuleType:
+    """Import ``name`` on a thread of its own (ending with the import), so the ~0.3 s of a
+    cold aiohttp import does not stall the event loop."""
+    done: concurrent.futures.Future = concurrent.futures.Future()
 
-    async def _index(self, request: web.Request) -> web.Response:
-        return web.Response(body=self.static["index.html"], content_type="text/html",
-                            charset="utf-8")
+    def work() -> None:
+        try:
+            done.set_result(importlib.import_module(name))
+        except BaseException as exc:     # delivered to the awaiting coroutine
+            done.set_exception(exc)
 
-    async def _file(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        if name not in self.static:
-            raise web.HTTPNotFound(text="404: no such file\n")
-        ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
-        return web.Response(body=self.static[name], content_type=ctype, charset="utf-8")
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(self.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    def _json(self, build):
-        async def handler(request: web.Request) -> web.Response:
-            return web.Response(text=to_json(build()), content_type="application/json")
-        return handler
+    threading.Thread(target=work, name="sedma-http-import", daemon=True).start()
+    return await asyncio.wrap_future(done)
 
 
 def to_json(value: Any) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from typing import Any, Awaitable, Callable
@@ -38,6 +39,8 @@ JOIN_CHECK_AFTER = 3.0              # a join through a seed must show members by
 LEAVE_LINGER = 0.5                  # keep gossiping this long after announcing a leave
 MAX_PENDING_HANDSHAKES = 64         # unauthenticated links at once (each times out in 5 s)
 MAX_LINKS = 1024                    # established links; more incoming ones are refused
+MIN_TICK_SLEEP = 0.005              # the tick loop never spins faster than this
+MAX_TICK_SLEEP = 30.0               # nor sleeps longer (a safety net: deadlines wake it)
 
 
 class Mesh:
@@ -72,6 +75,7 @@ class Mesh:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task] = set()
         self._wake = asyncio.Event()
+        self._sleep_until = -math.inf    # when the tick loop will wake (-inf: it is awake)
         self._stopping = False
         self.bound: tuple[str, int] | None = None
 
@@ -279,15 +283,27 @@ class Mesh:
 
     # gossip I/O ---------------------------------------------------------------------
     async def _tick_loop(self) -> None:
+        """Tick the membership at its next deadline, and only then (issue 13: idle cost).
+
+        The state machine says when it next needs the clock (``next_deadline``, the
+        contract the deterministic simulator drives it by), so an idle node wakes for its
+        probe and the acks, not on a poll. :meth:`_process` wakes this loop early when a
+        message or an advert change moved the deadline closer. One timer handle per sleep:
+        ``wait_for`` made a task per round."""
+        loop = asyncio.get_running_loop()
         while True:
-            now = self.clock()
-            self._process(self.membership.tick(now))
-            delay = min(max(self.membership.next_deadline() - self.clock(), 0.005), 0.5)
+            self._sleep_until = -math.inf   # awake: nothing needs waking
+            self._process(self.membership.tick(self.clock()))
             self._wake.clear()
+            now = self.clock()
+            delay = min(max(self.membership.next_deadline() - now, MIN_TICK_SLEEP),
+                        MAX_TICK_SLEEP)
+            self._sleep_until = now + delay
+            timer = loop.call_at(loop.time() + delay, self._wake.set)
             try:
-                await asyncio.wait_for(self._wake.wait(), delay)
-            except asyncio.TimeoutError:
-                pass
+                await self._wake.wait()
+            finally:
+                timer.cancel()
 
     def _process(self, out: Output) -> None:
         for node_id, why in out.rejected:
@@ -308,7 +324,8 @@ class Mesh:
                     dial.cancel()
             for hook in self.event_hooks:
                 hook(event)
-        self._wake.set()
+        if self.membership.next_deadline() < self._sleep_until:
+            self._wake.set()       # a timer is now due before the tick loop would wake
 
     async def _deliver(self, dst: str, msg: Any) -> None:
         try:
