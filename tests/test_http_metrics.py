@@ -101,6 +101,11 @@ def test_counters_move_with_the_work_done(cluster, tmp_path):
     assert moved("sedma_compute_tasks_total") > 0
     assert moved("sedma_link_bytes_total", direction="sent") > w.nbytes / 2
     assert moved("sedma_link_messages_total", direction="received") > 0
+    # gossip is counted apart from the work the links also carried
+    assert total(before[0], "sedma_gossip_messages_total", direction="sent") > 0
+    assert total(before[1], "sedma_gossip_messages_total", direction="received") > 0
+    assert moved("sedma_gossip_messages_total", direction="received") \
+        < moved("sedma_link_messages_total", direction="received")
     assert total(after[0], "sedma_memory_used_bytes") > 0
     assert total(after[0], "sedma_memory_budget_bytes") == 2 << 30
     assert total(after[0], "sedma_links", kind="tcp") == 1

@@ -133,7 +133,7 @@ def collector_daemon(store) -> SimpleNamespace:
         mesh=SimpleNamespace(
             members=lambda: [member("me", MemberState.ALIVE), member("a", MemberState.SUSPECT),
                              member("b", MemberState.DEAD), member("c", MemberState.DEAD)],
-            sessions={"p": session},
+            sessions={"p": session}, gossip_sent=7, gossip_received=9,
             connector=SimpleNamespace(outcomes={"p" * 32: SimpleNamespace(kind="ice-direct",
                                                                           setup_ms=250.0)})),
         jobs=SimpleNamespace(jobs={}), metrics=metrics, holder=SimpleNamespace(serving=1),
@@ -158,6 +158,8 @@ def test_collector_reads_the_daemon_state_it_is_given():
     assert got[("sedma_members", (("state", "suspect"),))] == 1
     assert got[("sedma_gossip_suspicions_total", ())] == 2
     assert got[("sedma_gossip_events_total", (("kind", "dead"),))] == 1
+    assert got[("sedma_gossip_messages_total", (("direction", "sent"),))] == 7
+    assert got[("sedma_gossip_messages_total", (("direction", "received"),))] == 9
     assert got[("sedma_links", (("kind", "ice-direct"),))] == 1
     assert got[("sedma_link_bytes_total", (("direction", "received"), ("kind", "ice-direct")))] == 20
     assert got[("sedma_link_setup_seconds", (("kind", "ice-direct"), ("peer", "pppppppp")))] == 0.25

@@ -63,6 +63,14 @@ class DaemonCollector(Collector):
         for kind, n in sorted(self.daemon.metrics.member_events.items()):
             events.add_metric([kind], n)
         yield events
+        sent_received = CounterMetricFamily(
+            "sedma_gossip_messages", "SWIM and gossip messages (pings, acks, indirect probes, "
+            "membership records) this node sent and received; work traffic is not counted "
+            "here (see sedma_link_messages).", labels=["direction"])
+        mesh = self.daemon.mesh
+        sent_received.add_metric(["sent"], mesh.gossip_sent)
+        sent_received.add_metric(["received"], mesh.gossip_received)
+        yield sent_received
         yield CounterMetricFamily("sedma_gossip_suspicions", "Members this node has seen "
                                   "suspected.", value=self.daemon.metrics.member_events["suspect"])
 

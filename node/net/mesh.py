@@ -69,6 +69,9 @@ class Mesh:
         self.event_hooks: list[EventHook] = []
         #: when each member's advertisement last changed, for ``sedma peers``
         self.advert_seen: dict[str, float] = {}
+        #: SWIM and gossip messages only (links also carry work): sent, received
+        self.gossip_sent = 0
+        self.gossip_received = 0
         self._dialing: dict[str, asyncio.Future] = {}
         self.joined_via: set[str] = set()
         self._handshaking = 0
@@ -331,12 +334,14 @@ class Mesh:
         try:
             session = await self.session(dst)
             await session.send(msg)
+            self.gossip_sent += 1
         except (LinkClosed, ProtocolError, asyncio.TimeoutError, OSError) as exc:
             log.debug("gossip to %s undelivered: %s", dst[:8], exc)
             self._process(self.membership.unreachable(dst, self.clock()))
 
     async def _dispatch(self, session: Session, msg: Any) -> None:
         if is_gossip_message(msg):
+            self.gossip_received += 1
             try:
                 self._process(self.membership.handle(session.peer_id, msg, self.clock()))
             except ProtocolError as exc:
