@@ -257,12 +257,10 @@ class Reconfigurer:
                 want = (versioned.replicas if versioned and versioned.replicas  # not repaired
                         else max(len(b.nodes) for b in plan.blocks))
                 todo = repairs(name, plan, jobs.node_id, alive, ranked, min(want, len(alive)))
-                done = 0
-                for repair in todo:
-                    done += await self._repair(repair, alive)
-                if done:
-                    await jobs.announce_plan(name)
-                made += done
+                for repair in todo:     # announced one by one: the new holder must not
+                    if await self._repair(repair, alive):   # wait for the other copies to
+                        await jobs.announce_plan(name)      # learn that it is listed
+                        made += 1
             return made
         finally:
             self._busy = False
