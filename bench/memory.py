@@ -187,43 +187,70 @@ def skew(root: Path, seconds: float, warmup: float, k: int) -> list[str]:
     return out
 
 
-def slow(root: Path, seconds: float, warmup: float, factor: float, n: int) -> list[str]:
+def slow(root: Path, seconds: float, warmup: float, factor: float, n: int,
+         slow_by: str = "slowdown", quota_cpus: float = 0.1, batch: int = 16) -> list[str]:
+    """One node made slow (``--compute-slowdown`` or a cgroup CPU quota): static vs adaptive.
+
+    The adaptive window is measured once the adaptation happened (the slow node released
+    its block), not during it; the static one after the same warm-up. Then every adaptive
+    node is restarted (the slow one back under its quota) and the first requests timed.
+    """
+    from node.cpuquota import CpuQuota, available
+    if slow_by == "quota" and available():
+        return [f"slow (quota): skipped: {available()}"]
     w = rand((n, n), 7)
-    xs = {"w": rand((n, 16), 8)}
+    xs = {"w": rand((n, batch), 8)}
     want = {"w": w @ xs["w"]}
     rows = []
     for label, conf in (("static", STATIC_CONF), ("adaptive", FAST_CONF)):
-        mesh = mesh_of(root / f"slow-{label}", 4, conf, slow=factor)
+        mesh = mesh_of(root / f"slow-{slow_by}-{label}", 4, conf,
+                       slow=factor if slow_by == "slowdown" else None)
+        quota = CpuQuota(f"bench-{label}", quota_cpus) if slow_by == "quota" else None
         try:
+            slow_node = mesh.nodes[-1]
+            if quota:
+                quota.add(slow_node.proc.pid)
             with Client(mesh.nodes[0].socket) as c:
                 c.deploy("w", w, replicas=1)
             socks = [nd.socket for nd in mesh.nodes[:3]]
             closed_loop(socks, ["w"], [1.0], xs, warmup, check=want)
+            adapted = None
+            if label == "adaptive":      # keep the load on until the slow node let go
+                t = time.perf_counter()
+                while slow_node.status()["blocks"].get("w") and time.perf_counter() - t < 240:
+                    closed_loop(socks, ["w"], [1.0], xs, 5.0, check=want)
+                adapted = warmup + time.perf_counter() - t
             rate, fails = closed_loop(socks, ["w"], [1.0], xs, seconds, check=want)
-            slow_node = mesh.nodes[-1]
             decisions = [d["kind"] for d in _memory(slow_node)["decisions"]]
-            row = [label, rate, fails, ", ".join(decisions) or "-", None]
+            row = [label, rate, fails, ", ".join(decisions) or "-", adapted, None]
             if label == "adaptive":
-                wait_for(lambda: not slow_node.status()["blocks"].get("w"), 90,
-                         "the slow node to release its block")
                 for node in mesh.nodes:
                     node.stop()
                 first = mesh.nodes[0].start()          # ports are fresh: join the new one
                 for node in mesh.nodes[1:]:
                     node.bootstrap = [first.address]
                     node.start()
+                if quota:
+                    quota.add(slow_node.proc.pid)
                 mesh.wait_converged(alive=3, timeout=120)
-                row[4], _ = closed_loop(socks, ["w"], [1.0], xs, min(seconds, 10), check=want)
+                row[5], _ = closed_loop(socks, ["w"], [1.0], xs, min(seconds, 10), check=want)
             rows.append(row)
         finally:
             mesh.stop()
+            if quota:
+                quota.close()
     base = rows[0][1]
-    out = [f"slow: 4 nodes, one with --compute-slowdown {factor:g}, W {n}x{n} float32 in one block "
-           f"per node, 4 client threads, X {n}x16; {warmup:.0f} s warm-up then {seconds:.0f} s",
+    how = (f"--compute-slowdown {factor:g}" if slow_by == "slowdown"
+           else f"a cgroup CPU quota of {quota_cpus:g} CPU")
+    out = [f"slow: 4 nodes, one slowed by {how}, W {n}x{n} float32 in one block "
+           f"per node, 4 client threads, X {n}x{batch}; {warmup:.0f} s warm-up, then (adaptive) "
+           f"load until the slow node released its block, then {seconds:.0f} s measured",
            "", "| placement | req/s | vs static | failed | slow node's decisions | "
-           "req/s right after restarting every node |", "|---|---:|---:|---:|---|---:|"]
-    for label, rate, fails, decisions, after in rows:
+           "adapted after | req/s right after restarting every node |",
+           "|---|---:|---:|---:|---|---:|---:|"]
+    for label, rate, fails, decisions, adapted, after in rows:
         out.append(f"| {label} | {rate:.1f} | {rate / base:.2f}x | {fails} | {decisions} | "
+                   f"{'-' if adapted is None else f'{adapted:.0f} s'} | "
                    f"{'-' if after is None else f'{after:.1f} ({after / base:.2f}x)'} |")
     return out
 
@@ -283,6 +310,14 @@ def main() -> int:
     p.add_argument("--passes", type=int, default=3)
     p.add_argument("--ram", default="256MiB")
     p.add_argument("--slowdown", type=float, default=16.0)
+    p.add_argument("--slow-by", choices=("slowdown", "quota"), default="slowdown",
+                   help="slow: the --compute-slowdown testing aid, or a real cgroup v1 CPU "
+                        "quota on the slow daemon (needs root)")
+    p.add_argument("--quota-cpus", type=float, default=0.1,
+                   help="slow --slow-by quota: CPUs' worth of time the slow node gets")
+    p.add_argument("--slow-batch", type=int, default=0,
+                   help="slow: columns of X (default 16 with --slow-by slowdown, 256 with "
+                        "quota: a block's compute must outlast a quota slice to show)")
     p.add_argument("--osc-seconds", type=float, default=600.0,
                    help="oscillate: seconds per system (the issue asks for 10 minutes)")
     p.add_argument("--osc-period", type=float, default=30.0,
@@ -299,7 +334,9 @@ def main() -> int:
             lines += skew(root, args.seconds, args.warmup, args.n) + [""]
             print("\n".join(lines[-8:]), flush=True)
         if "slow" in parts:
-            lines += slow(root, args.seconds, args.warmup, args.slowdown, min(args.n, 2048)) + [""]
+            lines += slow(root, args.seconds, args.warmup, args.slowdown, min(args.n, 2048),
+                          args.slow_by, args.quota_cpus,
+                          args.slow_batch or (16 if args.slow_by == "slowdown" else 256)) + [""]
         if "oscillate" in parts:
             lines += oscillate(root, args.osc_seconds, args.osc_period, args.n) + [""]
     lines.append(f"load average at end: {os.getloadavg()[0]:.1f}")
