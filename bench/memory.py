@@ -38,6 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from node.client import Client  # noqa: E402
+from node.config import parse_size  # noqa: E402
 from node.localmesh import LocalMesh, wait_for  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -87,7 +88,9 @@ def tiers(root: Path, layers: int, n: int, batch: int, passes: int, ram: str) ->
                          rep["tiers"]["0"]["used"], rep["tiers"]["1"]["used"]))
         finally:
             mesh.stop()
+    read_s, compute_s = _layer_costs(root / "tiers-True", ws[0], x)
     base = rows[0][1]
+    bound = (read_s + compute_s) / max(read_s, compute_s)
     out = [f"tiers: {layers} layers of {n}x{n} float32 ({layers * n * n * 4 >> 20} MiB) on one "
            f"node with --memory-limit {ram}, X {n}x{batch}, {passes} passes after one to learn",
            "", "| prefetch | layers/s | vs off | tier-0 hits | late (waited for its prefetch) "
@@ -98,7 +101,36 @@ def tiers(root: Path, layers: int, n: int, batch: int, passes: int, ram: str) ->
                    f"{late:.0%} | "
                    f"{'-' if acc is None else f'{acc:.0%}'} | {moved / 2**20:.0f} | "
                    f"{t0 / 2**20:.0f} MiB | {t1 / 2**20:.0f} MiB |")
+    fit = int(parse_size(ram) // (n * n * 4))
+    out += ["", f"one layer: cold read of its file {read_s * 1000:.0f} ms "
+            f"({n * n * 4 / read_s / 1e6:.0f} MB/s), compute {compute_s * 1000:.0f} ms (in-process "
+            f"numpy, same X). Prefetch overlaps the two, so prefetch on / off is at most "
+            f"(read + compute) / max(read, compute) = {bound:.2f}x here, and with "
+            f"{layers - min(fit, layers)} of {layers} layers read from disk every pass, a "
+            f"prefetch lands in time only if a read is no slower than a compute "
+            f"(read/compute = {read_s / compute_s:.1f})."]
     return out
+
+
+def _layer_costs(data_root: Path, w: np.ndarray, x: np.ndarray) -> tuple[float, float]:
+    """Seconds to read one layer's block file cold (page cache dropped) and to compute it."""
+    path = next(data_root.glob("*/blocks/L1/*.blk"))
+    reads = []
+    for _ in range(3):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+        t = time.perf_counter()
+        path.read_bytes()
+        reads.append(time.perf_counter() - t)
+    computes = []
+    for _ in range(3):
+        t = time.perf_counter()
+        w @ x
+        computes.append(time.perf_counter() - t)
+    return sorted(reads)[1], sorted(computes)[1]
 
 
 # -- closed-loop load --------------------------------------------------------------------
