@@ -204,7 +204,10 @@ def skew(root: Path, seconds: float, warmup: float, k: int) -> list[str]:
             closed_loop(socks, names, weights, xs, warmup, check=want)
             rate, fails = closed_loop(socks, names, weights, xs, seconds, check=want)
             holders = sum(len(n.status()["blocks"].get("m0", [])) for n in mesh.nodes)
-            decisions = [d["kind"] for n in mesh.nodes for d in _memory(n)["decisions"]]
+            made = [d for n in mesh.nodes for d in _memory(n)["decisions"]]
+            for d in made:
+                print(f"  {label}: {d['kind']} {d['name']}/{d['index']}: {d['reason']}")
+            decisions = [d["kind"] for d in made]
             rows.append((label, rate, fails, holders, decisions))
         finally:
             mesh.stop()
