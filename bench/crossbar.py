@@ -1,9 +1,11 @@
 """Crossbar-mode W @ X against float32 W @ X for N=4096, B=64, per preset, plus the
 IR-drop circuit solve's time and the fast mode's error against it.
 
-Run by hand: ``python bench/crossbar.py [--blas-threads N]``. Prints markdown tables and
-writes them to bench/out/crossbar.md. Timings are medians of interleaved runs so that
-machine noise hits both sides alike. Not a test: no assertions on time.
+Run by hand: ``python bench/crossbar.py [--blas-threads N] [--skip-circuit]``. Prints
+markdown tables and writes them to bench/out/crossbar.md. Timings are medians of
+interleaved runs so that machine noise hits both sides alike, as wall time and as this
+process's CPU time (the steadier of the two on a shared machine). Not a test: no
+assertions on time.
 
 BLAS threads: by default 1 (``threadpoolctl``), for both sides — the daemon splits a
 read across its compute threads by tile rows, and a crossbar read is many small GEMMs
@@ -14,6 +16,7 @@ read across its compute threads by tile rows, and a crossbar read is many small 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,29 +34,35 @@ N, B, RUNS = 4096, 64, 7
 OUT = Path(__file__).resolve().parent / "out" / "crossbar.md"
 
 
-def _median_pair(f_float, f_xbar, runs: int) -> tuple[float, float]:
-    """Interleave the two calls; return (median float time, median crossbar time)."""
+def _timed(f) -> tuple[float, float]:
+    """(wall, CPU) seconds of one call. CPU time (this process) is what a loaded machine
+    distorts least: other processes' time slices do not count, only their cache pressure."""
+    t, c = time.perf_counter(), time.process_time()
+    f()
+    return time.perf_counter() - t, time.process_time() - c
+
+
+def _median_pair(f_float, f_xbar, runs: int) -> dict[str, float]:
+    """Interleave the two calls; medians of wall and CPU time of each side."""
     tf, tx = [], []
     for _ in range(runs):
-        t = time.perf_counter()
-        f_float()
-        tf.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        f_xbar()
-        tx.append(time.perf_counter() - t)
-    return float(np.median(tf)), float(np.median(tx))
+        tf.append(_timed(f_float))
+        tx.append(_timed(f_xbar))
+    wf, cf = np.median(tf, axis=0)
+    wx, cx = np.median(tx, axis=0)
+    return {"float_ms": wf * 1e3, "xbar_ms": wx * 1e3, "ratio": wx / wf, "cpu_ratio": cx / cf}
 
 
 def bench_preset(name: str, w: np.ndarray, x: np.ndarray, ref: np.ndarray) -> dict:
     prof = PRESETS[name]
-    t = time.perf_counter()
-    pm = ProgrammedMatrix.program(w, prof, seed=1)
-    t_prog = time.perf_counter() - t
+    box: dict = {}
+    t_prog, c_prog = _timed(lambda: box.setdefault("pm", ProgrammedMatrix.program(w, prof, seed=1)))
+    pm = box["pm"]
     y = pm.matmul(x, read_seed=1)  # warm-up and accuracy sample
     rel = float(np.linalg.norm(y - ref) / np.linalg.norm(ref))
-    tf, tx = _median_pair(lambda: w @ x, lambda: pm.matmul(x, read_seed=2), RUNS)
-    return {"preset": name, "float_ms": tf * 1e3, "xbar_ms": tx * 1e3, "ratio": tx / tf,
-            "rel_err": rel, "bpw": pm.nbytes / w.size, "prog_s": t_prog}
+    times = _median_pair(lambda: w @ x, lambda: pm.matmul(x, read_seed=2), RUNS)
+    return {"preset": name, **times, "rel_err": rel, "bpw": pm.nbytes / w.size,
+            "prog_s": t_prog, "prog_cpu_s": c_prog}
 
 
 def circuit_rows(w: np.ndarray) -> list[str]:
@@ -98,19 +107,23 @@ def main() -> None:
     w = (rng.standard_normal((N, N)) / np.sqrt(N)).astype(np.float32)
     x = rng.standard_normal((N, B)).astype(np.float32)
     ref = (w.astype(np.float64) @ x.astype(np.float64))
+    load0 = os.getloadavg()[0]
     with threadpool_limits(args.blas_threads or None):
         rows = [bench_preset(name, w, x, ref) for name in PRESETS]
         extra = [] if args.skip_circuit else circuit_rows(w)
     lines = [
-        f"N={N} B={B}, median of {RUNS} interleaved runs, BLAS threads: {args.blas_threads or 'default'}; "
+        f"N={N} B={B}, median of {RUNS} interleaved runs, BLAS threads: {args.blas_threads or 'default'}, "
+        f"load average {load0:.1f} at start, {os.getloadavg()[0]:.1f} at end, {os.cpu_count()} cores; "
         f"relative error vs float64 W @ X (Gaussian W, Gaussian X); IR drop in fast mode",
         "",
-        "| preset | float32 ms | crossbar ms | ratio | MVM rel. error | bytes/weight | program s |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| preset | float32 ms | crossbar ms | ratio (wall) | ratio (CPU) | MVM rel. error | bytes/weight "
+        "| program s (CPU s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(f"| {r['preset']} | {r['float_ms']:.1f} | {r['xbar_ms']:.1f} | {r['ratio']:.2f} | "
-                     f"{r['rel_err']:.4f} | {r['bpw']:.3f} | {r['prog_s']:.2f} |")
+                     f"{r['cpu_ratio']:.2f} | {r['rel_err']:.4f} | {r['bpw']:.3f} | "
+                     f"{r['prog_s']:.2f} ({r['prog_cpu_s']:.2f}) |")
     table = "\n".join(lines + extra)
     print(table)
     OUT.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,11 @@
-"""Where one B=1 ``infer`` request's time goes (issue 13): a breakdown and two profiles.
+"""Where one B=1 ``infer`` request's time goes (issue 13): a per-stage breakdown and profiles.
 
 Two daemons on loopback hold one row block each of W (N x N float32, replicas 1), as in the
-issue's yardstick; the coordinator runs under cProfile. The script measures, in one run:
+issue's yardstick. First, with ``$SEDMA_SPANS`` set (node/spans.py), the client and both
+daemons mark each stage boundary of every request with perf_counter (one clock for every
+process of the machine); the script merges the marks and prints the median of each stage:
+client encode, socket, coordinator, peer hop, compute, gather, reply. Then, on a fresh
+mesh whose coordinator runs under cProfile, it measures:
 
 - numpy in-process: W @ x, and one row block's GEMV (what each daemon computes);
 - client encode + decode of the request and response (codec only, no socket);
@@ -22,7 +26,6 @@ import cProfile
 import io
 import os
 import pstats
-import statistics
 import sys
 import tempfile
 import time
@@ -32,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from node import api  # noqa: E402
+from node import api, spans  # noqa: E402
 from node.client import AsyncClient, Client, DaemonError  # noqa: E402
 from node.localmesh import DaemonProc, LocalMesh  # noqa: E402
 from protocol.messages import decode_message, encode_message  # noqa: E402
@@ -41,8 +44,27 @@ OUT = Path(__file__).resolve().parent / "out"
 ROOT = Path(__file__).resolve().parent.parent
 
 
+#: Runs ``python -m node ...`` under cProfile timing the main thread's *CPU* time
+#: (time.thread_time): on a busy machine wall-clock profiles charge preemption and GIL
+#: waits to whichever function was running, which hides where the loop's CPU goes.
+CPU_PROFILE = """
+import cProfile, runpy, sys, time
+out = sys.argv.pop(1)
+sys.argv = ["sedma", *sys.argv[3:]]   # drop "-m node"
+prof = cProfile.Profile(time.thread_time)
+prof.enable()
+try:
+    runpy.run_module("node", run_name="__main__", alter_sys=True)
+except SystemExit:
+    pass
+finally:
+    prof.disable()
+    prof.dump_stats(out)
+"""
+
+
 class ProfiledDaemon(DaemonProc):
-    """A daemon whose main thread runs under cProfile, written at its clean exit."""
+    """A daemon whose main thread runs under a CPU-time cProfile, written at its clean exit."""
 
     def __init__(self, *a, profile_path: Path, **kw) -> None:
         super().__init__(*a, **kw)
@@ -50,7 +72,8 @@ class ProfiledDaemon(DaemonProc):
 
     def command(self) -> list[str]:
         cmd = super().command()
-        return [cmd[0], "-m", "cProfile", "-o", str(self.profile_path), *cmd[1:]]
+        i = cmd.index("-m")
+        return [*cmd[:i], "-c", CPU_PROFILE, str(self.profile_path), *cmd[i:]]
 
 
 def timed(fn, count: int) -> list[float]:
@@ -93,12 +116,97 @@ async def infer_loop(sock: Path, x: np.ndarray, count: int, prof: cProfile.Profi
     return lat
 
 
+#: (label, role, first mark, role, second mark): the stages of one request, in order.
+#: Every boundary is a mark taken *before* handing bytes on (or after receiving them), so
+#: the stages are causally ordered even when a process is preempted right after a write
+#: (a mark after a write can land after the other side already answered). The client's
+#: encode alone is the separately measured codec row below.
+STAGES = [
+    ("client encode + write, socket, coordinator read + decode", "client", "client.send",
+     "coord", "coord.decoded"),
+    ("coordinator: plan, rank, send share to the peer", "coord", "coord.decoded", "coord",
+     "coord.dispatch"),
+    ("peer hop out (seal, TCP, open, decode, task)", "coord", "coord.dispatch", "peer", "peer.recv"),
+    ("peer: validate X, pin block, queue for a thread", "peer", "peer.recv", "peer", "compute.start"),
+    ("peer: compute (its row block; first chunk start to last chunk end)", "peer", "compute.start", "peer", "compute.end"),
+    ("peer hop back (thread->loop, reply seal, TCP, open, wake)", "peer", "compute.end", "coord",
+     "coord.peer_reply"),
+    ("coordinator: gather + finish + answer", "coord", "coord.peer_reply", "coord", "coord.answered"),
+    ("coordinator encode + write, socket, client read + decode", "coord", "coord.answered",
+     "client", "client.recv"),
+]
+#: Marks that repeat within a request (a wide read's chunks) and count at their last.
+LAST = {"compute.end"}
+#: Not on the critical path when the peer is slower, shown for comparison.
+SIDE = [
+    ("(coordinator: decoded -> own compute start)", "coord", "coord.decoded", "coord", "compute.start"),
+    ("(coordinator: own compute, in parallel)", "coord", "compute.start", "coord", "compute.end"),
+    ("(coordinator: own compute end -> answered)", "coord", "compute.end", "coord", "coord.answered"),
+]
+
+
+def breakdown(events: list[tuple[float, int, str]], roles: dict[int, str]) -> list[tuple[str, float, float]]:
+    """Median and p90 (ms) of each stage, over requests split at the client's sends."""
+    requests: list[dict[tuple[str, str], float]] = []
+    for t, pid, name in events:
+        role = roles.get(pid)
+        if role is None:
+            continue
+        if role == "client" and name == "client.send":
+            requests.append({})
+        if requests:   # the first occurrence in the request; compute ends: the last
+            if name in LAST:
+                requests[-1][(role, name)] = t
+            else:
+                requests[-1].setdefault((role, name), t)
+    out = []
+    for label, r0, m0, r1, m1 in STAGES + [("total (client send -> client recv)", "client",
+                                             "client.send", "client", "client.recv")] + SIDE:
+        vals = [req[(r1, m1)] - req[(r0, m0)] for req in requests
+                if (r0, m0) in req and (r1, m1) in req]
+        if vals:
+            out.append((label, ms(vals), ms(vals, 90)))
+    return out
+
+
+def span_run(n: int, w: np.ndarray, x: np.ndarray, count: int) -> tuple[list, float]:
+    """The per-stage breakdown on a fresh two-daemon mesh (no profiler)."""
+    with tempfile.TemporaryDirectory(prefix="sedma-spans-") as tmp:
+        root = Path(tmp)
+        marks = root / "marks"
+        marks.mkdir()
+        os.environ["SEDMA_SPANS"] = str(marks)
+        spans.DIR = str(marks)
+        try:
+            with LocalMesh(root) as mesh:
+                coord = mesh.add("n1")
+                peer = mesh.add("n2")
+                mesh.wait_converged(alive=1)
+                with Client(coord.socket) as c:
+                    c.deploy("w", w, device="ideal", replicas=1)
+                spans._marks.clear()
+                lat = asyncio.run(infer_loop(coord.socket, x, count, None))
+                roles = {coord.proc.pid: "coord", peer.proc.pid: "peer", os.getpid(): "client"}
+                mesh.stop()
+            spans.dump(marks)
+        finally:
+            os.environ.pop("SEDMA_SPANS", None)
+            spans.DIR = None
+        events = spans.load(marks)
+    # warm-up requests were marked too: keep the last ``count`` requests
+    sends = [i for i, e in enumerate(events) if e[2] == "client.send" and roles.get(e[1]) == "client"]
+    if len(sends) > count:
+        events = events[sends[-count]:]
+    return breakdown(events, roles), ms(lat)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=4096)
     ap.add_argument("--b", type=int, default=1)
     ap.add_argument("--requests", type=int, default=400)
+    ap.add_argument("--no-cprofile", action="store_true", help="only the per-stage breakdown")
     args = ap.parse_args()
     n, b = args.n, args.b
     rng = np.random.default_rng(0)
@@ -118,6 +226,20 @@ def main() -> None:
     rows.append(("codec: encode+decode request (joined)", ms(lat), ms(lat, 99)))
     lat = timed(lambda: decode_message(b"".join(encode_message(resp))), args.requests)
     rows.append(("codec: encode+decode response (joined)", ms(lat), ms(lat, 99)))
+    stages, span_p50 = span_run(n, w, x, args.requests)
+    head = (f"profile_infer: N={n}, B={b}, {args.requests} requests, 2 daemons (one row block "
+            f"each, replicas 1); load {load_before[0]:.2f} -> {os.getloadavg()[0]:.2f}")
+    text = (head + "\n\n### one request, stage by stage (medians of per-request spans; "
+            f"end-to-end p50 {span_p50:.3f} ms)\n\n| stage | p50 ms | p90 ms |\n|---|---:|---:|\n")
+    text += "\n".join(f"| {name} | {p50:.3f} | {p90:.3f} |" for name, p50, p90 in stages)
+    text += "\n\n| step (separately measured) | p50 ms | p99 ms |\n|---|---:|---:|\n"
+    text += "\n".join(f"| {name} | {p50:.3f} | {p99:.3f} |" for name, p50, p99 in rows)
+    shown = len(rows)
+    if args.no_cprofile:
+        print(text)
+        OUT.mkdir(exist_ok=True)
+        (OUT / f"profile_infer_b{b}.md").write_text(text + "\n")
+        return
 
     with tempfile.TemporaryDirectory(prefix="sedma-prof-") as tmp, LocalMesh(Path(tmp)) as mesh:
         root = Path(tmp)
@@ -137,7 +259,7 @@ def main() -> None:
             rows.append(("API round trip doing nothing (unknown job id)", ms(lat), ms(lat, 99)))
             lat = timed(lambda: c.status(), 50)
             rows.append(("API status (for scale)", ms(lat), ms(lat, 99)))
-        client_prof = cProfile.Profile()
+        client_prof = cProfile.Profile(time.thread_time)
         lat = asyncio.run(infer_loop(coord.socket, x, args.requests, client_prof))
         rows.append((f"sedma infer, 2 daemons, 1 client (profiled)", ms(lat), ms(lat, 99)))
         lat = asyncio.run(infer_loop(coord.socket, x, args.requests, None))
@@ -148,14 +270,11 @@ def main() -> None:
     client_stats = top(client_prof)
     load_after = os.getloadavg()
 
-    lines = [f"profile_infer: N={n}, B={b}, {args.requests} requests, 2 daemons (one row block "
-             f"each, replicas 1); load {load_before[0]:.2f} -> {load_after[0]:.2f}", "",
-             "| step | p50 ms | p99 ms |", "|---|---:|---:|"]
-    lines += [f"| {name} | {p50:.3f} | {p99:.3f} |" for name, p50, p99 in rows]
-    text = "\n".join(lines)
-    text += "\n\n### coordinator daemon, main thread, by own time (whole life incl. start)\n```\n"
+    text += "\n" + "\n".join(f"| {name} | {p50:.3f} | {p99:.3f} |" for name, p50, p99 in rows[shown:])
+    text += f"\n\n(load after: {load_after[0]:.2f})\n"
+    text += "\n\n### coordinator daemon, main thread, by own CPU time (whole life incl. start)\n```\n"
     text += _trim(coord_stats) + "```\n\n### coordinator, sedma's own functions by cumulative time\n```\n"
-    text += _trim(coord_cum) + "```\n\n### client, the infer loop, by own time\n```\n"
+    text += _trim(coord_cum) + "```\n\n### client, the infer loop, by own CPU time\n```\n"
     text += _trim(client_stats) + "```\n"
     print(text)
     OUT.mkdir(exist_ok=True)

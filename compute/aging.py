@@ -35,37 +35,58 @@ _ZERO_CLIP = 1e-7
 
 
 def pcm_nu(g_target: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """Per-device drift exponents for normalised targets g (aihwkit formula), z ~ N(0, 1)."""
-    g_rel = np.maximum(np.abs(g_target), _ZERO_CLIP)
-    log_g = np.log(g_rel)
+    """Per-device drift exponents for normalised targets g (aihwkit formula), z ~ N(0, 1).
+
+    Computed in g's dtype (float32 when programming: the result ends in a uint8 code).
+    """
+    log_g = np.log(np.maximum(np.abs(g_target), _ZERO_CLIP))
     mu = np.clip(-0.0155 * log_g + 0.0244, 0.049, 0.1)
-    sig = np.clip(-0.0125 * log_g - 0.0059, 0.008, 0.045)
-    return np.abs(mu + sig * z)
+    log_g *= -0.0125
+    log_g -= 0.0059
+    sig = np.clip(log_g, 0.008, 0.045, out=log_g)
+    sig *= z
+    sig += mu
+    return np.abs(sig, out=sig)
 
 
 def pcm_read_sigma(g_prog: np.ndarray, g_drift: np.ndarray, t_total_s: float) -> np.ndarray:
     """Std of the accumulated 1/f noise at total time t (= t_inference + t0), normalised units."""
-    q_s = np.minimum(0.0088 / np.maximum(np.abs(g_prog) ** 0.65, 1e-3), 0.2)
-    return np.abs(g_drift) * q_s * math.sqrt(math.log((t_total_s + T_READ_S) / (2 * T_READ_S)))
+    g_abs = np.abs(g_prog)
+    q_s = np.power(g_abs, g_abs.dtype.type(0.65), out=g_abs)
+    np.maximum(q_s, 1e-3, out=q_s)
+    np.divide(0.0088, q_s, out=q_s)
+    np.minimum(q_s, 0.2, out=q_s)
+    q_s *= np.abs(g_drift)
+    q_s *= math.sqrt(math.log((t_total_s + T_READ_S) / (2 * T_READ_S)))
+    return q_s
 
 
 def age(profile: DeviceProfile, g_target: np.ndarray, g_prog: np.ndarray,
-        z_nu: np.ndarray, z_read: np.ndarray) -> np.ndarray:
+        z_nu: np.ndarray | None, z_read: np.ndarray | None) -> np.ndarray:
     """Conductances at the profile's inference time, from programmed ones (normalised units).
 
     ``z_nu`` and ``z_read`` are standard normals of g_prog's shape from the
-    caller's keyed streams (drift exponent, accumulated read noise).
+    caller's keyed streams (drift exponent, accumulated read noise); each is
+    only needed (and may be None otherwise) when the profile has the PCM effect.
+    Returns a new array in g_prog's dtype.
     """
     t0 = profile.drift_t0_s
     t = profile.read_time_s + t0
-    g = g_prog
     if profile.drift_model == "pcm":
-        g = g_prog * (t / t0) ** (-pcm_nu(g_target, z_nu))
+        # (t/t0)^-nu as exp(-nu ln(t/t0)): one exp per device instead of a pow
+        decay = pcm_nu(g_target, z_nu)
+        decay *= -math.log(t / t0)
+        g = np.exp(decay, out=decay)
+        g *= g_prog
     elif profile.drift_model == "fixed" and profile.drift_nu > 0:
-        g = g_prog * (t / t0) ** (-profile.drift_nu)
+        g = g_prog * g_prog.dtype.type((t / t0) ** (-profile.drift_nu))
+    else:
+        g = g_prog.copy()
     if profile.read_noise_model == "pcm":
-        g = g + pcm_read_sigma(g_prog, g, t) * z_read
-    return np.maximum(g, 0.0)
+        noise = pcm_read_sigma(g_prog, g, t)
+        noise *= z_read
+        g += noise
+    return np.maximum(g, 0.0, out=g)
 
 
 def compensation(baseline: np.ndarray, current: np.ndarray) -> np.ndarray:

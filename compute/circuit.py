@@ -137,8 +137,30 @@ def first_order_ratio(g: np.ndarray, rho: float) -> np.ndarray:
     ratios (tests/test_crossbar_circuit.py) — at 1/10 of the solve's cost.
     """
     g = np.asarray(g, dtype=np.float32)  # a calibration: float32 sums are ample, and 2x faster
-    drop = -_node_drop(g[..., None], rho)[..., 0]
-    return 1.0 / (1.0 + drop.astype(np.float64))
+    drop = _line_drop(g.transpose(0, 2, 1)).transpose(0, 2, 1)  # word lines: driven at index 0
+    drop += _line_drop(g[:, ::-1])[:, ::-1]  # bit lines: sense amp after the last word line
+    drop *= np.float32(rho)
+    drop += 1.0
+    return np.divide(1.0, drop, out=drop)
+
+
+def _line_drop(i: np.ndarray) -> np.ndarray:
+    """Voltage drop (per unit wire resistance) at every node of lines driven at index 0 of axis 1.
+
+    ``i`` (T, N, L): cell currents, N nodes along each of the L lines. The segment
+    before node n carries the currents of nodes n..N-1 (a suffix sum); the drop at
+    node n sums the segments up to it (a prefix sum of those). Both sums are loops
+    over N with vector adds across (T, L): numpy's cumsum along a strided axis is
+    several times slower, and this is most of a programming's IR-drop calibration.
+    """
+    t, n, lines = i.shape
+    seg = np.empty((t, n, lines), dtype=np.float32)
+    seg[:, n - 1] = i[:, n - 1]
+    for k in range(n - 2, -1, -1):
+        np.add(seg[:, k + 1], i[:, k], out=seg[:, k])
+    for k in range(1, n):
+        np.add(seg[:, k - 1], seg[:, k], out=seg[:, k])
+    return seg
 
 
 def fast_factors(g: np.ndarray, rho: float, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -150,16 +172,16 @@ def fast_factors(g: np.ndarray, rho: float, exact: bool = False) -> tuple[np.nda
     word line; the bit-line factor then makes each bit line's calibration
     current match. The fast read computes ``I_j = f_j * sum_i G_ij e_i x_i``.
     """
-    g = np.asarray(g, dtype=np.float64)
+    g = np.asarray(g, dtype=np.float64 if exact else np.float32)
     if rho == 0:
         return np.ones(g.shape[:2]), np.ones((g.shape[0], g.shape[2]))
     ratio = cell_voltage_ratio(g, rho) if exact else first_order_ratio(g, rho)
     weighted = g * ratio
-    g_row = g.sum(axis=2)
-    row_f = np.where(g_row > 0, weighted.sum(axis=2) / np.maximum(g_row, 1e-30), 1.0)
-    approx = (g * row_f[:, :, None]).sum(axis=1)
-    exact = weighted.sum(axis=1)
-    col_f = np.where(approx > 0, exact / np.maximum(approx, 1e-30), 1.0)
+    g_row = g.sum(axis=2, dtype=np.float64)
+    row_f = np.where(g_row > 0, weighted.sum(axis=2, dtype=np.float64) / np.maximum(g_row, 1e-30), 1.0)
+    approx = np.einsum("trc,tr->tc", g, row_f.astype(g.dtype))
+    target = weighted.sum(axis=1, dtype=np.float64)
+    col_f = np.where(approx > 0, target / np.maximum(approx, 1e-30), 1.0)
     return row_f, col_f
 
 

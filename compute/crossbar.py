@@ -28,11 +28,17 @@ keyed by ``(seed, read_seed, column of X)`` with a counter-based generator
 (Philox) advanced to the global tile row, so a vector's result does not depend
 on its batch-mates nor on where its rows were placed.
 
-Speed. ``matmul`` has no Python loop per tile per input: for a chunk of tile
-rows one GEMM per tile column computes every tile's partial sums for the whole
-batch; noise, ADC and the digital accumulation are whole-array operations on
-the (tile col, row, batch) stack. The circuit IR-drop mode is the exception:
-it solves each tile's circuit for the batch (slow; for validation and small
+Speed. A read is float32 throughout, with scratch preallocated per call and
+nothing cached across requests (each computes W @ X with its own read noise).
+Per tile row: the uint8 codes are decoded once into one float32 buffer (two
+in-place passes), the inputs are scaled per tile (ADC unit, word-line IR
+factors), and one batched GEMM writes every tile's partial sums, laid out
+(tile row, column of X, tile column, output) so that each column's noise —
+drawn for all columns at once with one table lookup — is added without a
+transposing copy. The ADC is a bare rint unless something saturates; the
+digital sum over tile columns is one batched matmul. Programming is float32
+too (see the section below). The circuit IR-drop mode is the exception: it
+solves each tile's circuit for the batch (slow; for validation and small
 layers).
 """
 
@@ -48,10 +54,12 @@ from compute import aging, circuit, faultmap
 from compute.device import DeviceProfile
 
 STATE_FORMAT = "sedma.crossbar/2"
+#: States saved before per-device codes (one int16 effective conductance per weight).
+LEGACY_FORMAT = "sedma.crossbar/1"
 G_CODE_STEPS = 200  # uint8 device codes: G = code * Gmax / 200, up to 1.275 Gmax
 G_LSB = 1.0 / G_CODE_STEPS
 _STREAM_PROG, _STREAM_FAULT, _STREAM_READ, _STREAM_AGE, _STREAM_REPAIR, _STREAM_SPARE = 1, 2, 3, 4, 5, 6
-_CHUNK_ELEMS = 1 << 20  # partial sums per chunk (4 MiB scratch: stays cache-friendly)
+_CHUNK_ELEMS = 1 << 21  # partial sums per chunk (8 MiB scratch, and as much for its noise)
 _MAX_SEED = 2**63 - 1
 _BOUND_STEPS = 10  # bound management: re-read at up to 2^-10 of the input
 
@@ -111,30 +119,54 @@ class ColumnNoise:
 
     def normals(self, col: int, first_row: int, n_rows: int, per_row: int) -> np.ndarray:
         """(n_rows, per_row) float32 standard normals for column ``col`` from tile row ``first_row``."""
+        return self.block(1, first_row, n_rows, per_row, first_col=col)[0]
+
+    def block(self, n_cols: int, first_row: int, n_rows: int, per_row: int, first_col: int = 0) -> np.ndarray:
+        """(n_cols, n_rows, per_row) float32 normals: columns [first_col, first_col + n_cols).
+
+        One Philox call per column fills that column's raw bits; a single table
+        lookup then turns the whole block into normals.
+        """
         blocks = -(-per_row // 16)  # one Philox block = 4 words = 16 uint16 samples
+        words = n_rows * blocks * 4
+        raw = np.empty((n_cols, words), dtype=np.uint64)
         state = self._state
-        state["state"]["counter"] = np.array([first_row * blocks, col, 0, 0], dtype=np.uint64)
-        state["buffer_pos"] = 4  # drop any buffered words
-        self._bits.state = state
-        raw = self._bits.random_raw(n_rows * blocks * 4).view(np.uint16).reshape(n_rows, blocks * 16)
-        return self._table[raw[:, :per_row]]
+        for i in range(n_cols):
+            state["state"]["counter"] = np.array([first_row * blocks, first_col + i, 0, 0], dtype=np.uint64)
+            state["buffer_pos"] = 4  # drop any buffered words
+            self._bits.state = state
+            raw[i] = self._bits.random_raw(words)
+        idx = raw.view(np.uint16).reshape(n_cols, n_rows, blocks * 16)
+        return self._table[idx if blocks * 16 == per_row else idx[..., :per_row]]
 
 
 # ---------------------------------------------------------------------------
 # Programming (one tile row at a time; programming is the rare operation)
+#
+# Speed: everything is float32 (a device's state is stored as a uint8 code, so
+# float64 buys nothing), random draws are made in float32 and only for the
+# effects the profile has, and the per-tile calibrations (IR-drop factors, ADC
+# range) work on the tile row's devices in array layout, built once from the
+# uint8 codes. Sums over a tile accumulate in float64.
 # ---------------------------------------------------------------------------
 
+_F32 = np.float32
+
+
 def _poly(coeffs: tuple[float, ...], g: np.ndarray) -> np.ndarray:
-    """Evaluate an ascending polynomial with Horner's rule."""
-    out = np.zeros_like(g)
-    for c in reversed(coeffs):
-        out = out * g + c
+    """Evaluate an ascending polynomial with Horner's rule, in g's dtype, in place."""
+    out = np.full_like(g, coeffs[-1] if coeffs else 0.0)
+    for c in reversed(coeffs[:-1]):
+        out *= g
+        out += c
     return out
 
 
 def _pad_cols(a: np.ndarray, q: int, n_tc: int) -> np.ndarray:
     """(p, K, ...) -> (p, n_tc, q, ...) with zero padding of the last tile column."""
     p, k = a.shape[:2]
+    if k == n_tc * q:
+        return a.reshape((p, n_tc, q) + a.shape[2:])
     out = np.zeros((p, n_tc * q) + a.shape[2:], dtype=a.dtype)
     out[:, :k] = a
     return out.reshape((p, n_tc, q) + a.shape[2:])
@@ -142,40 +174,54 @@ def _pad_cols(a: np.ndarray, q: int, n_tc: int) -> np.ndarray:
 
 def _tile_scales(w: np.ndarray, profile: DeviceProfile, n_tc: int) -> np.ndarray:
     """Per-tile mapping range: max |w| (abs-max), or clip_sigma x std of the tile's weights."""
-    tiles = _pad_cols(w.astype(np.float64), profile.tile_inputs, n_tc)  # (p, n_tc, q)
-    wmax = np.abs(tiles).max(axis=(0, 2))
+    tiles = _pad_cols(w, profile.tile_inputs, n_tc)  # (p, n_tc, q)
+    wmax = np.abs(tiles).max(axis=(0, 2)).astype(np.float64)
     if profile.clip_sigma > 0:
         k = w.shape[1]
         counts = np.minimum(profile.tile_inputs, k - np.arange(n_tc) * profile.tile_inputs) * w.shape[0]
-        std = np.sqrt((tiles * tiles).sum(axis=(0, 2)) / counts)
+        std = np.sqrt(np.square(tiles).sum(axis=(0, 2), dtype=np.float64) / counts)
         wmax = np.minimum(wmax, profile.clip_sigma * std)
     wmax[wmax == 0] = 1.0
     return wmax.astype(np.float32)
 
 
 def _targets(wn: np.ndarray, profile: DeviceProfile) -> np.ndarray:
-    """Target normalised conductances (p, K, devices) for weights in [-1, 1]."""
+    """Target normalised conductances (p, K, devices) float32 for weights in [-1, 1],
+    snapped to the 2^level_bits programmable levels in [Gmin, Gmax] when the device has levels."""
     gmin = profile.g_min_us / profile.g_max_us
     span = 1.0 - gmin
+    levels = 2**profile.level_bits - 1 if profile.level_bits else 0
+
+    def place(frac: np.ndarray) -> np.ndarray:  # frac in [0, 1] of the window -> conductance
+        if levels:
+            frac = np.rint(frac * _F32(levels), out=frac)
+            frac *= _F32(span / levels)
+        else:
+            frac *= _F32(span)
+        frac += _F32(gmin)
+        return frac
+
     if profile.mapping == "differential":
-        return np.stack([gmin + np.maximum(wn, 0) * span, gmin + np.maximum(-wn, 0) * span], axis=-1)
-    return (gmin + span / 2 + wn * (span / 2))[..., None]
-
-
-def _quantise_levels(g: np.ndarray, profile: DeviceProfile) -> np.ndarray:
-    """Snap targets to the 2^bits programmable levels in [Gmin, Gmax]."""
-    if profile.level_bits == 0:
-        return g
-    gmin = profile.g_min_us / profile.g_max_us
-    step = (1.0 - gmin) / (2**profile.level_bits - 1)
-    return gmin + np.rint((g - gmin) / step) * step
+        out = np.empty(wn.shape + (2,), dtype=np.float32)
+        out[..., 0] = place(np.maximum(wn, 0))
+        out[..., 1] = place(np.maximum(-wn, 0))
+        return out
+    frac = (wn + _F32(1.0)) * _F32(0.5)
+    return place(frac)[..., None]
 
 
 def _prog_sigma(g: np.ndarray, profile: DeviceProfile) -> np.ndarray:
     """Programming-noise std (normalised) at target g, from the profile's polynomial in uS."""
     if not profile.prog_noise_poly_us or profile.prog_noise_scale == 0:
         return np.zeros_like(g)
-    return np.maximum(_poly(profile.prog_noise_poly_us, g), 0.0) * (profile.prog_noise_scale / profile.g_max_us)
+    sigma = _poly(profile.prog_noise_poly_us, g)
+    np.maximum(sigma, 0.0, out=sigma)
+    sigma *= _F32(profile.prog_noise_scale / profile.g_max_us)
+    return sigma
+
+
+def _has_faults(profile: DeviceProfile) -> bool:
+    return profile.stuck_at_gmin_rate > 0 or profile.stuck_at_gmax_rate > 0
 
 
 def _stuck(u: np.ndarray, profile: DeviceProfile) -> tuple[np.ndarray, np.ndarray]:
@@ -192,49 +238,98 @@ def _fault_draws(profile: DeviceProfile, seed: int, tile_row: int, p: int, k: in
     return _stuck(u, profile)
 
 
-def _program_devices(target: np.ndarray, z: np.ndarray, u: np.ndarray, profile: DeviceProfile) -> np.ndarray:
+def _draws(rng: np.random.Generator, profile: DeviceProfile, full: tuple[int, ...],
+           p: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Programming-noise normals and (if the profile has faults) fault uniforms for one tile row.
+
+    Drawn for the full tile row and cropped to p outputs, so a block's draws do not
+    depend on where the matrix ends.
+    """
+    z = rng.standard_normal(full, dtype=np.float32)[:p]
+    u = rng.random(full, dtype=np.float32)[:p] if _has_faults(profile) else None
+    return z, u
+
+
+def _program_devices(target: np.ndarray, z: np.ndarray, u: np.ndarray | None,
+                     profile: DeviceProfile) -> np.ndarray:
     """Programming noise then stuck faults: what the devices hold right after programming."""
-    g = np.maximum(target + _prog_sigma(target, profile) * z, 0.0)
-    if profile.stuck_at_gmin_rate > 0 or profile.stuck_at_gmax_rate > 0:
+    g = _prog_sigma(target, profile)
+    g *= z
+    g += target
+    np.maximum(g, 0.0, out=g)
+    if u is not None:
         lo, hi = _stuck(u, profile)
-        g = np.where(lo, profile.g_min_us / profile.g_max_us, np.where(hi, 1.0, g))
+        g[lo] = profile.g_min_us / profile.g_max_us
+        g[hi] = 1.0
     return g
 
 
 def _repair(target: np.ndarray, g: np.ndarray, profile: DeviceProfile, seed: int, tile_row: int,
             n_tc: int) -> np.ndarray:
-    """Fault-aware mapping of one tile row (differential pairs): partner, then spares."""
+    """Fault-aware mapping of one tile row (differential pairs): partner, then spares.
+
+    The verify read is one vectorised comparison over the tile row; re-programming
+    (partners, spare columns) is computed only for the devices it concerns. The
+    random draws still cover the full tile row (cropped and indexed), so a device's
+    draws depend on its position only.
+    """
     gmin = profile.g_min_us / profile.g_max_us
     q, g_rows = profile.tile_inputs, profile.tile_outputs
     p, k, d = g.shape
     full = (g_rows, k, d)
 
-    def fix(tgt: np.ndarray, dev: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def fix(tgt: np.ndarray, dev: np.ndarray, rng: np.random.Generator, where: np.ndarray | None) -> np.ndarray:
+        """Verify ``dev`` (n, 2) against ``tgt``; re-program partners of stuck devices.
+
+        ``where``: flat weight indices of the rows of tgt/dev in the tile row (None: all).
+        """
         flagged = faultmap.flag_stuck(tgt, dev, _prog_sigma(tgt, profile))
         new_t, redo = faultmap.partner_targets(tgt, dev, flagged, gmin)
-        z = rng.standard_normal(full)[:tgt.shape[0]]
-        u = rng.random(full, dtype=np.float32)[:tgt.shape[0]]
-        again = _program_devices(new_t, z, u, profile)  # the partner may turn out stuck too
-        return np.where(redo, again, dev)
+        z, u = _draws(rng, profile, full, p)
+        z, u = z.reshape(p * k, d), None if u is None else u.reshape(p * k, d)
+        if where is not None:
+            z, u = z[where], None if u is None else u[where]
+        pick = np.nonzero(redo)
+        out = dev.copy()
+        out[pick] = _program_devices(new_t[pick], z[pick], None if u is None else u[pick], profile)
+        return out
 
-    g = fix(target, g, _rng(seed, _STREAM_REPAIR, tile_row))
+    flat_t = target.reshape(p * k, d)
+    g = fix(flat_t, g.reshape(p * k, d), _rng(seed, _STREAM_REPAIR, tile_row), None).reshape(p, k, d)
     n_spares = profile.spare_cols // d
     if n_spares == 0:
         return g
     errs = faultmap.column_errors(target, g, q, n_tc)
     chosen = faultmap.choose_spares(errs, n_spares)
-    # spare pairs of every array of this tile row, programmed afresh: (n_spares, n_tc, q, d)
+    # spare pairs of every array of this tile row, programmed afresh: (n_spares, n_tc * q, d)
     rng = _rng(seed, _STREAM_SPARE, tile_row)
-    slots = faultmap.spare_slots(chosen)  # (p, n_tc)
-    sp_z = rng.standard_normal((n_spares, n_tc * q, d))
-    sp_u = rng.random((n_spares, n_tc * q, d), dtype=np.float32)
-    slot_w = np.repeat(np.maximum(slots, 0), q, axis=1)[:, :k]  # (p, K) spare index per weight
-    cols = np.arange(k)[None, :]
-    spare = _program_devices(target, sp_z[slot_w, cols], sp_u[slot_w, cols], profile)
-    spare = fix(target, spare, _rng(seed, _STREAM_SPARE, tile_row, 1))
-    better = faultmap.column_errors(target, spare, q, n_tc) < errs
-    use = faultmap.expand_columns(chosen & better, q, k)
-    return np.where(use[..., None], spare, g)
+    sp_z = rng.standard_normal((n_spares, n_tc * q, d), dtype=np.float32)
+    sp_u = rng.random((n_spares, n_tc * q, d), dtype=np.float32) if _has_faults(profile) else None
+    rows, cols = np.nonzero(faultmap.expand_columns(chosen, q, k))  # weights of the chosen columns
+    where = rows * k + cols
+    slot = faultmap.spare_slots(chosen)[rows, cols // q]
+    spare = _program_devices(flat_t[where], sp_z[slot, cols], None if sp_u is None else sp_u[slot, cols], profile)
+    spare = fix(flat_t[where], spare, _rng(seed, _STREAM_SPARE, tile_row, 1), where)
+    # column errors of the spares (only chosen columns have any), as faultmap.column_errors
+    err = (spare[:, 0] - spare[:, 1]) - (flat_t[where, 0] - flat_t[where, 1])
+    cell = rows * n_tc + cols // q
+    spare_errs = np.bincount(cell, weights=(err * err).astype(np.float64), minlength=p * n_tc).reshape(p, n_tc)
+    use = (chosen & (spare_errs < errs))[rows, cols // q]
+    out = g.reshape(p * k, d)
+    out[where[use]] = spare[use]
+    return g
+
+
+def _age_draws(profile: DeviceProfile, seed: int, tile_row: int, full: tuple[int, ...],
+               p: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Standard normals for the per-device drift exponent and the accumulated 1/f noise,
+    drawn only for the effects the profile has."""
+    if profile.drift_model != "pcm" and profile.read_noise_model != "pcm":
+        return None, None
+    rng = _rng(seed, _STREAM_AGE, tile_row)
+    z_nu = rng.standard_normal(full, dtype=np.float32)[:p] if profile.drift_model == "pcm" else None
+    z_read = rng.standard_normal(full, dtype=np.float32)[:p] if profile.read_noise_model == "pcm" else None
+    return z_nu, z_read
 
 
 def _program_tile_row(w: np.ndarray, profile: DeviceProfile, seed: int, tile_row: int,
@@ -244,48 +339,53 @@ def _program_tile_row(w: np.ndarray, profile: DeviceProfile, seed: int, tile_row
     q, d = profile.tile_inputs, profile.devices_per_weight
     full = (profile.tile_outputs, k, d)
     wmax = _tile_scales(w, profile, n_tc)
-    wn = np.clip(w.astype(np.float64) / np.repeat(wmax, q)[:k][None, :], -1.0, 1.0)
-    target = _quantise_levels(_targets(wn, profile), profile)
-    z = _rng(seed, _STREAM_PROG, tile_row).standard_normal(full)[:p]
-    u = _rng(seed, _STREAM_FAULT, tile_row).random(full, dtype=np.float32)[:p]
+    wn = w / np.repeat(wmax, q)[:k][None, :]
+    np.clip(wn, -1.0, 1.0, out=wn)
+    target = _targets(wn, profile)
+    z = _rng(seed, _STREAM_PROG, tile_row).standard_normal(full, dtype=np.float32)[:p]
+    # faults have their own stream, so fault_masks() can regenerate them
+    u = _rng(seed, _STREAM_FAULT, tile_row).random(full, dtype=np.float32)[:p] if _has_faults(profile) else None
     g_prog = _program_devices(target, z, u, profile)
     if profile.fault_aware and d == 2:
         g_prog = _repair(target, g_prog, profile, seed, tile_row, n_tc)
-    age_rng = _rng(seed, _STREAM_AGE, tile_row)
-    z_nu, z_read = age_rng.standard_normal(full)[:p], age_rng.standard_normal(full)[:p]
+    z_nu, z_read = _age_draws(profile, seed, tile_row, full, p)
     g_t = aging.age(profile, target, g_prog, z_nu, z_read)
-    codes = np.clip(np.rint(g_t / G_LSB), 0, 255).astype(np.uint8)
-    g_read = codes.astype(np.float64) * G_LSB
-    ir_row, ir_col = _ir_factors(g_read, profile, n_tc)
+    g_t *= _F32(G_CODE_STEPS)
+    np.rint(g_t, out=g_t)
+    np.clip(g_t, 0, 255, out=g_t)
+    codes = g_t.astype(np.uint8)
+    phys = _tile_devices(codes, q, n_tc)  # (n_tc, q, p*d) conductances in array layout
+    ir_row, ir_col = _ir_factors(phys, k, profile)
     out = {
         "codes": np.moveaxis(codes, -1, 0),
         "scales": _digital_scale(wmax, profile),
-        "gdc": _drift_compensation(g_prog, g_read, profile, n_tc),
-        "adc": _adc_ranges(g_read, ir_row, ir_col, profile, n_tc),
+        "gdc": _drift_compensation(g_prog, codes, profile, n_tc),
+        "adc": _adc_ranges(phys, k, ir_row, ir_col, profile),
     }
     if ir_row is not None:
-        out["ir_row"], out["ir_col"] = ir_row.astype(np.float16), ir_col.astype(np.float16)
+        out["ir_row"], out["ir_col"] = ir_row, ir_col
     return out
 
 
-def _tile_devices(g: np.ndarray, q: int, n_tc: int) -> np.ndarray:
-    """(p, K, d) conductances -> (n_tc, q, p*d) physical arrays: word lines x bit lines."""
-    p, k, d = g.shape
-    tiles = _pad_cols(g, q, n_tc)  # (p, n_tc, q, d)
-    return tiles.transpose(1, 2, 0, 3).reshape(n_tc, q, p * d)
+def _tile_devices(codes: np.ndarray, q: int, n_tc: int) -> np.ndarray:
+    """(p, K, d) uint8 codes -> (n_tc, q, p*d) float32 conductances (units of Gmax) in array
+    layout, word lines x bit lines; word lines past K are zero."""
+    p, k, d = codes.shape
+    tiles = _pad_cols(codes, q, n_tc)  # (p, n_tc, q, d)
+    phys = tiles.transpose(1, 2, 0, 3).reshape(n_tc, q, p * d).astype(np.float32)
+    phys *= _F32(G_LSB)
+    return phys
 
 
-def _ir_factors(g: np.ndarray, profile: DeviceProfile, n_tc: int) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Fast-mode IR-drop factors per tile: (n_tc, rows) word-line and (n_tc, cols) bit-line."""
+def _ir_factors(phys: np.ndarray, k: int, profile: DeviceProfile) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Fast-mode IR-drop factors per tile, float16 as stored: (n_tc, rows) word-line and (n_tc, cols) bit-line."""
     if profile.wire_ohm_per_cell == 0 or profile.ir_drop_mode != "fast":
         return None, None
-    q, k = profile.tile_inputs, g.shape[1]
+    n_tc, q, used_cols = phys.shape
     rho = circuit.wire_rho(profile.wire_ohm_per_cell, profile.g_max_us)
-    phys = _tile_devices(g, q, n_tc)
-    row_f = np.ones((n_tc, profile.rows))
-    col_f = np.ones((n_tc, profile.cols))
+    row_f = np.ones((n_tc, profile.rows), dtype=np.float16)
+    col_f = np.ones((n_tc, profile.cols), dtype=np.float16)
     full_tc = k // q  # tile columns with every word line in use
-    used_cols = phys.shape[2]
     if full_tc:
         r, c = circuit.fast_factors(phys[:full_tc], rho)
         row_f[:full_tc, :q], col_f[:full_tc, :used_cols] = r, c
@@ -311,38 +411,45 @@ def _g_mid(profile: DeviceProfile) -> float:
 
 
 def _tile_sums(a: np.ndarray, q: int, n_tc: int) -> np.ndarray:
-    """(p, K) -> per-tile sums over the tile's inputs (p, n_tc)."""
-    return _pad_cols(a, q, n_tc).sum(axis=2)
+    """(p, K) -> per-tile sums over the tile's inputs (p, n_tc), accumulated in float64."""
+    return _pad_cols(a, q, n_tc).sum(axis=2, dtype=np.float64)
 
 
-def _drift_compensation(g_prog: np.ndarray, g_read: np.ndarray, profile: DeviceProfile,
+def _drift_compensation(g_prog: np.ndarray, codes: np.ndarray, profile: DeviceProfile,
                         n_tc: int) -> np.ndarray:
     """Per-tile global drift compensation from all-ones calibration reads (aihwkit's GDC)."""
     if not profile.drift_compensation:
         return np.ones(n_tc, dtype=np.float32)
     q = profile.tile_inputs
     base = _tile_sums(_effective(g_prog, profile), q, n_tc).T  # (n_tc, p)
-    now = _tile_sums(_effective(g_read, profile), q, n_tc).T
+    now = _tile_sums(_effective(codes.astype(np.float32), profile), q, n_tc).T * G_LSB
     return aging.compensation(base, now).astype(np.float32)
 
 
-def _adc_ranges(g: np.ndarray, ir_row: np.ndarray | None, ir_col: np.ndarray | None,
-                profile: DeviceProfile, n_tc: int) -> np.ndarray:
+def _adc_ranges(phys: np.ndarray, k: int, ir_row: np.ndarray | None, ir_col: np.ndarray | None,
+                profile: DeviceProfile) -> np.ndarray:
     """Per-tile ADC full scale (units of Gmax*V_read).
 
     "calibrated": ``adc_headroom`` x the largest output rms of the tile for
     i.i.d. uniform [0, 1] inputs (ReLU-like activations after the DAC's
-    abs-max scaling): E[I^2] = sum d^2 / 12 + (sum d)^2 / 4.
+    abs-max scaling): E[I^2] = sum d^2 / 12 + (sum d)^2 / 4, with the fast
+    IR-drop factors as the reads will see them.
     """
+    n_tc, q, _ = phys.shape
     if profile.adc_bits == 0 or profile.adc_calibration == "fixed":
         return np.full(n_tc, profile.adc_range, dtype=np.float32)
-    q = profile.tile_inputs
-    if ir_row is not None:  # the factors as the reads will see them
-        ir_row, ir_col = ir_row.astype(np.float16), ir_col.astype(np.float16)
-    eff = _weights_with_ir(g, ir_row, ir_col, profile, n_tc)
-    s1 = _tile_sums(eff, q, n_tc)
-    s2 = _tile_sums(eff * eff, q, n_tc)
-    rms = np.sqrt(s2 / 12.0 + s1 * s1 / 4.0).max(axis=0)
+    g = phys
+    if ir_row is not None:
+        g = phys * ir_row[:, :q, None].astype(np.float32)
+        g *= ir_col[:, None, :phys.shape[2]].astype(np.float32)
+    if profile.mapping == "differential":
+        eff = g[:, :, 0::2] - g[:, :, 1::2]  # (n_tc, q, p)
+    else:
+        eff = g - _F32(_g_mid(profile))
+        eff[k // q:, k % q or q:] = 0.0  # word lines past K carry no weight
+    s1 = eff.sum(axis=1, dtype=np.float64)
+    s2 = np.square(eff).sum(axis=1, dtype=np.float64)
+    rms = np.sqrt(s2 / 12.0 + s1 * s1 / 4.0).max(axis=1)
     rng = profile.adc_headroom * rms
     rng[rng <= 0] = 1.0
     return rng.astype(np.float32)
@@ -441,6 +548,7 @@ class ProgrammedMatrix:
         self.codes = codes  # uint8 (devices, M, K), non-ideal profiles
         self.tiles = tiles or {}  # float32 per-tile parameters, non-ideal profiles
         self.weights = weights  # float32 (M, K), ideal profile only
+        self.converted_from: str | None = None  # set when read from an older state format
 
     @property
     def scales(self) -> np.ndarray | None:
@@ -576,7 +684,14 @@ class ProgrammedMatrix:
 
     @classmethod
     def from_state(cls, state: dict) -> "ProgrammedMatrix":
-        """Rebuild from ``to_state`` output; ValueError on anything inconsistent."""
+        """Rebuild from ``to_state`` output; ValueError on anything inconsistent.
+
+        An ``ideal`` block in the older ``crossbar/1`` format is converted (its weights
+        are stored the same way; ``converted_from`` is set); any other ``crossbar/1``
+        block raises ``LegacyStateError`` (a ValueError) that says to deploy it again.
+        """
+        if isinstance(state, dict) and state.get("format") == LEGACY_FORMAT:
+            return _legacy_ideal(state, cls)
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise ValueError(f"not a programmed-matrix state (format must be {STATE_FORMAT!r})")
         profile = DeviceProfile.from_dict(state.get("profile"))
@@ -601,6 +716,34 @@ class ProgrammedMatrix:
         return cls(profile, shape, row_offset, seed, codes, tiles, None)
 
 
+class LegacyStateError(ValueError):
+    """A state saved by an older engine that cannot be converted to today's format."""
+
+
+def _legacy_ideal(state: dict, cls: type) -> ProgrammedMatrix:
+    """An ``ideal`` ``crossbar/1`` state as today's matrix, or LegacyStateError.
+
+    Why only ``ideal``: its float32 weights are stored exactly as today, so nothing
+    the user deployed is lost. A non-ideal ``crossbar/1`` block kept one int16
+    effective conductance per weight, with that engine's IR drop, faults and noise
+    folded in: neither the per-device G+/G- codes this engine reads nor the
+    deployed weights can be recovered from it.
+    """
+    try:
+        profile = DeviceProfile.from_dict(state.get("profile"))
+    except ValueError:
+        profile = None
+    if profile is None or not profile.is_ideal:
+        device = profile.name if profile is not None else "unknown"
+        raise LegacyStateError(
+            f"programmed by an older sedma ({LEGACY_FORMAT}) on device {device!r}, which kept one "
+            "effective conductance per weight instead of the per-device codes this version reads; "
+            "it cannot be converted: deploy the matrix again")
+    matrix = cls.from_state({**state, "format": STATE_FORMAT})
+    matrix.converted_from = LEGACY_FORMAT
+    return matrix
+
+
 def _tile_range(tile_rows: tuple[int, int] | None, n_tr: int) -> tuple[int, int]:
     if tile_rows is None:
         return 0, n_tr
@@ -611,27 +754,41 @@ def _tile_range(tile_rows: tuple[int, int] | None, n_tr: int) -> tuple[int, int]
 
 
 def _read(pm: ProgrammedMatrix, x: np.ndarray, read_seed: int, t0: int, t1: int) -> np.ndarray:
-    """The non-ideal read path over tile rows [t0, t1): DAC, arrays, noise, ADC, digital sum."""
+    """The non-ideal read path over tile rows [t0, t1): DAC, arrays, noise, ADC, digital sum.
+
+    Partial sums live in one preallocated float32 block laid out (tile row, column of X,
+    tile column, output): the tile GEMMs write X^T W^T straight into it, and each column
+    of X owns contiguous runs of (tile column, output) — the order its noise stream is
+    drawn in — so noise is added without a transposing copy. Tile rows are read in
+    chunks of about ``_CHUNK_ELEMS`` partial sums (bounded scratch for tall matrices).
+    """
     prof = pm.profile
     m, k = pm.shape
     g, q = row_granularity(prof), prof.tile_inputs
     n_tc = pm.scales.shape[1]
     b = x.shape[1]
     xn, xs = dac_quantise(x, prof)
-    xc = np.zeros((n_tc * q, b), dtype=np.float32)
-    xc[:k] = xn
-    xc = xc.reshape(n_tc, q, b)
-    noise_std = _noise_std(prof, xc)
+    xt = np.zeros((b, n_tc * q), dtype=np.float32)
+    xt[:, :k] = xn.T
+    std = _noise_std(prof, xt, n_tc)
+    streams = ColumnNoise(pm.seed, read_seed) if std is not None else None
     base = t0 * g
     y = np.empty((min(m, t1 * g) - base, b), dtype=np.float32)
-    per_chunk = max(1, _CHUNK_ELEMS // (g * n_tc * b))
-    for r0 in range(t0, t1, per_chunk):  # bounded scratch for tall matrices
+    per_chunk = max(1, min(t1 - t0, _CHUNK_ELEMS // (g * n_tc * b)))
+    scratch = np.empty((per_chunk, b, n_tc, g), dtype=np.float32)
+    for r0 in range(t0, t1, per_chunk):
         r1 = min(t1, r0 + per_chunk)
+        part = scratch[:r1 - r0]
         unit = _current_unit(pm, r0, r1)
-        part = _currents(pm, xc, r0, r1, unit)
-        if noise_std is not None:
-            _add_noise(part, noise_std / unit.T[:, :, None, None], pm, read_seed, r0, r1)
-        y[r0 * g - base:min(m, r1 * g) - base] = _digitise_and_sum(pm, part, r0, r1, unit)
+        if prof.wire_ohm_per_cell > 0 and prof.ir_drop_mode == "circuit":
+            _currents_circuit(pm, xt, r0, r1, unit, part)
+        else:
+            _currents(pm, xt, r0, r1, unit, part)
+        if streams is not None:
+            _add_noise(part, std, unit, streams, pm.row_offset // g + r0)
+        _digitise(part, prof)
+        lo, hi = r0 * g, min(m, r1 * g)
+        y[lo - base:hi - base] = _sum_tiles(pm, part, r0, r1, unit)[:hi - lo]
     y *= xs[None, :]
     return y
 
@@ -644,8 +801,8 @@ def _current_unit(pm: ProgrammedMatrix, r0: int, r1: int) -> np.ndarray:
     return pm.tiles["adc"][r0:r1] / np.float32(2 ** (pm.profile.adc_bits - 1) - 1)
 
 
-def _noise_std(prof: DeviceProfile, xc: np.ndarray) -> np.ndarray | None:
-    """Std of each tile's output noise per read, (n_tc, 1, 1, B), units of Gmax*V_read.
+def _noise_std(prof: DeviceProfile, xt: np.ndarray, n_tc: int) -> np.ndarray | None:
+    """Std of each tile's output noise per read, (B, n_tc), units of Gmax*V_read.
 
     Per-device additive read noise N(0, s^2) (the "device" model) makes the
     bit-line current I = sum_q (g_q + n_q) x_q Gaussian around the clean
@@ -655,119 +812,143 @@ def _noise_std(prof: DeviceProfile, xc: np.ndarray) -> np.ndarray | None:
     s_dev = prof.read_noise_us / prof.g_max_us if prof.read_noise_model == "device" else 0.0
     if s_dev == 0 and prof.out_noise == 0:
         return None
-    sums = np.einsum("cqb,cqb->cb", xc, xc)[:, None, None, :]
+    xc = xt.reshape(xt.shape[0], n_tc, -1)
+    sums = np.einsum("bcq,bcq->bc", xc, xc)
     var = sums * np.float32(s_dev * s_dev * prof.devices_per_weight) + np.float32(prof.out_noise ** 2)
-    return np.sqrt(var).astype(np.float32)
+    return np.sqrt(var, dtype=np.float32)
 
 
-def _currents(pm: ProgrammedMatrix, xc: np.ndarray, r0: int, r1: int, unit: np.ndarray) -> np.ndarray:
-    """Analog tile outputs in units of ``unit`` (n_tc, rows padded to whole tiles, B), tile rows [r0, r1).
+def _decode_tile_row(pm: ProgrammedMatrix, lo: int, hi: int, ratio: np.ndarray | None,
+                     out: np.ndarray) -> None:
+    """Device codes of output rows [lo, hi) -> float32 analog weights in code units (p, K).
 
-    One batched GEMM per tile column: the word-line IR factors and the output
-    unit are per tile, so they scale that tile's inputs; the bit-line factors
-    are per device column: G- is scaled by cf-/cf+ before the subtraction and
-    the output row by cf+ after the GEMM (two passes over the weights, not three).
+    Differential: G+ - G-; offset: G - Gmid. With fast IR drop, G- (or Gmid) is
+    pre-scaled by ``ratio`` (n_tc, p) = cf-/cf+ per tile and output, and the
+    output is scaled by cf+ after the GEMM: two passes over the codes, not three.
     """
     prof = pm.profile
-    if prof.wire_ohm_per_cell > 0 and prof.ir_drop_mode == "circuit":
-        part = _currents_circuit(pm, xc, r0, r1)
-        part /= np.repeat(unit.T, row_granularity(prof), axis=1)[:, :, None]
-        return part
+    c0 = pm.codes[0, lo:hi]
+    diff = prof.mapping == "differential"
+    if ratio is None:
+        if diff:
+            np.subtract(c0, pm.codes[1, lo:hi], out=out, dtype=np.float32)
+        else:
+            np.subtract(c0, np.float32(_g_mid(prof) / G_LSB), out=out, dtype=np.float32)
+        return
+    q, k = prof.tile_inputs, c0.shape[1]
+    full = k // q
+    for a, z, tiles in ((0, full * q, slice(0, full)), (full * q, k, slice(full, full + 1))):
+        if z <= a:
+            continue
+        n = tiles.stop - tiles.start
+        shape = (c0.shape[0], n, (z - a) // n)
+        r = ratio[tiles].T[:, :, None]  # (p, n, 1)
+        dst = out[:, a:z].reshape(shape)
+        if diff:  # in place: -G- * ratio, then + G+
+            np.multiply(pm.codes[1, lo:hi, a:z].reshape(shape), -r, out=dst)
+            np.add(dst, c0[:, a:z].reshape(shape), out=dst)
+        else:
+            np.subtract(c0[:, a:z].reshape(shape), r, out=dst)
+
+
+def _currents(pm: ProgrammedMatrix, xt: np.ndarray, r0: int, r1: int, unit: np.ndarray,
+              part: np.ndarray) -> None:
+    """Analog tile outputs in units of ``unit`` into ``part`` (nr, B, n_tc, g), tile rows [r0, r1).
+
+    Per tile row: the codes are decoded once into a float32 buffer, the inputs are
+    scaled per tile (the output unit and the word-line IR factors are per tile and
+    per word line), then one batched GEMM (a GEMM per tile) writes X^T W^T into
+    its place in ``part``; the bit-line IR factors scale the outputs.
+    """
+    prof = pm.profile
     m, k = pm.shape
     g, q, d = row_granularity(prof), prof.tile_inputs, prof.devices_per_weight
-    n_tc, b = xc.shape[0], xc.shape[2]
-    lo, hi = r0 * g, min(m, r1 * g)
-    nr, rows = r1 - r0, hi - lo
-    full = rows // g  # whole tile rows in this chunk (the last tile row of W may be partial)
-    part = np.empty((n_tc, nr * g, b), dtype=np.float32)
-    part[:, rows:] = 0.0  # rows past the matrix end: cropped later, but keep them finite
-    buf = np.empty((nr * g, q), dtype=np.float32)
-    ir = "ir_row" in pm.tiles
-    diff = prof.mapping == "differential"
+    n_tc = pm.scales.shape[1]
+    b = xt.shape[0]
+    buf = np.empty((g, k), dtype=np.float32)
+    xr = np.empty((b, n_tc, q), dtype=np.float32)
     gain = (np.float32(G_LSB) / unit).astype(np.float32)  # (nr, n_tc)
+    ir = "ir_row" in pm.tiles
     if ir:
-        tmp = np.empty((rows, q), dtype=np.float32)
-        ir_row = pm.tiles["ir_row"][r0:r1].astype(np.float32)  # (nr, n_tc, rows): float16 math is slow
-        ir_col = pm.tiles["ir_col"][r0:r1, :, :g * d].astype(np.float32).reshape(nr, n_tc, g, d)
-    for c in range(n_tc):
-        width = min(q, k - c * q)  # only real inputs: no GEMM work on padding
-        sl = slice(c * q, c * q + width)
-        view = buf[:rows, :width]
+        ir_row = pm.tiles["ir_row"][r0:r1].astype(np.float32)  # float16 math is slow
+        ir_col = pm.tiles["ir_col"][r0:r1, :, :g * d].astype(np.float32).reshape(r1 - r0, n_tc, g, d)
+        cf0 = np.ascontiguousarray(ir_col[..., 0])  # (nr, n_tc, g) G+ (or single device) factors
+    x3 = xt.reshape(b, n_tc, q)
+    full = k // q  # tile columns with every word line in use
+    for i, r in enumerate(range(r0, r1)):
+        lo, hi = r * g, min(m, (r + 1) * g)
+        p = hi - lo
+        ratio = None
         if ir:
-            cf = ir_col[:, c].reshape(nr * g, d)[:rows]
-            if diff:
-                np.multiply(pm.codes[1, lo:hi, sl], (cf[:, 1] / cf[:, 0])[:, None], out=tmp[:, :width])
-                np.subtract(pm.codes[0, lo:hi, sl], tmp[:, :width], out=view)
-            else:
-                np.subtract(pm.codes[0, lo:hi, sl], (np.float32(_g_mid(prof) / G_LSB) / cf[:, 0])[:, None],
-                            out=view)
-            xr = (ir_row[:, c, :width] * gain[:, c, None])[:, :, None] * xc[c, None, :width]  # (nr, width, B)
+            cf = ir_col[i, :, :p]  # (n_tc, p, d)
+            ratio = cf[..., 1] / cf[..., 0] if d == 2 else np.float32(_g_mid(prof) / G_LSB) / cf[..., 0]
+            np.multiply(x3, (ir_row[i] * gain[i, :, None])[None], out=xr)
         else:
-            if diff:
-                np.subtract(pm.codes[0, lo:hi, sl], pm.codes[1, lo:hi, sl], out=view, dtype=np.float32)
-            else:
-                np.subtract(pm.codes[0, lo:hi, sl], np.float32(_g_mid(prof) / G_LSB), out=view)
-            xr = gain[:, c, None, None] * xc[c, None, :width]
-        if full:
-            np.matmul(buf[:full * g, :width].reshape(full, g, width), xr[:full],
-                      out=part[c, :full * g].reshape(full, g, b))
-        if full < nr:
-            np.matmul(buf[full * g:rows, :width], xr[full], out=part[c, full * g:rows])
+            np.multiply(x3, gain[i, None, :, None], out=xr)
+        w = buf[:p]
+        _decode_tile_row(pm, lo, hi, ratio, w)
+        if full:  # one batched GEMM over the tile row's full tile columns: (full, B, q) @ (full, q, p)
+            np.matmul(xr[:, :full].transpose(1, 0, 2), w[:, :full * q].reshape(p, full, q).transpose(1, 2, 0),
+                      out=part[i, :, :full, :p].transpose(1, 0, 2))
+        if full < n_tc:  # the partial last tile column: only real inputs, no GEMM work on padding
+            np.matmul(xr[:, full, :k - full * q], w[:, full * q:].T, out=part[i, :, full, :p])
+        if p < g:
+            part[i, :, :, p:] = 0.0  # rows past the matrix end: cropped later, but keep them finite
         if ir:
-            part[c, :rows] *= cf[:, :1]
-    return part
+            part[i, :, :, :p] *= cf0[i, None, :, :p]
 
 
-def _currents_circuit(pm: ProgrammedMatrix, xc: np.ndarray, r0: int, r1: int) -> np.ndarray:
+def _currents_circuit(pm: ProgrammedMatrix, xt: np.ndarray, r0: int, r1: int, unit: np.ndarray,
+                      part: np.ndarray) -> None:
     """Tile outputs with IR drop solved as a circuit for this read's inputs, tile by tile."""
     prof = pm.profile
     m, k = pm.shape
     g, q, d = row_granularity(prof), prof.tile_inputs, prof.devices_per_weight
-    n_tc, b = xc.shape[0], xc.shape[2]
+    n_tc = pm.scales.shape[1]
     rho = circuit.wire_rho(prof.wire_ohm_per_cell, prof.g_max_us)
-    part = np.zeros((n_tc, (r1 - r0) * g, b), dtype=np.float32)
-    for r in range(r0, r1):
+    part[...] = 0.0
+    for i, r in enumerate(range(r0, r1)):
         lo, hi = r * g, min(m, (r + 1) * g)
         gdev = np.moveaxis(pm.codes[:, lo:hi], 0, -1).astype(np.float64) * G_LSB  # (p, K, d)
         for c in range(n_tc):
             width = min(q, k - c * q)
             arr = gdev[:, c * q:c * q + width].transpose(1, 0, 2).reshape(width, -1)  # word x bit lines
-            cur = circuit.solve(arr[None], xc[c, :width], rho).currents[0]  # (p*d, B)
-            out = cur[0::2] - cur[1::2] if d == 2 else cur - _g_mid(prof) * xc[c, :width].sum(axis=0)
-            part[c, (r - r0) * g:(r - r0) * g + hi - lo] = out
-    return part
+            v = xt[:, c * q:c * q + width].T
+            cur = circuit.solve(arr[None], v, rho).currents[0]  # (p*d, B)
+            out = cur[0::2] - cur[1::2] if d == 2 else cur - _g_mid(prof) * v.sum(axis=0)
+            part[i, :, c, :hi - lo] = out.T / unit[i, c]
 
 
-def _add_noise(part: np.ndarray, noise_std: np.ndarray, pm: ProgrammedMatrix, read_seed: int,
-               r0: int, r1: int) -> None:
-    """Fresh noise per (tile, output, column), keyed by (seed, read_seed, column, global tile row)."""
-    n_tc, rows, b = part.shape
-    g = row_granularity(pm.profile)
-    first = pm.row_offset // g + r0
-    per_row = n_tc * g
-    z = np.empty((b, r1 - r0, per_row), dtype=np.float32)
-    streams = ColumnNoise(pm.seed, read_seed)
-    for col in range(b):
-        z[col] = streams.normals(col, first, r1 - r0, per_row)
-    z = z.reshape(b, r1 - r0, n_tc, g).transpose(2, 1, 3, 0)  # (n_tc, nr, g, B)
-    part.reshape(n_tc, r1 - r0, g, b)[...] += z * noise_std
+def _add_noise(part: np.ndarray, std: np.ndarray, unit: np.ndarray, streams: "ColumnNoise",
+               first: int) -> None:
+    """Fresh noise per (tile, output, column), keyed by (seed, read_seed, column, global tile row).
+
+    ``std`` (B, n_tc) in Gmax*V_read; ``part`` is in per-tile ADC units ``unit`` (nr, n_tc).
+    """
+    nr, b, n_tc, g = part.shape
+    z = streams.block(b, first, nr, n_tc * g).reshape(b, nr, n_tc, g)
+    z *= (std[:, None, :] / unit[None, :, :])[..., None]
+    part += z.transpose(1, 0, 2, 3)
 
 
-def _digitise_and_sum(pm: ProgrammedMatrix, part: np.ndarray, r0: int, r1: int, unit: np.ndarray) -> np.ndarray:
-    """ADC per tile (outputs are already in its steps), then the digital sum over tile columns."""
-    prof = pm.profile
-    m = pm.shape[0]
-    g = row_granularity(prof)
-    n_tc, _, b = part.shape
-    nr = r1 - r0
-    stack = part.reshape(n_tc, nr, g * b)
-    if prof.adc_bits:
-        adc_quantise(stack, np.float32(1.0), prof, out=stack)
-    digital = (pm.scales[r0:r1] * pm.tiles["gdc"][r0:r1] * unit).T  # (n_tc, nr)
-    out = np.zeros((nr, g * b), dtype=np.float32)
-    for c in range(n_tc):  # digital accumulation over tile columns
-        out += stack[c] * digital[c][:, None]
-    return out.reshape(nr * g, b)[: min(m, r1 * g) - r0 * g]
+def _digitise(part: np.ndarray, prof: DeviceProfile) -> None:
+    """ADC per tile, in place: outputs are already in its steps, so it is a rint unless
+    something saturates (then ``adc_quantise`` clips or applies bound management)."""
+    if not prof.adc_bits:
+        return
+    top = 2 ** (prof.adc_bits - 1) - 1
+    if part.size and max(float(part.max()), -float(part.min())) > top:
+        adc_quantise(part, np.float32(1.0), prof, out=part)
+    else:
+        np.rint(part, out=part)
+
+
+def _sum_tiles(pm: ProgrammedMatrix, part: np.ndarray, r0: int, r1: int, unit: np.ndarray) -> np.ndarray:
+    """Digital accumulation over tile columns with each tile's scale: (nr * g, B)."""
+    nr, b, n_tc, g = part.shape
+    digital = pm.scales[r0:r1] * pm.tiles["gdc"][r0:r1] * unit  # (nr, n_tc)
+    out = np.matmul(digital[:, None, None, :], part)  # (nr, B, 1, g)
+    return out.reshape(nr, b, g).transpose(0, 2, 1).reshape(nr * g, b)
 
 
 # ---------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Any, Awaitable, Callable
 
 import numpy as np
 
-from node import shm
+from node import shm, spans
 from node.errors import UserError, internal_message  # UserError is re-exported
 from protocol import codec
 from protocol.errors import ProtocolError
@@ -183,7 +183,9 @@ async def _connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
                 return
             finally:
                 channel.release()   # the client has read our last answer, or is gone
+            spans.mark("coord.decoded")
             response = await _answer(request, dispatch)
+            spans.mark("coord.answered")
             # Drop the operands (maybe a mapping of the client's memory) before writing: a
             # write to a vanished client raises, and the exception's traceback cycle would
             # keep this frame's locals alive until the next garbage collection.

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from node import api, shm
+from node import api, shm, spans
 from node.config import DEFAULT_DATA_DIR, SOCKET_NAME
 from protocol.errors import ProtocolError
 from protocol.messages import decode_message, encode_message
@@ -127,8 +127,10 @@ class AsyncClient:
         async with self._lock:
             try:
                 if progress is None:
+                    spans.mark("client.send")
                     await api.write_message(self._writer, request, self._channel)
                     response = await api.read_message(self._reader, self._channel)
+                    spans.mark("client.recv")
                     self._channel.release()     # the daemon has read our request
                 else:
                     await _write_observed(self._writer, request, progress)

@@ -193,3 +193,16 @@ def test_column_noise_is_a_pure_function_of_column_and_tile_row() -> None:
     np.testing.assert_array_equal(b.normals(5, 0, 6, 300), whole)
     assert not np.array_equal(a.normals(6, 0, 6, 300), whole)
     assert abs(whole.std() - 1) < 0.05
+
+
+@pytest.mark.parametrize("preset", ["rram", "conservative"])
+def test_a_read_does_not_depend_on_its_scratch_chunking(preset, monkeypatch):
+    """Tile rows are read in chunks of bounded scratch: the chunk size must not change a value."""
+    import compute.crossbar as cb
+    rng = np.random.default_rng(8)
+    w = rng.standard_normal((500, 600)).astype(np.float32)  # partial last tile row and tile column
+    x = rng.standard_normal((600, 5)).astype(np.float32)
+    pm = ProgrammedMatrix.program(w, get_preset(preset), seed=2)
+    whole = pm.matmul(x, read_seed=3)
+    monkeypatch.setattr(cb, "_CHUNK_ELEMS", 1)  # one tile row per chunk
+    np.testing.assert_array_equal(pm.matmul(x, read_seed=3), whole)

@@ -34,7 +34,7 @@ from typing import Iterator
 
 import numpy as np
 
-from compute.crossbar import ProgrammedMatrix
+from compute.crossbar import LEGACY_FORMAT, STATE_FORMAT, LegacyStateError, ProgrammedMatrix
 from node.memory.dualmemory import DualMemory
 from node.memory.prefetch import PrefetchStats
 from node.errors import UserError
@@ -411,6 +411,8 @@ class BlockStore:
             with open(path, "rb") as f:
                 mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             return ProgrammedMatrix.from_state(codec.decode(mapped))
+        except LegacyStateError:
+            raise
         except (OSError, ValueError, ProtocolError) as exc:
             raise StoreError(f"block {block.index} of {block.name!r} cannot be read from "
                              f"disk: {exc}") from None
@@ -449,6 +451,7 @@ class BlockStore:
         records = self.db.call(lambda c: c.execute(
             "SELECT name, idx, row_start, device, seed, file, nbytes FROM blocks").fetchall())
         known = set()
+        legacy: dict[str, list[int]] = {}
         now = time.time()
         def worth(r):
             hits, last = self.memory.block_use((r[0], r[1])) if self.memory else (0.0, 0.0)
@@ -464,12 +467,27 @@ class BlockStore:
                     mapped = self._map(Resident(name, idx, row_start, device, seed, None, nbytes))
                     if mapped.nbytes != nbytes:
                         raise ValueError(f"holds {mapped.nbytes} bytes, its record says {nbytes}")
+                old = (matrix or mapped).converted_from
+                if old is not None:  # lossless: write it back in today's format, once
+                    _atomic_write(path, codec.encode((matrix or mapped).to_state()))
+                    log.warning("block %s/%d converted from %s to %s (ideal device: weights "
+                                "unchanged)", name, idx, old, STATE_FORMAT)
+            except LegacyStateError:
+                legacy.setdefault(name, []).append(idx)
+                self.db.call(lambda c: c.execute(
+                    "DELETE FROM blocks WHERE name=? AND idx=?", (name, idx)))
+                continue
             except (OSError, ValueError, ProtocolError, KeyError, TypeError, StoreError) as exc:
                 log.error("block %s/%d unreadable (%s); forgetting it", name, idx, exc)
                 self.db.call(lambda c: c.execute(
                     "DELETE FROM blocks WHERE name=? AND idx=?", (name, idx)))
                 continue
             self.add(Resident(name, idx, row_start, device, seed, matrix, nbytes), now)
+        for name, idxs in sorted(legacy.items()):
+            log.error("matrix %r: block(s) %s were programmed by an older sedma (%s) on a "
+                      "non-ideal device, whose state cannot be converted to per-device codes; "
+                      "they are dropped: deploy it again (sedma deploy %s FILE --device ...)",
+                      name, ",".join(map(str, sorted(idxs))), LEGACY_FORMAT, name)
         for path in self.root.glob("*/*"):
             if path not in known:
                 log.warning("removing orphaned block file %s", path)

@@ -21,6 +21,7 @@ from compute.crossbar import ProgrammedMatrix, crossbar_matmul, row_granularity
 from compute.device import DeviceProfile, get_preset
 from compute.executor import Executor
 from compute.partition import PlacementError
+from node import spans
 from node.errors import UserError, internal_message
 from node.memory.dualmemory import DualMemory
 from node.metrics import Metrics
@@ -200,44 +201,69 @@ class BlockHolder:
         log.info("holding restored replica of block %d of %s", index, name)
         return block.nbytes
 
-    async def infer_local(self, name: str, index: int, x: np.ndarray, read_seed: int) -> np.ndarray:
-        """``W_block @ x``, cut into tile-row chunks so every compute thread takes a part.
+    async def infer_local(self, name: str, index: int, x: np.ndarray, read_seed: int,
+                          *, validate: bool = False) -> np.ndarray:
+        """``W_block @ x``; ``validate`` checks X first (a peer's X: as_matrix reads it all).
 
-        Several requests (or several blocks of one request) then share the threads evenly
-        instead of queueing whole blocks behind each other; the values are the ones a single
-        read gives (noise is keyed by tile position). The block is pinned for the whole
-        read (it cannot leave RAM under it), and the blocks predicted to follow it are
-        brought into RAM meanwhile.
+        The block is pinned for the whole read (it cannot leave RAM under it), and the
+        blocks predicted to follow it are brought into RAM meanwhile. The common case
+        (B < ``MIN_SPLIT_BATCH``, memory-bound) is one executor hop: check X, pin, read,
+        unpin on one compute thread, since every hop costs a thread wake-up and a loop
+        wake-up, which is most of a small request's time on a busy machine. A wide X is cut
+        into tile-row chunks so every compute thread takes a part (several requests then
+        share the threads evenly instead of queueing whole blocks); the values are the ones
+        a single read gives (noise is keyed by tile position).
         """
         self.store.get(name, index)
         self.metrics.read()
         self._prefetch_after(name, index)
         reading = self.store.reading(name, index)
-        block = await self.executor.run(reading.__enter__)
-        try:
-            y, busy = await self._read(block.matrix, x, read_seed)
-        finally:
-            reading.__exit__(None, None, None)
+        wide = (isinstance(x, np.ndarray) and x.ndim == 2 and x.shape[1] >= MIN_SPLIT_BATCH
+                and self.executor.workers > 1)
+        if not wide:
+            shape, y, busy = await self.executor.run(self._read_pinned, reading, x, read_seed,
+                                                     validate)
+        else:
+            block, x = await self.executor.run(_pin, reading, x, validate)
+            try:
+                shape = block.matrix.shape
+                y, busy = await self._read_split(block.matrix, x, read_seed)
+            finally:
+                reading.__exit__(None, None, None)
         if self.memory is not None:
-            rows, cols = block.matrix.shape
-            self.memory.record_served(2.0 * rows * cols * (1 if x.ndim == 1 else x.shape[1]),
+            self.memory.record_served(2.0 * shape[0] * shape[1] * (1 if y.ndim == 1 else y.shape[1]),
                                       busy)
         return y
 
-    async def _read(self, matrix: ProgrammedMatrix, x: np.ndarray,
-                    read_seed: int) -> tuple[np.ndarray, float]:
-        """The read and the seconds it kept the compute threads busy (queueing excluded:
-        this node's own speed must not drop just because it was given more work)."""
-        if matrix.shape[1] != x.shape[0]:
-            raise StoreError(f"X has {x.shape[0]} rows; block has {matrix.shape[1]} columns")
-        spans = _chunks(-(-matrix.shape[0] // row_granularity(matrix.profile)), self.executor.workers)
-        if len(spans) == 1 or x.ndim == 1 or x.shape[1] < MIN_SPLIT_BATCH:  # memory-bound
+    def _read_pinned(self, reading: Any, x: Any, read_seed: int,
+                     validate: bool) -> tuple[tuple[int, int], np.ndarray, float]:
+        """On a compute thread: check X, pin the block, read it whole, unpin."""
+        block, x = _pin(reading, x, validate)
+        try:
+            y, busy = self._timed(functools.partial(block.matrix.matmul, x, read_seed))
+        finally:
+            reading.__exit__(None, None, None)
+        return block.matrix.shape, y, busy
+
+    async def _read_split(self, matrix: ProgrammedMatrix, x: np.ndarray,
+                          read_seed: int) -> tuple[np.ndarray, float]:
+        """A wide read in tile-row chunks on every compute thread, each writing its rows of
+        one output (no gather copy), and the seconds it kept the compute threads busy
+        (queueing excluded: this node's own speed must not drop just because it was given
+        more work)."""
+        g = row_granularity(matrix.profile)
+        spans = _chunks(-(-matrix.shape[0] // g), self.executor.workers)
+        if len(spans) == 1:
             return await self.executor.run(self._timed, functools.partial(matrix.matmul, x,
                                                                           read_seed))
+        y = np.empty((matrix.shape[0], x.shape[1]), dtype=np.float32)
+
+        def part(span: tuple[int, int]) -> None:
+            y[span[0] * g:min(matrix.shape[0], span[1] * g)] = matrix.matmul(
+                x, read_seed, tile_rows=span)
         parts = await asyncio.gather(*(self.executor.run(self._timed, functools.partial(
-            matrix.matmul, x, read_seed, tile_rows=span)) for span in spans))
+            part, span)) for span in spans))
         busy = sum(sec for _, sec in parts) / min(len(spans), self.executor.workers)
-        y = await self.executor.run(np.concatenate, [y for y, _ in parts])   # not on the loop
         return y, busy
 
     def _timed(self, fn: Any) -> tuple[Any, float]:
@@ -248,8 +274,10 @@ class BlockHolder:
         F times fewer requests, like a slower machine, without taking the shared machine's
         CPU from anyone. Measured on the thread, so queueing is excluded.
         """
+        spans.mark("compute.start")
         start = time.perf_counter()
         value = fn()
+        spans.mark("compute.end")
         if self.slowdown > 1.0:
             time.sleep((self.slowdown - 1.0) * (time.perf_counter() - start))
         return value, time.perf_counter() - start
@@ -319,8 +347,9 @@ class BlockHolder:
             self.metrics.completed()
             return result
         if isinstance(msg, InferBlock):
-            x = await self.executor.run(as_matrix, msg.x, "X")
-            result = await self.infer_local(check_name(msg.name), msg.index, x, msg.read_seed)
+            spans.mark("peer.recv")
+            result = await self.infer_local(check_name(msg.name), msg.index, msg.x,
+                                            msg.read_seed, validate=True)
             self.metrics.completed()
             return result
         if isinstance(msg, StoreBlock):
@@ -396,6 +425,19 @@ def _chunks(n_tiles: int, workers: int) -> list[tuple[int, int]]:
     bounds = [round(i * n_tiles / count) for i in range(count + 1)]
     return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
 
+
+
+def _pin(reading: Any, x: Any, validate: bool) -> tuple[Resident, np.ndarray]:
+    """On a compute thread: check X (a peer's, when ``validate``), then pin the block
+    (``reading`` may load it from disk) and check that X fits it."""
+    if validate:
+        x = as_matrix(x, "X")
+    block = reading.__enter__()
+    cols = block.matrix.shape[1]
+    if np.shape(x)[0] != cols:
+        reading.__exit__(None, None, None)
+        raise StoreError(f"X has {np.shape(x)[0]} rows; block has {cols} columns")
+    return block, x
 
 
 def _state_to_matrix(state: Any) -> ProgrammedMatrix:

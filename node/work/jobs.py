@@ -30,6 +30,7 @@ import numpy as np
 from compute.device import get_preset
 from compute.partition import NodeSlot, PartitionPlan, PlacementError, plan_rows
 from nat.link import LinkClosed
+from node import spans
 from node.errors import UserError, internal_message
 from node.memory.dualmemory import DualMemory
 from node.metrics import Metrics
@@ -56,6 +57,10 @@ BASE_TIMEOUT = 30.0
 #: partial result then fits in one message) and the local API's frame limit.
 MAX_JOB_BYTES = DEFAULT_MAX_MESSAGE - (1 << 20)
 MAX_SEED = (1 << 63) - 1
+#: Operands and partial results up to this size are validated and copied on the event
+#: loop (tens of microseconds), not on the executor: a hop costs a thread and a loop
+#: wake-up, more than the work itself at this size and most of a B=1 request's overhead.
+INLINE_BYTES = 256 << 10
 FINAL_STATES = ("done", "failed", "cancelled")
 
 
@@ -232,14 +237,18 @@ class JobManager:
                 await asyncio.wait(pending, timeout=5)
 
     # candidates -----------------------------------------------------------------------
-    def candidates(self) -> list[Candidate]:
-        """This node plus every alive member, as the scorer sees them."""
+    def candidates(self, only: set[str] | None = None) -> list[Candidate]:
+        """This node plus every alive member, as the scorer sees them (only those in
+        ``only`` when given: a request ranks a block's holders, not the whole mesh)."""
         store = self.holder.store
-        out = [Candidate(self.node_id, self.capacity, self.load(), store.free,
-                         self.holder.device.name, "self", True, store.disk_free,
-                         self.memory.tier1_speed())]
+        out = []
+        if only is None or self.node_id in only:
+            out.append(Candidate(self.node_id, self.capacity, self.load(), store.free,
+                                 self.holder.device.name, "self", True, store.disk_free,
+                                 self.memory.tier1_speed()))
         for m in self.mesh.members():
-            if m.node_id == self.node_id or m.state.value != "alive":
+            if (m.node_id == self.node_id or m.state.value != "alive"
+                    or (only is not None and m.node_id not in only)):
                 continue
             a = m.advert
             outcome = self.mesh.connector.outcome(m.node_id)
@@ -481,7 +490,11 @@ class JobManager:
         start = time.perf_counter()
         plan = await self.plan_for(check_name(name))
         vector = isinstance(x, np.ndarray) and x.ndim == 1
-        x = await self.executor.run(as_matrix, x[:, None] if vector else x, "X")
+        x = x[:, None] if vector else x
+        if isinstance(x, np.ndarray) and x.nbytes <= INLINE_BYTES:
+            x = as_matrix(x, "X")
+        else:
+            x = await self.executor.run(as_matrix, x, "X")
         check_size(x.nbytes + plan.shape[0] * x.shape[1] * 4, "infer")
         if read_seed is not None:
             check_seed(read_seed)
@@ -491,8 +504,10 @@ class JobManager:
         out = np.empty((plan.shape[0], x.shape[1]), dtype=np.float32)
         self.metrics.live_bytes += x.nbytes + out.nbytes
         try:
+            # peers' shares are sent before this node wakes its own compute thread
             await asyncio.gather(*(self._infer_block(name, blk, x, read_seed, out)
-                                   for blk in plan.blocks))
+                                   for blk in sorted(plan.blocks,
+                                                     key=lambda b: self.node_id in b.nodes)))
         finally:
             self.metrics.live_bytes -= x.nbytes + out.nbytes
         self.memory.record_request(name, time.perf_counter() - start)
@@ -507,8 +522,11 @@ class JobManager:
             self.inflight[node] = self.inflight.get(node, 0) + 1
             try:
                 part = await self._infer_on(node, name, blk, x, read_seed, flops)
-                await self.executor.run(out.__setitem__, slice(blk.row_start, blk.row_stop),
-                                        part)
+                rows = slice(blk.row_start, blk.row_stop)
+                if part.nbytes <= INLINE_BYTES:
+                    out[rows] = part
+                else:
+                    await self.executor.run(out.__setitem__, rows, part)
                 self.memory.record_share(node, flops, time.perf_counter() - start, True)
                 return
             except (LinkClosed, TimeoutError, RemoteError, ProtocolError, StoreError) as exc:
@@ -523,12 +541,16 @@ class JobManager:
     def _holder_order(self, nodes: list[str], flops: float = 0.0) -> list[str]:
         """Holders by predicted finish time (requests in flight there x learned speed),
         so load spreads over replicas; holders that are not alive go last, and a holder
-        whose link just closed goes after the linked ones (see :func:`linked_first`)."""
-        scores = {c.node_id: s for s, c in rank(self.candidates(), self.memory)}
+        whose link just closed goes after the linked ones (see :func:`linked_first`).
+        A single holder needs no ranking: every rule keeps it where it is."""
+        if len(nodes) <= 1:
+            return list(nodes)
+        scores = {c.node_id: s for s, c in rank(self.candidates(set(nodes)), self.memory)}
         live = [n for n in nodes if n in scores]
         hop = {n: REMOTE_HOP_S for n in live if n != self.node_id}   # this node: no transfer
         ordered = by_predicted_finish(live, scores, self.inflight, flops, hop)
-        linked = {p for p, s in self.mesh.sessions.items() if not s.closed.is_set()}
+        sessions = self.mesh.sessions
+        linked = {n for n in nodes if n in sessions and not sessions[n].closed.is_set()}
         return linked_first(ordered + [n for n in nodes if n not in scores], self.node_id,
                             linked)
 
@@ -537,7 +559,9 @@ class JobManager:
             return await self.holder.infer_local(name, blk.index, x, read_seed)
         session = await self.mesh.session(node)
         msg = InferBlock(session.next_rid(), name, blk.index, x, read_seed)
+        spans.mark("coord.dispatch")
         value = await session.request(msg, request_timeout(flops, x.nbytes))
+        spans.mark("coord.peer_reply")
         return _expect_array(value, (blk.row_stop - blk.row_start, x.shape[1]), node)
 
     async def _known_elsewhere(self, name: str) -> bool:

@@ -37,7 +37,8 @@ from node.memory.store import StoreError, as_matrix, check_name
 from node.net.session import RemoteError
 from node.errors import UserError
 from node.work.claims import ClaimRefused
-from node.work.jobs import Job, JobError, JobManager, check_device, check_seed, check_size
+from node.work.jobs import (INLINE_BYTES, Job, JobError, JobManager, check_device, check_seed,
+                            check_size)
 from node.work.plans import VersionedPlan, new_deploy_id
 from node.work.modelbook import LayerRecord, ModelBook, ModelRecord, layer_matrix
 from node.work.pipeline import Pipeline
@@ -279,8 +280,9 @@ class ModelManager:
         def columns() -> tuple[np.ndarray, bool]:   # a transpose and a NaN scan: off the loop
             h, single = to_columns(rec.layout, rec.input_shape, x)
             return as_matrix(h, "X"), single
-        try:
-            h, single = await self.holder.executor.run(columns)
+        try:   # ... unless X is small: then the hop costs more than the scan (INLINE_BYTES)
+            h, single = (columns() if x.nbytes <= INLINE_BYTES
+                         else await self.holder.executor.run(columns))
         except ModelError as exc:
             raise JobError(f"{name}: {exc}") from None
         widest = max(l.shape[0] for l in rec.layers)
@@ -301,6 +303,8 @@ class ModelManager:
         t.last_moved, t.last_minimum = cost.moved, cost.minimum
         self.jobs.memory.record_request(name, time.perf_counter() - start)
         self.jobs.metrics.completed()
+        if y.nbytes <= INLINE_BYTES or rec.layout == "columns":   # columns: no copy
+            return from_columns(rec.layout, y, single)
         return await self.holder.executor.run(from_columns, rec.layout, y, single)
 
     # undeploy -------------------------------------------------------------------------

@@ -180,9 +180,12 @@ class Pipeline:
         for b in plan.blocks:
             for n in b.nodes:
                 rows[n] = rows.get(n, 0) + b.rows
+        first = {n: (n != self.me, -rows[n]) for n in rows}
+        if len(set(first.values())) == len(first):   # no ties: no ranking needed
+            return sorted(rows, key=first.__getitem__)
         order = self.jobs._holder_order(list(rows))
         rank = {n: k for k, n in enumerate(order)}
-        return sorted(rows, key=lambda n: (n != self.me, -rows[n], rank[n]))
+        return sorted(rows, key=lambda n: (*first[n], rank[n]))
 
     def _timeout(self, rec: ModelRecord, i: int, h: np.ndarray) -> float:
         flops = sum(2.0 * l.shape[0] * l.shape[1] * h.shape[1] for l in rec.layers[i:])
@@ -192,9 +195,13 @@ class Pipeline:
                      seed: int) -> tuple[np.ndarray, list[str]]:
         """``W @ h`` gathered here, and which node served each block."""
         out = np.empty((plan.shape[0], h.shape[1]), dtype=np.float32)
-        served = await asyncio.gather(*(self._block(lname, blk, h, seed, out)
-                                        for blk in plan.blocks))
-        return out, list(served)
+        # Blocks go to peers before this node starts its own: waking a compute thread
+        # here can take the core from the event loop before the peers' shares are sent.
+        order = sorted(range(len(plan.blocks)), key=lambda i: self.me in plan.blocks[i].nodes)
+        served = await asyncio.gather(*(self._block(lname, plan.blocks[i], h, seed, out)
+                                        for i in order))
+        by_block = dict(zip(order, served))
+        return out, [by_block[i] for i in range(len(plan.blocks))]
 
     async def _block(self, lname: str, blk: Block, h: np.ndarray, seed: int,
                      out: np.ndarray) -> str:
@@ -227,6 +234,8 @@ class Pipeline:
             if layer.bias is not None:
                 np.add(z, layer.bias[:, None], out=z)
             return apply_activation(layer.activation, z)
+        if layer.bias is None and layer.activation == "identity":
+            return z          # a plain matrix: nothing to do, and no hop to do it
         if z.size > FINISH_ON_THREAD:
             return await self.jobs.executor.run(finish)
         return finish()
