@@ -13,7 +13,11 @@ slow      4 nodes, one with --compute-slowdown F (a testing aid: it sleeps F-1 t
           (migration) after a warm-up; then every adaptive node is restarted and the first
           requests are timed (the learned placement must hold from the first request).
 
-Run by hand:  python bench/memory.py [--only tiers,skew,slow] [--seconds 20]
+oscillate 4 nodes, 2 one-block matrices, 90 % of the load on one then the other, swapping
+          at the control interval for 10 minutes, default control loop; static vs adaptive:
+          requests/s and the number of migrations against the dwell bound.
+
+Run by hand:  python bench/memory.py [--only tiers,skew,slow,oscillate] [--seconds 20]
 Prints markdown tables and writes them to bench/out/memory.md. The machine these numbers
 come from is shared (2 cores, several engineers): read ratios, not absolute numbers.
 """
@@ -34,6 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from node.client import Client  # noqa: E402
+from node.config import parse_size  # noqa: E402
 from node.localmesh import LocalMesh, wait_for  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -83,7 +88,9 @@ def tiers(root: Path, layers: int, n: int, batch: int, passes: int, ram: str) ->
                          rep["tiers"]["0"]["used"], rep["tiers"]["1"]["used"]))
         finally:
             mesh.stop()
+    read_s, compute_s = _layer_costs(root / "tiers-True", ws[0], x)
     base = rows[0][1]
+    bound = (read_s + compute_s) / max(read_s, compute_s)
     out = [f"tiers: {layers} layers of {n}x{n} float32 ({layers * n * n * 4 >> 20} MiB) on one "
            f"node with --memory-limit {ram}, X {n}x{batch}, {passes} passes after one to learn",
            "", "| prefetch | layers/s | vs off | tier-0 hits | late (waited for its prefetch) "
@@ -94,23 +101,56 @@ def tiers(root: Path, layers: int, n: int, batch: int, passes: int, ram: str) ->
                    f"{late:.0%} | "
                    f"{'-' if acc is None else f'{acc:.0%}'} | {moved / 2**20:.0f} | "
                    f"{t0 / 2**20:.0f} MiB | {t1 / 2**20:.0f} MiB |")
+    fit = int(parse_size(ram) // (n * n * 4))
+    out += ["", f"one layer: cold read of its file {read_s * 1000:.0f} ms "
+            f"({n * n * 4 / read_s / 1e6:.0f} MB/s), compute {compute_s * 1000:.0f} ms (in-process "
+            f"numpy, same X). Prefetch overlaps the two, so prefetch on / off is at most "
+            f"(read + compute) / max(read, compute) = {bound:.2f}x here, and with "
+            f"{layers - min(fit, layers)} of {layers} layers read from disk every pass, a "
+            f"prefetch lands in time only if a read is no slower than a compute "
+            f"(read/compute = {read_s / compute_s:.1f})."]
     return out
+
+
+def _layer_costs(data_root: Path, w: np.ndarray, x: np.ndarray) -> tuple[float, float]:
+    """Seconds to read one layer's block file cold (page cache dropped) and to compute it."""
+    path = next(data_root.glob("*/blocks/L1/*.blk"))
+    reads = []
+    for _ in range(3):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+        t = time.perf_counter()
+        path.read_bytes()
+        reads.append(time.perf_counter() - t)
+    computes = []
+    for _ in range(3):
+        t = time.perf_counter()
+        w @ x
+        computes.append(time.perf_counter() - t)
+    return sorted(reads)[1], sorted(computes)[1]
 
 
 # -- closed-loop load --------------------------------------------------------------------
 
-def closed_loop(sockets: list[Path], names: list[str], weights: list[float], xs: dict,
+def closed_loop(sockets: list[Path], names: list[str], weights, xs: dict,
                 seconds: float, threads: int = 4, check: dict | None = None) -> tuple[float, int]:
-    """``threads`` clients, each sending requests back to back for ``seconds``."""
+    """``threads`` clients, each sending requests back to back for ``seconds``.
+
+    ``weights``: the request mix, or a function of the seconds elapsed returning it."""
     done, failures = [0], [0]
     lock = threading.Lock()
-    stop = time.perf_counter() + seconds
+    begin = time.perf_counter()
+    stop = begin + seconds
+    mix = weights if callable(weights) else (lambda _t: weights)
 
     def client(k: int) -> None:
         rng = random.Random(k)
         with Client(sockets[k % len(sockets)]) as c:
             while time.perf_counter() < stop:
-                name = rng.choices(names, weights)[0]
+                name = rng.choices(names, mix(time.perf_counter() - begin))[0]
                 try:
                     y = c.infer(name, xs[name])
                     if check is not None and not np.allclose(y, check[name], rtol=1e-4, atol=1e-3):
@@ -164,7 +204,10 @@ def skew(root: Path, seconds: float, warmup: float, k: int) -> list[str]:
             closed_loop(socks, names, weights, xs, warmup, check=want)
             rate, fails = closed_loop(socks, names, weights, xs, seconds, check=want)
             holders = sum(len(n.status()["blocks"].get("m0", [])) for n in mesh.nodes)
-            decisions = [d["kind"] for n in mesh.nodes for d in _memory(n)["decisions"]]
+            made = [d for n in mesh.nodes for d in _memory(n)["decisions"]]
+            for d in made:
+                print(f"  {label}: {d['kind']} {d['name']}/{d['index']}: {d['reason']}")
+            decisions = [d["kind"] for d in made]
             rows.append((label, rate, fails, holders, decisions))
         finally:
             mesh.stop()
@@ -179,44 +222,110 @@ def skew(root: Path, seconds: float, warmup: float, k: int) -> list[str]:
     return out
 
 
-def slow(root: Path, seconds: float, warmup: float, factor: float, n: int) -> list[str]:
+def slow(root: Path, seconds: float, warmup: float, factor: float, n: int,
+         slow_by: str = "slowdown", quota_cpus: float = 0.1, batch: int = 16) -> list[str]:
+    """One node made slow (``--compute-slowdown`` or a cgroup CPU quota): static vs adaptive.
+
+    The adaptive window is measured once the adaptation happened (the slow node released
+    its block), not during it; the static one after the same warm-up. Then every adaptive
+    node is restarted (the slow one back under its quota) and the first requests timed.
+    """
+    from node.cpuquota import CpuQuota, available
+    if slow_by == "quota" and available():
+        return [f"slow (quota): skipped: {available()}"]
     w = rand((n, n), 7)
-    xs = {"w": rand((n, 16), 8)}
+    xs = {"w": rand((n, batch), 8)}
     want = {"w": w @ xs["w"]}
     rows = []
     for label, conf in (("static", STATIC_CONF), ("adaptive", FAST_CONF)):
-        mesh = mesh_of(root / f"slow-{label}", 4, conf, slow=factor)
+        mesh = mesh_of(root / f"slow-{slow_by}-{label}", 4, conf,
+                       slow=factor if slow_by == "slowdown" else None)
+        quota = CpuQuota(f"bench-{label}", quota_cpus) if slow_by == "quota" else None
         try:
+            slow_node = mesh.nodes[-1]
+            if quota:
+                quota.add(slow_node.proc.pid)
             with Client(mesh.nodes[0].socket) as c:
                 c.deploy("w", w, replicas=1)
             socks = [nd.socket for nd in mesh.nodes[:3]]
             closed_loop(socks, ["w"], [1.0], xs, warmup, check=want)
+            adapted = None
+            if label == "adaptive":      # keep the load on until the slow node let go
+                t = time.perf_counter()
+                while slow_node.status()["blocks"].get("w") and time.perf_counter() - t < 240:
+                    closed_loop(socks, ["w"], [1.0], xs, 5.0, check=want)
+                adapted = warmup + time.perf_counter() - t
             rate, fails = closed_loop(socks, ["w"], [1.0], xs, seconds, check=want)
-            slow_node = mesh.nodes[-1]
             decisions = [d["kind"] for d in _memory(slow_node)["decisions"]]
-            row = [label, rate, fails, ", ".join(decisions) or "-", None]
+            row = [label, rate, fails, ", ".join(decisions) or "-", adapted, None]
             if label == "adaptive":
-                wait_for(lambda: not slow_node.status()["blocks"].get("w"), 90,
-                         "the slow node to release its block")
                 for node in mesh.nodes:
                     node.stop()
                 first = mesh.nodes[0].start()          # ports are fresh: join the new one
                 for node in mesh.nodes[1:]:
                     node.bootstrap = [first.address]
                     node.start()
+                if quota:
+                    quota.add(slow_node.proc.pid)
                 mesh.wait_converged(alive=3, timeout=120)
-                row[4], _ = closed_loop(socks, ["w"], [1.0], xs, min(seconds, 10), check=want)
+                row[5], _ = closed_loop(socks, ["w"], [1.0], xs, min(seconds, 10), check=want)
             rows.append(row)
         finally:
             mesh.stop()
+            if quota:
+                quota.close()
     base = rows[0][1]
-    out = [f"slow: 4 nodes, one with --compute-slowdown {factor:g}, W {n}x{n} float32 in one block "
-           f"per node, 4 client threads, X {n}x16; {warmup:.0f} s warm-up then {seconds:.0f} s",
+    how = (f"--compute-slowdown {factor:g}" if slow_by == "slowdown"
+           else f"a cgroup CPU quota of {quota_cpus:g} CPU")
+    out = [f"slow: 4 nodes, one slowed by {how}, W {n}x{n} float32 in one block "
+           f"per node, 4 client threads, X {n}x{batch}; {warmup:.0f} s warm-up, then (adaptive) "
+           f"load until the slow node released its block, then {seconds:.0f} s measured",
            "", "| placement | req/s | vs static | failed | slow node's decisions | "
-           "req/s right after restarting every node |", "|---|---:|---:|---:|---|---:|"]
-    for label, rate, fails, decisions, after in rows:
+           "adapted after | req/s right after restarting every node |",
+           "|---|---:|---:|---:|---|---:|---:|"]
+    for label, rate, fails, decisions, adapted, after in rows:
         out.append(f"| {label} | {rate:.1f} | {rate / base:.2f}x | {fails} | {decisions} | "
+                   f"{'-' if adapted is None else f'{adapted:.0f} s'} | "
                    f"{'-' if after is None else f'{after:.1f} ({after / base:.2f}x)'} |")
+    return out
+
+
+def oscillate(root: Path, seconds: float, period: float, k: int) -> list[str]:
+    """Two one-block matrices; 90 % of the requests go to one, then to the other, swapping
+    every ``period / 2`` s, for ``seconds``: the daemons' default control loop (a pass
+    every 30 s, 120 s dwell), so the load swings at the control interval itself."""
+    from node.work.rebalance import Policy, migration_bound
+    names = ["m0", "m1"]
+    ws = {m: rand((128, k), 20 + i) for i, m in enumerate(names)}
+    xs = {m: rand((k, 64), 30 + i) for i, m in enumerate(names)}
+    want = {m: ws[m] @ xs[m] for m in names}
+
+    def mix(t: float) -> list[float]:
+        return [0.9, 0.1] if int(t / (period / 2)) % 2 == 0 else [0.1, 0.9]
+    rows = []
+    for label, conf in (("static", STATIC_CONF), ("adaptive", "")):
+        mesh = mesh_of(root / f"osc-{label}", 4, conf)
+        try:
+            with Client(mesh.nodes[0].socket) as c:
+                for m in names:
+                    c.deploy(m, ws[m], replicas=1)
+            rate, fails = closed_loop([n.socket for n in mesh.nodes], names, mix, xs, seconds,
+                                      check=want)
+            kinds = [d["kind"] for n in mesh.nodes for d in _memory(n)["decisions"]]
+            rows.append((label, rate, fails, {x: kinds.count(x) for x in sorted(set(kinds))}))
+        finally:
+            mesh.stop()
+    base = rows[0][1]
+    bound = migration_bound(len(names), seconds, Policy())
+    out = [f"oscillate: 4 nodes, 2 matrices of 128x{k} (one block each), 4 client threads, "
+           f"90 % of requests to one matrix, swapping every {period / 2:.0f} s, {seconds:.0f} s "
+           f"per system; default control loop (a pass every 30 s, dwell 120 s)", "",
+           f"| placement | req/s | vs static | failed | decisions | migrations vs bound |",
+           "|---|---:|---:|---:|---|---:|"]
+    for label, rate, fails, kinds in rows:
+        decided = ", ".join(f"{v} {k}" for k, v in kinds.items()) or "-"
+        out.append(f"| {label} | {rate:.1f} | {rate / base:.2f}x | {fails} | {decided} | "
+                   f"{kinds.get('migrate', 0)} / {bound} |")
     return out
 
 
@@ -236,6 +345,18 @@ def main() -> int:
     p.add_argument("--passes", type=int, default=3)
     p.add_argument("--ram", default="256MiB")
     p.add_argument("--slowdown", type=float, default=16.0)
+    p.add_argument("--slow-by", choices=("slowdown", "quota"), default="slowdown",
+                   help="slow: the --compute-slowdown testing aid, or a real cgroup v1 CPU "
+                        "quota on the slow daemon (needs root)")
+    p.add_argument("--quota-cpus", type=float, default=0.1,
+                   help="slow --slow-by quota: CPUs' worth of time the slow node gets")
+    p.add_argument("--slow-batch", type=int, default=0,
+                   help="slow: columns of X (default 16 with --slow-by slowdown, 256 with "
+                        "quota: a block's compute must outlast a quota slice to show)")
+    p.add_argument("--osc-seconds", type=float, default=600.0,
+                   help="oscillate: seconds per system (the issue asks for 10 minutes)")
+    p.add_argument("--osc-period", type=float, default=30.0,
+                   help="oscillate: seconds per full swing of the load (the control interval)")
     args = p.parse_args()
     lines = [f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", ""]
     with tempfile.TemporaryDirectory(prefix="sedma-bench-memory-") as tmp:
@@ -248,7 +369,11 @@ def main() -> int:
             lines += skew(root, args.seconds, args.warmup, args.n) + [""]
             print("\n".join(lines[-8:]), flush=True)
         if "slow" in parts:
-            lines += slow(root, args.seconds, args.warmup, args.slowdown, min(args.n, 2048)) + [""]
+            lines += slow(root, args.seconds, args.warmup, args.slowdown, min(args.n, 2048),
+                          args.slow_by, args.quota_cpus,
+                          args.slow_batch or (16 if args.slow_by == "slowdown" else 256)) + [""]
+        if "oscillate" in parts:
+            lines += oscillate(root, args.osc_seconds, args.osc_period, args.n) + [""]
     lines.append(f"load average at end: {os.getloadavg()[0]:.1f}")
     text = "\n".join(lines)
     print(text)

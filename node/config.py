@@ -112,6 +112,9 @@ class NodeConfig:
     #: Seconds a block keeps its holders before it may migrate or lose a replica (the
     #: anti-thrash dwell; migrations per block over T seconds <= T / dwell + 1). TOML only.
     rebalance_dwell_s: float = 120.0
+    #: Half-life in seconds of a block's read count, so the time scale on which request
+    #: rates (and hot replication, retiring) follow load. TOML only; tests shorten it.
+    rate_half_life_s: float = 60.0
     #: Finished jobs (records and result files) are forgotten after this many seconds...
     job_retention: float = 24 * 3600.0
     #: ...or once this many newer ones finished.
@@ -161,6 +164,9 @@ class NodeConfig:
         if not 0.5 <= self.reconfigure_every <= 3600:
             raise ConfigError(f"reconfigure_every must be within 0.5..3600 s, got "
                               f"{self.reconfigure_every}")
+        if not 1.0 <= self.rate_half_life_s <= 86400:
+            raise ConfigError(f"rate_half_life_s must be within 1..86400 s, got "
+                              f"{self.rate_half_life_s}")
         if not 1.0 <= self.rebalance_dwell_s <= 86400:
             raise ConfigError(f"rebalance_dwell_s must be within 1..86400 s, got "
                               f"{self.rebalance_dwell_s}")

@@ -92,7 +92,7 @@ class Daemon:
             log.warning("open mesh (no --cluster-key): links are encrypted, but any host "
                         "that reaches %s can join, gossip and submit work", cfg.listen)
         self.db = StateDB(self.data_dir / "state.db")
-        self.memory = DualMemory()
+        self.memory = DualMemory(rate_half_life_s=cfg.rate_half_life_s)
         self.db.call(self.memory.load)
         self.store = BlockStore(self.data_dir, self.db, cfg.memory_limit, cfg.disk_limit,
                                 self.memory)

@@ -57,3 +57,15 @@ def test_forgetting_a_matrix_drops_its_counts_and_sequences():
     assert mem.block_use(("a", 0)) == (0.0, 0.0)
     assert "a" not in mem.matrix_patterns and "a" not in mem.requests
     assert mem.predict_next(("a", 0)) == []
+
+
+def test_the_rate_half_life_sets_how_fast_a_blocks_rate_cools():
+    from node.memory.dualmemory import DualMemory
+    rates = {}
+    for half in (10.0, 60.0):
+        m = DualMemory(rate_half_life_s=half)
+        for i in range(200):                     # 10 reads/s for 20 s
+            m.record_block_read(("w", 0), now=1000.0 + i / 10)
+        rates[half] = (m.block_rate(("w", 0), 1020.0), m.block_rate(("w", 0), 1050.0))
+    assert rates[10.0][1] < rates[10.0][0] / 7      # three half-lives later: 1/8
+    assert rates[60.0][1] > rates[60.0][0] / 2      # half a half-life later: > 1/2

@@ -172,3 +172,37 @@ def test_concurrent_readers_and_prefetch_keep_the_budget_and_the_results(tmp_pat
         t.join()
     assert errors == []
     assert store.resident_bytes == sum(b.nbytes for b in store.blocks() if b.tier == 0)
+
+
+def test_a_paused_copy_write_has_half_the_bytes_on_disk_then_the_same_file(tmp_path):
+    """The testing aid behind SEDMA_TEST_PAUSE_COPY_S: while the write waits, the temp
+    file holds exactly the first half (fsync'd) and the block file does not exist yet;
+    afterwards the file is byte for byte what an unpaused write gives."""
+    import threading
+
+    from node.memory.store import _atomic_write
+    parts = [b"head", memoryview(bytes(range(256)) * 40), b"tail-bytes"]
+    whole = b"".join(bytes(p) for p in parts)
+    path = tmp_path / "0.blk"
+    seen = {}
+
+    def look():
+        tmp = path.with_suffix(".blk.tmp")
+        while not tmp.exists() or tmp.stat().st_size == 0:
+            pass
+        seen["tmp"], seen["final"] = tmp.read_bytes(), path.exists()
+    t = threading.Thread(target=look)
+    t.start()
+    _atomic_write(path, parts, pause_s=2.0)    # long enough for a loaded machine
+    t.join(5)
+    assert seen["tmp"] == whole[: len(whole) // 2] and not seen["final"]
+    assert path.read_bytes() == whole
+
+
+def test_copy_pause_is_off_unless_set_and_bounded(monkeypatch):
+    from node.memory.store import copy_pause_s
+    monkeypatch.delenv("SEDMA_TEST_PAUSE_COPY_S", raising=False)
+    assert copy_pause_s() == 0.0
+    for raw, want in (("2.5", 2.5), ("-3", 0.0), ("1e9", 600.0), ("soon", 0.0)):
+        monkeypatch.setenv("SEDMA_TEST_PAUSE_COPY_S", raw)
+        assert copy_pause_s() == want

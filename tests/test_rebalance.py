@@ -183,3 +183,18 @@ def test_a_hot_block_may_gain_replicas_sooner_than_it_may_move():
     assert plan_pass([young], ns, now=0) == []
     slow_young = blk(holders=("slow",), rate=1, changed=-(p.replicate_dwell_s + 1))
     assert plan_pass([slow_young], ns, now=0) == []        # no migration before min_dwell_s
+
+
+def test_a_busy_small_block_on_an_overloaded_holder_is_replicated_not_moved():
+    """A 90 %-of-requests block whose compute is small (20 % busy) on a holder overloaded
+    by the per-request work: moving it would move the load with it, a replica splits it.
+    A cold block on the same holder may still move away."""
+    ns = nodes(NodeView("a", 10, load=2.0, free_bytes=1 << 30),
+               NodeView("b", 10, load=0.3, free_bytes=1 << 30),
+               NodeView("c", 10, load=0.3, free_bytes=1 << 30))
+    hot = blk(rate=2.0)                                  # 2 req/s x 0.1 s = 20 % busy
+    (d,) = plan_pass([hot], ns, now=0)
+    assert (d.kind, d.source) == ("replicate", "a") and "overloaded" in d.reason
+    cold = blk(idx=1, rate=0.1)                          # 1 % busy: not worth a replica
+    (d,) = plan_pass([cold], ns, now=0)
+    assert (d.kind, d.source) == ("migrate", "a") and "overloaded" in d.reason

@@ -98,6 +98,9 @@ class DualMemory:
     served_gflops: float | None = None
     #: Long-term, per peer: measured bytes/s of block copies (the cost of a move).
     link_bps: dict[str, float] = field(default_factory=dict)
+    #: Half-life of a block's read count: request rates (hot replication, retiring) follow
+    #: load over about this many seconds. A setting, not learned (``rate_half_life_s``).
+    rate_half_life_s: float = HALF_LIFE_S
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     # observations (short-term) ------------------------------------------------------
@@ -121,7 +124,7 @@ class DualMemory:
         k = f"{key[0]}/{key[1]}"
         with self._lock:
             hits, last = self.block_reads.get(k, (0.0, now))
-            self.block_reads[k] = [decayed(hits, last, now, HALF_LIFE_S) + 1.0, now]
+            self.block_reads[k] = [decayed(hits, last, now, self.rate_half_life_s) + 1.0, now]
             if len(self.block_reads) > MAX_BLOCK_STATS:
                 del self.block_reads[min(self.block_reads, key=lambda j: self.block_reads[j][1])]
             self.successors.observe(key, now)
@@ -159,7 +162,8 @@ class DualMemory:
         """
         now = time.time() if now is None else now
         hits, last = self.block_use(key)
-        return decayed(hits, last, now, HALF_LIFE_S) * math.log(2) / HALF_LIFE_S
+        half = self.rate_half_life_s
+        return decayed(hits, last, now, half) * math.log(2) / half
 
     def block_service_s(self, key: Key) -> float | None:
         """Smoothed seconds one read of block ``key`` takes here, None before the first."""

@@ -197,11 +197,15 @@ class BlockStore:
     def path(self, name: str, index: int) -> Path:
         return self.root / name / f"{index}.blk"
 
-    def persist(self, block: Resident) -> None:
-        """Write the block's file and commit its row (called from a worker thread)."""
+    def persist(self, block: Resident, pause_s: float = 0.0) -> None:
+        """Write the block's file and commit its row (called from a worker thread).
+
+        ``pause_s`` (a testing aid, see :func:`copy_pause_s`) holds the write with half
+        the file on disk, so a test can kill the node in the middle of a copy.
+        """
         path = self.path(block.name, block.index)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, codec.encode(block.matrix.to_state()))
+        _atomic_write(path, codec.encode(block.matrix.to_state()), pause_s)
         rows, cols = block.matrix.shape
         self.db.call(lambda c: c.execute(
             "INSERT OR REPLACE INTO blocks VALUES (?,?,?,?,?,?,?,?,?,?)",
@@ -506,9 +510,40 @@ def _nest(flat: dict[Key, int]) -> dict[str, dict[int, int]]:
     return out
 
 
-def _atomic_write(path: Path, parts: list) -> None:
+def copy_pause_s() -> float:
+    """TESTING AID: seconds a node receiving a block copy (a migration, hot replica or
+    repair) holds the write half done, from ``SEDMA_TEST_PAUSE_COPY_S`` (unset: 0).
+
+    It widens the copy window so a test can kill -9 a node mid-copy deterministically;
+    nothing else reads it, and no deployment should set it.
+    """
+    try:
+        return min(max(float(os.environ.get("SEDMA_TEST_PAUSE_COPY_S", "0")), 0.0), 600.0)
+    except ValueError:
+        return 0.0
+
+
+def _pause_halfway(f, parts: list, pause_s: float) -> list:
+    """Write the first half of ``parts``' bytes to ``f`` durably, sleep; the rest to write."""
+    left = sum(len(p) for p in parts) // 2
+    for i, p in enumerate(parts):
+        view = memoryview(p).cast("B")
+        if len(view) >= left:
+            f.write(view[:left])
+            f.flush()
+            os.fsync(f.fileno())
+            time.sleep(pause_s)
+            return [view[left:], *parts[i + 1:]]
+        f.write(view)
+        left -= len(view)
+    return []
+
+
+def _atomic_write(path: Path, parts: list, pause_s: float = 0.0) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "wb") as f:
+        if pause_s > 0:                        # testing aid (copy_pause_s): half, then wait
+            parts = _pause_halfway(f, parts, pause_s)
         for p in parts:
             f.write(p)
         f.flush()

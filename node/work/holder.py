@@ -31,7 +31,8 @@ from node.work.claims import ClaimRefused
 from node.work.modelbook import ModelBook, ModelRecord, check_matrix_name as check_name
 from node.work.plans import PlanBook, VersionedPlan
 from node.net.session import RemoteError, Session
-from node.memory.store import BlockStore, Resident, StoreError, as_matrix, validate_pair
+from node.memory.store import (BlockStore, Resident, StoreError, as_matrix, copy_pause_s,
+                               validate_pair)
 from protocol.errors import ProtocolError
 from protocol.work import (ClaimName, DropMatrix, GetModel, GetPlan, InferBlock, MatmulShare,
                            ModelNotice, ModelSync, PlanNotice, ReleaseName, RunStage,
@@ -182,6 +183,8 @@ class BlockHolder:
         task.add_done_callback(self._release_tasks.discard)
 
     async def _release(self, name: str, index: int) -> None:
+        if (name, index) not in self._releasing:
+            return              # a fresh copy arrived meanwhile (a repair): keep it
         self._releasing.discard((name, index))
         plan = self.plans.get(name)
         blk = next((b for b in plan.blocks if b.index == index), None) if plan else None
@@ -230,10 +233,13 @@ class BlockHolder:
         self.store.reserve(matrix.nbytes, f"block {index} of {name}")
         try:
             block = Resident(name, index, row_start, device, seed, matrix)
-            await self.executor.run(self.store.persist, block)
+            await self.executor.run(self.store.persist, block, copy_pause_s())
         finally:
             self.store.release(matrix.nbytes)
         self.store.add(block)
+        # a release scheduled before this copy (say a migration moved the block away, then
+        # a repair brings it back) must not drop it before the repair's plan arrives
+        self._releasing.discard((name, index))
         log.info("holding restored replica of block %d of %s", index, name)
         return block.nbytes
 

@@ -45,16 +45,25 @@ class VersionedPlan:
     plan: PartitionPlan
     deploy: str
     stamps: list[Stamp] = field(default_factory=list)   # one per block
+    #: Replicas per block as deployed (0: unknown, from a peer that predates the field).
+    #: Kept apart from the block lists because hot replication adds holders above it and
+    #: retiring must know where to stop, also after a restart (the plan is persisted).
+    replicas: int = 0
 
     def __post_init__(self) -> None:
-        if not self.stamps:
+        if not self.stamps:                # a fresh deployment: every block as placed
             self.stamps = [(0, "")] * len(self.plan.blocks)
+            if not self.replicas and self.plan.blocks:
+                self.replicas = min(len(b.nodes) for b in self.plan.blocks)
         if len(self.stamps) != len(self.plan.blocks):
             raise ValueError("a plan needs one stamp per block")
 
     def to_wire(self) -> dict:
-        return {"plan": self.plan.to_dict(), "deploy": self.deploy,
-                "stamps": [[v, w] for v, w in self.stamps]}
+        out = {"plan": self.plan.to_dict(), "deploy": self.deploy,
+               "stamps": [[v, w] for v, w in self.stamps]}
+        if self.replicas:
+            out["replicas"] = self.replicas
+        return out
 
     @classmethod
     def from_wire(cls, value: Any) -> "VersionedPlan":
@@ -73,7 +82,10 @@ class VersionedPlan:
                     or isinstance(s[0], bool) or s[0] < 0 or not isinstance(s[1], str)):
                 raise ValueError(f"bad block stamp {s!r}")
             stamps.append((s[0], s[1]))
-        return cls(plan, deploy, stamps)
+        replicas = value.get("replicas", 0)
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or not 0 <= replicas <= 1024:
+            raise ValueError(f"bad replica count {replicas!r}")
+        return cls(plan, deploy, stamps, replicas)
 
     def with_block(self, index: int, nodes: list[str], writer: str) -> "VersionedPlan":
         """A copy where block ``index`` is held by ``nodes``, stamped above its old stamp."""
@@ -82,7 +94,7 @@ class VersionedPlan:
         stamps = list(self.stamps)
         stamps[index] = (stamps[index][0] + 1, writer)
         return VersionedPlan(PartitionPlan(self.plan.shape, self.plan.device, blocks),
-                             self.deploy, stamps)
+                             self.deploy, stamps, self.replicas)
 
 
 def _copy(b: Block) -> Block:
@@ -103,7 +115,8 @@ def merge(a: VersionedPlan, b: VersionedPlan) -> VersionedPlan:
         else:
             blocks.append(_copy(bb))
             stamps.append(sb)
-    return VersionedPlan(PartitionPlan(a.plan.shape, a.plan.device, blocks), a.deploy, stamps)
+    return VersionedPlan(PartitionPlan(a.plan.shape, a.plan.device, blocks), a.deploy, stamps,
+                         max(a.replicas, b.replicas))   # one deployment, one count; 0 = unknown
 
 
 def _layout(p: PartitionPlan) -> tuple:

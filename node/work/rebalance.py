@@ -56,6 +56,11 @@ class Policy:
     max_replicas: int = 4        # hot replication stops here
 
 
+#: On overloaded holders, a block with at least this share of ``hot_busy`` (in compute)
+#: is replicated rather than migrated (see ``_replicate``).
+CROWDED_SHARE = 0.25
+
+
 @dataclass(frozen=True)
 class NodeView:
     """One live member as the control loop sees it (long-term memory first)."""
@@ -144,20 +149,30 @@ def _targets(b: BlockView, nodes: dict[str, NodeView], free: dict[str, int],
 
 def _replicate(b: BlockView, nodes, free, now, policy) -> Decision | None:
     per = busy(b, nodes)
-    if per < policy.hot_busy or len(b.holders) >= policy.max_replicas:
-        return None
     holders = [nodes[h] for h in b.holders if h in nodes]
-    if not holders or min(h.load for h in holders) < policy.hot_busy:
+    if not holders or len(b.holders) >= policy.max_replicas:
+        return None
+    load = min(h.load for h in holders)
+    if load < policy.hot_busy:
         return None                # the holders are not actually kept busy
+    # Overloaded holders and a block with real traffic: replicate even below hot_busy.
+    # Why: busy() counts compute only, and a small block's requests cost their holder
+    # mostly per-request work (event loop, codec); moving such a block for "overloaded"
+    # (what _migrate would do) only moves its load along with it, a replica splits it.
+    crowded = load >= policy.overload and per >= policy.hot_busy * CROWDED_SHARE
+    if per < policy.hot_busy and not crowded:
+        return None
     targets = _targets(b, nodes, free, policy)
     if not targets:
         return None
     t = targets[0]
     src = max(holders, key=lambda h: h.link_bps)
     after = busy(b, nodes, len(b.holders) + 1)
+    why = (f"{len(holders)} holder(s) stay overloaded (load {load:.2f}) with {b.rate:.1f} "
+           f"req/s of it ({per:.0%} busy in compute): a replica splits the load" if per <
+           policy.hot_busy else f"{b.rate:.1f} req/s keep {len(holders)} holder(s) {per:.0%} busy")
     return Decision("replicate", b.name, b.index, src.node_id, t.node_id,
-                    f"{b.rate:.1f} req/s keep {len(holders)} holder(s) {per:.0%} busy; "
-                    f"{t.node_id[:8]} has {t.free_bytes} bytes free and load {t.load:.2f}",
+                    f"{why}; {t.node_id[:8]} has {t.free_bytes} bytes free and load {t.load:.2f}",
                     per - after, b.nbytes / src.link_bps, now)
 
 

@@ -156,15 +156,27 @@ class Reconfigurer:
         return out
 
     def _want(self, name: str, plan: PartitionPlan) -> int:
-        """Replicas as deployed: the fewest holders any block of the plan had at first."""
+        """Replicas as deployed, which retiring never goes below.
+
+        From the plan's own record (persisted with it and carried on the wire), never from
+        its block lists: after hot replication those include the extras, and a node that
+        restarted (or joined later) would take the extras for the deployed count and never
+        retire them. A plan from a peer that predates the record falls back to the fewest
+        holders any block had when this process first saw it.
+        """
+        versioned = self.jobs.plans.versioned(name)
+        if versioned is not None and versioned.replicas:
+            return versioned.replicas
         return self._deployed.setdefault(name, min(len(b.nodes) for b in plan.blocks))
 
     async def _carry_out(self, d: Decision) -> bool:
         """Copy (for replicate/migrate), then switch the plan (a new version of that block
         only, so concurrent repairs of other blocks merge) and announce it."""
         jobs = self.jobs
-        if d.target and not await self._copy(d.name, d.index, d.target):
-            return False
+        if d.target:
+            log.info("copying %s block %d to %s for a %s", d.name, d.index, d.target[:8], d.kind)
+            if not await self._copy(d.name, d.index, d.target):
+                return False
         plan = jobs.plans.get(d.name)          # re-read: announcements may have merged in
         blk = next((b for b in plan.blocks if b.index == d.index), None) if plan else None
         if blk is None or d.source not in blk.nodes or (d.target and d.target in blk.nodes):
@@ -241,14 +253,14 @@ class Reconfigurer:
             ranked = [c.node_id for _, c in rank(candidates, jobs.memory)]
             made = 0
             for name, plan in jobs.plans.items():
-                want = max(len(b.nodes) for b in plan.blocks)  # as deployed
+                versioned = jobs.plans.versioned(name)     # as deployed; hot extras are
+                want = (versioned.replicas if versioned and versioned.replicas  # not repaired
+                        else max(len(b.nodes) for b in plan.blocks))
                 todo = repairs(name, plan, jobs.node_id, alive, ranked, min(want, len(alive)))
-                done = 0
-                for repair in todo:
-                    done += await self._repair(repair, alive)
-                if done:
-                    await jobs.announce_plan(name)
-                made += done
+                for repair in todo:     # announced one by one: the new holder must not
+                    if await self._repair(repair, alive):   # wait for the other copies to
+                        await jobs.announce_plan(name)      # learn that it is listed
+                        made += 1
             return made
         finally:
             self._busy = False

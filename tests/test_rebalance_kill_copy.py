@@ -1,0 +1,130 @@
+"""Kill -9 of the receiving node in the middle of a migration's copy.
+
+A migration is copy-then-switch: the block's new holder writes the programmed state
+(temp file, fsync, rename, then its database row) and only after it answered does the plan
+list it. The copy window is short on loopback, so the test widens it with the testing aid
+``SEDMA_TEST_PAUSE_COPY_S`` (see :func:`node.memory.store.copy_pause_s`): a node receiving
+a copy holds the write with half the block file on disk. The test kills that node right
+then, with the half-written file there, and checks that
+
+- no request fails or returns anything but W @ X (the plan never listed the half copy),
+- every block is held by two live nodes again (the replica count is restored),
+- the migration still happens, to another node,
+- the killed node, restarted, removed the half-written file and serves no such block.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from node.client import Client
+from node.localmesh import DaemonProc
+from tests.daemons import wait_for
+
+
+pytestmark = pytest.mark.slow   # about two minutes: real daemons, a kill and a restart
+
+DWELL_S = 6.0
+PAUSE_S = 15.0
+
+
+def rand(shape, seed):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def _half_copies(node: DaemonProc) -> list[Path]:
+    return sorted((node.data_dir / "blocks").glob("*/*.blk.tmp"))
+
+
+def test_kill9_of_the_target_mid_copy_serves_no_half_block_and_restores_replicas(
+        cluster, tmp_path):
+    conf = tmp_path / "fast.toml"
+    conf.write_text(f"reconfigure_every = 2.0\nrebalance_dwell_s = {DWELL_S}\n")
+    common = ["--capacity", "10", "--config", str(conf)]
+    # n1 is the clients' entry and holds nothing (no RAM to spare), so it is never the
+    # target of a copy and the node killed below is never the one the client talks to
+    n1 = cluster.add("n1", extra=common + ["--memory-limit", "64KiB"])
+    pause = ["env", f"SEDMA_TEST_PAUSE_COPY_S={PAUSE_S:g}"]
+    for name in ("n2", "n3"):         # the copies they receive pause halfway (testing aid)
+        node = DaemonProc(cluster.root / name, name, [n1.address], common, prefix=pause)
+        cluster.nodes.append(node.start())
+    slow = cluster.add("slow", extra=common + ["--compute-slowdown", "10"])
+    cluster.wait_converged(alive=3)
+    w = rand((2048, 256), 3)
+    with Client(n1.socket) as c:
+        info = c.deploy("w", w, replicas=2)
+    assert any(slow.id in h for h in info["placement"].values())
+    blocks = {int(i) for i in info["placement"]}
+
+    failures: list[str] = []
+    served = [0]
+    stop = threading.Event()
+
+    def load() -> None:
+        with Client(n1.socket) as c:
+            i = 0
+            while not stop.is_set():
+                x = rand((256, 8), i)
+                try:
+                    np.testing.assert_allclose(c.infer("w", x), w @ x, rtol=1e-4, atol=1e-3)
+                    served[0] += 1
+                except Exception as exc:  # reported by the assert at the end
+                    failures.append(repr(exc))
+                i += 1
+
+    t = threading.Thread(target=load)
+    t.start()
+    try:
+        targets = cluster.nodes[1:3]
+        hit = wait_for(lambda: next((n for n in targets if _half_copies(n)), None), 120,
+                       "a copy to n2 or n3 to be half written")
+        half = _half_copies(hit)
+        assert half and half[0].stat().st_size > 0
+        idx = int(half[0].name.split(".")[0])
+        copying = f"copying w block {idx} to {hit.id[:8]} for a migrate"
+        assert any(copying in n.log_path.read_text() for n in cluster.nodes), copying
+        hit.kill9()                                   # mid-copy: half the file on its disk
+        assert _half_copies(hit) == half              # the half copy is left behind
+        assert not half[0].with_suffix("").exists()   # ...and was never a block file
+        before = served[0]
+        live = [n for n in cluster.nodes if n is not hit]
+
+        def held() -> dict[int, int]:
+            out: dict[int, int] = {}
+            for node in live:
+                for b in node.status()["blocks"].get("w", []):
+                    out[int(b)] = out.get(int(b), 0) + 1
+            return out
+        wait_for(lambda: all(held().get(i, 0) >= 2 for i in blocks), 120,
+                 "every block of w to be held by two live nodes again", interval=0.5)
+
+        wait_for(lambda: served[0] > before + 5, 60, "requests to keep being served")
+
+        hit.extra = common                            # back without the pause
+        hit.prefix = []
+        hit.bootstrap = [n1.address]
+        hit.start()
+        assert _half_copies(hit) == []                # removed at start as an orphan
+        # a block it did not hold before (a migration's target never does)
+        assert idx not in hit.status()["blocks"].get("w", [])
+        assert any(idx in n.status()["blocks"].get("w", []) for n in live)
+
+        def migrated() -> bool:
+            for node in cluster.nodes:
+                with Client(node.socket) as c:
+                    if any(d["kind"] == "migrate" and d["source"] == slow.id
+                           for d in c.memory()["decisions"]):
+                        return True
+            return False
+        wait_for(migrated, 120, "a migration off the slow node to complete")
+        served_after = served[0]
+        wait_for(lambda: served[0] > served_after + 5, 60, "requests after the restart")
+    finally:
+        stop.set()
+        t.join(60)
+    assert failures == []
