@@ -24,6 +24,16 @@ def test_nothing_to_do_when_replicas_are_complete_or_no_spare_exists():
     assert repairs("w", p, "a", {"a"}, ["a"], 2) == []
 
 
+def test_a_spare_without_room_for_the_block_is_passed_over_for_the_next():
+    p = plan(["a", "d"])
+    ranked = ["b", "c", "a"]           # b ranks first but has no room (a tiny budget)
+    room = {"a": 0, "b": 64 << 10, "c": 1 << 30}
+    needs = lambda blk: 640 << 10      # noqa: E731
+    assert repairs("w", p, "a", {"a", "b", "c"}, ranked, 2, room, needs) == \
+        [Repair("w", 0, "a", "c")]
+    assert repairs("w", p, "a", {"a", "b"}, ["b", "a"], 2, room, needs) == []   # none fits
+
+
 def test_a_block_with_no_live_holder_cannot_be_repaired_by_anyone():
     p = plan(["x", "y"])
     for me in "abc":

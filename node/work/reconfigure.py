@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from compute.partition import PartitionPlan
+from compute.partition import Block, PartitionPlan
 from nat.link import LinkClosed
 from node.work.jobs import JobManager, request_timeout
 from node.work.placement import rank
@@ -63,14 +64,22 @@ class Repair:
 
 
 def repairs(name: str, plan: PartitionPlan, me: str, alive: set[str],
-            ranked: list[str], want: int) -> list[Repair]:
-    """Repairs this node should make for ``name``; ``ranked`` is best-first node ids."""
+            ranked: list[str], want: int, room: Mapping[str, int] | None = None,
+            needs: Callable[[Block], int] | None = None) -> list[Repair]:
+    """Repairs this node should make for ``name``; ``ranked`` is best-first node ids.
+
+    With ``room`` (advertised free block bytes per node) and ``needs`` (a block's bytes),
+    a spare without room for the block is passed over: it would refuse the copy on every
+    pass, forever, while a node further down the ranking could take it.
+    """
     out = []
     for blk in plan.blocks:
         live = [n for n in blk.nodes if n in alive]
         if not live or min(live) != me or len(live) >= want:
             continue
-        spare = [n for n in ranked if n in alive and n not in blk.nodes]
+        need = needs(blk) if needs is not None and room is not None else 0
+        spare = [n for n in ranked if n in alive and n not in blk.nodes
+                 and (room is None or room.get(n, 0) >= need)]
         for target in spare[: want - len(live)]:
             out.append(Repair(name, blk.index, me, target))
     return out
@@ -251,12 +260,14 @@ class Reconfigurer:
             candidates = jobs.candidates()
             alive = {c.node_id for c in candidates}
             ranked = [c.node_id for _, c in rank(candidates, jobs.memory)]
+            room = {c.node_id: c.disk_free for c in candidates}   # every block is persisted
             made = 0
             for name, plan in jobs.plans.items():
                 versioned = jobs.plans.versioned(name)     # as deployed; hot extras are
                 want = (versioned.replicas if versioned and versioned.replicas  # not repaired
                         else max(len(b.nodes) for b in plan.blocks))
-                todo = repairs(name, plan, jobs.node_id, alive, ranked, min(want, len(alive)))
+                todo = repairs(name, plan, jobs.node_id, alive, ranked, min(want, len(alive)),
+                               room, self._needs(name))
                 for repair in todo:     # announced one by one: the new holder must not
                     if await self._repair(repair, alive):   # wait for the other copies to
                         await jobs.announce_plan(name)      # learn that it is listed
@@ -264,6 +275,17 @@ class Reconfigurer:
             return made
         finally:
             self._busy = False
+
+    def _needs(self, name: str) -> Callable[[Block], int]:
+        """A block's bytes as this node holds it (the repairer is always a holder)."""
+        store = self.jobs.holder.store
+
+        def needs(blk: Block) -> int:
+            try:
+                return store.get(name, blk.index).nbytes
+            except StoreError:
+                return 0
+        return needs
 
     async def _repair(self, repair: Repair, alive: set[str]) -> int:
         """Ship the programmed state of one block to its new holder; 1 if it took."""
