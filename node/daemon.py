@@ -567,7 +567,10 @@ _M_MMAP_THRESHOLD = -3
 #: from then on every buffer up to that size stays in the heap until a trim. Measured
 #: with ``bench/stream.py --nodes 2 --replicas 1`` (N=4096, B=64): 190 MiB of RSS in the
 #: two daemons after the stream instead of 205 MiB, in the same machine state.
-MMAP_THRESHOLD = 1 << 20
+#: Not lower than 4 MiB: link frames are ~1 MiB (a fragment plus its records' tags), and
+#: mapping each one fresh page-faulted every received byte on the event loop, ~2 ms per
+#: MiB in this VM (a 500 MB share held the loop for 70-130 ms, tests/test_loop_lag.py).
+MMAP_THRESHOLD = 4 << 20
 
 
 def limit_arenas() -> None:

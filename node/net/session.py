@@ -38,6 +38,10 @@ HANDSHAKE_TIMEOUT = 5.0
 #: The reader hands the event loop back after this many bytes of queued frames: a link's
 #: queue holds up to 64 MiB, and copying all of it in one go stalls the loop ~50 ms.
 READ_YIELD_BYTES = 4 << 20
+#: Likewise the writer: a send need not suspend while the transport takes bytes, and each
+#: frame is sealed (AES-GCM) on the loop, so a 500 MB share written in one go held the
+#: loop for 70-150 ms (tests/test_loop_lag.py).
+WRITE_YIELD_BYTES = 4 << 20
 
 Handler = Callable[["Session", Any], Awaitable[None]]
 
@@ -228,6 +232,7 @@ class Session:
         return rtt
 
     async def _write_loop(self) -> None:
+        since_yield = 0
         try:
             while not self.closed.is_set():
                 out = self._next_outgoing()
@@ -239,7 +244,12 @@ class Session:
                 frame = out.frames.popleft()
                 await self.link.send(frame)
                 self._current = None
-                self.stats.sent_bytes += sum(len(b) for b in frame)
+                sent = sum(len(b) for b in frame)
+                self.stats.sent_bytes += sent
+                since_yield += sent
+                if since_yield >= WRITE_YIELD_BYTES:
+                    since_yield = 0
+                    await asyncio.sleep(0)
                 if not out.frames:
                     self.stats.sent_messages += 1
                     if not out.done.done():
