@@ -32,6 +32,7 @@ everything else, and for remote or untrusted use.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import mmap
 import os
@@ -40,6 +41,7 @@ import stat
 import struct
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -101,6 +103,27 @@ def peer_pid(sock: socket.socket | None) -> int | None:
     return pid if pid > 0 else None
 
 
+#: Sealing against writes waits for every page of the memfd to lose its transient extra
+#: references (per-CPU LRU batches, the kernel's memory sampler); when that wait times out
+#: the kernel answers EBUSY although nothing else uses the file. Seen once in a benchmark
+#: on this VM; retried a few times, then it is the caller's error as before.
+SEAL_RETRIES = 5
+SEAL_RETRY_DELAY = 0.01   # seconds, doubled per retry (at most ~0.3 s in all)
+
+
+def _seal(fd: int) -> None:
+    delay = SEAL_RETRY_DELAY
+    for attempt in range(SEAL_RETRIES + 1):
+        try:
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or attempt == SEAL_RETRIES:
+                raise
+        time.sleep(delay)
+        delay *= 2
+
+
 class Outgoing:
     """A sealed memfd holding one message's data area; the sender closes it when the
     receiver has had its chance to open it (it may close it any time after that)."""
@@ -113,7 +136,7 @@ class Outgoing:
         try:
             os.ftruncate(self.fd, size)
             _write_all(self.fd, parts)
-            fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, _SEALS)
+            _seal(self.fd)
         except BaseException:
             os.close(self.fd)
             raise

@@ -5,6 +5,7 @@ clear error; nothing outlives a client killed with -9.
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import signal
@@ -283,3 +284,33 @@ def test_no_shm_env_keeps_the_socket_path(daemon, monkeypatch):
         c.deploy("w", rand((512, 512), 7), device="ideal")
         y = c.infer("w", rand((512, 256), 8))
     assert not from_mapping(y)
+
+
+def test_a_transient_ebusy_while_sealing_is_retried(monkeypatch):
+    """The kernel may answer EBUSY to F_SEAL_WRITE while pages still hold transient
+    references; the sender retries instead of failing the request."""
+    real = shm.fcntl.fcntl
+    calls = []
+
+    def flaky(fd, cmd, arg=0):
+        if cmd == shm.fcntl.F_ADD_SEALS:
+            calls.append(cmd)
+            if len(calls) < 3:
+                raise OSError(errno.EBUSY, "Device or resource busy")
+        return real(fd, cmd, arg)
+
+    monkeypatch.setattr(shm.fcntl, "fcntl", flaky)
+    monkeypatch.setattr(shm, "SEAL_RETRY_DELAY", 0.001)
+    with shm.Outgoing([b"sealed"]) as out:
+        assert len(calls) == 3
+        assert real(out.fd, shm.fcntl.F_GET_SEALS) & shm.fcntl.F_SEAL_WRITE
+
+
+def test_a_persistent_ebusy_while_sealing_is_still_an_error(monkeypatch):
+    def busy(fd, cmd, arg=0):
+        raise OSError(errno.EBUSY, "Device or resource busy")
+
+    monkeypatch.setattr(shm.fcntl, "fcntl", busy)
+    monkeypatch.setattr(shm, "SEAL_RETRY_DELAY", 0.001)
+    with pytest.raises(OSError):
+        shm.Outgoing([b"x"])
