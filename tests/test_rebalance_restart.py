@@ -79,6 +79,11 @@ def test_hot_replicas_are_retired_after_every_node_restarted(cluster, tmp_path):
     def holders() -> int:
         return sum(0 in n.status()["blocks"].get("w", []) for n in nodes)
 
+    def listed(node) -> int:
+        with Client(node.socket) as c:
+            (dep,) = [d for d in c.deployments() if d["name"] == "w"]
+        return len(dep["layers"][0]["blocks"]["0"]["holders"])
+
     def kinds() -> list[tuple[str, float]]:
         out = []
         for n in nodes:
@@ -102,7 +107,10 @@ def test_hot_replicas_are_retired_after_every_node_restarted(cluster, tmp_path):
     for t in clients:
         t.start()
     try:
-        wait_for(lambda: holders() >= 2, 120, "the hot block to gain a replica")
+        # the copy is on disk before the plan lists it: restart only once every node's
+        # plan lists the extra holder (an unlisted copy is no replica to retire)
+        wait_for(lambda: holders() >= 2 and min(listed(n) for n in nodes) >= 2, 120,
+                 "the hot block to gain a replica listed in every node's plan")
     finally:
         stop.set()
         for t in clients:
