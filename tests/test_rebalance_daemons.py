@@ -15,6 +15,7 @@ import pytest
 
 from node.client import Client
 from node.work.holder import RELEASE_GRACE_S
+from tests.rebalance_checks import ExactLoad, held, migrated_off
 from tests.daemons import run_cli, wait_for
 
 
@@ -86,8 +87,6 @@ def test_kill9_of_a_holder_during_a_migration_loses_no_request_and_replicas_come
     copy is done, the plan switched, the old holder still in its grace period) the slow
     node is killed with SIGKILL. Every request still returns W @ X (the coordinator fails
     over to the other replica), and every block is held by two live nodes again."""
-    import threading
-
     conf = tmp_path / "fast-reconfigure.toml"
     conf.write_text(f"reconfigure_every = 2.0\nrebalance_dwell_s = {DWELL_S}\n")
     common = ["--capacity", "10", "--config", str(conf)]
@@ -100,45 +99,12 @@ def test_kill9_of_a_holder_during_a_migration_loses_no_request_and_replicas_come
     with Client(n1.socket) as c:
         info = c.deploy("w", w, replicas=2)
     assert any(slow.id in h for h in info["placement"].values())
-    failures: list[str] = []
-    served = [0]
-    stop = threading.Event()
-
-    def load():
-        with Client(n1.socket) as c:
-            i = 0
-            while not stop.is_set():
-                x = rand((256, 8), i)
-                try:
-                    np.testing.assert_allclose(c.infer("w", x), w @ x, rtol=1e-4, atol=1e-3)
-                    served[0] += 1
-                except Exception as exc:
-                    failures.append(repr(exc))
-                i += 1
-    t = threading.Thread(target=load)
-    t.start()
-    try:
-        def decided():
-            for node in cluster.nodes:
-                with Client(node.socket) as c:
-                    if any(d["kind"] == "migrate" and d["source"] == slow.id
-                           for d in c.memory()["decisions"]):
-                        return True
-            return False
-        wait_for(decided, 90, "a migration off the slow node")
+    with ExactLoad(n1, "w", w, rows=256) as load:
+        wait_for(lambda: migrated_off(cluster.nodes, slow.id), 90, "a migration off the slow node")
         slow.kill9()
-        before = served[0]
+        before = load.served
         live = cluster.nodes[:3]
-
-        def restored():
-            held: dict[int, int] = {}
-            for node in live:
-                for idx in node.status()["blocks"].get("w", []):
-                    held[idx] = held.get(idx, 0) + 1
-            return all(held.get(int(i), 0) >= 2 for i in info["placement"])
-        wait_for(restored, 90, "every block of w to be held by two live nodes")
-        wait_for(lambda: served[0] > before + 5, 30, "requests to keep being served")
-    finally:
-        stop.set()
-        t.join(60)
-    assert failures == []
+        wait_for(lambda: all(held(live, "w").get(int(i), 0) >= 2 for i in info["placement"]),
+                 90, "every block of w to be held by two live nodes")
+        wait_for(lambda: load.served > before + 5, 30, "requests to keep being served")
+    assert load.failures == []

@@ -15,7 +15,6 @@ then, with the half-written file there, and checks that
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import pytest
 
 from node.client import Client
 from node.localmesh import DaemonProc
+from tests.rebalance_checks import ExactLoad, held, migrated_off
 from tests.daemons import wait_for
 
 
@@ -61,25 +61,7 @@ def test_kill9_of_the_target_mid_copy_serves_no_half_block_and_restores_replicas
     assert any(slow.id in h for h in info["placement"].values())
     blocks = {int(i) for i in info["placement"]}
 
-    failures: list[str] = []
-    served = [0]
-    stop = threading.Event()
-
-    def load() -> None:
-        with Client(n1.socket) as c:
-            i = 0
-            while not stop.is_set():
-                x = rand((256, 8), i)
-                try:
-                    np.testing.assert_allclose(c.infer("w", x), w @ x, rtol=1e-4, atol=1e-3)
-                    served[0] += 1
-                except Exception as exc:  # reported by the assert at the end
-                    failures.append(repr(exc))
-                i += 1
-
-    t = threading.Thread(target=load)
-    t.start()
-    try:
+    with ExactLoad(n1, "w", w, rows=256) as load:
         targets = cluster.nodes[1:3]
         hit = wait_for(lambda: next((n for n in targets if _half_copies(n)), None), 120,
                        "a copy to n2 or n3 to be half written")
@@ -91,19 +73,12 @@ def test_kill9_of_the_target_mid_copy_serves_no_half_block_and_restores_replicas
         hit.kill9()                                   # mid-copy: half the file on its disk
         assert _half_copies(hit) == half              # the half copy is left behind
         assert not half[0].with_suffix("").exists()   # ...and was never a block file
-        before = served[0]
+        before = load.served
         live = [n for n in cluster.nodes if n is not hit]
-
-        def held() -> dict[int, int]:
-            out: dict[int, int] = {}
-            for node in live:
-                for b in node.status()["blocks"].get("w", []):
-                    out[int(b)] = out.get(int(b), 0) + 1
-            return out
-        wait_for(lambda: all(held().get(i, 0) >= 2 for i in blocks), 120,
+        wait_for(lambda: all(held(live, "w").get(i, 0) >= 2 for i in blocks), 120,
                  "every block of w to be held by two live nodes again", interval=0.5)
 
-        wait_for(lambda: served[0] > before + 5, 60, "requests to keep being served")
+        wait_for(lambda: load.served > before + 5, 60, "requests to keep being served")
 
         hit.extra = common                            # back without the pause
         hit.prefix = []
@@ -113,18 +88,8 @@ def test_kill9_of_the_target_mid_copy_serves_no_half_block_and_restores_replicas
         # a block it did not hold before (a migration's target never does)
         assert idx not in hit.status()["blocks"].get("w", [])
         assert any(idx in n.status()["blocks"].get("w", []) for n in live)
-
-        def migrated() -> bool:
-            for node in cluster.nodes:
-                with Client(node.socket) as c:
-                    if any(d["kind"] == "migrate" and d["source"] == slow.id
-                           for d in c.memory()["decisions"]):
-                        return True
-            return False
-        wait_for(migrated, 120, "a migration off the slow node to complete")
-        served_after = served[0]
-        wait_for(lambda: served[0] > served_after + 5, 60, "requests after the restart")
-    finally:
-        stop.set()
-        t.join(60)
-    assert failures == []
+        wait_for(lambda: migrated_off(cluster.nodes, slow.id), 120,
+                 "a migration off the slow node to complete")
+        served_after = load.served
+        wait_for(lambda: load.served > served_after + 5, 60, "requests after the restart")
+    assert load.failures == []
