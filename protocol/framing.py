@@ -25,7 +25,7 @@ import threading
 from dataclasses import dataclass
 from typing import Iterator
 
-import numpy as np
+from compute.lazynumpy import np
 
 from protocol.errors import FrameError
 
@@ -107,9 +107,20 @@ def _slices(parts: list[bytes | memoryview], size: int):
         yield chunk, size - room
 
 
+#: Messages up to this size are reassembled in a ``bytearray`` (zero-filling 64 KiB costs
+#: microseconds), larger ones in an uninitialised numpy buffer whose pages materialise
+#: only as bytes arrive. Gossip, pings and status never reach numpy, so an idle daemon
+#: does not import it (issue 13).
+SMALL_MESSAGE = 64 << 10
+
+
+def _buffer(total: int) -> bytearray | np.ndarray:
+    return bytearray(total) if total <= SMALL_MESSAGE else np.empty(total, dtype=np.uint8)
+
+
 @dataclass
 class _Partial:
-    buf: np.ndarray        # uint8, the declared size; pages materialise as bytes arrive
+    buf: bytearray | np.ndarray   # uint8, the declared size (see :func:`_buffer`)
     filled: int = 0
 
     @property
@@ -131,7 +142,7 @@ class Reassembler:
         self._partial: dict[int, _Partial] = {}
         self._buffered = 0     # bytes received into partial messages (and taken from budget)
 
-    def feed(self, frame: bytes | memoryview) -> np.ndarray | None:
+    def feed(self, frame: bytes | memoryview) -> bytearray | np.ndarray | None:
         """Add one frame; return the whole payload when this frame completes it."""
         view = memoryview(frame)
         if len(view) < _HEAD.size:
@@ -152,7 +163,7 @@ class Reassembler:
             raise FrameError("partial messages exceed the link's buffer budget")
         self.budget.take(len(body))
         self._buffered += len(body)
-        part.buf[part.filled:end] = np.frombuffer(body, dtype=np.uint8)
+        memoryview(part.buf)[part.filled:end] = body   # one memcpy, either kind of buffer
         part.filled = end
         if not flags & LAST:
             return None
@@ -182,7 +193,7 @@ class Reassembler:
             raise FrameError(f"message of {total} bytes exceeds the {self.max_message} limit")
         if len(self._partial) >= self.max_streams:
             raise FrameError(f"more than {self.max_streams} messages in flight")
-        self._partial[sid] = _Partial(np.empty(total, dtype=np.uint8))
+        self._partial[sid] = _Partial(_buffer(total))
         return body[_TOTAL.size:]
 
     @property

@@ -148,3 +148,109 @@ def test_rtt_percentiles_follow_new_samples():
     for _ in range(100):
         m.rtt(1000.0)                           # new samples move the percentiles
     assert m.latency()["p50_ms"] == np.percentile(samples + [1000.0] * 100, 50)
+
+
+def test_an_idle_mesh_runs_without_numpy_until_the_first_array(cluster):
+    """Start, join, gossip, ping and serve status/peers with numpy never imported (its
+    BLAS alone is ~10 MB of RSS per daemon); the first job loads it, as it must."""
+    import time
+
+    import numpy as np
+
+    from node.client import Client
+    from node.localmesh import wait_for
+
+    n1 = cluster.add("n1", extra=["--capacity", "10"])
+    n2 = cluster.add("n2", extra=["--capacity", "10"])
+    wait_for(lambda: n1.status()["members"] >= 2 and n2.status()["members"] >= 2, 60,
+             "both daemons to see each other")
+    time.sleep(3)                                   # adverts, pings and RTT percentiles
+    assert len(n1.peers()) >= 1 and n2.status()["members"] == 2
+    for node in (n1, n2):
+        assert not _mapped(node.proc.pid, "_multiarray_umath"), node.name
+        assert not _mapped(node.proc.pid, "openblas"), node.name
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    with Client(n1.socket) as c:
+        job = c.submit_matmul(a, a.T.copy())
+        assert c.wait(job, 120)["state"] == "done"
+        np.testing.assert_allclose(c.result(job), a @ a.T, rtol=1e-5)
+    assert _mapped(n1.proc.pid, "_multiarray_umath")   # the check can tell the difference
+
+
+def test_wire_messages_without_arrays_do_not_import_numpy():
+    """The codec recognises arrays only once numpy is loaded; a handshake-sized message
+    round-trips in a fresh interpreter with numpy still absent, and arrays still work."""
+    import subprocess
+    import sys
+
+    from tests.daemons import ROOT, sedma_env
+
+    code = (
+        "import sys\n"
+        "from protocol import codec\n"
+        "from protocol.framing import Reassembler, fragments\n"
+        "msg = {'t': 'ping', 'seq': 7, 'id': b'\\x01' * 16, 'f': 1.5, 'l': [1, 'x']}\n"
+        "r = Reassembler()\n"
+        "got = [r.feed(b''.join(frame)) for frame in fragments(3, codec.encode(msg))]\n"
+        "assert codec.decode(got[-1]) == msg\n"
+        "try:\n"
+        "    codec.encode({'x': object()})\n"
+        "except TypeError as e:\n"
+        "    assert 'cannot encode object' in str(e)\n"
+        "assert 'numpy' not in sys.modules, 'numpy imported'\n"
+        "import numpy as np\n"
+        "a = np.arange(6, dtype=np.int32).reshape(2, 3)\n"
+        "back = codec.decode(b''.join(bytes(p) for p in codec.encode({'a': a, 'n': np.float64(2)})))\n"
+        "assert (back['a'] == a).all() and back['n'] == 2.0\n"
+        "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, env=sedma_env(), cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_reassembled_messages_small_and_large_are_byte_exact():
+    """Small messages reassemble in a bytearray, large ones in a numpy buffer; both give
+    back exactly the bytes sent, and the limits still apply."""
+    import pytest
+
+    from protocol.errors import FrameError
+    from protocol.framing import SMALL_MESSAGE, Reassembler, fragments
+
+    for size in (0, 100, SMALL_MESSAGE, SMALL_MESSAGE + 1, 3 * SMALL_MESSAGE + 17):
+        payload = bytes(i % 251 for i in range(size))
+        r = Reassembler()
+        got = None
+        for frame in fragments(5, [payload], 16 << 10):
+            got = r.feed(b"".join(frame))
+        assert got is not None and bytes(got) == payload
+        assert isinstance(got, bytearray) == (size <= SMALL_MESSAGE)
+        assert r.buffered == 0
+    r = Reassembler(max_message=SMALL_MESSAGE)
+    frames = list(fragments(1, [bytes(SMALL_MESSAGE + 1)], 16 << 10))
+    with pytest.raises(FrameError, match="exceeds"):
+        r.feed(b"".join(frames[0]))
+
+
+def test_rtt_percentiles_match_numpy_bit_for_bit_across_the_window():
+    """The pure-Python percentile (no numpy at idle) equals np.percentile exactly, also
+    once the 4096-sample window drops old samples."""
+    import random
+
+    import numpy as np
+
+    from node.metrics import Metrics, percentile
+
+    rng = random.Random(13)
+    for _ in range(2000):
+        values = sorted(rng.choice([rng.random() * 100, float(rng.randint(0, 5)),
+                                    rng.expovariate(1) * 1e3])
+                        for _ in range(rng.randint(1, 60)))
+        q = rng.choice([0, 50, 99, 100, rng.random() * 100])
+        assert percentile(values, q) == np.percentile(values, q)
+    m = Metrics()
+    for _ in range(5000):                      # more than the window holds
+        m.rtt(rng.expovariate(1) * 10)
+    window = list(m.latencies_ms)
+    assert len(window) == 4096
+    assert m.latency() == {"p50_ms": np.percentile(window, 50),
+                           "p99_ms": np.percentile(window, 99)}
