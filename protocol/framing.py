@@ -25,7 +25,7 @@ import threading
 from dataclasses import dataclass
 from typing import Iterator
 
-from compute.lazynumpy import np
+from compute.lazynumpy import loaded, np
 
 from protocol.errors import FrameError
 
@@ -108,14 +108,19 @@ def _slices(parts: list[bytes | memoryview], size: int):
 
 
 #: Messages up to this size are reassembled in a ``bytearray`` (zero-filling 64 KiB costs
-#: microseconds), larger ones in an uninitialised numpy buffer whose pages materialise
-#: only as bytes arrive. Gossip, pings and status never reach numpy, so an idle daemon
-#: does not import it (issue 13).
+#: microseconds); larger ones in an uninitialised numpy buffer whose pages materialise
+#: only as bytes arrive, once numpy is loaded (a node doing work). Until then (an idle
+#: daemon: gossip, pings, a 100-member state sync of a few hundred KiB) a ``bytearray``
+#: up to LARGE_MESSAGE, so membership traffic alone never imports numpy (~10 MB of RSS,
+#: issue 13); anything larger carries arrays, which need numpy anyway.
 SMALL_MESSAGE = 64 << 10
+LARGE_MESSAGE = 4 << 20
 
 
 def _buffer(total: int) -> bytearray | np.ndarray:
-    return bytearray(total) if total <= SMALL_MESSAGE else np.empty(total, dtype=np.uint8)
+    if total <= SMALL_MESSAGE or (total <= LARGE_MESSAGE and loaded() is None):
+        return bytearray(total)
+    return np.empty(total, dtype=np.uint8)
 
 
 @dataclass

@@ -178,8 +178,9 @@ def test_an_idle_mesh_runs_without_numpy_until_the_first_array(cluster):
 
 
 def test_wire_messages_without_arrays_do_not_import_numpy():
-    """The codec recognises arrays only once numpy is loaded; a handshake-sized message
-    round-trips in a fresh interpreter with numpy still absent, and arrays still work."""
+    """The codec recognises arrays only once numpy is loaded; a handshake-sized message and
+    a large state sync round-trip through framing in a fresh interpreter with numpy still
+    absent, and arrays still work."""
     import subprocess
     import sys
 
@@ -193,6 +194,9 @@ def test_wire_messages_without_arrays_do_not_import_numpy():
         "r = Reassembler()\n"
         "got = [r.feed(b''.join(frame)) for frame in fragments(3, codec.encode(msg))]\n"
         "assert codec.decode(got[-1]) == msg\n"
+        "sync = {'members': ['m' * 100] * 3000}   # a large mesh's state sync, ~300 KB\n"
+        "got = [r.feed(b''.join(frame)) for frame in fragments(5, codec.encode(sync))]\n"
+        "assert isinstance(got[-1], bytearray) and codec.decode(got[-1]) == sync\n"
         "try:\n"
         "    codec.encode({'x': object()})\n"
         "except TypeError as e:\n"
@@ -209,14 +213,15 @@ def test_wire_messages_without_arrays_do_not_import_numpy():
 
 
 def test_reassembled_messages_small_and_large_are_byte_exact():
-    """Small messages reassemble in a bytearray, large ones in a numpy buffer; both give
-    back exactly the bytes sent, and the limits still apply."""
+    """Small messages reassemble in a bytearray, large ones (numpy loaded, as here) in a
+    numpy buffer; both give back exactly the bytes sent, and the limits still apply."""
+    import numpy  # noqa: F401  (loaded, as on a node that does work)
     import pytest
 
     from protocol.errors import FrameError
-    from protocol.framing import SMALL_MESSAGE, Reassembler, fragments
+    from protocol.framing import LARGE_MESSAGE, SMALL_MESSAGE, Reassembler, fragments
 
-    for size in (0, 100, SMALL_MESSAGE, SMALL_MESSAGE + 1, 3 * SMALL_MESSAGE + 17):
+    for size in (0, 100, SMALL_MESSAGE, SMALL_MESSAGE + 1, LARGE_MESSAGE + 17):
         payload = bytes(i % 251 for i in range(size))
         r = Reassembler()
         got = None
