@@ -259,3 +259,32 @@ def test_rtt_percentiles_match_numpy_bit_for_bit_across_the_window():
     assert len(window) == 4096
     assert m.latency() == {"p50_ms": np.percentile(window, 50),
                            "p99_ms": np.percentile(window, 99)}
+
+
+def test_lazy_numpy_loads_on_first_use_and_then_is_numpy_itself():
+    """``compute.lazynumpy.np`` imports nothing until read; then it is a plain module with
+    numpy's namespace (same objects, lazily imported submodules still reachable)."""
+    import subprocess
+    import sys
+
+    from tests.daemons import ROOT, sedma_env
+
+    code = (
+        "import sys, types, threading\n"
+        "from compute.lazynumpy import loaded, np\n"
+        "import node.daemon, node.cli\n"
+        "assert 'numpy' not in sys.modules and loaded() is None, 'imported early'\n"
+        "out = []\n"
+        "ts = [threading.Thread(target=lambda: out.append(np.float32)) for _ in range(4)]\n"
+        "[t.start() for t in ts]; [t.join() for t in ts]\n"
+        "import numpy\n"
+        "assert loaded() is numpy and out == [numpy.float32] * 4\n"
+        "assert type(np) is types.ModuleType and np.ndarray is numpy.ndarray\n"
+        "assert np.linalg.norm(np.ones(4)) == 2.0 and np.testing is numpy.testing\n"
+        "try:\n"
+        "    np.no_such_name\n"
+        "except AttributeError:\n"
+        "    print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, env=sedma_env(), cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
