@@ -288,3 +288,32 @@ def test_lazy_numpy_loads_on_first_use_and_then_is_numpy_itself():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, env=sedma_env(), cwd=ROOT)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_a_stall_report_names_where_the_loop_is_stuck(caplog):
+    """The watchdog logs the innermost frames of the stuck thread (only those are looked
+    up: the whole stack's files stayed in linecache for good)."""
+    import linecache
+    import logging
+    import time
+
+    from node.looplag import LagMonitor, StallReporter
+
+    monitor = LagMonitor()
+    reporter = StallReporter(monitor, threshold=0.05)
+
+    def stuck_in_a_long_computation() -> None:
+        time.sleep(0.6)                       # no tick: the monitor's last tick ages
+
+    linecache.clearcache()
+    with caplog.at_level(logging.WARNING, logger="sedma.looplag"):
+        reporter.start()
+        try:
+            stuck_in_a_long_computation()
+        finally:
+            reporter.stop()
+    reports = [r.getMessage() for r in caplog.records if "stuck" in r.getMessage()]
+    assert reports and "stuck_in_a_long_computation" in reports[0]
+    assert reports[0].count('File "') <= 8
+    outer = "/_pytest/main.py"                # a frame far out on this stack: not read in
+    assert not any(name.endswith(outer) for name in linecache.cache)
