@@ -153,7 +153,10 @@ def _tier_report(runs, layers, n, batch, passes, ram, load0, load1, over, limit,
         med = {k: _median([r[k] for r in runs[pf]]) for k in ("rate", "hits", "late", "acc")}
         out.append(f"| {'on' if pf else 'off'} | {med['rate']:.2f} | {med['rate'] / base:.2f}x "
                    f"| {pct(med['hits'])} | {pct(med['late'])} | {pct(med['acc'])} |")
+    ratios = [on["rate"] / off["rate"] for off, on in zip(runs[False], runs[True])]
     out.append("")
+    out.append("on / off per pair (each pair measured back to back): "
+               + ", ".join(f"{r:.2f}x" for r in ratios) + f"; median {_median(ratios):.2f}x")
     out.append(f"tier 0 after every run <= limit {limit >> 20} MiB: "
                f"{'yes' if not over else 'NO: ' + str(over)}")
     out += [""] + dev

@@ -92,3 +92,15 @@ def test_without_admission_unpredicted_blocks_go_before_predicted_ones_farthest_
     out = choose_victims(blocks, need=20, free=0, now=100)
     assert [e.key[0] for e in out] == ["hot", "r3"]
     assert "rank 3" in out[1].reason
+
+
+def test_a_demand_read_in_a_cycle_does_not_displace_the_blocks_it_meets():
+    # 8 layers read in turn, 4 fit, each read once a pass. The layer being read has just
+    # counted its read, so it is worth a little more than the ones in RAM (their last read
+    # aged a little): without a margin it would displace one on every read (LRU in
+    # disguise, 0 hits); with it, the resident four stay and half the reads hit.
+    ram = [use(f"L{i}", hits=10.0, last=100.0 - 0.1 * (4 - i)) for i in range(4)]
+    reading = use("L7", hits=10.6, last=100.0, tier=1)
+    assert value(reading, 100.0) > max(value(b, 100.0) for b in ram)   # hotter, by a hair
+    assert admit(reading, ram, free=0, now=100.0) is None
+    assert admit(use("hot", hits=12.0, last=100.0, tier=1), ram, free=0, now=100.0)

@@ -30,6 +30,11 @@ from dataclasses import dataclass
 HALF_LIFE_S = 60.0
 #: Worth of "the prefetcher predicts this block next", in reads.
 PREDICTED_BONUS = 4.0
+#: A newcomer must beat what it displaces by this many reads. Its own read is counted
+#: before it is admitted, so without a margin every demand read in a cycle over more blocks
+#: than fit looks a little hotter than the blocks it meets and displaces one (LRU in
+#: disguise, 0 % hits); with it, a stable subset stays (blocks/fit of the reads hit).
+ADMIT_MARGIN = 1.0
 
 Key = tuple[str, int]
 #: Rank of a block predicted without a place in the chain: after every ranked one.
@@ -117,11 +122,11 @@ def admit(candidate: BlockUse, blocks: list[BlockUse], free: int,
     """Should a disk-only block come into RAM now? The evictions that make room, or None.
 
     A block that fits in free RAM always comes in. Otherwise it displaces only unpredicted
-    blocks worth less than itself, so a single cold read cannot flush the working set (scan
-    resistance), and predicted blocks needed after it.
+    blocks worth at least ``ADMIT_MARGIN`` reads less than itself, so a single cold read
+    cannot flush the working set (scan resistance), and predicted blocks needed after it.
     """
     if candidate.tier == 0:
         return []
     return choose_victims(blocks, candidate.nbytes, free, now,
-                          protect=frozenset({candidate.key}), below=value(candidate, now),
-                          rank=candidate.order)
+                          protect=frozenset({candidate.key}),
+                          below=value(candidate, now) - ADMIT_MARGIN, rank=candidate.order)
