@@ -94,3 +94,22 @@ def test_a_tier_1_block_damaged_on_disk_fails_its_read_with_a_clear_error(tmp_pa
     other = next(i for i in range(3) if i != victim)
     with store.reading("m", other) as blk:                   # the rest still serves
         assert blk.matrix.shape[1] == COLS
+
+
+def test_a_buffer_is_reused_only_once_nothing_refers_to_it(tmp_path):
+    a, b = tmp_path / "a.blk", tmp_path / "b.blk"
+    a.write_bytes(np.full(20000, 1, np.float32).tobytes())
+    b.write_bytes(np.full(20000, 2, np.float32).tobytes())
+    reader = BlockReader(threads=2, chunk=8192)
+    held = np.frombuffer(reader.read(a), np.float32)[10:]      # a view of a view, kept
+    got_b = np.frombuffer(reader.read(b), np.float32)
+    assert reader.reused == 0                   # a's buffer is still referred to
+    assert (held == 1).all() and (got_b == 2).all()
+    del held
+    again = np.frombuffer(reader.read(a), np.float32)
+    assert reader.reused == 1 and (again == 1).all() and (got_b == 2).all()
+    del got_b, again
+    reader.read(b)
+    reader.read(b)
+    assert reader.reused == 3
+    assert len(reader._lent) <= 1 + reader.spare         # spares beyond the limit are freed

@@ -70,7 +70,7 @@ def check_name(name: str) -> str:
 class Resident:
     """One programmed block held by this node, in RAM (tier 0) or on disk only (tier 1).
 
-    ``matrix`` is the RAM copy for tier 0 and ``None`` for tier 1 (a read then maps the
+    ``matrix`` is the RAM copy for tier 0 and ``None`` for tier 1 (a read then loads the
     file). Tier, matrix, pins and the prefetch mark change only under the store's lock.
     """
 
@@ -326,8 +326,8 @@ class BlockStore:
         finally:
             with self._lock:
                 block.pins -= 1
-                mapped = block.tier == 1
-            if mapped:          # read through the map: its pages must not linger in RAM
+                transient = block.tier == 1
+            if transient:       # a buffered (no O_DIRECT) read must leave no cached copy
                 self._drop_cache([block.key])
             if self.memory is not None:
                 self.memory.record_tier_read(tier, block.size, time.perf_counter() - started,
@@ -427,8 +427,8 @@ class BlockStore:
     def _transient(self, block: Resident) -> ProgrammedMatrix:
         """A read the tier policy did not admit into RAM: the same loader, copy not kept.
 
-        The buffer lives as long as the read (the block is pinned), like a mapped read's
-        pages did; it is not tier 0 and is gone when the read ends.
+        The buffer lives as long as the read (the block is pinned), as a mapped read's pages
+        did before; it is not tier 0 and is gone when the read ends.
         """
         try:
             matrix = self._read_file(block)
@@ -461,7 +461,8 @@ class BlockStore:
                 os.close(fd)
 
     def _map(self, block: Resident) -> ProgrammedMatrix:
-        """Tier 1: the programmed state as views into a read-only map of its file."""
+        """The programmed state as views into a read-only map of its file (start-up
+        checks: a map parses the header without reading the weights)."""
         path = self.path(block.name, block.index)
         try:
             with open(path, "rb") as f:
