@@ -113,3 +113,16 @@ def test_a_buffer_is_reused_only_once_nothing_refers_to_it(tmp_path):
     reader.read(b)
     assert reader.reused == 3
     assert len(reader._lent) <= 1 + reader.spare         # spares beyond the limit are freed
+
+
+def test_dropping_blocks_gives_their_buffers_back(tmp_path):
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.blk")
+        paths[-1].write_bytes(bytes(range(256)) * (40 + i))   # three sizes: no reuse
+    reader = BlockReader(threads=1, spare=1)
+    views = [reader.read(p) for p in paths]
+    assert len(reader._lent) == 3
+    del views
+    reader.trim()
+    assert len(reader._lent) == 1                           # one spare kept

@@ -101,20 +101,35 @@ class BlockReader:
         A lent buffer nothing else refers to has two references, ``_lent``'s and
         getrefcount's argument; any more means an array or view made from it is alive.
         """
+        buf = None
         with self._lock:
-            free = [i for i in range(len(self._lent)) if sys.getrefcount(self._lent[i]) <= 2]
-            hit = next((i for i in free if self._lent[i].nbytes == nbytes), None)
-            for i in sorted((i for i in free if i != hit), reverse=True)[self.spare:]:
-                del self._lent[i]
+            hit = next((i for i in self._free_locked() if self._lent[i].nbytes == nbytes), None)
             if hit is not None:
                 self.reused += 1
-                return self._lent[hit]
+                buf = self._lent.pop(hit)
+                self._lent.append(buf)
+            self._trim_locked()     # (``buf`` is referred to here: not free, not trimmed)
+        if buf is not None:
+            return buf
         raw = np.empty(nbytes + _ALIGN, np.uint8)   # numpy advises huge pages for these
         start = -raw.ctypes.data % _ALIGN
         buf = raw[start:start + nbytes]
         with self._lock:
             self._lent.append(buf)
         return buf
+
+    def trim(self) -> None:
+        """Free unused buffers beyond ``spare`` (blocks were dropped: give the RAM back)."""
+        with self._lock:
+            self._trim_locked()
+
+    def _free_locked(self) -> list[int]:
+        return [i for i in range(len(self._lent)) if sys.getrefcount(self._lent[i]) <= 2]
+
+    def _trim_locked(self) -> None:
+        free = self._free_locked()
+        for i in reversed(free[:max(0, len(free) - self.spare)]):
+            del self._lent[i]
 
     def _open(self, path: Path | str) -> tuple[int, bool]:
         if self.direct:

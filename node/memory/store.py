@@ -263,6 +263,7 @@ class BlockStore:
             keys = [k for k in self._blocks if k[0] == name]
             for key in keys:
                 self._forget(self._blocks.pop(key))
+        self.reader.trim()      # their RAM copies' buffers go back to the system
         directory = self.root / name
         if directory.is_dir():
             for f in directory.iterdir():
