@@ -66,7 +66,7 @@ class BlockReader:
             self._pool.shutdown(wait=True)
 
     def read(self, path: Path | str, expect: int | None = None) -> memoryview:
-        """The file's bytes in a fresh read-only buffer; OSError if it cannot be read whole.
+        """The file's bytes, read-only, in a buffer of their own; OSError if not read whole.
 
         ``expect``: the size the caller's record says; a file of another size is refused
         before anything is read (a truncated or replaced file).
