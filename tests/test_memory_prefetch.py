@@ -82,7 +82,7 @@ def test_depth_is_what_fits_in_the_budget_next_to_the_block_being_read():
     plan = plan_prefetch(chain(1, 1, 1, 1, 1, 1), budget=40, other_pinned=0, max_in_flight=8)
     assert plan.ranks == {("L0", 0): 0, ("L1", 0): 1, ("L2", 0): 2, ("L3", 0): 3}
     assert plan.depth == 3
-    assert plan.start == [("L1", 0), ("L2", 0), ("L3", 0)]    # nearest first, not L0: its read loads it
+    assert plan.start == [("L1", 0), ("L2", 0), ("L3", 0)]  # nearest first; L0: its read loads it
     small = plan_prefetch(chain(1, 1, 1, 1, 1, 1), budget=25, other_pinned=0, max_in_flight=8)
     assert small.depth == 1 and small.start == [("L1", 0)]
 
