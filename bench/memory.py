@@ -86,9 +86,11 @@ def tiers(root: Path, layers: int, n: int, batch: int, passes: int, ram: str,
                 for i in range(layers):               # one pass to learn the order
                     np.testing.assert_allclose(c.infer(f"L{i}", x), want[i], rtol=1e-4, atol=1e-3)
         runs: dict[bool, list[dict]] = {False: [], True: []}
+        hot: list[float] = []
         for k in range(pairs):
             for pf in ((False, True) if k % 2 == 0 else (True, False)):
                 runs[pf].append(_tier_run(nodes[pf], layers, passes, x, want))
+            hot.append(_hot_layer_s(nodes[False], x, want))
         limit = _memory(nodes[True])["tiers"]["0"]["limit"]
         over = [r["tier0_end"] for rs in runs.values() for r in rs if r["tier0_end"] > limit]
         files = sorted((root / "tiers-True").glob("*/blocks/L*/*.blk"))
@@ -98,7 +100,22 @@ def tiers(root: Path, layers: int, n: int, batch: int, passes: int, ram: str,
     load1 = os.getloadavg()[0]
     dev, read1, compute_s = _device(files[:8], ws[0], x)
     return _tier_report(runs, layers, n, batch, passes, ram, load0, load1, over, limit,
-                        dev, read1, compute_s)
+                        dev, read1, compute_s, hot)
+
+
+def _hot_layer_s(node, x: np.ndarray, want: list, passes: int = 2) -> float:
+    """Seconds per layer of a request whose layer is in RAM, on the daemon itself: the
+    compute (and request) cost a layer has when its read is hidden completely. Measured on
+    the prefetch-off daemon over the layers its tier policy keeps in RAM."""
+    with Client(node.socket) as c:
+        ram = sorted(int(m[1:]) for m, idx in c.memory()["blocks"].items()
+                     if all(t == 0 for t in idx.values()))
+        t = time.perf_counter()
+        for _ in range(passes):
+            for i in ram:
+                if not np.allclose(c.infer(f"L{i}", x), want[i], rtol=1e-4, atol=1e-3):
+                    raise AssertionError(f"layer {i}: wrong result")
+        return (time.perf_counter() - t) / (passes * len(ram))
 
 
 def _tier_run(node, layers: int, passes: int, x: np.ndarray, want: list) -> dict:
@@ -131,7 +148,7 @@ def _median(xs):
 
 
 def _tier_report(runs, layers, n, batch, passes, ram, load0, load1, over, limit,
-                 dev, read1, compute_s) -> list[str]:
+                 dev, read1, compute_s, hot) -> list[str]:
     base = _median([r["rate"] for r in runs[False]])
     out = [f"tiers: {layers} layers of {n}x{n} float32 ({layers * n * n * 4 >> 20} MiB) on one "
            f"node with --memory-limit {ram}, X {n}x{batch}; {len(runs[True])} interleaved "
@@ -162,14 +179,21 @@ def _tier_report(runs, layers, n, batch, passes, ram, load0, load1, over, limit,
     out += [""] + dev
     best = max(v for v in _DEPTH_RATE.values())
     per_layer = n * n * 4 / best
-    bound = (read1 + compute_s) / max(compute_s, per_layer)
-    out += ["", f"one layer: compute {compute_s * 1000:.0f} ms (in-process numpy, same X); "
-            f"read alone with the daemon's loader {read1 * 1000:.0f} ms. Prefetch off costs "
-            f"read + compute per layer; prefetch on at best max(compute, layer / best device "
-            f"rate at depth = {per_layer * 1000:.0f} ms), so on/off <= "
-            f"({read1 * 1000:.0f} + {compute_s * 1000:.0f}) / "
-            f"{max(compute_s, per_layer) * 1000:.0f} = {bound:.2f}x on this device now."]
+    off_s = [1 / r["rate"] for r in runs[False]]
+    out += ["", f"per layer, pair by pair: prefetch off {_ms(off_s)} ms (loads "
+            f"{1 - _median([r['hits'] for r in runs[False]]):.0%} of the layers); a layer already in RAM, same daemon, right after the pair "
+            f"(compute + request) {_ms(hot)} ms; so with every read hidden, on/off is at most "
+            f"off / max(in-RAM layer, read at the device's best depth "
+            f"{per_layer * 1000:.0f} ms) = "
+            + ", ".join(f"{o / max(h, per_layer):.2f}x" for o, h in zip(off_s, hot))
+            + f" (median {_median([o / max(h, per_layer) for o, h in zip(off_s, hot)]):.2f}x)."
+            f" For scale, after the runs: one layer read alone with the daemon's loader "
+            f"{read1 * 1000:.0f} ms, in-process numpy compute {compute_s * 1000:.0f} ms."]
     return out
+
+
+def _ms(xs) -> str:
+    return ", ".join(f"{x * 1000:.0f}" for x in xs)
 
 
 #: Device MB/s by reads in flight, filled by _device for the bound.
