@@ -180,15 +180,16 @@ def _tier_report(runs, layers, n, batch, passes, ram, load0, load1, over, limit,
     best = max(v for v in _DEPTH_RATE.values())
     per_layer = n * n * 4 / best
     off_s = [1 / r["rate"] for r in runs[False]]
+    on_s = [1 / r["rate"] for r in runs[True]]
     out += ["", f"per layer, pair by pair: prefetch off {_ms(off_s)} ms (loads "
-            f"{1 - _median([r['hits'] for r in runs[False]]):.0%} of the layers); a layer already in RAM, same daemon, right after the pair "
-            f"(compute + request) {_ms(hot)} ms; so with every read hidden, on/off is at most "
-            f"off / max(in-RAM layer, read at the device's best depth "
-            f"{per_layer * 1000:.0f} ms) = "
-            + ", ".join(f"{o / max(h, per_layer):.2f}x" for o, h in zip(off_s, hot))
-            + f" (median {_median([o / max(h, per_layer) for o, h in zip(off_s, hot)]):.2f}x)."
-            f" For scale, after the runs: one layer read alone with the daemon's loader "
-            f"{read1 * 1000:.0f} ms, in-process numpy compute {compute_s * 1000:.0f} ms."]
+            f"{1 - _median([r['hits'] for r in runs[False]]):.0%} of the layers), prefetch on "
+            f"{_ms(on_s)} ms; a layer already in RAM on the off daemon right after the pair "
+            f"(8 requests: compute + request) {_ms(hot)} ms; one layer read with the daemon's "
+            f"loader {read1 * 1000:.0f} ms, at the device's best depth "
+            f"{per_layer * 1000:.0f} ms a layer; in-process numpy compute "
+            f"{compute_s * 1000:.0f} ms (after the runs). With every read hidden, on/off "
+            f"approaches off / max(compute, read at depth), 2x only where a layer's read is "
+            f"at least its compute."]
     return out
 
 
