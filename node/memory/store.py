@@ -39,11 +39,10 @@ import numpy as np
 
 from compute.crossbar import LEGACY_FORMAT, STATE_FORMAT, LegacyStateError, ProgrammedMatrix
 from node.memory.dualmemory import DualMemory
-from node.memory.prefetch import PrefetchStats
+from node.memory.blockio import BlockReader
+from node.memory.prefetch import ChainBlock, PrefetchStats
 from node.errors import UserError
 from node.memory.statedb import StateDB
-from node.memory.blockio import BlockReader
-from node.memory.prefetch import ChainBlock
 from node.memory.tiers import BlockUse, Key, admit, decayed
 from protocol import codec
 from protocol.errors import ProtocolError
