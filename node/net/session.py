@@ -22,6 +22,7 @@ from typing import Any, Awaitable, Callable
 
 from nat.link import Link, LinkClosed
 from nat.secure import SecureLink
+from node import spans
 from protocol.errors import ProtocolError
 from protocol.framing import (DEFAULT_MAX_MESSAGE, PROCESS_BUDGET, ByteBudget, Reassembler,
                               fragments)
@@ -207,6 +208,7 @@ class Session:
         try:
             async with asyncio.timeout(timeout):
                 await self.send(msg)
+                spans.mark("session.sent")
                 reply: Reply = await fut
         except TimeoutError:
             raise TimeoutError(f"{type(msg).TAG} to {self.peer_id[:8]} timed out after {timeout}s") from None
@@ -281,6 +283,8 @@ class Session:
             while True:
                 frame = await self.link.recv()
                 self.stats.recv_bytes += len(frame)
+                if len(frame) > CONTROL_BYTES:
+                    spans.mark("link.bulk_in")
                 since_yield += len(frame)
                 if since_yield >= READ_YIELD_BYTES:   # recv() need not suspend: let others run
                     since_yield = 0

@@ -377,12 +377,15 @@ class BlockHolder:
             await session.reply(msg.rid, error=internal_message(exc))
         else:
             await session.reply(msg.rid, value)
+            spans.mark("peer.replied")
         finally:
             self.serving -= 1
 
     async def _serve(self, msg: Any) -> Any:
         if isinstance(msg, MatmulShare):
+            spans.mark("peer.share_recv")
             a, b = await self.executor.run(validate_pair, msg.a, msg.b, "A share")
+            spans.mark("peer.validated")
             if a.shape[1] != b.shape[0]:
                 raise StoreError("share shapes do not align")
             result = await self.compute_share(a, b, msg.device, msg.seed, msg.row_offset)

@@ -289,6 +289,7 @@ class JobManager:
     # matmul ---------------------------------------------------------------------------
     async def submit_matmul(self, a: Any, b: Any, device: str | None, seed: int) -> Job:
         a, b = await self.executor.run(validate_pair, a, b)
+        spans.mark("job.validated")
         if a.shape[1] != b.shape[0]:
             raise JobError(f"shapes do not align: A is {a.shape[0]}x{a.shape[1]}, "
                            f"B is {b.shape[0]}x{b.shape[1]}")
@@ -310,8 +311,10 @@ class JobManager:
             job.detail["placement"] = plan.rows_by_node()
             await asyncio.gather(*(self._share(job, blk, a, b, out, device, seed)
                                    for blk in plan.blocks))
+            spans.mark("job.gathered")
             path = self.results / f"{job.id}.npy"
             await self.executor.run(_save_npy, path, out)
+            spans.mark("job.saved")
         finally:
             self.metrics.live_bytes -= a.nbytes + b.nbytes
 
@@ -331,6 +334,7 @@ class JobManager:
                     part = await self._matmul_on(target, job.id, a[rows], b, device, seed,
                                                  blk.row_start, flops)
                     await self.executor.run(out.__setitem__, rows, part)   # up to GiBs
+                    spans.mark("share.copied")
                 self.memory.record_share(target, flops, time.perf_counter() - start, True)
                 return
             except (LinkClosed, TimeoutError, RemoteError, ProtocolError, OSError) as exc:
@@ -353,7 +357,9 @@ class JobManager:
             return await self.holder.compute_share(a, b, device, seed, row_offset)
         session = await self.mesh.session(node)
         msg = MatmulShare(session.next_rid(), job_id, a, b, device, seed, row_offset)
+        spans.mark("share.send")
         value = await session.request(msg, request_timeout(flops, a.nbytes + b.nbytes))
+        spans.mark("share.reply")
         return _expect_array(value, (a.shape[0], b.shape[1]), node)
 
     # deploy ---------------------------------------------------------------------------
