@@ -198,16 +198,22 @@ class Session:
         self._wake.set()
         return out.done
 
-    async def request(self, msg: Any, timeout: float) -> Any:
+    async def request(self, msg: Any, timeout: float, sent: asyncio.Future | None = None) -> Any:
         """Send a request (a message with ``rid``) and return its reply's value.
 
+        ``sent``, if given, resolves once the request is handed to the link (a caller can
+        hold back CPU-heavy work that would slow the sealing of a big request).
         ``asyncio.timeout`` rather than ``wait_for``: on Python 3.11 wait_for wraps the
         send-and-wait in a task of its own, one more task and wake-up per request."""
         fut = asyncio.get_running_loop().create_future()
         self._pending[msg.rid] = fut
         try:
             async with asyncio.timeout(timeout):
-                await self.send(msg)
+                try:
+                    await self.send(msg)
+                finally:
+                    if sent is not None and not sent.done():
+                        sent.set_result(None)
                 spans.mark("session.sent")
                 reply: Reply = await fut
         except TimeoutError:

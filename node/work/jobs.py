@@ -309,8 +309,17 @@ class JobManager:
             plan = plan_rows(a.shape, slots, device=get_preset(device) if device else None)
             out = np.empty((a.shape[0], b.shape[1]), dtype=np.float32)
             job.detail["placement"] = plan.rows_by_node()
-            await asyncio.gather(*(self._share(job, blk, a, b, out, device, seed)
-                                   for blk in plan.blocks))
+            # Peers' shares first, and this node's own share only once they are handed to
+            # the link: its compute threads would take the cores from the event loop that
+            # seals those shares, and the peers' compute (the critical path) cannot start
+            # before their operands arrived; this node's share is off that path.
+            remote = [blk for blk in plan.blocks if blk.nodes[0] != self.node_id]
+            sent = [asyncio.get_running_loop().create_future() for _ in remote]
+            own = [blk for blk in plan.blocks if blk.nodes[0] == self.node_id]
+            await asyncio.gather(
+                *(self._share(job, blk, a, b, out, device, seed, sent=fut)
+                  for blk, fut in zip(remote, sent)),
+                *(self._share(job, blk, a, b, out, device, seed, after=sent) for blk in own))
             spans.mark("job.gathered")
             path = self.results / f"{job.id}.npy"
             await self.executor.run(_save_npy, path, out)
@@ -318,7 +327,22 @@ class JobManager:
         finally:
             self.metrics.live_bytes -= a.nbytes + b.nbytes
 
-    async def _share(self, job: Job, blk, a, b, out, device, seed) -> None:
+    async def _share(self, job: Job, blk, a, b, out, device, seed,
+                     sent: asyncio.Future | None = None,
+                     after: list[asyncio.Future] = ()) -> None:
+        """One row share of a matmul job, failed over to other nodes. ``sent`` resolves once
+        the first attempt's operands are handed to the link (or that attempt failed); a
+        share computed here waits for the ``after`` futures of the peers' shares first."""
+        if after:
+            await asyncio.wait(after)
+        try:
+            await self._share_attempts(job, blk, a, b, out, device, seed, sent)
+        finally:
+            if sent is not None and not sent.done():
+                sent.set_result(None)
+
+    async def _share_attempts(self, job: Job, blk, a, b, out, device, seed,
+                              sent: asyncio.Future | None) -> None:
         rows = slice(blk.row_start, blk.row_stop)
         tried: set[str] = set()
         target = blk.nodes[0]
@@ -332,13 +356,15 @@ class JobManager:
                                                     out[rows])
                 else:
                     part = await self._matmul_on(target, job.id, a[rows], b, device, seed,
-                                                 blk.row_start, flops)
+                                                 blk.row_start, flops, sent)
                     await self.executor.run(out.__setitem__, rows, part)   # up to GiBs
                     spans.mark("share.copied")
                 self.memory.record_share(target, flops, time.perf_counter() - start, True)
                 return
             except (LinkClosed, TimeoutError, RemoteError, ProtocolError, OSError) as exc:
                 self.memory.record_share(target, flops, time.perf_counter() - start, False)
+                if sent is not None and not sent.done():   # do not hold this node's share
+                    sent.set_result(None)
                 log.warning("job %s: share rows %d-%d on %s failed (%s); reassigning",
                             job.id, blk.row_start, blk.row_stop, target[:8], exc)
                 target = self._fallback(tried, attempt)
@@ -352,13 +378,15 @@ class JobManager:
             return slot.node_id
         return self.node_id
 
-    async def _matmul_on(self, node: str, job_id: str, a, b, device, seed, row_offset, flops):
+    async def _matmul_on(self, node: str, job_id: str, a, b, device, seed, row_offset, flops,
+                         sent: asyncio.Future | None = None):
         if node == self.node_id:
             return await self.holder.compute_share(a, b, device, seed, row_offset)
         session = await self.mesh.session(node)
         msg = MatmulShare(session.next_rid(), job_id, a, b, device, seed, row_offset)
         spans.mark("share.send")
-        value = await session.request(msg, request_timeout(flops, a.nbytes + b.nbytes))
+        value = await session.request(msg, request_timeout(flops, a.nbytes + b.nbytes),
+                                      sent=sent)
         spans.mark("share.reply")
         return _expect_array(value, (a.shape[0], b.shape[1]), node)
 
