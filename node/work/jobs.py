@@ -316,33 +316,41 @@ class JobManager:
             remote = [blk for blk in plan.blocks if blk.nodes[0] != self.node_id]
             sent = [asyncio.get_running_loop().create_future() for _ in remote]
             own = [blk for blk in plan.blocks if blk.nodes[0] == self.node_id]
+            # a peer's rows stay in its reply's buffer: the result file is written from the
+            # pieces, not from a copy of them in ``out``
+            peer_rows: dict[int, np.ndarray] = {}
             await asyncio.gather(
-                *(self._share(job, blk, a, b, out, device, seed, sent=fut)
+                *(self._share(job, blk, a, b, out, device, seed, sent=fut, parts=peer_rows)
                   for blk, fut in zip(remote, sent)),
                 *(self._share(job, blk, a, b, out, device, seed, after=sent) for blk in own))
             spans.mark("job.gathered")
             path = self.results / f"{job.id}.npy"
-            await self.executor.run(_save_npy, path, out)
+            pieces = [(blk.row_start, peer_rows.get(blk.row_start, out[blk.row_start:blk.row_stop]))
+                      for blk in plan.blocks]
+            await self.executor.run(_save_npy_rows, path, out.shape, pieces)
             spans.mark("job.saved")
         finally:
             self.metrics.live_bytes -= a.nbytes + b.nbytes
 
     async def _share(self, job: Job, blk, a, b, out, device, seed,
                      sent: asyncio.Future | None = None,
-                     after: list[asyncio.Future] = ()) -> None:
+                     after: list[asyncio.Future] = (),
+                     parts: dict[int, np.ndarray] | None = None) -> None:
         """One row share of a matmul job, failed over to other nodes. ``sent`` resolves once
         the first attempt's operands are handed to the link (or that attempt failed); a
-        share computed here waits for the ``after`` futures of the peers' shares first."""
+        share computed here waits for the ``after`` futures of the peers' shares first.
+        A peer's rows go to ``parts`` (by first row) if given, else into ``out``."""
         if after:
             await asyncio.wait(after)
         try:
-            await self._share_attempts(job, blk, a, b, out, device, seed, sent)
+            await self._share_attempts(job, blk, a, b, out, device, seed, sent, parts)
         finally:
             if sent is not None and not sent.done():
                 sent.set_result(None)
 
     async def _share_attempts(self, job: Job, blk, a, b, out, device, seed,
-                              sent: asyncio.Future | None) -> None:
+                              sent: asyncio.Future | None,
+                              parts: dict[int, np.ndarray] | None) -> None:
         rows = slice(blk.row_start, blk.row_stop)
         tried: set[str] = set()
         target = blk.nodes[0]
@@ -357,7 +365,10 @@ class JobManager:
                 else:
                     part = await self._matmul_on(target, job.id, a[rows], b, device, seed,
                                                  blk.row_start, flops, sent)
-                    await self.executor.run(out.__setitem__, rows, part)   # up to GiBs
+                    if parts is not None:
+                        parts[blk.row_start] = part
+                    else:
+                        await self.executor.run(out.__setitem__, rows, part)   # up to GiBs
                     spans.mark("share.copied")
                 self.memory.record_share(target, flops, time.perf_counter() - start, True)
                 return
@@ -718,11 +729,18 @@ def _remove_results(results: Path, ids: list[str], keep: set[str] | None) -> Non
             path.unlink(missing_ok=True)
 
 
-def _save_npy(path: Path, arr: np.ndarray) -> None:
-    """A one-shot result: to a temp file renamed into place (never half a file). No fsync:
-    the page cache keeps it across a kill -9, and the fsync cost a result of 16 MiB about
-    as much as computing it; after a power loss it reads as "no stored result"."""
+def _save_npy_rows(path: Path, shape: tuple[int, int],
+                   pieces: list[tuple[int, np.ndarray]]) -> None:
+    """A one-shot result, written from its row pieces in order (a peer's rows straight from
+    its reply's buffer, no copy into one array) to a temp file renamed into place (never
+    half a file). No fsync: the page cache keeps it across a kill -9, and the fsync cost a
+    result of 16 MiB about as much as computing it; after a power loss it reads as "no
+    stored result"."""
     tmp = path.with_suffix(".tmp")
     with open(tmp, "wb") as f:
-        np.save(f, arr)
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                "fortran_order": False, "shape": tuple(shape)})
+        for _, piece in sorted(pieces, key=lambda p: p[0]):
+            f.write(memoryview(np.ascontiguousarray(piece, dtype=np.float32)).cast("B"))
     os.replace(tmp, path)
