@@ -95,3 +95,25 @@ def test_this_nodes_share_waits_until_the_peers_shares_are_handed_to_the_link():
             JobManager._share(fake, None, "own", None, None, None, None, None, after=sent))
     asyncio.run(run())
     assert events == ["start peer", "sent peer", "start own"]
+
+
+def test_operands_are_validated_in_row_spans_and_bad_ones_refused(holder):
+    from node.work.holder import validate_operands
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((700, 30)).astype(np.float32)
+    b = rng.standard_normal((30, 5)).astype(np.float32)
+    ex = holder.executor
+    got_a, got_b = asyncio.run(validate_operands(ex, (a, "A"), (b, "B")))
+    assert got_a is a and got_b is b                      # float32: no copy
+    bad = a.copy()
+    bad[650, 3] = np.nan                                  # in the last row span
+    with pytest.raises(StoreError, match="A contains NaN or infinity"):
+        asyncio.run(validate_operands(ex, (bad, "A"), (b, "B")))
+    inf_b = b.copy()
+    inf_b[0, 0] = np.inf
+    with pytest.raises(StoreError, match="B contains NaN or infinity"):
+        asyncio.run(validate_operands(ex, (a, "A"), (inf_b, "B")))
+    f64, _ = asyncio.run(validate_operands(ex, (a.astype(np.float64), "A"), (b, "B")))
+    assert f64.dtype == np.float32 and np.array_equal(f64, a)   # converted as before
+    with pytest.raises(StoreError, match="must be a 2-D array"):
+        asyncio.run(validate_operands(ex, (a[0], "A"), (b, "B")))

@@ -38,10 +38,10 @@ from node.work.placement import Candidate, by_predicted_finish, holdable, rank
 from node.work.claims import ClaimRefused, quorum
 from node.work.plans import VersionedPlan, new_deploy_id
 from node.work.retention import JobStamp, Retention, expired
-from node.work.holder import BlockHolder, Provenance
+from node.work.holder import BlockHolder, Provenance, validate_operands
 from node.net.session import RemoteError
 from node.memory.statedb import StateDB
-from node.memory.store import StoreError, as_matrix, check_name, validate_pair
+from node.memory.store import StoreError, as_matrix, check_name
 from protocol.errors import ProtocolError
 from protocol.framing import DEFAULT_MAX_MESSAGE
 from protocol.work import (ClaimName, DropMatrix, GetPlan, InferBlock, MatmulShare, PlanNotice,
@@ -288,7 +288,7 @@ class JobManager:
 
     # matmul ---------------------------------------------------------------------------
     async def submit_matmul(self, a: Any, b: Any, device: str | None, seed: int) -> Job:
-        a, b = await self.executor.run(validate_pair, a, b)
+        a, b = await validate_operands(self.executor, (a, "A"), (b, "B"))
         spans.mark("job.validated")
         if a.shape[1] != b.shape[0]:
             raise JobError(f"shapes do not align: A is {a.shape[0]}x{a.shape[1]}, "
