@@ -187,38 +187,141 @@ def mesh_of(root: Path, n: int, conf: str, slow: float | None = None) -> LocalMe
     return mesh
 
 
-def skew(root: Path, seconds: float, warmup: float, k: int) -> list[str]:
+def _client_proc(k, sockets, names, weights, xs, check, seconds, out) -> None:
+    """One client process (a user on its own machine): closed loop against one daemon."""
+    rng = random.Random(k)
+    done = fails = 0
+    stop = time.perf_counter() + seconds
+    with Client(sockets[k % len(sockets)]) as c:
+        while time.perf_counter() < stop:
+            name = rng.choices(names, weights)[0]
+            try:
+                y = c.infer(name, xs[name])
+                if not np.allclose(y, check[name], rtol=1e-4, atol=1e-3):
+                    raise ValueError("wrong result")
+                done += 1
+            except Exception as exc:  # counted and reported, never hidden
+                fails += 1
+                print(f"  request failed: {exc}", file=sys.stderr)
+    out.put((done, fails))
+
+
+def closed_loop_procs(sockets: list[Path], names: list[str], weights: list[float], xs: dict,
+                      seconds: float, check: dict, clients: int = 4) -> tuple[float, int]:
+    """Like :func:`closed_loop` with each client in its own process.
+
+    Why: 4 client threads in one Python process share one GIL, and at ~1 MiB of X per
+    request the bench itself can become what bounds the rate (it did: see bench/README).
+    """
+    import multiprocessing as mp
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    ps = [ctx.Process(target=_client_proc, args=(k, sockets, names, weights, xs, check,
+                                                 seconds, out)) for k in range(clients)]
+    start = time.perf_counter()
+    for p in ps:
+        p.start()
+    res = [out.get(timeout=seconds + 120) for _ in ps]
+    took = time.perf_counter() - start
+    for p in ps:
+        p.join(30)
+    # spawn start-up (~0.5 s each) is inside ``took``: the rate is slightly understated,
+    # equally for both placements
+    return sum(d for d, _ in res) / took, sum(f for _, f in res)
+
+
+class CpuMeter:
+    """CPU seconds of the daemons and of this script over a window (which process saturates)."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids | {"bench": os.getpid()}
+
+    @staticmethod
+    def _cpu(pid: int) -> float:
+        try:
+            if pid == os.getpid():
+                t = os.times()
+                return t.user + t.system + t.children_user + t.children_system
+            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:
+            return 0.0
+
+    def __enter__(self) -> "CpuMeter":
+        self.t0 = time.perf_counter()
+        self.c0 = {k: self._cpu(p) for k, p in self.pids.items()}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        took = time.perf_counter() - self.t0
+        self.share = {k: (self._cpu(p) - self.c0[k]) / took for k, p in self.pids.items()}
+
+    def text(self) -> str:
+        return " ".join(f"{k} {v:.0%}" for k, v in self.share.items())
+
+
+def skew_once(root: Path, label: str, conf: str, seconds: float, warmup: float, k: int,
+              procs: bool) -> dict:
+    """One system of the skew bench: req/s, the load it ran under, m0's holders and reads."""
     names = [f"m{i}" for i in range(4)]
     ws = {m: rand((128, k), i) for i, m in enumerate(names)}
     xs = {m: rand((k, 64), 100 + i) for i, m in enumerate(names)}
     want = {m: ws[m] @ xs[m] for m in names}
     weights = [0.9] + [0.1 / 3] * 3
-    rows = []
-    for label, conf in (("static", STATIC_CONF), ("adaptive", FAST_CONF)):
-        mesh = mesh_of(root / f"skew-{label}", 4, conf)
-        try:
-            with Client(mesh.nodes[0].socket) as c:
-                for m in names:
-                    c.deploy(m, ws[m], replicas=1)
-            socks = [n.socket for n in mesh.nodes]
-            closed_loop(socks, names, weights, xs, warmup, check=want)
-            rate, fails = closed_loop(socks, names, weights, xs, seconds, check=want)
-            holders = sum(len(n.status()["blocks"].get("m0", [])) for n in mesh.nodes)
-            made = [d for n in mesh.nodes for d in _memory(n)["decisions"]]
-            for d in made:
-                print(f"  {label}: {d['kind']} {d['name']}/{d['index']}: {d['reason']}")
-            decisions = [d["kind"] for d in made]
-            rows.append((label, rate, fails, holders, decisions))
-        finally:
-            mesh.stop()
-    base = rows[0][1]
-    out = [f"skew: 4 nodes, 4 matrices of 128x{k} (one block each), 4 client threads, 90 % of "
-           f"requests to m0, X {k}x64; {warmup:.0f} s warm-up then {seconds:.0f} s measured",
-           "", "| placement | req/s | vs static | failed | holders of m0 | decisions |",
-           "|---|---:|---:|---:|---:|---|"]
-    for label, rate, fails, holders, decisions in rows:
-        out.append(f"| {label} | {rate:.1f} | {rate / base:.2f}x | {fails} | {holders} | "
-                   f"{', '.join(decisions) or '-'} |")
+    mesh = mesh_of(root, 4, conf)
+    try:
+        with Client(mesh.nodes[0].socket) as c:
+            for m in names:
+                c.deploy(m, ws[m], replicas=1)
+        socks = [n.socket for n in mesh.nodes]   # each client talks to its own daemon
+        load0 = os.getloadavg()[0]
+        closed_loop(socks, names, weights, xs, warmup, check=want)
+        with CpuMeter({n.name: n.proc.pid for n in mesh.nodes}) as cpu:
+            if procs:
+                rate, fails = closed_loop_procs(socks, names, weights, xs, seconds, want)
+            else:
+                rate, fails = closed_loop(socks, names, weights, xs, seconds, check=want)
+        holders = [n.name for n in mesh.nodes if n.status()["blocks"].get("m0")]
+        reads = {n.name: _memory(n)["block_read_rates"].get("m0/0", 0.0) for n in mesh.nodes}
+        made = [d for n in mesh.nodes for d in _memory(n)["decisions"]]
+        for d in made:
+            print(f"  {label}: {d['kind']} {d['name']}/{d['index']}: {d['reason']}")
+        return {"label": label, "rate": rate, "fails": fails, "holders": holders,
+                "reads": reads, "cpu": cpu.text(), "decisions": [d["kind"] for d in made],
+                "load": f"{load0:.1f} -> {os.getloadavg()[0]:.1f}"}
+    finally:
+        mesh.stop()
+
+
+def skew(root: Path, seconds: float, warmup: float, k: int, pairs: int = 1,
+         procs: bool = True) -> list[str]:
+    """Static vs adaptive, ``pairs`` times, interleaved (odd pairs run adaptive first, so a
+    trend in the machine's load favours neither); each ratio is against its own pair."""
+    rows, ratios = [], []
+    for i in range(pairs):
+        order = [("static", STATIC_CONF), ("adaptive", FAST_CONF)]
+        got = {label: skew_once(root / f"skew-{i}-{label}", label, conf, seconds, warmup, k,
+                                procs) for label, conf in (order if i % 2 == 0 else order[::-1])}
+        ratios.append(got["adaptive"]["rate"] / got["static"]["rate"])
+        for label in ("static", "adaptive"):
+            rows.append((i + 1, got[label], got[label]["rate"] / got["static"]["rate"]))
+        print(f"  pair {i + 1}: {ratios[-1]:.2f}x", flush=True)
+    out = [f"skew: 4 nodes, 4 matrices of 128x{k} (one block each), 4 clients "
+           f"({'processes' if procs else 'threads'}), one per daemon, 90 % of requests to m0, "
+           f"X {k}x64; {warmup:.0f} s warm-up then {seconds:.0f} s measured; {pairs} "
+           "interleaved pair(s)", "",
+           "| pair | placement | req/s | vs static | failed | load avg | holders of m0 | "
+           "m0 reads/s per node | CPU per process (1 core = 100 %) | decisions |",
+           "|---:|---|---:|---:|---:|---|---|---|---|---|"]
+    for i, r, ratio in rows:
+        reads = " ".join(f"{n} {v:.0f}" for n, v in r["reads"].items())
+        out.append(f"| {i} | {r['label']} | {r['rate']:.1f} | {ratio:.2f}x | {r['fails']} | "
+                   f"{r['load']} | {', '.join(r['holders'])} | {reads} | {r['cpu']} | "
+                   f"{', '.join(r['decisions']) or '-'} |")
+    ratios.sort()
+    out += ["", f"median adaptive/static over {pairs} pair(s): "
+            f"{ratios[len(ratios) // 2] if pairs % 2 else sum(ratios[pairs//2-1:pairs//2+1]) / 2:.2f}x "
+            f"(each: {', '.join(f'{x:.2f}x' for x in ratios)})"]
     return out
 
 
@@ -339,6 +442,11 @@ def main() -> int:
     p.add_argument("--only", default="tiers,skew,slow")
     p.add_argument("--seconds", type=float, default=20.0, help="measured seconds per system")
     p.add_argument("--warmup", type=float, default=40.0, help="seconds to adapt first")
+    p.add_argument("--pairs", type=int, default=3,
+                   help="skew: static/adaptive pairs, interleaved; the median ratio is reported")
+    p.add_argument("--client-threads", action="store_true",
+                   help="skew: clients as threads of this script (last round's setup) "
+                        "instead of one process each")
     p.add_argument("--layers", type=int, default=16)
     p.add_argument("--n", type=int, default=4096)
     p.add_argument("--batch", type=int, default=64)
@@ -366,8 +474,9 @@ def main() -> int:
             lines += tiers(root, args.layers, args.n, args.batch, args.passes, args.ram) + [""]
             print("\n".join(lines), flush=True)
         if "skew" in parts:
-            lines += skew(root, args.seconds, args.warmup, args.n) + [""]
-            print("\n".join(lines[-8:]), flush=True)
+            lines += skew(root, args.seconds, args.warmup, args.n, args.pairs,
+                          not args.client_threads) + [""]
+            print("\n".join(lines), flush=True)
         if "slow" in parts:
             lines += slow(root, args.seconds, args.warmup, args.slowdown, min(args.n, 2048),
                           args.slow_by, args.quota_cpus,

@@ -198,3 +198,68 @@ def test_a_busy_small_block_on_an_overloaded_holder_is_replicated_not_moved():
     cold = blk(idx=1, rate=0.1)                          # 1 % busy: not worth a replica
     (d,) = plan_pass([cold], ns, now=0)
     assert (d.kind, d.source) == ("migrate", "a") and "overloaded" in d.reason
+
+
+# -- event-loop saturation (node/work/loopdemand.py) ------------------------------------
+
+def _small(holders=("a",), rate=60.0, share=0.9, want=1):
+    """A small block: 60 req/s x ~1 ms of compute = 6 % busy in compute, cool by busy()."""
+    return BlockView("m0", 0, 2 << 20, 0.067 * GB, tuple(holders), rate, -1e9, want, share)
+
+
+def test_a_small_block_whose_holder_loop_stays_saturated_gains_replicas_up_to_the_cap():
+    views = [NodeView(n, 60, load=0.3, free_bytes=1 << 30, loop_busy=0.9) for n in "ab"]
+    views += [NodeView(n, 60, load=0.1, free_bytes=1 << 30, loop_busy=0.2) for n in "cde"]
+    ns = nodes(*views)
+    b = _small()
+    assert busy(b, ns) < Policy().cool_busy          # compute alone would call it cool
+    (d,) = plan_pass([b], ns, now=0)
+    assert (d.kind, d.source) == ("replicate", "a") and "event loop" in d.reason
+    assert d.target in "cde"                         # never onto a saturated loop ("b")
+    # as long as the holders' loops stay saturated it keeps gaining, up to max_replicas
+    ns = nodes(*[NodeView(n, 60, load=0.3, free_bytes=1 << 30, loop_busy=0.9)
+                 for n in "abc"], *[NodeView(n, 60, free_bytes=1 << 30, loop_busy=0.2)
+                                    for n in "de"])
+    (d,) = plan_pass([_small(holders=("a", "b", "c"))], ns, now=0)
+    assert d.kind == "replicate" and d.target in "de"
+    assert plan_pass([_small(holders=("a", "b", "c", "d"))], ns, now=0) == []   # the cap
+
+
+def test_loop_saturation_counts_only_for_the_block_most_reads_are_for():
+    ns = nodes(NodeView("a", 60, load=0.3, free_bytes=1 << 30, loop_busy=0.9),
+               NodeView("b", 60, free_bytes=1 << 30, loop_busy=0.1))
+    assert plan_pass([_small(share=0.1)], ns, now=0) == []
+
+
+def test_a_replica_is_not_retired_while_its_requests_would_crowd_the_other_loop():
+    p = Policy()
+    # two holders at 40 % loop: with one, the block's work lands on one loop (80 %)
+    ns = nodes(*[NodeView(n, 60, free_bytes=1 << 30, loop_busy=0.4) for n in "ab"])
+    b = _small(holders=("a", "b"), rate=5.0)         # cool in compute: retire would fire
+    assert busy(b, ns, 1) < p.cool_busy
+    assert plan_pass([b], ns, now=0) == []
+    ns = nodes(*[NodeView(n, 60, free_bytes=1 << 30, loop_busy=0.15) for n in "ab"])
+    (d,) = plan_pass([b], ns, now=0)                 # really cooled: retired
+    assert d.kind == "retire"
+
+
+def test_loop_rules_do_not_flap_replicate_then_retire_at_the_same_load():
+    """Replicate at loop >= loop_hot; the replica's holders then share that work, and
+    retiring must predict the remaining loops below loop_cool: the same load never does
+    both (a simulated sequence of passes, dwell elapsed each time)."""
+    p = Policy()
+    demand = 1.6        # loop-seconds per second this block's requests need in all
+    holders, kinds = ["a"], []
+    for step in range(12):
+        per = min(demand / len(holders), 1.0)
+        ns = nodes(*[NodeView(n, 60, free_bytes=1 << 30,
+                              loop_busy=per if n in holders else 0.05) for n in "abcd"])
+        ds = plan_pass([_small(holders=tuple(holders), rate=60.0, share=1.0)], ns,
+                       now=step * 1000.0, policy=p)
+        for d in ds:
+            kinds.append(d.kind)
+            if d.kind == "replicate":
+                holders.append(d.target)
+            elif d.kind == "retire":
+                holders.remove(d.source)
+    assert kinds == ["replicate", "replicate"], kinds   # 1.6 -> 0.8 -> 0.53, then stable

@@ -132,6 +132,10 @@ class Reconfigurer:
                            adverts[c.node_id].stats.get("served_gflops")
                            if c.node_id in adverts else None) for c in cands}
         known = sorted(v for v in own.values() if v)
+        mine = jobs.mesh.advert.stats if getattr(jobs.mesh, "advert", None) else {}
+        loops = {c.node_id: (mine if c.node_id == jobs.node_id else adverts[c.node_id].stats
+                             if c.node_id in adverts else {}).get("loop_busy") or 0.0
+                 for c in cands}
         out = {}
         for c in cands:
             prev = self._load.get(c.node_id, c.load)
@@ -139,7 +143,8 @@ class Reconfigurer:
             speed = own[c.node_id] or (known[len(known) // 2] if known else c.capacity)
             out[c.node_id] = NodeView(c.node_id, float(speed), load, c.memory_free,
                                       c.link == "ice-relay",
-                                      memory.link_speed(c.node_id, DEFAULT_LINK_BPS))
+                                      memory.link_speed(c.node_id, DEFAULT_LINK_BPS),
+                                      float(loops[c.node_id]))
         return out
 
     def _block_views(self, alive: set[str], now: float) -> list[BlockView]:
@@ -147,6 +152,9 @@ class Reconfigurer:
         me = jobs.node_id
         held = jobs.holder.store.names()
         mine_speed = memory.served_gflops or jobs.capacity
+        rates = {(name, i): memory.block_rate((name, i), now)
+                 for name, idxs in held.items() for i in idxs}
+        total = sum(rates.values())
         out = []
         for name, plan in jobs.plans.items():
             for blk in plan.blocks:
@@ -161,7 +169,8 @@ class Reconfigurer:
                 out.append(BlockView(name, blk.index, jobs.holder.store.get(*key).nbytes,
                                      svc * mine_speed * 1e9, tuple(blk.nodes), rate,
                                      self._changed_at(key, tuple(blk.nodes), now),
-                                     self._want(name, plan)))
+                                     self._want(name, plan),
+                                     rates.get(key, 0.0) / total if total else 0.0))
         return out
 
     def _want(self, name: str, plan: PartitionPlan) -> int:
