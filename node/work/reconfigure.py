@@ -40,10 +40,15 @@ from node.net.session import RemoteError
 from node.memory.store import StoreError
 from protocol import codec
 from protocol.errors import ProtocolError
-from protocol.work import StoreState
+from node.work.plans import VersionedPlan
+from protocol.work import GetPlan, StoreState
 
 log = logging.getLogger("sedma.reconfigure")
 
+#: A copy held here that no plan lists is dropped after this long (if the plan, refreshed
+#: from the block's listed holders, still does not list it): a copy-then-switch lists its
+#: new holder within a round trip or two of the copy, so this is a generous bound.
+UNLISTED_GRACE_S = 60.0
 DEFAULT_LINK_BPS = 50e6   # until a copy to the peer was measured (request_timeout's figure)
 JUDGE_AFTER_S = 60.0      # a decision's effect is measured this long after it
 
@@ -85,6 +90,57 @@ def repairs(name: str, plan: PartitionPlan, me: str, alive: set[str],
     return out
 
 
+@dataclass(frozen=True)
+class Unlisted:
+    """What to do with block copies of one matrix that this node holds but its plan does
+    not list: ``adopt`` (list this node: no listed holder is alive, so this copy is the
+    block's only one) or ``drop`` (unlisted for ``UNLISTED_GRACE_S``)."""
+
+    adopt: tuple[int, ...]
+    drop: tuple[int, ...]
+
+
+def unlisted(plan: PartitionPlan, me: str, alive: set[str], gone: set[str], held: set[int],
+             seen: dict[int, float], now: float, grace: float = UNLISTED_GRACE_S) -> Unlisted:
+    """Decide about the copies in ``held`` the plan does not list; updates ``seen``
+    (block index -> when this node first saw it held and unlisted) in place.
+
+    ``alive``: members alive now; ``gone``: members the membership declared dead or left.
+    A copy is adopted only when *every* holder the plan lists is gone (not merely not yet
+    known: a node that just started knows no one), and dropped only when a listed holder
+    is alive to serve the block (and to refresh the plan from).
+
+    Where such a copy comes from: a migration's or hot replica's copy landed here, and
+    its source was killed (-9) before it switched the plan, or a copy whose release was
+    lost. Nothing else would ever resolve it: the next plan notice for that matrix may
+    never come. A block a plan lists here is never in either list.
+    """
+    adopt, drop = [], []
+    listed_here = set()
+    for blk in plan.blocks:
+        if me in blk.nodes:
+            listed_here.add(blk.index)
+            continue
+        if blk.index not in held:
+            continue
+        if blk.nodes and all(n in gone for n in blk.nodes):
+            adopt.append(blk.index)
+            continue
+        if not any(n in alive for n in blk.nodes):
+            continue
+        first = seen.setdefault(blk.index, now)
+        if now - first >= grace:
+            drop.append(blk.index)
+    for idx in list(seen):
+        if idx in listed_here or idx not in held:
+            del seen[idx]
+    return Unlisted(tuple(adopt), tuple(drop))
+
+
+def _block(plan: PartitionPlan, index: int) -> Block:
+    return next(b for b in plan.blocks if b.index == index)
+
+
 class Reconfigurer:
     """Runs :func:`repairs` and :func:`plan_pass` against the live mesh (one pass at a time)."""
 
@@ -96,6 +152,8 @@ class Reconfigurer:
         #: per block: (holder set last seen, when it was first seen): the dwell clock
         self._changed: dict[tuple[str, int], tuple[tuple[str, ...], float]] = {}
         self._deployed: dict[str, int] = {}
+        #: per matrix: held, unlisted block copies -> when first seen so (see ``unlisted``)
+        self._unlisted: dict[str, dict[int, float]] = {}
 
     async def rebalance(self, now: float | None = None) -> list[Decision]:
         """One rebalancing pass over the blocks this node acts for; the decisions made."""
@@ -281,9 +339,61 @@ class Reconfigurer:
                     if await self._repair(repair, alive):   # wait for the other copies to
                         await jobs.announce_plan(name)      # learn that it is listed
                         made += 1
+            await self.resolve_unlisted(alive)
             return made
         finally:
             self._busy = False
+
+    async def resolve_unlisted(self, alive: set[str], now: float | None = None) -> None:
+        """Adopt or drop block copies held here that the plan does not list (``unlisted``).
+
+        Before a drop the plan is refreshed from the block's live listed holders (a plan
+        notice to this node may have been lost), and the drop itself goes through the
+        holder's release, which re-checks the plan after its grace: a block that a plan
+        this node knows lists here is never deleted.
+        """
+        jobs = self.jobs
+        now = time.monotonic() if now is None else now
+        held = jobs.holder.store.names()
+        gone = {m.node_id for m in jobs.mesh.members() if m.state.value in ("dead", "left")}
+        for name in set(self._unlisted) - set(held):
+            del self._unlisted[name]
+        for name, idxs in held.items():
+            plan = jobs.plans.get(name)
+            if plan is None:
+                continue
+            seen = self._unlisted.setdefault(name, {})
+            todo = unlisted(plan, jobs.node_id, alive, gone, set(idxs), seen, now)
+            for idx in todo.adopt:
+                nodes = [n for n in _block(plan, idx).nodes if n in alive] + [jobs.node_id]
+                await jobs.plans.update_block(name, idx, nodes, jobs.node_id)
+                await jobs.announce_plan(name)
+                log.warning("adopted the unlisted copy of %s block %d held here: no holder "
+                            "the plan lists is alive (a copy whose source died mid-switch)",
+                            name, idx)
+            if todo.drop:
+                await self._refresh_plan(name, plan, todo.drop, alive)
+                log.info("releasing unlisted copies of %s block(s) %s: no plan lists this "
+                         "node for them after %.0f s", name, list(todo.drop), UNLISTED_GRACE_S)
+                jobs.holder.release_unlisted(name)
+                for idx in todo.drop:
+                    seen.pop(idx, None)
+
+    async def _refresh_plan(self, name: str, plan: PartitionPlan, idxs: tuple[int, ...],
+                            alive: set[str]) -> None:
+        """Merge in the plan of ``name`` as the blocks' live listed holders know it."""
+        jobs = self.jobs
+        asked = {n for i in idxs for n in _block(plan, i).nodes
+                 if n in alive and n != jobs.node_id}
+        for node in sorted(asked):
+            try:
+                session = await jobs.mesh.session(node)
+                value = await session.request(GetPlan(session.next_rid(), name), 5)
+                if value:
+                    await jobs.plans.put(name, VersionedPlan.from_wire(value))
+            except (LinkClosed, TimeoutError, RemoteError, ProtocolError, ValueError,
+                    KeyError, TypeError) as exc:
+                log.info("could not refresh the plan of %s from %s: %s", name, node[:8], exc)
 
     def _needs(self, name: str) -> Callable[[Block], int]:
         """A block's bytes as this node holds it (the repairer is always a holder)."""
