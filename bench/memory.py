@@ -326,7 +326,8 @@ def skew(root: Path, seconds: float, warmup: float, k: int, pairs: int = 1,
 
 
 def slow(root: Path, seconds: float, warmup: float, factor: float, n: int,
-         slow_by: str = "slowdown", quota_cpus: float = 0.1, batch: int = 16) -> list[str]:
+         slow_by: str = "slowdown", quota_cpus: float = 0.1, batch: int = 16,
+         clients: int = 4) -> list[str]:
     """One node made slow (``--compute-slowdown`` or a cgroup CPU quota): static vs adaptive.
 
     The adaptive window is measured once the adaptation happened (the slow node released
@@ -341,7 +342,7 @@ def slow(root: Path, seconds: float, warmup: float, factor: float, n: int,
     want = {"w": w @ xs["w"]}
     rows = []
     for label, conf in (("static", STATIC_CONF), ("adaptive", FAST_CONF)):
-        mesh = mesh_of(root / f"slow-{slow_by}-{label}", 4, conf,
+        mesh = mesh_of(root / f"slow-{slow_by}-{factor:g}-{clients}-{label}", 4, conf,
                        slow=factor if slow_by == "slowdown" else None)
         quota = CpuQuota(f"bench-{label}", quota_cpus) if slow_by == "quota" else None
         try:
@@ -351,16 +352,18 @@ def slow(root: Path, seconds: float, warmup: float, factor: float, n: int,
             with Client(mesh.nodes[0].socket) as c:
                 c.deploy("w", w, replicas=1)
             socks = [nd.socket for nd in mesh.nodes[:3]]
-            closed_loop(socks, ["w"], [1.0], xs, warmup, check=want)
+            closed_loop(socks, ["w"], [1.0], xs, warmup, clients, check=want)
             adapted = None
             if label == "adaptive":      # keep the load on until the slow node let go
                 t = time.perf_counter()
                 while slow_node.status()["blocks"].get("w") and time.perf_counter() - t < 240:
-                    closed_loop(socks, ["w"], [1.0], xs, 5.0, check=want)
+                    closed_loop(socks, ["w"], [1.0], xs, 5.0, clients, check=want)
                 adapted = warmup + time.perf_counter() - t
-            rate, fails = closed_loop(socks, ["w"], [1.0], xs, seconds, check=want)
+            load0 = os.getloadavg()[0]
+            rate, fails = closed_loop(socks, ["w"], [1.0], xs, seconds, clients, check=want)
             decisions = [d["kind"] for d in _memory(slow_node)["decisions"]]
-            row = [label, rate, fails, ", ".join(decisions) or "-", adapted, None]
+            row = [label, rate, fails, ", ".join(decisions) or "-", adapted, None,
+                   f"{load0:.1f} -> {os.getloadavg()[0]:.1f}"]
             if label == "adaptive":
                 for node in mesh.nodes:
                     node.stop()
@@ -371,7 +374,8 @@ def slow(root: Path, seconds: float, warmup: float, factor: float, n: int,
                 if quota:
                     quota.add(slow_node.proc.pid)
                 mesh.wait_converged(alive=3, timeout=120)
-                row[5], _ = closed_loop(socks, ["w"], [1.0], xs, min(seconds, 10), check=want)
+                row[5], _ = closed_loop(socks, ["w"], [1.0], xs, min(seconds, 10), clients,
+                                       check=want)
             rows.append(row)
         finally:
             mesh.stop()
@@ -381,13 +385,13 @@ def slow(root: Path, seconds: float, warmup: float, factor: float, n: int,
     how = (f"--compute-slowdown {factor:g}" if slow_by == "slowdown"
            else f"a cgroup CPU quota of {quota_cpus:g} CPU")
     out = [f"slow: 4 nodes, one slowed by {how}, W {n}x{n} float32 in one block "
-           f"per node, 4 client threads, X {n}x{batch}; {warmup:.0f} s warm-up, then (adaptive) "
-           f"load until the slow node released its block, then {seconds:.0f} s measured",
-           "", "| placement | req/s | vs static | failed | slow node's decisions | "
-           "adapted after | req/s right after restarting every node |",
-           "|---|---:|---:|---:|---|---:|---:|"]
-    for label, rate, fails, decisions, adapted, after in rows:
-        out.append(f"| {label} | {rate:.1f} | {rate / base:.2f}x | {fails} | {decisions} | "
+           f"per node, {clients} client thread(s), X {n}x{batch}; {warmup:.0f} s warm-up, then "
+           f"(adaptive) load until the slow node released its block, then {seconds:.0f} s "
+           "measured", "", "| placement | req/s | vs static | failed | load avg | slow node's "
+           "decisions | adapted after | req/s right after restarting every node |",
+           "|---|---:|---:|---:|---|---|---:|---:|"]
+    for label, rate, fails, decisions, adapted, after, load in rows:
+        out.append(f"| {label} | {rate:.1f} | {rate / base:.2f}x | {fails} | {load} | {decisions} | "
                    f"{'-' if adapted is None else f'{adapted:.0f} s'} | "
                    f"{'-' if after is None else f'{after:.1f} ({after / base:.2f}x)'} |")
     return out
@@ -452,7 +456,11 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--passes", type=int, default=3)
     p.add_argument("--ram", default="256MiB")
-    p.add_argument("--slowdown", type=float, default=16.0)
+    p.add_argument("--slowdown", default="16",
+                   help="slow: --compute-slowdown factor(s), comma-separated (a sweep)")
+    p.add_argument("--slow-clients", default="4",
+                   help="slow: client threads, comma-separated (1 = a closed loop whose "
+                        "every request waits for the slow node's block)")
     p.add_argument("--slow-by", choices=("slowdown", "quota"), default="slowdown",
                    help="slow: the --compute-slowdown testing aid, or a real cgroup v1 CPU "
                         "quota on the slow daemon (needs root)")
@@ -478,9 +486,13 @@ def main() -> int:
                           not args.client_threads) + [""]
             print("\n".join(lines), flush=True)
         if "slow" in parts:
-            lines += slow(root, args.seconds, args.warmup, args.slowdown, min(args.n, 2048),
-                          args.slow_by, args.quota_cpus,
-                          args.slow_batch or (16 if args.slow_by == "slowdown" else 256)) + [""]
+            for factor in [float(f) for f in str(args.slowdown).split(",")]:
+                for clients in [int(c) for c in args.slow_clients.split(",")]:
+                    lines += slow(root, args.seconds, args.warmup, factor, min(args.n, 2048),
+                                  args.slow_by, args.quota_cpus,
+                                  args.slow_batch or (16 if args.slow_by == "slowdown" else 256),
+                                  clients) + [""]
+                    print("\n".join(lines), flush=True)
         if "oscillate" in parts:
             lines += oscillate(root, args.osc_seconds, args.osc_period, args.n) + [""]
     lines.append(f"load average at end: {os.getloadavg()[0]:.1f}")

@@ -263,3 +263,64 @@ def test_loop_rules_do_not_flap_replicate_then_retire_at_the_same_load():
             elif d.kind == "retire":
                 holders.remove(d.source)
     assert kinds == ["replicate", "replicate"], kinds   # 1.6 -> 0.8 -> 0.53, then stable
+
+
+# -- coordinators' end-to-end speeds as evidence (with_e2e_evidence) --------------------
+
+from node.work.rebalance import E2E_SLOW, with_e2e_evidence  # noqa: E402
+
+
+def test_a_node_starved_between_computations_is_seen_slow_end_to_end():
+    # the figures of the quota probe (bench/README): own 75 GFLOP/s at 5 % of a CPU, while
+    # the coordinator learned 0.56 for it against 5-6 for the others
+    own = {"me": 60.0, "b": 60.0, "c": 55.0, "q": 75.0}
+    e2e = {"me": 9.0, "b": 5.5, "c": 5.0, "q": 0.56}
+    speeds = with_e2e_evidence(own, e2e, "me")
+    assert speeds["q"] < 60.0 / E2E_SLOW and speeds["b"] == 60.0 and speeds["me"] == 60.0
+    ns = nodes(NodeView("q", speeds["q"], free_bytes=0),
+               *[NodeView(n, speeds[n], free_bytes=1 << 30) for n in ("me", "b", "c")])
+    (d,) = plan_pass([blk(holders=("q",), rate=2.0, flops=2 * GB)], ns, now=0)
+    assert (d.kind, d.source) == ("migrate", "q")
+    # without the evidence the starved node looked the fastest: nothing moved
+    ns_own = nodes(*[NodeView(n, own[n], free_bytes=0 if n == "q" else 1 << 30) for n in own])
+    assert plan_pass([blk(holders=("q",), rate=2.0, flops=2 * GB)], ns_own, now=0) == []
+
+
+def test_too_little_end_to_end_evidence_changes_nothing():
+    own = {"me": 60.0, "b": 60.0, "q": 75.0}
+    assert with_e2e_evidence(own, {"b": 5.0, "q": 0.5}, "me") == own   # 2 remote: no scale
+
+
+def _moves_over_noisy_passes(evidence, passes: int = 400) -> int:
+    """Four equal nodes, a block on two of them. Every pass, the acting holder (the lower
+    id) sees each node's own speed and its end-to-end speed with independent noise of up
+    to 1.4x each (equal nodes' figures differ ~2x on a busy machine) and a transfer
+    overhead on the end-to-end figures (its own reads have none), measured for the
+    holders and for about half of the other nodes; the block's holders change wherever a
+    decision says. Returns the migrations made."""
+    import random
+    rng = random.Random(7)
+    holders, moves = ["a", "b"], 0
+    for step in range(passes):
+        actor = min(holders)
+        own = {n: 40.0 * rng.uniform(1 / 1.4, 1.4) for n in "abcd"}
+        e2e = {n: 40.0 * (1.0 if n == actor else 0.3) * rng.uniform(1 / 1.4, 1.4)
+               for n in "abcd" if n in holders or rng.random() < 0.5}   # as it served us
+        speeds = evidence(own, e2e, actor)
+        ns = nodes(*[NodeView(n, speeds[n], load=rng.uniform(0, 0.5), free_bytes=1 << 30)
+                     for n in "abcd"])
+        for d in plan_pass([blk(holders=tuple(holders), rate=5.0, flops=2 * GB, want=2)], ns,
+                           now=step * 1000.0):
+            if d.kind == "migrate":
+                holders[holders.index(d.source)] = d.target
+                moves += 1
+    return moves
+
+
+def test_end_to_end_noise_of_equal_nodes_never_moves_a_block_back_and_forth():
+    assert _moves_over_noisy_passes(with_e2e_evidence) == 0
+    # what the guard prevents: an end-to-end figure wherever one was measured, else the
+    # node's own; a holder measured end to end looks slower than a spare that was not
+    naive = _moves_over_noisy_passes(lambda own, e2e, me: {n: e2e.get(n, own[n])
+                                                           if n != me else own[n] for n in own})
+    assert naive > 50

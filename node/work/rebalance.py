@@ -282,6 +282,38 @@ def _why_move(src: NodeView, t: NodeView, policy: Policy) -> str:
     return ""
 
 
+#: End-to-end evidence lowers a node's speed only when it puts the node this many times
+#: below its own claim, relative to how the other nodes' claims compare end to end.
+E2E_SLOW = 3.0
+
+
+def with_e2e_evidence(own: dict[str, float], e2e: dict[str, float], me: str) -> dict[str, float]:
+    """Each node's serving speed, lowered where this node's end-to-end measurements of it
+    (as a coordinator) say it is much slower than it measures itself.
+
+    Why: a node starved of CPU only *between* computations (a CPU quota, small requests)
+    measures its own compute at full speed, while its requests take many times longer end
+    to end. Why so guarded: end-to-end figures include transfer and queueing and are of
+    another kind than a node's own serving speed; comparing the two directly made nodes
+    swap a block back and forth (an earlier round). So the end-to-end figures are first
+    put on the serving scale by the *median* ratio end-to-end / own over the other nodes
+    measured both ways (at least three, so one outlier cannot set the scale), only remote
+    nodes count (this node's own reads have no transfer), and a node is lowered only when
+    it falls ``E2E_SLOW`` times below its own claim: equal nodes' noise stays far inside.
+    """
+    both = [n for n, v in own.items() if n != me and v and e2e.get(n)]
+    if len(both) < 3:
+        return dict(own)
+    ratios = sorted(e2e[n] / own[n] for n in both)
+    scale = ratios[len(ratios) // 2]
+    out = dict(own)
+    for n in both:
+        scaled = e2e[n] / scale
+        if scaled * E2E_SLOW < own[n]:
+            out[n] = scaled
+    return out
+
+
 def migration_bound(blocks: int, seconds: float, policy: Policy = Policy()) -> int:
     """Most migrations the dwell rule allows for ``blocks`` blocks over ``seconds``."""
     return blocks * (math.floor(seconds / policy.min_dwell_s) + 1)

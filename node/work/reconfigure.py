@@ -35,7 +35,8 @@ from compute.partition import Block, PartitionPlan
 from nat.link import LinkClosed
 from node.work.jobs import JobManager, request_timeout
 from node.work.placement import rank
-from node.work.rebalance import BlockView, Decision, NodeView, Policy, plan_pass
+from node.work.rebalance import (BlockView, Decision, NodeView, Policy, plan_pass,
+                                 with_e2e_evidence)
 from node.net.session import RemoteError
 from node.memory.store import StoreError
 from protocol import codec
@@ -181,7 +182,9 @@ class Reconfigurer:
         Why not mix in advertised capacity or what we measured as their client: a BLAS
         peak and a serving speed with its overheads differ several-fold, and comparing
         them made two nodes each find the other faster and swap a block back and forth.
-        A node that has served nothing yet gets the median of the known speeds.
+        A node that has served nothing yet gets the median of the known speeds. The one
+        use of what we measured as a client is :func:`with_e2e_evidence`, which lowers a
+        node only when, put on the same scale, it is several times slower end to end.
         """
         jobs, memory = self.jobs, self.jobs.memory
         adverts = {m.node_id: m.advert for m in jobs.mesh.members()}
@@ -190,6 +193,9 @@ class Reconfigurer:
                            adverts[c.node_id].stats.get("served_gflops")
                            if c.node_id in adverts else None) for c in cands}
         known = sorted(v for v in own.values() if v)
+        measured = {n: float(v) for n, v in own.items() if v}
+        e2e = {n: v for n in measured if (v := memory.peer_speed(n))}
+        own |= with_e2e_evidence(measured, e2e, jobs.node_id)   # guarded: see there
         mine = jobs.mesh.advert.stats if getattr(jobs.mesh, "advert", None) else {}
         loops = {c.node_id: (mine if c.node_id == jobs.node_id else adverts[c.node_id].stats
                              if c.node_id in adverts else {}).get("loop_busy") or 0.0
