@@ -225,6 +225,12 @@ def test_a_small_block_whose_holder_loop_stays_saturated_gains_replicas_up_to_th
     assert plan_pass([_small(holders=("a", "b", "c", "d"))], ns, now=0) == []   # the cap
 
 
+def test_a_loop_replica_never_goes_to_a_slow_node():
+    ns = nodes(NodeView("a", 60, load=0.3, free_bytes=1 << 30, loop_busy=0.9),
+               NodeView("slow", 6, free_bytes=1 << 30, loop_busy=0.1))
+    assert plan_pass([_small()], ns, now=0) == []
+
+
 def test_loop_saturation_counts_only_for_the_block_most_reads_are_for():
     ns = nodes(NodeView("a", 60, load=0.3, free_bytes=1 << 30, loop_busy=0.9),
                NodeView("b", 60, free_bytes=1 << 30, loop_busy=0.1))
@@ -324,3 +330,15 @@ def test_end_to_end_noise_of_equal_nodes_never_moves_a_block_back_and_forth():
     naive = _moves_over_noisy_passes(lambda own, e2e, me: {n: e2e.get(n, own[n])
                                                            if n != me else own[n] for n in own})
     assert naive > 50
+
+
+def test_loop_demand_is_the_cpu_fraction_of_the_sampling_thread_smoothed():
+    from node.work.loopdemand import ALPHA, LoopDemand
+    clock, cpu = [0.0], [0.0]
+    meter = LoopDemand(clock=lambda: clock[0], cpu=lambda: cpu[0])
+    clock[0], cpu[0] = 1.0, 0.8                 # 80 % of the last second on a CPU
+    assert meter.sample() == ALPHA * 0.8
+    for i in range(2, 30):
+        clock[0], cpu[0] = float(i), cpu[0] + 0.8
+        meter.sample()
+    assert abs(meter.value - 0.8) < 0.01

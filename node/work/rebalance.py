@@ -199,7 +199,9 @@ def _loop_saturated(b: BlockView, holders: list[NodeView], policy: Policy) -> bo
 def _replicate_for_loop(b: BlockView, holders: list[NodeView], nodes, free, now,
                         policy) -> Decision | None:
     """A replica on a node whose own loop has room; gain: loop time taken off each holder."""
-    targets = [t for t in _targets(b, nodes, free, policy) if t.loop_busy < policy.loop_hot]
+    fastest = max(_loaded(h).speed for h in holders)
+    targets = [t for t in _targets(b, nodes, free, policy) if t.loop_busy < policy.loop_hot
+               and _loaded(t).speed >= policy.slow_ratio * fastest]   # never onto a slow node
     if not targets:
         return None
     t, n = targets[0], len(holders)
