@@ -342,3 +342,17 @@ def test_loop_demand_is_the_cpu_fraction_of_the_sampling_thread_smoothed():
         clock[0], cpu[0] = float(i), cpu[0] + 0.8
         meter.sample()
     assert abs(meter.value - 0.8) < 0.01
+
+
+def test_a_replica_is_not_retired_while_the_rate_it_was_added_at_holds():
+    """Compute times swing on a shared machine: 'cool' by busy() at a rate above the one
+    the replica was added at must not retire it (it flapped: replicate, retire, ...)."""
+    ns = nodes(NodeView("a", 10, free_bytes=1 << 30), NodeView("b", 10, free_bytes=1 << 30))
+    b = blk(holders=("a", "b"), rate=0.1, flops=0.01 * GB)     # 0.01 % busy: cool
+    grown = BlockView(*[getattr(b, f) for f in ("name", "index", "nbytes", "flops",
+                                                "holders", "rate", "changed_at", "want",
+                                                "share")], grown_at_rate=0.2)
+    assert plan_pass([grown], ns, now=0) == []                # 0.1 > 0.2 / 4: kept
+    fell = BlockView(**{**grown.__dict__, "rate": 0.04})
+    assert [d.kind for d in plan_pass([fell], ns, now=0)] == ["retire"]
+    assert [d.kind for d in plan_pass([b], ns, now=0)] == ["retire"]   # unknown: busy rule

@@ -13,7 +13,11 @@ work stealing's oscillations are the cautionary tales):
 - *Retiring*: a block above its deployed replica count whose holders would stay below
   ``cool_busy`` with one replica fewer gives back the replica on its slowest holder.
   ``hot_busy`` > ``cool_busy`` *is* the hysteresis: the gap between them means a block
-  replicated at rate r is retired only when the rate fell well below r.
+  replicated at rate r is retired only when the rate fell well below r. Busy fractions
+  are rate x measured compute time, and on a shared machine the compute time swings
+  100x within a minute (a replica added at "97 % busy" was retired at "1 % busy" at a
+  higher rate, then added again: bench/README), so the rate itself must also have fallen
+  by ``hot_busy / cool_busy`` since the replica was added (when that rate is known).
 - *Migration*: a block moves off a holder that is slow (learned speed below
   ``slow_ratio`` x the best alternative's), overloaded, or reachable only through a relay,
   when the time saved over ``horizon_s`` exceeds ``margin`` x the cost of moving it
@@ -92,6 +96,7 @@ class BlockView:
     changed_at: float            # when its holder set last changed
     want: int = 1                # replicas as deployed (never retired below this)
     share: float = 0.0           # this block's part of its (acting) holder's reads
+    grown_at_rate: float = 0.0   # its rate when it last gained a replica (0: unknown)
 
 
 @dataclass(frozen=True)
@@ -234,6 +239,8 @@ def _retire(b: BlockView, nodes, now, policy) -> Decision | None:
         return None                # a holder is gone: repair first, retire later
     if loop_after_retire(b, live) >= policy.loop_cool:
         return None                # its requests would crowd the others' event loops
+    if b.grown_at_rate and b.rate > b.grown_at_rate * policy.cool_busy / policy.hot_busy:
+        return None                # the rate has not fallen 4x since the replica was added
     slowest = min(live, key=lambda n: (n.speed / (1 + n.load), n.node_id))
     return Decision("retire", b.name, b.index, slowest.node_id, "",
                     f"cooled to {b.rate:.2f} req/s: {len(b.holders) - 1} holder(s) would be "

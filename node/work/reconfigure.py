@@ -153,6 +153,9 @@ class Reconfigurer:
         #: per block: (holder set last seen, when it was first seen): the dwell clock
         self._changed: dict[tuple[str, int], tuple[tuple[str, ...], float]] = {}
         self._deployed: dict[str, int] = {}
+        #: per block: its request rate when this node last gave it a replica (retiring
+        #: then needs the rate to fall; the compute time, on a shared machine, swings 100x)
+        self._grown: dict[tuple[str, int], float] = {}
         #: per matrix: held, unlisted block copies -> when first seen so (see ``unlisted``)
         self._unlisted: dict[str, dict[int, float]] = {}
 
@@ -234,7 +237,8 @@ class Reconfigurer:
                                      svc * mine_speed * 1e9, tuple(blk.nodes), rate,
                                      self._changed_at(key, tuple(blk.nodes), now),
                                      self._want(name, plan),
-                                     rates.get(key, 0.0) / total if total else 0.0))
+                                     rates.get(key, 0.0) / total if total else 0.0,
+                                     self._grown.get(key, 0.0)))
         return out
 
     def _want(self, name: str, plan: PartitionPlan) -> int:
@@ -275,6 +279,8 @@ class Reconfigurer:
         jobs.holder.release_unlisted(d.name)
         key = (d.name, d.index)
         self._changed[key] = (tuple(nodes), d.at)
+        if d.kind == "replicate":
+            self._grown[key] = max(self._grown.get(key, 0.0), self._rate_of(d))
         before = {"rate": jobs.memory.block_rate(key, d.at),
                   "service_s": jobs.memory.block_service_s(key)}
         jobs.memory.record_decision(d.to_dict() | {"measured_before": before,
@@ -282,6 +288,13 @@ class Reconfigurer:
         log.info("%s %s block %d: %s -> %s (%s; predicted gain %.3g)", d.kind, d.name, d.index,
                  d.source[:8], d.target[:8] or "-", d.reason, d.predicted_gain)
         return True
+
+    def _rate_of(self, d: Decision) -> float:
+        """The block's rate (all holders) as the decision saw it."""
+        plan = self.jobs.plans.get(d.name)
+        blk = next((b for b in plan.blocks if b.index == d.index), None) if plan else None
+        holders = len(blk.nodes) - 1 if blk is not None else 1
+        return self.jobs.memory.block_rate((d.name, d.index), d.at) * max(holders, 1)
 
     def _changed_at(self, key: tuple[str, int], holders: tuple[str, ...], now: float) -> float:
         """When this node saw the block's holder set change (first sight counts as a change).
