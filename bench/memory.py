@@ -5,13 +5,16 @@ Every figure is measured against a static baseline in the same run of this scrip
 tiers     one node, --memory-limit 256MiB, a model of 16 layers of 4096x4096 float32
           (1 GiB of programmed state) served layer by layer; prefetch on vs --no-prefetch.
           Reports layers/s, tier-0 hit rate, prefetch accuracy, bytes moved disk -> RAM.
-skew      4 nodes, 4 one-block matrices, 4 client threads, 90 % of requests to one matrix;
-          static placement (reconfiguration effectively off) vs adaptive (hot replication)
-          after a warm-up. Reports requests/s.
+skew      4 nodes, 4 one-block matrices, 4 client processes (one per daemon), 90 % of
+          requests to one matrix; static placement (reconfiguration effectively off) vs
+          adaptive (hot replication) after a warm-up, --pairs times interleaved. Reports
+          requests/s, the load, each process's CPU, m0's reads per node, the median ratio.
 slow      4 nodes, one with --compute-slowdown F (a testing aid: it sleeps F-1 times its
           compute time), W spread over all four (one block each); static vs adaptive
           (migration) after a warm-up; then every adaptive node is restarted and the first
           requests are timed (the learned placement must hold from the first request).
+          --slowdown and --slow-clients take lists (a sweep; 1 client = the slow node is
+          the bottleneck of every request).
 
 oscillate 4 nodes, 2 one-block matrices, 90 % of the load on one then the other, swapping
           at the control interval for 10 minutes, default control loop; static vs adaptive:
