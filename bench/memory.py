@@ -3,8 +3,10 @@
 Every figure is measured against a static baseline in the same run of this script:
 
 tiers     one node, --memory-limit 256MiB, a model of 16 layers of 4096x4096 float32
-          (1 GiB of programmed state) served layer by layer; prefetch on vs --no-prefetch.
-          Reports layers/s, tier-0 hit rate, prefetch accuracy, bytes moved disk -> RAM.
+          (1 GiB of programmed state) served layer by layer; prefetch on vs --no-prefetch
+          on two live daemons, interleaved pairs, medians. Reports layers/s, tier-0 hit
+          rate, late hits, prefetch accuracy, bytes read and wasted, depth; then the device
+          cold (one layer alone, k layers at once) and the bound it sets.
 skew      4 nodes, 4 one-block matrices, 4 client processes (one per daemon), 90 % of
           requests to one matrix; static placement (reconfiguration effectively off) vs
           adaptive (hot replication) after a warm-up, --pairs times interleaved. Reports
@@ -57,83 +59,220 @@ def rand(shape, seed) -> np.ndarray:
 
 # -- tiers and prefetch ------------------------------------------------------------------
 
-def tiers(root: Path, layers: int, n: int, batch: int, passes: int, ram: str) -> list[str]:
+STAT_KEYS = ("reads", "tier0_reads", "late", "used", "wasted", "bytes_loaded",
+             "bytes_prefetched", "bytes_wasted", "bytes_transient")
+
+
+def tiers(root: Path, layers: int, n: int, batch: int, passes: int, ram: str,
+          pairs: int = 3) -> list[str]:
+    """Prefetch on vs off on two live daemons, measured in interleaved pairs, then the device.
+
+    Both daemons hold the same 16 layers under the same budget and read them with the same
+    loader (node/memory/blockio.py); the off daemon reads each layer when it is asked for,
+    the on daemon loads the learned chain ahead. Each measurement is ``passes`` passes over
+    every layer, every result checked against numpy; the pairs alternate which side goes
+    first so that a load swing hits both.
+    """
     ws = [rand((n, n), i) for i in range(layers)]
     x = rand((n, batch), 1000)
-    want0 = ws[0] @ x
-    rows = []
-    for prefetch in (False, True):
-        mesh = LocalMesh(root / f"tiers-{prefetch}")
-        try:  # (a daemon that fails to start is killed by its launcher)
+    want = [w @ x for w in ws]
+    load0 = os.getloadavg()[0]
+    meshes, nodes = {}, {}
+    try:
+        for pf in (False, True):
+            meshes[pf] = LocalMesh(root / f"tiers-{pf}")
             extra = ["--capacity", "10", "--memory-limit", ram, "--disk-limit", "4GiB"]
-            node = mesh.add("solo", extra=extra + ([] if prefetch else ["--no-prefetch"]))
-            with Client(node.socket) as c:
+            nodes[pf] = meshes[pf].add("solo", extra=extra + ([] if pf else ["--no-prefetch"]))
+            with Client(nodes[pf].socket) as c:
                 for i, w in enumerate(ws):
                     c.deploy(f"L{i}", w, replicas=1)
-                np.testing.assert_allclose(c.infer("L0", x), want0, rtol=1e-4, atol=1e-3)
                 for i in range(layers):               # one pass to learn the order
-                    c.infer(f"L{i}", x)
-                before = c.memory()["prefetch"]
-                t = time.perf_counter()
-                for _ in range(passes):
-                    for i in range(layers):
-                        c.infer(f"L{i}", x)
-                took = time.perf_counter() - t
-                rep = c.memory()
-            after = rep["prefetch"]
-            reads = after["reads"] - before["reads"]
-            hits = after["tier0_reads"] - before["tier0_reads"]
-            used, wasted = after["used"] - before["used"], after["wasted"] - before["wasted"]
-            late = after["late"] - before["late"]
-            rows.append((prefetch, passes * layers / took, hits / reads, late / reads,
-                         used / (used + wasted) if used + wasted else None,
-                         (after["bytes_loaded"] - before["bytes_loaded"]) / passes,
-                         rep["tiers"]["0"]["used"], rep["tiers"]["1"]["used"]))
-        finally:
+                    np.testing.assert_allclose(c.infer(f"L{i}", x), want[i], rtol=1e-4, atol=1e-3)
+        runs: dict[bool, list[dict]] = {False: [], True: []}
+        hot: list[float] = []
+        for k in range(pairs):
+            for pf in ((False, True) if k % 2 == 0 else (True, False)):
+                runs[pf].append(_tier_run(nodes[pf], layers, passes, x, want))
+            hot.append(_hot_layer_s(nodes[False], x, want))
+        limit = _memory(nodes[True])["tiers"]["0"]["limit"]
+        over = [r["tier0_end"] for rs in runs.values() for r in rs if r["tier0_end"] > limit]
+        files = sorted((root / "tiers-True").glob("*/blocks/L*/*.blk"))
+    finally:
+        for mesh in meshes.values():
             mesh.stop()
-    read_s, compute_s = _layer_costs(root / "tiers-True", ws[0], x)
-    base = rows[0][1]
-    bound = (read_s + compute_s) / max(read_s, compute_s)
+    load1 = os.getloadavg()[0]
+    dev, read1, compute_s = _device(files[:8], ws[0], x)
+    return _tier_report(runs, layers, n, batch, passes, ram, load0, load1, over, limit,
+                        dev, read1, compute_s, hot)
+
+
+def _hot_layer_s(node, x: np.ndarray, want: list, passes: int = 2) -> float:
+    """Seconds per layer of a request whose layer is in RAM, on the daemon itself: the
+    compute (and request) cost a layer has when its read is hidden completely. Measured on
+    the prefetch-off daemon over the layers its tier policy keeps in RAM."""
+    with Client(node.socket) as c:
+        ram = sorted(int(m[1:]) for m, idx in c.memory()["blocks"].items()
+                     if all(t == 0 for t in idx.values()))
+        t = time.perf_counter()
+        for _ in range(passes):
+            for i in ram:
+                if not np.allclose(c.infer(f"L{i}", x), want[i], rtol=1e-4, atol=1e-3):
+                    raise AssertionError(f"layer {i}: wrong result")
+        return (time.perf_counter() - t) / (passes * len(ram))
+
+
+def _tier_run(node, layers: int, passes: int, x: np.ndarray, want: list) -> dict:
+    """One measurement: ``passes`` passes over every layer; rate and the prefetch counters."""
+    with Client(node.socket) as c:
+        before = c.memory()["prefetch"]
+        tier0_end = 0
+        t = time.perf_counter()
+        for _ in range(passes):
+            for i in range(layers):
+                y = c.infer(f"L{i}", x)
+                if not np.allclose(y, want[i], rtol=1e-4, atol=1e-3):
+                    raise AssertionError(f"layer {i}: wrong result")
+        took = time.perf_counter() - t
+        rep = c.memory()
+        tier0_end = rep["tiers"]["0"]["used"]
+    after = rep["prefetch"]
+    d = {k: after[k] - before[k] for k in STAT_KEYS}
+    done = d["used"] + d["wasted"]
+    return {"rate": passes * layers / took, "hits": d["tier0_reads"] / d["reads"],
+            "late": d["late"] / d["reads"], "acc": d["used"] / done if done else None,
+            "moved": (d["bytes_loaded"] + d["bytes_transient"]) / passes,
+            "wasted": d["bytes_wasted"] / passes, "depth": after["depth"],
+            "in_flight": after["max_in_flight"], "tier0_end": tier0_end}
+
+
+def _median(xs):
+    xs = sorted(x for x in xs if x is not None)
+    return xs[len(xs) // 2] if xs else None
+
+
+def _tier_report(runs, layers, n, batch, passes, ram, load0, load1, over, limit,
+                 dev, read1, compute_s, hot) -> list[str]:
+    base = _median([r["rate"] for r in runs[False]])
     out = [f"tiers: {layers} layers of {n}x{n} float32 ({layers * n * n * 4 >> 20} MiB) on one "
-           f"node with --memory-limit {ram}, X {n}x{batch}, {passes} passes after one to learn",
-           "", "| prefetch | layers/s | vs off | tier-0 hits | late (waited for its prefetch) "
-           "| prefetch accuracy | MiB moved per pass | tier 0 used | tier 1 used |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for pf, rate, hit, late, acc, moved, t0, t1 in rows:
-        out.append(f"| {'on' if pf else 'off'} | {rate:.2f} | {rate / base:.2f}x | {hit:.0%} | "
-                   f"{late:.0%} | "
-                   f"{'-' if acc is None else f'{acc:.0%}'} | {moved / 2**20:.0f} | "
-                   f"{t0 / 2**20:.0f} MiB | {t1 / 2**20:.0f} MiB |")
-    fit = int(parse_size(ram) // (n * n * 4))
-    out += ["", f"one layer: cold read of its file {read_s * 1000:.0f} ms "
-            f"({n * n * 4 / read_s / 1e6:.0f} MB/s), compute {compute_s * 1000:.0f} ms (in-process "
-            f"numpy, same X). Prefetch overlaps the two, so prefetch on / off is at most "
-            f"(read + compute) / max(read, compute) = {bound:.2f}x here, and with "
-            f"{layers - min(fit, layers)} of {layers} layers read from disk every pass, a "
-            f"prefetch lands in time only if a read is no slower than a compute "
-            f"(read/compute = {read_s / compute_s:.1f})."]
+           f"node with --memory-limit {ram}, X {n}x{batch}; {len(runs[True])} interleaved "
+           f"pairs of {passes} passes each (after one pass to learn); load {load0:.1f} -> "
+           f"{load1:.1f}", "",
+           "| prefetch | run | layers/s | tier-0 hits | late (waited for its prefetch) "
+           "| accuracy | MiB read from disk per pass | MiB wasted per pass | depth | "
+           "loads in flight (max) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    pct = lambda v: "-" if v is None else f"{v:.0%}"    # noqa: E731
+    for pf in (False, True):
+        for k, r in enumerate(runs[pf]):
+            out.append(f"| {'on' if pf else 'off'} | {k + 1} | {r['rate']:.2f} | "
+                       f"{pct(r['hits'])} | {pct(r['late'])} | {pct(r['acc'])} | "
+                       f"{r['moved'] / 2**20:.0f} | {r['wasted'] / 2**20:.0f} | "
+                       f"{r['depth'] if pf else '-'} | {r['in_flight'] if pf else '-'} |")
+    out += ["", "| prefetch | layers/s (median) | vs off | tier-0 hits | late | accuracy |",
+            "|---|---:|---:|---:|---:|---:|"]
+    for pf in (False, True):
+        med = {k: _median([r[k] for r in runs[pf]]) for k in ("rate", "hits", "late", "acc")}
+        out.append(f"| {'on' if pf else 'off'} | {med['rate']:.2f} | {med['rate'] / base:.2f}x "
+                   f"| {pct(med['hits'])} | {pct(med['late'])} | {pct(med['acc'])} |")
+    ratios = [on["rate"] / off["rate"] for off, on in zip(runs[False], runs[True])]
+    out.append("")
+    out.append("on / off per pair (each pair measured back to back): "
+               + ", ".join(f"{r:.2f}x" for r in ratios) + f"; median {_median(ratios):.2f}x")
+    out.append(f"tier 0 after every run <= limit {limit >> 20} MiB: "
+               f"{'yes' if not over else 'NO: ' + str(over)}")
+    out += [""] + dev
+    best = max(v for v in _DEPTH_RATE.values())
+    per_layer = n * n * 4 / best
+    off_s = [1 / r["rate"] for r in runs[False]]
+    on_s = [1 / r["rate"] for r in runs[True]]
+    out += ["", f"per layer, pair by pair: prefetch off {_ms(off_s)} ms (loads "
+            f"{1 - _median([r['hits'] for r in runs[False]]):.0%} of the layers), prefetch on "
+            f"{_ms(on_s)} ms; a layer already in RAM on the off daemon right after the pair "
+            f"(8 requests: compute + request) {_ms(hot)} ms; one layer read with the daemon's "
+            f"loader {read1 * 1000:.0f} ms, at the device's best depth "
+            f"{per_layer * 1000:.0f} ms a layer; in-process numpy compute "
+            f"{compute_s * 1000:.0f} ms (after the runs). With every read hidden, on/off "
+            f"approaches off / max(compute, read at depth), 2x only where a layer's read is "
+            f"at least its compute."]
     return out
 
 
-def _layer_costs(data_root: Path, w: np.ndarray, x: np.ndarray) -> tuple[float, float]:
-    """Seconds to read one layer's block file cold (page cache dropped) and to compute it."""
-    path = next(data_root.glob("*/blocks/L1/*.blk"))
-    reads = []
-    for _ in range(3):
-        fd = os.open(path, os.O_RDONLY)
+def _ms(xs) -> str:
+    return ", ".join(f"{x * 1000:.0f}" for x in xs)
+
+
+#: Device MB/s by reads in flight, filled by _device for the bound.
+_DEPTH_RATE: dict[str, float] = {}
+
+
+def _drop(paths) -> float:
+    from node.memory.blockio import cached_pages
+    """Drop the files' page cache; return the fraction still resident (mincore), 0 ideally."""
+    left = total = 0
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
         try:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            got, pages = cached_pages(fd)
         finally:
             os.close(fd)
-        t = time.perf_counter()
-        path.read_bytes()
-        reads.append(time.perf_counter() - t)
+        left, total = left + got, total + pages
+    return left / total if total else 0.0
+
+
+def _device(files: list[Path], w: np.ndarray, x: np.ndarray) -> tuple[list[str], float, float]:
+    """The device, cold: one layer read alone several ways, k layers read at once.
+
+    Every pass first drops the files' page cache and checks with mincore that it is gone
+    (the direct reads bypass it anyway; the buffered ones would otherwise read RAM).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from node.memory.blockio import BlockReader
+    size = files[0].stat().st_size
+    rows, resident = [], []
+
+    def timed(label: str, k: int, fn, reps: int = 3) -> float:
+        fn(files[-k:])              # warm-up, untimed: the readers' buffers get faulted in
+        ts = []
+        for rep in range(reps):
+            group = [files[(rep * k + j) % len(files)] for j in range(k)]
+            resident.append(_drop(group))
+            t = time.perf_counter()
+            fn(group)
+            ts.append(time.perf_counter() - t)
+        med = _median(ts)
+        rows.append(f"| {label} | {k} | {med * 1000:.0f} | {k * size / med / 1e6:.0f} |")
+        return med
+
+    # Readers keep enough spare buffers that every timed read goes into a reused one: the
+    # table is the device's, not the page faults of fresh buffers (the first row aside).
+    serial, loader = BlockReader(threads=1, spare=4), BlockReader(spare=4)
+    timed("read_bytes() into a fresh buffer (buffered, one reader: the old load)", 1,
+          lambda g: g[0].read_bytes())
+    timed("direct, 4 MiB chunks, one after another", 1, lambda g: serial.read(g[0]))
+    read1 = timed("the daemon's loader: direct, 4 MiB chunks, 4 in flight", 1,
+                  lambda g: loader.read(g[0]), reps=5)
+    _DEPTH_RATE["loader x1"] = size / read1
+    for k in (2, 4):
+        with ThreadPoolExecutor(k) as pool:
+            med = timed("k layers at once, one serial reader each", k,
+                        lambda g: list(pool.map(serial.read, g)))
+            _DEPTH_RATE[f"serial x{k}"] = k * size / med
+            med = timed("k layers at once through the daemon's loader", k,
+                        lambda g: list(pool.map(loader.read, g)))
+            _DEPTH_RATE[f"loader x{k}"] = k * size / med
+    serial.close()
+    loader.close()
     computes = []
-    for _ in range(3):
+    for _ in range(5):
         t = time.perf_counter()
         w @ x
         computes.append(time.perf_counter() - t)
-    return sorted(reads)[1], sorted(computes)[1]
+    lines = [f"device, cold (page cache dropped before every pass; resident after the drop "
+             f"per mincore: max {max(resident):.1%}), one layer = {size / 2**20:.0f} MiB file, "
+             f"median of 3 (the loader alone: 5):", "",
+             "| read | layers at once (k) | ms | MB/s |", "|---|---:|---:|---:|", *rows]
+    return lines, read1, _median(computes)
 
 
 # -- closed-loop load --------------------------------------------------------------------
@@ -450,7 +589,8 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=20.0, help="measured seconds per system")
     p.add_argument("--warmup", type=float, default=40.0, help="seconds to adapt first")
     p.add_argument("--pairs", type=int, default=3,
-                   help="skew: static/adaptive pairs, interleaved; the median ratio is reported")
+                   help="tiers: interleaved on/off pairs; skew: static/adaptive pairs, "
+                        "interleaved; the median ratio is reported")
     p.add_argument("--client-threads", action="store_true",
                    help="skew: clients as threads of this script (last round's setup) "
                         "instead of one process each")
@@ -482,7 +622,8 @@ def main() -> int:
         root = Path(tmp)
         parts = args.only.split(",")
         if "tiers" in parts:
-            lines += tiers(root, args.layers, args.n, args.batch, args.passes, args.ram) + [""]
+            lines += tiers(root, args.layers, args.n, args.batch, args.passes, args.ram,
+                           args.pairs) + [""]
             print("\n".join(lines), flush=True)
         if "skew" in parts:
             lines += skew(root, args.seconds, args.warmup, args.n, args.pairs,

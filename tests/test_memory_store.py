@@ -111,16 +111,16 @@ def test_prefetch_loads_a_predicted_block_and_counts_hits_and_waste(tmp_path, db
     for i in range(3):
         put(store, "m", i)
     target = next(i for i, t in store.tiers()["m"].items() if t == 1)
-    store.predicted = frozenset({("m", target)})
+    store.predicted = {("m", target): 1}
     assert store.prefetch("m", target, now=100)
     assert store.tiers()["m"][target] == 0
     x = np.ones((COLS, 1), np.float32)
     read(store, "m", target, x, now=101)
     assert (store.stats.issued, store.stats.used, store.stats.tier0_reads) == (1, 1, 1)
     other = next(i for i, t in store.tiers()["m"].items() if t == 1)
-    store.predicted = frozenset({("m", other)})
+    store.predicted = {("m", other): 1}
     assert store.prefetch("m", other, now=102)
-    store.predicted = frozenset({("m", target)})   # the guess was wrong: target comes back
+    store.predicted = {("m", target): 1}   # the guess was wrong: target comes back
     assert store.prefetch("m", target, now=103)
     assert store.stats.wasted == 1 and store.stats.bytes_prefetched == 3 * BLOCK
 

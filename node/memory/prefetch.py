@@ -13,11 +13,19 @@ The model is a plain value (``to_dict``/``from_dict``) the dual memory persists,
 restarted node prefetches correctly from its first request. :class:`PrefetchStats` counts
 what prefetch did: issued, used before eviction (hits), evicted unused (wasted), bytes
 moved into RAM.
+
+How far ahead to load is :func:`plan_prefetch`, a pure function of the learned chain and
+the tier-0 budget: a read from disk is several times slower than a layer's compute here,
+so one block in flight leaves the device idle between loads and one reader leaves its
+queue depth unused (the bench measures both). Several blocks in flight at once, as many
+as fit in the RAM budget next to the block being read, keep the device busy; the budget is
+never exceeded because every block of the chain counts, loaded or in flight.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 Key = tuple[str, int]
 
@@ -102,6 +110,78 @@ class SuccessorModel:
         return cls(float(d.get("gap_s", GAP_S)), float(d.get("min_share", MIN_SHARE)), clean)
 
 
+#: Blocks of a chain followed ahead of the one read: bounded work per read.
+MAX_CHAIN = 16
+
+
+def follow_chain(start: Key, successor: Callable[[Key], Key | None],
+                 held: Callable[[Key], bool], max_len: int = MAX_CHAIN) -> list[Key]:
+    """``start`` then its most likely successors, one after the other, held here only.
+
+    ``successor(key)`` is the model's best guess after ``key`` (or None); ``held(key)``
+    whether this node holds it. Blocks held elsewhere are stepped over (their successors
+    may be here); the walk stops at a repeat, a dead end or ``max_len`` steps.
+    """
+    chain, seen, key = [start], {start}, start
+    for _ in range(max_len):
+        key = successor(key)
+        if key is None or key in seen:
+            break
+        seen.add(key)
+        if held(key):
+            chain.append(key)
+    return chain
+
+
+@dataclass(frozen=True)
+class ChainBlock:
+    """One block of the predicted chain as the store has it right now."""
+
+    key: Key
+    nbytes: int
+    tier: int            # 0: in RAM, 1: on disk only
+    loading: bool        # a load into RAM is in flight
+
+
+@dataclass(frozen=True)
+class PrefetchPlan:
+    """What to keep in RAM and what to start loading after a read."""
+
+    ranks: dict[Key, int]   # chain blocks that fit the budget, 0 = the block being read
+    start: list[Key]        # disk-only blocks to start loading now, nearest first
+    depth: int              # blocks ahead of the read that the budget allows
+
+
+def plan_prefetch(chain: list[ChainBlock], budget: int, other_pinned: int,
+                  max_in_flight: int) -> PrefetchPlan:
+    """How many blocks of ``chain`` to hold ahead of the read, and which loads to start.
+
+    The chain is taken from its head while its blocks, all counted whether in RAM, in
+    flight or still on disk, fit in ``budget`` minus ``other_pinned`` (bytes pinned by
+    other readers, which cannot be evicted). The head is the block about to be read; its
+    read loads it itself. Loads in flight never exceed ``max_in_flight`` (the loader's
+    threads: more would only queue), and the nearest blocks start first.
+    """
+    room = budget - max(0, other_pinned)
+    ranks: dict[Key, int] = {}
+    total = 0
+    for rank, b in enumerate(chain):
+        if total + b.nbytes > room:
+            break
+        total += b.nbytes
+        ranks[b.key] = rank
+    ahead = [b for b in chain[1:len(ranks)]]
+    in_flight = sum(b.loading for b in ahead)
+    start = []
+    for b in ahead:
+        if in_flight >= max_in_flight:
+            break
+        if b.tier == 1 and not b.loading:
+            start.append(b.key)
+            in_flight += 1
+    return PrefetchPlan(ranks, start, len(ahead))
+
+
 @dataclass
 class PrefetchStats:
     """What prefetch did, for ``sedma memory`` and the bench."""
@@ -114,6 +194,10 @@ class PrefetchStats:
     wasted: int = 0             # ... that were evicted before anyone read them
     bytes_loaded: int = 0       # bytes copied disk -> RAM (prefetch and on-demand)
     bytes_prefetched: int = 0   # ... of which by prefetch
+    bytes_wasted: int = 0       # prefetched bytes evicted before anyone read them
+    bytes_transient: int = 0    # bytes read from disk for a read, not kept in RAM
+    depth: int = 0              # blocks ahead of the last read the budget allowed
+    max_in_flight: int = 0      # most prefetch loads in flight at once
 
     def hit_rate(self) -> float | None:
         """Reads that found their block in RAM over all reads (late prefetches are misses)."""

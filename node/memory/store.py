@@ -8,9 +8,12 @@ start. The store enforces its budgets before anything is programmed.
 
 Tiers: every block's file is tier 1 (within ``--disk-limit``); the blocks worth it also
 have a RAM copy, tier 0 (within ``--memory-limit``), chosen by :mod:`node.memory.tiers`
-from the dual memory's per-block use and the prefetcher's predictions. A tier-1 read maps
-the file (``mmap``; the codec's arrays are views into the map, so nothing is copied and the
-kernel pages it in), or loads it into RAM when the policy admits it.
+from the dual memory's per-block use and the prefetcher's predictions. A tier-1 read loads
+the file with :class:`~node.memory.blockio.BlockReader` (direct chunked reads, several in
+flight), keeping the copy in RAM when the policy admits it and dropping it after the read
+otherwise; the same loader serves prefetch and demand reads, so prefetch wins only by
+reading ahead and keeping the device busy, never by reading better. Every load is checked
+as it was at deploy time (codec, programmed-state checks, size against the record).
 
 Threads: blocks are added and dropped from compute threads while the event loop reads
 ``free`` (every second, for the advert) and lists blocks (``status``). One lock owns the
@@ -36,7 +39,8 @@ import numpy as np
 
 from compute.crossbar import LEGACY_FORMAT, STATE_FORMAT, LegacyStateError, ProgrammedMatrix
 from node.memory.dualmemory import DualMemory
-from node.memory.prefetch import PrefetchStats
+from node.memory.blockio import BlockReader
+from node.memory.prefetch import ChainBlock, PrefetchStats
 from node.errors import UserError
 from node.memory.statedb import StateDB
 from node.memory.tiers import BlockUse, Key, admit, decayed
@@ -65,7 +69,7 @@ def check_name(name: str) -> str:
 class Resident:
     """One programmed block held by this node, in RAM (tier 0) or on disk only (tier 1).
 
-    ``matrix`` is the RAM copy for tier 0 and ``None`` for tier 1 (a read then maps the
+    ``matrix`` is the RAM copy for tier 0 and ``None`` for tier 1 (a read then loads the
     file). Tier, matrix, pins and the prefetch mark change only under the store's lock.
     """
 
@@ -105,7 +109,7 @@ class BlockStore:
     """
 
     def __init__(self, root: Path, db: StateDB, budget: int, disk_budget: int | None = None,
-                 memory: DualMemory | None = None) -> None:
+                 memory: DualMemory | None = None, reader: BlockReader | None = None) -> None:
         self.root = root / "blocks"
         self.root.mkdir(parents=True, exist_ok=True)
         self.db = db
@@ -113,7 +117,10 @@ class BlockStore:
         self.disk_budget = max(disk_budget or budget, budget)
         self.memory = memory
         self.stats = PrefetchStats()                           # guarded by _lock
-        self.predicted: frozenset[Key] = frozenset()          # replaced, never mutated
+        #: The prefetcher's chain, block -> rank (0: being read); replaced, never mutated.
+        self.predicted: dict[Key, int] = {}
+        self.reader = reader or BlockReader()
+        self._prefetch_loads = 0      # prefetch loads in flight, guarded by _lock
         self._blocks: dict[Key, Resident] = {}                # guarded by _lock
         self._resident = 0            # bytes in RAM (tier 0), guarded by _lock
         self._held = 0                # bytes of every block (tiers 0 and 1), by _lock
@@ -240,6 +247,7 @@ class BlockStore:
             self._resident -= block.nbytes
             if block.prefetched:
                 self.stats.wasted += 1
+                self.stats.bytes_wasted += block.nbytes
         block.tier, block.matrix = 1, None
 
     def drop(self, name: str) -> int:
@@ -254,6 +262,7 @@ class BlockStore:
             keys = [k for k in self._blocks if k[0] == name]
             for key in keys:
                 self._forget(self._blocks.pop(key))
+        self.reader.trim()      # their RAM copies' buffers go back to the system
         directory = self.root / name
         if directory.is_dir():
             for f in directory.iterdir():
@@ -281,7 +290,7 @@ class BlockStore:
         """Pin a block for one read and yield it with a usable ``matrix``.
 
         A tier-1 block is brought into RAM when the tier policy admits it (its aged read
-        count beats what it would displace), else read through a memory map of its file.
+        count beats what it would displace), else read into a buffer dropped after the read.
         Runs on a worker thread (it may read the file); the pin keeps the block in RAM
         until the read is over.
         """
@@ -310,15 +319,15 @@ class BlockStore:
                         if block.prefetched:
                             block.prefetched = False
                             self.stats.used += 1
-                else:                       # a miss: load on demand or read the map
-                    matrix = self._load(block, now, prefetch=False) or self._map(block)
+                else:                       # a miss: load on demand, kept in RAM or not
+                    matrix = self._load(block, now, prefetch=False) or self._transient(block)
             yield Resident(block.name, block.index, block.row_start, block.device,
                            block.seed, matrix, block.size, tier)
         finally:
             with self._lock:
                 block.pins -= 1
-                mapped = block.tier == 1
-            if mapped:          # read through the map: its pages must not linger in RAM
+                transient = block.tier == 1
+            if transient:       # a buffered (no O_DIRECT) read must leave no cached copy
                 self._drop_cache([block.key])
             if self.memory is not None:
                 self.memory.record_tier_read(tier, block.size, time.perf_counter() - started,
@@ -347,6 +356,24 @@ class BlockStore:
             with self._lock:
                 block.pins -= 1
 
+    def chain_state(self, keys: list[Key], pending: set[Key] | frozenset[Key] = frozenset()
+                    ) -> tuple[list[ChainBlock], int]:
+        """The prefetcher's snapshot: ``keys``' tiers (``pending`` loads count as in
+        flight), and the bytes other readers pin in RAM (they cannot make room)."""
+        with self._lock:
+            chain = [ChainBlock(k, b.nbytes, b.tier, b.loading or k in pending)
+                     for k in keys if (b := self._blocks.get(k)) is not None]
+            wanted = set(keys)
+            pinned = sum(b.nbytes for k, b in self._blocks.items()
+                         if b.tier == 0 and b.pins > 0 and k not in wanted)
+        return chain, pinned
+
+    def set_prediction(self, ranks: dict[Key, int], depth: int) -> None:
+        """The prefetcher's latest chain (block -> rank) and the depth the budget allowed."""
+        self.predicted = ranks
+        with self._lock:
+            self.stats.depth = depth
+
     def state_bytes(self, name: str, index: int) -> memoryview | bytes:
         """The block's persisted programmed state, to ship a copy to another node."""
         self.get(name, index)
@@ -363,17 +390,21 @@ class BlockStore:
             block.loading = True
             block.loaded = threading.Event()
             self._reserved += block.nbytes
+            if prefetch:
+                self._prefetch_loads += 1
+                self.stats.max_in_flight = max(self.stats.max_in_flight, self._prefetch_loads)
         self._drop_cache([v.key for v in victims])
         matrix = None
         try:
-            matrix = ProgrammedMatrix.from_state(codec.decode(self.path(block.name,
-                                                                       block.index).read_bytes()))
+            matrix = self._read_file(block)
         except (OSError, ValueError, ProtocolError) as exc:
             log.error("cannot load block %s/%d into memory: %s", block.name, block.index, exc)
         finally:
             with self._lock:
                 block.loading = False
                 self._reserved -= block.nbytes
+                if prefetch:
+                    self._prefetch_loads -= 1
                 if matrix is not None and self._blocks.get(block.key) is block:
                     block.matrix, block.tier, block.prefetched = matrix, 0, prefetch
                     self._resident += block.nbytes
@@ -383,6 +414,31 @@ class BlockStore:
                         self.stats.bytes_prefetched += block.nbytes
                 block.loaded.set()
         self._drop_cache([block.key])      # RAM has its copy now
+        return matrix
+
+    def _read_file(self, block: Resident) -> ProgrammedMatrix:
+        """Load ``block``'s file and check it as a deploy would (OSError/ValueError if not)."""
+        data = self.reader.read(self.path(block.name, block.index), expect=block.size)
+        matrix = ProgrammedMatrix.from_state(codec.decode(data))
+        if matrix.nbytes != block.size:
+            raise ValueError(f"holds {matrix.nbytes} bytes, its record says {block.size}")
+        return matrix
+
+    def _transient(self, block: Resident) -> ProgrammedMatrix:
+        """A read the tier policy did not admit into RAM: the same loader, copy not kept.
+
+        The buffer lives as long as the read (the block is pinned), as a mapped read's pages
+        did before; it is not tier 0 and is gone when the read ends.
+        """
+        try:
+            matrix = self._read_file(block)
+        except LegacyStateError:
+            raise
+        except (OSError, ValueError, ProtocolError) as exc:
+            raise StoreError(f"block {block.index} of {block.name!r} cannot be read from "
+                             f"disk: {exc}") from None
+        with self._lock:
+            self.stats.bytes_transient += block.nbytes
         return matrix
 
     def _drop_cache(self, keys: list[Key]) -> None:
@@ -405,7 +461,8 @@ class BlockStore:
                 os.close(fd)
 
     def _map(self, block: Resident) -> ProgrammedMatrix:
-        """Tier 1: the programmed state as views into a read-only map of its file."""
+        """The programmed state as views into a read-only map of its file (start-up
+        checks: a map parses the header without reading the weights)."""
         path = self.path(block.name, block.index)
         try:
             with open(path, "rb") as f:
@@ -420,13 +477,13 @@ class BlockStore:
     def _admit_locked(self, block: Resident, now: float, predicted: bool) -> list | None:
         """Make RAM room for ``block`` if the tier policy admits it; evictions done (lock held)."""
         free = self.budget - self._resident - self._reserved
-        use = self._use(block, now, predicted or block.key in self.predicted)
+        use = self._use(block, now, predicted)
         if block.nbytes <= free:
             return []
         if block.nbytes > self.budget:
             return None
-        victims = admit(use, [self._use(b, now, b.key in self.predicted)
-                              for b in self._blocks.values() if b is not block], free, now)
+        victims = admit(use, [self._use(b, now) for b in self._blocks.values()
+                              if b is not block], free, now)
         for v in victims or ():
             evicted = self._blocks[v.key]
             self._resident -= evicted.nbytes
@@ -434,12 +491,16 @@ class BlockStore:
             if evicted.prefetched:
                 evicted.prefetched = False
                 self.stats.wasted += 1
+                self.stats.bytes_wasted += evicted.nbytes
             log.debug("tier 0 -> 1: %s/%d (%s)", v.key[0], v.key[1], v.reason)
         return victims
 
-    def _use(self, b: Resident, now: float, predicted: bool) -> BlockUse:
+    def _use(self, b: Resident, now: float, predicted: bool = False) -> BlockUse:
+        """``b`` as the tier policy sees it: use counts, pins, place in the predicted chain."""
         hits, last = self.memory.block_use(b.key) if self.memory is not None else (0.0, 0.0)
-        return BlockUse(b.key, b.nbytes, b.tier, b.pins > 0 or b.loading, hits, last, predicted)
+        rank = self.predicted.get(b.key)
+        return BlockUse(b.key, b.nbytes, b.tier, b.pins > 0 or b.loading, hits, last,
+                        predicted or rank is not None, rank)
 
     # start-up ----------------------------------------------------------------------
     def load_all(self) -> int:
@@ -461,7 +522,8 @@ class BlockStore:
             known.add(path)
             try:
                 if nbytes <= self.free:
-                    matrix = ProgrammedMatrix.from_state(codec.decode(path.read_bytes()))
+                    matrix = ProgrammedMatrix.from_state(codec.decode(
+                        self.reader.read(path, expect=nbytes)))
                 else:   # stays on disk (tier 1); check now that it parses
                     matrix = None
                     mapped = self._map(Resident(name, idx, row_start, device, seed, None, nbytes))

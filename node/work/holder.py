@@ -25,6 +25,7 @@ from compute.partition import PlacementError
 from node import spans
 from node.errors import UserError, internal_message
 from node.memory.dualmemory import DualMemory
+from node.memory.prefetcher import Prefetcher
 from node.metrics import Metrics
 from nat.link import LinkClosed
 from node.work.claims import ClaimRefused
@@ -41,7 +42,6 @@ from protocol.work import (ClaimName, DropMatrix, GetModel, GetPlan, InferBlock,
 log = logging.getLogger("sedma.holder")
 
 MAX_SERVING = 256          # peer requests served at once; more are refused, not queued
-PREFETCH_DEPTH = 2         # blocks predicted ahead of the one being read
 RELEASE_GRACE_S = 30.0     # a block the plan moved away stays this long for requests in flight
 DEPLOY_WRITERS = 2         # block files written (and fsynced) at once
 
@@ -74,10 +74,9 @@ class BlockHolder:
         self.node_id = node_id
         self.slowdown = slowdown
         self.prefetch_enabled = prefetch
-        #: Prefetch loads run on their own thread so they overlap compute instead of
-        #: queueing behind it; the set of keys in flight belongs to the event loop.
-        self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sedma-prefetch")
-        self._prefetching: set[tuple[str, int]] = set()
+        #: Prefetch loads run on their own threads so they overlap compute instead of
+        #: queueing behind it (node/memory/prefetcher.py).
+        self.prefetcher = Prefetcher(store, memory, enabled=prefetch)
         #: Block files are written and fsynced here, not on the compute threads: a deploy's
         #: fsyncs then wait on the disk without holding a thread that infers need.
         self._writer = concurrent.futures.ThreadPoolExecutor(
@@ -326,33 +325,7 @@ class BlockHolder:
 
     def _prefetch_after(self, name: str, index: int) -> None:
         """Start loading the blocks the dual memory predicts after this one (if held here)."""
-        if not self.prefetch_enabled or self.memory is None:
-            return
-        held = self.store.names()
-        nxt: list[tuple[str, int]] = []
-        key = (name, index)
-        for _ in range(PREFETCH_DEPTH):   # follow the most likely chain a few steps
-            guesses = self.memory.predict_next(key, limit=1)
-            if not guesses or guesses[0] in nxt or guesses[0] == (name, index):
-                break
-            key = guesses[0]
-            nxt.append(key)
-        nxt = [k for k in nxt if k[1] in held.get(k[0], ())]
-        # The block about to be read counts as predicted too: until its read pins it, a
-        # prefetch running on the other thread must not evict it.
-        self.store.predicted = frozenset(nxt) | {(name, index)}
-        loop = asyncio.get_running_loop()
-        for key in nxt:
-            if key in self._prefetching:
-                continue
-            self._prefetching.add(key)
-            fut = loop.run_in_executor(self._io, self.store.prefetch, *key)
-            fut.add_done_callback(lambda f, key=key: self._prefetch_done(key, f))
-
-    def _prefetch_done(self, key: tuple[str, int], fut: asyncio.Future) -> None:
-        self._prefetching.discard(key)
-        if not fut.cancelled() and fut.exception() is not None:
-            log.warning("prefetch of %s/%d failed: %s", *key, fut.exception())
+        self.prefetcher.after(name, index)
 
     async def handle(self, session: Session, msg: Any) -> None:
         """Serve a work request from a peer; errors go back as text."""
