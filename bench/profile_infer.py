@@ -14,7 +14,12 @@ mesh whose coordinator runs under cProfile, it measures:
 - the coordinator's profile (main thread only: the event loop; compute runs on executor
   threads and is not in it) and the client's, top functions by own time.
 
+With ``--oneshot N`` it profiles one-shot ``matmul`` jobs instead (N x N A and B, both
+shipped; the coordinator keeps one row share, the peer computes the other): the stages of
+each job from the client's submit to its result, and the CPU time each daemon spent per job.
+
 Run by hand:  python bench/profile_infer.py [--n 4096] [--requests 400] [--b 1]
+              python bench/profile_infer.py --oneshot 2048 [--requests 20]
 Prints the tables and writes them to bench/out/profile_infer.md.
 """
 
@@ -200,6 +205,127 @@ def span_run(n: int, w: np.ndarray, x: np.ndarray, count: int) -> tuple[list, fl
     return breakdown(events, roles), ms(lat)
 
 
+#: The stages of one one-shot job (``--oneshot``), split at the bench's own ``bench.job``
+#: mark. The first occurrence of a mark in a job counts, except those in ONESHOT_LAST.
+ONESHOT_STAGES = [
+    ("client submit: encode, shm/socket, coordinator decode", "client", "bench.job", "coord",
+     "coord.decoded"),
+    ("coordinator: validate A and B (NaN scan, executor)", "coord", "coord.decoded", "coord",
+     "job.validated"),
+    ("coordinator: start job, plan, encode the share", "coord", "job.validated", "coord",
+     "share.send"),
+    ("share out: coordinator seals + writes A rows and B", "coord", "share.send", "coord",
+     "session.sent"),
+    ("share out: send -> peer's first bulk frame", "coord", "share.send", "peer", "link.bulk_in"),
+    ("share out: peer's first frame -> message decoded", "peer", "link.bulk_in", "peer",
+     "peer.share_recv"),
+    ("peer: validate its A rows and B (executor)", "peer", "peer.share_recv", "peer",
+     "peer.validated"),
+    ("peer: validated -> compute start", "peer", "peer.validated", "peer", "compute.start"),
+    ("peer: compute (first chunk start -> last chunk end)", "peer", "compute.start", "peer",
+     "compute.end"),
+    ("result back: peer compute end -> reply handed to the link", "peer", "compute.end",
+     "peer", "peer.replied"),
+    ("result back: peer compute end -> coordinator has the reply", "peer", "compute.end",
+     "coord", "share.reply"),
+    ("coordinator: copy the peer's rows into the output", "coord", "share.reply", "coord",
+     "share.copied"),
+    ("coordinator: gathered -> result file written", "coord", "job.gathered", "coord",
+     "job.saved"),
+    ("job saved -> client has the result (wait + result calls)", "coord", "job.saved",
+     "client", "bench.done"),
+    ("(coordinator: own share compute, first start -> last end)", "coord", "compute.start",
+     "coord", "compute.end"),
+    ("total: submit -> result in the client", "client", "bench.job", "client", "bench.done"),
+]
+ONESHOT_LAST = {"compute.end", "link.bulk_in", "share.copied"}
+
+
+def oneshot_breakdown(events, roles) -> list[tuple[str, float, float]]:
+    """Median and p90 (ms) of each one-shot stage, over jobs split at ``bench.job``."""
+    jobs: list[dict[tuple[str, str], float]] = []
+    for t, pid, name in events:
+        role = roles.get(pid)
+        if role is None:
+            continue
+        if role == "client" and name == "bench.job":
+            jobs.append({})
+        if jobs:
+            key = (role, name)
+            if name in ONESHOT_LAST and not (role == "peer" and name == "link.bulk_in"):
+                jobs[-1][key] = t
+            else:
+                jobs[-1].setdefault(key, t)
+    out = []
+    for label, r0, m0, r1, m1 in ONESHOT_STAGES:
+        vals = [job[(r1, m1)] - job[(r0, m0)] for job in jobs
+                if (r0, m0) in job and (r1, m1) in job]
+        if vals:
+            out.append((label, ms(vals), ms(vals, 90)))
+    return out
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def oneshot_run(n: int, count: int) -> str:
+    """Per-stage breakdown and per-daemon CPU time of ``count`` one-shot N x N jobs."""
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    load_before = os.getloadavg()
+    np_runs = max(5, count // 2)
+    cpu_np = time.process_time()
+    np_lat = timed(lambda: a @ b, np_runs)
+    cpu_np = (time.process_time() - cpu_np) / (np_runs + 1)   # timed() warms up once
+    with tempfile.TemporaryDirectory(prefix="sedma-spans-") as tmp:
+        root = Path(tmp)
+        marks = root / "marks"
+        marks.mkdir()
+        os.environ["SEDMA_SPANS"] = str(marks)
+        spans.DIR = str(marks)
+        try:
+            with LocalMesh(root) as mesh:
+                coord = mesh.add("n1")
+                peer = mesh.add("n2")
+                mesh.wait_converged(alive=1)
+                lat: list[float] = []
+                with Client(coord.socket) as c:
+                    expect = a @ b
+                    for _ in range(2):   # warm-up, and a check that the answer is right
+                        got = c.matmul(a, b, device="ideal")
+                        assert np.allclose(got, expect, rtol=1e-3, atol=1e-2)
+                    spans._marks.clear()
+                    cpu0 = {p.proc.pid: _cpu_seconds(p.proc.pid) for p in (coord, peer)}
+                    for _ in range(count):
+                        t = time.perf_counter()
+                        spans.mark("bench.job")
+                        c.matmul(a, b, device="ideal")
+                        spans.mark("bench.done")
+                        lat.append(time.perf_counter() - t)
+                    cpu = {p.proc.pid: (_cpu_seconds(p.proc.pid) - cpu0[p.proc.pid]) / count
+                           for p in (coord, peer)}
+                roles = {coord.proc.pid: "coord", peer.proc.pid: "peer", os.getpid(): "client"}
+                mesh.stop()
+            spans.dump(marks)
+        finally:
+            os.environ.pop("SEDMA_SPANS", None)
+            spans.DIR = None
+        stages = oneshot_breakdown(spans.load(marks), roles)
+    text = (f"profile_infer --oneshot: N={n} (A and B both shipped), {count} jobs, 2 daemons; "
+            f"load {load_before[0]:.2f} -> {os.getloadavg()[0]:.2f}\n\n"
+            f"numpy in-process A @ B: p50 {ms(np_lat):.1f} ms; sedma end to end: p50 "
+            f"{ms(lat):.1f} ms ({ms(np_lat) / ms(lat):.2f}x numpy)\n"
+            f"CPU per job: coordinator {cpu[coord.proc.pid] * 1e3:.0f} ms, peer "
+            f"{cpu[peer.proc.pid] * 1e3:.0f} ms (numpy in-process, CPU per A @ B: "
+            f"{cpu_np * 1e3:.0f} ms)\n\n| stage of one job | p50 ms | p90 ms |\n|---|---:|---:|\n")
+    text += "\n".join(f"| {name} | {p50:.1f} | {p90:.1f} |" for name, p50, p90 in stages)
+    return text + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -207,7 +333,15 @@ def main() -> None:
     ap.add_argument("--b", type=int, default=1)
     ap.add_argument("--requests", type=int, default=400)
     ap.add_argument("--no-cprofile", action="store_true", help="only the per-stage breakdown")
+    ap.add_argument("--oneshot", type=int, default=0, metavar="N",
+                    help="profile one-shot N x N matmul jobs instead of infer")
     args = ap.parse_args()
+    if args.oneshot:
+        text = oneshot_run(args.oneshot, min(args.requests, 400))
+        print(text)
+        OUT.mkdir(exist_ok=True)
+        (OUT / f"profile_oneshot_{args.oneshot}.md").write_text(text)
+        return
     n, b = args.n, args.b
     rng = np.random.default_rng(0)
     w = rng.standard_normal((n, n), dtype=np.float32)

@@ -40,10 +40,11 @@ class SecureLink(Link):
     async def send(self, frame: Buffers) -> None:
         if self.closed:
             raise LinkClosed(self.close_reason or "link closed")
-        data = frame[0] if len(frame) == 1 else b"".join(frame)
-        if len(data) > self.max_frame:
-            raise LinkClosed(f"frame of {len(data)} bytes exceeds the {self.max_frame}-byte limit")
-        await self.inner.send(self.cipher.seal(data))
+        size = sum(len(b) for b in frame)
+        if size > self.max_frame:
+            raise LinkClosed(f"frame of {size} bytes exceeds the {self.max_frame}-byte limit")
+        # records sealed straight from the frame's buffers into one output buffer
+        await self.inner.send([self.cipher.seal_parts(frame)])
 
     async def recv(self) -> bytes:
         sealed = await self.inner.recv()
@@ -54,6 +55,18 @@ class SecureLink(Link):
             log.warning("closing link to %s: %s", self.remote, reason)
             await self.close(reason)
             raise LinkClosed(reason) from None
+
+    async def recv_sealed(self) -> bytes | bytearray:
+        """The next frame still sealed, for a reader that opens its records in place
+        (:meth:`protocol.framing.Reassembler.feed_sealed` with :attr:`cipher`). The
+        caller must open every frame it takes, in order, and close the link with
+        :meth:`fail` when one does not open."""
+        return await self.inner.recv()
+
+    async def fail(self, reason: str) -> None:
+        """A sealed frame did not open: log it and close the link."""
+        log.warning("closing link to %s: %s", self.remote, reason)
+        await self.close(reason)
 
     async def close(self, reason: str = "closed locally") -> None:
         if self._own_reason is None:

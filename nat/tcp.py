@@ -1,8 +1,9 @@
 """Direct TCP links: length-prefixed frames over a stream socket.
 
-Implemented on ``asyncio.Protocol`` rather than streams so received bytes go straight into
-the sans-I/O :class:`~protocol.wire.FrameDecoder` and outgoing frames are gathered with
-``writelines`` without concatenation. Backpressure both ways: ``send`` waits while the
+Implemented on ``asyncio.BufferedProtocol`` rather than streams so received bytes go
+straight into the sans-I/O :class:`~protocol.wire.FrameDecoder` -- the bulk of a big frame
+straight into its own buffer, with no intermediate bytes object -- and outgoing frames are
+gathered with ``writelines`` without concatenation. Backpressure both ways: ``send`` waits while the
 kernel buffer is full, and reading pauses while too many frames wait to be consumed.
 """
 
@@ -27,7 +28,7 @@ WRITE_HIGH_WATER = 4 << 20
 SEND_STALL_TIMEOUT = 60.0
 
 
-class TcpLink(Link, asyncio.Protocol):
+class TcpLink(Link, asyncio.BufferedProtocol):
     """One TCP connection carrying frames."""
 
     kind = KIND_TCP
@@ -53,12 +54,27 @@ class TcpLink(Link, asyncio.Protocol):
         self._remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self._connected.set()
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # the rest of a big frame is received in place (FrameDecoder.get_buffer)
+        return self._decoder.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        try:
+            frames = self._decoder.buffer_updated(nbytes)
+        except FrameError as exc:
+            self._abort(f"protocol error: {exc}")
+            return
+        self._deliver(frames)
+
     def data_received(self, data: bytes) -> None:
         try:
             frames = self._decoder.feed(data)
         except FrameError as exc:
             self._abort(f"protocol error: {exc}")
             return
+        self._deliver(frames)
+
+    def _deliver(self, frames: list) -> None:
         self._frames.extend(frames)
         if frames:
             self._readable.set()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import struct
 import threading
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Protocol
 
 import numpy as np
 
@@ -107,6 +107,19 @@ def _slices(parts: list[bytes | memoryview], size: int):
         yield chunk, size - room
 
 
+class RecordOpener(Protocol):
+    """What :meth:`Reassembler.feed_sealed` needs of a link cipher (protocol.handshake's
+    TransportCipher): cut a sealed frame into records and open them in order."""
+
+    overhead: int    # bytes each record adds to its plaintext (the tag)
+
+    def records(self, sealed: bytes | bytearray | memoryview) -> list[memoryview]: ...
+
+    def decrypt(self, record: bytes | bytearray | memoryview) -> bytes: ...
+
+    def decrypt_into(self, record: bytes | bytearray | memoryview, dest: memoryview) -> None: ...
+
+
 @dataclass
 class _Partial:
     buf: np.ndarray        # uint8, the declared size; pages materialise as bytes arrive
@@ -153,6 +166,54 @@ class Reassembler:
         self.budget.take(len(body))
         self._buffered += len(body)
         part.buf[part.filled:end] = np.frombuffer(body, dtype=np.uint8)
+        part.filled = end
+        if not flags & LAST:
+            return None
+        if part.filled != part.total:
+            raise FrameError(f"stream {sid} ended at {part.filled} of {part.total} bytes")
+        del self._partial[sid]
+        self._release(part.filled)
+        return part.buf
+
+    def feed_sealed(self, sealed: bytes | bytearray | memoryview,
+                    opener: "RecordOpener") -> np.ndarray | None:
+        """Like :meth:`feed` for a frame still sealed as records: the first record is
+        opened to read the fragment header, every further one is decrypted straight into
+        its place in the message buffer (no opened copy of the frame, no second copy into
+        the buffer). Same checks and limits as :meth:`feed`, before any byte is written;
+        records are opened in order, so the cipher's nonce order and replay check hold."""
+        records = opener.records(sealed)
+        head = opener.decrypt(records[0])
+        if len(head) < _HEAD.size:
+            raise FrameError("frame shorter than its fragment header")
+        flags, sid = _HEAD.unpack_from(head, 0)
+        if flags & ~(FIRST | LAST):
+            raise FrameError(f"unknown fragment flags {flags:#x}")
+        body = memoryview(head)[_HEAD.size:]
+        if flags & FIRST:
+            body = self._start(sid, body)
+        part = self._partial.get(sid)
+        if part is None:
+            raise FrameError(f"fragment for stream {sid} that was never started")
+        tag = opener.overhead
+        size = len(body) + sum(len(r) - tag for r in records[1:])
+        end = part.filled + size
+        if end > part.total:
+            raise FrameError(f"stream {sid} overruns its declared size {part.total}")
+        if self._buffered + size > self.max_buffered:
+            raise FrameError("partial messages exceed the link's buffer budget")
+        self.budget.take(size)
+        self._buffered += size
+        try:
+            pos = part.filled + len(body)
+            part.buf[part.filled:pos] = np.frombuffer(body, dtype=np.uint8)
+            dest = memoryview(part.buf)
+            for record in records[1:]:
+                opener.decrypt_into(record, dest[pos:pos + len(record) - tag])
+                pos += len(record) - tag
+        except BaseException:
+            self._release(size)     # the link closes; these bytes never count as filled
+            raise
         part.filled = end
         if not flags & LAST:
             return None

@@ -33,12 +33,14 @@ dropped or altered record fails to decrypt (:class:`TransportCipher`).
 from __future__ import annotations
 
 import hashlib
+from typing import Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from noise.connection import Keypair, NoiseConnection
 from noise import exceptions as noise_errors
+from noise.constants import MAX_NONCE as NOISE_MAX_NONCE
 
 from protocol import PROTOCOL_VERSION
 from protocol.errors import FrameError, ProtocolError
@@ -110,6 +112,9 @@ class TransportCipher:
     encrypted; any replayed, reordered, missing or altered record fails authentication.
     """
 
+    #: Bytes a record adds to its plaintext.
+    overhead = TAG_BYTES
+
     def __init__(self, conn: NoiseConnection) -> None:
         self._enc = conn.noise_protocol.cipher_state_encrypt
         self._dec = conn.noise_protocol.cipher_state_decrypt
@@ -128,6 +133,53 @@ class TransportCipher:
                  for i in range(0, max(len(view), 1), MAX_NOISE_MESSAGE)]
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
+    def seal_parts(self, parts: Sequence[bytes | bytearray | memoryview]) -> bytearray:
+        """A frame given as buffers, sealed into one new buffer of consecutive records.
+
+        The same records as :meth:`seal` of the joined frame, but each record is encrypted
+        straight from the caller's buffers into its place in the output (AES-GCM
+        ``encrypt_into``): no joined copy of the frame and no bytes object per record. Only
+        a record straddling two buffers (the frame header and the first body bytes) is
+        joined, at most 64 KiB. The output is new each time: a transport may hold it."""
+        total = sum(len(p) for p in parts)
+        out = bytearray(sealed_size(total))
+        state = self._enc
+        aead = state.cipher.cipher
+        pos = 0
+        for record in _record_views(parts, total):
+            n = _next_nonce(state)
+            end = pos + len(record) + TAG_BYTES
+            aead.encrypt_into(state.cipher.format_nonce(n), record, None,
+                              memoryview(out)[pos:end])
+            state.n = n + 1
+            pos = end
+        return out
+
+    def records(self, sealed: bytes | bytearray | memoryview) -> list[memoryview]:
+        """A sealed frame cut into its records (every one but the last is 65,535 bytes)."""
+        view = memoryview(sealed)
+        cuts = [view[i:i + MAX_NOISE_MESSAGE]
+                for i in range(0, max(len(view), 1), MAX_NOISE_MESSAGE)]
+        if len(cuts[-1]) < TAG_BYTES:
+            raise FrameError(f"encrypted record of {len(cuts[-1])} bytes (a Noise message "
+                             f"holds {TAG_BYTES} to {MAX_NOISE_MESSAGE})")
+        return cuts
+
+    def decrypt_into(self, record: bytes | bytearray | memoryview, dest: memoryview) -> None:
+        """Open the next record straight into ``dest`` (exactly its plaintext size). On a
+        failed tag ``dest`` may hold garbage: the caller drops it with the link."""
+        if not TAG_BYTES <= len(record) <= MAX_NOISE_MESSAGE:
+            raise FrameError(f"encrypted record of {len(record)} bytes (a Noise message "
+                             f"holds {TAG_BYTES} to {MAX_NOISE_MESSAGE})")
+        state = self._dec
+        n = _next_nonce(state)
+        try:
+            state.cipher.cipher.decrypt_into(state.cipher.format_nonce(n), record, None, dest)
+        except InvalidTag:
+            raise FrameError("record failed authentication (tampered, replayed, reordered "
+                             "or truncated)") from None
+        state.n = n + 1
+
     def encrypt(self, plaintext: bytes | bytearray | memoryview) -> bytes:
         if len(plaintext) > MAX_RECORD_PLAINTEXT:
             raise FrameError(f"record of {len(plaintext)} bytes exceeds "
@@ -143,6 +195,37 @@ class TransportCipher:
         except (InvalidTag, *NoiseError):
             raise FrameError("record failed authentication (tampered, replayed, reordered "
                              "or truncated)") from None
+
+
+def _next_nonce(state) -> int:
+    """The nonce a Noise CipherState uses next (its counter moves only after success)."""
+    if state.n >= NOISE_MAX_NONCE:
+        raise FrameError("the link's nonce space is used up")
+    return state.n
+
+
+def _record_views(parts: Sequence[bytes | bytearray | memoryview], total: int):
+    """The plaintext of each record of a frame given as buffers: views where a record lies
+    in one buffer, a joined copy where it straddles two. An empty frame is one record."""
+    pending: list[memoryview] = []
+    have = 0
+    for part in parts:
+        view = memoryview(part)
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
+        while len(view):
+            take = min(MAX_RECORD_PLAINTEXT - have, len(view))
+            if not pending and take == MAX_RECORD_PLAINTEXT:
+                yield view[:take]
+            else:
+                pending.append(view[:take])
+                have += take
+                if have == MAX_RECORD_PLAINTEXT:
+                    yield b"".join(pending)
+                    pending, have = [], 0
+            view = view[take:]
+    if pending or total == 0:
+        yield b"".join(pending)
 
 
 class NoiseHandshake:

@@ -15,6 +15,11 @@ from protocol.errors import FrameError
 #: Largest frame payload accepted by default: one fragment (1 MiB) plus its small header.
 DEFAULT_MAX_FRAME = (1 << 20) + 64
 
+#: Receiving through get_buffer: bytes between frame bodies (length prefixes, small frames,
+#: the start of a big frame) land in a scratch area this big and are copied out of it; the
+#: rest of a big frame is received straight into place.
+SCRATCH_BYTES = 64 << 10
+
 _LEN = struct.Struct(">I")
 HEADER_SIZE = _LEN.size
 
@@ -42,6 +47,8 @@ class FrameDecoder:
         self._head = bytearray()                 # a length prefix split across chunks
         self._body: bytearray | None = None      # the frame being filled
         self._filled = 0
+        self._scratch: bytearray | None = None   # get_buffer's area between frames
+        self._lent_body = False                  # get_buffer handed out the body
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes | bytearray]:
         """Add received bytes; return every frame they complete, in order."""
@@ -67,6 +74,31 @@ class FrameDecoder:
                     frames.append(self._body)
                     self._body = None
         return frames
+
+    # Receiving into place (a BufferedProtocol transport) ---------------------------
+    def get_buffer(self) -> memoryview:
+        """Where the transport should put the next received bytes: straight into the rest
+        of the frame being filled when there is one (no copy at all for the bulk of a big
+        frame), else a scratch area that :meth:`buffer_updated` parses like :meth:`feed`."""
+        if self._body is not None:
+            self._lent_body = True
+            return memoryview(self._body)[self._filled:]
+        self._lent_body = False
+        if self._scratch is None:
+            self._scratch = bytearray(SCRATCH_BYTES)
+        return memoryview(self._scratch)
+
+    def buffer_updated(self, nbytes: int) -> list[bytes | bytearray]:
+        """``nbytes`` landed in the last :meth:`get_buffer`; return the frames completed."""
+        if self._lent_body:
+            self._lent_body = False
+            self._filled += nbytes
+            if self._filled < len(self._body):
+                return []
+            frame, self._body = self._body, None
+            return [frame]
+        with memoryview(self._scratch) as view:
+            return self.feed(view[:nbytes])
 
     def _header(self, view: memoryview, pos: int, end: int) -> tuple[int | None, int]:
         """The next frame's length (None: the prefix is still incomplete) and the new pos."""

@@ -62,3 +62,58 @@ def test_a_share_with_a_bad_seed_is_refused(holder):
     a = np.ones((4, 4), np.float32)
     with pytest.raises(StoreError, match="seed"):
         asyncio.run(holder.compute_share(a, a, None, -1, 0))
+
+
+def test_the_result_file_written_from_row_pieces_is_what_np_save_writes(tmp_path: Path):
+    from node.work.jobs import _save_npy_rows
+    y = np.random.default_rng(2).standard_normal((10, 6)).astype(np.float32)
+    _save_npy_rows(tmp_path / "r.npy", y.shape, [(7, y[7:]), (0, y[:3]), (3, y[3:7])])
+    np.save(tmp_path / "s.npy", y)
+    assert (tmp_path / "r.npy").read_bytes() == (tmp_path / "s.npy").read_bytes()
+    assert not (tmp_path / "r.tmp").exists()
+
+
+def test_this_nodes_share_waits_until_the_peers_shares_are_handed_to_the_link():
+    from node.work.jobs import JobManager
+    events: list[str] = []
+
+    class Fake:
+        async def _share_attempts(self, job, blk, *rest):
+            events.append(f"start {blk}")
+            sent = rest[-2]
+            if sent is not None:
+                await asyncio.sleep(0.05)        # sealing and writing the peer's operands
+                events.append(f"sent {blk}")
+                sent.set_result(None)
+            await asyncio.sleep(0.01)
+
+    async def run() -> None:
+        fake = Fake()
+        sent = [asyncio.get_running_loop().create_future()]
+        await asyncio.gather(
+            JobManager._share(fake, None, "peer", None, None, None, None, None, sent=sent[0]),
+            JobManager._share(fake, None, "own", None, None, None, None, None, after=sent))
+    asyncio.run(run())
+    assert events == ["start peer", "sent peer", "start own"]
+
+
+def test_operands_are_validated_in_row_spans_and_bad_ones_refused(holder):
+    from node.work.holder import validate_operands
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((700, 30)).astype(np.float32)
+    b = rng.standard_normal((30, 5)).astype(np.float32)
+    ex = holder.executor
+    got_a, got_b = asyncio.run(validate_operands(ex, (a, "A"), (b, "B")))
+    assert got_a is a and got_b is b                      # float32: no copy
+    bad = a.copy()
+    bad[650, 3] = np.nan                                  # in the last row span
+    with pytest.raises(StoreError, match="A contains NaN or infinity"):
+        asyncio.run(validate_operands(ex, (bad, "A"), (b, "B")))
+    inf_b = b.copy()
+    inf_b[0, 0] = np.inf
+    with pytest.raises(StoreError, match="B contains NaN or infinity"):
+        asyncio.run(validate_operands(ex, (a, "A"), (inf_b, "B")))
+    f64, _ = asyncio.run(validate_operands(ex, (a.astype(np.float64), "A"), (b, "B")))
+    assert f64.dtype == np.float32 and np.array_equal(f64, a)   # converted as before
+    with pytest.raises(StoreError, match="must be a 2-D array"):
+        asyncio.run(validate_operands(ex, (a[0], "A"), (b, "B")))

@@ -32,8 +32,7 @@ from node.work.claims import ClaimRefused
 from node.work.modelbook import ModelBook, ModelRecord, check_matrix_name as check_name
 from node.work.plans import PlanBook, VersionedPlan
 from node.net.session import RemoteError, Session
-from node.memory.store import (BlockStore, Resident, StoreError, as_matrix, copy_pause_s,
-                               validate_pair)
+from node.memory.store import BlockStore, Resident, StoreError, as_matrix, copy_pause_s
 from protocol.errors import ProtocolError
 from protocol.work import (ClaimName, DropMatrix, GetModel, GetPlan, InferBlock, MatmulShare,
                            ModelNotice, ModelSync, PlanNotice, ReleaseName, RunStage,
@@ -350,12 +349,15 @@ class BlockHolder:
             await session.reply(msg.rid, error=internal_message(exc))
         else:
             await session.reply(msg.rid, value)
+            spans.mark("peer.replied")
         finally:
             self.serving -= 1
 
     async def _serve(self, msg: Any) -> Any:
         if isinstance(msg, MatmulShare):
-            a, b = await self.executor.run(validate_pair, msg.a, msg.b, "A share")
+            spans.mark("peer.share_recv")
+            a, b = await validate_operands(self.executor, (msg.a, "A share"), (msg.b, "B"))
+            spans.mark("peer.validated")
             if a.shape[1] != b.shape[0]:
                 raise StoreError("share shapes do not align")
             result = await self.compute_share(a, b, msg.device, msg.seed, msg.row_offset)
@@ -464,6 +466,30 @@ def check_seed(seed: Any) -> None:
 
 #: Fewest rows of a one-shot product worth a compute thread of their own.
 MIN_SHARE_ROWS = 64
+
+
+async def validate_operands(executor: Executor, *operands: tuple[Any, str]) -> list[np.ndarray]:
+    """Validate matmul operands (``as_matrix``) on every compute thread at once.
+
+    The NaN/Inf scan of a one-shot job's operands (32 MiB at N=2048) sits on its critical
+    path twice, at the coordinator and at the peer, and on one thread it left the other
+    core idle. 2-D float32 operands are scanned in row spans, one per compute thread
+    (numpy releases the GIL), by the same ``as_matrix``; anything else is checked,
+    converted and scanned by ``as_matrix`` on one thread as before."""
+    return list(await asyncio.gather(*(
+        _scan_in_spans(executor, value, what) if _plain_f32(value)
+        else executor.run(as_matrix, value, what) for value, what in operands)))
+
+
+async def _scan_in_spans(executor: Executor, value: np.ndarray, what: str) -> np.ndarray:
+    await asyncio.gather(*(executor.run(as_matrix, value[r0:r1], what)
+                           for r0, r1 in _row_spans(value.shape[0], executor.workers)))
+    return value
+
+
+def _plain_f32(value: Any) -> bool:
+    return isinstance(value, np.ndarray) and value.ndim == 2 and value.dtype == np.float32 \
+        and value.shape[0] > 0 and value.shape[1] > 0
 
 
 def _row_spans(rows: int, workers: int) -> list[tuple[int, int]]:

@@ -39,10 +39,10 @@ from node.work.placement import Candidate, by_predicted_finish, holdable, rank
 from node.work.claims import ClaimRefused, quorum
 from node.work.plans import VersionedPlan, new_deploy_id
 from node.work.retention import JobStamp, Retention, expired
-from node.work.holder import BlockHolder, Provenance
+from node.work.holder import BlockHolder, Provenance, validate_operands
 from node.net.session import RemoteError
 from node.memory.statedb import StateDB
-from node.memory.store import StoreError, as_matrix, check_name, validate_pair
+from node.memory.store import StoreError, as_matrix, check_name
 from protocol.errors import ProtocolError
 from protocol.framing import DEFAULT_MAX_MESSAGE
 from protocol.work import (ClaimName, DropMatrix, GetPlan, InferBlock, MatmulShare, PlanNotice,
@@ -291,7 +291,8 @@ class JobManager:
 
     # matmul ---------------------------------------------------------------------------
     async def submit_matmul(self, a: Any, b: Any, device: str | None, seed: int) -> Job:
-        a, b = await self.executor.run(validate_pair, a, b)
+        a, b = await validate_operands(self.executor, (a, "A"), (b, "B"))
+        spans.mark("job.validated")
         if a.shape[1] != b.shape[0]:
             raise JobError(f"shapes do not align: A is {a.shape[0]}x{a.shape[1]}, "
                            f"B is {b.shape[0]}x{b.shape[1]}")
@@ -311,14 +312,48 @@ class JobManager:
             plan = plan_rows(a.shape, slots, device=get_preset(device) if device else None)
             out = np.empty((a.shape[0], b.shape[1]), dtype=np.float32)
             job.detail["placement"] = plan.rows_by_node()
-            await asyncio.gather(*(self._share(job, blk, a, b, out, device, seed)
-                                   for blk in plan.blocks))
+            # Peers' shares first, and this node's own share only once they are handed to
+            # the link: its compute threads would take the cores from the event loop that
+            # seals those shares, and the peers' compute (the critical path) cannot start
+            # before their operands arrived; this node's share is off that path.
+            remote = [blk for blk in plan.blocks if blk.nodes[0] != self.node_id]
+            sent = [asyncio.get_running_loop().create_future() for _ in remote]
+            own = [blk for blk in plan.blocks if blk.nodes[0] == self.node_id]
+            # a peer's rows stay in its reply's buffer: the result file is written from the
+            # pieces, not from a copy of them in ``out``
+            peer_rows: dict[int, np.ndarray] = {}
+            await asyncio.gather(
+                *(self._share(job, blk, a, b, out, device, seed, sent=fut, parts=peer_rows)
+                  for blk, fut in zip(remote, sent)),
+                *(self._share(job, blk, a, b, out, device, seed, after=sent) for blk in own))
+            spans.mark("job.gathered")
             path = self.results / f"{job.id}.npy"
-            await self.executor.run(_save_npy, path, out)
+            pieces = [(blk.row_start, peer_rows.get(blk.row_start, out[blk.row_start:blk.row_stop]))
+                      for blk in plan.blocks]
+            await self.executor.run(_save_npy_rows, path, out.shape, pieces)
+            spans.mark("job.saved")
         finally:
             self.metrics.live_bytes -= a.nbytes + b.nbytes
 
-    async def _share(self, job: Job, blk, a, b, out, device, seed) -> None:
+    async def _share(self, job: Job, blk, a, b, out, device, seed,
+                     sent: asyncio.Future | None = None,
+                     after: list[asyncio.Future] = (),
+                     parts: dict[int, np.ndarray] | None = None) -> None:
+        """One row share of a matmul job, failed over to other nodes. ``sent`` resolves once
+        the first attempt's operands are handed to the link (or that attempt failed); a
+        share computed here waits for the ``after`` futures of the peers' shares first.
+        A peer's rows go to ``parts`` (by first row) if given, else into ``out``."""
+        if after:
+            await asyncio.wait(after)
+        try:
+            await self._share_attempts(job, blk, a, b, out, device, seed, sent, parts)
+        finally:
+            if sent is not None and not sent.done():
+                sent.set_result(None)
+
+    async def _share_attempts(self, job: Job, blk, a, b, out, device, seed,
+                              sent: asyncio.Future | None,
+                              parts: dict[int, np.ndarray] | None) -> None:
         rows = slice(blk.row_start, blk.row_stop)
         tried: set[str] = set()
         target = blk.nodes[0]
@@ -332,12 +367,18 @@ class JobManager:
                                                     out[rows])
                 else:
                     part = await self._matmul_on(target, job.id, a[rows], b, device, seed,
-                                                 blk.row_start, flops)
-                    await self.executor.run(out.__setitem__, rows, part)   # up to GiBs
+                                                 blk.row_start, flops, sent)
+                    if parts is not None:
+                        parts[blk.row_start] = part
+                    else:
+                        await self.executor.run(out.__setitem__, rows, part)   # up to GiBs
+                    spans.mark("share.copied")
                 self.memory.record_share(target, flops, time.perf_counter() - start, True)
                 return
             except (LinkClosed, TimeoutError, RemoteError, ProtocolError, OSError) as exc:
                 self.memory.record_share(target, flops, time.perf_counter() - start, False)
+                if sent is not None and not sent.done():   # do not hold this node's share
+                    sent.set_result(None)
                 log.warning("job %s: share rows %d-%d on %s failed (%s); reassigning",
                             job.id, blk.row_start, blk.row_stop, target[:8], exc)
                 target = self._fallback(tried, attempt)
@@ -351,12 +392,16 @@ class JobManager:
             return slot.node_id
         return self.node_id
 
-    async def _matmul_on(self, node: str, job_id: str, a, b, device, seed, row_offset, flops):
+    async def _matmul_on(self, node: str, job_id: str, a, b, device, seed, row_offset, flops,
+                         sent: asyncio.Future | None = None):
         if node == self.node_id:
             return await self.holder.compute_share(a, b, device, seed, row_offset)
         session = await self.mesh.session(node)
         msg = MatmulShare(session.next_rid(), job_id, a, b, device, seed, row_offset)
-        value = await session.request(msg, request_timeout(flops, a.nbytes + b.nbytes))
+        spans.mark("share.send")
+        value = await session.request(msg, request_timeout(flops, a.nbytes + b.nbytes),
+                                      sent=sent)
+        spans.mark("share.reply")
         return _expect_array(value, (a.shape[0], b.shape[1]), node)
 
     # deploy ---------------------------------------------------------------------------
@@ -692,11 +737,18 @@ def _remove_results(results: Path, ids: list[str], keep: set[str] | None) -> Non
             path.unlink(missing_ok=True)
 
 
-def _save_npy(path: Path, arr: np.ndarray) -> None:
-    """A one-shot result: to a temp file renamed into place (never half a file). No fsync:
-    the page cache keeps it across a kill -9, and the fsync cost a result of 16 MiB about
-    as much as computing it; after a power loss it reads as "no stored result"."""
+def _save_npy_rows(path: Path, shape: tuple[int, int],
+                   pieces: list[tuple[int, np.ndarray]]) -> None:
+    """A one-shot result, written from its row pieces in order (a peer's rows straight from
+    its reply's buffer, no copy into one array) to a temp file renamed into place (never
+    half a file). No fsync: the page cache keeps it across a kill -9, and the fsync cost a
+    result of 16 MiB about as much as computing it; after a power loss it reads as "no
+    stored result"."""
     tmp = path.with_suffix(".tmp")
     with open(tmp, "wb") as f:
-        np.save(f, arr)
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                "fortran_order": False, "shape": tuple(shape)})
+        for _, piece in sorted(pieces, key=lambda p: p[0]):
+            f.write(memoryview(np.ascontiguousarray(piece, dtype=np.float32)).cast("B"))
     os.replace(tmp, path)
