@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 
-from compute.lazynumpy import np
+import numpy as np
 
 from compute.device import DeviceProfile
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from compute.lazynumpy import np
+import numpy as np
 
 MAX_ITER = 2000
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 
-from compute.lazynumpy import np
+import numpy as np
 
 from compute.mlp import Layer
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from compute.lazynumpy import np
+import numpy as np
 
 from compute.crossbar import ProgrammedMatrix
 from compute.device import DeviceProfile

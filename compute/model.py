@@ -17,7 +17,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
-from compute.lazynumpy import np
+import numpy as np
 
 from compute.mlp import ACTIVATIONS, apply_activation, layer_problem
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compute.lazynumpy import np
+import numpy as np
 
 from compute.model import DenseLayer as Layer, FileMatrix, Model, ModelError
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from compute.lazynumpy import np
+import numpy as np
 
 from compute.mlp import Layer
 

@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any, Iterator
 
-from compute.lazynumpy import np
+import numpy as np
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 

@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from compute.lazynumpy import np
+import numpy as np
 
 from node.client import Client
 from node.localmesh import LocalMesh

@@ -25,7 +25,7 @@ import threading
 from dataclasses import dataclass
 from typing import Iterator, Protocol
 
-from compute.lazynumpy import loaded, np
+import numpy as np
 
 from protocol.errors import FrameError
 
@@ -107,22 +107,6 @@ def _slices(parts: list[bytes | memoryview], size: int):
         yield chunk, size - room
 
 
-#: Messages up to this size are reassembled in a ``bytearray`` (zero-filling 64 KiB costs
-#: microseconds); larger ones in an uninitialised numpy buffer whose pages materialise
-#: only as bytes arrive, once numpy is loaded (a node doing work). Until then (an idle
-#: daemon: gossip, pings, a 100-member state sync of a few hundred KiB) a ``bytearray``
-#: up to LARGE_MESSAGE, so membership traffic alone never imports numpy (~10 MB of RSS,
-#: issue 13); anything larger carries arrays, which need numpy anyway.
-SMALL_MESSAGE = 64 << 10
-LARGE_MESSAGE = 4 << 20
-
-
-def _buffer(total: int) -> bytearray | np.ndarray:
-    if total <= SMALL_MESSAGE or (total <= LARGE_MESSAGE and loaded() is None):
-        return bytearray(total)
-    return np.empty(total, dtype=np.uint8)
-
-
 class RecordOpener(Protocol):
     """What :meth:`Reassembler.feed_sealed` needs of a link cipher (protocol.handshake's
     TransportCipher): cut a sealed frame into records and open them in order."""
@@ -138,7 +122,7 @@ class RecordOpener(Protocol):
 
 @dataclass
 class _Partial:
-    buf: bytearray | np.ndarray   # uint8, the declared size (see :func:`_buffer`)
+    buf: np.ndarray        # uint8, the declared size; pages materialise as bytes arrive
     filled: int = 0
 
     @property
@@ -160,7 +144,7 @@ class Reassembler:
         self._partial: dict[int, _Partial] = {}
         self._buffered = 0     # bytes received into partial messages (and taken from budget)
 
-    def feed(self, frame: bytes | memoryview) -> bytearray | np.ndarray | None:
+    def feed(self, frame: bytes | memoryview) -> np.ndarray | None:
         """Add one frame; return the whole payload when this frame completes it."""
         view = memoryview(frame)
         if len(view) < _HEAD.size:
@@ -181,7 +165,7 @@ class Reassembler:
             raise FrameError("partial messages exceed the link's buffer budget")
         self.budget.take(len(body))
         self._buffered += len(body)
-        memoryview(part.buf)[part.filled:end] = body   # one memcpy, either kind of buffer
+        part.buf[part.filled:end] = np.frombuffer(body, dtype=np.uint8)
         part.filled = end
         if not flags & LAST:
             return None
@@ -192,7 +176,7 @@ class Reassembler:
         return part.buf
 
     def feed_sealed(self, sealed: bytes | bytearray | memoryview,
-                    opener: "RecordOpener") -> bytearray | np.ndarray | None:
+                    opener: "RecordOpener") -> np.ndarray | None:
         """Like :meth:`feed` for a frame still sealed as records: the first record is
         opened to read the fragment header, every further one is decrypted straight into
         its place in the message buffer (no opened copy of the frame, no second copy into
@@ -222,8 +206,8 @@ class Reassembler:
         self._buffered += size
         try:
             pos = part.filled + len(body)
-            dest = memoryview(part.buf)           # either kind of buffer (see _buffer)
-            dest[part.filled:pos] = body
+            part.buf[part.filled:pos] = np.frombuffer(body, dtype=np.uint8)
+            dest = memoryview(part.buf)
             for record in records[1:]:
                 opener.decrypt_into(record, dest[pos:pos + len(record) - tag])
                 pos += len(record) - tag
@@ -259,7 +243,7 @@ class Reassembler:
             raise FrameError(f"message of {total} bytes exceeds the {self.max_message} limit")
         if len(self._partial) >= self.max_streams:
             raise FrameError(f"more than {self.max_streams} messages in flight")
-        self._partial[sid] = _Partial(_buffer(total))
+        self._partial[sid] = _Partial(np.empty(total, dtype=np.uint8))
         return body[_TOTAL.size:]
 
     @property

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from compute.lazynumpy import np
+import numpy as np
 
 from protocol.messages import message
 
