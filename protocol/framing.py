@@ -122,6 +122,7 @@ class RecordOpener(Protocol):
 
 @dataclass
 class _Partial:
+    sid: int               # the stream it reassembles (for errors and removal)
     buf: np.ndarray        # uint8, the declared size; pages materialise as bytes arrive
     filled: int = 0
 
@@ -146,7 +147,37 @@ class Reassembler:
 
     def feed(self, frame: bytes | memoryview) -> np.ndarray | None:
         """Add one frame; return the whole payload when this frame completes it."""
-        view = memoryview(frame)
+        flags, part, body = self._open(memoryview(frame))
+        end = self._admit(part, len(body))
+        part.buf[part.filled:end] = np.frombuffer(body, dtype=np.uint8)
+        return self._advance(part, end, flags)
+
+    def feed_sealed(self, sealed: bytes | bytearray | memoryview,
+                    opener: "RecordOpener") -> np.ndarray | None:
+        """Like :meth:`feed` for a frame still sealed as records: the first record is
+        opened to read the fragment header, every further one is decrypted straight into
+        its place in the message buffer (no opened copy of the frame, no second copy into
+        the buffer). Same checks and limits as :meth:`feed`, before any byte is written;
+        records are opened in order, so the cipher's nonce order and replay check hold."""
+        records = opener.records(sealed)
+        flags, part, body = self._open(memoryview(opener.decrypt(records[0])))
+        tag = opener.overhead
+        size = len(body) + sum(len(r) - tag for r in records[1:])
+        end = self._admit(part, size)
+        try:
+            pos = part.filled + len(body)
+            part.buf[part.filled:pos] = np.frombuffer(body, dtype=np.uint8)
+            dest = memoryview(part.buf)
+            for record in records[1:]:
+                opener.decrypt_into(record, dest[pos:pos + len(record) - tag])
+                pos += len(record) - tag
+        except BaseException:
+            self._release(size)     # the link closes; these bytes never count as filled
+            raise
+        return self._advance(part, end, flags)
+
+    def _open(self, view: memoryview) -> tuple[int, _Partial, memoryview]:
+        """Parse a fragment header; start the stream on FIRST; the fragment's body."""
         if len(view) < _HEAD.size:
             raise FrameError("frame shorter than its fragment header")
         flags, sid = _HEAD.unpack_from(view, 0)
@@ -158,68 +189,28 @@ class Reassembler:
         part = self._partial.get(sid)
         if part is None:
             raise FrameError(f"fragment for stream {sid} that was never started")
-        end = part.filled + len(body)
-        if end > part.total:
-            raise FrameError(f"stream {sid} overruns its declared size {part.total}")
-        if self._buffered + len(body) > self.max_buffered:
-            raise FrameError("partial messages exceed the link's buffer budget")
-        self.budget.take(len(body))
-        self._buffered += len(body)
-        part.buf[part.filled:end] = np.frombuffer(body, dtype=np.uint8)
-        part.filled = end
-        if not flags & LAST:
-            return None
-        if part.filled != part.total:
-            raise FrameError(f"stream {sid} ended at {part.filled} of {part.total} bytes")
-        del self._partial[sid]
-        self._release(part.filled)
-        return part.buf
+        return flags, part, body
 
-    def feed_sealed(self, sealed: bytes | bytearray | memoryview,
-                    opener: "RecordOpener") -> np.ndarray | None:
-        """Like :meth:`feed` for a frame still sealed as records: the first record is
-        opened to read the fragment header, every further one is decrypted straight into
-        its place in the message buffer (no opened copy of the frame, no second copy into
-        the buffer). Same checks and limits as :meth:`feed`, before any byte is written;
-        records are opened in order, so the cipher's nonce order and replay check hold."""
-        records = opener.records(sealed)
-        head = opener.decrypt(records[0])
-        if len(head) < _HEAD.size:
-            raise FrameError("frame shorter than its fragment header")
-        flags, sid = _HEAD.unpack_from(head, 0)
-        if flags & ~(FIRST | LAST):
-            raise FrameError(f"unknown fragment flags {flags:#x}")
-        body = memoryview(head)[_HEAD.size:]
-        if flags & FIRST:
-            body = self._start(sid, body)
-        part = self._partial.get(sid)
-        if part is None:
-            raise FrameError(f"fragment for stream {sid} that was never started")
-        tag = opener.overhead
-        size = len(body) + sum(len(r) - tag for r in records[1:])
+    def _admit(self, part: _Partial, size: int) -> int:
+        """Check ``size`` more bytes against the stream's size and the buffer budget and
+        take them from the budget; the stream's new end."""
         end = part.filled + size
         if end > part.total:
-            raise FrameError(f"stream {sid} overruns its declared size {part.total}")
+            raise FrameError(f"stream {part.sid} overruns its declared size {part.total}")
         if self._buffered + size > self.max_buffered:
             raise FrameError("partial messages exceed the link's buffer budget")
         self.budget.take(size)
         self._buffered += size
-        try:
-            pos = part.filled + len(body)
-            part.buf[part.filled:pos] = np.frombuffer(body, dtype=np.uint8)
-            dest = memoryview(part.buf)
-            for record in records[1:]:
-                opener.decrypt_into(record, dest[pos:pos + len(record) - tag])
-                pos += len(record) - tag
-        except BaseException:
-            self._release(size)     # the link closes; these bytes never count as filled
-            raise
+        return end
+
+    def _advance(self, part: _Partial, end: int, flags: int) -> np.ndarray | None:
+        """Record the filled bytes; the whole payload when this was the stream's last."""
         part.filled = end
         if not flags & LAST:
             return None
         if part.filled != part.total:
-            raise FrameError(f"stream {sid} ended at {part.filled} of {part.total} bytes")
-        del self._partial[sid]
+            raise FrameError(f"stream {part.sid} ended at {part.filled} of {part.total} bytes")
+        del self._partial[part.sid]
         self._release(part.filled)
         return part.buf
 
@@ -243,7 +234,7 @@ class Reassembler:
             raise FrameError(f"message of {total} bytes exceeds the {self.max_message} limit")
         if len(self._partial) >= self.max_streams:
             raise FrameError(f"more than {self.max_streams} messages in flight")
-        self._partial[sid] = _Partial(np.empty(total, dtype=np.uint8))
+        self._partial[sid] = _Partial(sid, np.empty(total, dtype=np.uint8))
         return body[_TOTAL.size:]
 
     @property
