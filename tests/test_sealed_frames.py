@@ -15,19 +15,9 @@ from hypothesis import given, settings, strategies as st
 
 from protocol.errors import FrameError
 from protocol.framing import ByteBudget, Reassembler, fragments
-from protocol.handshake import MAX_RECORD_PLAINTEXT, NoiseHandshake, sealed_size
-from protocol.identity import Identity
+from protocol.handshake import MAX_RECORD_PLAINTEXT, sealed_size
+from tests.noise_pair import ciphers
 
-KEY = b"k" * 32
-A, B = Identity.generate(), Identity.generate()
-
-
-def ciphers():
-    """A finished handshake in memory: (dialler's cipher, responder's cipher)."""
-    dialler = NoiseHandshake(A, "a", [], [KEY], initiator=True)
-    responder = NoiseHandshake(B, "b", [], [KEY], initiator=False)
-    responder.on_final(dialler.on_response(responder.on_first(dialler.first())))
-    return dialler.cipher(), responder.cipher()
 
 
 def split(data: bytes, cuts: list[int]) -> list[memoryview]:
