@@ -26,6 +26,7 @@ Prints the tables and writes them to bench/out/profile_infer.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import asyncio
 import cProfile
 import io
@@ -174,29 +175,37 @@ def breakdown(events: list[tuple[float, int, str]], roles: dict[int, str]) -> li
     return out
 
 
+@contextlib.contextmanager
+def marked_mesh(root: Path):
+    """Two daemons (coordinator n1, peer n2) that, like this process, mark span stages into
+    ``root / "marks"``; every process's marks are there once the block exits."""
+    marks = root / "marks"
+    marks.mkdir()
+    os.environ["SEDMA_SPANS"] = str(marks)
+    spans.DIR = str(marks)
+    try:
+        with LocalMesh(root) as mesh:
+            coord = mesh.add("n1")
+            peer = mesh.add("n2")
+            mesh.wait_converged(alive=1)
+            yield coord, peer
+            mesh.stop()          # the daemons write their marks as they stop
+        spans.dump(marks)
+    finally:
+        os.environ.pop("SEDMA_SPANS", None)
+        spans.DIR = None
+
+
 def span_run(n: int, w: np.ndarray, x: np.ndarray, count: int) -> tuple[list, float]:
     """The per-stage breakdown on a fresh two-daemon mesh (no profiler)."""
     with tempfile.TemporaryDirectory(prefix="sedma-spans-") as tmp:
-        root = Path(tmp)
-        marks = root / "marks"
-        marks.mkdir()
-        os.environ["SEDMA_SPANS"] = str(marks)
-        spans.DIR = str(marks)
-        try:
-            with LocalMesh(root) as mesh:
-                coord = mesh.add("n1")
-                peer = mesh.add("n2")
-                mesh.wait_converged(alive=1)
-                with Client(coord.socket) as c:
-                    c.deploy("w", w, device="ideal", replicas=1)
-                spans._marks.clear()
-                lat = asyncio.run(infer_loop(coord.socket, x, count, None))
-                roles = {coord.proc.pid: "coord", peer.proc.pid: "peer", os.getpid(): "client"}
-                mesh.stop()
-            spans.dump(marks)
-        finally:
-            os.environ.pop("SEDMA_SPANS", None)
-            spans.DIR = None
+        marks = Path(tmp) / "marks"
+        with marked_mesh(Path(tmp)) as (coord, peer):
+            with Client(coord.socket) as c:
+                c.deploy("w", w, device="ideal", replicas=1)
+            spans._marks.clear()
+            lat = asyncio.run(infer_loop(coord.socket, x, count, None))
+            roles = {coord.proc.pid: "coord", peer.proc.pid: "peer", os.getpid(): "client"}
         events = spans.load(marks)
     # warm-up requests were marked too: keep the last ``count`` requests
     sends = [i for i, e in enumerate(events) if e[2] == "client.send" and roles.get(e[1]) == "client"]
@@ -282,38 +291,25 @@ def oneshot_run(n: int, count: int) -> str:
     np_lat = timed(lambda: a @ b, np_runs)
     cpu_np = (time.process_time() - cpu_np) / (np_runs + 1)   # timed() warms up once
     with tempfile.TemporaryDirectory(prefix="sedma-spans-") as tmp:
-        root = Path(tmp)
-        marks = root / "marks"
-        marks.mkdir()
-        os.environ["SEDMA_SPANS"] = str(marks)
-        spans.DIR = str(marks)
-        try:
-            with LocalMesh(root) as mesh:
-                coord = mesh.add("n1")
-                peer = mesh.add("n2")
-                mesh.wait_converged(alive=1)
-                lat: list[float] = []
-                with Client(coord.socket) as c:
-                    expect = a @ b
-                    for _ in range(2):   # warm-up, and a check that the answer is right
-                        got = c.matmul(a, b, device="ideal")
-                        assert np.allclose(got, expect, rtol=1e-3, atol=1e-2)
-                    spans._marks.clear()
-                    cpu0 = {p.proc.pid: _cpu_seconds(p.proc.pid) for p in (coord, peer)}
-                    for _ in range(count):
-                        t = time.perf_counter()
-                        spans.mark("bench.job")
-                        c.matmul(a, b, device="ideal")
-                        spans.mark("bench.done")
-                        lat.append(time.perf_counter() - t)
-                    cpu = {p.proc.pid: (_cpu_seconds(p.proc.pid) - cpu0[p.proc.pid]) / count
-                           for p in (coord, peer)}
-                roles = {coord.proc.pid: "coord", peer.proc.pid: "peer", os.getpid(): "client"}
-                mesh.stop()
-            spans.dump(marks)
-        finally:
-            os.environ.pop("SEDMA_SPANS", None)
-            spans.DIR = None
+        marks = Path(tmp) / "marks"
+        with marked_mesh(Path(tmp)) as (coord, peer):
+            lat: list[float] = []
+            with Client(coord.socket) as c:
+                expect = a @ b
+                for _ in range(2):   # warm-up, and a check that the answer is right
+                    got = c.matmul(a, b, device="ideal")
+                    assert np.allclose(got, expect, rtol=1e-3, atol=1e-2)
+                spans._marks.clear()
+                cpu0 = {p.proc.pid: _cpu_seconds(p.proc.pid) for p in (coord, peer)}
+                for _ in range(count):
+                    t = time.perf_counter()
+                    spans.mark("bench.job")
+                    c.matmul(a, b, device="ideal")
+                    spans.mark("bench.done")
+                    lat.append(time.perf_counter() - t)
+                cpu = {p.proc.pid: (_cpu_seconds(p.proc.pid) - cpu0[p.proc.pid]) / count
+                       for p in (coord, peer)}
+            roles = {coord.proc.pid: "coord", peer.proc.pid: "peer", os.getpid(): "client"}
         stages = oneshot_breakdown(spans.load(marks), roles)
     text = (f"profile_infer --oneshot: N={n} (A and B both shipped), {count} jobs, 2 daemons; "
             f"load {load_before[0]:.2f} -> {os.getloadavg()[0]:.2f}\n\n"
