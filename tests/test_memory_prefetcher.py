@@ -97,11 +97,16 @@ def run_passes(store, mem, enabled, passes, ws):
         watcher.join()
 
 
-def test_several_layers_load_at_once_within_the_budget_and_every_read_is_covered(tmp_path, db):
+def layered_store(tmp_path, db):
+    """A store with room for 4 of LAYERS blocks in RAM, every layer deployed, slow reads."""
     reader = SlowReader()
     store = BlockStore(tmp_path, db, budget=4 * BLOCK, disk_budget=LAYERS * BLOCK,
                        memory=DualMemory(), reader=reader)
-    ws = [put(store, "m", i) for i in range(LAYERS)]
+    return store, reader, [put(store, "m", i) for i in range(LAYERS)]
+
+
+def test_several_layers_load_at_once_within_the_budget_and_every_read_is_covered(tmp_path, db):
+    store, reader, ws = layered_store(tmp_path, db)
     per_pass, peak = run_passes(store, store.memory, True, passes=4, ws=ws)
     assert peak <= store.budget
     assert store.stats.depth == 3                 # 4 blocks fit: the read + 3 ahead
@@ -116,10 +121,7 @@ def test_several_layers_load_at_once_within_the_budget_and_every_read_is_covered
 
 
 def test_prefetch_off_reads_the_same_layers_on_demand_with_the_same_loader(tmp_path, db):
-    reader = SlowReader()
-    store = BlockStore(tmp_path, db, budget=4 * BLOCK, disk_budget=LAYERS * BLOCK,
-                       memory=DualMemory(), reader=reader)
-    ws = [put(store, "m", i) for i in range(LAYERS)]
+    store, reader, ws = layered_store(tmp_path, db)
     per_pass, peak = run_passes(store, store.memory, False, passes=2, ws=ws)
     assert peak <= store.budget
     assert store.stats.issued == 0 and reader.most == 1      # one read at a time, on demand
