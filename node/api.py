@@ -17,7 +17,7 @@ import struct
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-import numpy as np
+from compute.lazynumpy import np
 
 from node import shm, spans
 from node.errors import UserError, internal_message  # UserError is re-exported

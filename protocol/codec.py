@@ -18,7 +18,7 @@ import struct
 from typing import Any
 
 import msgpack
-import numpy as np
+from compute.lazynumpy import loaded, np
 
 from protocol.errors import DecodeError
 
@@ -43,9 +43,12 @@ class _Encoder:
         self.offset = 0
 
     def default(self, obj: Any) -> Any:
-        if isinstance(obj, np.ndarray):
+        # numpy not imported yet: nothing here can be an array (and an idle daemon's
+        # messages must not import it just to find that out).
+        numpy = loaded()
+        if numpy is not None and isinstance(obj, numpy.ndarray):
             return self._array(obj)
-        if isinstance(obj, np.generic):
+        if numpy is not None and isinstance(obj, numpy.generic):
             return obj.item()
         raise TypeError(f"cannot encode {type(obj).__name__}")
 

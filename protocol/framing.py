@@ -25,7 +25,7 @@ import threading
 from dataclasses import dataclass
 from typing import Iterator, Protocol
 
-import numpy as np
+from compute.lazynumpy import loaded, np
 
 from protocol.errors import FrameError
 
@@ -107,6 +107,22 @@ def _slices(parts: list[bytes | memoryview], size: int):
         yield chunk, size - room
 
 
+#: Messages up to this size are reassembled in a ``bytearray`` (zero-filling 64 KiB costs
+#: microseconds); larger ones in an uninitialised numpy buffer whose pages materialise
+#: only as bytes arrive, once numpy is loaded (a node doing work). Until then (an idle
+#: daemon: gossip, pings, a 100-member state sync of a few hundred KiB) a ``bytearray``
+#: up to LARGE_MESSAGE, so membership traffic alone never imports numpy (~10 MB of RSS,
+#: issue 13); anything larger carries arrays, which need numpy anyway.
+SMALL_MESSAGE = 64 << 10
+LARGE_MESSAGE = 4 << 20
+
+
+def _buffer(total: int) -> bytearray | np.ndarray:
+    if total <= SMALL_MESSAGE or (total <= LARGE_MESSAGE and loaded() is None):
+        return bytearray(total)
+    return np.empty(total, dtype=np.uint8)
+
+
 class RecordOpener(Protocol):
     """What :meth:`Reassembler.feed_sealed` needs of a link cipher (protocol.handshake's
     TransportCipher): cut a sealed frame into records and open them in order."""
@@ -123,7 +139,7 @@ class RecordOpener(Protocol):
 @dataclass
 class _Partial:
     sid: int               # the stream it reassembles (for errors and removal)
-    buf: np.ndarray        # uint8, the declared size; pages materialise as bytes arrive
+    buf: bytearray | np.ndarray   # uint8, the declared size (see :func:`_buffer`)
     filled: int = 0
 
     @property
@@ -145,15 +161,15 @@ class Reassembler:
         self._partial: dict[int, _Partial] = {}
         self._buffered = 0     # bytes received into partial messages (and taken from budget)
 
-    def feed(self, frame: bytes | memoryview) -> np.ndarray | None:
+    def feed(self, frame: bytes | memoryview) -> bytearray | np.ndarray | None:
         """Add one frame; return the whole payload when this frame completes it."""
         flags, part, body = self._open(memoryview(frame))
         end = self._admit(part, len(body))
-        part.buf[part.filled:end] = np.frombuffer(body, dtype=np.uint8)
+        memoryview(part.buf)[part.filled:end] = body   # one memcpy, either kind of buffer
         return self._advance(part, end, flags)
 
     def feed_sealed(self, sealed: bytes | bytearray | memoryview,
-                    opener: "RecordOpener") -> np.ndarray | None:
+                    opener: "RecordOpener") -> bytearray | np.ndarray | None:
         """Like :meth:`feed` for a frame still sealed as records: the first record is
         opened to read the fragment header, every further one is decrypted straight into
         its place in the message buffer (no opened copy of the frame, no second copy into
@@ -166,8 +182,8 @@ class Reassembler:
         end = self._admit(part, size)
         try:
             pos = part.filled + len(body)
-            part.buf[part.filled:pos] = np.frombuffer(body, dtype=np.uint8)
-            dest = memoryview(part.buf)
+            dest = memoryview(part.buf)           # either kind of buffer (see _buffer)
+            dest[part.filled:pos] = body
             for record in records[1:]:
                 opener.decrypt_into(record, dest[pos:pos + len(record) - tag])
                 pos += len(record) - tag
@@ -203,7 +219,8 @@ class Reassembler:
         self._buffered += size
         return end
 
-    def _advance(self, part: _Partial, end: int, flags: int) -> np.ndarray | None:
+    def _advance(self, part: _Partial, end: int,
+                 flags: int) -> bytearray | np.ndarray | None:
         """Record the filled bytes; the whole payload when this was the stream's last."""
         part.filled = end
         if not flags & LAST:
@@ -234,7 +251,7 @@ class Reassembler:
             raise FrameError(f"message of {total} bytes exceeds the {self.max_message} limit")
         if len(self._partial) >= self.max_streams:
             raise FrameError(f"more than {self.max_streams} messages in flight")
-        self._partial[sid] = _Partial(sid, np.empty(total, dtype=np.uint8))
+        self._partial[sid] = _Partial(sid, _buffer(total))
         return body[_TOTAL.size:]
 
     @property

@@ -21,7 +21,7 @@ import types
 import typing
 from typing import Any, ClassVar, TypeVar, Union
 
-import numpy as np
+from compute.lazynumpy import loaded, np
 
 from protocol import codec
 from protocol.errors import DecodeError
@@ -96,6 +96,14 @@ def _hints(cls: type) -> dict[str, Any]:
     return hints
 
 
+def _is_ndarray(hint: Any) -> bool:
+    """Whether ``hint`` is ``np.ndarray``, without importing numpy for messages that carry
+    no array (an idle daemon's handshake and gossip): a hint can only be ndarray once the
+    annotation naming it was resolved, which imported numpy."""
+    numpy = loaded()
+    return numpy is not None and hint is numpy.ndarray
+
+
 def _check(value: Any, hint: Any, where: str) -> Any:
     """Return ``value`` if it matches ``hint`` (coercing int to float), else raise."""
     if hint is Any:
@@ -120,7 +128,7 @@ def _check(value: Any, hint: Any, where: str) -> Any:
     elif hint is bool or hint is str or hint is bytes:
         if isinstance(value, hint):
             return value
-    elif hint is np.ndarray:
+    elif _is_ndarray(hint):
         if isinstance(value, np.ndarray):
             return value
     elif origin is list:

@@ -148,3 +148,172 @@ def test_rtt_percentiles_follow_new_samples():
     for _ in range(100):
         m.rtt(1000.0)                           # new samples move the percentiles
     assert m.latency()["p50_ms"] == np.percentile(samples + [1000.0] * 100, 50)
+
+
+def test_an_idle_mesh_runs_without_numpy_until_the_first_array(cluster):
+    """Start, join, gossip, ping and serve status/peers with numpy never imported (its
+    BLAS alone is ~10 MB of RSS per daemon); the first job loads it, as it must."""
+    import time
+
+    import numpy as np
+
+    from node.client import Client
+    from node.localmesh import wait_for
+
+    n1 = cluster.add("n1", extra=["--capacity", "10"])
+    n2 = cluster.add("n2", extra=["--capacity", "10"])
+    wait_for(lambda: n1.status()["members"] >= 2 and n2.status()["members"] >= 2, 60,
+             "both daemons to see each other")
+    time.sleep(3)                                   # adverts, pings and RTT percentiles
+    assert len(n1.peers()) >= 1 and n2.status()["members"] == 2
+    for node in (n1, n2):
+        assert not _mapped(node.proc.pid, "_multiarray_umath"), node.name
+        assert not _mapped(node.proc.pid, "openblas"), node.name
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    with Client(n1.socket) as c:
+        job = c.submit_matmul(a, a.T.copy())
+        assert c.wait(job, 120)["state"] == "done"
+        np.testing.assert_allclose(c.result(job), a @ a.T, rtol=1e-5)
+    assert _mapped(n1.proc.pid, "_multiarray_umath")   # the check can tell the difference
+
+
+def test_wire_messages_without_arrays_do_not_import_numpy():
+    """The codec recognises arrays only once numpy is loaded; a handshake-sized message and
+    a large state sync round-trip through framing in a fresh interpreter with numpy still
+    absent, and arrays still work."""
+    import subprocess
+    import sys
+
+    from tests.daemons import ROOT, sedma_env
+
+    code = (
+        "import sys\n"
+        "from protocol import codec\n"
+        "from protocol.framing import Reassembler, fragments\n"
+        "msg = {'t': 'ping', 'seq': 7, 'id': b'\\x01' * 16, 'f': 1.5, 'l': [1, 'x']}\n"
+        "r = Reassembler()\n"
+        "got = [r.feed(b''.join(frame)) for frame in fragments(3, codec.encode(msg))]\n"
+        "assert codec.decode(got[-1]) == msg\n"
+        "sync = {'members': ['m' * 100] * 3000}   # a large mesh's state sync, ~300 KB\n"
+        "got = [r.feed(b''.join(frame)) for frame in fragments(5, codec.encode(sync))]\n"
+        "assert isinstance(got[-1], bytearray) and codec.decode(got[-1]) == sync\n"
+        "try:\n"
+        "    codec.encode({'x': object()})\n"
+        "except TypeError as e:\n"
+        "    assert 'cannot encode object' in str(e)\n"
+        "assert 'numpy' not in sys.modules, 'numpy imported'\n"
+        "import numpy as np\n"
+        "a = np.arange(6, dtype=np.int32).reshape(2, 3)\n"
+        "back = codec.decode(b''.join(bytes(p) for p in codec.encode({'a': a, 'n': np.float64(2)})))\n"
+        "assert (back['a'] == a).all() and back['n'] == 2.0\n"
+        "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, env=sedma_env(), cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_reassembled_messages_small_and_large_are_byte_exact():
+    """Small messages reassemble in a bytearray, large ones (numpy loaded, as here) in a
+    numpy buffer; both give back exactly the bytes sent, and the limits still apply."""
+    import numpy  # noqa: F401  (loaded, as on a node that does work)
+    import pytest
+
+    from protocol.errors import FrameError
+    from protocol.framing import LARGE_MESSAGE, SMALL_MESSAGE, Reassembler, fragments
+
+    for size in (0, 100, SMALL_MESSAGE, SMALL_MESSAGE + 1, LARGE_MESSAGE + 17):
+        payload = bytes(i % 251 for i in range(size))
+        r = Reassembler()
+        got = None
+        for frame in fragments(5, [payload], 16 << 10):
+            got = r.feed(b"".join(frame))
+        assert got is not None and bytes(got) == payload
+        assert isinstance(got, bytearray) == (size <= SMALL_MESSAGE)
+        assert r.buffered == 0
+    r = Reassembler(max_message=SMALL_MESSAGE)
+    frames = list(fragments(1, [bytes(SMALL_MESSAGE + 1)], 16 << 10))
+    with pytest.raises(FrameError, match="exceeds"):
+        r.feed(b"".join(frames[0]))
+
+
+def test_rtt_percentiles_match_numpy_bit_for_bit_across_the_window():
+    """The pure-Python percentile (no numpy at idle) equals np.percentile exactly, also
+    once the 4096-sample window drops old samples."""
+    import random
+
+    import numpy as np
+
+    from node.metrics import Metrics, percentile
+
+    rng = random.Random(13)
+    for _ in range(2000):
+        values = sorted(rng.choice([rng.random() * 100, float(rng.randint(0, 5)),
+                                    rng.expovariate(1) * 1e3])
+                        for _ in range(rng.randint(1, 60)))
+        q = rng.choice([0, 50, 99, 100, rng.random() * 100])
+        assert percentile(values, q) == np.percentile(values, q)
+    m = Metrics()
+    for _ in range(5000):                      # more than the window holds
+        m.rtt(rng.expovariate(1) * 10)
+    window = list(m.latencies_ms)
+    assert len(window) == 4096
+    assert m.latency() == {"p50_ms": np.percentile(window, 50),
+                           "p99_ms": np.percentile(window, 99)}
+
+
+def test_lazy_numpy_loads_on_first_use_and_then_is_numpy_itself():
+    """``compute.lazynumpy.np`` imports nothing until read; then it is a plain module with
+    numpy's namespace (same objects, lazily imported submodules still reachable)."""
+    import subprocess
+    import sys
+
+    from tests.daemons import ROOT, sedma_env
+
+    code = (
+        "import sys, types, threading\n"
+        "from compute.lazynumpy import loaded, np\n"
+        "import node.daemon, node.cli\n"
+        "assert 'numpy' not in sys.modules and loaded() is None, 'imported early'\n"
+        "out = []\n"
+        "ts = [threading.Thread(target=lambda: out.append(np.float32)) for _ in range(4)]\n"
+        "[t.start() for t in ts]; [t.join() for t in ts]\n"
+        "import numpy\n"
+        "assert loaded() is numpy and out == [numpy.float32] * 4\n"
+        "assert type(np) is types.ModuleType and np.ndarray is numpy.ndarray\n"
+        "assert np.linalg.norm(np.ones(4)) == 2.0 and np.testing is numpy.testing\n"
+        "try:\n"
+        "    np.no_such_name\n"
+        "except AttributeError:\n"
+        "    print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, env=sedma_env(), cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_a_stall_report_names_where_the_loop_is_stuck(caplog):
+    """The watchdog logs the innermost frames of the stuck thread (only those are looked
+    up: the whole stack's files stayed in linecache for good)."""
+    import linecache
+    import logging
+    import time
+
+    from node.looplag import LagMonitor, StallReporter
+
+    monitor = LagMonitor()
+    reporter = StallReporter(monitor, threshold=0.05)
+
+    def stuck_in_a_long_computation() -> None:
+        time.sleep(0.6)                       # no tick: the monitor's last tick ages
+
+    linecache.clearcache()
+    with caplog.at_level(logging.WARNING, logger="sedma.looplag"):
+        reporter.start()
+        try:
+            stuck_in_a_long_computation()
+        finally:
+            reporter.stop()
+    reports = [r.getMessage() for r in caplog.records if "stuck" in r.getMessage()]
+    assert reports and "stuck_in_a_long_computation" in reports[0]
+    assert reports[0].count('File "') <= 8
+    outer = "/_pytest/main.py"                # a frame far out on this stack: not read in
+    assert not any(name.endswith(outer) for name in linecache.cache)
