@@ -15,17 +15,42 @@ registered as ``numpy``: code that imports numpy itself is unaffected.
 
 Code that only needs to *recognise* an array (the codec, message type checks) should not
 touch ``np`` at all but use :func:`loaded`: if numpy was never imported, no value can be
-an ndarray.
+an ndarray. :func:`loaded` answers None while numpy is still being imported by another
+thread (e.g. onnx reading a model file in a worker): that half-built module has no
+``ndarray`` yet, and reading it from the event loop raised ``AttributeError`` in the
+message checks, which killed the link's reader -- the stall of issue 13's first lean
+round (members suspected each other after the first model deploy).
+
+Importing numpy costs 0.1-2 s of CPU (its C extensions, OpenBLAS's thread start-up) on a
+loaded machine: never on the event loop, where it would starve membership probes. The
+daemon awaits :func:`ready` (the import in a worker thread) as soon as a message says it
+carries arrays, before decoding it. A first touch of ``np`` on an event loop's thread is
+logged as a warning with its cost (``SEDMA_NUMPY_ON_LOOP=raise`` makes it an error, for
+tests that prove no path does it).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
 import sys
 import threading
+import time
 import types
 from typing import Any
 
+log = logging.getLogger("sedma.lazynumpy")
+
 _LOCK = threading.Lock()   # two threads touching np first: one import, one namespace copy
+
+
+class NumpyOnLoop(RuntimeError):
+    """numpy's first import was attempted on an event loop thread (strict mode only)."""
+
+
+def _on_loop_thread() -> bool:
+    return asyncio._get_running_loop() is not None
 
 
 class _LazyNumpy(types.ModuleType):
@@ -35,18 +60,54 @@ class _LazyNumpy(types.ModuleType):
         # Only reached for names not yet in this module's dict, i.e. before the first load
         # (afterwards the class is plain ModuleType and numpy's own module __getattr__,
         # copied with the namespace, serves its lazily imported submodules).
-        with _LOCK:
-            if type(self) is _LazyNumpy:
-                import numpy
-
-                self.__dict__.update(numpy.__dict__)
-                self.__class__ = types.ModuleType
+        if type(self) is _LazyNumpy and _on_loop_thread():
+            _first_touch_on_loop(name)
+        load()
         return getattr(self, name)
+
+
+def _first_touch_on_loop(name: str) -> None:
+    if loaded() is not None:      # imported already (another thread): the switch is a copy
+        return
+    if os.environ.get("SEDMA_NUMPY_ON_LOOP") == "raise":
+        raise NumpyOnLoop(f"numpy.{name} read first on the event loop thread")
+    start = time.perf_counter()
+    load()
+    log.warning("numpy imported on the event loop thread (np.%s, %.0f ms): a path that "
+                "does not await compute.lazynumpy.ready() first", name,
+                (time.perf_counter() - start) * 1e3, stack_info=True)
 
 
 np: Any = _LazyNumpy("numpy")
 
 
+def load() -> None:
+    """Import numpy (if needed) and turn ``np`` into a plain module with its namespace."""
+    with _LOCK:
+        if type(np) is _LazyNumpy:
+            import numpy
+
+            np.__dict__.update(numpy.__dict__)
+            np.__class__ = types.ModuleType
+
+
+async def ready() -> None:
+    """Make numpy usable without importing it on the event loop: the import (and the
+    stand-in's switch) run in a worker thread; the loop keeps serving meanwhile."""
+    if type(np) is not _LazyNumpy:
+        return
+    start = time.perf_counter()
+    await asyncio.to_thread(load)
+    log.info("numpy loaded off the event loop in %.0f ms", (time.perf_counter() - start) * 1e3)
+
+
 def loaded() -> types.ModuleType | None:
-    """numpy if some code imported it already, else None (and nothing is imported)."""
-    return sys.modules.get("numpy")
+    """numpy if it has been imported completely, else None (and nothing is imported)."""
+    module = sys.modules.get("numpy")
+    if module is None:
+        return None
+    # importlib marks a module's spec as initialising while its body still runs in some
+    # thread; such a module is in sys.modules but lacks most of its names.
+    if getattr(getattr(module, "__spec__", None), "_initializing", False):
+        return None
+    return module

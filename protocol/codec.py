@@ -125,6 +125,18 @@ def decode_split(head_part: bytes | bytearray | memoryview,
     return _unpack(view[_U32.size:_U32.size + head], memoryview(data_area))
 
 
+def carries_arrays(payload: bytes | bytearray | memoryview) -> bool:
+    """Whether a payload made by :func:`encode` has array bytes after its header, read
+    from the length prefix alone: a receiver loads numpy off its event loop
+    (:func:`compute.lazynumpy.ready`) before decoding such a payload. A malformed payload
+    answers False; :func:`decode` names its fault."""
+    view = memoryview(payload)
+    if view.nbytes < _U32.size:
+        return False
+    (head,) = _U32.unpack_from(view, 0)
+    return view.nbytes > _aligned(_U32.size + head)
+
+
 def _header_length(view: memoryview) -> int:
     if len(view) < _U32.size:
         raise DecodeError("payload shorter than its header")

@@ -317,3 +317,118 @@ def test_a_stall_report_names_where_the_loop_is_stuck(caplog):
     assert reports[0].count('File "') <= 8
     outer = "/_pytest/main.py"                # a frame far out on this stack: not read in
     assert not any(name.endswith(outer) for name in linecache.cache)
+
+
+def test_numpy_half_imported_by_another_thread_counts_as_not_loaded():
+    """While a worker thread is still running numpy's ``__init__`` (onnx reading a model
+    file does that), ``sys.modules['numpy']`` is a half-built module without ``ndarray``.
+    The message checks on the event loop read ``numpy.ndarray`` for every list field of a
+    gossip message: they must treat numpy as absent then, not raise (the first lean round's
+    stall: the AttributeError killed the link's reader and the mesh suspected itself).
+    A fake numpy whose body waits on an event makes the window deterministic."""
+    import subprocess
+    import sys
+
+    from tests.daemons import ROOT, sedma_env
+
+    code = (
+        "import sys, threading, importlib.abc, importlib.util\n"
+        "started, release = threading.Event(), threading.Event()\n"
+        "class Slow(importlib.abc.Loader):\n"
+        "    def create_module(self, spec): return None\n"
+        "    def exec_module(self, module):\n"
+        "        started.set(); release.wait(60)\n"
+        "        module.ndarray = type('ndarray', (), {})\n"
+        "        module.generic = type('generic', (), {})\n"
+        "class Finder(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'numpy':\n"
+        "            return importlib.util.spec_from_loader(name, Slow())\n"
+        "sys.meta_path.insert(0, Finder())\n"
+        "from compute.lazynumpy import loaded\n"
+        "from protocol import codec, messages\n"
+        "t = threading.Thread(target=lambda: __import__('numpy')); t.start()\n"
+        "assert started.wait(60)\n"
+        "assert 'numpy' in sys.modules and loaded() is None\n"
+        "assert messages._check([1, 2], list[int], 'm.l') == [1, 2]\n"
+        "msg = {'t': 'gossip', 'l': [1, 'x']}\n"
+        "assert codec.decode(b''.join(bytes(p) for p in codec.encode(msg))) == msg\n"
+        "try:\n"
+        "    codec.encode({'x': object()})\n"
+        "except TypeError as e:\n"
+        "    assert 'cannot encode object' in str(e)\n"
+        "release.set(); t.join(60)\n"
+        "assert loaded() is sys.modules['numpy'] and hasattr(loaded(), 'ndarray')\n"
+        "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, env=sedma_env(), cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_first_touch_of_numpy_on_an_event_loop_is_refused_in_strict_mode_and_ready_is_not():
+    """The stand-in's guard: in strict mode (``SEDMA_NUMPY_ON_LOOP=raise``) reading ``np``
+    first on an event loop's thread raises; awaiting ``ready()`` loads numpy in a worker
+    thread instead, after which the loop may use ``np`` freely."""
+    import subprocess
+    import sys
+
+    from tests.daemons import ROOT, sedma_env
+
+    code = (
+        "import asyncio, sys, threading\n"
+        "from compute import lazynumpy\n"
+        "from compute.lazynumpy import NumpyOnLoop, np\n"
+        "async def on_loop():\n"
+        "    try:\n"
+        "        np.zeros\n"
+        "    except NumpyOnLoop:\n"
+        "        pass\n"
+        "    else:\n"
+        "        raise AssertionError('numpy imported on the loop')\n"
+        "    assert 'numpy' not in sys.modules\n"
+        "    seen = []\n"
+        "    real = lazynumpy.load\n"
+        "    lazynumpy.load = lambda: (seen.append(threading.current_thread()), real())\n"
+        "    await lazynumpy.ready()\n"
+        "    assert seen and seen[0] is not threading.main_thread(), seen\n"
+        "    return float(np.ones(3).sum())\n"
+        "assert asyncio.run(on_loop()) == 3.0\n"
+        "print('ok')\n")
+    env = dict(sedma_env(), SEDMA_NUMPY_ON_LOOP="raise")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, env=env, cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_a_model_deploy_and_stream_never_import_numpy_on_a_daemons_event_loop(
+        cluster, tmp_path, monkeypatch):
+    """The daemons run in strict mode: any path that would import numpy on the event loop
+    raises (and the deploy or request fails). A model read from a file by the coordinator
+    (onnx, numpy imported in a worker) deployed over three daemons, then requests through
+    it: every answer exact, numpy loaded in every holder, and no daemon logs a loop import."""
+    import numpy as np
+
+    from compute.model import reference_forward
+    from compute.modelfile import read_model
+    from node.client import Client
+    from tests.test_models_files import torch_like_mlp
+
+    monkeypatch.setenv("SEDMA_NUMPY_ON_LOOP", "raise")
+    cluster.start(3)
+    cluster.wait_converged(alive=2)
+    n1 = cluster.nodes[0]
+    path = torch_like_mlp(tmp_path / "m.onnx", sizes=(64, 128, 10))
+    model = read_model(path)
+    with Client(n1.socket) as c:
+        info = c.deploy("m", path, device="ideal", replicas=2)
+        holders = {h for layer in info["layer_placement"] for hs in layer.values() for h in hs}
+        for i in range(5):
+            x = np.random.default_rng(i).standard_normal((3, 64)).astype(np.float32)
+            y = c.infer("m", x)
+            want = reference_forward(model, x)
+            assert np.abs(y - want).max() <= 2e-5 * max(1.0, float(np.abs(want).max()))
+    for node in cluster.nodes:
+        log = node.log_path.read_text()
+        assert "event loop thread" not in log and "NumpyOnLoop" not in log, node.name
+        if node.id in holders:
+            assert _mapped(node.proc.pid, "_multiarray_umath"), node.name
