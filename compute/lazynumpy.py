@@ -25,13 +25,15 @@ Importing numpy costs 0.1-2 s of CPU (its C extensions, OpenBLAS's thread start-
 loaded machine: never on the event loop, where it would starve membership probes. The
 daemon awaits :func:`ready` (the import in a worker thread) as soon as a message says it
 carries arrays, before decoding it. A first touch of ``np`` on an event loop's thread is
-logged as a warning with its cost (``SEDMA_NUMPY_ON_LOOP=raise`` makes it an error, for
-tests that prove no path does it).
+logged as a warning with its cost; ``SEDMA_NUMPY_ON_LOOP=raise`` (tests that prove no
+path does it) makes it an error, and so is loading any numpy submodule on a loop thread
+(numpy loads some lazily: ``np.median``'s first call imports ``numpy.ma``, 0.1-0.3 s).
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import sys
@@ -81,12 +83,32 @@ def _first_touch_on_loop(name: str) -> None:
 np: Any = _LazyNumpy("numpy")
 
 
+def _audit(event: str, args: tuple) -> None:
+    """Strict mode: any numpy module loaded on an event loop's thread is an error, also one
+    numpy itself loads lazily later (``np.median`` importing ``numpy.ma`` on first use)."""
+    if event == "import" and isinstance(args[0], str) and (
+            args[0] == "numpy" or args[0].startswith("numpy.")) and _on_loop_thread():
+        raise NumpyOnLoop(f"module {args[0]} loaded on the event loop thread")
+
+
+if os.environ.get("SEDMA_NUMPY_ON_LOOP") == "raise":   # tests only: the hook sees every import
+    sys.addaudithook(_audit)
+
+
+#: numpy submodules that numpy loads only on first attribute access and that the daemon's
+#: loop-side code reaches (layer seeds and read streams: ``np.random.SeedSequence``):
+#: imported with numpy, off the loop, so their first use does not import them there.
+PRELOAD = ("numpy.random",)
+
+
 def load() -> None:
     """Import numpy (if needed) and turn ``np`` into a plain module with its namespace."""
     with _LOCK:
         if type(np) is _LazyNumpy:
             import numpy
 
+            for name in PRELOAD:
+                importlib.import_module(name)
             np.__dict__.update(numpy.__dict__)
             np.__class__ = types.ModuleType
 

@@ -367,8 +367,9 @@ def test_numpy_half_imported_by_another_thread_counts_as_not_loaded():
 
 def test_first_touch_of_numpy_on_an_event_loop_is_refused_in_strict_mode_and_ready_is_not():
     """The stand-in's guard: in strict mode (``SEDMA_NUMPY_ON_LOOP=raise``) reading ``np``
-    first on an event loop's thread raises; awaiting ``ready()`` loads numpy in a worker
-    thread instead, after which the loop may use ``np`` freely."""
+    first on an event loop's thread raises, and so does a numpy submodule numpy would load
+    lazily there (numpy.ma); awaiting ``ready()`` loads numpy in a worker thread instead,
+    after which the loop may use what it loaded."""
     import subprocess
     import sys
 
@@ -391,6 +392,13 @@ def test_first_touch_of_numpy_on_an_event_loop_is_refused_in_strict_mode_and_rea
         "    lazynumpy.load = lambda: (seen.append(threading.current_thread()), real())\n"
         "    await lazynumpy.ready()\n"
         "    assert seen and seen[0] is not threading.main_thread(), seen\n"
+        "    assert 'numpy.ma' not in sys.modules\n"
+        "    try:\n"
+        "        np.ma    # numpy loads it lazily: on the loop, also an error\n"
+        "    except NumpyOnLoop:\n"
+        "        pass\n"
+        "    else:\n"
+        "        raise AssertionError('numpy.ma imported on the loop')\n"
         "    return float(np.ones(3).sum())\n"
         "assert asyncio.run(on_loop()) == 3.0\n"
         "print('ok')\n")
