@@ -21,7 +21,7 @@ from compute.device import DeviceProfile, PRESETS, get_preset
 from compute.executor import Executor, measure_capacity
 from nat import signaling
 from nat.connector import ConnectorConfig
-from node import api, memtrace
+from node import api
 from node.beat import sleep_to_beat
 from node.capacity import node_capacity
 from node.config import NodeConfig
@@ -179,7 +179,10 @@ class Daemon:
                 loop.add_signal_handler(sig, self._on_signal, sig)
             except (NotImplementedError, RuntimeError):
                 pass
-        memtrace.install(loop, self.data_dir)   # debug only: SEDMA_TRACEMALLOC
+        if os.environ.get("SEDMA_TRACEMALLOC"):   # debug only; tracemalloc is ~1 MB at idle
+            from node import memtrace
+
+            memtrace.install(loop, self.data_dir)
 
     def _on_signal(self, sig: int) -> None:
         log.info("received %s", signal.Signals(sig).name)

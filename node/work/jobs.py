@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-import numpy as np
+from compute.lazynumpy import np
 
 from compute.device import get_preset
 from compute.partition import NodeSlot, PartitionPlan, PlacementError, plan_rows
