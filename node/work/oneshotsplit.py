@@ -17,8 +17,9 @@ moving B) is not below the time this node would need for everything gets no shar
 
 A peer on this node's own host (``cohost``: same kernel, so the same cores) gets no share
 at all: its compute runs on the cores this node's share runs on, so it adds no speed,
-only the cost of moving its operands through the link (measured on the 2-core bench
-machine: two co-hosted daemons with an even split took 2.5x numpy's time for N=2048).
+only the cost of moving its operands through the link (on the 2-core bench machine an
+even N=2048 split between two co-hosted daemons took 284 ms against numpy's 115 ms, quiet;
+see bench/README.md for the same job kept on one of them).
 
 Pure functions over a snapshot (:class:`ShareCost`); the job manager measures the inputs.
 """
