@@ -10,7 +10,7 @@ import pytest
 from node.client import Client
 from node.work.sharemeter import HOST_ENV
 
-M, K, N = 2048, 1024, 1024      # big enough that a peer on loopback pays for B (4 MiB)
+M, K, N = 4096, 1024, 1024   # B (4 MiB) is worth moving: the fixed cost is well below the job
 
 
 def rand(shape, seed) -> np.ndarray:
