@@ -208,7 +208,8 @@ class Daemon:
                              addresses=self.addresses(), **self._load_fields())
 
     def _load_fields(self) -> dict[str, Any]:
-        extra = self.mesh.connector.advert_extra()
+        # "host": which kernel's cores this node runs on (one-shot splits leave co-hosts out)
+        extra = {**self.mesh.connector.advert_extra(), "host": self.jobs.host}
         return dict(reachability=extra.get("reach", "unknown"),
                     memory_total=total_memory(), memory_free=self.store.free,
                     memory_budget=self.store.budget, cores=self.executor.workers,
