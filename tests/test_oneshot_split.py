@@ -151,10 +151,12 @@ def test_the_meter_smooths_and_forgets_old_and_departed_nodes():
     assert meter.speed("a", "", now=100) is None and meter.speed("b", "", now=100) == 1.0
 
 
-def test_the_host_id_is_the_kernels_unless_set(monkeypatch):
+def test_a_daemon_claims_no_host_unless_told_and_boot_names_the_kernel(monkeypatch):
     monkeypatch.delenv(HOST_ENV, raising=False)
+    assert host_id() == ""                       # default: a local mesh spreads its work
+    monkeypatch.setenv(HOST_ENV, "boot")
     first = host_id()
-    assert first and first == host_id()          # one kernel, one id
+    assert first and first != "boot" and first == host_id()   # one kernel, one id
     monkeypatch.setenv(HOST_ENV, "pinned-cpus-0-3")
     assert host_id() == "pinned-cpus-0-3"
     monkeypatch.setenv(HOST_ENV, "none")

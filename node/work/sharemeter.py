@@ -23,6 +23,7 @@ ALPHA = 0.5           # weight of the newest share: jobs are few and machines ch
 MAX_AGE_S = 600.0
 HOST_ENV = "SEDMA_HOST_ID"
 NO_HOST = "none"
+BOOT_HOST = "boot"           # SEDMA_HOST_ID=boot: the kernel's boot id names the host
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 
@@ -63,16 +64,22 @@ class ShareMeter:
 
 
 def host_id() -> str:
-    """Which machine's cores this process runs on: a hash of the kernel's boot id.
+    """Which machine's cores this daemon claims to share with co-hosted daemons; empty
+    (the default) claims none.
 
-    Daemons on one kernel share its cores, network namespaces and containers included.
-    ``SEDMA_HOST_ID`` overrides it (daemons pinned to disjoint CPU sets share a kernel but
-    not cores); ``none`` claims no host. Empty when unknown or ``none``: such a node is
-    never taken for a co-host (a bench uses it to measure splits between co-hosts).
+    Opt-in through ``SEDMA_HOST_ID``: ``boot`` names the kernel by a hash of its boot id
+    (daemons on one kernel share its cores, network namespaces and containers included),
+    any other value is taken as given (e.g. daemons pinned to disjoint CPU sets), ``none``
+    or unset claims nothing. Why not on by default: the product runs one daemon per
+    machine, so co-hosts exist only in demos, tests and labs, where several daemons on one
+    machine stand for several machines and their work is meant to spread; there a
+    one-shot job kept whole on its coordinator would hide the mesh it is showing.
     """
     given = os.environ.get(HOST_ENV, "").strip()
-    if given:
-        return "" if given == NO_HOST else given[:64]
+    if not given or given == NO_HOST:
+        return ""
+    if given != BOOT_HOST:
+        return given[:64]
     try:
         with open(BOOT_ID, "rb") as f:
             return hashlib.sha256(f.read().strip()).hexdigest()[:16]
