@@ -38,3 +38,41 @@ def test_a_block_with_no_live_holder_cannot_be_repaired_by_anyone():
     p = plan(["x", "y"])
     for me in "abc":
         assert repairs("w", p, me, {"a", "b", "c"}, ["a", "b", "c"], 2) == []
+
+
+# -- copies held here that the plan does not list (a copy's source died mid-switch) -----
+
+from node.work.reconfigure import UNLISTED_GRACE_S, Unlisted, unlisted  # noqa: E402
+
+
+def test_an_unlisted_copy_whose_listed_holders_are_all_gone_is_adopted_at_once():
+    p = plan(["s"], ["me"])                # block 0: held only by s (killed mid-copy)
+    seen: dict[int, float] = {}
+    assert unlisted(p, "me", {"me"}, {"s"}, {0, 1}, seen, now=0.0) == Unlisted((0,), ())
+
+
+def test_a_holder_merely_unknown_yet_is_not_taken_for_gone():
+    p = plan(["s"])                        # a node that just started knows no members
+    assert unlisted(p, "me", {"me"}, set(), {0}, {}, now=0.0) == Unlisted((), ())
+
+
+def test_an_unlisted_copy_is_dropped_only_after_the_grace_and_while_a_holder_serves():
+    p = plan(["a"], ["b"])
+    seen: dict[int, float] = {}
+    assert unlisted(p, "me", {"me", "a"}, set(), {0}, seen, now=0.0) == Unlisted((), ())
+    assert unlisted(p, "me", {"me", "a"}, set(), {0}, seen,
+                    now=UNLISTED_GRACE_S - 1) == Unlisted((), ())
+    assert unlisted(p, "me", {"me", "a"}, set(), {0}, seen,
+                    now=UNLISTED_GRACE_S) == Unlisted((), (0,))
+    # no listed holder alive (nor known gone): wait rather than drop the only copy
+    assert unlisted(p, "me", {"me"}, set(), {0}, {0: -1e9}, now=0.0) == Unlisted((), ())
+
+
+def test_a_block_the_plan_lists_here_is_never_adopted_nor_dropped_and_its_clock_resets():
+    seen = {0: -1e9}
+    listed = plan(["a", "me"])
+    assert unlisted(listed, "me", {"me"}, {"a"}, {0}, seen, now=0.0) == Unlisted((), ())
+    assert seen == {}                     # listed now: a later unlisting starts a new grace
+    later = plan(["a"])
+    assert unlisted(later, "me", {"me", "a"}, set(), {0}, seen, now=1.0) == Unlisted((), ())
+    assert seen == {0: 1.0}

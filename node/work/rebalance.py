@@ -13,7 +13,11 @@ work stealing's oscillations are the cautionary tales):
 - *Retiring*: a block above its deployed replica count whose holders would stay below
   ``cool_busy`` with one replica fewer gives back the replica on its slowest holder.
   ``hot_busy`` > ``cool_busy`` *is* the hysteresis: the gap between them means a block
-  replicated at rate r is retired only when the rate fell well below r.
+  replicated at rate r is retired only when the rate fell well below r. Busy fractions
+  are rate x measured compute time, and on a shared machine the compute time swings
+  100x within a minute (a replica added at "97 % busy" was retired at "1 % busy" at a
+  higher rate, then added again: bench/README), so the rate itself must also have fallen
+  by ``hot_busy / cool_busy`` since the replica was added (when that rate is known).
 - *Migration*: a block moves off a holder that is slow (learned speed below
   ``slow_ratio`` x the best alternative's), overloaded, or reachable only through a relay,
   when the time saved over ``horizon_s`` exceeds ``margin`` x the cost of moving it
@@ -54,11 +58,16 @@ class Policy:
     replicate_dwell_s: float = 20.0  # ... and this long before it gains another replica
     max_moves: int = 2           # decisions per pass, all blocks together
     max_replicas: int = 4        # hot replication stops here
+    loop_hot: float = 0.7        # holders' event loops runnable this much of the time ask
+                                 # for a replica of the block most of their requests are for
+    loop_cool: float = 0.5       # retiring must leave the other holders' loops below this
 
 
 #: On overloaded holders, a block with at least this share of ``hot_busy`` (in compute)
 #: is replicated rather than migrated (see ``_replicate``).
 CROWDED_SHARE = 0.25
+#: A block with at least this share of its holder's reads is the one its loop is busy for.
+LOOP_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,7 @@ class NodeView:
     free_bytes: int = 0          # free RAM (tier 0) for new blocks
     relayed: bool = False        # reachable only through TURN
     link_bps: float = 50e6       # measured bytes/s towards it
+    loop_busy: float = 0.0       # its event loop's runnable fraction (node/work/loopdemand.py)
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,8 @@ class BlockView:
     rate: float                  # requests/s, short-term window
     changed_at: float            # when its holder set last changed
     want: int = 1                # replicas as deployed (never retired below this)
+    share: float = 0.0           # this block's part of its (acting) holder's reads
+    grown_at_rate: float = 0.0   # its rate when it last gained a replica (0: unknown)
 
 
 @dataclass(frozen=True)
@@ -148,10 +160,12 @@ def _targets(b: BlockView, nodes: dict[str, NodeView], free: dict[str, int],
 
 
 def _replicate(b: BlockView, nodes, free, now, policy) -> Decision | None:
-    per = busy(b, nodes)
     holders = [nodes[h] for h in b.holders if h in nodes]
     if not holders or len(b.holders) >= policy.max_replicas:
         return None
+    if _loop_saturated(b, holders, policy):
+        return _replicate_for_loop(b, holders, nodes, free, now, policy)
+    per = busy(b, nodes)
     load = min(h.load for h in holders)
     if load < policy.hot_busy:
         return None                # the holders are not actually kept busy
@@ -176,6 +190,44 @@ def _replicate(b: BlockView, nodes, free, now, policy) -> Decision | None:
                     per - after, b.nbytes / src.link_bps, now)
 
 
+def _loop_saturated(b: BlockView, holders: list[NodeView], policy: Policy) -> bool:
+    """Every holder's event loop stays busy and this block is most of what it serves.
+
+    Why a rule of its own: a small block's requests cost its holder mostly per-request
+    work on the event loop (X received, decrypted, decoded), which neither the compute
+    load nor the block's compute time counts (profiled: the hot holder's loop ~90 %
+    busy, its compute threads ~25 %)."""
+    return (min(h.loop_busy for h in holders) >= policy.loop_hot
+            and b.share >= LOOP_SHARE)
+
+
+def _replicate_for_loop(b: BlockView, holders: list[NodeView], nodes, free, now,
+                        policy) -> Decision | None:
+    """A replica on a node whose own loop has room; gain: loop time taken off each holder."""
+    fastest = max(_loaded(h).speed for h in holders)
+    targets = [t for t in _targets(b, nodes, free, policy) if t.loop_busy < policy.loop_hot
+               and _loaded(t).speed >= policy.slow_ratio * fastest]   # never onto a slow node
+    if not targets:
+        return None
+    t, n = targets[0], len(holders)
+    loop = sum(h.loop_busy for h in holders) / n
+    src = max(holders, key=lambda h: h.link_bps)
+    return Decision("replicate", b.name, b.index, src.node_id, t.node_id,
+                    f"{n} holder(s)' event loops stay {loop:.0%} busy, {b.share:.0%} of their "
+                    f"reads for this block ({b.rate:.1f} req/s): a replica takes requests off "
+                    f"them; {t.node_id[:8]} has loop {t.loop_busy:.0%} busy and "
+                    f"{t.free_bytes} bytes free", loop * b.share / (n + 1),
+                    b.nbytes / src.link_bps, now)
+
+
+def loop_after_retire(b: BlockView, live: list[NodeView]) -> float:
+    """Predicted loop busy fraction of the holders left after retiring one replica: the
+    block's part of their loop work is shared by one holder fewer."""
+    n = len(live)
+    loop = sum(h.loop_busy for h in live) / n
+    return loop * (1 - b.share) + loop * b.share * n / max(n - 1, 1)
+
+
 def _retire(b: BlockView, nodes, now, policy) -> Decision | None:
     if len(b.holders) <= b.want:
         return None
@@ -185,6 +237,10 @@ def _retire(b: BlockView, nodes, now, policy) -> Decision | None:
     live = [nodes[h] for h in b.holders if h in nodes]
     if len(live) < len(b.holders):
         return None                # a holder is gone: repair first, retire later
+    if loop_after_retire(b, live) >= policy.loop_cool:
+        return None                # its requests would crowd the others' event loops
+    if b.grown_at_rate and b.rate > b.grown_at_rate * policy.cool_busy / policy.hot_busy:
+        return None                # the rate has not fallen 4x since the replica was added
     slowest = min(live, key=lambda n: (n.speed / (1 + n.load), n.node_id))
     return Decision("retire", b.name, b.index, slowest.node_id, "",
                     f"cooled to {b.rate:.2f} req/s: {len(b.holders) - 1} holder(s) would be "
@@ -233,6 +289,38 @@ def _why_move(src: NodeView, t: NodeView, policy: Policy) -> str:
         return (f"stays slow ({_loaded(src).speed:.2f} vs {_loaded(t).speed:.2f} "
                 "GFLOP/s effective)")
     return ""
+
+
+#: End-to-end evidence lowers a node's speed only when it puts the node this many times
+#: below its own claim, relative to how the other nodes' claims compare end to end.
+E2E_SLOW = 3.0
+
+
+def with_e2e_evidence(own: dict[str, float], e2e: dict[str, float], me: str) -> dict[str, float]:
+    """Each node's serving speed, lowered where this node's end-to-end measurements of it
+    (as a coordinator) say it is much slower than it measures itself.
+
+    Why: a node starved of CPU only *between* computations (a CPU quota, small requests)
+    measures its own compute at full speed, while its requests take many times longer end
+    to end. Why so guarded: end-to-end figures include transfer and queueing and are of
+    another kind than a node's own serving speed; comparing the two directly made nodes
+    swap a block back and forth (an earlier round). So the end-to-end figures are first
+    put on the serving scale by the *median* ratio end-to-end / own over the other nodes
+    measured both ways (at least three, so one outlier cannot set the scale), only remote
+    nodes count (this node's own reads have no transfer), and a node is lowered only when
+    it falls ``E2E_SLOW`` times below its own claim: equal nodes' noise stays far inside.
+    """
+    both = [n for n, v in own.items() if n != me and v and e2e.get(n)]
+    if len(both) < 3:
+        return dict(own)
+    ratios = sorted(e2e[n] / own[n] for n in both)
+    scale = ratios[len(ratios) // 2]
+    out = dict(own)
+    for n in both:
+        scaled = e2e[n] / scale
+        if scaled * E2E_SLOW < own[n]:
+            out[n] = scaled
+    return out
 
 
 def migration_bound(blocks: int, seconds: float, policy: Policy = Policy()) -> int:

@@ -35,15 +35,21 @@ from compute.partition import Block, PartitionPlan
 from nat.link import LinkClosed
 from node.work.jobs import JobManager, request_timeout
 from node.work.placement import rank
-from node.work.rebalance import BlockView, Decision, NodeView, Policy, plan_pass
+from node.work.rebalance import (BlockView, Decision, NodeView, Policy, plan_pass,
+                                 with_e2e_evidence)
 from node.net.session import RemoteError
 from node.memory.store import StoreError
 from protocol import codec
 from protocol.errors import ProtocolError
-from protocol.work import StoreState
+from node.work.plans import VersionedPlan
+from protocol.work import GetPlan, StoreState
 
 log = logging.getLogger("sedma.reconfigure")
 
+#: A copy held here that no plan lists is dropped after this long (if the plan, refreshed
+#: from the block's listed holders, still does not list it): a copy-then-switch lists its
+#: new holder within a round trip or two of the copy, so this is a generous bound.
+UNLISTED_GRACE_S = 60.0
 DEFAULT_LINK_BPS = 50e6   # until a copy to the peer was measured (request_timeout's figure)
 JUDGE_AFTER_S = 60.0      # a decision's effect is measured this long after it
 
@@ -85,6 +91,57 @@ def repairs(name: str, plan: PartitionPlan, me: str, alive: set[str],
     return out
 
 
+@dataclass(frozen=True)
+class Unlisted:
+    """What to do with block copies of one matrix that this node holds but its plan does
+    not list: ``adopt`` (list this node: no listed holder is alive, so this copy is the
+    block's only one) or ``drop`` (unlisted for ``UNLISTED_GRACE_S``)."""
+
+    adopt: tuple[int, ...]
+    drop: tuple[int, ...]
+
+
+def unlisted(plan: PartitionPlan, me: str, alive: set[str], gone: set[str], held: set[int],
+             seen: dict[int, float], now: float, grace: float = UNLISTED_GRACE_S) -> Unlisted:
+    """Decide about the copies in ``held`` the plan does not list; updates ``seen``
+    (block index -> when this node first saw it held and unlisted) in place.
+
+    ``alive``: members alive now; ``gone``: members the membership declared dead or left.
+    A copy is adopted only when *every* holder the plan lists is gone (not merely not yet
+    known: a node that just started knows no one), and dropped only when a listed holder
+    is alive to serve the block (and to refresh the plan from).
+
+    Where such a copy comes from: a migration's or hot replica's copy landed here, and
+    its source was killed (-9) before it switched the plan, or a copy whose release was
+    lost. Nothing else would ever resolve it: the next plan notice for that matrix may
+    never come. A block a plan lists here is never in either list.
+    """
+    adopt, drop = [], []
+    listed_here = set()
+    for blk in plan.blocks:
+        if me in blk.nodes:
+            listed_here.add(blk.index)
+            continue
+        if blk.index not in held:
+            continue
+        if blk.nodes and all(n in gone for n in blk.nodes):
+            adopt.append(blk.index)
+            continue
+        if not any(n in alive for n in blk.nodes):
+            continue
+        first = seen.setdefault(blk.index, now)
+        if now - first >= grace:
+            drop.append(blk.index)
+    for idx in list(seen):
+        if idx in listed_here or idx not in held:
+            del seen[idx]
+    return Unlisted(tuple(adopt), tuple(drop))
+
+
+def _block(plan: PartitionPlan, index: int) -> Block:
+    return next(b for b in plan.blocks if b.index == index)
+
+
 class Reconfigurer:
     """Runs :func:`repairs` and :func:`plan_pass` against the live mesh (one pass at a time)."""
 
@@ -96,6 +153,11 @@ class Reconfigurer:
         #: per block: (holder set last seen, when it was first seen): the dwell clock
         self._changed: dict[tuple[str, int], tuple[tuple[str, ...], float]] = {}
         self._deployed: dict[str, int] = {}
+        #: per block: its request rate when this node last gave it a replica (retiring
+        #: then needs the rate to fall; the compute time, on a shared machine, swings 100x)
+        self._grown: dict[tuple[str, int], float] = {}
+        #: per matrix: held, unlisted block copies -> when first seen so (see ``unlisted``)
+        self._unlisted: dict[str, dict[int, float]] = {}
 
     async def rebalance(self, now: float | None = None) -> list[Decision]:
         """One rebalancing pass over the blocks this node acts for; the decisions made."""
@@ -123,7 +185,9 @@ class Reconfigurer:
         Why not mix in advertised capacity or what we measured as their client: a BLAS
         peak and a serving speed with its overheads differ several-fold, and comparing
         them made two nodes each find the other faster and swap a block back and forth.
-        A node that has served nothing yet gets the median of the known speeds.
+        A node that has served nothing yet gets the median of the known speeds. The one
+        use of what we measured as a client is :func:`with_e2e_evidence`, which lowers a
+        node only when, put on the same scale, it is several times slower end to end.
         """
         jobs, memory = self.jobs, self.jobs.memory
         adverts = {m.node_id: m.advert for m in jobs.mesh.members()}
@@ -132,6 +196,13 @@ class Reconfigurer:
                            adverts[c.node_id].stats.get("served_gflops")
                            if c.node_id in adverts else None) for c in cands}
         known = sorted(v for v in own.values() if v)
+        measured = {n: float(v) for n, v in own.items() if v}
+        e2e = {n: v for n in measured if (v := memory.peer_speed(n))}
+        own |= with_e2e_evidence(measured, e2e, jobs.node_id)   # guarded: see there
+        mine = jobs.mesh.advert.stats if getattr(jobs.mesh, "advert", None) else {}
+        loops = {c.node_id: (mine if c.node_id == jobs.node_id else adverts[c.node_id].stats
+                             if c.node_id in adverts else {}).get("loop_busy") or 0.0
+                 for c in cands}
         out = {}
         for c in cands:
             prev = self._load.get(c.node_id, c.load)
@@ -139,7 +210,8 @@ class Reconfigurer:
             speed = own[c.node_id] or (known[len(known) // 2] if known else c.capacity)
             out[c.node_id] = NodeView(c.node_id, float(speed), load, c.memory_free,
                                       c.link == "ice-relay",
-                                      memory.link_speed(c.node_id, DEFAULT_LINK_BPS))
+                                      memory.link_speed(c.node_id, DEFAULT_LINK_BPS),
+                                      float(loops[c.node_id]))
         return out
 
     def _block_views(self, alive: set[str], now: float) -> list[BlockView]:
@@ -147,6 +219,9 @@ class Reconfigurer:
         me = jobs.node_id
         held = jobs.holder.store.names()
         mine_speed = memory.served_gflops or jobs.capacity
+        rates = {(name, i): memory.block_rate((name, i), now)
+                 for name, idxs in held.items() for i in idxs}
+        total = sum(rates.values())
         out = []
         for name, plan in jobs.plans.items():
             for blk in plan.blocks:
@@ -161,7 +236,9 @@ class Reconfigurer:
                 out.append(BlockView(name, blk.index, jobs.holder.store.get(*key).nbytes,
                                      svc * mine_speed * 1e9, tuple(blk.nodes), rate,
                                      self._changed_at(key, tuple(blk.nodes), now),
-                                     self._want(name, plan)))
+                                     self._want(name, plan),
+                                     rates.get(key, 0.0) / total if total else 0.0,
+                                     self._grown.get(key, 0.0)))
         return out
 
     def _want(self, name: str, plan: PartitionPlan) -> int:
@@ -202,6 +279,8 @@ class Reconfigurer:
         jobs.holder.release_unlisted(d.name)
         key = (d.name, d.index)
         self._changed[key] = (tuple(nodes), d.at)
+        if d.kind == "replicate":
+            self._grown[key] = max(self._grown.get(key, 0.0), self._rate_of(d))
         before = {"rate": jobs.memory.block_rate(key, d.at),
                   "service_s": jobs.memory.block_service_s(key)}
         jobs.memory.record_decision(d.to_dict() | {"measured_before": before,
@@ -209,6 +288,13 @@ class Reconfigurer:
         log.info("%s %s block %d: %s -> %s (%s; predicted gain %.3g)", d.kind, d.name, d.index,
                  d.source[:8], d.target[:8] or "-", d.reason, d.predicted_gain)
         return True
+
+    def _rate_of(self, d: Decision) -> float:
+        """The block's rate (all holders) as the decision saw it."""
+        plan = self.jobs.plans.get(d.name)
+        blk = next((b for b in plan.blocks if b.index == d.index), None) if plan else None
+        holders = len(blk.nodes) - 1 if blk is not None else 1
+        return self.jobs.memory.block_rate((d.name, d.index), d.at) * max(holders, 1)
 
     def _changed_at(self, key: tuple[str, int], holders: tuple[str, ...], now: float) -> float:
         """When this node saw the block's holder set change (first sight counts as a change).
@@ -272,9 +358,61 @@ class Reconfigurer:
                     if await self._repair(repair, alive):   # wait for the other copies to
                         await jobs.announce_plan(name)      # learn that it is listed
                         made += 1
+            await self.resolve_unlisted(alive)
             return made
         finally:
             self._busy = False
+
+    async def resolve_unlisted(self, alive: set[str], now: float | None = None) -> None:
+        """Adopt or drop block copies held here that the plan does not list (``unlisted``).
+
+        Before a drop the plan is refreshed from the block's live listed holders (a plan
+        notice to this node may have been lost), and the drop itself goes through the
+        holder's release, which re-checks the plan after its grace: a block that a plan
+        this node knows lists here is never deleted.
+        """
+        jobs = self.jobs
+        now = time.monotonic() if now is None else now
+        held = jobs.holder.store.names()
+        gone = {m.node_id for m in jobs.mesh.members() if m.state.value in ("dead", "left")}
+        for name in set(self._unlisted) - set(held):
+            del self._unlisted[name]
+        for name, idxs in held.items():
+            plan = jobs.plans.get(name)
+            if plan is None:
+                continue
+            seen = self._unlisted.setdefault(name, {})
+            todo = unlisted(plan, jobs.node_id, alive, gone, set(idxs), seen, now)
+            for idx in todo.adopt:
+                nodes = [n for n in _block(plan, idx).nodes if n in alive] + [jobs.node_id]
+                await jobs.plans.update_block(name, idx, nodes, jobs.node_id)
+                await jobs.announce_plan(name)
+                log.warning("adopted the unlisted copy of %s block %d held here: no holder "
+                            "the plan lists is alive (a copy whose source died mid-switch)",
+                            name, idx)
+            if todo.drop:
+                await self._refresh_plan(name, plan, todo.drop, alive)
+                log.info("releasing unlisted copies of %s block(s) %s: no plan lists this "
+                         "node for them after %.0f s", name, list(todo.drop), UNLISTED_GRACE_S)
+                jobs.holder.release_unlisted(name)
+                for idx in todo.drop:
+                    seen.pop(idx, None)
+
+    async def _refresh_plan(self, name: str, plan: PartitionPlan, idxs: tuple[int, ...],
+                            alive: set[str]) -> None:
+        """Merge in the plan of ``name`` as the blocks' live listed holders know it."""
+        jobs = self.jobs
+        asked = {n for i in idxs for n in _block(plan, i).nodes
+                 if n in alive and n != jobs.node_id}
+        for node in sorted(asked):
+            try:
+                session = await jobs.mesh.session(node)
+                value = await session.request(GetPlan(session.next_rid(), name), 5)
+                if value:
+                    await jobs.plans.put(name, VersionedPlan.from_wire(value))
+            except (LinkClosed, TimeoutError, RemoteError, ProtocolError, ValueError,
+                    KeyError, TypeError) as exc:
+                log.info("could not refresh the plan of %s from %s: %s", name, node[:8], exc)
 
     def _needs(self, name: str) -> Callable[[Block], int]:
         """A block's bytes as this node holds it (the repairer is always a holder)."""
