@@ -356,3 +356,16 @@ def test_a_replica_is_not_retired_while_the_rate_it_was_added_at_holds():
     fell = BlockView(**{**grown.__dict__, "rate": 0.04})
     assert [d.kind for d in plan_pass([fell], ns, now=0)] == ["retire"]
     assert [d.kind for d in plan_pass([b], ns, now=0)] == ["retire"]   # unknown: busy rule
+
+
+def test_a_kept_replica_says_which_rule_keeps_it():
+    from node.work.rebalance import retire_withheld
+    ns = nodes(*[NodeView(n, 10, free_bytes=1 << 30) for n in "ab"])
+    assert retire_withheld(blk(holders=("a", "b"), rate=0.1, flops=0.01 * GB), ns) == ""
+    assert retire_withheld(blk(holders=("a",), rate=0.1), ns) == ""       # nothing extra
+    assert "repair first" in retire_withheld(blk(holders=("a", "gone"), rate=0.1), ns)
+    assert "busy in compute" in retire_withheld(blk(holders=("a", "b"), rate=5.0), ns)
+    loops = nodes(*[NodeView(n, 60, free_bytes=1 << 30, loop_busy=0.4) for n in "ab"])
+    assert "event loops" in retire_withheld(_small(holders=("a", "b"), rate=5.0), loops)
+    grown = BlockView("w", 0, 1 << 20, 0.01 * GB, ("a", "b"), 0.1, -1e9, 1, 0.0, 0.2)
+    assert "has not fallen" in retire_withheld(grown, ns)

@@ -228,19 +228,38 @@ def loop_after_retire(b: BlockView, live: list[NodeView]) -> float:
     return loop * (1 - b.share) + loop * b.share * n / max(n - 1, 1)
 
 
-def _retire(b: BlockView, nodes, now, policy) -> Decision | None:
+def retire_withheld(b: BlockView, nodes: dict[str, NodeView],
+                    policy: Policy = Policy()) -> str:
+    """Why ``b`` keeps every holder it has this pass ('' when one may be retired).
+
+    Why a function of its own: a replica that is never retired leaves no decision behind,
+    so the reconfigurer logs this reason (a CI run once waited 132 s for a retire with
+    nothing in the logs to say which rule held it)."""
     if len(b.holders) <= b.want:
-        return None
-    after = busy(b, nodes, len(b.holders) - 1)
-    if after >= policy.cool_busy:
-        return None
+        return ""
     live = [nodes[h] for h in b.holders if h in nodes]
     if len(live) < len(b.holders):
-        return None                # a holder is gone: repair first, retire later
-    if loop_after_retire(b, live) >= policy.loop_cool:
-        return None                # its requests would crowd the others' event loops
+        return "a holder is gone: repair first, retire later"
+    after = busy(b, nodes, len(b.holders) - 1)
+    if after >= policy.cool_busy:
+        return (f"{b.rate:.2f} req/s would keep {len(b.holders) - 1} holder(s) {after:.0%} "
+                f"busy in compute (cool below {policy.cool_busy:.0%})")
+    loop = loop_after_retire(b, live)
+    if loop >= policy.loop_cool:
+        return (f"its requests would leave the other holders' event loops {loop:.0%} busy "
+                f"(loops {', '.join(f'{n.loop_busy:.0%}' for n in live)}, "
+                f"{b.share:.0%} of reads)")
     if b.grown_at_rate and b.rate > b.grown_at_rate * policy.cool_busy / policy.hot_busy:
-        return None                # the rate has not fallen 4x since the replica was added
+        return (f"{b.rate:.2f} req/s has not fallen {policy.hot_busy / policy.cool_busy:.0f}x "
+                f"below the {b.grown_at_rate:.2f} req/s its last replica was added at")
+    return ""
+
+
+def _retire(b: BlockView, nodes, now, policy) -> Decision | None:
+    if len(b.holders) <= b.want or retire_withheld(b, nodes, policy):
+        return None
+    live = [nodes[h] for h in b.holders if h in nodes]
+    after = busy(b, nodes, len(b.holders) - 1)
     slowest = min(live, key=lambda n: (n.speed / (1 + n.load), n.node_id))
     return Decision("retire", b.name, b.index, slowest.node_id, "",
                     f"cooled to {b.rate:.2f} req/s: {len(b.holders) - 1} holder(s) would be "

@@ -36,7 +36,7 @@ from nat.link import LinkClosed
 from node.work.jobs import JobManager, request_timeout
 from node.work.placement import rank
 from node.work.rebalance import (BlockView, Decision, NodeView, Policy, plan_pass,
-                                 with_e2e_evidence)
+                                 retire_withheld, with_e2e_evidence)
 from node.net.session import RemoteError
 from node.memory.store import StoreError
 from protocol import codec
@@ -52,6 +52,7 @@ log = logging.getLogger("sedma.reconfigure")
 UNLISTED_GRACE_S = 60.0
 DEFAULT_LINK_BPS = 50e6   # until a copy to the peer was measured (request_timeout's figure)
 JUDGE_AFTER_S = 60.0      # a decision's effect is measured this long after it
+WITHHELD_LOG_EVERY_S = 20.0   # a block kept above its deployed count says why this often
 
 
 def decode_state(raw: bytes) -> dict:
@@ -158,6 +159,8 @@ class Reconfigurer:
         self._grown: dict[tuple[str, int], float] = {}
         #: per matrix: held, unlisted block copies -> when first seen so (see ``unlisted``)
         self._unlisted: dict[str, dict[int, float]] = {}
+        #: per block: when this node last logged why it kept the block's extra replicas
+        self._withheld_logged: dict[tuple[str, int], float] = {}
 
     async def rebalance(self, now: float | None = None) -> list[Decision]:
         """One rebalancing pass over the blocks this node acts for; the decisions made."""
@@ -171,12 +174,38 @@ class Reconfigurer:
             nodes = self._node_views()
             blocks = self._block_views(set(nodes), now)
             done = []
-            for d in plan_pass(blocks, nodes, now, self.policy):
+            decisions = plan_pass(blocks, nodes, now, self.policy)
+            self._log_withheld(blocks, nodes, decisions, now)
+            for d in decisions:
                 if await self._carry_out(d):
                     done.append(d)
             return done
         finally:
             self._busy = False
+
+    def _log_withheld(self, blocks: list[BlockView], nodes: dict[str, NodeView],
+                      decisions: list[Decision], now: float) -> None:
+        """Say (every ``WITHHELD_LOG_EVERY_S``) why a block past its dwell keeps replicas
+        above its deployed count: a retire that never comes leaves no decision behind."""
+        decided = {(d.name, d.index) for d in decisions}
+        acting = {(b.name, b.index) for b in blocks}
+        self._withheld_logged = {k: t for k, t in self._withheld_logged.items() if k in acting}
+        for b in blocks:
+            key = (b.name, b.index)
+            if (len(b.holders) <= b.want or key in decided
+                    or now - b.changed_at < self.policy.min_dwell_s
+                    or now - self._withheld_logged.get(key, -1e18) < WITHHELD_LOG_EVERY_S):
+                continue
+            why = retire_withheld(b, nodes, self.policy)
+            if why:
+                self._withheld_logged[key] = now
+                loops = ", ".join(f"{nodes[h].loop_busy:.0%}" for h in b.holders if h in nodes)
+                log.info("keeping %d holders of %s block %d (%d deployed): %s [rate %.2f, "
+                         "%.3f s a read here, loops %s, share %.0f%%, grown at %.2f]",
+                         len(b.holders), b.name, b.index, b.want, why, b.rate,
+                         b.flops / max(nodes[self.jobs.node_id].speed, 1e-3) / 1e9
+                         if self.jobs.node_id in nodes else float("nan"),
+                         loops, 100 * b.share, b.grown_at_rate)
 
     def _node_views(self) -> dict[str, NodeView]:
         """Every live member, with speeds of one kind only: each node's own measured
