@@ -90,7 +90,8 @@ class BlockView:
     name: str
     index: int
     nbytes: int
-    flops: float                 # per request
+    flops: float                 # per request (0: never read on the acting node, nothing
+                                 # measured; with its rate of 0 only retiring applies)
     holders: tuple[str, ...]
     rate: float                  # requests/s, short-term window
     changed_at: float            # when its holder set last changed

@@ -258,9 +258,12 @@ class Reconfigurer:
                 if not live or min(live) != me or blk.index not in held.get(name, ()):
                     continue
                 key = (name, blk.index)
-                svc = memory.block_service_s(key)
-                if svc is None:
-                    continue           # never read here: nothing to go on yet
+                # never read here: no work measured (flops 0) and a rate of 0, so only
+                # retiring can apply. It used to be skipped, and a hot replica that landed
+                # here, with a lower id than its source, just before every node restarted
+                # (so it had served nothing) was never retired: the reads went to the
+                # other holder, and only this node acts for the block (CI, 132 s).
+                svc = memory.block_service_s(key) or 0.0
                 rate = memory.block_rate(key, now) * len(live)
                 out.append(BlockView(name, blk.index, jobs.holder.store.get(*key).nbytes,
                                      svc * mine_speed * 1e9, tuple(blk.nodes), rate,
