@@ -369,3 +369,63 @@ def test_a_kept_replica_says_which_rule_keeps_it():
     assert "event loops" in retire_withheld(_small(holders=("a", "b"), rate=5.0), loops)
     grown = BlockView("w", 0, 1 << 20, 0.01 * GB, ("a", "b"), 0.1, -1e9, 1, 0.0, 0.2)
     assert "has not fallen" in retire_withheld(grown, ns)
+
+
+# -- the rate a replica was added at, kept with the decision (grown_rates) --------------
+
+from node.work.rebalance import Decision, grown_rates  # noqa: E402
+
+
+def _decided(kind, name="w", index=0, rate=8.0, at=100.0):
+    return Decision(kind, name, index, "a", "b", "why", 0.5, 0.1, at, rate).to_dict()
+
+
+def test_a_replicate_decision_carries_the_rate_it_was_made_at():
+    ns = nodes(NodeView("a", 10, load=0.9, free_bytes=1 << 30),
+               NodeView("b", 10, load=0.1, free_bytes=1 << 30))
+    (d,) = plan_pass([blk(rate=8.0)], ns, now=0)
+    assert d.kind == "replicate" and d.rate == 8.0 and d.to_dict()["rate"] == 8.0
+
+
+def test_the_growth_rate_is_the_last_replicate_of_each_block_of_the_current_deployment():
+    log = [_decided("replicate", rate=20.0, at=10.0),        # an earlier deployment of w
+           _decided("replicate", rate=8.0, at=110.0),
+           _decided("replicate", rate=12.0, at=120.0),       # the last replica: this one
+           _decided("retire", rate=1.0, at=130.0),           # retiring changes nothing
+           _decided("migrate", index=1, rate=5.0, at=140.0),
+           _decided("replicate", name="v", rate=3.0, at=150.0),
+           _decided("replicate", name="v", index=2, rate=float("nan")),   # damaged
+           {"kind": "replicate", "name": "v", "index": 3, "at": 1.0}]     # before rates
+    assert grown_rates(log, {"w": 100.0}) == {("w", 0): 12.0, ("v", 0): 3.0}
+
+
+def test_the_growth_rate_survives_a_restart_in_the_persisted_decision_log(tmp_path):
+    """The daemon's feed: the reconfigurer reads the rate back from its dual memory's
+    decision log, which is saved in the state database (a restart keeps it)."""
+    from types import SimpleNamespace
+
+    from compute.partition import Block, PartitionPlan
+    from node.memory.dualmemory import DualMemory
+    from node.memory.statedb import StateDB
+    from node.work.plans import VersionedPlan, new_deploy_id
+    from node.work.reconfigure import Reconfigurer, deployed_at
+
+    deploy = new_deploy_id("n1", now_ns=50 * 10**9)
+    assert deployed_at(deploy) == 50.0 and deployed_at("") == -math.inf
+    mem = DualMemory()
+    mem.record_decision(_decided("replicate", rate=9.5, at=60.0) | {"measured_after": None})
+    db = StateDB(tmp_path / "state.db")
+    try:
+        db.call(mem.save)
+        restarted = DualMemory()
+        db.call(restarted.load)
+    finally:
+        db.close()
+    plan = VersionedPlan(PartitionPlan((128, 4), None, [Block(0, 0, 128, ["a", "b"])]),
+                         deploy)
+    plans = SimpleNamespace(names=lambda: ["w"], versioned=lambda name: plan)
+    jobs = SimpleNamespace(plans=plans, memory=restarted)
+    assert Reconfigurer(jobs)._grown_rates() == {("w", 0): 9.5}
+    later = VersionedPlan(plan.plan, new_deploy_id("n1", now_ns=70 * 10**9))
+    plans.versioned = lambda name: later                    # w deployed again since
+    assert Reconfigurer(jobs)._grown_rates() == {}

@@ -17,7 +17,9 @@ work stealing's oscillations are the cautionary tales):
   are rate x measured compute time, and on a shared machine the compute time swings
   100x within a minute (a replica added at "97 % busy" was retired at "1 % busy" at a
   higher rate, then added again: bench/README), so the rate itself must also have fallen
-  by ``hot_busy / cool_busy`` since the replica was added (when that rate is known).
+  by ``hot_busy / cool_busy`` since the replica was added (when that rate is known: it is
+  kept with the replicate decision in the dual memory's persisted log, so it survives a
+  restart; only the node that decided knows it).
 - *Migration*: a block moves off a holder that is slow (learned speed below
   ``slow_ratio`` x the best alternative's), overloaded, or reachable only through a relay,
   when the time saved over ``horizon_s`` exceeds ``margin`` x the cost of moving it
@@ -114,9 +116,33 @@ class Decision:
                                  # for replicate/retire: per-holder busy taken off / added)
     cost_s: float = 0.0          # predicted seconds to copy the block
     at: float = 0.0
+    rate: float = 0.0            # the block's requests/s (all holders) as decided: kept with
+                                 # the decision, a replica's growth rate (see grown_rates)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def grown_rates(decisions: list[dict], since: dict[str, float] | None = None
+                ) -> dict[tuple[str, int], float]:
+    """Per block, the rate its last replica was added at (``BlockView.grown_at_rate``),
+    from a decision log oldest first (the dual memory's, persisted: a restart keeps it).
+
+    ``since``: per matrix, when its current deployment was made; older decisions belong to
+    an earlier deployment of the name and are passed over, as are entries without a usable
+    rate (logged before decisions carried one, or damaged).
+    """
+    out: dict[tuple[str, int], float] = {}
+    for d in decisions:
+        name, index, rate, at = d.get("name"), d.get("index"), d.get("rate"), d.get("at")
+        if (d.get("kind") != "replicate" or not isinstance(name, str)
+                or not isinstance(index, int) or isinstance(rate, bool)
+                or not isinstance(rate, (int, float)) or not 0 < rate < math.inf
+                or not isinstance(at, (int, float))
+                or at < (since or {}).get(name, -math.inf)):
+            continue
+        out[(name, index)] = float(rate)
+    return out
 
 
 def service_s(block: BlockView, node: NodeView) -> float:
@@ -188,7 +214,7 @@ def _replicate(b: BlockView, nodes, free, now, policy) -> Decision | None:
            policy.hot_busy else f"{b.rate:.1f} req/s keep {len(holders)} holder(s) {per:.0%} busy")
     return Decision("replicate", b.name, b.index, src.node_id, t.node_id,
                     f"{why}; {t.node_id[:8]} has {t.free_bytes} bytes free and load {t.load:.2f}",
-                    per - after, b.nbytes / src.link_bps, now)
+                    per - after, b.nbytes / src.link_bps, now, b.rate)
 
 
 def _loop_saturated(b: BlockView, holders: list[NodeView], policy: Policy) -> bool:
@@ -218,7 +244,7 @@ def _replicate_for_loop(b: BlockView, holders: list[NodeView], nodes, free, now,
                     f"reads for this block ({b.rate:.1f} req/s): a replica takes requests off "
                     f"them; {t.node_id[:8]} has loop {t.loop_busy:.0%} busy and "
                     f"{t.free_bytes} bytes free", loop * b.share / (n + 1),
-                    b.nbytes / src.link_bps, now)
+                    b.nbytes / src.link_bps, now, b.rate)
 
 
 def loop_after_retire(b: BlockView, live: list[NodeView]) -> float:
@@ -262,10 +288,12 @@ def _retire(b: BlockView, nodes, now, policy) -> Decision | None:
     live = [nodes[h] for h in b.holders if h in nodes]
     after = busy(b, nodes, len(b.holders) - 1)
     slowest = min(live, key=lambda n: (n.speed / (1 + n.load), n.node_id))
+    grown = (f" from the {b.grown_at_rate:.2f} req/s its last replica was added at"
+             if b.grown_at_rate else "")
     return Decision("retire", b.name, b.index, slowest.node_id, "",
-                    f"cooled to {b.rate:.2f} req/s: {len(b.holders) - 1} holder(s) would be "
-                    f"{after:.0%} busy; {len(b.holders)} > {b.want} deployed",
-                    -(after - busy(b, nodes)), 0.0, now)
+                    f"cooled to {b.rate:.2f} req/s{grown}: {len(b.holders) - 1} holder(s) "
+                    f"would be {after:.0%} busy; {len(b.holders)} > {b.want} deployed",
+                    -(after - busy(b, nodes)), 0.0, now, b.rate)
 
 
 def _migrate(b: BlockView, nodes, free, now, policy) -> Decision | None:
@@ -286,7 +314,7 @@ def _migrate(b: BlockView, nodes, free, now, policy) -> Decision | None:
             d = Decision("migrate", b.name, b.index, src.node_id, t.node_id,
                          f"{src.node_id[:8]} {why}; saves {saved:.1f}s over "
                          f"{policy.horizon_s:.0f}s vs {cost:.2f}s to move {b.nbytes} bytes",
-                         saved, cost, now)
+                         saved, cost, now, b.rate)
             if best is None or d.predicted_gain > best.predicted_gain:
                 best = d
     return best

@@ -27,6 +27,8 @@ slow timer, so a repair that failed is retried.
 from __future__ import annotations
 
 import logging
+import math
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -35,9 +37,10 @@ from compute.partition import Block, PartitionPlan
 from nat.link import LinkClosed
 from node.work.jobs import JobManager, request_timeout
 from node.work.placement import rank
-from node.work.rebalance import (BlockView, Decision, NodeView, Policy, plan_pass,
-                                 retire_withheld, with_e2e_evidence)
+from node.work.rebalance import (BlockView, Decision, NodeView, Policy, grown_rates,
+                                 plan_pass, retire_withheld, with_e2e_evidence)
 from node.net.session import RemoteError
+from node.memory.dualmemory import MAX_DECISIONS
 from node.memory.store import StoreError
 from protocol import codec
 from protocol.errors import ProtocolError
@@ -53,6 +56,13 @@ UNLISTED_GRACE_S = 60.0
 DEFAULT_LINK_BPS = 50e6   # until a copy to the peer was measured (request_timeout's figure)
 JUDGE_AFTER_S = 60.0      # a decision's effect is measured this long after it
 WITHHELD_LOG_EVERY_S = 20.0   # a block kept above its deployed count says why this often
+
+
+def deployed_at(deploy: str) -> float:
+    """When a deployment was made, from its id (``node.work.plans.new_deploy_id``: the
+    time in ns, then the node); -inf for an id of another form (a pre-versioning plan)."""
+    head = deploy[:20]
+    return int(head) / 1e9 if len(head) == 20 and head.isdigit() else -math.inf
 
 
 def decode_state(raw: bytes) -> dict:
@@ -154,9 +164,6 @@ class Reconfigurer:
         #: per block: (holder set last seen, when it was first seen): the dwell clock
         self._changed: dict[tuple[str, int], tuple[tuple[str, ...], float]] = {}
         self._deployed: dict[str, int] = {}
-        #: per block: its request rate when this node last gave it a replica (retiring
-        #: then needs the rate to fall; the compute time, on a shared machine, swings 100x)
-        self._grown: dict[tuple[str, int], float] = {}
         #: per matrix: held, unlisted block copies -> when first seen so (see ``unlisted``)
         self._unlisted: dict[str, dict[int, float]] = {}
         #: per block: when this node last logged why it kept the block's extra replicas
@@ -251,6 +258,7 @@ class Reconfigurer:
         rates = {(name, i): memory.block_rate((name, i), now)
                  for name, idxs in held.items() for i in idxs}
         total = sum(rates.values())
+        grown = self._grown_rates()
         out = []
         for name, plan in jobs.plans.items():
             for blk in plan.blocks:
@@ -270,8 +278,19 @@ class Reconfigurer:
                                      self._changed_at(key, tuple(blk.nodes), now),
                                      self._want(name, plan),
                                      rates.get(key, 0.0) / total if total else 0.0,
-                                     self._grown.get(key, 0.0)))
+                                     grown.get(key, 0.0)))
         return out
+
+    def _grown_rates(self) -> dict[tuple[str, int], float]:
+        """Per block, the rate this node last gave it a replica at: retiring then needs the
+        rate to fall (the compute time, on a shared machine, swings 100x). Read from the
+        dual memory's decision log, which is persisted, so a restart keeps it. A replica
+        another node decided is not in this log: the acting node changes when a replica
+        lands on a node with a lower id; the retire rules then rest on busy fractions."""
+        plans = self.jobs.plans
+        since = {name: deployed_at(v.deploy) for name in plans.names()
+                 if (v := plans.versioned(name)) is not None}
+        return grown_rates(self.jobs.memory.decided(limit=MAX_DECISIONS), since)
 
     def _want(self, name: str, plan: PartitionPlan) -> int:
         """Replicas as deployed, which retiring never goes below.
@@ -311,22 +330,21 @@ class Reconfigurer:
         jobs.holder.release_unlisted(d.name)
         key = (d.name, d.index)
         self._changed[key] = (tuple(nodes), d.at)
-        if d.kind == "replicate":
-            self._grown[key] = max(self._grown.get(key, 0.0), self._rate_of(d))
         before = {"rate": jobs.memory.block_rate(key, d.at),
                   "service_s": jobs.memory.block_service_s(key)}
         jobs.memory.record_decision(d.to_dict() | {"measured_before": before,
                                                    "measured_after": None})
+        if d.kind == "replicate":      # its rate is what retiring it waits on: kept at once
+            await self._save_memory()  # (the memory loop saves only every few seconds)
         log.info("%s %s block %d: %s -> %s (%s; predicted gain %.3g)", d.kind, d.name, d.index,
                  d.source[:8], d.target[:8] or "-", d.reason, d.predicted_gain)
         return True
 
-    def _rate_of(self, d: Decision) -> float:
-        """The block's rate (all holders) as the decision saw it."""
-        plan = self.jobs.plans.get(d.name)
-        blk = next((b for b in plan.blocks if b.index == d.index), None) if plan else None
-        holders = len(blk.nodes) - 1 if blk is not None else 1
-        return self.jobs.memory.block_rate((d.name, d.index), d.at) * max(holders, 1)
+    async def _save_memory(self) -> None:
+        try:
+            await self.jobs.db.run(self.jobs.memory.save)
+        except sqlite3.Error as exc:   # the memory loop saves again shortly
+            log.warning("could not save the dual memory after a decision: %s", exc)
 
     def _changed_at(self, key: tuple[str, int], holders: tuple[str, ...], now: float) -> float:
         """When this node saw the block's holder set change (first sight counts as a change).
