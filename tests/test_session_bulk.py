@@ -21,7 +21,7 @@ import pytest
 
 from nat.link import Link, LinkClosed
 from nat.tcp import dial_tcp, listen_tcp
-from node.net.session import Session
+from node.net.session import OPEN_BULK, Session
 from protocol import PROTOCOL_VERSION
 from protocol.handshake import Hello
 from protocol.rpc import Reply
@@ -149,3 +149,52 @@ async def test_two_peers_streaming_at_each_other_never_deadlock():
     assert sb.stats.recv_messages >= MESSAGES and sa.stats.recv_messages >= MESSAGES
     print(f"{2 * MESSAGES * MESSAGE / elapsed / 1e6:.0f} MB/s both ways, "
           f"{len(rtts)} pings, max rtt {max(rtts):.0f} ms")
+
+
+class SmallFrameLink(BoundedLink):
+    """Frames of 16 KiB: an 80 KiB bulk message is six fragments."""
+
+    max_frame = (16 << 10) + 64
+
+
+async def test_a_fan_out_of_many_bulk_messages_stays_within_the_peers_stream_limit():
+    """A coordinator sending one share to each of a peer's blocks for several requests at
+    once queues more multi-fragment messages than the peer's reassembler accepts partial
+    (64): the writer must start only ``OPEN_BULK`` at a time, or the honest peer closes
+    the link with "more than 64 messages in flight" (seen at N=16384, 4 clients)."""
+    a, b = SmallFrameLink(64), SmallFrameLink(64)
+    a.peer, b.peer = b, a
+    ha, hb = _hello("aa"), _hello("bb")
+    sa, sb = Session(a, ha, hb, initiator=True), Session(b, hb, ha, initiator=False)
+    partial: list[int] = []
+    feed = sb._reassembler.feed
+
+    def watched(frame):
+        out = feed(frame)
+        partial.append(sb._reassembler.in_flight)
+        return out
+
+    sb._reassembler.feed = watched
+
+    async def handler(session, msg):
+        pass
+
+    sa.start(handler)
+    sb.start(handler)
+    payload = np.ones((80 << 10) // 4, dtype=np.float32)
+    try:
+        await asyncio.wait_for(
+            asyncio.gather(*(sa.send(Reply(1_000_000 + i, payload)) for i in range(100))), 20)
+        await asyncio.wait_for(_until(lambda: sb.stats.recv_messages >= 100), 20)
+    finally:
+        closed_early = sb.closed.is_set()
+        await sa.close("test over")
+        await sb.close("test over")
+    assert not closed_early, sb.close_reason
+    assert sb.stats.recv_messages == 100
+    assert max(partial) <= OPEN_BULK + 1
+
+
+async def _until(predicate) -> None:
+    while not predicate():
+        await asyncio.sleep(0.01)

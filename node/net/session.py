@@ -44,6 +44,12 @@ READ_YIELD_BYTES = 4 << 20
 #: frame is sealed (AES-GCM) on the loop, so a 500 MB share written in one go held the
 #: loop for 70-150 ms (tests/test_loop_lag.py).
 WRITE_YIELD_BYTES = 4 << 20
+#: Bulk messages the writer has started and not finished, at most. Each one is a partial
+#: message in the peer's reassembler, which closes the link beyond
+#: ``DEFAULT_MAX_STREAMS`` (64) of them: a coordinator fanning one request out to 16
+#: blocks on one peer with 4 clients in flight had 64+ started at once and lost the link
+#: (bench/stream.py at N=16384). The rest wait whole, in order, costing the peer nothing.
+OPEN_BULK = 16
 
 Handler = Callable[["Session", Any], Awaitable[None]]
 
@@ -83,7 +89,8 @@ class Session:
         self._rid = itertools.count(1)
         self._pending: dict[int, asyncio.Future] = {}
         self._control: collections.deque[_Outgoing] = collections.deque()
-        self._bulk: collections.deque[_Outgoing] = collections.deque()
+        self._bulk: collections.deque[_Outgoing] = collections.deque()   # started, in turn
+        self._bulk_waiting: collections.deque[_Outgoing] = collections.deque()  # not started
         self._current: _Outgoing | None = None   # the message the writer is sending now
         #: Tasks inside a direct send (see send); True once close() interrupted one.
         self._sending: dict[asyncio.Task, bool] = {}
@@ -112,9 +119,11 @@ class Session:
             if not fut.done():
                 fut.set_exception(err)
         self._pending.clear()
-        unsent = [*self._control, *self._bulk, *([self._current] if self._current else [])]
+        unsent = [*self._control, *self._bulk, *self._bulk_waiting,
+                  *([self._current] if self._current else [])]
         self._control.clear()
         self._bulk.clear()
+        self._bulk_waiting.clear()
         for out in unsent:
             if not out.done.done():
                 out.done.set_exception(err)
@@ -179,7 +188,8 @@ class Session:
 
     def _idle(self) -> bool:
         """Nothing queued and the writer is not in the middle of a frame."""
-        return not self._control and not self._bulk and self._current is None
+        return (not self._control and not self._bulk and not self._bulk_waiting
+                and self._current is None)
 
     def _fragment_size(self) -> int:
         return min(self.link.max_frame - 64, 1 << 20)
@@ -195,7 +205,7 @@ class Session:
 
     def _queue(self, frames, size: int) -> asyncio.Future:
         out = _Outgoing(collections.deque(frames), asyncio.get_running_loop().create_future())
-        (self._control if size <= CONTROL_BYTES else self._bulk).append(out)
+        (self._control if size <= CONTROL_BYTES else self._bulk_waiting).append(out)
         self._wake.set()
         return out.done
 
@@ -270,7 +280,10 @@ class Session:
             await self.close(f"writer failed: {exc!r}")
 
     def _next_outgoing(self) -> _Outgoing | None:
-        """Control messages first; bulk messages take turns fragment by fragment."""
+        """Control messages first; bulk messages take turns fragment by fragment, at most
+        ``OPEN_BULK`` of them started at a time (the others start as those finish)."""
+        while len(self._bulk) < OPEN_BULK and self._bulk_waiting:
+            self._bulk.append(self._bulk_waiting.popleft())
         if self._control:   # whole, in order: one spanning several frames stays first
             out = self._control[0]
             if len(out.frames) <= 1:
