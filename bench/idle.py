@@ -1,20 +1,27 @@
 """Idle cost: N daemons on loopback doing nothing; RSS and CPU per daemon (issue 13).
 
 Starts a bootstrap and N-1 joiners (real ``sedma daemon`` processes, one BLAS thread each,
-as every bench here), waits until a sample of them sees the whole mesh, lets it settle,
-then samples every daemon's CPU time (utime+stime from /proc/PID/stat) over --window
-seconds and its memory (VmRSS, and PSS — RSS with shared library pages divided among the
-processes that share them — from /proc/PID/smaps_rollup). Targets: <= 40 MB RSS and
-<= 0.3 % of one core per daemon with 100 daemons.
+as every bench here) in batches of --batch: each batch is spawned at once, and the next
+one only after the bootstrap sees every member so far, so the start-up storm stays
+bounded (100 daemons started together on 2 cores saturate them for a minute: probes time
+out, suspicions and refutations follow). Then it waits until a sample of them sees the
+whole mesh, lets it settle, and samples every daemon's CPU time (utime+stime from
+/proc/PID/stat) over --window seconds and its memory (VmRSS, and PSS — RSS with shared
+library pages divided among the processes that share them — from /proc/PID/smaps_rollup).
+Two figures: start-up (CPU each daemon used from its spawn until the mesh converged) and
+steady state (the window after --settle). Targets: <= 40 MB RSS and <= 0.3 % of one core
+per daemon with 100 daemons, in steady state.
 
 Each daemon runs in a session of its own (``setsid``): with the kernel's autogroup
 scheduling, processes of one session share one CPU share, so 100 daemons started from one
 shell would get 1/k of the machine between them (k = sessions competing on this shared
 machine) and never settle; in their own sessions each gets what a real daemon would.
 
-Run by hand:  python bench/idle.py [--n 100] [--settle 30] [--window 60]
+Run by hand:  python bench/idle.py [--n 100] [--batch 10] [--settle 30] [--window 60]
+              [--tree /path/to/other/checkout]   (A/B: daemons run that tree's code)
 Prints a table and writes it to bench/out/idle.md. Every daemon is stopped at the end
-(SIGTERM to all at once, SIGKILL after 20 s), also on Ctrl-C.
+(SIGTERM to all at once, SIGKILL after 20 s), also on Ctrl-C. A daemon that dies is
+reported with the tail of its log (a segfault's faulthandler trace lands there).
 """
 
 from __future__ import annotations
@@ -28,9 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from node.localmesh import DaemonProc, wait_for  # noqa: E402
+HERE = Path(__file__).resolve().parent.parent
 
 OUT = Path(__file__).resolve().parent / "out"
 TICK = os.sysconf("SC_CLK_TCK")
@@ -63,7 +68,7 @@ def summary(values: list[float]) -> str:
             f"{max(values):.2f}")
 
 
-def stop_all(nodes: list[DaemonProc], grace: float = 20.0) -> None:
+def stop_all(nodes: list, grace: float = 20.0) -> None:
     """SIGTERM every daemon at once, then SIGKILL what is still running after ``grace``."""
     for node in nodes:
         if node.proc is not None and node.proc.poll() is None:
@@ -80,39 +85,74 @@ def stop_all(nodes: list[DaemonProc], grace: float = 20.0) -> None:
         node.stop()        # closes its log
 
 
+def chunks(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def members(node) -> int:
+    return node.status()["members"]
+
+
+def start_mesh(root: Path, n: int, batch: int, extra: list[str], procs: list) -> None:
+    """Bootstrap, then joiners ``batch`` at a time; each batch waits for the bootstrap to
+    see everyone started so far (bounded: a slow batch is reported, not waited forever)."""
+    procs.append(DaemonProc(root / "n1", "n1", extra=extra, prefix=["setsid"]).start(600))
+    boot = [procs[0].address]
+    names = [f"n{i}" for i in range(2, n + 1)]
+    for group in chunks(names, max(1, batch)):
+        fresh = [DaemonProc(root / name, name, boot, extra, prefix=["setsid"]).spawn()
+                 for name in group]
+        procs += fresh
+        for node in fresh:
+            node.wait_ready(600)
+        try:
+            wait_for(lambda: members(procs[0]) >= len(procs), 300,
+                     f"the bootstrap to see {len(procs)} members")
+        except TimeoutError as exc:
+            print(f"batch slow: {exc}", file=sys.stderr)
+
+
+def dead(nodes: list) -> list[str]:
+    """Names and log tails of daemons that exited (a crash must not go unnoticed)."""
+    return [f"{n.name} exited {n.proc.returncode}:\n{n.log_path.read_text()[-3000:]}"
+            for n in nodes if n.proc is not None and n.proc.poll() is not None]
+
+
 def main() -> None:
+    global DaemonProc, wait_for
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--batch", type=int, default=10,
+                    help="daemons spawned at once (n for all together, as before)")
     ap.add_argument("--settle", type=float, default=30.0, help="seconds after convergence")
     ap.add_argument("--window", type=float, default=60.0, help="CPU sampling window, s")
     ap.add_argument("--extra", default="", help="extra daemon flags, space separated")
+    ap.add_argument("--tree", default=str(HERE), help="source tree the daemons run")
     args = ap.parse_args()
+    sys.path.insert(0, str(Path(args.tree).resolve()))
+    from node.localmesh import DaemonProc, wait_for   # that tree's, which sets PYTHONPATH
+    os.environ["PYTHONFAULTHANDLER"] = "1"            # a crash leaves its trace in the log
     load_before = os.getloadavg()
-    nodes: list[DaemonProc] = []
+    nodes: list = []
     with tempfile.TemporaryDirectory(prefix="sedma-idle-") as tmp:
         root = Path(tmp)
         try:
             t0 = time.monotonic()
-            extra = args.extra.split()
-            nodes.append(DaemonProc(root / "n1", "n1", extra=extra, prefix=["setsid"]).start(600))
-            boot = [nodes[0].address]
-            fresh = [DaemonProc(root / f"n{i}", f"n{i}", boot, extra, prefix=["setsid"]).spawn()
-                     for i in range(2, args.n + 1)]
-            nodes += fresh
-            for node in fresh:
-                node.wait_ready(600)
+            start_mesh(root, args.n, args.batch, args.extra.split(), nodes)
             started = time.monotonic() - t0
             sample = nodes[:: max(1, args.n // 5)]
             for node in sample:
                 try:
-                    wait_for(lambda: node.status()["members"] >= args.n, 300,
+                    wait_for(lambda: members(node) >= args.n, 300,
                              f"{node.name} to see all {args.n} members")
                 except TimeoutError as exc:
                     print(f"not converged: {exc}", file=sys.stderr)
             converged = time.monotonic() - t0
-            time.sleep(args.settle)
             pids = [node.proc.pid for node in nodes]
+            startup_cpu = [cpu_seconds(pid) for pid in pids]   # spawn until convergence
+            startup_mem = [memory_kb(pid) for pid in pids]
+            time.sleep(args.settle)
             cpu0 = {pid: cpu_seconds(pid) for pid in pids}
             w0 = time.monotonic()
             time.sleep(args.window)
@@ -120,23 +160,29 @@ def main() -> None:
             cpu = [(cpu_seconds(pid) - cpu0[pid]) / elapsed * 100 for pid in pids]
             mem = [memory_kb(pid) for pid in pids]
             nthreads = [threads(pid) for pid in pids]
-            members = [node.status()["members"] for node in sample]
+            seen = [members(node) for node in sample]
+            crashed = dead(nodes)
         finally:
+            crashed_late = dead(nodes)
             stop_all(nodes)
     load_after = os.getloadavg()
     rss = [r / 1024 for r, _ in mem]
     pss = [p / 1024 for _, p in mem]
-    lines = [f"idle: {args.n} daemons on loopback, {args.settle:.0f} s settle, CPU over "
-             f"{elapsed:.0f} s; started in {started:.0f} s, sample saw {min(members)}-"
-             f"{max(members)} members after {converged:.0f} s; load {load_before[0]:.2f} -> "
-             f"{load_after[0]:.2f} (2 cores)", "",
+    lines = [f"idle: {args.n} daemons on loopback ({args.tree}), started {args.batch} at a "
+             f"time in {started:.0f} s, sample saw {min(seen)}-{max(seen)} members after "
+             f"{converged:.0f} s; {args.settle:.0f} s settle, CPU over {elapsed:.0f} s; "
+             f"load {load_before[0]:.2f} -> {load_after[0]:.2f} (2 cores)", "",
              "| per daemon | median | mean | max |", "|---|---:|---:|---:|",
-             f"| CPU, % of one core | {summary(cpu)} |",
-             f"| RSS, MB | {summary(rss)} |",
-             f"| PSS, MB (shared pages divided) | {summary(pss)} |",
+             f"| start-up CPU, s (spawn to convergence) | {summary(startup_cpu)} |",
+             f"| start-up RSS, MB | {summary([r / 1024 for r, _ in startup_mem])} |",
+             f"| steady CPU, % of one core | {summary(cpu)} |",
+             f"| steady RSS, MB | {summary(rss)} |",
+             f"| steady PSS, MB (shared pages divided) | {summary(pss)} |",
              f"| threads | {summary([float(t) for t in nthreads])} |",
-             "", f"all {args.n} together: {sum(cpu):.1f} % of one core, RSS {sum(rss):.0f} MB, "
-             f"PSS {sum(pss):.0f} MB"]
+             "", f"all {args.n} together, steady: {sum(cpu):.1f} % of one core, RSS "
+             f"{sum(rss):.0f} MB, PSS {sum(pss):.0f} MB; start-up CPU {sum(startup_cpu):.0f} s"]
+    for report in crashed or crashed_late:
+        lines += ["", "DAEMON DIED: " + report]
     text = "\n".join(lines)
     print(text)
     OUT.mkdir(exist_ok=True)

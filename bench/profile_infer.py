@@ -280,6 +280,18 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def split_summary(jobs: list[dict], names: dict[str, str]) -> str:
+    """How the profiled jobs were split (by capacity or by transfer cost), rows per node."""
+    seen: dict[str, int] = {}
+    for job in jobs:
+        split = job.get("split", {}).get("by", "?")
+        rows = ", ".join(f"{names.get(nid, nid[:8])} {r}"
+                         for nid, r in sorted(job.get("placement", {}).items()))
+        key = f"by {split}: {rows}"
+        seen[key] = seen.get(key, 0) + 1
+    return "Splits (jobs): " + "; ".join(f"{key} ({k})" for key, k in seen.items())
+
+
 def oneshot_run(n: int, count: int) -> str:
     """Per-stage breakdown and per-daemon CPU time of ``count`` one-shot N x N jobs."""
     rng = np.random.default_rng(1)
@@ -309,6 +321,8 @@ def oneshot_run(n: int, count: int) -> str:
                     lat.append(time.perf_counter() - t)
                 cpu = {p.proc.pid: (_cpu_seconds(p.proc.pid) - cpu0[p.proc.pid]) / count
                        for p in (coord, peer)}
+                split = split_summary(c.jobs()[-count:], {coord.id: "coordinator",
+                                                          peer.id: "peer"})
             roles = {coord.proc.pid: "coord", peer.proc.pid: "peer", os.getpid(): "client"}
         stages = oneshot_breakdown(spans.load(marks), roles)
     text = (f"profile_infer --oneshot: N={n} (A and B both shipped), {count} jobs, 2 daemons; "
@@ -317,7 +331,8 @@ def oneshot_run(n: int, count: int) -> str:
             f"{ms(lat):.1f} ms ({ms(np_lat) / ms(lat):.2f}x numpy)\n"
             f"CPU per job: coordinator {cpu[coord.proc.pid] * 1e3:.0f} ms, peer "
             f"{cpu[peer.proc.pid] * 1e3:.0f} ms (numpy in-process, CPU per A @ B: "
-            f"{cpu_np * 1e3:.0f} ms)\n\n| stage of one job | p50 ms | p90 ms |\n|---|---:|---:|\n")
+            f"{cpu_np * 1e3:.0f} ms)\n{split}\n\n| stage of one job | p50 ms | p90 ms |\n"
+            "|---|---:|---:|\n")
     text += "\n".join(f"| {name} | {p50:.1f} | {p90:.1f} |" for name, p50, p90 in stages)
     return text + "\n"
 

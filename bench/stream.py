@@ -7,7 +7,9 @@ stream:  W (N x N float32) deployed once, then requests X (N x B), B in {1, 64}:
          untrusted client gets).
 oneshot: `submit matmul` with both operands shipped, N=2048, both transports.
 memory:  memory efficiency = bytes of W, X and Y / RSS of every daemon (after the stream
-         runs), next to numpy's (a fresh process holding W, X, Y after W @ X).
+         runs), next to numpy's (a fresh process holding W, X, Y after W @ X); the same over
+         PSS (shared library pages divided among the processes mapping them), and each
+         daemon's RSS by kind of mapping (blocks, heap, anonymous, libraries).
 deploy:  MB/s of `deploy`, next to writing the same bytes to the data dir's disk with fsync.
 
 Run by hand:  python bench/stream.py [--n 4096] [--requests 40] [--runs 3] [--nodes 2 --replicas 1]
@@ -89,21 +91,53 @@ rng = np.random.default_rng(0)
 w = rng.standard_normal((n, n), dtype=np.float32)
 x = rng.standard_normal((n, b), dtype=np.float32)
 y = w @ x
-rss = int(open("/proc/self/statm").read().split()[1]) * 4096
-print((w.nbytes + x.nbytes + y.nbytes) / rss)
+useful = w.nbytes + x.nbytes + y.nbytes
+fields = {l.split()[0]: int(l.split()[1]) * 1024 for l in open("/proc/self/smaps_rollup")
+          if l.split()[0] in ("Rss:", "Pss:")}
+print(useful / fields["Rss:"], useful / fields["Pss:"])
 """
 
 
-def numpy_efficiency(n: int, b: int) -> float:
-    """Memory efficiency of in-process numpy: a fresh process holding W, X and Y."""
+def numpy_efficiency(n: int, b: int) -> tuple[float, float]:
+    """Memory efficiency of in-process numpy, (by RSS, by PSS): a fresh process holding
+    W, X and Y."""
     out = subprocess.run([sys.executable, "-c", NUMPY_MEMORY, str(n), str(b)],
                          capture_output=True, text=True, check=True, timeout=300)
-    return float(out.stdout)
+    by_rss, by_pss = out.stdout.split()
+    return float(by_rss), float(by_pss)
 
 
 def rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def pss_bytes(pid: int) -> int:
+    """Proportional set size: RSS with each shared page divided among the processes that
+    map it (libpython, numpy, OpenBLAS, cryptography are shared by the two daemons)."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
+
+
+def where_rss_goes(pid: int, data_dir: Path) -> dict[str, int]:
+    """A daemon's RSS by kind of mapping, bytes: blocks mapped from its data dir, the
+    malloc heap, other anonymous memory (pymalloc arenas, numpy buffers, thread arenas),
+    shared libraries, and the rest."""
+    kinds: dict[str, int] = {}
+    kind = "other"
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split()
+            if re.match(r"^[0-9a-f]+-[0-9a-f]+$", head[0]):
+                path = head[5] if len(head) > 5 else ""
+                kind = ("blocks (data dir)" if path.startswith(str(data_dir))
+                        else "heap" if path == "[heap]"
+                        else "anonymous" if not path
+                        else "libraries" if ".so" in path
+                        else "other")
+            elif head[0] == "Rss:":
+                kinds[kind] = kinds.get(kind, 0) + int(head[1]) * 1024
+    return kinds
 
 
 def fsync_write_seconds(path: Path, data: np.ndarray) -> float:
@@ -192,9 +226,16 @@ def main() -> None:
                 results.append(r)
         useful = w.nbytes + n * 64 * 4 * 2
         daemons = sum(rss_bytes(node.proc.pid) for node in mesh.nodes)
+        pss = sum(pss_bytes(node.proc.pid) for node in mesh.nodes)
+        np_rss, np_pss = numpy_efficiency(n, 64)
         notes.append(f"memory efficiency (W + X + Y of B=64) / RSS: sedma {useful / daemons:.2f} "
-                     f"({daemons / 2**20:.0f} MiB RSS in {args.nodes} daemons); numpy in-process "
-                     f"{numpy_efficiency(n, 64):.2f}")
+                     f"({daemons / 2**20:.0f} MiB RSS in {args.nodes} daemons), numpy in-process "
+                     f"{np_rss:.2f}; / PSS: sedma {useful / pss:.2f} ({pss / 2**20:.0f} MiB), "
+                     f"numpy {np_pss:.2f}")
+        for node in mesh.nodes:
+            kinds = where_rss_goes(node.proc.pid, node.data_dir)
+            notes.append(f"{node.name} RSS by mapping, MiB: " + ", ".join(
+                f"{k} {v / 2**20:.1f}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])))
         deploy_times: dict[str, list[float]] = {label: [] for label, _ in TRANSPORTS}
         for i in range(args.deploy_rounds):     # more deploys of W, transports alternating
             order = TRANSPORTS if i % 2 == 0 else TRANSPORTS[::-1]

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
+from compute.lazynumpy import np
 
 from compute.device import DeviceProfile
 

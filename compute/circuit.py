@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
+from compute.lazynumpy import np
 
 MAX_ITER = 2000
 

@@ -48,7 +48,7 @@ import statistics
 import threading
 from typing import Any
 
-import numpy as np
+from compute.lazynumpy import np
 
 from compute import aging, circuit, faultmap
 from compute.device import DeviceProfile
@@ -150,8 +150,6 @@ class ColumnNoise:
 # uint8 codes. Sums over a tile accumulate in float64.
 # ---------------------------------------------------------------------------
 
-_F32 = np.float32
-
 
 def _poly(coeffs: tuple[float, ...], g: np.ndarray) -> np.ndarray:
     """Evaluate an ascending polynomial with Horner's rule, in g's dtype, in place."""
@@ -194,11 +192,11 @@ def _targets(wn: np.ndarray, profile: DeviceProfile) -> np.ndarray:
 
     def place(frac: np.ndarray) -> np.ndarray:  # frac in [0, 1] of the window -> conductance
         if levels:
-            frac = np.rint(frac * _F32(levels), out=frac)
-            frac *= _F32(span / levels)
+            frac = np.rint(frac * np.float32(levels), out=frac)
+            frac *= np.float32(span / levels)
         else:
-            frac *= _F32(span)
-        frac += _F32(gmin)
+            frac *= np.float32(span)
+        frac += np.float32(gmin)
         return frac
 
     if profile.mapping == "differential":
@@ -206,7 +204,7 @@ def _targets(wn: np.ndarray, profile: DeviceProfile) -> np.ndarray:
         out[..., 0] = place(np.maximum(wn, 0))
         out[..., 1] = place(np.maximum(-wn, 0))
         return out
-    frac = (wn + _F32(1.0)) * _F32(0.5)
+    frac = (wn + np.float32(1.0)) * np.float32(0.5)
     return place(frac)[..., None]
 
 
@@ -216,7 +214,7 @@ def _prog_sigma(g: np.ndarray, profile: DeviceProfile) -> np.ndarray:
         return np.zeros_like(g)
     sigma = _poly(profile.prog_noise_poly_us, g)
     np.maximum(sigma, 0.0, out=sigma)
-    sigma *= _F32(profile.prog_noise_scale / profile.g_max_us)
+    sigma *= np.float32(profile.prog_noise_scale / profile.g_max_us)
     return sigma
 
 
@@ -350,7 +348,7 @@ def _program_tile_row(w: np.ndarray, profile: DeviceProfile, seed: int, tile_row
         g_prog = _repair(target, g_prog, profile, seed, tile_row, n_tc)
     z_nu, z_read = _age_draws(profile, seed, tile_row, full, p)
     g_t = aging.age(profile, target, g_prog, z_nu, z_read)
-    g_t *= _F32(G_CODE_STEPS)
+    g_t *= np.float32(G_CODE_STEPS)
     np.rint(g_t, out=g_t)
     np.clip(g_t, 0, 255, out=g_t)
     codes = g_t.astype(np.uint8)
@@ -373,7 +371,7 @@ def _tile_devices(codes: np.ndarray, q: int, n_tc: int) -> np.ndarray:
     p, k, d = codes.shape
     tiles = _pad_cols(codes, q, n_tc)  # (p, n_tc, q, d)
     phys = tiles.transpose(1, 2, 0, 3).reshape(n_tc, q, p * d).astype(np.float32)
-    phys *= _F32(G_LSB)
+    phys *= np.float32(G_LSB)
     return phys
 
 
@@ -445,7 +443,7 @@ def _adc_ranges(phys: np.ndarray, k: int, ir_row: np.ndarray | None, ir_col: np.
     if profile.mapping == "differential":
         eff = g[:, :, 0::2] - g[:, :, 1::2]  # (n_tc, q, p)
     else:
-        eff = g - _F32(_g_mid(profile))
+        eff = g - np.float32(_g_mid(profile))
         eff[k // q:, k % q or q:] = 0.0  # word lines past K carry no weight
     s1 = eff.sum(axis=1, dtype=np.float64)
     s2 = np.square(eff).sum(axis=1, dtype=np.float64)

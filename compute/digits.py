@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 
-import numpy as np
+from compute.lazynumpy import np
 
 from compute.mlp import Layer
 

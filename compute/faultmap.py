@@ -20,7 +20,7 @@ devices); random draws come from the caller's keyed generators.
 
 from __future__ import annotations
 
-import numpy as np
+from compute.lazynumpy import np
 
 #: A device reading further than this many programming sigmas (or 2 % of
 #: Gmax, whichever is larger) from its target is treated as stuck.

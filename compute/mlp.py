@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
+from compute.lazynumpy import np
 
 from compute.crossbar import ProgrammedMatrix
 from compute.device import DeviceProfile

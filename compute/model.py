@@ -17,7 +17,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
-import numpy as np
+from compute.lazynumpy import np
 
 from compute.mlp import ACTIVATIONS, apply_activation, layer_problem
 

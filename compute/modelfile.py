@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from compute.lazynumpy import np
 
 from compute.model import DenseLayer as Layer, FileMatrix, Model, ModelError
 

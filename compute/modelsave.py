@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
+from compute.lazynumpy import np
 
 from compute.mlp import Layer
 

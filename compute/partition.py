@@ -167,7 +167,7 @@ def _water_fill(weights: list[float], caps: list[int], total: int) -> list[int]:
     return ints
 
 
-def _unit_rows(profiles: list[DeviceProfile]) -> int:
+def unit_rows(profiles: list[DeviceProfile]) -> int:
     """Alignment unit: every involved device must see whole tile rows."""
     unit = 1
     for p in profiles:
@@ -213,7 +213,7 @@ def plan_rows(shape: tuple[int, int], nodes: list[NodeSlot], *, device: DevicePr
     _check_nodes(nodes, replicas, max_blocks_per_node)
     r = min(replicas, len(nodes))
     prof = [device or n.device for n in nodes]
-    unit = _unit_rows(prof)
+    unit = unit_rows(prof)
     n_units = -(-m // unit)
     unit_cost = [p.resident_bytes((unit, k)) for p in prof]
     caps = [min(n_units, n.free_bytes // c) for n, c in zip(nodes, unit_cost)]

@@ -17,12 +17,14 @@ import struct
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-import numpy as np
+from compute import lazynumpy
+from compute.lazynumpy import np
 
 from node import shm, spans
 from node.errors import UserError, internal_message  # UserError is re-exported
 from protocol import codec
 from protocol.errors import ProtocolError
+from protocol.framing import message_buffer
 from protocol.messages import decode_message, encode_message, from_wire, message
 
 log = logging.getLogger("sedma.api")
@@ -184,6 +186,8 @@ async def _connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
             finally:
                 channel.release()   # the client has read our last answer, or is gone
             spans.mark("coord.decoded")
+            if isinstance(request, ARRAY_REQUESTS):
+                await lazynumpy.ready()     # off the loop, before anything touches arrays
             response = await _answer(request, dispatch)
             spans.mark("coord.answered")
             # Drop the operands (maybe a mapping of the client's memory) before writing: a
@@ -228,6 +232,12 @@ async def _reap_until_done() -> None:
         await asyncio.sleep(REAP_EVERY)
 
 
+#: Requests whose handling reads or makes arrays (a file to deploy, a result to send):
+#: numpy is loaded in a worker thread before they are answered, never on the event loop.
+ARRAY_REQUESTS = (SubmitRequest, DeployRequest, InferRequest, DeployFileRequest,
+                  ResultRequest)
+
+
 async def _answer(request: Any, dispatch: Dispatch) -> Response:
     try:
         return Response(True, await dispatch(request))
@@ -255,14 +265,15 @@ async def read_frame(reader: asyncio.StreamReader, max_frame: int = API_MAX_FRAM
     return await _read_body(reader, size)
 
 
-async def _read_body(reader: asyncio.StreamReader, size: int) -> np.ndarray:
-    buf = np.empty(size, dtype=np.uint8)
+async def _read_body(reader: asyncio.StreamReader, size: int) -> bytearray | np.ndarray:
+    buf = message_buffer(size)      # never imports numpy on the loop (a status request)
+    view = memoryview(buf)
     filled = 0
     while filled < size:
         chunk = await reader.read(min(size - filled, IO_CHUNK))
         if not chunk:
-            raise asyncio.IncompleteReadError(buf[:min(filled, 64)].tobytes(), size)
-        buf[filled:filled + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
+            raise asyncio.IncompleteReadError(bytes(view[:min(filled, 64)]), size)
+        view[filled:filled + len(chunk)] = chunk
         filled += len(chunk)
     return buf
 
@@ -303,7 +314,10 @@ async def read_message(reader: asyncio.StreamReader, channel: shm.Channel | None
             raise ProtocolError(f"frame of {size} bytes exceeds the {max_frame}-byte limit")
         if channel is not None:
             channel.note(False)
-        return decode_message(await _read_body(reader, size))
+        body = await _read_body(reader, size)
+        if lazynumpy.loaded() is None and codec.carries_arrays(body):
+            await lazynumpy.ready()         # the import runs in a worker, not on the loop
+        return decode_message(body)
     size &= ~SHM_FRAME
     if channel is None:
         raise ProtocolError("shared-memory frames are not accepted here")
@@ -320,6 +334,8 @@ async def read_message(reader: asyncio.StreamReader, channel: shm.Channel | None
     else:
         head, data = rest, channel.receive(handle)
     channel.note(True)
+    if len(data):
+        await lazynumpy.ready()
     return from_wire(codec.decode_split(head, data))
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import importlib.util
 import json
 import logging
 import math
@@ -36,8 +37,6 @@ CHILD_CODE = "from compute.executor import measure_capacity; print(measure_capac
 
 def machine_key(blas_threads: int) -> dict[str, Any]:
     """What a capacity measurement depends on."""
-    import numpy
-
     model = ""
     try:
         with open("/proc/cpuinfo") as f:
@@ -50,7 +49,20 @@ def machine_key(blas_threads: int) -> dict[str, Any]:
     except (AttributeError, OSError):
         usable = os.cpu_count() or 1
     return {"cpu": model, "cores": usable, "blas_threads": blas_threads,
-            "numpy": numpy.__version__}
+            "numpy": numpy_version()}
+
+
+def numpy_version() -> str:
+    """The installed numpy's version, read from its ``numpy-X.Y.Z.dist-info`` directory
+    without importing numpy (an idle daemon does not load it: ~10 MB of RSS) or
+    ``importlib.metadata`` (which pulls in the email package); "" if not found."""
+    spec = importlib.util.find_spec("numpy")
+    if spec is None or not spec.origin:
+        return ""
+    site = Path(spec.origin).parent.parent
+    for info in sorted(site.glob("numpy-*.dist-info")):
+        return info.name[len("numpy-"):-len(".dist-info")]
+    return ""
 
 
 def read_cached(path: Path, key: dict[str, Any], now: float) -> float | None:

@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any, Iterator
 
-import numpy as np
+from compute.lazynumpy import np
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 

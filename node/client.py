@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import numpy as np
+from compute.lazynumpy import np
 
 from node import api, shm, spans
 from node.config import DEFAULT_DATA_DIR, SOCKET_NAME

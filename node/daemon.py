@@ -21,7 +21,7 @@ from compute.device import DeviceProfile, PRESETS, get_preset
 from compute.executor import Executor, measure_capacity
 from nat import signaling
 from nat.connector import ConnectorConfig
-from node import api, memtrace
+from node import api
 from node.beat import sleep_to_beat
 from node.capacity import node_capacity
 from node.config import NodeConfig
@@ -181,7 +181,10 @@ class Daemon:
                 loop.add_signal_handler(sig, self._on_signal, sig)
             except (NotImplementedError, RuntimeError):
                 pass
-        memtrace.install(loop, self.data_dir)   # debug only: SEDMA_TRACEMALLOC
+        if os.environ.get("SEDMA_TRACEMALLOC"):   # debug only; tracemalloc is ~1 MB at idle
+            from node import memtrace
+
+            memtrace.install(loop, self.data_dir)
 
     def _on_signal(self, sig: int) -> None:
         log.info("received %s", signal.Signals(sig).name)
@@ -207,7 +210,8 @@ class Daemon:
                              addresses=self.addresses(), **self._load_fields())
 
     def _load_fields(self) -> dict[str, Any]:
-        extra = self.mesh.connector.advert_extra()
+        # "host": which kernel's cores this node runs on (one-shot splits leave co-hosts out)
+        extra = {**self.mesh.connector.advert_extra(), "host": self.jobs.host}
         return dict(reachability=extra.get("reach", "unknown"),
                     memory_total=total_memory(), memory_free=self.store.free,
                     memory_budget=self.store.budget, cores=self.executor.workers,

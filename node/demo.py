@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+from compute.lazynumpy import np
 
 from node.client import Client
 from node.localmesh import LocalMesh

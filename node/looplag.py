@@ -162,6 +162,9 @@ class StallReporter:
             reported = stuck_since
             frame = sys._current_frames().get(self.loop_thread)
             if frame is not None:
-                stack = "".join(traceback.format_stack(frame)[-8:])
+                # Only the 8 innermost frames are looked up: formatting the whole stack
+                # read every file on it (asyncio, runpy, the cli...) into linecache for
+                # good, ~0.8 MB on a daemon that reported stalls in a start-up storm.
+                stack = "".join(traceback.format_list(traceback.extract_stack(frame, limit=8)))
                 log.warning("event loop stuck for over %.0f ms in:\n%s",
                             self.threshold * 1000, stack)

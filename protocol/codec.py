@@ -18,7 +18,7 @@ import struct
 from typing import Any
 
 import msgpack
-import numpy as np
+from compute.lazynumpy import loaded, np
 
 from protocol.errors import DecodeError
 
@@ -43,9 +43,12 @@ class _Encoder:
         self.offset = 0
 
     def default(self, obj: Any) -> Any:
-        if isinstance(obj, np.ndarray):
+        # numpy not imported yet: nothing here can be an array (and an idle daemon's
+        # messages must not import it just to find that out).
+        numpy = loaded()
+        if numpy is not None and isinstance(obj, numpy.ndarray):
             return self._array(obj)
-        if isinstance(obj, np.generic):
+        if numpy is not None and isinstance(obj, numpy.generic):
             return obj.item()
         raise TypeError(f"cannot encode {type(obj).__name__}")
 
@@ -120,6 +123,18 @@ def decode_split(head_part: bytes | bytearray | memoryview,
     view = memoryview(head_part)
     head = _header_length(view)
     return _unpack(view[_U32.size:_U32.size + head], memoryview(data_area))
+
+
+def carries_arrays(payload: bytes | bytearray | memoryview) -> bool:
+    """Whether a payload made by :func:`encode` has array bytes after its header, read
+    from the length prefix alone: a receiver loads numpy off its event loop
+    (:func:`compute.lazynumpy.ready`) before decoding such a payload. A malformed payload
+    answers False; :func:`decode` names its fault."""
+    view = memoryview(payload)
+    if view.nbytes < _U32.size:
+        return False
+    (head,) = _U32.unpack_from(view, 0)
+    return view.nbytes > _aligned(_U32.size + head)
 
 
 def _header_length(view: memoryview) -> int:

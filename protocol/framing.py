@@ -20,12 +20,13 @@ many big messages cannot add up to more than the daemon's budget either.
 
 from __future__ import annotations
 
+import mmap
 import struct
 import threading
 from dataclasses import dataclass
 from typing import Iterator, Protocol
 
-import numpy as np
+from compute.lazynumpy import loaded, np
 
 from protocol.errors import FrameError
 
@@ -107,6 +108,28 @@ def _slices(parts: list[bytes | memoryview], size: int):
         yield chunk, size - room
 
 
+#: Messages up to this size are reassembled in a ``bytearray`` (zero-filling 64 KiB costs
+#: microseconds); larger ones in an uninitialised numpy buffer whose pages materialise
+#: only as bytes arrive, once numpy is loaded (a node doing work). Until then (an idle
+#: daemon: gossip, pings, a 100-member state sync of a few hundred KiB) a ``bytearray``
+#: up to LARGE_MESSAGE, so membership traffic alone never imports numpy (~10 MB of RSS,
+#: issue 13), and above that an anonymous ``mmap`` (pages also materialise only as bytes
+#: arrive): the first array message must not import numpy here, on the event loop -- the
+#: receiver loads it in a worker thread before decoding (compute.lazynumpy.ready).
+SMALL_MESSAGE = 64 << 10
+LARGE_MESSAGE = 4 << 20
+
+
+def message_buffer(total: int) -> bytearray | mmap.mmap | np.ndarray:
+    """A writable buffer of ``total`` bytes for a message being received (see above);
+    never imports numpy."""
+    if total <= SMALL_MESSAGE or (total <= LARGE_MESSAGE and loaded() is None):
+        return bytearray(total)
+    if loaded() is None:
+        return mmap.mmap(-1, total)
+    return np.empty(total, dtype=np.uint8)
+
+
 class RecordOpener(Protocol):
     """What :meth:`Reassembler.feed_sealed` needs of a link cipher (protocol.handshake's
     TransportCipher): cut a sealed frame into records and open them in order."""
@@ -123,7 +146,7 @@ class RecordOpener(Protocol):
 @dataclass
 class _Partial:
     sid: int               # the stream it reassembles (for errors and removal)
-    buf: np.ndarray        # uint8, the declared size; pages materialise as bytes arrive
+    buf: bytearray | mmap.mmap | np.ndarray   # the declared size (see message_buffer)
     filled: int = 0
 
     @property
@@ -145,15 +168,15 @@ class Reassembler:
         self._partial: dict[int, _Partial] = {}
         self._buffered = 0     # bytes received into partial messages (and taken from budget)
 
-    def feed(self, frame: bytes | memoryview) -> np.ndarray | None:
+    def feed(self, frame: bytes | memoryview) -> bytearray | mmap.mmap | np.ndarray | None:
         """Add one frame; return the whole payload when this frame completes it."""
         flags, part, body = self._open(memoryview(frame))
         end = self._admit(part, len(body))
-        part.buf[part.filled:end] = np.frombuffer(body, dtype=np.uint8)
+        memoryview(part.buf)[part.filled:end] = body   # one memcpy, any kind of buffer
         return self._advance(part, end, flags)
 
     def feed_sealed(self, sealed: bytes | bytearray | memoryview,
-                    opener: "RecordOpener") -> np.ndarray | None:
+                    opener: "RecordOpener") -> bytearray | mmap.mmap | np.ndarray | None:
         """Like :meth:`feed` for a frame still sealed as records: the first record is
         opened to read the fragment header, every further one is decrypted straight into
         its place in the message buffer (no opened copy of the frame, no second copy into
@@ -166,8 +189,8 @@ class Reassembler:
         end = self._admit(part, size)
         try:
             pos = part.filled + len(body)
-            part.buf[part.filled:pos] = np.frombuffer(body, dtype=np.uint8)
-            dest = memoryview(part.buf)
+            dest = memoryview(part.buf)           # any kind of buffer (see message_buffer)
+            dest[part.filled:pos] = body
             for record in records[1:]:
                 opener.decrypt_into(record, dest[pos:pos + len(record) - tag])
                 pos += len(record) - tag
@@ -203,7 +226,8 @@ class Reassembler:
         self._buffered += size
         return end
 
-    def _advance(self, part: _Partial, end: int, flags: int) -> np.ndarray | None:
+    def _advance(self, part: _Partial, end: int,
+                 flags: int) -> bytearray | mmap.mmap | np.ndarray | None:
         """Record the filled bytes; the whole payload when this was the stream's last."""
         part.filled = end
         if not flags & LAST:
@@ -234,7 +258,7 @@ class Reassembler:
             raise FrameError(f"message of {total} bytes exceeds the {self.max_message} limit")
         if len(self._partial) >= self.max_streams:
             raise FrameError(f"more than {self.max_streams} messages in flight")
-        self._partial[sid] = _Partial(sid, np.empty(total, dtype=np.uint8))
+        self._partial[sid] = _Partial(sid, message_buffer(total))
         return body[_TOTAL.size:]
 
     @property

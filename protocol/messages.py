@@ -21,7 +21,7 @@ import types
 import typing
 from typing import Any, ClassVar, TypeVar, Union
 
-import numpy as np
+from compute.lazynumpy import loaded
 
 from protocol import codec
 from protocol.errors import DecodeError
@@ -87,13 +87,43 @@ def decode_message(payload: bytes | bytearray | memoryview) -> Any:
 _HINT_CACHE: dict[type, dict[str, Any]] = {}
 
 
+class _Unloaded:
+    """Stands for ``np.ndarray`` in a message's resolved annotations while numpy is not
+    loaded: nothing is an instance (no value can be an array then)."""
+
+
+#: What ``np`` names while annotations are resolved before numpy is loaded: resolving
+#: ``np.ndarray`` through the lazy stand-in would import numpy on the event loop for a
+#: message that carries no array (say a model record whose bias is None).
+_NO_NUMPY = types.SimpleNamespace(ndarray=_Unloaded)
+
+
 def _hints(cls: type) -> dict[str, Any]:
     hints = _HINT_CACHE.get(cls)
     if hints is None:
-        hints = {k: v for k, v in typing.get_type_hints(cls).items()
+        numpy_loaded = loaded() is not None
+        resolved = typing.get_type_hints(cls, localns=None if numpy_loaded
+                                         else {"np": _NO_NUMPY})
+        hints = {k: v for k, v in resolved.items()
                  if typing.get_origin(v) is not ClassVar and v is not ClassVar}
-        _HINT_CACHE[cls] = hints
+        if numpy_loaded:             # the stand-in's answers are for this message only
+            _HINT_CACHE[cls] = hints
     return hints
+
+
+def _is_ndarray(hint: Any) -> bool:
+    """Whether ``hint`` is ``np.ndarray`` (or its stand-in :class:`_Unloaded`), without
+    importing numpy for messages that carry no array (an idle daemon's handshake and
+    gossip): a hint can only be ndarray once the annotation naming it was resolved."""
+    if hint is _Unloaded:
+        return True
+    numpy = loaded()
+    return numpy is not None and hint is numpy.ndarray
+
+
+def _is_array(value: Any) -> bool:
+    numpy = loaded()
+    return numpy is not None and isinstance(value, numpy.ndarray)
 
 
 def _check(value: Any, hint: Any, where: str) -> Any:
@@ -120,8 +150,8 @@ def _check(value: Any, hint: Any, where: str) -> Any:
     elif hint is bool or hint is str or hint is bytes:
         if isinstance(value, hint):
             return value
-    elif hint is np.ndarray:
-        if isinstance(value, np.ndarray):
+    elif _is_ndarray(hint):
+        if _is_array(value):
             return value
     elif origin is list:
         if isinstance(value, (list, tuple)):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
+from compute.lazynumpy import np
 
 from protocol.messages import message
 

@@ -8,12 +8,11 @@ points are kept (a fixed-size ring), so memory does not grow.
 from __future__ import annotations
 
 import collections
+import statistics
 import time
 from itertools import takewhile
 from dataclasses import asdict, dataclass
 from typing import Any
-
-import numpy as np
 
 POINTS = 300
 
@@ -43,7 +42,9 @@ class History:
         fresh = [r.seconds for r in takewhile(lambda r: r.at > since,
                                               reversed(metrics.recent_requests))]
         done = sum(1 for _ in takewhile(lambda t: t > since, reversed(metrics.completions)))
-        p50 = float(np.median(fresh)) * 1000 if fresh else None
+        # statistics, not numpy: np.median's first call imports numpy.ma (0.1-0.3 s) and
+        # this runs on the event loop each second; a few hundred floats need no numpy.
+        p50 = statistics.median(fresh) * 1000 if fresh else None
         point = Point(now_wall, len(fresh) / span, done / span, p50)
         self.points.append(point)
         self._last_mono = now_mono

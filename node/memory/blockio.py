@@ -32,7 +32,7 @@ import sys
 import threading
 from pathlib import Path
 
-import numpy as np
+from compute.lazynumpy import np
 
 CHUNK = 4 << 20        # bytes per preadv: large enough for the device, small enough to spread
 THREADS = 4            # chunk reads in flight at once (the device's useful queue depth)

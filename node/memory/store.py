@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
+from compute.lazynumpy import np
 
 from compute.crossbar import LEGACY_FORMAT, STATE_FORMAT, LegacyStateError, ProgrammedMatrix
 from node.memory.dualmemory import DualMemory

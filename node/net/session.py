@@ -20,9 +20,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
+from compute import lazynumpy
 from nat.link import Link, LinkClosed
 from nat.secure import SecureLink
 from node import spans
+from protocol import codec
 from protocol.errors import FrameError, ProtocolError
 from protocol.framing import (DEFAULT_MAX_MESSAGE, PROCESS_BUDGET, ByteBudget, Reassembler,
                               fragments)
@@ -327,6 +329,8 @@ class Session:
                     payload = self._reassembler.feed(frame)
                 if payload is None:
                     continue
+                if lazynumpy.loaded() is None and codec.carries_arrays(payload):
+                    await lazynumpy.ready()     # numpy's import never runs on the loop
                 msg = decode_message(payload)
                 self.stats.recv_messages += 1
                 await self._dispatch(msg, handler)
@@ -335,6 +339,10 @@ class Session:
         except ProtocolError as exc:
             log.warning("closing link to %s (%s): %s", self.peer_id[:8], self.link.remote, exc)
             await self.close(f"protocol error: {exc}")
+        except Exception as exc:   # a bug: a reader that died silently left a link no one
+            # read (its peer's pings timed out: members suspected each other). Say so, close.
+            log.exception("reader of the link to %s failed", self.peer_id[:8])
+            await self.close(f"reader failed: {exc!r}")
 
     async def _dispatch(self, msg: Any, handler: Handler) -> None:
         if isinstance(msg, Reply):

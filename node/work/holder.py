@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
+from compute.lazynumpy import np
 
 from compute.crossbar import ProgrammedMatrix, crossbar_matmul, row_granularity
 from compute.device import DeviceProfile, get_preset

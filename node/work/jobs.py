@@ -25,17 +25,19 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-import numpy as np
+from compute.lazynumpy import np
 
 from compute.device import get_preset
-from compute.partition import NodeSlot, PartitionPlan, PlacementError, plan_rows
+from compute.partition import NodeSlot, PartitionPlan, PlacementError, plan_rows, unit_rows
 from nat.link import LinkClosed
 from node import spans
 from node.errors import UserError, internal_message
 from node.memory.dualmemory import DualMemory
 from node.metrics import Metrics
 from node.work.latency import PeakEwma
+from node.work.oneshotsplit import ShareCost, transfer_split
 from node.work.placement import Candidate, by_predicted_finish, holdable, rank
+from node.work.sharemeter import ShareMeter, host_id
 from node.work.claims import ClaimRefused, quorum
 from node.work.plans import VersionedPlan, new_deploy_id
 from node.work.retention import JobStamp, Retention, expired
@@ -63,6 +65,9 @@ MAX_SEED = (1 << 63) - 1
 #: wake-up, more than the work itself at this size and most of a B=1 request's overhead.
 INLINE_BYTES = 256 << 10
 FINAL_STATES = ("done", "failed", "cancelled")
+#: A peer's compute is its round trip less the link's estimated time, which can come out
+#: near zero or below on a noisy link; it is taken as at least this part of the round trip.
+MIN_COMPUTE_SHARE = 0.05
 
 
 class JobError(UserError):
@@ -111,6 +116,9 @@ class JobManager:
         self.inflight: dict[str, int] = {}
         #: recent end-to-end cost of a block request to each holder (the replica choice)
         self.recent = PeakEwma()
+        #: One-shot compute speeds measured per node, and this machine's id (co-hosts).
+        self.share_meter = ShareMeter()
+        self.host = host_id()
 
     # persistence --------------------------------------------------------------------
     def restore(self) -> list[str]:
@@ -308,8 +316,7 @@ class JobManager:
                       seed: int) -> None:
         self.metrics.live_bytes += a.nbytes + b.nbytes
         try:
-            slots = self.slots()
-            plan = plan_rows(a.shape, slots, device=get_preset(device) if device else None)
+            plan = self._oneshot_plan(job, a.shape, b.shape[1], self.slots(), device)
             out = np.empty((a.shape[0], b.shape[1]), dtype=np.float32)
             job.detail["placement"] = plan.rows_by_node()
             # Peers' shares first, and this node's own share only once they are handed to
@@ -334,6 +341,58 @@ class JobManager:
             spans.mark("job.saved")
         finally:
             self.metrics.live_bytes -= a.nbytes + b.nbytes
+
+    def _oneshot_plan(self, job: Job, shape: tuple[int, int], n: int, slots: list[NodeSlot],
+                      device: str | None) -> PartitionPlan:
+        """The transfer-aware split when every candidate is measured, else the capacity
+        split (which measures them); the choice and predicted times go to the log and the
+        job's detail."""
+        dev = get_preset(device) if device else None
+        costs = self._share_costs(slots, device)
+        if costs is None:
+            job.detail["split"] = {"by": "capacity"}
+            return plan_rows(shape, slots, device=dev)
+        unit = unit_rows([dev or s.device for s in slots])
+        split = transfer_split(shape[0], shape[1], n, costs, unit)
+        predicted = {nid: round(t * 1000, 1) for nid, t in split.predicted_s.items()}
+        job.detail["split"] = {"by": "transfer", "predicted_ms": predicted,
+                               "cohosts": [c.node_id for c in costs if c.cohost]}
+        log.info("job %s: transfer-aware split %s, predicted ms %s (co-hosts left out: %d)",
+                 job.id, {nid[:8]: r for nid, r in split.rows},
+                 {nid[:8]: t for nid, t in predicted.items()}, sum(c.cohost for c in costs))
+        return split.plan(shape, device)
+
+    def _share_costs(self, slots: list[NodeSlot], device: str | None) -> list[ShareCost] | None:
+        """A snapshot of what one-shot shares measured, for the candidates in ``slots``;
+        None when any of them (co-hosts aside) lacks a compute speed or a link speed."""
+        members = {m.node_id: m for m in self.mesh.members()}
+        self.share_meter.forget(set(members) | {self.node_id})
+        key = device or ""
+        costs = []
+        for slot in slots:
+            nid = slot.node_id
+            speed = self.share_meter.speed(nid, key)
+            if nid == self.node_id:
+                if speed is None:
+                    return None
+                costs.append(ShareCost(nid, speed, local=True))
+                continue
+            member = members.get(nid)
+            if member is not None and self.host and member.advert.extra.get("host") == self.host:
+                costs.append(ShareCost(nid, speed or 0.0, cohost=True))
+                continue
+            link = self.memory.link_speed(nid, 0.0)
+            if speed is None or link <= 0:
+                return None
+            costs.append(ShareCost(nid, speed, link, self._rtt_s(nid)))
+        if not any(c.local for c in costs):
+            return None
+        return costs
+
+    def _rtt_s(self, node: str) -> float:
+        session = self.mesh.sessions.get(node)
+        rtt = session.link.rtt_ms if session is not None else None
+        return (rtt or 0.0) / 1000
 
     async def _share(self, job: Job, blk, a, b, out, device, seed,
                      sent: asyncio.Future | None = None,
@@ -365,6 +424,8 @@ class JobManager:
                 if target == self.node_id:       # computed straight into its rows of out
                     await self.holder.compute_share(a[rows], b, device, seed, blk.row_start,
                                                     out[rows])
+                    self.share_meter.record(target, device or "", flops,
+                                            time.perf_counter() - start)
                 else:
                     part = await self._matmul_on(target, job.id, a[rows], b, device, seed,
                                                  blk.row_start, flops, sent)
@@ -399,10 +460,37 @@ class JobManager:
         session = await self.mesh.session(node)
         msg = MatmulShare(session.next_rid(), job_id, a, b, device, seed, row_offset)
         spans.mark("share.send")
+        start = time.perf_counter()
+        handed_after: list[float] = []      # seconds until the operands were on the link
+
+        def handed_over(_fut: asyncio.Future) -> None:
+            handed_after.append(time.perf_counter() - start)
+            if sent is not None and not sent.done():
+                sent.set_result(None)
+        handed = asyncio.get_running_loop().create_future()
+        handed.add_done_callback(handed_over)
         value = await session.request(msg, request_timeout(flops, a.nbytes + b.nbytes),
-                                      sent=sent)
+                                      sent=handed)
+        total = time.perf_counter() - start
         spans.mark("share.reply")
-        return _expect_array(value, (a.shape[0], b.shape[1]), node)
+        part = _expect_array(value, (a.shape[0], b.shape[1]), node)
+        if handed_after:
+            self._measure_share(node, device, flops, a.nbytes + b.nbytes, part.nbytes,
+                                handed_after[0], total)
+        return part
+
+    def _measure_share(self, node: str, device: str | None, flops: float, sent_bytes: int,
+                       reply_bytes: int, send_s: float, total_s: float) -> None:
+        """Split a peer share's round trip into link and compute for the next split: the
+        link's rate is what sending the operands took; the peer's compute is the rest of
+        the round trip once the reply's transfer and one round trip are taken out."""
+        self.memory.record_transfer(node, sent_bytes, send_s)
+        link = self.memory.link_speed(node, 0.0)
+        if link <= 0:
+            return
+        compute = total_s - send_s - reply_bytes / link - self._rtt_s(node)
+        self.share_meter.record(node, device or "", flops,
+                                max(compute, MIN_COMPUTE_SHARE * total_s))
 
     # deploy ---------------------------------------------------------------------------
     async def deploy(self, name: str, w: Any, device: str | None, replicas: int | None,

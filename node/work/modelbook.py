@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
-import numpy as np
+from compute.lazynumpy import np
 
 from node.memory.statedb import StateDB
 from node.memory.store import StoreError, check_name

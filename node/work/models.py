@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from compute.lazynumpy import np
 
 from compute.device import get_preset
 from compute.mlp import layer_seed

@@ -29,7 +29,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from compute.lazynumpy import np
 
 from compute.mlp import layer_seed, apply_activation
 from compute.partition import Block, PartitionPlan

@@ -1,0 +1,143 @@
+"""The transfer-aware split of a one-shot matmul: how many rows of A each node computes.
+
+Why not split by compute speed alone (``compute.partition.plan_rows``): a peer's share costs
+more than its compute. For ``A (m x k) @ B (k x n)`` a peer receives its rows of A and
+*all* of B, and sends its rows of Y back, over an encrypted link that carries a few
+hundred MB/s; the coordinator pays none of that. B's bytes do not shrink with the peer's
+share, so an even split makes the peer finish last. Here each node gets the share that
+makes the predicted finish times equal:
+
+    this node:  r * f / v
+    a peer:     latency + B / L  +  r * (row of A / L + f / v + row of Y / L)
+
+with ``f = 2 k n`` flops a row, ``v`` the node's measured speed and ``L`` the measured link
+throughput. That is a water level: the finish time ``T`` at which the shares of the nodes
+whose fixed cost is below ``T`` add up to ``m``. A peer whose fixed cost (latency and
+moving B) is not below the time this node would need for everything gets no share.
+
+A peer on this node's own host (``cohost``: same kernel, so the same cores) gets no share
+at all: its compute runs on the cores this node's share runs on, so it adds no speed,
+only the cost of moving its operands through the link (on the 2-core bench machine an
+even N=2048 split between two co-hosted daemons took 284 ms against numpy's 115 ms, quiet;
+see bench/README.md for the same job kept on one of them).
+
+Pure functions over a snapshot (:class:`ShareCost`); the job manager measures the inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+from compute.partition import Block, PartitionPlan
+
+FLOAT32 = 4
+
+
+@dataclass(frozen=True)
+class ShareCost:
+    """What is known of one candidate for a share (a snapshot of measurements)."""
+
+    node_id: str
+    gflops: float             # measured one-shot compute speed there, GFLOP/s
+    link_bps: float = 0.0     # measured bytes/s of the link to it (0 for this node)
+    latency_s: float = 0.0    # fixed cost of one share there: a round trip
+    local: bool = False       # this node: no transfer at all
+    cohost: bool = False      # shares this node's cores (same host)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Rows per node, in row order (every listed node has rows), and predicted seconds."""
+
+    rows: tuple[tuple[str, int], ...]
+    predicted_s: dict[str, float]
+
+    def plan(self, shape: tuple[int, int], device: str | None) -> PartitionPlan:
+        """The split as a plan: one consecutive block of rows per node."""
+        blocks, pos = [], 0
+        for i, (node, rows) in enumerate(self.rows):
+            blocks.append(Block(i, pos, pos + rows, [node]))
+            pos += rows
+        return PartitionPlan((int(shape[0]), int(shape[1])), device, blocks)
+
+
+def fixed_cost(c: ShareCost, k: int, n: int, itemsize: int = FLOAT32) -> float:
+    """Seconds a share on ``c`` costs whatever its size: the round trip and all of B."""
+    return 0.0 if c.local else c.latency_s + k * n * itemsize / c.link_bps
+
+
+def row_cost(c: ShareCost, k: int, n: int, itemsize: int = FLOAT32) -> float:
+    """Seconds each row of a share on ``c`` costs: compute, plus its A and Y rows' transfer."""
+    compute = 2.0 * k * n / (c.gflops * 1e9)
+    return compute if c.local else compute + (k + n) * itemsize / c.link_bps
+
+
+def transfer_split(m: int, k: int, n: int, nodes: Sequence[ShareCost], unit: int = 1,
+                   itemsize: int = FLOAT32) -> Split:
+    """Rows of an ``m x k`` A per node so that predicted finish times are equal.
+
+    ``unit``: shares are whole multiples of it (a device's tile rows), but for the last
+    node's, which ends at ``m``. Raises ValueError on a snapshot that makes no sense.
+    """
+    _check(m, k, n, nodes, unit)
+    eligible = [c for c in nodes if c.local or not c.cohost]
+    fixed = {c.node_id: fixed_cost(c, k, n, itemsize) for c in eligible}
+    per = {c.node_id: row_cost(c, k, n, itemsize) * unit for c in eligible}
+    units = -(-m // unit)
+    level, active = _water_level(units, fixed, per)
+    share = {nid: (level - fixed[nid]) / per[nid] for nid in active}
+    whole = _round(share, units)
+    order = [c.node_id for c in eligible if whole.get(c.node_id)]
+    rows, left = [], m
+    for i, nid in enumerate(order):
+        r = left if i == len(order) - 1 else whole[nid] * unit
+        rows.append((nid, r))
+        left -= r
+    predicted = {nid: fixed[nid] + r * per[nid] / unit for nid, r in rows}
+    return Split(tuple(rows), predicted)
+
+
+def _water_level(units: int, fixed: dict[str, float],
+                 per: dict[str, float]) -> tuple[float, list[str]]:
+    """The finish time T where the nodes with fixed cost below T share ``units`` exactly."""
+    order = sorted(fixed, key=lambda nid: (fixed[nid], nid))
+    active: list[str] = []
+    level = math.inf
+    for nid in order:
+        if fixed[nid] >= level:
+            break
+        active.append(nid)
+        level = ((units + sum(fixed[a] / per[a] for a in active))
+                 / sum(1.0 / per[a] for a in active))
+    return level, active
+
+
+def _round(share: dict[str, float], units: int) -> dict[str, int]:
+    """Whole units summing to ``units``: floors, then the largest remainders."""
+    whole = {nid: max(0, math.floor(s)) for nid, s in share.items()}
+    by_rest = sorted(share, key=lambda nid: (-(share[nid] - whole[nid]), nid))
+    short = units - sum(whole.values())
+    for nid in by_rest[:max(0, short)]:
+        whole[nid] += 1
+    while sum(whole.values()) > units:      # floating error: take from the largest
+        whole[max(whole, key=whole.get)] -= 1
+    return whole
+
+
+def _check(m: int, k: int, n: int, nodes: Sequence[ShareCost], unit: int) -> None:
+    if min(m, k, n, unit) <= 0:
+        raise ValueError(f"shape and unit must be positive, got {m}x{k} @ {k}x{n}, unit {unit}")
+    if sum(c.local for c in nodes) != 1:
+        raise ValueError("the snapshot needs exactly one local node")
+    if len({c.node_id for c in nodes}) != len(nodes):
+        raise ValueError("duplicate node ids in the snapshot")
+    for c in nodes:
+        if c.cohost and not c.local:      # gets no share: its figures are not used
+            continue
+        if not (math.isfinite(c.gflops) and c.gflops > 0):
+            raise ValueError(f"node {c.node_id}: speed must be a positive number")
+        if not c.local and not (math.isfinite(c.link_bps) and c.link_bps > 0
+                                and math.isfinite(c.latency_s) and c.latency_s >= 0):
+            raise ValueError(f"node {c.node_id}: link speed must be positive, latency >= 0")

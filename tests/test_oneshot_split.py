@@ -1,0 +1,222 @@
+"""The transfer-aware one-shot split (issue 13): equal predicted finish times, a peer pays
+for moving its operands, co-hosts and peers too slow to pay get nothing, every row once."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from compute.partition import PartitionPlan
+from node.work.oneshotsplit import ShareCost, fixed_cost, row_cost, transfer_split
+from node.work.sharemeter import HOST_ENV, ShareMeter, host_id
+
+N = 2048
+FAST = 1e13             # bytes/s: transfer costs next to nothing
+LOOPBACK = 350e6        # what the encrypted loopback link carries here
+
+
+def me(gflops: float = 100.0) -> ShareCost:
+    return ShareCost("me", gflops, local=True)
+
+
+def peer(name: str = "p", gflops: float = 100.0, link: float = FAST, latency: float = 0.0,
+         cohost: bool = False) -> ShareCost:
+    return ShareCost(name, gflops, link, latency, cohost=cohost)
+
+
+def rows(split) -> dict[str, int]:
+    return dict(split.rows)
+
+
+def test_equal_nodes_on_a_fast_link_split_near_evenly():
+    got = rows(transfer_split(N, N, N, [me(), peer()]))
+    assert abs(got["me"] - N // 2) <= N // 100 and sum(got.values()) == N
+
+
+def test_a_faster_peer_gets_more_rows_on_a_fast_link():
+    got = rows(transfer_split(N, N, N, [me(100.0), peer(gflops=300.0)]))
+    assert got["p"] == pytest.approx(3 * got["me"], rel=0.01)
+
+
+def test_a_slow_link_gives_the_peer_a_smaller_share_and_slower_is_smaller():
+    shares = [rows(transfer_split(N, N, N, [me(), peer(link=bps)])).get("p", 0)
+              for bps in (FAST, 2e9, LOOPBACK, 150e6)]
+    assert shares[0] > shares[1] > shares[2] > shares[3] > 0
+    assert shares[2] < N // 2
+
+
+def test_the_shares_finish_together_as_predicted():
+    nodes = [me(), peer(link=LOOPBACK, latency=0.001), peer("q", 60.0, 1e9, 0.002)]
+    split = transfer_split(N, N, N, nodes)
+    times = list(split.predicted_s.values())
+    assert len(times) == 3
+    one_row = max(row_cost(c, N, N) for c in nodes)
+    assert max(times) - min(times) <= 2 * one_row
+    for c in nodes:                      # the prediction is the model's, row for row
+        r = rows(split)[c.node_id]
+        assert split.predicted_s[c.node_id] == pytest.approx(
+            fixed_cost(c, N, N) + r * row_cost(c, N, N))
+
+
+def test_a_peer_too_slow_to_pay_for_moving_b_gets_no_share():
+    # all of B (16 MiB) at 50 MB/s takes 0.34 s; this node does all of A @ B in 0.17 s
+    split = transfer_split(N, N, N, [me(), peer(link=50e6)])
+    assert split.rows == (("me", N),)
+    assert split.predicted_s == {"me": pytest.approx(2.0 * N ** 3 / 100e9)}
+
+
+def test_a_long_round_trip_alone_can_keep_a_small_job_local():
+    assert rows(transfer_split(64, 64, 64, [me(), peer(latency=0.01)])) == {"me": 64}
+    assert rows(transfer_split(64, 64, 64, [me(), peer(latency=0.0)]))["p"] > 0
+
+
+def test_a_co_host_gets_no_share_however_fast_it_looks():
+    split = transfer_split(N, N, N, [me(), peer(gflops=1000.0, cohost=True),
+                                     peer("far", link=LOOPBACK)])
+    got = rows(split)
+    assert "p" not in got and got["far"] > 0 and sum(got.values()) == N
+    # a co-host's figures need not be measured at all
+    assert transfer_split(N, N, N, [me(), peer(gflops=0.0, link=0.0, cohost=True)]).rows \
+        == (("me", N),)
+
+
+def test_shares_are_whole_units_but_the_last():
+    split = transfer_split(1000, 256, 64, [me(), peer(), peer("q")], unit=64)
+    sizes = [r for _, r in split.rows]
+    assert sum(sizes) == 1000
+    assert all(r % 64 == 0 for r in sizes[:-1]) and 0 < sizes[-1]
+
+
+def test_the_split_is_a_valid_plan_in_row_order():
+    split = transfer_split(N, N, N, [me(), peer(link=LOOPBACK)])
+    plan = split.plan((N, N), None)
+    again = PartitionPlan.from_dict(plan.to_dict())          # checks the cover
+    assert again.rows_by_node() == rows(split)
+    assert [b.nodes[0] for b in plan.blocks] == [n for n, _ in split.rows]
+
+
+@pytest.mark.parametrize("nodes, match", [
+    ([peer()], "exactly one local"),
+    ([me(), me()], "exactly one local"),
+    ([me(), peer(), peer()], "duplicate"),
+    ([me(0.0)], "speed"),
+    ([me(), peer(gflops=float("nan"))], "speed"),
+    ([me(), peer(link=0.0)], "link"),
+    ([me(), peer(latency=-1.0)], "link"),
+])
+def test_a_snapshot_that_makes_no_sense_is_refused(nodes, match):
+    with pytest.raises(ValueError, match=match):
+        transfer_split(N, N, N, nodes)
+
+
+speeds = st.floats(0.01, 1e4)
+links = st.floats(1e5, 1e13)
+
+
+@given(m=st.integers(1, 5000), k=st.integers(1, 3000), n=st.integers(1, 3000),
+       unit=st.sampled_from([1, 8, 64, 128]),
+       local=speeds,
+       peers=st.lists(st.tuples(speeds, links, st.floats(0, 0.05), st.booleans()), max_size=5))
+def test_every_row_is_computed_exactly_once(m, k, n, unit, local, peers):
+    nodes = [me(local)] + [peer(f"p{i}", g, b, lat, co) for i, (g, b, lat, co) in
+                           enumerate(peers)]
+    split = transfer_split(m, k, n, nodes, unit=unit)
+    sizes = [r for _, r in split.rows]
+    assert sum(sizes) == m and all(r > 0 for r in sizes)
+    assert all(r % unit == 0 for r in sizes[:-1])
+    assert len({nid for nid, _ in split.rows}) == len(sizes)
+    cohosts = {c.node_id for c in nodes if c.cohost}
+    assert not cohosts & set(rows(split))
+    PartitionPlan.from_dict(split.plan((m, k), None).to_dict())
+
+
+# the meter -------------------------------------------------------------------------------
+
+def test_the_meter_smooths_and_forgets_old_and_departed_nodes():
+    meter = ShareMeter(max_age_s=60)
+    assert meter.speed("a", "", now=0) is None
+    meter.record("a", "", 10e9, 1.0, now=0)                 # 10 GFLOP/s
+    assert meter.speed("a", "", now=1) == pytest.approx(10.0)
+    meter.record("a", "", 30e9, 1.0, now=2)                 # 30: smoothed halfway
+    assert meter.speed("a", "", now=3) == pytest.approx(20.0)
+    assert meter.speed("a", "rram", now=3) is None          # per device
+    assert meter.speed("a", "", now=100) is None            # too old: measure again
+    meter.record("a", "", 40e9, 1.0, now=100)               # a fresh start, not smoothed
+    assert meter.speed("a", "", now=100) == pytest.approx(40.0)
+    meter.record("b", "", 1e9, 0.0, now=100)                # no time: not a measurement
+    assert meter.speed("b", "", now=100) is None
+    meter.record("b", "", 1e9, 1.0, now=100)
+    meter.forget({"b"})
+    assert meter.speed("a", "", now=100) is None and meter.speed("b", "", now=100) == 1.0
+
+
+def test_the_host_id_is_the_kernels_unless_set(monkeypatch):
+    monkeypatch.delenv(HOST_ENV, raising=False)
+    first = host_id()
+    assert first and first == host_id()          # one kernel, one id
+    monkeypatch.setenv(HOST_ENV, "pinned-cpus-0-3")
+    assert host_id() == "pinned-cpus-0-3"
+    monkeypatch.setenv(HOST_ENV, "none")
+    assert host_id() == ""                       # never anyone's co-host
+
+
+# the snapshot the job manager builds ------------------------------------------------------
+
+class _Advert:
+    def __init__(self, host):
+        self.extra = {"host": host} if host is not None else {}
+
+
+class _Member:
+    def __init__(self, node_id, host):
+        self.node_id, self.advert = node_id, _Advert(host)
+
+
+class _Mesh:
+    def __init__(self, members):
+        self._members, self.sessions = members, {}
+
+    def members(self):
+        return self._members
+
+
+class _Memory:
+    def __init__(self, links):
+        self.links = links
+
+    def link_speed(self, peer, default):
+        return self.links.get(peer, default)
+
+
+def snapshot(hosts: dict[str, str | None], speeds: dict[str, float], links: dict[str, float]):
+    """``JobManager._share_costs`` on fakes: this node "me" on host "h"."""
+    from compute.device import get_preset
+    from compute.partition import NodeSlot
+    from node.work.jobs import JobManager
+
+    class Fake:
+        node_id, host = "me", "h"
+        mesh = _Mesh([_Member(n, h) for n, h in hosts.items()])
+        memory = _Memory(links)
+        share_meter = ShareMeter()
+        _rtt_s = staticmethod(lambda node: 0.001)
+    for nid, gflops in speeds.items():
+        Fake.share_meter.record(nid, "", gflops * 1e9, 1.0)
+    slots = [NodeSlot(n, 1.0, 1 << 30, get_preset("ideal")) for n in ["me", *hosts]]
+    return JobManager._share_costs(Fake(), slots, None)
+
+
+def test_the_snapshot_needs_every_non_co_host_measured():
+    both = snapshot({"p": "other"}, {"me": 50.0, "p": 60.0}, {"p": 3e8})
+    assert both == [ShareCost("me", 50.0, local=True), ShareCost("p", 60.0, 3e8, 0.001)]
+    assert snapshot({"p": "other"}, {"me": 50.0}, {"p": 3e8}) is None        # p's speed
+    assert snapshot({"p": "other"}, {"me": 50.0, "p": 60.0}, {}) is None     # p's link
+    assert snapshot({"p": "other"}, {"p": 60.0}, {"p": 3e8}) is None          # this node
+
+
+def test_the_snapshot_marks_co_hosts_from_their_adverts_measured_or_not():
+    costs = snapshot({"p": "h", "q": None, "r": "other"}, {"me": 50.0, "q": 1.0, "r": 2.0},
+                     {"q": 1e8, "r": 1e8})
+    assert [(c.node_id, c.cohost) for c in costs] == [("me", False), ("p", True),
+                                                      ("q", False), ("r", False)]

@@ -1,0 +1,68 @@
+"""The transfer-aware one-shot split with real daemons (issue 13): the first job splits by
+capacity and measures; later ones split by the measurements, uneven, and stay exact. A
+daemon on this node's own host (same kernel: same cores) gets no share once measured."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from node.client import Client
+from node.work.sharemeter import HOST_ENV
+
+M, K, N = 4096, 1024, 1024   # B (4 MiB) is worth moving: the fixed cost is well below the job
+
+
+def rand(shape, seed) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def run_job(c: Client, seed: int) -> dict:
+    a, b = rand((M, K), seed), rand((K, N), seed + 1)
+    job_id = c.submit_matmul(a, b)
+    info = c.wait(job_id, 120)
+    assert info["state"] == "done", info
+    got = c.result(job_id)
+    want = a @ b
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+    assert sum(info["placement"].values()) == M
+    return info
+
+
+def start_pair(cluster, monkeypatch, hosts: tuple[str, str]):
+    for name, host in zip(("n1", "n2"), hosts):
+        monkeypatch.setenv(HOST_ENV, host)
+        cluster.add(name)
+    cluster.wait_converged(alive=1)
+    return cluster.nodes
+
+
+@pytest.mark.slow
+def test_a_measured_uneven_split_over_two_hosts_gives_the_exact_product(cluster, monkeypatch):
+    n1, n2 = start_pair(cluster, monkeypatch, ("host-a", "host-b"))
+    with Client(n1.socket) as c:
+        first = run_job(c, 1)
+        assert first["split"] == {"by": "capacity"}
+        assert len(first["placement"]) == 2                  # both measured
+        later = [run_job(c, 10 + 2 * i) for i in range(4)]
+    assert all(j["split"]["by"] == "transfer" and j["split"]["cohosts"] == [] for j in later)
+    for j in later:            # what was predicted is what was placed
+        assert set(j["split"]["predicted_ms"]) == set(j["placement"])
+        assert all(t > 0 for t in j["split"]["predicted_ms"].values())
+    shared = [j["placement"] for j in later if len(j["placement"]) == 2]
+    assert shared, f"no measured split gave the peer rows: {[j['placement'] for j in later]}"
+    assert any(set(p.values()) != {M // 2} for p in shared), shared     # uneven
+
+
+@pytest.mark.slow
+def test_a_daemon_on_the_same_host_gets_no_share_once_measured(cluster, monkeypatch):
+    n1, n2 = start_pair(cluster, monkeypatch, ("one-host", "one-host"))
+    with Client(n1.socket) as c:
+        first = run_job(c, 3)
+        assert first["split"] == {"by": "capacity"} and len(first["placement"]) == 2
+        second = run_job(c, 5)
+    me = n1.id
+    assert second["split"]["by"] == "transfer"
+    assert second["split"]["cohosts"] == [n2.id]
+    assert second["placement"] == {me: M}
