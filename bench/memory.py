@@ -7,13 +7,16 @@ tiers     one node, --memory-limit 256MiB, a model of 16 layers of 4096x4096 flo
           on two live daemons, interleaved pairs, medians. Reports layers/s, tier-0 hit
           rate, late hits, prefetch accuracy, bytes read and wasted, depth; then the device
           cold (one layer alone, k layers at once) and the bound it sets.
-skew      4 nodes, 4 one-block matrices, 4 client threads, 90 % of requests to one matrix;
-          static placement (reconfiguration effectively off) vs adaptive (hot replication)
-          after a warm-up. Reports requests/s.
+skew      4 nodes, 4 one-block matrices, 4 client processes (one per daemon), 90 % of
+          requests to one matrix; static placement (reconfiguration effectively off) vs
+          adaptive (hot replication) after a warm-up, --pairs times interleaved. Reports
+          requests/s, the load, each process's CPU, m0's reads per node, the median ratio.
 slow      4 nodes, one with --compute-slowdown F (a testing aid: it sleeps F-1 times its
           compute time), W spread over all four (one block each); static vs adaptive
           (migration) after a warm-up; then every adaptive node is restarted and the first
           requests are timed (the learned placement must hold from the first request).
+          --slowdown and --slow-clients take lists (a sweep; 1 client = the slow node is
+          the bottleneck of every request).
 
 oscillate 4 nodes, 2 one-block matrices, 90 % of the load on one then the other, swapping
           at the control interval for 10 minutes, default control loop; static vs adaptive:
@@ -326,43 +329,147 @@ def mesh_of(root: Path, n: int, conf: str, slow: float | None = None) -> LocalMe
     return mesh
 
 
-def skew(root: Path, seconds: float, warmup: float, k: int) -> list[str]:
+def _client_proc(k, sockets, names, weights, xs, check, seconds, out) -> None:
+    """One client process (a user on its own machine): closed loop against one daemon."""
+    rng = random.Random(k)
+    done = fails = 0
+    stop = time.perf_counter() + seconds
+    with Client(sockets[k % len(sockets)]) as c:
+        while time.perf_counter() < stop:
+            name = rng.choices(names, weights)[0]
+            try:
+                y = c.infer(name, xs[name])
+                if not np.allclose(y, check[name], rtol=1e-4, atol=1e-3):
+                    raise ValueError("wrong result")
+                done += 1
+            except Exception as exc:  # counted and reported, never hidden
+                fails += 1
+                print(f"  request failed: {exc}", file=sys.stderr)
+    out.put((done, fails))
+
+
+def closed_loop_procs(sockets: list[Path], names: list[str], weights: list[float], xs: dict,
+                      seconds: float, check: dict, clients: int = 4) -> tuple[float, int]:
+    """Like :func:`closed_loop` with each client in its own process.
+
+    Why: 4 client threads in one Python process share one GIL, and at ~1 MiB of X per
+    request the bench itself can become what bounds the rate (it did: see bench/README).
+    """
+    import multiprocessing as mp
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    ps = [ctx.Process(target=_client_proc, args=(k, sockets, names, weights, xs, check,
+                                                 seconds, out)) for k in range(clients)]
+    start = time.perf_counter()
+    for p in ps:
+        p.start()
+    res = [out.get(timeout=seconds + 120) for _ in ps]
+    took = time.perf_counter() - start
+    for p in ps:
+        p.join(30)
+    # spawn start-up (~0.5 s each) is inside ``took``: the rate is slightly understated,
+    # equally for both placements
+    return sum(d for d, _ in res) / took, sum(f for _, f in res)
+
+
+class CpuMeter:
+    """CPU seconds of the daemons and of this script over a window (which process saturates)."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids | {"bench": os.getpid()}
+
+    @staticmethod
+    def _cpu(pid: int) -> float:
+        try:
+            if pid == os.getpid():
+                t = os.times()
+                return t.user + t.system + t.children_user + t.children_system
+            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:
+            return 0.0
+
+    def __enter__(self) -> "CpuMeter":
+        self.t0 = time.perf_counter()
+        self.c0 = {k: self._cpu(p) for k, p in self.pids.items()}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        took = time.perf_counter() - self.t0
+        self.share = {k: (self._cpu(p) - self.c0[k]) / took for k, p in self.pids.items()}
+
+    def text(self) -> str:
+        return " ".join(f"{k} {v:.0%}" for k, v in self.share.items())
+
+
+def skew_once(root: Path, label: str, conf: str, seconds: float, warmup: float, k: int,
+              procs: bool) -> dict:
+    """One system of the skew bench: req/s, the load it ran under, m0's holders and reads."""
     names = [f"m{i}" for i in range(4)]
     ws = {m: rand((128, k), i) for i, m in enumerate(names)}
     xs = {m: rand((k, 64), 100 + i) for i, m in enumerate(names)}
     want = {m: ws[m] @ xs[m] for m in names}
     weights = [0.9] + [0.1 / 3] * 3
-    rows = []
-    for label, conf in (("static", STATIC_CONF), ("adaptive", FAST_CONF)):
-        mesh = mesh_of(root / f"skew-{label}", 4, conf)
-        try:
-            with Client(mesh.nodes[0].socket) as c:
-                for m in names:
-                    c.deploy(m, ws[m], replicas=1)
-            socks = [n.socket for n in mesh.nodes]
-            closed_loop(socks, names, weights, xs, warmup, check=want)
-            rate, fails = closed_loop(socks, names, weights, xs, seconds, check=want)
-            holders = sum(len(n.status()["blocks"].get("m0", [])) for n in mesh.nodes)
-            made = [d for n in mesh.nodes for d in _memory(n)["decisions"]]
-            for d in made:
-                print(f"  {label}: {d['kind']} {d['name']}/{d['index']}: {d['reason']}")
-            decisions = [d["kind"] for d in made]
-            rows.append((label, rate, fails, holders, decisions))
-        finally:
-            mesh.stop()
-    base = rows[0][1]
-    out = [f"skew: 4 nodes, 4 matrices of 128x{k} (one block each), 4 client threads, 90 % of "
-           f"requests to m0, X {k}x64; {warmup:.0f} s warm-up then {seconds:.0f} s measured",
-           "", "| placement | req/s | vs static | failed | holders of m0 | decisions |",
-           "|---|---:|---:|---:|---:|---|"]
-    for label, rate, fails, holders, decisions in rows:
-        out.append(f"| {label} | {rate:.1f} | {rate / base:.2f}x | {fails} | {holders} | "
-                   f"{', '.join(decisions) or '-'} |")
+    mesh = mesh_of(root, 4, conf)
+    try:
+        with Client(mesh.nodes[0].socket) as c:
+            for m in names:
+                c.deploy(m, ws[m], replicas=1)
+        socks = [n.socket for n in mesh.nodes]   # each client talks to its own daemon
+        load0 = os.getloadavg()[0]
+        closed_loop(socks, names, weights, xs, warmup, check=want)
+        with CpuMeter({n.name: n.proc.pid for n in mesh.nodes}) as cpu:
+            if procs:
+                rate, fails = closed_loop_procs(socks, names, weights, xs, seconds, want)
+            else:
+                rate, fails = closed_loop(socks, names, weights, xs, seconds, check=want)
+        holders = [n.name for n in mesh.nodes if n.status()["blocks"].get("m0")]
+        reads = {n.name: _memory(n)["block_read_rates"].get("m0/0", 0.0) for n in mesh.nodes}
+        made = [d for n in mesh.nodes for d in _memory(n)["decisions"]]
+        for d in made:
+            print(f"  {label}: {d['kind']} {d['name']}/{d['index']}: {d['reason']}")
+        return {"label": label, "rate": rate, "fails": fails, "holders": holders,
+                "reads": reads, "cpu": cpu.text(), "decisions": [d["kind"] for d in made],
+                "load": f"{load0:.1f} -> {os.getloadavg()[0]:.1f}"}
+    finally:
+        mesh.stop()
+
+
+def skew(root: Path, seconds: float, warmup: float, k: int, pairs: int = 1,
+         procs: bool = True) -> list[str]:
+    """Static vs adaptive, ``pairs`` times, interleaved (odd pairs run adaptive first, so a
+    trend in the machine's load favours neither); each ratio is against its own pair."""
+    rows, ratios = [], []
+    for i in range(pairs):
+        order = [("static", STATIC_CONF), ("adaptive", FAST_CONF)]
+        got = {label: skew_once(root / f"skew-{i}-{label}", label, conf, seconds, warmup, k,
+                                procs) for label, conf in (order if i % 2 == 0 else order[::-1])}
+        ratios.append(got["adaptive"]["rate"] / got["static"]["rate"])
+        for label in ("static", "adaptive"):
+            rows.append((i + 1, got[label], got[label]["rate"] / got["static"]["rate"]))
+        print(f"  pair {i + 1}: {ratios[-1]:.2f}x", flush=True)
+    out = [f"skew: 4 nodes, 4 matrices of 128x{k} (one block each), 4 clients "
+           f"({'processes' if procs else 'threads'}), one per daemon, 90 % of requests to m0, "
+           f"X {k}x64; {warmup:.0f} s warm-up then {seconds:.0f} s measured; {pairs} "
+           "interleaved pair(s)", "",
+           "| pair | placement | req/s | vs static | failed | load avg | holders of m0 | "
+           "m0 reads/s per node | CPU per process (1 core = 100 %) | decisions |",
+           "|---:|---|---:|---:|---:|---|---|---|---|---|"]
+    for i, r, ratio in rows:
+        reads = " ".join(f"{n} {v:.0f}" for n, v in r["reads"].items())
+        out.append(f"| {i} | {r['label']} | {r['rate']:.1f} | {ratio:.2f}x | {r['fails']} | "
+                   f"{r['load']} | {', '.join(r['holders'])} | {reads} | {r['cpu']} | "
+                   f"{', '.join(r['decisions']) or '-'} |")
+    ratios.sort()
+    out += ["", f"median adaptive/static over {pairs} pair(s): "
+            f"{ratios[len(ratios) // 2] if pairs % 2 else sum(ratios[pairs//2-1:pairs//2+1]) / 2:.2f}x "
+            f"(each: {', '.join(f'{x:.2f}x' for x in ratios)})"]
     return out
 
 
 def slow(root: Path, seconds: float, warmup: float, factor: float, n: int,
-         slow_by: str = "slowdown", quota_cpus: float = 0.1, batch: int = 16) -> list[str]:
+         slow_by: str = "slowdown", quota_cpus: float = 0.1, batch: int = 16,
+         clients: int = 4) -> list[str]:
     """One node made slow (``--compute-slowdown`` or a cgroup CPU quota): static vs adaptive.
 
     The adaptive window is measured once the adaptation happened (the slow node released
@@ -377,7 +484,7 @@ def slow(root: Path, seconds: float, warmup: float, factor: float, n: int,
     want = {"w": w @ xs["w"]}
     rows = []
     for label, conf in (("static", STATIC_CONF), ("adaptive", FAST_CONF)):
-        mesh = mesh_of(root / f"slow-{slow_by}-{label}", 4, conf,
+        mesh = mesh_of(root / f"slow-{slow_by}-{factor:g}-{clients}-{label}", 4, conf,
                        slow=factor if slow_by == "slowdown" else None)
         quota = CpuQuota(f"bench-{label}", quota_cpus) if slow_by == "quota" else None
         try:
@@ -387,16 +494,18 @@ def slow(root: Path, seconds: float, warmup: float, factor: float, n: int,
             with Client(mesh.nodes[0].socket) as c:
                 c.deploy("w", w, replicas=1)
             socks = [nd.socket for nd in mesh.nodes[:3]]
-            closed_loop(socks, ["w"], [1.0], xs, warmup, check=want)
+            closed_loop(socks, ["w"], [1.0], xs, warmup, clients, check=want)
             adapted = None
             if label == "adaptive":      # keep the load on until the slow node let go
                 t = time.perf_counter()
                 while slow_node.status()["blocks"].get("w") and time.perf_counter() - t < 240:
-                    closed_loop(socks, ["w"], [1.0], xs, 5.0, check=want)
+                    closed_loop(socks, ["w"], [1.0], xs, 5.0, clients, check=want)
                 adapted = warmup + time.perf_counter() - t
-            rate, fails = closed_loop(socks, ["w"], [1.0], xs, seconds, check=want)
+            load0 = os.getloadavg()[0]
+            rate, fails = closed_loop(socks, ["w"], [1.0], xs, seconds, clients, check=want)
             decisions = [d["kind"] for d in _memory(slow_node)["decisions"]]
-            row = [label, rate, fails, ", ".join(decisions) or "-", adapted, None]
+            row = [label, rate, fails, ", ".join(decisions) or "-", adapted, None,
+                   f"{load0:.1f} -> {os.getloadavg()[0]:.1f}"]
             if label == "adaptive":
                 for node in mesh.nodes:
                     node.stop()
@@ -407,7 +516,8 @@ def slow(root: Path, seconds: float, warmup: float, factor: float, n: int,
                 if quota:
                     quota.add(slow_node.proc.pid)
                 mesh.wait_converged(alive=3, timeout=120)
-                row[5], _ = closed_loop(socks, ["w"], [1.0], xs, min(seconds, 10), check=want)
+                row[5], _ = closed_loop(socks, ["w"], [1.0], xs, min(seconds, 10), clients,
+                                       check=want)
             rows.append(row)
         finally:
             mesh.stop()
@@ -417,13 +527,13 @@ def slow(root: Path, seconds: float, warmup: float, factor: float, n: int,
     how = (f"--compute-slowdown {factor:g}" if slow_by == "slowdown"
            else f"a cgroup CPU quota of {quota_cpus:g} CPU")
     out = [f"slow: 4 nodes, one slowed by {how}, W {n}x{n} float32 in one block "
-           f"per node, 4 client threads, X {n}x{batch}; {warmup:.0f} s warm-up, then (adaptive) "
-           f"load until the slow node released its block, then {seconds:.0f} s measured",
-           "", "| placement | req/s | vs static | failed | slow node's decisions | "
-           "adapted after | req/s right after restarting every node |",
-           "|---|---:|---:|---:|---|---:|---:|"]
-    for label, rate, fails, decisions, adapted, after in rows:
-        out.append(f"| {label} | {rate:.1f} | {rate / base:.2f}x | {fails} | {decisions} | "
+           f"per node, {clients} client thread(s), X {n}x{batch}; {warmup:.0f} s warm-up, then "
+           f"(adaptive) load until the slow node released its block, then {seconds:.0f} s "
+           "measured", "", "| placement | req/s | vs static | failed | load avg | slow node's "
+           "decisions | adapted after | req/s right after restarting every node |",
+           "|---|---:|---:|---:|---|---|---:|---:|"]
+    for label, rate, fails, decisions, adapted, after, load in rows:
+        out.append(f"| {label} | {rate:.1f} | {rate / base:.2f}x | {fails} | {load} | {decisions} | "
                    f"{'-' if adapted is None else f'{adapted:.0f} s'} | "
                    f"{'-' if after is None else f'{after:.1f} ({after / base:.2f}x)'} |")
     return out
@@ -478,13 +588,22 @@ def main() -> int:
     p.add_argument("--only", default="tiers,skew,slow")
     p.add_argument("--seconds", type=float, default=20.0, help="measured seconds per system")
     p.add_argument("--warmup", type=float, default=40.0, help="seconds to adapt first")
+    p.add_argument("--pairs", type=int, default=3,
+                   help="tiers: interleaved on/off pairs; skew: static/adaptive pairs, "
+                        "interleaved; the median ratio is reported")
+    p.add_argument("--client-threads", action="store_true",
+                   help="skew: clients as threads of this script (last round's setup) "
+                        "instead of one process each")
     p.add_argument("--layers", type=int, default=16)
     p.add_argument("--n", type=int, default=4096)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--passes", type=int, default=3)
     p.add_argument("--ram", default="256MiB")
-    p.add_argument("--pairs", type=int, default=3, help="tiers: interleaved on/off pairs")
-    p.add_argument("--slowdown", type=float, default=16.0)
+    p.add_argument("--slowdown", default="16",
+                   help="slow: --compute-slowdown factor(s), comma-separated (a sweep)")
+    p.add_argument("--slow-clients", default="4",
+                   help="slow: client threads, comma-separated (1 = a closed loop whose "
+                        "every request waits for the slow node's block)")
     p.add_argument("--slow-by", choices=("slowdown", "quota"), default="slowdown",
                    help="slow: the --compute-slowdown testing aid, or a real cgroup v1 CPU "
                         "quota on the slow daemon (needs root)")
@@ -507,12 +626,17 @@ def main() -> int:
                            args.pairs) + [""]
             print("\n".join(lines), flush=True)
         if "skew" in parts:
-            lines += skew(root, args.seconds, args.warmup, args.n) + [""]
-            print("\n".join(lines[-8:]), flush=True)
+            lines += skew(root, args.seconds, args.warmup, args.n, args.pairs,
+                          not args.client_threads) + [""]
+            print("\n".join(lines), flush=True)
         if "slow" in parts:
-            lines += slow(root, args.seconds, args.warmup, args.slowdown, min(args.n, 2048),
-                          args.slow_by, args.quota_cpus,
-                          args.slow_batch or (16 if args.slow_by == "slowdown" else 256)) + [""]
+            for factor in [float(f) for f in str(args.slowdown).split(",")]:
+                for clients in [int(c) for c in args.slow_clients.split(",")]:
+                    lines += slow(root, args.seconds, args.warmup, factor, min(args.n, 2048),
+                                  args.slow_by, args.quota_cpus,
+                                  args.slow_batch or (16 if args.slow_by == "slowdown" else 256),
+                                  clients) + [""]
+                    print("\n".join(lines), flush=True)
         if "oscillate" in parts:
             lines += oscillate(root, args.osc_seconds, args.osc_period, args.n) + [""]
     lines.append(f"load average at end: {os.getloadavg()[0]:.1f}")

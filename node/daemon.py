@@ -30,6 +30,7 @@ from node.memory.dualmemory import DualMemory
 from node.net.identity import load_identity, load_keyring, prepare_data_dir
 from node.work.holder import BlockHolder
 from node.work.jobs import JobManager
+from node.work.loopdemand import LoopDemand
 from node.work.modelbook import ModelBook
 from node.work.models import ModelManager
 from node.work.plans import PlanBook
@@ -73,6 +74,7 @@ class Daemon:
         self._tasks: list[asyncio.Task] = []
         self.supervisor = Supervisor()
         self.lag = LagMonitor()
+        self.loop_demand: LoopDemand | None = None
         self.stall_reporter = StallReporter(self.lag)
 
     # lifecycle ----------------------------------------------------------------------
@@ -228,15 +230,19 @@ class Daemon:
                  "latency_p50_ms": m["communication_latency"]["p50_ms"],
                  "latency_p99_ms": m["communication_latency"]["p99_ms"],
                  "useful_bytes": m["useful_bytes"], "resident_bytes": m["resident_bytes"],
-                 "served_gflops": self.memory.served_gflops}
+                 "served_gflops": self.memory.served_gflops,
+                 # the rebalancer's view of per-request work (node/work/loopdemand.py)
+                 "loop_busy": round(self.loop_demand.value, 2) if self.loop_demand else None}
         mesh = getattr(self, "mesh", None)
         if mesh is None or mesh.membership is None:
             return fresh
         return settle_stats(mesh.advert.stats, fresh)   # against what peers have
 
     async def _advertise_loop(self) -> None:
+        self.loop_demand = LoopDemand()      # on the loop thread: the thread it measures
         while True:
             await sleep_to_beat(ADVERT_EVERY)
+            self.loop_demand.sample()
             self.mesh.update_advert(**self._load_fields())
 
     async def _memory_loop(self) -> None:
@@ -485,7 +491,8 @@ STATS_TOLERANCE = 0.1
 STATS_RELATIVE = {"latency_p50_ms": 0.5, "latency_p99_ms": 0.5}
 STATS_FLOOR = {"resident_bytes": 1 << 20, "useful_bytes": 1 << 20,
                "resource_utilisation": 0.01, "throughput_per_s": 0.05,
-               "latency_p50_ms": 2.0, "latency_p99_ms": 2.0, "served_gflops": 0.05}
+               "latency_p50_ms": 2.0, "latency_p99_ms": 2.0, "served_gflops": 0.05,
+               "loop_busy": 0.1}
 
 
 def settle_stats(advertised: dict[str, float | None],

@@ -38,3 +38,73 @@ def test_a_block_with_no_live_holder_cannot_be_repaired_by_anyone():
     p = plan(["x", "y"])
     for me in "abc":
         assert repairs("w", p, me, {"a", "b", "c"}, ["a", "b", "c"], 2) == []
+
+
+# -- copies held here that the plan does not list (a copy's source died mid-switch) -----
+
+from node.work.reconfigure import UNLISTED_GRACE_S, Unlisted, unlisted  # noqa: E402
+
+
+def test_an_unlisted_copy_whose_listed_holders_are_all_gone_is_adopted_at_once():
+    p = plan(["s"], ["me"])                # block 0: held only by s (killed mid-copy)
+    seen: dict[int, float] = {}
+    assert unlisted(p, "me", {"me"}, {"s"}, {0, 1}, seen, now=0.0) == Unlisted((0,), ())
+
+
+def test_a_holder_merely_unknown_yet_is_not_taken_for_gone():
+    p = plan(["s"])                        # a node that just started knows no members
+    assert unlisted(p, "me", {"me"}, set(), {0}, {}, now=0.0) == Unlisted((), ())
+
+
+def test_an_unlisted_copy_is_dropped_only_after_the_grace_and_while_a_holder_serves():
+    p = plan(["a"], ["b"])
+    seen: dict[int, float] = {}
+    assert unlisted(p, "me", {"me", "a"}, set(), {0}, seen, now=0.0) == Unlisted((), ())
+    assert unlisted(p, "me", {"me", "a"}, set(), {0}, seen,
+                    now=UNLISTED_GRACE_S - 1) == Unlisted((), ())
+    assert unlisted(p, "me", {"me", "a"}, set(), {0}, seen,
+                    now=UNLISTED_GRACE_S) == Unlisted((), (0,))
+    # no listed holder alive (nor known gone): wait rather than drop the only copy
+    assert unlisted(p, "me", {"me"}, set(), {0}, {0: -1e9}, now=0.0) == Unlisted((), ())
+
+
+def test_a_block_the_plan_lists_here_is_never_adopted_nor_dropped_and_its_clock_resets():
+    seen = {0: -1e9}
+    listed = plan(["a", "me"])
+    assert unlisted(listed, "me", {"me"}, {"a"}, {0}, seen, now=0.0) == Unlisted((), ())
+    assert seen == {}                     # listed now: a later unlisting starts a new grace
+    later = plan(["a"])
+    assert unlisted(later, "me", {"me", "a"}, set(), {0}, seen, now=1.0) == Unlisted((), ())
+    assert seen == {0: 1.0}
+
+
+# -- the acting holder's snapshot of a block it never read -------------------------------
+
+def test_a_hot_replica_the_acting_node_never_read_is_still_judged_and_retired():
+    """CI: a replica landed on a node with a lower id than its source just before every
+    node restarted, so it had served nothing; after the restart the (light) reads went to
+    the source, and only the new holder acts for the block. It skipped blocks it never
+    read, so the extra replica was never retired. Now such a block is judged on its rate
+    here (0) and no measured work, and only retiring applies to it."""
+    from types import SimpleNamespace
+
+    from node.memory.dualmemory import DualMemory
+    from node.work.plans import VersionedPlan
+    from node.work.rebalance import NodeView, Policy, plan_pass
+    from node.work.reconfigure import Reconfigurer
+
+    deployed = VersionedPlan(plan(["b"]), "d1")                    # one replica as deployed
+    hot = deployed.with_block(0, ["b", "a"], "b")                  # b gave a a hot replica
+    store = SimpleNamespace(names=lambda: {"w": [0]},
+                            get=lambda name, index: SimpleNamespace(nbytes=1 << 20))
+    jobs = SimpleNamespace(node_id="a", memory=DualMemory(), capacity=10.0,
+                           holder=SimpleNamespace(store=store),
+                           plans=SimpleNamespace(items=lambda: [("w", hot.plan)],
+                                                 versioned=lambda name: hot,
+                                                 names=lambda: ["w"]))
+    (view,) = Reconfigurer(jobs)._block_views({"a", "b"}, now=1000.0)
+    assert (view.holders, view.want, view.rate, view.flops) == (("b", "a"), 1, 0.0, 0.0)
+    nodes = {n: NodeView(n, 10.0, free_bytes=1 << 30) for n in "abc"}
+    assert plan_pass([view], nodes, now=1000.0) == []              # its dwell first
+    (d,) = plan_pass([view], nodes, now=1000.0 + Policy().min_dwell_s)
+    assert d.kind == "retire" and d.source in "ab"

@@ -34,6 +34,7 @@ from node import spans
 from node.errors import UserError, internal_message
 from node.memory.dualmemory import DualMemory
 from node.metrics import Metrics
+from node.work.latency import PeakEwma
 from node.work.oneshotsplit import ShareCost, transfer_split
 from node.work.placement import Candidate, by_predicted_finish, holdable, rank
 from node.work.sharemeter import ShareMeter, host_id
@@ -113,6 +114,8 @@ class JobManager:
         self.accepting = True
         #: Block requests this node has sent and not yet had answered, per holder.
         self.inflight: dict[str, int] = {}
+        #: recent end-to-end cost of a block request to each holder (the replica choice)
+        self.recent = PeakEwma()
         #: One-shot compute speeds measured per node, and this machine's id (co-hosts).
         self.share_meter = ShareMeter()
         self.host = host_id()
@@ -682,7 +685,9 @@ class JobManager:
                     out[rows] = part
                 else:
                     await self.executor.run(out.__setitem__, rows, part)
-                self.memory.record_share(node, flops, time.perf_counter() - start, True)
+                took = time.perf_counter() - start
+                self.memory.record_share(node, flops, took, True)
+                self.recent.observe(node, flops, took, time.monotonic())
                 return
             except (LinkClosed, TimeoutError, RemoteError, ProtocolError, StoreError) as exc:
                 self.memory.record_share(node, flops, time.perf_counter() - start, False)
@@ -702,8 +707,11 @@ class JobManager:
             return list(nodes)
         scores = {c.node_id: s for s, c in rank(self.candidates(set(nodes)), self.memory)}
         live = [n for n in nodes if n in scores]
-        hop = {n: REMOTE_HOP_S for n in live if n != self.node_id}   # this node: no transfer
-        ordered = by_predicted_finish(live, scores, self.inflight, flops, hop)
+        # measured end to end (queue, compute, transfer) where fresh; else the long-term
+        # score plus a hop for a remote holder (see node.work.latency)
+        recent = self.recent.speeds(live, time.monotonic())
+        hop = {n: REMOTE_HOP_S for n in live if n != self.node_id and n not in recent}
+        ordered = by_predicted_finish(live, scores | recent, self.inflight, flops, hop)
         sessions = self.mesh.sessions
         linked = {n for n in nodes if n in sessions and not sessions[n].closed.is_set()}
         return linked_first(ordered + [n for n in nodes if n not in scores], self.node_id,

@@ -13,7 +13,13 @@ work stealing's oscillations are the cautionary tales):
 - *Retiring*: a block above its deployed replica count whose holders would stay below
   ``cool_busy`` with one replica fewer gives back the replica on its slowest holder.
   ``hot_busy`` > ``cool_busy`` *is* the hysteresis: the gap between them means a block
-  replicated at rate r is retired only when the rate fell well below r.
+  replicated at rate r is retired only when the rate fell well below r. Busy fractions
+  are rate x measured compute time, and on a shared machine the compute time swings
+  100x within a minute (a replica added at "97 % busy" was retired at "1 % busy" at a
+  higher rate, then added again: bench/README), so the rate itself must also have fallen
+  by ``hot_busy / cool_busy`` since the replica was added (when that rate is known: it is
+  kept with the replicate decision in the dual memory's persisted log, so it survives a
+  restart; only the node that decided knows it).
 - *Migration*: a block moves off a holder that is slow (learned speed below
   ``slow_ratio`` x the best alternative's), overloaded, or reachable only through a relay,
   when the time saved over ``horizon_s`` exceeds ``margin`` x the cost of moving it
@@ -54,11 +60,16 @@ class Policy:
     replicate_dwell_s: float = 20.0  # ... and this long before it gains another replica
     max_moves: int = 2           # decisions per pass, all blocks together
     max_replicas: int = 4        # hot replication stops here
+    loop_hot: float = 0.7        # holders' event loops runnable this much of the time ask
+                                 # for a replica of the block most of their requests are for
+    loop_cool: float = 0.5       # retiring must leave the other holders' loops below this
 
 
 #: On overloaded holders, a block with at least this share of ``hot_busy`` (in compute)
 #: is replicated rather than migrated (see ``_replicate``).
 CROWDED_SHARE = 0.25
+#: A block with at least this share of its holder's reads is the one its loop is busy for.
+LOOP_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -71,6 +82,7 @@ class NodeView:
     free_bytes: int = 0          # free RAM (tier 0) for new blocks
     relayed: bool = False        # reachable only through TURN
     link_bps: float = 50e6       # measured bytes/s towards it
+    loop_busy: float = 0.0       # its event loop's runnable fraction (node/work/loopdemand.py)
 
 
 @dataclass(frozen=True)
@@ -80,11 +92,14 @@ class BlockView:
     name: str
     index: int
     nbytes: int
-    flops: float                 # per request
+    flops: float                 # per request (0: never read on the acting node, nothing
+                                 # measured; with its rate of 0 only retiring applies)
     holders: tuple[str, ...]
     rate: float                  # requests/s, short-term window
     changed_at: float            # when its holder set last changed
     want: int = 1                # replicas as deployed (never retired below this)
+    share: float = 0.0           # this block's part of its (acting) holder's reads
+    grown_at_rate: float = 0.0   # its rate when it last gained a replica (0: unknown)
 
 
 @dataclass(frozen=True)
@@ -101,9 +116,33 @@ class Decision:
                                  # for replicate/retire: per-holder busy taken off / added)
     cost_s: float = 0.0          # predicted seconds to copy the block
     at: float = 0.0
+    rate: float = 0.0            # the block's requests/s (all holders) as decided: kept with
+                                 # the decision, a replica's growth rate (see grown_rates)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def grown_rates(decisions: list[dict], since: dict[str, float] | None = None
+                ) -> dict[tuple[str, int], float]:
+    """Per block, the rate its last replica was added at (``BlockView.grown_at_rate``),
+    from a decision log oldest first (the dual memory's, persisted: a restart keeps it).
+
+    ``since``: per matrix, when its current deployment was made; older decisions belong to
+    an earlier deployment of the name and are passed over, as are entries without a usable
+    rate (logged before decisions carried one, or damaged).
+    """
+    out: dict[tuple[str, int], float] = {}
+    for d in decisions:
+        name, index, rate, at = d.get("name"), d.get("index"), d.get("rate"), d.get("at")
+        if (d.get("kind") != "replicate" or not isinstance(name, str)
+                or not isinstance(index, int) or isinstance(rate, bool)
+                or not isinstance(rate, (int, float)) or not 0 < rate < math.inf
+                or not isinstance(at, (int, float))
+                or at < (since or {}).get(name, -math.inf)):
+            continue
+        out[(name, index)] = float(rate)
+    return out
 
 
 def service_s(block: BlockView, node: NodeView) -> float:
@@ -148,10 +187,12 @@ def _targets(b: BlockView, nodes: dict[str, NodeView], free: dict[str, int],
 
 
 def _replicate(b: BlockView, nodes, free, now, policy) -> Decision | None:
-    per = busy(b, nodes)
     holders = [nodes[h] for h in b.holders if h in nodes]
     if not holders or len(b.holders) >= policy.max_replicas:
         return None
+    if _loop_saturated(b, holders, policy):
+        return _replicate_for_loop(b, holders, nodes, free, now, policy)
+    per = busy(b, nodes)
     load = min(h.load for h in holders)
     if load < policy.hot_busy:
         return None                # the holders are not actually kept busy
@@ -173,23 +214,86 @@ def _replicate(b: BlockView, nodes, free, now, policy) -> Decision | None:
            policy.hot_busy else f"{b.rate:.1f} req/s keep {len(holders)} holder(s) {per:.0%} busy")
     return Decision("replicate", b.name, b.index, src.node_id, t.node_id,
                     f"{why}; {t.node_id[:8]} has {t.free_bytes} bytes free and load {t.load:.2f}",
-                    per - after, b.nbytes / src.link_bps, now)
+                    per - after, b.nbytes / src.link_bps, now, b.rate)
+
+
+def _loop_saturated(b: BlockView, holders: list[NodeView], policy: Policy) -> bool:
+    """Every holder's event loop stays busy and this block is most of what it serves.
+
+    Why a rule of its own: a small block's requests cost its holder mostly per-request
+    work on the event loop (X received, decrypted, decoded), which neither the compute
+    load nor the block's compute time counts (profiled: the hot holder's loop ~90 %
+    busy, its compute threads ~25 %)."""
+    return (min(h.loop_busy for h in holders) >= policy.loop_hot
+            and b.share >= LOOP_SHARE)
+
+
+def _replicate_for_loop(b: BlockView, holders: list[NodeView], nodes, free, now,
+                        policy) -> Decision | None:
+    """A replica on a node whose own loop has room; gain: loop time taken off each holder."""
+    fastest = max(_loaded(h).speed for h in holders)
+    targets = [t for t in _targets(b, nodes, free, policy) if t.loop_busy < policy.loop_hot
+               and _loaded(t).speed >= policy.slow_ratio * fastest]   # never onto a slow node
+    if not targets:
+        return None
+    t, n = targets[0], len(holders)
+    loop = sum(h.loop_busy for h in holders) / n
+    src = max(holders, key=lambda h: h.link_bps)
+    return Decision("replicate", b.name, b.index, src.node_id, t.node_id,
+                    f"{n} holder(s)' event loops stay {loop:.0%} busy, {b.share:.0%} of their "
+                    f"reads for this block ({b.rate:.1f} req/s): a replica takes requests off "
+                    f"them; {t.node_id[:8]} has loop {t.loop_busy:.0%} busy and "
+                    f"{t.free_bytes} bytes free", loop * b.share / (n + 1),
+                    b.nbytes / src.link_bps, now, b.rate)
+
+
+def loop_after_retire(b: BlockView, live: list[NodeView]) -> float:
+    """Predicted loop busy fraction of the holders left after retiring one replica: the
+    block's part of their loop work is shared by one holder fewer."""
+    n = len(live)
+    loop = sum(h.loop_busy for h in live) / n
+    return loop * (1 - b.share) + loop * b.share * n / max(n - 1, 1)
+
+
+def retire_withheld(b: BlockView, nodes: dict[str, NodeView],
+                    policy: Policy = Policy()) -> str:
+    """Why ``b`` keeps every holder it has this pass ('' when one may be retired).
+
+    Why a function of its own: a replica that is never retired leaves no decision behind,
+    so the reconfigurer logs this reason (a CI run once waited 132 s for a retire with
+    nothing in the logs to say which rule held it)."""
+    if len(b.holders) <= b.want:
+        return ""
+    live = [nodes[h] for h in b.holders if h in nodes]
+    if len(live) < len(b.holders):
+        return "a holder is gone: repair first, retire later"
+    after = busy(b, nodes, len(b.holders) - 1)
+    if after >= policy.cool_busy:
+        return (f"{b.rate:.2f} req/s would keep {len(b.holders) - 1} holder(s) {after:.0%} "
+                f"busy in compute (cool below {policy.cool_busy:.0%})")
+    loop = loop_after_retire(b, live)
+    if loop >= policy.loop_cool:
+        return (f"its requests would leave the other holders' event loops {loop:.0%} busy "
+                f"(loops {', '.join(f'{n.loop_busy:.0%}' for n in live)}, "
+                f"{b.share:.0%} of reads)")
+    if b.grown_at_rate and b.rate > b.grown_at_rate * policy.cool_busy / policy.hot_busy:
+        return (f"{b.rate:.2f} req/s has not fallen {policy.hot_busy / policy.cool_busy:.0f}x "
+                f"below the {b.grown_at_rate:.2f} req/s its last replica was added at")
+    return ""
 
 
 def _retire(b: BlockView, nodes, now, policy) -> Decision | None:
-    if len(b.holders) <= b.want:
-        return None
-    after = busy(b, nodes, len(b.holders) - 1)
-    if after >= policy.cool_busy:
+    if len(b.holders) <= b.want or retire_withheld(b, nodes, policy):
         return None
     live = [nodes[h] for h in b.holders if h in nodes]
-    if len(live) < len(b.holders):
-        return None                # a holder is gone: repair first, retire later
+    after = busy(b, nodes, len(b.holders) - 1)
     slowest = min(live, key=lambda n: (n.speed / (1 + n.load), n.node_id))
+    grown = (f" from the {b.grown_at_rate:.2f} req/s its last replica was added at"
+             if b.grown_at_rate else "")
     return Decision("retire", b.name, b.index, slowest.node_id, "",
-                    f"cooled to {b.rate:.2f} req/s: {len(b.holders) - 1} holder(s) would be "
-                    f"{after:.0%} busy; {len(b.holders)} > {b.want} deployed",
-                    -(after - busy(b, nodes)), 0.0, now)
+                    f"cooled to {b.rate:.2f} req/s{grown}: {len(b.holders) - 1} holder(s) "
+                    f"would be {after:.0%} busy; {len(b.holders)} > {b.want} deployed",
+                    -(after - busy(b, nodes)), 0.0, now, b.rate)
 
 
 def _migrate(b: BlockView, nodes, free, now, policy) -> Decision | None:
@@ -210,7 +314,7 @@ def _migrate(b: BlockView, nodes, free, now, policy) -> Decision | None:
             d = Decision("migrate", b.name, b.index, src.node_id, t.node_id,
                          f"{src.node_id[:8]} {why}; saves {saved:.1f}s over "
                          f"{policy.horizon_s:.0f}s vs {cost:.2f}s to move {b.nbytes} bytes",
-                         saved, cost, now)
+                         saved, cost, now, b.rate)
             if best is None or d.predicted_gain > best.predicted_gain:
                 best = d
     return best
@@ -233,6 +337,38 @@ def _why_move(src: NodeView, t: NodeView, policy: Policy) -> str:
         return (f"stays slow ({_loaded(src).speed:.2f} vs {_loaded(t).speed:.2f} "
                 "GFLOP/s effective)")
     return ""
+
+
+#: End-to-end evidence lowers a node's speed only when it puts the node this many times
+#: below its own claim, relative to how the other nodes' claims compare end to end.
+E2E_SLOW = 3.0
+
+
+def with_e2e_evidence(own: dict[str, float], e2e: dict[str, float], me: str) -> dict[str, float]:
+    """Each node's serving speed, lowered where this node's end-to-end measurements of it
+    (as a coordinator) say it is much slower than it measures itself.
+
+    Why: a node starved of CPU only *between* computations (a CPU quota, small requests)
+    measures its own compute at full speed, while its requests take many times longer end
+    to end. Why so guarded: end-to-end figures include transfer and queueing and are of
+    another kind than a node's own serving speed; comparing the two directly made nodes
+    swap a block back and forth (an earlier round). So the end-to-end figures are first
+    put on the serving scale by the *median* ratio end-to-end / own over the other nodes
+    measured both ways (at least three, so one outlier cannot set the scale), only remote
+    nodes count (this node's own reads have no transfer), and a node is lowered only when
+    it falls ``E2E_SLOW`` times below its own claim: equal nodes' noise stays far inside.
+    """
+    both = [n for n, v in own.items() if n != me and v and e2e.get(n)]
+    if len(both) < 3:
+        return dict(own)
+    ratios = sorted(e2e[n] / own[n] for n in both)
+    scale = ratios[len(ratios) // 2]
+    out = dict(own)
+    for n in both:
+        scaled = e2e[n] / scale
+        if scaled * E2E_SLOW < own[n]:
+            out[n] = scaled
+    return out
 
 
 def migration_bound(blocks: int, seconds: float, policy: Policy = Policy()) -> int:

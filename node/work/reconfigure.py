@@ -27,6 +27,8 @@ slow timer, so a repair that failed is retried.
 from __future__ import annotations
 
 import logging
+import math
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -35,17 +37,32 @@ from compute.partition import Block, PartitionPlan
 from nat.link import LinkClosed
 from node.work.jobs import JobManager, request_timeout
 from node.work.placement import rank
-from node.work.rebalance import BlockView, Decision, NodeView, Policy, plan_pass
+from node.work.rebalance import (BlockView, Decision, NodeView, Policy, grown_rates,
+                                 plan_pass, retire_withheld, with_e2e_evidence)
 from node.net.session import RemoteError
+from node.memory.dualmemory import MAX_DECISIONS
 from node.memory.store import StoreError
 from protocol import codec
 from protocol.errors import ProtocolError
-from protocol.work import StoreState
+from node.work.plans import VersionedPlan
+from protocol.work import GetPlan, StoreState
 
 log = logging.getLogger("sedma.reconfigure")
 
+#: A copy held here that no plan lists is dropped after this long (if the plan, refreshed
+#: from the block's listed holders, still does not list it): a copy-then-switch lists its
+#: new holder within a round trip or two of the copy, so this is a generous bound.
+UNLISTED_GRACE_S = 60.0
 DEFAULT_LINK_BPS = 50e6   # until a copy to the peer was measured (request_timeout's figure)
 JUDGE_AFTER_S = 60.0      # a decision's effect is measured this long after it
+WITHHELD_LOG_EVERY_S = 20.0   # a block kept above its deployed count says why this often
+
+
+def deployed_at(deploy: str) -> float:
+    """When a deployment was made, from its id (``node.work.plans.new_deploy_id``: the
+    time in ns, then the node); -inf for an id of another form (a pre-versioning plan)."""
+    head = deploy[:20]
+    return int(head) / 1e9 if len(head) == 20 and head.isdigit() else -math.inf
 
 
 def decode_state(raw: bytes) -> dict:
@@ -85,6 +102,57 @@ def repairs(name: str, plan: PartitionPlan, me: str, alive: set[str],
     return out
 
 
+@dataclass(frozen=True)
+class Unlisted:
+    """What to do with block copies of one matrix that this node holds but its plan does
+    not list: ``adopt`` (list this node: no listed holder is alive, so this copy is the
+    block's only one) or ``drop`` (unlisted for ``UNLISTED_GRACE_S``)."""
+
+    adopt: tuple[int, ...]
+    drop: tuple[int, ...]
+
+
+def unlisted(plan: PartitionPlan, me: str, alive: set[str], gone: set[str], held: set[int],
+             seen: dict[int, float], now: float, grace: float = UNLISTED_GRACE_S) -> Unlisted:
+    """Decide about the copies in ``held`` the plan does not list; updates ``seen``
+    (block index -> when this node first saw it held and unlisted) in place.
+
+    ``alive``: members alive now; ``gone``: members the membership declared dead or left.
+    A copy is adopted only when *every* holder the plan lists is gone (not merely not yet
+    known: a node that just started knows no one), and dropped only when a listed holder
+    is alive to serve the block (and to refresh the plan from).
+
+    Where such a copy comes from: a migration's or hot replica's copy landed here, and
+    its source was killed (-9) before it switched the plan, or a copy whose release was
+    lost. Nothing else would ever resolve it: the next plan notice for that matrix may
+    never come. A block a plan lists here is never in either list.
+    """
+    adopt, drop = [], []
+    listed_here = set()
+    for blk in plan.blocks:
+        if me in blk.nodes:
+            listed_here.add(blk.index)
+            continue
+        if blk.index not in held:
+            continue
+        if blk.nodes and all(n in gone for n in blk.nodes):
+            adopt.append(blk.index)
+            continue
+        if not any(n in alive for n in blk.nodes):
+            continue
+        first = seen.setdefault(blk.index, now)
+        if now - first >= grace:
+            drop.append(blk.index)
+    for idx in list(seen):
+        if idx in listed_here or idx not in held:
+            del seen[idx]
+    return Unlisted(tuple(adopt), tuple(drop))
+
+
+def _block(plan: PartitionPlan, index: int) -> Block:
+    return next(b for b in plan.blocks if b.index == index)
+
+
 class Reconfigurer:
     """Runs :func:`repairs` and :func:`plan_pass` against the live mesh (one pass at a time)."""
 
@@ -96,6 +164,10 @@ class Reconfigurer:
         #: per block: (holder set last seen, when it was first seen): the dwell clock
         self._changed: dict[tuple[str, int], tuple[tuple[str, ...], float]] = {}
         self._deployed: dict[str, int] = {}
+        #: per matrix: held, unlisted block copies -> when first seen so (see ``unlisted``)
+        self._unlisted: dict[str, dict[int, float]] = {}
+        #: per block: when this node last logged why it kept the block's extra replicas
+        self._withheld_logged: dict[tuple[str, int], float] = {}
 
     async def rebalance(self, now: float | None = None) -> list[Decision]:
         """One rebalancing pass over the blocks this node acts for; the decisions made."""
@@ -109,12 +181,38 @@ class Reconfigurer:
             nodes = self._node_views()
             blocks = self._block_views(set(nodes), now)
             done = []
-            for d in plan_pass(blocks, nodes, now, self.policy):
+            decisions = plan_pass(blocks, nodes, now, self.policy)
+            self._log_withheld(blocks, nodes, decisions, now)
+            for d in decisions:
                 if await self._carry_out(d):
                     done.append(d)
             return done
         finally:
             self._busy = False
+
+    def _log_withheld(self, blocks: list[BlockView], nodes: dict[str, NodeView],
+                      decisions: list[Decision], now: float) -> None:
+        """Say (every ``WITHHELD_LOG_EVERY_S``) why a block past its dwell keeps replicas
+        above its deployed count: a retire that never comes leaves no decision behind."""
+        decided = {(d.name, d.index) for d in decisions}
+        acting = {(b.name, b.index) for b in blocks}
+        self._withheld_logged = {k: t for k, t in self._withheld_logged.items() if k in acting}
+        for b in blocks:
+            key = (b.name, b.index)
+            if (len(b.holders) <= b.want or key in decided
+                    or now - b.changed_at < self.policy.min_dwell_s
+                    or now - self._withheld_logged.get(key, -1e18) < WITHHELD_LOG_EVERY_S):
+                continue
+            why = retire_withheld(b, nodes, self.policy)
+            if why:
+                self._withheld_logged[key] = now
+                loops = ", ".join(f"{nodes[h].loop_busy:.0%}" for h in b.holders if h in nodes)
+                log.info("keeping %d holders of %s block %d (%d deployed): %s [rate %.2f, "
+                         "%.3f s a read here, loops %s, share %.0f%%, grown at %.2f]",
+                         len(b.holders), b.name, b.index, b.want, why, b.rate,
+                         b.flops / max(nodes[self.jobs.node_id].speed, 1e-3) / 1e9
+                         if self.jobs.node_id in nodes else float("nan"),
+                         loops, 100 * b.share, b.grown_at_rate)
 
     def _node_views(self) -> dict[str, NodeView]:
         """Every live member, with speeds of one kind only: each node's own measured
@@ -123,7 +221,9 @@ class Reconfigurer:
         Why not mix in advertised capacity or what we measured as their client: a BLAS
         peak and a serving speed with its overheads differ several-fold, and comparing
         them made two nodes each find the other faster and swap a block back and forth.
-        A node that has served nothing yet gets the median of the known speeds.
+        A node that has served nothing yet gets the median of the known speeds. The one
+        use of what we measured as a client is :func:`with_e2e_evidence`, which lowers a
+        node only when, put on the same scale, it is several times slower end to end.
         """
         jobs, memory = self.jobs, self.jobs.memory
         adverts = {m.node_id: m.advert for m in jobs.mesh.members()}
@@ -132,6 +232,13 @@ class Reconfigurer:
                            adverts[c.node_id].stats.get("served_gflops")
                            if c.node_id in adverts else None) for c in cands}
         known = sorted(v for v in own.values() if v)
+        measured = {n: float(v) for n, v in own.items() if v}
+        e2e = {n: v for n in measured if (v := memory.peer_speed(n))}
+        own |= with_e2e_evidence(measured, e2e, jobs.node_id)   # guarded: see there
+        mine = jobs.mesh.advert.stats if getattr(jobs.mesh, "advert", None) else {}
+        loops = {c.node_id: (mine if c.node_id == jobs.node_id else adverts[c.node_id].stats
+                             if c.node_id in adverts else {}).get("loop_busy") or 0.0
+                 for c in cands}
         out = {}
         for c in cands:
             prev = self._load.get(c.node_id, c.load)
@@ -139,7 +246,8 @@ class Reconfigurer:
             speed = own[c.node_id] or (known[len(known) // 2] if known else c.capacity)
             out[c.node_id] = NodeView(c.node_id, float(speed), load, c.memory_free,
                                       c.link == "ice-relay",
-                                      memory.link_speed(c.node_id, DEFAULT_LINK_BPS))
+                                      memory.link_speed(c.node_id, DEFAULT_LINK_BPS),
+                                      float(loops[c.node_id]))
         return out
 
     def _block_views(self, alive: set[str], now: float) -> list[BlockView]:
@@ -147,6 +255,10 @@ class Reconfigurer:
         me = jobs.node_id
         held = jobs.holder.store.names()
         mine_speed = memory.served_gflops or jobs.capacity
+        rates = {(name, i): memory.block_rate((name, i), now)
+                 for name, idxs in held.items() for i in idxs}
+        total = sum(rates.values())
+        grown = self._grown_rates()
         out = []
         for name, plan in jobs.plans.items():
             for blk in plan.blocks:
@@ -154,15 +266,31 @@ class Reconfigurer:
                 if not live or min(live) != me or blk.index not in held.get(name, ()):
                     continue
                 key = (name, blk.index)
-                svc = memory.block_service_s(key)
-                if svc is None:
-                    continue           # never read here: nothing to go on yet
+                # never read here: no work measured (flops 0) and a rate of 0, so only
+                # retiring can apply. It used to be skipped, and a hot replica that landed
+                # here, with a lower id than its source, just before every node restarted
+                # (so it had served nothing) was never retired: the reads went to the
+                # other holder, and only this node acts for the block (CI, 132 s).
+                svc = memory.block_service_s(key) or 0.0
                 rate = memory.block_rate(key, now) * len(live)
                 out.append(BlockView(name, blk.index, jobs.holder.store.get(*key).nbytes,
                                      svc * mine_speed * 1e9, tuple(blk.nodes), rate,
                                      self._changed_at(key, tuple(blk.nodes), now),
-                                     self._want(name, plan)))
+                                     self._want(name, plan),
+                                     rates.get(key, 0.0) / total if total else 0.0,
+                                     grown.get(key, 0.0)))
         return out
+
+    def _grown_rates(self) -> dict[tuple[str, int], float]:
+        """Per block, the rate this node last gave it a replica at: retiring then needs the
+        rate to fall (the compute time, on a shared machine, swings 100x). Read from the
+        dual memory's decision log, which is persisted, so a restart keeps it. A replica
+        another node decided is not in this log: the acting node changes when a replica
+        lands on a node with a lower id; the retire rules then rest on busy fractions."""
+        plans = self.jobs.plans
+        since = {name: deployed_at(v.deploy) for name in plans.names()
+                 if (v := plans.versioned(name)) is not None}
+        return grown_rates(self.jobs.memory.decided(limit=MAX_DECISIONS), since)
 
     def _want(self, name: str, plan: PartitionPlan) -> int:
         """Replicas as deployed, which retiring never goes below.
@@ -206,9 +334,17 @@ class Reconfigurer:
                   "service_s": jobs.memory.block_service_s(key)}
         jobs.memory.record_decision(d.to_dict() | {"measured_before": before,
                                                    "measured_after": None})
+        if d.kind == "replicate":      # its rate is what retiring it waits on: kept at once
+            await self._save_memory()  # (the memory loop saves only every few seconds)
         log.info("%s %s block %d: %s -> %s (%s; predicted gain %.3g)", d.kind, d.name, d.index,
                  d.source[:8], d.target[:8] or "-", d.reason, d.predicted_gain)
         return True
+
+    async def _save_memory(self) -> None:
+        try:
+            await self.jobs.db.run(self.jobs.memory.save)
+        except sqlite3.Error as exc:   # the memory loop saves again shortly
+            log.warning("could not save the dual memory after a decision: %s", exc)
 
     def _changed_at(self, key: tuple[str, int], holders: tuple[str, ...], now: float) -> float:
         """When this node saw the block's holder set change (first sight counts as a change).
@@ -272,9 +408,61 @@ class Reconfigurer:
                     if await self._repair(repair, alive):   # wait for the other copies to
                         await jobs.announce_plan(name)      # learn that it is listed
                         made += 1
+            await self.resolve_unlisted(alive)
             return made
         finally:
             self._busy = False
+
+    async def resolve_unlisted(self, alive: set[str], now: float | None = None) -> None:
+        """Adopt or drop block copies held here that the plan does not list (``unlisted``).
+
+        Before a drop the plan is refreshed from the block's live listed holders (a plan
+        notice to this node may have been lost), and the drop itself goes through the
+        holder's release, which re-checks the plan after its grace: a block that a plan
+        this node knows lists here is never deleted.
+        """
+        jobs = self.jobs
+        now = time.monotonic() if now is None else now
+        held = jobs.holder.store.names()
+        gone = {m.node_id for m in jobs.mesh.members() if m.state.value in ("dead", "left")}
+        for name in set(self._unlisted) - set(held):
+            del self._unlisted[name]
+        for name, idxs in held.items():
+            plan = jobs.plans.get(name)
+            if plan is None:
+                continue
+            seen = self._unlisted.setdefault(name, {})
+            todo = unlisted(plan, jobs.node_id, alive, gone, set(idxs), seen, now)
+            for idx in todo.adopt:
+                nodes = [n for n in _block(plan, idx).nodes if n in alive] + [jobs.node_id]
+                await jobs.plans.update_block(name, idx, nodes, jobs.node_id)
+                await jobs.announce_plan(name)
+                log.warning("adopted the unlisted copy of %s block %d held here: no holder "
+                            "the plan lists is alive (a copy whose source died mid-switch)",
+                            name, idx)
+            if todo.drop:
+                await self._refresh_plan(name, plan, todo.drop, alive)
+                log.info("releasing unlisted copies of %s block(s) %s: no plan lists this "
+                         "node for them after %.0f s", name, list(todo.drop), UNLISTED_GRACE_S)
+                jobs.holder.release_unlisted(name)
+                for idx in todo.drop:
+                    seen.pop(idx, None)
+
+    async def _refresh_plan(self, name: str, plan: PartitionPlan, idxs: tuple[int, ...],
+                            alive: set[str]) -> None:
+        """Merge in the plan of ``name`` as the blocks' live listed holders know it."""
+        jobs = self.jobs
+        asked = {n for i in idxs for n in _block(plan, i).nodes
+                 if n in alive and n != jobs.node_id}
+        for node in sorted(asked):
+            try:
+                session = await jobs.mesh.session(node)
+                value = await session.request(GetPlan(session.next_rid(), name), 5)
+                if value:
+                    await jobs.plans.put(name, VersionedPlan.from_wire(value))
+            except (LinkClosed, TimeoutError, RemoteError, ProtocolError, ValueError,
+                    KeyError, TypeError) as exc:
+                log.info("could not refresh the plan of %s from %s: %s", name, node[:8], exc)
 
     def _needs(self, name: str) -> Callable[[Block], int]:
         """A block's bytes as this node holds it (the repairer is always a holder)."""
