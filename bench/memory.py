@@ -476,7 +476,7 @@ def slow(root: Path, seconds: float, warmup: float, factor: float, n: int,
     its block), not during it; the static one after the same warm-up. Then every adaptive
     node is restarted (the slow one back under its quota) and the first requests timed.
     """
-    from node.cpuquota import CpuQuota, available
+    from node.runtime.cpuquota import CpuQuota, available
     if slow_by == "quota" and available():
         return [f"slow (quota): skipped: {available()}"]
     w = rand((n, n), 7)

@@ -1,7 +1,7 @@
 """Where one B=1 ``infer`` request's time goes (issue 13): a per-stage breakdown and profiles.
 
 Two daemons on loopback hold one row block each of W (N x N float32, replicas 1), as in the
-issue's yardstick. First, with ``$SEDMA_SPANS`` set (node/spans.py), the client and both
+issue's yardstick. First, with ``$SEDMA_SPANS`` set (node/runtime/spans.py), the client and both
 daemons mark each stage boundary of every request with perf_counter (one clock for every
 process of the machine); the script merges the marks and prints the median of each stage:
 client encode, socket, coordinator, peer hop, compute, gather, reply. Then, on a fresh
@@ -41,7 +41,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from node import api, spans  # noqa: E402
+from node import api  # noqa: E402
+from node.runtime import spans  # noqa: E402
 from node.client import AsyncClient, Client, DaemonError  # noqa: E402
 from node.localmesh import DaemonProc, LocalMesh  # noqa: E402
 from protocol.messages import decode_message, encode_message  # noqa: E402

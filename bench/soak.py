@@ -11,7 +11,7 @@ from file-backed pages (mapped libraries, SQLite's WAL index).
 
 Chasing growth: ``SEDMA_TRACEMALLOC=1`` makes every daemon trace allocations (slow) and
 write its top allocation sites and their growth to ``tracemalloc-N.txt`` in its data dir
-on ``kill -USR1 PID`` (node/memtrace.py), with RSS before and after ``malloc_trim``. The
+on ``kill -USR1 PID`` (node/runtime/memtrace.py), with RSS before and after ``malloc_trim``. The
 daemons inherit the environment, so glibc's own knobs (``MALLOC_ARENA_MAX=2``,
 ``MALLOC_MMAP_THRESHOLD_=131072``) can be tried for before/after runs.
 

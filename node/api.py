@@ -20,7 +20,8 @@ from typing import Any, Awaitable, Callable
 from compute import lazynumpy
 from compute.lazynumpy import np
 
-from node import shm, spans
+from node import shm
+from node.runtime import spans
 from node.errors import UserError, internal_message  # UserError is re-exported
 from protocol import codec
 from protocol.errors import ProtocolError

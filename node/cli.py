@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _daemon(args: argparse.Namespace) -> int:
-    from node import logs
+    from node.runtime import logs
     from node.config import ConfigError, build_config
     from node.daemon import run
 

@@ -21,7 +21,8 @@ from typing import Any, Callable, Iterator
 
 from compute.lazynumpy import np
 
-from node import api, shm, spans
+from node import api, shm
+from node.runtime import spans
 from node.config import DEFAULT_DATA_DIR, SOCKET_NAME
 from protocol.errors import ProtocolError
 from protocol.messages import decode_message, encode_message

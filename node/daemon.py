@@ -22,8 +22,8 @@ from compute.executor import Executor, measure_capacity
 from nat import signaling
 from nat.connector import ConnectorConfig
 from node import api
-from node.beat import sleep_to_beat
-from node.capacity import node_capacity
+from node.runtime.beat import sleep_to_beat
+from node.runtime.capacity import node_capacity
 from node.config import NodeConfig
 from node.http.server import start_http
 from node.memory.dualmemory import DualMemory
@@ -38,9 +38,9 @@ from node.work.rebalance import Policy
 from node.work.retention import Retention
 from node.work.reconfigure import Reconfigurer
 from node.net.mesh import Mesh
-from node.looplag import LagMonitor, StallReporter
+from node.runtime.looplag import LagMonitor, StallReporter
 from node.metrics import Metrics, total_memory
-from node.supervise import Supervisor
+from node.runtime.supervise import Supervisor
 from node.net.session import Session
 from node.memory.statedb import StateDB
 from node.memory.store import BlockStore
@@ -182,7 +182,7 @@ class Daemon:
             except (NotImplementedError, RuntimeError):
                 pass
         if os.environ.get("SEDMA_TRACEMALLOC"):   # debug only; tracemalloc is ~1 MB at idle
-            from node import memtrace
+            from node.runtime import memtrace
 
             memtrace.install(loop, self.data_dir)
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from node.capacity import (CACHE_FILE, MAX_AGE_S, machine_key, measure_in_child,
+from node.runtime.capacity import (CACHE_FILE, MAX_AGE_S, machine_key, measure_in_child,
                            node_capacity, read_cached, write_cached)
 
 
@@ -43,7 +43,7 @@ async def test_the_probe_runs_in_a_child_and_its_result_is_remembered(tmp_path):
 
 async def test_a_child_that_cannot_run_falls_back_to_measuring_in_process(tmp_path,
                                                                         monkeypatch):
-    from node import capacity
+    from node.runtime import capacity
 
     monkeypatch.setattr(capacity, "CHILD_CODE", "raise SystemExit(3)")
     with pytest.raises(RuntimeError, match="exited with 3"):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import tracemalloc
 
-from node import memtrace
-from node.memtrace import AllocationTracer
+from node.runtime import memtrace
+from node.runtime.memtrace import AllocationTracer
 
 hoard: list[bytes] = []
 

@@ -56,7 +56,7 @@ def test_an_idle_daemon_loads_the_dashboard_only_when_someone_connects(cluster):
 
 
 def test_the_lag_ticker_slows_down_when_the_loop_is_idle_and_speeds_up_for_work():
-    from node.looplag import ACTIVE_CPU, IDLE_MAX_CPU, LagMonitor
+    from node.runtime.looplag import ACTIVE_CPU, IDLE_MAX_CPU, LagMonitor
 
     now = [100.0]
     lag = LagMonitor(interval=0.02, idle_interval=1.0, linger=10.0, clock=lambda: now[0])
@@ -85,7 +85,7 @@ def test_the_lag_ticker_slows_down_when_the_loop_is_idle_and_speeds_up_for_work(
 
 
 def test_periodic_loops_share_one_beat():
-    from node.beat import next_beat
+    from node.runtime.beat import next_beat
 
     # loops of 1, 2 and 10 s started at different moments all wake at whole seconds
     assert next_beat(100.37, 1.0) == 101.0
@@ -297,7 +297,7 @@ def test_a_stall_report_names_where_the_loop_is_stuck(caplog):
     import logging
     import time
 
-    from node.looplag import LagMonitor, StallReporter
+    from node.runtime.looplag import LagMonitor, StallReporter
 
     monitor = LagMonitor()
     reporter = StallReporter(monitor, threshold=0.05)

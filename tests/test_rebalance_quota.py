@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from node.client import Client
-from node.cpuquota import CpuQuota, available
+from node.runtime.cpuquota import CpuQuota, available
 from node.work.holder import RELEASE_GRACE_S
 from tests.daemons import wait_for
 

@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from node.looplag import LagMonitor
-from node.supervise import Supervisor, backoff_delay
+from node.runtime.looplag import LagMonitor
+from node.runtime.supervise import Supervisor, backoff_delay
 
 
 def test_backoff_doubles_and_is_capped():
@@ -161,7 +161,7 @@ async def test_stop_can_keep_named_loops_running():
 def test_a_stuck_loop_thread_gets_its_stack_logged(caplog):
     import time as _time
 
-    from node.looplag import StallReporter
+    from node.runtime.looplag import StallReporter
 
     lag = LagMonitor(interval=0.01)
     reporter = StallReporter(lag, threshold=0.05)

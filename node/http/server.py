@@ -30,7 +30,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Awaitable, Callable
 
-from node.beat import sleep_to_beat
+from node.runtime.beat import sleep_to_beat
 from node.config import ConfigError, DEFAULT_HTTP, is_loopback, parse_address
 from node.http.history import History
 from node.http.linktotals import LinkTotals

@@ -23,7 +23,7 @@ from typing import Any, Awaitable, Callable
 from compute import lazynumpy
 from nat.link import Link, LinkClosed
 from nat.secure import SecureLink
-from node import spans
+from node.runtime import spans
 from protocol import codec
 from protocol.errors import FrameError, ProtocolError
 from protocol.framing import (DEFAULT_MAX_MESSAGE, PROCESS_BUDGET, ByteBudget, Reassembler,

@@ -22,7 +22,7 @@ from compute.crossbar import ProgrammedMatrix, crossbar_matmul, row_granularity
 from compute.device import DeviceProfile, get_preset
 from compute.executor import Executor
 from compute.partition import PlacementError
-from node import spans
+from node.runtime import spans
 from node.errors import UserError, internal_message
 from node.memory.dualmemory import DualMemory
 from node.memory.prefetcher import Prefetcher

@@ -30,7 +30,7 @@ from compute.lazynumpy import np
 from compute.device import get_preset
 from compute.partition import NodeSlot, PartitionPlan, PlacementError, plan_rows, unit_rows
 from nat.link import LinkClosed
-from node import spans
+from node.runtime import spans
 from node.errors import UserError, internal_message
 from node.memory.dualmemory import DualMemory
 from node.metrics import Metrics

@@ -34,7 +34,7 @@ import time
 import traceback
 from typing import Callable
 
-from node.beat import next_beat
+from node.runtime.beat import next_beat
 
 log = logging.getLogger("sedma.looplag")
 
