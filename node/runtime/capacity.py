@@ -91,7 +91,7 @@ async def measure_in_child(blas_threads: int, timeout: float = CHILD_TIMEOUT_S) 
     The child is started and waited for by ``subprocess`` on a one-off thread, not by the
     event loop's subprocess support: the daemon keeps no child watcher, and the loop's
     process machinery (uvloop's) stays out of a daemon that otherwise never spawns."""
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])   # the repository root
     env = dict(os.environ)
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(blas_threads)
