@@ -198,3 +198,27 @@ async def test_a_fan_out_of_many_bulk_messages_stays_within_the_peers_stream_lim
 async def _until(predicate) -> None:
     while not predicate():
         await asyncio.sleep(0.01)
+
+
+async def test_a_one_frame_bulk_message_is_not_held_behind_started_multi_frame_ones():
+    """Only multi-fragment messages count against ``OPEN_BULK``: with that many big
+    messages started and more waiting, a one-frame bulk message (a 100 KiB request) still
+    takes its turn at once instead of waiting for a big one to finish."""
+    a, b = SmallFrameLink(256), SmallFrameLink(256)
+    a.peer, b.peer = b, a
+    ha, hb = _hello("aa"), _hello("bb")
+    sa = Session(a, ha, hb, initiator=True)
+    big = [sa._queue([[b"x"]] * 50, 1 << 20) for _ in range(OPEN_BULK + 4)]
+    small = sa._queue([[b"y"]], 100 << 10)
+    order = []
+    for _ in range(2 * (OPEN_BULK + 1)):    # the writer's next choices, without a link
+        out = sa._next_outgoing()
+        order.append(len(out.frames))
+        if len(out.frames) == 1:
+            out.frames.popleft()
+            break
+        out.frames.popleft()
+    assert order[-1] == 1 and len(order) <= OPEN_BULK + 1   # its turn came in the first round
+    assert sa._bulk_waiting                                   # while big ones still wait
+    for fut in big + [small]:
+        fut.cancel()

@@ -51,6 +51,8 @@ WRITE_YIELD_BYTES = 4 << 20
 #: ``DEFAULT_MAX_STREAMS`` (64) of them: a coordinator fanning one request out to 16
 #: blocks on one peer with 4 clients in flight had 64+ started at once and lost the link
 #: (bench/stream.py at N=16384). The rest wait whole, in order, costing the peer nothing.
+#: A one-frame bulk message is never partial there, so it is not held back (a 100 KiB
+#: request must not wait behind 16 block copies).
 OPEN_BULK = 16
 
 Handler = Callable[["Session", Any], Awaitable[None]]
@@ -207,7 +209,12 @@ class Session:
 
     def _queue(self, frames, size: int) -> asyncio.Future:
         out = _Outgoing(collections.deque(frames), asyncio.get_running_loop().create_future())
-        (self._control if size <= CONTROL_BYTES else self._bulk_waiting).append(out)
+        if size <= CONTROL_BYTES:
+            self._control.append(out)
+        elif len(out.frames) == 1:   # never partial at the peer: takes its turn at once
+            self._bulk.append(out)
+        else:
+            self._bulk_waiting.append(out)
         self._wake.set()
         return out.done
 
