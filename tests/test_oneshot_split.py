@@ -7,8 +7,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from compute.partition import PartitionPlan
-from node.work.oneshotsplit import ShareCost, fixed_cost, row_cost, transfer_split
+from compute.device import get_preset
+from compute.partition import NodeSlot, PartitionPlan
+from node.work.oneshotsplit import (ShareCost, fits_memory, fixed_cost, row_cost,
+                                   transfer_split)
 from node.work.sharemeter import HOST_ENV, ShareMeter, host_id
 
 N = 2048
@@ -183,14 +185,6 @@ class _Mesh:
         return self._members
 
 
-class _Memory:
-    def __init__(self, links):
-        self.links = links
-
-    def link_speed(self, peer, default):
-        return self.links.get(peer, default)
-
-
 def snapshot(hosts: dict[str, str | None], speeds: dict[str, float], links: dict[str, float]):
     """``JobManager._share_costs`` on fakes: this node "me" on host "h"."""
     from compute.device import get_preset
@@ -200,11 +194,12 @@ def snapshot(hosts: dict[str, str | None], speeds: dict[str, float], links: dict
     class Fake:
         node_id, host = "me", "h"
         mesh = _Mesh([_Member(n, h) for n, h in hosts.items()])
-        memory = _Memory(links)
         share_meter = ShareMeter()
         _rtt_s = staticmethod(lambda node: 0.001)
     for nid, gflops in speeds.items():
         Fake.share_meter.record(nid, "", gflops * 1e9, 1.0)
+    for nid, bps in links.items():
+        Fake.share_meter.record_link(nid, int(bps), 1.0)
     slots = [NodeSlot(n, 1.0, 1 << 30, get_preset("ideal")) for n in ["me", *hosts]]
     return JobManager._share_costs(Fake(), slots, None)
 
@@ -222,3 +217,22 @@ def test_the_snapshot_marks_co_hosts_from_their_adverts_measured_or_not():
                      {"q": 1e8, "r": 1e8})
     assert [(c.node_id, c.cohost) for c in costs] == [("me", False), ("p", True),
                                                       ("q", False), ("r", False)]
+
+
+def test_a_split_for_time_alone_is_checked_against_each_nodes_free_memory():
+    ideal = get_preset("ideal")                   # 4 bytes a weight
+    row = N * 4
+    slots = [NodeSlot("me", 1.0, 2048 * row, ideal), NodeSlot("p", 1.0, 100 * row, ideal)]
+    assert fits_memory([("me", 1948), ("p", 100)], slots, N)
+    assert not fits_memory([("me", 1947), ("p", 101)], slots, N)   # one row too many for p
+    assert fits_memory([("me", 2048), ("p", 0)], slots, N)         # no share: nothing held
+
+
+def test_operand_rates_are_kept_apart_from_the_migration_link_figure_and_age_out():
+    meter = ShareMeter(max_age_s=600.0)
+    meter.record_link("p", 100 << 20, 1.0, now=0.0)
+    meter.record_link("p", 300 << 20, 1.0, now=1.0)            # smoothed, not replaced
+    assert (100 << 20) < meter.link_bps("p", now=1.0) < (300 << 20)
+    assert meter.link_bps("p", now=700.0) is None                # too old to use
+    meter.forget({"q"})
+    assert meter.link_bps("p", now=1.0) is None                  # departed: dropped

@@ -35,7 +35,7 @@ from node.errors import UserError, internal_message
 from node.memory.dualmemory import DualMemory
 from node.metrics import Metrics
 from node.work.latency import PeakEwma
-from node.work.oneshotsplit import ShareCost, transfer_split
+from node.work.oneshotsplit import ShareCost, fits_memory, transfer_split
 from node.work.placement import Candidate, by_predicted_finish, holdable, rank
 from node.work.sharemeter import ShareMeter, host_id
 from node.work.claims import ClaimRefused, quorum
@@ -354,6 +354,12 @@ class JobManager:
             return plan_rows(shape, slots, device=dev)
         unit = unit_rows([dev or s.device for s in slots])
         split = transfer_split(shape[0], shape[1], n, costs, unit)
+        if not fits_memory(split.rows, slots, shape[1], dev):
+            job.detail["split"] = {"by": "capacity", "why": "a node's free memory"}
+            log.info("job %s: the transfer-aware split %s exceeds a node's free memory; "
+                     "split by capacity within memory", job.id,
+                     {nid[:8]: r for nid, r in split.rows})
+            return plan_rows(shape, slots, device=dev)
         predicted = {nid: round(t * 1000, 1) for nid, t in split.predicted_s.items()}
         job.detail["split"] = {"by": "transfer", "predicted_ms": predicted,
                                "cohosts": [c.node_id for c in costs if c.cohost]}
@@ -381,7 +387,7 @@ class JobManager:
             if member is not None and self.host and member.advert.extra.get("host") == self.host:
                 costs.append(ShareCost(nid, speed or 0.0, cohost=True))
                 continue
-            link = self.memory.link_speed(nid, 0.0)
+            link = self.share_meter.link_bps(nid) or 0.0
             if speed is None or link <= 0:
                 return None
             costs.append(ShareCost(nid, speed, link, self._rtt_s(nid)))
@@ -484,8 +490,8 @@ class JobManager:
         """Split a peer share's round trip into link and compute for the next split: the
         link's rate is what sending the operands took; the peer's compute is the rest of
         the round trip once the reply's transfer and one round trip are taken out."""
-        self.memory.record_transfer(node, sent_bytes, send_s)
-        link = self.memory.link_speed(node, 0.0)
+        self.share_meter.record_link(node, sent_bytes, send_s)
+        link = self.share_meter.link_bps(node) or 0.0
         if link <= 0:
             return
         compute = total_s - send_s - reply_bytes / link - self._rtt_s(node)

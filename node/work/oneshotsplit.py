@@ -30,7 +30,8 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-from compute.partition import Block, PartitionPlan
+from compute.device import DeviceProfile
+from compute.partition import Block, NodeSlot, PartitionPlan
 
 FLOAT32 = 4
 
@@ -141,3 +142,13 @@ def _check(m: int, k: int, n: int, nodes: Sequence[ShareCost], unit: int) -> Non
         if not c.local and not (math.isfinite(c.link_bps) and c.link_bps > 0
                                 and math.isfinite(c.latency_s) and c.latency_s >= 0):
             raise ValueError(f"node {c.node_id}: link speed must be positive, latency >= 0")
+
+
+def fits_memory(rows: Sequence[tuple[str, int]], slots: Sequence[NodeSlot], k: int,
+                device: DeviceProfile | None = None) -> bool:
+    """Whether every node's share of A (its rows, K columns, programmed on ``device`` or
+    its own) fits its free memory: the limit the capacity split (``plan_rows``) enforces,
+    which a split chosen for time alone must not step over."""
+    free = {s.node_id: s for s in slots}
+    return all(r == 0 or (device or free[nid].device).resident_bytes((r, k)) <= free[nid].free_bytes
+               for nid, r in rows)

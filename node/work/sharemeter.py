@@ -34,11 +34,13 @@ class Measured:
 
 
 class ShareMeter:
-    """Smoothed one-shot compute speed per (node, device), with the time of the last sample."""
+    """Smoothed one-shot compute speed per (node, device) and operand rate per node, with
+    the time of the last sample."""
 
     def __init__(self, max_age_s: float = MAX_AGE_S) -> None:
         self.max_age_s = max_age_s
         self._speeds: dict[tuple[str, str], Measured] = {}
+        self._links: dict[str, Measured] = {}   # bytes/s in Measured.gflops's place
 
     def record(self, node_id: str, device: str, flops: float, seconds: float,
                now: float | None = None) -> None:
@@ -58,9 +60,32 @@ class ShareMeter:
         got = self._speeds.get((node_id, device))
         return got.gflops if got is not None and now - got.at <= self.max_age_s else None
 
+    def record_link(self, node_id: str, nbytes: int, seconds: float,
+                    now: float | None = None) -> None:
+        """A share's operands (``nbytes``) were handed to the link to ``node_id`` in
+        ``seconds``. Kept here, not in the dual memory's ``link_bps`` (block copies, whose
+        figure prices migrations): a hand-over ends while the kernel's send buffer still
+        holds the tail, so on a real link this reads high for operands not much larger than
+        that buffer (a few MiB), which only makes a remote share look cheaper to ship."""
+        if nbytes <= 0 or seconds <= 0:
+            return
+        now = time.monotonic() if now is None else now
+        bps = nbytes / seconds
+        old = self._links.get(node_id)
+        if old is not None and now - old.at <= self.max_age_s:
+            bps = (1 - ALPHA) * old.gflops + ALPHA * bps
+        self._links[node_id] = Measured(bps, now)
+
+    def link_bps(self, node_id: str, now: float | None = None) -> float | None:
+        """The smoothed operand rate to ``node_id`` in bytes/s, None when not fresh."""
+        now = time.monotonic() if now is None else now
+        got = self._links.get(node_id)
+        return got.gflops if got is not None and now - got.at <= self.max_age_s else None
+
     def forget(self, keep: set[str]) -> None:
         """Drop nodes not in ``keep`` (departed members must not grow this)."""
         self._speeds = {key: v for key, v in self._speeds.items() if key[0] in keep}
+        self._links = {nid: v for nid, v in self._links.items() if nid in keep}
 
 
 def host_id() -> str:
