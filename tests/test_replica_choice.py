@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import heapq
 
-from node.work.latency import PeakEwma
+from node.work.latency import PRUNE_ABOVE, PeakEwma
 from node.work.placement import by_predicted_finish
 
 GF = 1e9   # one GFLOP per request: seconds per request = seconds per GFLOP
@@ -81,3 +81,11 @@ def test_coordinators_no_longer_herd_onto_one_replica():
     total = sum(after.values())
     assert min(after.values()) / total > 0.3, after
     assert total > 1.3 * sum(before.values())   # two servers busy instead of one
+
+
+def test_holders_not_heard_from_are_dropped_so_churn_cannot_grow_the_estimates():
+    est = PeakEwma(stale_s=5.0)
+    for i in range(10 * PRUNE_ABOVE):          # a long-lived daemon sees members come and go
+        est.observe(f"node-{i}", 1e9, 0.01, now=float(i))
+    assert len(est._at) <= PRUNE_ABOVE + 1 and len(est._cost) == len(est._at)
+    assert "node-639" in est.speeds([f"node-{i}" for i in range(640)], now=639.0)

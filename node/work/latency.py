@@ -27,6 +27,9 @@ from dataclasses import dataclass, field
 DECAY_S = 1.0     # time constant of the moving average (several requests on a busy mesh)
 STALE_S = 5.0     # an estimate older than this is not used
 
+#: Above this many holders remembered, each observation drops the stale ones.
+PRUNE_ABOVE = 64
+
 
 @dataclass
 class PeakEwma:
@@ -49,6 +52,14 @@ class PeakEwma:
             w = math.exp(-max(now - at, 0.0) / self.decay_s)
             self._cost[node] = w * prev + (1 - w) * x
         self._at[node] = now
+        if len(self._at) > PRUNE_ABOVE:
+            self.prune(now)
+
+    def prune(self, now: float) -> None:
+        """Drop holders not heard from within ``stale_s``: :meth:`speeds` ignores them
+        anyway, and nodes that left the mesh must not grow this for the daemon's life."""
+        for n in [n for n, at in self._at.items() if now - at > self.stale_s]:
+            self.forget(n)
 
     def speeds(self, nodes: list[str], now: float) -> dict[str, float]:
         """GFLOP/s of each of ``nodes`` with a fresh estimate (the others are left out)."""

@@ -60,7 +60,7 @@ class Policy:
     replicate_dwell_s: float = 20.0  # ... and this long before it gains another replica
     max_moves: int = 2           # decisions per pass, all blocks together
     max_replicas: int = 4        # hot replication stops here
-    loop_hot: float = 0.7        # holders' event loops runnable this much of the time ask
+    loop_hot: float = 0.7        # holders' event loops busy (CPU) this much of the time ask
                                  # for a replica of the block most of their requests are for
     loop_cool: float = 0.5       # retiring must leave the other holders' loops below this
 
@@ -82,7 +82,7 @@ class NodeView:
     free_bytes: int = 0          # free RAM (tier 0) for new blocks
     relayed: bool = False        # reachable only through TURN
     link_bps: float = 50e6       # measured bytes/s towards it
-    loop_busy: float = 0.0       # its event loop's runnable fraction (node/work/loopdemand.py)
+    loop_busy: float = 0.0       # its event loop thread's CPU fraction (node/work/loopdemand.py)
 
 
 @dataclass(frozen=True)
