@@ -1,13 +1,43 @@
 """What the real-daemon rebalance tests watch while blocks move: a background client that
-checks every answer, how many live nodes hold each block, and whether a node was left."""
+checks every answer, how many live nodes hold each block, and whether a node was left;
+and the set-up the kill-mid-copy tests share."""
 
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
 
 from node.client import Client
+from node.localmesh import DaemonProc
+
+
+def rand(shape, seed):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def half_copies(node: DaemonProc) -> list[Path]:
+    """Block files a copy is still writing on ``node`` (temp files, before the rename)."""
+    return sorted((node.data_dir / "blocks").glob("*/*.blk.tmp"))
+
+
+def fast_control(tmp_path: Path, dwell_s: float) -> list[str]:
+    """Daemon flags for a control loop that acts within seconds (a pass every 2 s, the
+    given dwell) and the same advertised capacity on every node."""
+    conf = tmp_path / "fast.toml"
+    conf.write_text(f"reconfigure_every = 2.0\nrebalance_dwell_s = {dwell_s}\n")
+    return ["--capacity", "10", "--config", str(conf)]
+
+
+def pausing_copies(cluster, name: str, entry: DaemonProc, flags: list[str],
+                   pause_s: float) -> DaemonProc:
+    """A daemon whose received copies pause half-written for ``pause_s`` (the testing aid
+    ``SEDMA_TEST_PAUSE_COPY_S``), joined through ``entry``."""
+    node = DaemonProc(cluster.root / name, name, [entry.address], flags,
+                      prefix=["env", f"SEDMA_TEST_PAUSE_COPY_S={pause_s:g}"])
+    cluster.nodes.append(node.start())
+    return node
 
 
 class ExactLoad:

@@ -30,6 +30,18 @@ def test_ping_round_is_bounded_whatever_the_mesh_size():
 
 
 
+def _prints_ok(code: str, timeout: float, env: dict | None = None) -> None:
+    """Run ``code`` in a fresh interpreter (nothing imported yet, as in a new daemon) and
+    require it to finish printing ``ok``; its stderr is the failure message."""
+    import subprocess
+    import sys
+
+    from tests.daemons import ROOT, sedma_env
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=timeout, env=env or sedma_env(), cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
 def _mapped(pid: int, fragment: str) -> bool:
     """Whether a file whose path contains ``fragment`` is mapped into process ``pid``."""
     with open(f"/proc/{pid}/maps") as f:
@@ -181,11 +193,6 @@ def test_wire_messages_without_arrays_do_not_import_numpy():
     """The codec recognises arrays only once numpy is loaded; a handshake-sized message and
     a large state sync round-trip through framing in a fresh interpreter with numpy still
     absent, and arrays still work."""
-    import subprocess
-    import sys
-
-    from tests.daemons import ROOT, sedma_env
-
     code = (
         "import sys\n"
         "from protocol import codec\n"
@@ -207,9 +214,7 @@ def test_wire_messages_without_arrays_do_not_import_numpy():
         "back = codec.decode(b''.join(bytes(p) for p in codec.encode({'a': a, 'n': np.float64(2)})))\n"
         "assert (back['a'] == a).all() and back['n'] == 2.0\n"
         "print('ok')\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60, env=sedma_env(), cwd=ROOT)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    _prints_ok(code, 60)
 
 
 def test_reassembled_messages_small_and_large_are_byte_exact():
@@ -264,11 +269,6 @@ def test_rtt_percentiles_match_numpy_bit_for_bit_across_the_window():
 def test_lazy_numpy_loads_on_first_use_and_then_is_numpy_itself():
     """``compute.lazynumpy.np`` imports nothing until read; then it is a plain module with
     numpy's namespace (same objects, lazily imported submodules still reachable)."""
-    import subprocess
-    import sys
-
-    from tests.daemons import ROOT, sedma_env
-
     code = (
         "import sys, types, threading\n"
         "from compute.lazynumpy import loaded, np\n"
@@ -285,9 +285,7 @@ def test_lazy_numpy_loads_on_first_use_and_then_is_numpy_itself():
         "    np.no_such_name\n"
         "except AttributeError:\n"
         "    print('ok')\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, env=sedma_env(), cwd=ROOT)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    _prints_ok(code, 120)
 
 
 def test_a_stall_report_names_where_the_loop_is_stuck(caplog):
@@ -326,11 +324,6 @@ def test_numpy_half_imported_by_another_thread_counts_as_not_loaded():
     gossip message: they must treat numpy as absent then, not raise (the first lean round's
     stall: the AttributeError killed the link's reader and the mesh suspected itself).
     A fake numpy whose body waits on an event makes the window deterministic."""
-    import subprocess
-    import sys
-
-    from tests.daemons import ROOT, sedma_env
-
     code = (
         "import sys, threading, importlib.abc, importlib.util\n"
         "started, release = threading.Event(), threading.Event()\n"
@@ -360,9 +353,7 @@ def test_numpy_half_imported_by_another_thread_counts_as_not_loaded():
         "release.set(); t.join(60)\n"
         "assert loaded() is sys.modules['numpy'] and hasattr(loaded(), 'ndarray')\n"
         "print('ok')\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, env=sedma_env(), cwd=ROOT)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    _prints_ok(code, 120)
 
 
 def test_first_touch_of_numpy_on_an_event_loop_is_refused_in_strict_mode_and_ready_is_not():
@@ -370,10 +361,7 @@ def test_first_touch_of_numpy_on_an_event_loop_is_refused_in_strict_mode_and_rea
     first on an event loop's thread raises, and so does a numpy submodule numpy would load
     lazily there (numpy.ma); awaiting ``ready()`` loads numpy in a worker thread instead,
     after which the loop may use what it loaded."""
-    import subprocess
-    import sys
-
-    from tests.daemons import ROOT, sedma_env
+    from tests.daemons import sedma_env
 
     code = (
         "import asyncio, sys, threading\n"
@@ -403,9 +391,7 @@ def test_first_touch_of_numpy_on_an_event_loop_is_refused_in_strict_mode_and_rea
         "assert asyncio.run(on_loop()) == 3.0\n"
         "print('ok')\n")
     env = dict(sedma_env(), SEDMA_NUMPY_ON_LOOP="raise")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, env=env, cwd=ROOT)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    _prints_ok(code, 120, env)
 
 
 def test_a_model_deploy_and_stream_never_import_numpy_on_a_daemons_event_loop(

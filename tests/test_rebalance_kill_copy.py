@@ -16,14 +16,12 @@ then, with the half-written file there, and checks that
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 from node.client import Client
-from node.localmesh import DaemonProc
-from tests.rebalance_checks import ExactLoad, held, migrated_off
+from tests.rebalance_checks import (ExactLoad, fast_control, half_copies, held, migrated_off,
+                                    pausing_copies, rand)
 from tests.daemons import wait_for
 
 
@@ -33,26 +31,14 @@ DWELL_S = 6.0
 PAUSE_S = 15.0
 
 
-def rand(shape, seed):
-    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-
-
-def _half_copies(node: DaemonProc) -> list[Path]:
-    return sorted((node.data_dir / "blocks").glob("*/*.blk.tmp"))
-
-
 def test_kill9_of_the_target_mid_copy_serves_no_half_block_and_restores_replicas(
         cluster, tmp_path):
-    conf = tmp_path / "fast.toml"
-    conf.write_text(f"reconfigure_every = 2.0\nrebalance_dwell_s = {DWELL_S}\n")
-    common = ["--capacity", "10", "--config", str(conf)]
+    common = fast_control(tmp_path, DWELL_S)
     # n1 is the clients' entry and holds nothing (no RAM to spare), so it is never the
     # target of a copy and the node killed below is never the one the client talks to
     n1 = cluster.add("n1", extra=common + ["--memory-limit", "64KiB"])
-    pause = ["env", f"SEDMA_TEST_PAUSE_COPY_S={PAUSE_S:g}"]
     for name in ("n2", "n3"):         # the copies they receive pause halfway (testing aid)
-        node = DaemonProc(cluster.root / name, name, [n1.address], common, prefix=pause)
-        cluster.nodes.append(node.start())
+        pausing_copies(cluster, name, n1, common, PAUSE_S)
     slow = cluster.add("slow", extra=common + ["--compute-slowdown", "10"])
     cluster.wait_converged(alive=3)
     w = rand((2048, 256), 3)
@@ -63,15 +49,15 @@ def test_kill9_of_the_target_mid_copy_serves_no_half_block_and_restores_replicas
 
     with ExactLoad(n1, "w", w, rows=256) as load:
         targets = cluster.nodes[1:3]
-        hit = wait_for(lambda: next((n for n in targets if _half_copies(n)), None), 120,
+        hit = wait_for(lambda: next((n for n in targets if half_copies(n)), None), 120,
                        "a copy to n2 or n3 to be half written")
-        half = _half_copies(hit)
+        half = half_copies(hit)
         assert half and half[0].stat().st_size > 0
         idx = int(half[0].name.split(".")[0])
         copying = f"copying w block {idx} to {hit.id[:8]} for a migrate"
         assert any(copying in n.log_path.read_text() for n in cluster.nodes), copying
         hit.kill9()                                   # mid-copy: half the file on its disk
-        assert _half_copies(hit) == half              # the half copy is left behind
+        assert half_copies(hit) == half              # the half copy is left behind
         assert not half[0].with_suffix("").exists()   # ...and was never a block file
         before = load.served
         live = [n for n in cluster.nodes if n is not hit]
@@ -84,7 +70,7 @@ def test_kill9_of_the_target_mid_copy_serves_no_half_block_and_restores_replicas
         hit.prefix = []
         hit.bootstrap = [n1.address]
         hit.start()
-        assert _half_copies(hit) == []                # removed at start as an orphan
+        assert half_copies(hit) == []                # removed at start as an orphan
         # a block it did not hold before (a migration's target never does)
         assert idx not in hit.status()["blocks"].get("w", [])
         assert any(idx in n.status()["blocks"].get("w", []) for n in live)

@@ -19,15 +19,13 @@ until a plan notice for the matrix came, which nothing sends. The test checks th
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-import numpy as np
 import pytest
 
 from node.client import Client
-from node.localmesh import DaemonProc
 from tests.daemons import wait_for
-from tests.rebalance_checks import ExactLoad, held
+from tests.rebalance_checks import (ExactLoad, fast_control, half_copies, held, pausing_copies,
+                                    rand)
 
 pytestmark = pytest.mark.slow   # about two minutes: real daemons, a kill and a restart
 
@@ -35,24 +33,12 @@ DWELL_S = 6.0
 PAUSE_S = 10.0
 
 
-def rand(shape, seed):
-    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-
-
-def _half_copies(node: DaemonProc) -> list[Path]:
-    return sorted((node.data_dir / "blocks").glob("*/*.blk.tmp"))
-
-
 def test_kill9_of_the_copy_source_the_receiver_adopts_its_full_unlisted_copy(
         cluster, tmp_path):
-    conf = tmp_path / "fast.toml"
-    conf.write_text(f"reconfigure_every = 2.0\nrebalance_dwell_s = {DWELL_S}\n")
-    common = ["--capacity", "10", "--config", str(conf)]
+    common = fast_control(tmp_path, DWELL_S)
     # n1: the clients' entry, no RAM to spare (never a copy's target, never killed)
     n1 = cluster.add("n1", extra=common + ["--memory-limit", "64KiB"])
-    pause = ["env", f"SEDMA_TEST_PAUSE_COPY_S={PAUSE_S:g}"]
-    n2 = DaemonProc(cluster.root / "n2", "n2", [n1.address], common, prefix=pause)
-    cluster.nodes.append(n2.start())
+    n2 = pausing_copies(cluster, "n2", n1, common, PAUSE_S)
     slow = cluster.add("slow", extra=common + ["--compute-slowdown", "10"])
     cluster.wait_converged(alive=2)
     w = rand((2048, 256), 5)
@@ -62,8 +48,8 @@ def test_kill9_of_the_copy_source_the_receiver_adopts_its_full_unlisted_copy(
     assert on_slow, info["placement"]
 
     with ExactLoad(n1, "w", w, rows=256) as load:
-        wait_for(lambda: _half_copies(n2), 120, "a copy to n2 to be half written")
-        idx = int(_half_copies(n2)[0].name.split(".")[0])
+        wait_for(lambda: half_copies(n2), 120, "a copy to n2 to be half written")
+        idx = int(half_copies(n2)[0].name.split(".")[0])
         assert idx in on_slow
         assert f"copying w block {idx} to {n2.id[:8]} for a migrate" in slow.log_path.read_text()
         slow.kill9()                              # the source: the plan is never switched
