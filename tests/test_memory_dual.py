@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from node.memory.dualmemory import DualMemory
-from node.memory.statedb import StateDB
+from tests.restarted_memory import restarted
 
 
 def test_block_reads_sequences_speeds_and_decisions_round_trip(tmp_path: Path):
@@ -21,13 +21,7 @@ def test_block_reads_sequences_speeds_and_decisions_round_trip(tmp_path: Path):
     mem.record_decision({"kind": "migrate", "name": "L0", "index": 0, "at": 1010.0,
                          "reason": "slow", "predicted_gain": 3.0, "measured_after": None})
     mem.judge_decision(1010.0, ("L0", 0), {"service_s": 0.01})
-    db = StateDB(tmp_path / "state.db")
-    try:
-        db.call(mem.save)
-        again = DualMemory()
-        db.call(again.load)
-    finally:
-        db.close()
+    again = restarted(mem, tmp_path / "state.db")
     assert again.predict_next(("L1", 0)) == [("L2", 0)]
     assert again.block_use(("L3", 0)) == mem.block_use(("L3", 0))
     assert again.block_service_s(("L1", 0)) == pytest.approx(0.004)

@@ -406,21 +406,15 @@ def test_the_growth_rate_survives_a_restart_in_the_persisted_decision_log(tmp_pa
 
     from compute.partition import Block, PartitionPlan
     from node.memory.dualmemory import DualMemory
-    from node.memory.statedb import StateDB
     from node.work.plans import VersionedPlan, new_deploy_id
     from node.work.reconfigure import Reconfigurer, deployed_at
+    from tests.restarted_memory import restarted as reloaded
 
     deploy = new_deploy_id("n1", now_ns=50 * 10**9)
     assert deployed_at(deploy) == 50.0 and deployed_at("") == -math.inf
     mem = DualMemory()
     mem.record_decision(_decided("replicate", rate=9.5, at=60.0) | {"measured_after": None})
-    db = StateDB(tmp_path / "state.db")
-    try:
-        db.call(mem.save)
-        restarted = DualMemory()
-        db.call(restarted.load)
-    finally:
-        db.close()
+    restarted = reloaded(mem, tmp_path / "state.db")
     plan = VersionedPlan(PartitionPlan((128, 4), None, [Block(0, 0, 128, ["a", "b"])]),
                          deploy)
     plans = SimpleNamespace(names=lambda: ["w"], versioned=lambda name: plan)
