@@ -26,7 +26,7 @@ from node.errors import UserError, internal_message  # UserError is re-exported
 from protocol import codec
 from protocol.errors import ProtocolError
 from protocol.framing import message_buffer
-from protocol.messages import decode_message, encode_message, from_wire, message
+from protocol.messages import decode_message_on_loop, encode_message, from_wire, message
 
 log = logging.getLogger("sedma.api")
 
@@ -316,9 +316,7 @@ async def read_message(reader: asyncio.StreamReader, channel: shm.Channel | None
         if channel is not None:
             channel.note(False)
         body = await _read_body(reader, size)
-        if lazynumpy.loaded() is None and codec.carries_arrays(body):
-            await lazynumpy.ready()         # the import runs in a worker, not on the loop
-        return decode_message(body)
+        return await decode_message_on_loop(body)
     size &= ~SHM_FRAME
     if channel is None:
         raise ProtocolError("shared-memory frames are not accepted here")

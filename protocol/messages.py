@@ -21,7 +21,7 @@ import types
 import typing
 from typing import Any, ClassVar, TypeVar, Union
 
-from compute.lazynumpy import loaded
+from compute.lazynumpy import loaded, ready
 
 from protocol import codec
 from protocol.errors import DecodeError
@@ -82,6 +82,15 @@ def encode_message(msg: Any) -> list[bytes | memoryview]:
 def decode_message(payload: bytes | bytearray | memoryview) -> Any:
     """Decode and validate one payload into its message object."""
     return from_wire(codec.decode(payload))
+
+
+async def decode_message_on_loop(payload: bytes | bytearray | memoryview) -> Any:
+    """:func:`decode_message` for an event loop: a payload carrying arrays, arriving before
+    numpy is loaded, first has numpy loaded in a worker thread (its import never runs on
+    the loop). One place for the session's reader and the local API's."""
+    if loaded() is None and codec.carries_arrays(payload):
+        await ready()
+    return decode_message(payload)
 
 
 _HINT_CACHE: dict[type, dict[str, Any]] = {}

@@ -20,18 +20,16 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-from compute import lazynumpy
 from nat.link import Link, LinkClosed
 from nat.secure import SecureLink
 from node.runtime import spans
-from protocol import codec
 from protocol.errors import FrameError, ProtocolError
 from protocol.framing import (DEFAULT_MAX_MESSAGE, PROCESS_BUDGET, ByteBudget, Reassembler,
                               fragments)
 from protocol.handshake import (MAX_HANDSHAKE_MESSAGE, MAX_NOISE_MESSAGE as RECORD, Hello,
                                 HandshakeError, NoiseHandshake)
 from protocol.identity import Identity
-from protocol.messages import decode_message, encode_message
+from protocol.messages import decode_message_on_loop, encode_message
 from protocol.rpc import Ping, Reply
 
 log = logging.getLogger("sedma.session")
@@ -336,9 +334,7 @@ class Session:
                     payload = self._reassembler.feed(frame)
                 if payload is None:
                     continue
-                if lazynumpy.loaded() is None and codec.carries_arrays(payload):
-                    await lazynumpy.ready()     # numpy's import never runs on the loop
-                msg = decode_message(payload)
+                msg = await decode_message_on_loop(payload)
                 self.stats.recv_messages += 1
                 await self._dispatch(msg, handler)
         except LinkClosed as exc:
