@@ -7,13 +7,19 @@ hundred MB/s; the coordinator pays none of that. B's bytes do not shrink with th
 share, so an even split makes the peer finish last. Here each node gets the share that
 makes the predicted finish times equal:
 
-    this node:  r * f / v
+    this node:  sum over peers with a share (B + their rows of A) / H  +  r * f / v
     a peer:     latency + B / L  +  r * (row of A / L + f / v + row of Y / L)
 
-with ``f = 2 k n`` flops a row, ``v`` the node's measured speed and ``L`` the measured link
-throughput. That is a water level: the finish time ``T`` at which the shares of the nodes
-whose fixed cost is below ``T`` add up to ``m``. A peer whose fixed cost (latency and
-moving B) is not below the time this node would need for everything gets no share.
+with ``f = 2 k n`` flops a row, ``v`` the node's measured speed (a peer's from its own
+report of its compute time), ``L`` the measured rate of the share's path (sealing here,
+the wire, opening and validating there, and the rows back: a share's round trip less the
+peer's compute) and ``H`` the rate at which this node seals and hands a peer's operands
+to the link: its own share starts only after that (the peers' compute is the critical
+path), so the sealing CPU on this end delays it; the peer's end is inside ``L``. Equal
+finish times make a linear system for each set of peers given shares; peers join in
+order of their fixed cost, and the valid set (no negative share) with the lowest finish
+time wins, this node alone included. A peer whose fixed cost (latency and moving B) is
+not below the time this node would need for everything gets no share.
 
 A peer on this node's own host (``cohost``: same kernel, so the same cores) gets no share
 at all: its compute runs on the cores this node's share runs on, so it adds no speed,
