@@ -235,3 +235,64 @@ def test_the_chosen_split_is_never_predicted_slower_than_keeping_the_job(m, k, n
     slack = unit * max(row_cost(c, k, n) + (k * 4 / c.handover_bps if c.handover_bps else 0)
                        for c in nodes) * len(nodes)
     assert max(split.predicted_s.values()) <= alone + slack + 1e-12
+
+
+# the coordinator's side: _matmul_on feeds the meter from the reply -----------------------
+
+class _PeerSession:
+    """A session whose peer answers a share with ``value`` after handing it over."""
+
+    def __init__(self, value):
+        self.value, self.sent_msgs = value, []
+
+    def next_rid(self) -> int:
+        return 1
+
+    async def request(self, msg, timeout, sent=None):
+        self.sent_msgs.append(msg)
+        sent.set_result(None)
+        await asyncio.sleep(0.02)           # the peer computes: longer than its 4 ms figure
+        return self.value
+
+
+def _coordinator(value):
+    from node.work.jobs import JobManager
+
+    session = _PeerSession(value)
+
+    class Mesh:
+        sessions: dict = {}
+
+        async def session(self, node):
+            return session
+
+    class Fake:
+        node_id = "me"
+        mesh = Mesh()
+        share_meter = ShareMeter()
+        _rtt_s = staticmethod(lambda node: 0.0)
+        _measure_share = JobManager._measure_share
+    return Fake(), JobManager._matmul_on
+
+
+def test_the_coordinator_takes_the_peers_compute_time_from_its_reply():
+    a = np.ones((64, 32), np.float32)
+    b = np.ones((32, 16), np.float32)
+    flops = 2.0 * 64 * 32 * 16
+    fake, matmul_on = _coordinator(share_result_wire(a @ b, 0.004))
+    part = asyncio.run(matmul_on(fake, "p", "job", a, b, None, 1, 0, flops))
+    np.testing.assert_array_equal(part, a @ b)
+    assert fake.share_meter.speed("p", "") == pytest.approx(flops / 0.004 / 1e9)
+    assert fake.share_meter.handover_bps("p") is not None
+
+
+def test_a_reply_of_the_wrong_shape_or_form_fails_the_share():
+    from protocol.errors import ProtocolError
+    a = np.ones((8, 4), np.float32)
+    b = np.ones((4, 2), np.float32)
+    for value in (share_result_wire(np.ones((8, 3), np.float32), 0.1),   # wrong shape
+                  {"t": "work.matmul_result", "y": a @ b, "compute_s": -1.0}):
+        fake, matmul_on = _coordinator(value)
+        with pytest.raises(ProtocolError):
+            asyncio.run(matmul_on(fake, "p", "job", a, b, None, 1, 0, 64.0))
+        assert fake.share_meter.speed("p", "") is None     # nothing learnt from it
