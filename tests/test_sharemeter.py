@@ -78,6 +78,9 @@ def test_a_figure_past_the_round_trip_is_capped_and_the_path_floored():
     meter.record_share("p", "", timing(compute=5.0, total=0.5), now=0.0)   # a peer's lie
     assert meter.speed("p", "", now=0.0) == pytest.approx(8e9 / 0.5 / 1e9)
     assert math.isfinite(meter.link_bps("p", now=0.0)) and meter.link_bps("p", now=0.0) > 0
+    boast = ShareMeter()
+    boast.record_share("p", "", timing(compute=1e-9, total=0.5), now=0.0)  # "no time at all"
+    assert boast.speed("p", "", now=0.0) == pytest.approx(8e9 / (0.01 * 0.5) / 1e9)
     empty = ShareMeter()
     empty.record_share("p", "", timing(compute=0.1, total=0.0), now=0.0)   # no time at all
     assert empty.speed("p", "", now=0.0) is None and empty.link_bps("p", now=0.0) is None

@@ -32,6 +32,9 @@ ALPHA = 0.5           # weight of the newest share: jobs are few and machines ch
 MIN_PATH_SHARE = 0.02
 #: Without the peer's figure, its compute is taken as at least this part of the round trip.
 MIN_COMPUTE_SHARE = 0.05
+#: A peer's own figure is taken as at least this part of the round trip: a faulty or lying
+#: peer cannot make itself look arbitrarily fast (and be given every row of the next job).
+MIN_REPORTED_SHARE = 0.01
 MAX_AGE_S = 600.0
 HOST_ENV = "SEDMA_HOST_ID"
 NO_HOST = "none"
@@ -94,7 +97,8 @@ class ShareMeter:
             return
         self.record_handover(node_id, t.sent_bytes, t.handover_s, now)
         if t.peer_compute_s is not None:
-            compute = min(t.peer_compute_s, t.total_s)      # never more than it waited
+            compute = min(max(t.peer_compute_s, MIN_REPORTED_SHARE * t.total_s),
+                          t.total_s)                        # never more than it waited
             path = max(t.total_s - compute - t.rtt_s, MIN_PATH_SHARE * t.total_s)
             self.record_link(node_id, t.sent_bytes + t.reply_bytes, path, now)
             self.record(node_id, device, t.flops, compute, now)
