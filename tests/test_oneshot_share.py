@@ -58,29 +58,6 @@ def test_a_non_ideal_share_still_goes_through_the_engine(holder):
     assert np.corrcoef(y.ravel(), (a @ b).ravel())[0, 1] > 0.9
 
 
-@pytest.mark.parametrize("device, rows, offset", [("rram", 300, 128), ("rram", 64, 0),
-                                                  ("pcm", 257, 0)])
-def test_a_non_ideal_share_on_every_thread_gives_the_numbers_of_one_call(holder, device,
-                                                                          rows, offset):
-    """Spans programmed and read at their own global row offsets: the same device noise,
-    faults and read noise as the whole share in one engine call, bit for bit."""
-    from compute.crossbar import crossbar_matmul, row_granularity
-    profile = get_preset(device)
-    offset = offset // row_granularity(profile) * row_granularity(profile)
-    rng = np.random.default_rng(4)
-    a = rng.standard_normal((rows, 96)).astype(np.float32)
-    b = rng.standard_normal((96, 5)).astype(np.float32)
-    calls = []
-    real_run = holder.executor.run
-    holder.executor.run = lambda *args: calls.append(args) or real_run(*args)
-    out = np.full((rows + 10, 5), -7.0, np.float32)
-    y = asyncio.run(holder.compute_share(a, b, device, 11, offset, out[10:]))
-    np.testing.assert_array_equal(y, crossbar_matmul(a, b, profile, 11, offset))
-    assert np.shares_memory(y, out) and (out[:10] == -7).all()
-    tiles = -(-rows // row_granularity(profile))
-    assert len(calls) == min(tiles, holder.executor.workers)   # one span per thread
-
-
 def test_a_share_with_a_bad_seed_is_refused(holder):
     a = np.ones((4, 4), np.float32)
     with pytest.raises(StoreError, match="seed"):

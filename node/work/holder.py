@@ -104,35 +104,18 @@ class BlockHolder:
         NaN a second time.
         """
         profile = self.profile(device)
+        if not profile.is_ideal:
+            y, _ = await self.executor.run(self._timed, functools.partial(
+                crossbar_matmul, a, b, profile, seed, row_offset))
+            if out is not None:
+                out[...] = y
+            return y
         check_seed(seed)
         y = np.empty((a.shape[0], b.shape[1]), np.float32) if out is None else out
-        if not profile.is_ideal:
-            await self._crossbar_share(a, b, profile, seed, row_offset, y)
-            return y
         await asyncio.gather(*(self.executor.run(self._timed, functools.partial(
             np.matmul, a[r0:r1], b, out=y[r0:r1]))
             for r0, r1 in _row_spans(a.shape[0], self.executor.workers)))
         return y
-
-    async def _crossbar_share(self, a: np.ndarray, b: np.ndarray, profile: DeviceProfile,
-                              seed: int, row_offset: int, y: np.ndarray) -> None:
-        """A non-ideal share in tile-row spans, one per compute thread, each programmed
-        and read at its own global row offset into its rows of ``y``.
-
-        Why: programming (device noise, faults) and the noisy read ran on one thread and
-        left the other cores idle. Programming is a pure function of (rows, profile, seed,
-        row offset) and read noise is keyed by the global tile row, so spans that start at
-        tile boundaries give the same numbers as one call (tests/test_oneshot_share.py)."""
-        g = row_granularity(profile)
-        tiles = -(-a.shape[0] // g)
-        count = max(1, min(self.executor.workers, tiles))
-        bounds = [round(i * tiles / count) * g for i in range(count + 1)]
-        bounds[-1] = a.shape[0]
-
-        def part(r0: int, r1: int) -> None:
-            y[r0:r1] = crossbar_matmul(a[r0:r1], b, profile, seed, row_offset + r0)
-        await asyncio.gather(*(self.executor.run(self._timed, functools.partial(part, r0, r1))
-                               for r0, r1 in zip(bounds, bounds[1:]) if r1 > r0))
 
     async def store_block(self, name, index, row_start, w, device, seed,
                           rows: Provenance = Provenance()) -> int:
