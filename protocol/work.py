@@ -51,6 +51,28 @@ class InferBlock:
     read_seed: int
 
 
+@message("work.infer_blocks")
+class InferBlocks:
+    """Return ``W_b @ x`` for each resident block ``b`` of ``indices``: X travels once per
+    holder and request, not once per block (at N=16384 a holder has 16 blocks of W).
+
+    Answered with ``{"parts": [...], "compute_s": float}``: one entry per index, in the
+    order of ``indices``, each the block's rows of the product or a one-line error (that
+    block alone fails over; the rest are used), and the seconds the holder spent serving
+    the request (the coordinator's round trip less this is the link's share).
+    """
+
+    rid: int
+    name: str
+    indices: list[int]
+    x: np.ndarray
+    read_seed: int
+
+
+#: Block indices one ``InferBlocks`` may name (a plan of a 1 GiB W has 32-64 blocks).
+MAX_INFER_BLOCKS = 1024
+
+
 @message("work.plan")
 class PlanNotice:
     """A deployment's partition plan, so any member can route ``infer`` requests."""
