@@ -35,7 +35,8 @@ from node.runtime import spans
 from node.errors import UserError, internal_message
 from node.memory.dualmemory import DualMemory
 from node.metrics import Metrics
-from node.work.blockgroups import BlockTry, fail_over, group_by_holder, read_parts
+from node.work.blockgroups import (BlockTry, compute_seconds, fail_over, group_by_holder,
+                                   read_parts)
 from node.work.latency import PeakEwma
 from node.work.oneshotsplit import ShareCost, fits_memory, transfer_split
 from node.work.placement import Candidate, by_predicted_finish, holdable, rank
@@ -767,11 +768,18 @@ class JobManager:
         session = await self.mesh.session(node)
         msg = InferBlocks(session.next_rid(), name, [b.index for b in blocks], x, read_seed)
         spans.mark("coord.dispatch")
+        start = time.perf_counter()
         value = await session.request(msg, request_timeout(flops, x.nbytes))
         spans.mark("coord.peer_reply")
         shapes = [(b.row_stop - b.row_start, x.shape[1]) for b in blocks]
-        return [RemoteError(p) if isinstance(p, str) else p
-                for p in read_parts(value, shapes, node)]
+        parts = read_parts(value, shapes, node)
+        held = compute_seconds(value)
+        if held is not None and log.isEnabledFor(logging.DEBUG):
+            took = time.perf_counter() - start
+            log.debug("infer %s: %d block(s) on %s in %.4fs, %.4fs of it at the holder and "
+                      "%.4fs on the link and loops", name, len(blocks), node[:8], took, held,
+                      took - held)
+        return [RemoteError(p) if isinstance(p, str) else p for p in parts]
 
     def _holder_order(self, nodes: list[str], flops: float = 0.0) -> list[str]:
         """Holders by predicted finish time (requests in flight there x learned speed),
