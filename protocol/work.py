@@ -1,7 +1,8 @@
 """Messages that move matrix work between nodes.
 
-Active storage: ``store_block`` ships a row block of W once; afterwards ``infer_block``
-moves only the input X to the holder and the partial output back. ``matmul`` is the
+Active storage: ``store_block`` ships a row block of W once; afterwards ``infer_blocks``
+moves only the input X to each holder (once, whatever the number of its blocks) and the
+partial outputs back. ``matmul`` is the
 one-shot path where both operands travel.
 """
 
@@ -42,7 +43,8 @@ class StoreBlock:
 
 @message("work.infer_block")
 class InferBlock:
-    """Return ``W_block @ x`` for a resident block."""
+    """Return ``W_block @ x`` for a resident block (one block; a coordinator sends
+    :class:`InferBlocks`, which carries X once for all of a holder's blocks)."""
 
     rid: int
     name: str

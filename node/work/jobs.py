@@ -50,8 +50,8 @@ from node.memory.statedb import StateDB
 from node.memory.store import StoreError, as_matrix, check_name
 from protocol.errors import ProtocolError
 from protocol.framing import DEFAULT_MAX_MESSAGE
-from protocol.work import (ClaimName, DropMatrix, GetPlan, InferBlock, InferBlocks, MatmulShare,
-                           PlanNotice, ReleaseName, StoreBlock)
+from protocol.work import (ClaimName, DropMatrix, GetPlan, InferBlocks, MatmulShare, PlanNotice,
+                           ReleaseName, StoreBlock)
 
 log = logging.getLogger("sedma.jobs")
 
@@ -799,16 +799,6 @@ class JobManager:
         linked = {n for n in nodes if n in sessions and not sessions[n].closed.is_set()}
         return linked_first(ordered + [n for n in nodes if n not in scores], self.node_id,
                             linked)
-
-    async def _infer_on(self, node, name, blk, x, read_seed, flops) -> np.ndarray:
-        if node == self.node_id:
-            return await self.holder.infer_local(name, blk.index, x, read_seed)
-        session = await self.mesh.session(node)
-        msg = InferBlock(session.next_rid(), name, blk.index, x, read_seed)
-        spans.mark("coord.dispatch")
-        value = await session.request(msg, request_timeout(flops, x.nbytes))
-        spans.mark("coord.peer_reply")
-        return _expect_array(value, (blk.row_stop - blk.row_start, x.shape[1]), node)
 
     async def _known_elsewhere(self, name: str) -> bool:
         try:
