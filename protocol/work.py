@@ -1,7 +1,8 @@
 """Messages that move matrix work between nodes.
 
-Active storage: ``store_block`` ships a row block of W once; afterwards ``infer_block``
-moves only the input X to the holder and the partial output back. ``matmul`` is the
+Active storage: ``store_block`` ships a row block of W once; afterwards ``infer_blocks``
+moves only the input X to each holder (once, whatever the number of its blocks) and the
+partial outputs back. ``matmul`` is the
 one-shot path where both operands travel.
 """
 
@@ -78,13 +79,36 @@ class StoreBlock:
 
 @message("work.infer_block")
 class InferBlock:
-    """Return ``W_block @ x`` for a resident block."""
+    """Return ``W_block @ x`` for a resident block (one block; a coordinator sends
+    :class:`InferBlocks`, which carries X once for all of a holder's blocks)."""
 
     rid: int
     name: str
     index: int
     x: np.ndarray
     read_seed: int
+
+
+@message("work.infer_blocks")
+class InferBlocks:
+    """Return ``W_b @ x`` for each resident block ``b`` of ``indices``: X travels once per
+    holder and request, not once per block (at N=16384 a holder has 16 blocks of W).
+
+    Answered with ``{"parts": [...], "compute_s": float}``: one entry per index, in the
+    order of ``indices``, each the block's rows of the product or a one-line error (that
+    block alone fails over; the rest are used), and the seconds the holder spent serving
+    the request (the coordinator's round trip less this is the link's share).
+    """
+
+    rid: int
+    name: str
+    indices: list[int]
+    x: np.ndarray
+    read_seed: int
+
+
+#: Block indices one ``InferBlocks`` may name (a plan of a 1 GiB W has 32-64 blocks).
+MAX_INFER_BLOCKS = 1024
 
 
 @message("work.plan")
