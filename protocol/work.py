@@ -8,11 +8,13 @@ one-shot path where both operands travel.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from compute.lazynumpy import np
 
-from protocol.messages import message
+from protocol.errors import DecodeError
+from protocol.messages import from_wire, message, to_wire
 
 
 @message("work.matmul")
@@ -26,6 +28,40 @@ class MatmulShare:
     device: str | None
     seed: int
     row_offset: int
+
+
+@message("work.matmul_result")
+class MatmulShareResult:
+    """A peer's answer to :class:`MatmulShare`: its rows of the product and the seconds
+    its compute took (``compute_s``: the product alone, not decoding, validation or the
+    link). Why the figure travels: the asker sees only a round trip, and splitting that
+    into link and compute by estimate mixed the two (bench/README.md, oneshot3); the
+    peer's own clock is the one that saw its compute."""
+
+    y: np.ndarray
+    compute_s: float
+
+
+def share_result_wire(y: np.ndarray, compute_s: float) -> dict[str, Any]:
+    """The reply value a peer sends for a :class:`MatmulShare`."""
+    return to_wire(MatmulShareResult(y, float(compute_s)))
+
+
+def read_share_result(value: Any) -> tuple[Any, float | None]:
+    """``(y, compute_s)`` from a peer's reply to :class:`MatmulShare`.
+
+    A bare array (a peer from before ``compute_s``) gives ``compute_s`` None; a map is
+    checked as a :class:`MatmulShareResult` (tag, fields, types; DecodeError otherwise),
+    and a time that is not a finite number >= 0 is the peer's error. The shape of ``y``
+    is the asker's to check: only it knows the share it sent."""
+    if not isinstance(value, dict):
+        return value, None
+    got = from_wire(value)
+    if not isinstance(got, MatmulShareResult):
+        raise DecodeError(f"a matmul share was answered with {got.TAG}")
+    if not (math.isfinite(got.compute_s) and got.compute_s >= 0):
+        raise DecodeError(f"work.matmul_result.compute_s: {got.compute_s} is not a time")
+    return got.y, got.compute_s
 
 
 @message("work.store_block")

@@ -38,7 +38,7 @@ from protocol.framing import DEFAULT_MAX_MESSAGE
 from protocol.work import (MAX_INFER_BLOCKS, ClaimName, DropMatrix, GetModel, GetPlan,
                            InferBlock, InferBlocks, MatmulShare, ModelNotice, ModelSync,
                            PlanNotice, ReleaseName, RunStage, StageResult, StoreBlock,
-                           StoreState, Undeploy)
+                           StoreState, Undeploy, share_result_wire)
 
 log = logging.getLogger("sedma.holder")
 
@@ -411,9 +411,11 @@ class BlockHolder:
             spans.mark("peer.validated")
             if a.shape[1] != b.shape[0]:
                 raise StoreError("share shapes do not align")
+            start = time.perf_counter()
             result = await self.compute_share(a, b, msg.device, msg.seed, msg.row_offset)
+            compute_s = time.perf_counter() - start   # the asker's split needs it apart
             self.metrics.completed()
-            return result
+            return share_result_wire(result, compute_s)
         if isinstance(msg, InferBlock):
             spans.mark("peer.recv")
             result = await self.infer_local(check_name(msg.name), msg.index, msg.x,

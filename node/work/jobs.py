@@ -40,7 +40,7 @@ from node.work.blockgroups import (BlockTry, compute_seconds, fail_over, group_b
 from node.work.latency import PeakEwma
 from node.work.oneshotsplit import ShareCost, fits_memory, transfer_split
 from node.work.placement import Candidate, by_predicted_finish, holdable, rank
-from node.work.sharemeter import ShareMeter, host_id
+from node.work.sharemeter import ShareMeter, ShareTiming, host_id
 from node.work.claims import ClaimRefused, quorum
 from node.work.plans import VersionedPlan, new_deploy_id
 from node.work.retention import JobStamp, Retention, expired
@@ -51,7 +51,7 @@ from node.memory.store import StoreError, as_matrix, check_name
 from protocol.errors import ProtocolError
 from protocol.framing import DEFAULT_MAX_MESSAGE
 from protocol.work import (ClaimName, DropMatrix, GetPlan, InferBlocks, MatmulShare, PlanNotice,
-                           ReleaseName, StoreBlock)
+                           ReleaseName, StoreBlock, read_share_result)
 
 log = logging.getLogger("sedma.jobs")
 
@@ -68,9 +68,6 @@ MAX_SEED = (1 << 63) - 1
 #: wake-up, more than the work itself at this size and most of a B=1 request's overhead.
 INLINE_BYTES = 256 << 10
 FINAL_STATES = ("done", "failed", "cancelled")
-#: A peer's compute is its round trip less the link's estimated time, which can come out
-#: near zero or below on a noisy link; it is taken as at least this part of the round trip.
-MIN_COMPUTE_SHARE = 0.05
 
 
 class JobError(UserError):
@@ -393,7 +390,8 @@ class JobManager:
             link = self.share_meter.link_bps(nid) or 0.0
             if speed is None or link <= 0:
                 return None
-            costs.append(ShareCost(nid, speed, link, self._rtt_s(nid)))
+            costs.append(ShareCost(nid, speed, link, self._rtt_s(nid),
+                                   handover_bps=self.share_meter.handover_bps(nid) or 0.0))
         if not any(c.local for c in costs):
             return None
         return costs
@@ -482,24 +480,18 @@ class JobManager:
                                       sent=handed)
         total = time.perf_counter() - start
         spans.mark("share.reply")
-        part = _expect_array(value, (a.shape[0], b.shape[1]), node)
+        y, compute_s = read_share_result(value)
+        part = _expect_array(y, (a.shape[0], b.shape[1]), node)
         if handed_after:
-            self._measure_share(node, device, flops, a.nbytes + b.nbytes, part.nbytes,
-                                handed_after[0], total)
+            self._measure_share(node, device, ShareTiming(
+                flops, a.nbytes + b.nbytes, part.nbytes, handed_after[0], total, compute_s,
+                self._rtt_s(node)))
         return part
 
-    def _measure_share(self, node: str, device: str | None, flops: float, sent_bytes: int,
-                       reply_bytes: int, send_s: float, total_s: float) -> None:
-        """Split a peer share's round trip into link and compute for the next split: the
-        link's rate is what sending the operands took; the peer's compute is the rest of
-        the round trip once the reply's transfer and one round trip are taken out."""
-        self.share_meter.record_link(node, sent_bytes, send_s)
-        link = self.share_meter.link_bps(node) or 0.0
-        if link <= 0:
-            return
-        compute = total_s - send_s - reply_bytes / link - self._rtt_s(node)
-        self.share_meter.record(node, device or "", flops,
-                                max(compute, MIN_COMPUTE_SHARE * total_s))
+    def _measure_share(self, node: str, device: str | None, timing: ShareTiming) -> None:
+        """Keep what a peer share measured for the next split: the peer's compute (its
+        own figure), the path (the rest of the round trip) and this node's hand-over."""
+        self.share_meter.record_share(node, device or "", timing)
 
     # deploy ---------------------------------------------------------------------------
     async def deploy(self, name: str, w: Any, device: str | None, replicas: int | None,
