@@ -9,7 +9,8 @@ import msgpack
 import pytest
 
 from compute.partition import Block, PartitionPlan
-from node.work.blockrates import ADVERT_LIMIT, FLOOR, advert_entries, advertised, mesh_rate
+from node.work.blockrates import (ADVERT_LIMIT, FLOOR, advert_entries, advertised, mesh_rate,
+                                  on_grid)
 from node.work.plans import VersionedPlan, merge
 
 
@@ -18,7 +19,11 @@ def test_a_node_advertises_its_hottest_blocks_only_rounded_and_none_when_idle():
     got = advert_entries(rates)
     assert len(got) == ADVERT_LIMIT
     assert set(got) == {f"rate:w/{i}" for i in range(20 - ADVERT_LIMIT, 20)}
-    assert advert_entries({("w", 0): 12.345}) == {"rate:w/0": 12.0}   # two figures
+    # a half-octave grid: close rates advertise the same figure, within 19 %
+    assert advert_entries({("w", 0): 10.5}) == advert_entries({("w", 0): 12.5}) \
+        == {"rate:w/0": 11.0}
+    for r in (0.06, 0.7, 3.3, 24.0, 900.0):
+        assert abs(on_grid(r) / r - 1) < 0.2, r
     assert advert_entries({("w", 0): 0.0, ("w", 1): FLOOR / 2}) == {}  # idle: nothing
 
 
@@ -26,7 +31,7 @@ def test_advertised_rates_round_trip_and_bad_entries_are_ignored():
     stats = advert_entries({("a/b", 3): 7.0}) | {"load": 1.0, "rate:x/y": 1.0,
                                                  "rate:/1": 1.0, "rate:z/2": -1.0,
                                                  "rate:z/3": True, "rate:z/4": math.inf}
-    assert advertised(stats) == {("a/b", 3): 7.0}
+    assert advertised(stats) == {("a/b", 3): on_grid(7.0)}
 
 
 def test_the_mesh_rate_adds_every_live_holders_reads():

@@ -11,10 +11,12 @@ advert's ``stats`` (flat numbers, as that field requires), and the acting node a
 up over the block's live holders.
 
 Limits: at most ``ADVERT_LIMIT`` blocks per node, only rates of at least ``FLOOR`` req/s
-(an idle node advertises none, so its advert does not change), rounded to two
-significant figures so that noise does not republish the advert (the daemon's
-``settle_stats`` further holds back changes under 10 %). A block a holder does not list
-counts 0 there (it is cooler than its listed ones, or idle). Sans I/O.
+(an idle node advertises none, so its advert does not change), on a grid of half octaves
+(within 19 %: the rules compare rates 4x apart). Why the grid: any change of an advert is
+gossiped to every member, and a rate decaying after the load stopped (half-life 60 s)
+would otherwise republish the advert every ~8 s (the daemon's 10 % tolerance) for minutes;
+on the grid it changes once per 30 s until it falls below the floor. A block a holder
+does not list counts 0 there (it is cooler than its listed ones, or idle). Sans I/O.
 """
 
 from __future__ import annotations
@@ -33,7 +35,12 @@ def advert_entries(rates: Mapping[Key, float]) -> dict[str, float]:
     """``stats`` entries for this node's hottest blocks: ``rate:NAME/INDEX`` -> req/s."""
     hot = sorted(((r, k) for k, r in rates.items() if r >= FLOOR and math.isfinite(r)),
                  reverse=True)[:ADVERT_LIMIT]
-    return {f"{PREFIX}{name}/{index}": float(f"{r:.2g}") for r, (name, index) in hot}
+    return {f"{PREFIX}{name}/{index}": on_grid(r) for r, (name, index) in hot}
+
+
+def on_grid(rate: float) -> float:
+    """``rate`` (> 0) rounded to the nearest half octave, 2 significant figures."""
+    return float(f"{2.0 ** (round(2 * math.log2(rate)) / 2):.2g}")
 
 
 def advertised(stats: Mapping[str, object]) -> dict[Key, float]:
