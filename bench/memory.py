@@ -18,11 +18,14 @@ slow      4 nodes, one with --compute-slowdown F (a testing aid: it sleeps F-1 t
           --slowdown and --slow-clients take lists (a sweep; 1 client = the slow node is
           the bottleneck of every request).
 
+split     the skew load with m0 on 2 holders from the start (no reconfiguration): how
+          the replica choice splits m0's reads over them (even is the aim).
+
 oscillate 4 nodes, 2 one-block matrices, 90 % of the load on one then the other, swapping
           at the control interval for 10 minutes, default control loop; static vs adaptive:
           requests/s and the number of migrations against the dwell bound.
 
-Run by hand:  python bench/memory.py [--only tiers,skew,slow,oscillate] [--seconds 20]
+Run by hand:  python bench/memory.py [--only tiers,skew,split,slow,oscillate] [--seconds 20]
 Prints markdown tables and writes them to bench/out/memory.md. The machine these numbers
 come from is shared (2 cores, several engineers): read ratios, not absolute numbers.
 """
@@ -467,6 +470,37 @@ def skew(root: Path, seconds: float, warmup: float, k: int, pairs: int = 1,
     return out
 
 
+def split(root: Path, seconds: float, k: int) -> list[str]:
+    """The replica choice alone: m0 deployed with 2 replicas from the start (no
+    reconfiguration), the skew load; how m0's reads split over its holders. Why: the skew
+    run measures the replicate rule and the choice together, and a replica the choice
+    leaves idle looked like a rule that did not fire (bench/README, 2026-12-01 evening)."""
+    names = [f"m{i}" for i in range(4)]
+    ws = {m: rand((128, k), i) for i, m in enumerate(names)}
+    xs = {m: rand((k, 64), 100 + i) for i, m in enumerate(names)}
+    want = {m: ws[m] @ xs[m] for m in names}
+    mesh = mesh_of(root / "split", 4, STATIC_CONF)
+    try:
+        with Client(mesh.nodes[0].socket) as c:
+            for m in names:
+                c.deploy(m, ws[m], replicas=2 if m == "m0" else 1)
+        load0 = os.getloadavg()[0]
+        with CpuMeter({n.name: n.proc.pid for n in mesh.nodes}) as cpu:
+            rate, fails = closed_loop_procs([n.socket for n in mesh.nodes], names,
+                                            [0.9] + [0.1 / 3] * 3, xs, seconds, want)
+        holders = [n.name for n in mesh.nodes if n.status()["blocks"].get("m0")]
+        reads = {n: _memory(node)["block_read_rates"].get("m0/0", 0.0)
+                 for n, node in ((x.name, x) for x in mesh.nodes) if n in holders}
+    finally:
+        mesh.stop()
+    per = " ".join(f"{n} {v:.1f}" for n, v in reads.items())
+    return [f"split: m0 on 2 holders from the start, 4 client processes, 90 % to m0, "
+            f"{seconds:.0f} s: {rate:.1f} req/s, {fails} failed, load {load0:.1f} -> "
+            f"{os.getloadavg()[0]:.1f}; m0 reads/s (aged) per holder: {per}; "
+            f"smaller/larger {min(reads.values()) / max(max(reads.values()), 1e-9):.2f}; "
+            f"CPU {cpu.text()}"]
+
+
 def slow(root: Path, seconds: float, warmup: float, factor: float, n: int,
          slow_by: str = "slowdown", quota_cpus: float = 0.1, batch: int = 16,
          clients: int = 4) -> list[str]:
@@ -628,6 +662,9 @@ def main() -> int:
         if "skew" in parts:
             lines += skew(root, args.seconds, args.warmup, args.n, args.pairs,
                           not args.client_threads) + [""]
+            print("\n".join(lines), flush=True)
+        if "split" in parts:
+            lines += split(root, args.seconds, args.n) + [""]
             print("\n".join(lines), flush=True)
         if "slow" in parts:
             for factor in [float(f) for f in str(args.slowdown).split(",")]:

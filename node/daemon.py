@@ -28,6 +28,7 @@ from node.config import NodeConfig
 from node.http.server import start_http
 from node.memory.dualmemory import DualMemory
 from node.net.identity import load_identity, load_keyring, prepare_data_dir
+from node.work.blockrates import advert_entries
 from node.work.holder import BlockHolder
 from node.work.jobs import JobManager
 from node.work.loopdemand import LoopDemand
@@ -233,6 +234,9 @@ class Daemon:
                  "served_gflops": self.memory.served_gflops,
                  # the rebalancer's view of per-request work (node/work/loopdemand.py)
                  "loop_busy": round(self.loop_demand.value, 2) if self.loop_demand else None}
+        # its hottest blocks' read rates: the node acting for a block adds them up
+        fresh |= advert_entries({(n, i): self.memory.block_rate((n, i))
+                                 for n, idxs in self.store.names().items() for i in idxs})
         mesh = getattr(self, "mesh", None)
         if mesh is None or mesh.membership is None:
             return fresh

@@ -80,31 +80,62 @@ def test_a_block_the_plan_lists_here_is_never_adopted_nor_dropped_and_its_clock_
 
 # -- the acting holder's snapshot of a block it never read -------------------------------
 
+def _acting_a(hot, advertised_by_b: dict | None = None):
+    """Node "a" acting for block 0 of "w" (held by b and a), never having read it; b's
+    advert ``stats`` are ``advertised_by_b``."""
+    from types import SimpleNamespace
+
+    from node.memory.dualmemory import DualMemory
+
+    store = SimpleNamespace(names=lambda: {"w": [0]},
+                            get=lambda name, index: SimpleNamespace(nbytes=1 << 20))
+    member = SimpleNamespace(node_id="b", advert=SimpleNamespace(stats=advertised_by_b or {}))
+    return SimpleNamespace(node_id="a", memory=DualMemory(), capacity=10.0,
+                           holder=SimpleNamespace(store=store),
+                           mesh=SimpleNamespace(members=lambda: [member]),
+                           plans=SimpleNamespace(items=lambda: [("w", hot.plan)],
+                                                 versioned=lambda name: hot,
+                                                 names=lambda: ["w"]))
+
+
 def test_a_hot_replica_the_acting_node_never_read_is_still_judged_and_retired():
     """CI: a replica landed on a node with a lower id than its source just before every
     node restarted, so it had served nothing; after the restart the (light) reads went to
     the source, and only the new holder acts for the block. It skipped blocks it never
-    read, so the extra replica was never retired. Now such a block is judged on its rate
-    here (0) and no measured work, and only retiring applies to it."""
-    from types import SimpleNamespace
-
-    from node.memory.dualmemory import DualMemory
+    read, so the extra replica was never retired. Now such a block is judged on the rate
+    the holders advertise (none here: 0) and no measured work, and only retiring applies."""
     from node.work.plans import VersionedPlan
     from node.work.rebalance import NodeView, Policy, plan_pass
     from node.work.reconfigure import Reconfigurer
 
     deployed = VersionedPlan(plan(["b"]), "d1")                    # one replica as deployed
     hot = deployed.with_block(0, ["b", "a"], "b")                  # b gave a a hot replica
-    store = SimpleNamespace(names=lambda: {"w": [0]},
-                            get=lambda name, index: SimpleNamespace(nbytes=1 << 20))
-    jobs = SimpleNamespace(node_id="a", memory=DualMemory(), capacity=10.0,
-                           holder=SimpleNamespace(store=store),
-                           plans=SimpleNamespace(items=lambda: [("w", hot.plan)],
-                                                 versioned=lambda name: hot,
-                                                 names=lambda: ["w"]))
-    (view,) = Reconfigurer(jobs)._block_views({"a", "b"}, now=1000.0)
+    (view,) = Reconfigurer(_acting_a(hot))._block_views({"a", "b"}, now=1000.0)
     assert (view.holders, view.want, view.rate, view.flops) == (("b", "a"), 1, 0.0, 0.0)
     nodes = {n: NodeView(n, 10.0, free_bytes=1 << 30) for n in "abc"}
     assert plan_pass([view], nodes, now=1000.0) == []              # its dwell first
     (d,) = plan_pass([view], nodes, now=1000.0 + Policy().min_dwell_s)
     assert d.kind == "retire" and d.source in "ab"
+
+
+def test_a_replica_another_holder_serves_is_kept_until_the_mesh_rate_falls():
+    """The churn of the skew bench: the acting node judged a block by its own reads (0
+    here) and retired a replica while the other holder served 20 req/s of it, and the
+    next pass replicated it again. The rate is now what the holders advertise, and the
+    rate the replica was added at comes with the plan (b decided it, a acts)."""
+    from node.work.plans import VersionedPlan
+    from node.work.rebalance import NodeView, Policy, plan_pass
+    from node.work.reconfigure import Reconfigurer
+
+    hot = VersionedPlan(plan(["b"]), "d1").with_block(0, ["b", "a"], "b", grown=24.0)
+    later = 1000.0 + Policy().min_dwell_s
+    nodes = {n: NodeView(n, 10.0, free_bytes=1 << 30) for n in "abc"}
+    busy = Reconfigurer(_acting_a(hot, {"rate:w/0": 20.0, "load": 1.0}))
+    (view,) = busy._block_views({"a", "b"}, now=1000.0)
+    assert (view.rate, view.grown_at_rate) == (20.0, 24.0)
+    assert plan_pass([view], nodes, now=later) == []               # still served: kept
+    cooled = Reconfigurer(_acting_a(hot, {"rate:w/0": 2.0}))
+    (view,) = cooled._block_views({"a", "b"}, now=1000.0)
+    (d,) = plan_pass([view], nodes, now=later)
+    assert d.kind == "retire" and "from the 24.00 req/s its last replica was added at" \
+        in d.reason, d.reason

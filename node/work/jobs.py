@@ -15,6 +15,7 @@ which jobs were interrupted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -22,6 +23,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import msgpack
@@ -37,9 +39,9 @@ from node.memory.dualmemory import DualMemory
 from node.metrics import Metrics
 from node.work.blockgroups import (BlockTry, compute_seconds, fail_over, group_by_holder,
                                    read_parts)
-from node.work.latency import PeakEwma
+from node.work.latency import PeakEwma, order_holders
 from node.work.oneshotsplit import ShareCost, fits_memory, transfer_split
-from node.work.placement import Candidate, by_predicted_finish, holdable, rank
+from node.work.placement import Candidate, holdable, rank
 from node.work.sharemeter import ShareMeter, ShareTiming, host_id
 from node.work.claims import ClaimRefused, quorum
 from node.work.plans import VersionedPlan, new_deploy_id
@@ -727,6 +729,7 @@ class JobManager:
         if not failed:
             return
         self.memory.record_share(node, sum(t.flops for t, _ in failed), took, False)
+        self.recent.failed(node, time.monotonic())
         log.info("infer %s block(s) %s on %s failed after %.3fs (%s); trying the next holder",
                  name, ",".join(str(t.blk.index) for t, _ in failed), node[:8], took,
                  failed[0][1])
@@ -774,23 +777,46 @@ class JobManager:
         return [RemoteError(p) if isinstance(p, str) else p for p in parts]
 
     def _holder_order(self, nodes: list[str], flops: float = 0.0) -> list[str]:
-        """Holders by predicted finish time (requests in flight there x learned speed),
-        so load spreads over replicas; holders that are not alive go last, and a holder
-        whose link just closed goes after the linked ones (see :func:`linked_first`).
-        A single holder needs no ranking: every rule keeps it where it is."""
+        """Holders by predicted finish time (this node's requests in flight there x the
+        cost it measured per request, exploration included: see node.work.latency), so
+        load spreads over replicas and a new replica gets tried; holders that are not
+        alive go last, and a holder whose link just closed goes after the linked ones
+        (see :func:`linked_first`). A single holder needs no ranking."""
         if len(nodes) <= 1:
             return list(nodes)
         scores = {c.node_id: s for s, c in rank(self.candidates(set(nodes)), self.memory)}
         live = [n for n in nodes if n in scores]
-        # measured end to end (queue, compute, transfer) where fresh; else the long-term
-        # score plus a hop for a remote holder (see node.work.latency)
-        recent = self.recent.speeds(live, time.monotonic())
-        hop = {n: REMOTE_HOP_S for n in live if n != self.node_id and n not in recent}
-        ordered = by_predicted_finish(live, scores | recent, self.inflight, flops, hop)
+        hop = {n: REMOTE_HOP_S for n in live if n != self.node_id}
+        ordered = order_holders(live, self.recent.costs(live, time.monotonic()), scores,
+                                self.inflight, flops, hop)
         sessions = self.mesh.sessions
         linked = {n for n in nodes if n in sessions and not sessions[n].closed.is_set()}
         return linked_first(ordered + [n for n in nodes if n not in scores], self.node_id,
                             linked)
+
+    @contextlib.contextmanager
+    def holder_request(self, node: str, flops: float) -> Iterator[None]:
+        """Account for one request to holder ``node`` around the ``with`` body.
+
+        Why: the replica choice (:meth:`_holder_order`) ranks holders by this node's
+        requests in flight there and by how long its last ones took; every path that sends
+        block work to a chosen holder (the model pipeline's gatherer and block requests)
+        must feed both, or the choice sees nothing and keeps the plan's order. A failure
+        (any exception but a cancellation) marks the holder failed for the choice."""
+        self.inflight[node] = self.inflight.get(node, 0) + 1
+        start = time.perf_counter()
+        try:
+            yield
+        except Exception:
+            self.memory.record_share(node, flops, time.perf_counter() - start, False)
+            self.recent.failed(node, time.monotonic())
+            raise
+        else:
+            took = time.perf_counter() - start
+            self.memory.record_share(node, flops, took, True)
+            self.recent.observe(node, flops, took, time.monotonic())
+        finally:
+            self.inflight[node] -= 1
 
     async def _known_elsewhere(self, name: str) -> bool:
         try:

@@ -111,14 +111,16 @@ class Pipeline:
         """Hand ``h`` (here now) to a gatherer of layer ``i``; fail over to another."""
         plan = await self._plan(rec, i)
         errors = []
-        for node in self._gatherers(plan)[:MAX_GATHERERS]:
+        flops = self._flops(rec, i, h)
+        for node in self._gatherers(plan, flops)[:MAX_GATHERERS]:
             try:
                 if node == self.me:
                     return await self.stage(rec, i, h, read_seed, request, origin, self.me)
                 session = await self.jobs.mesh.session(node)
                 msg = RunStage(session.next_rid(), rec.name, rec.deploy_id, i, h, read_seed,
                                origin, request)
-                value = await session.request(msg, self._timeout(rec, i, h))
+                with self.jobs.holder_request(node, flops):   # what the next choice learns
+                    value = await session.request(msg, self._timeout(rec, i, h))
                 return Cost.from_wire(value) + Cost(h.nbytes, 0)
             except (*PEER_ERRORS, StoreError) as exc:
                 log.warning("%s layer %d on %s failed (%s); trying another holder", rec.name,
@@ -171,9 +173,10 @@ class Pipeline:
             raise JobError(f"{rec.name}: layer {i} plan is {plan.shape}, record {layer.shape}")
         return plan
 
-    def _gatherers(self, plan: PartitionPlan) -> list[str]:
+    def _gatherers(self, plan: PartitionPlan, flops: float = 0.0) -> list[str]:
         """Holders of the layer: this node first (its input is here), then by rows held
-        (fewest partial outputs to gather), then by score."""
+        (fewest partial outputs to gather), then by the replica choice (``flops``: the
+        work handed over)."""
         rows: dict[str, int] = {}
         for b in plan.blocks:
             for n in b.nodes:
@@ -181,13 +184,17 @@ class Pipeline:
         first = {n: (n != self.me, -rows[n]) for n in rows}
         if len(set(first.values())) == len(first):   # no ties: no ranking needed
             return sorted(rows, key=first.__getitem__)
-        order = self.jobs._holder_order(list(rows))
+        order = self.jobs._holder_order(list(rows), flops)
         rank = {n: k for k, n in enumerate(order)}
         return sorted(rows, key=lambda n: (*first[n], rank[n]))
 
+    @staticmethod
+    def _flops(rec: ModelRecord, i: int, h: np.ndarray) -> float:
+        """Work of layers ``i``.. for input ``h``: what a gatherer of layer ``i`` runs."""
+        return sum(2.0 * l.shape[0] * l.shape[1] * h.shape[1] for l in rec.layers[i:])
+
     def _timeout(self, rec: ModelRecord, i: int, h: np.ndarray) -> float:
-        flops = sum(2.0 * l.shape[0] * l.shape[1] * h.shape[1] for l in rec.layers[i:])
-        return request_timeout(flops, h.nbytes * (len(rec.layers) - i))
+        return request_timeout(self._flops(rec, i, h), h.nbytes * (len(rec.layers) - i))
 
     async def _layer(self, lname: str, plan: PartitionPlan, h: np.ndarray,
                      seed: int) -> tuple[np.ndarray, list[str]]:

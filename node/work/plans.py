@@ -17,6 +17,7 @@ time) replaces an older one whole.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -49,20 +50,29 @@ class VersionedPlan:
     #: Kept apart from the block lists because hot replication adds holders above it and
     #: retiring must know where to stop, also after a restart (the plan is persisted).
     replicas: int = 0
+    #: Per block, the request rate (req/s) it last gained a hot replica at (0: none or
+    #: unknown). Retiring that replica waits for the rate to fall well below it; carried
+    #: with the block's entry (so it merges with it) because the node that decides the
+    #: retire is often not the one that decided the replica (node.work.rebalance).
+    grown: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.stamps:                # a fresh deployment: every block as placed
             self.stamps = [(0, "")] * len(self.plan.blocks)
             if not self.replicas and self.plan.blocks:
                 self.replicas = min(len(b.nodes) for b in self.plan.blocks)
-        if len(self.stamps) != len(self.plan.blocks):
-            raise ValueError("a plan needs one stamp per block")
+        if not self.grown:
+            self.grown = [0.0] * len(self.plan.blocks)
+        if len(self.stamps) != len(self.plan.blocks) or len(self.grown) != len(self.stamps):
+            raise ValueError("a plan needs one stamp and one growth rate per block")
 
     def to_wire(self) -> dict:
         out = {"plan": self.plan.to_dict(), "deploy": self.deploy,
                "stamps": [[v, w] for v, w in self.stamps]}
         if self.replicas:
             out["replicas"] = self.replicas
+        if any(self.grown):
+            out["grown"] = list(self.grown)
         return out
 
     @classmethod
@@ -85,16 +95,26 @@ class VersionedPlan:
         replicas = value.get("replicas", 0)
         if not isinstance(replicas, int) or isinstance(replicas, bool) or not 0 <= replicas <= 1024:
             raise ValueError(f"bad replica count {replicas!r}")
-        return cls(plan, deploy, stamps, replicas)
+        grown = value.get("grown", [0.0] * len(stamps))
+        if (not isinstance(grown, list) or len(grown) != len(stamps)
+                or not all(isinstance(g, (int, float)) and not isinstance(g, bool)
+                           and 0 <= g < math.inf for g in grown)):
+            raise ValueError(f"bad block growth rates {grown!r}")
+        return cls(plan, deploy, stamps, replicas, [float(g) for g in grown])
 
-    def with_block(self, index: int, nodes: list[str], writer: str) -> "VersionedPlan":
-        """A copy where block ``index`` is held by ``nodes``, stamped above its old stamp."""
+    def with_block(self, index: int, nodes: list[str], writer: str,
+                   grown: float | None = None) -> "VersionedPlan":
+        """A copy where block ``index`` is held by ``nodes``, stamped above its old stamp
+        (``grown``: the rate it gained a hot replica at; None keeps the block's)."""
         blocks = [replace(b, nodes=list(nodes)) if b.index == index else _copy(b)
                   for b in self.plan.blocks]
         stamps = list(self.stamps)
         stamps[index] = (stamps[index][0] + 1, writer)
+        rates = list(self.grown)
+        if grown is not None:
+            rates[index] = float(grown)
         return VersionedPlan(PartitionPlan(self.plan.shape, self.plan.device, blocks),
-                             self.deploy, stamps, self.replicas)
+                             self.deploy, stamps, self.replicas, rates)
 
 
 def _copy(b: Block) -> Block:
@@ -107,16 +127,20 @@ def merge(a: VersionedPlan, b: VersionedPlan) -> VersionedPlan:
         return a if a.deploy > b.deploy else b
     if _layout(a.plan) != _layout(b.plan):   # same deployment, different cut: a bug or a
         return a if _digest(a) >= _digest(b) else b   # forgery; pick one deterministically
-    blocks, stamps = [], []
-    for ba, sa, bb, sb in zip(a.plan.blocks, a.stamps, b.plan.blocks, b.stamps):
-        if sa > sb or (sa == sb and ba.nodes >= bb.nodes):
+    blocks, stamps, grown = [], [], []
+    for ba, sa, ga, bb, sb, gb in zip(a.plan.blocks, a.stamps, a.grown, b.plan.blocks,
+                                      b.stamps, b.grown):
+        if sa > sb or (sa == sb and (ba.nodes, ga) >= (bb.nodes, gb)):
             blocks.append(_copy(ba))
             stamps.append(sa)
+            grown.append(ga)             # the growth rate goes with its block entry
         else:
             blocks.append(_copy(bb))
             stamps.append(sb)
+            grown.append(gb)
     return VersionedPlan(PartitionPlan(a.plan.shape, a.plan.device, blocks), a.deploy, stamps,
-                         max(a.replicas, b.replicas))   # one deployment, one count; 0 = unknown
+                         max(a.replicas, b.replicas),   # one deployment, one count; 0 = unknown
+                         grown)
 
 
 def _layout(p: PartitionPlan) -> tuple:
@@ -175,12 +199,13 @@ class PlanBook:
         return merged
 
     async def update_block(self, name: str, index: int, nodes: list[str],
-                           writer: str) -> VersionedPlan:
-        """Record that block ``index`` of ``name`` is now held by ``nodes`` (a repair)."""
+                           writer: str, grown: float | None = None) -> VersionedPlan:
+        """Record that block ``index`` of ``name`` is now held by ``nodes`` (a repair, or a
+        reconfiguration; ``grown``: see :meth:`VersionedPlan.with_block`)."""
         known = self._plans.get(name)
         if known is None:
             raise KeyError(name)
-        return await self.put(name, known.with_block(index, nodes, writer))
+        return await self.put(name, known.with_block(index, nodes, writer, grown))
 
     async def forget(self, name: str) -> None:
         self._plans.pop(name, None)

@@ -7,8 +7,8 @@ blocks to where they serve best (hot replication, retiring cooled replicas, migr
 Rebalancing: for each block, the same single actor as for repairs (its lowest-id live
 holder) builds a snapshot — learned speeds (its dual memory, else the peer's own measured
 speed from its advert, else its advertised capacity), loads averaged over passes, free RAM,
-the block's request rate (its own read rate here times the live holders, since requests
-spread evenly by predicted finish time) — and runs :func:`plan_pass`. Every move is
+the block's request rate (every live holder's own read rate: this node's, and the others'
+from their adverts, :mod:`node.work.blockrates`) — and runs :func:`plan_pass`. Every move is
 copy-then-switch: the new holder receives the programmed state, *then* the plan lists it
 and is announced; a holder the plan drops keeps serving for a grace period
 (:data:`~node.work.holder.RELEASE_GRACE_S`) before it releases the block, so requests in
@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 from compute.partition import Block, PartitionPlan
 from nat.link import LinkClosed
+from node.work.blockrates import advertised, mesh_rate
 from node.work.jobs import JobManager, request_timeout
 from node.work.placement import rank
 from node.work.rebalance import (BlockView, Decision, NodeView, Policy, grown_rates,
@@ -258,35 +259,40 @@ class Reconfigurer:
         rates = {(name, i): memory.block_rate((name, i), now)
                  for name, idxs in held.items() for i in idxs}
         total = sum(rates.values())
-        grown = self._grown_rates()
+        logged = self._grown_rates()
+        others = {m.node_id: advertised(m.advert.stats) for m in jobs.mesh.members()
+                  if m.node_id != me}
         out = []
         for name, plan in jobs.plans.items():
+            versioned = jobs.plans.versioned(name)
             for blk in plan.blocks:
                 live = [n for n in blk.nodes if n in alive]
                 if not live or min(live) != me or blk.index not in held.get(name, ()):
                     continue
                 key = (name, blk.index)
-                # never read here: no work measured (flops 0) and a rate of 0, so only
-                # retiring can apply. It used to be skipped, and a hot replica that landed
-                # here, with a lower id than its source, just before every node restarted
-                # (so it had served nothing) was never retired: the reads went to the
-                # other holder, and only this node acts for the block (CI, 132 s).
+                # Never read here: no work measured (flops 0), so only retiring can apply.
+                # It used to be skipped, and a hot replica that landed here, with a lower
+                # id than its source, just before every node restarted (so it had served
+                # nothing) was never retired (CI, 132 s). Its rate is the mesh's (every
+                # holder's advertised reads), not ours x holders: ours alone (0) retired
+                # replicas that another holder was serving, and the next pass replicated
+                # again. The rate it last grew at comes with the plan (whoever decided).
                 svc = memory.block_service_s(key) or 0.0
-                rate = memory.block_rate(key, now) * len(live)
+                rate = mesh_rate(key, live, me, rates.get(key, 0.0), others)
+                grown = versioned.grown[blk.index] if versioned is not None else 0.0
                 out.append(BlockView(name, blk.index, jobs.holder.store.get(*key).nbytes,
                                      svc * mine_speed * 1e9, tuple(blk.nodes), rate,
                                      self._changed_at(key, tuple(blk.nodes), now),
                                      self._want(name, plan),
                                      rates.get(key, 0.0) / total if total else 0.0,
-                                     grown.get(key, 0.0)))
+                                     grown or logged.get(key, 0.0)))
         return out
 
     def _grown_rates(self) -> dict[tuple[str, int], float]:
-        """Per block, the rate this node last gave it a replica at: retiring then needs the
-        rate to fall (the compute time, on a shared machine, swings 100x). Read from the
-        dual memory's decision log, which is persisted, so a restart keeps it. A replica
-        another node decided is not in this log: the acting node changes when a replica
-        lands on a node with a lower id; the retire rules then rest on busy fractions."""
+        """Per block, the rate this node last gave it a replica at, from the dual memory's
+        decision log (persisted). The plan carries the same figure for whoever decided
+        (``VersionedPlan.grown``) and is read first; this log covers plans from peers that
+        predate that field."""
         plans = self.jobs.plans
         since = {name: deployed_at(v.deploy) for name in plans.names()
                  if (v := plans.versioned(name)) is not None}
@@ -325,7 +331,8 @@ class Reconfigurer:
             nodes.remove(d.source)
         else:
             nodes[nodes.index(d.source)] = d.target
-        await jobs.plans.update_block(d.name, d.index, nodes, jobs.node_id)
+        await jobs.plans.update_block(d.name, d.index, nodes, jobs.node_id,
+                                      d.rate if d.kind == "replicate" else None)
         await jobs.announce_plan(d.name)
         jobs.holder.release_unlisted(d.name)
         key = (d.name, d.index)
