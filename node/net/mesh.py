@@ -10,6 +10,7 @@ Non-gossip messages go to the daemon's handler (jobs, signalling).
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
 import random
@@ -73,6 +74,14 @@ class Mesh:
         self.gossip_sent = 0
         self.gossip_received = 0
         self._dialing: dict[str, asyncio.Future] = {}
+        #: messages by tag over sessions already closed (live ones keep their own)
+        self._closed_sent: collections.Counter = collections.Counter()
+        self._closed_recv: collections.Counter = collections.Counter()
+        #: sessions established (both directions) and closed since start
+        self.sessions_opened = 0
+        #: membership events by kind (an idle mesh should see no "advert" ones)
+        self.events_seen: collections.Counter = collections.Counter()
+        self.sessions_closed = 0
         self.joined_via: set[str] = set()
         self._handshaking = 0
         self._server: asyncio.Server | None = None
@@ -190,6 +199,7 @@ class Mesh:
             if not keep_new:
                 return
         self.sessions[peer] = session
+        self.sessions_opened += 1
         session.start(self._dispatch)
         self._spawn(self._watch(session))
         log.info("linked to %s (%s) over %s at %s", session.remote.name, peer[:8],
@@ -215,6 +225,9 @@ class Mesh:
         await session.closed.wait()
         if self.sessions.get(session.peer_id) is session:
             del self.sessions[session.peer_id]
+        self.sessions_closed += 1
+        self._closed_sent.update(session.stats.sent_by_tag)
+        self._closed_recv.update(session.stats.recv_by_tag)
         log.info("link to %s closed: %s", session.peer_id[:8], session.close_reason)
 
     async def session(self, node_id: str) -> Session:
@@ -314,6 +327,7 @@ class Mesh:
         for dst, msg in out.sends:
             self._spawn(self._deliver(dst, msg))
         for event in out.events:
+            self.events_seen[event.kind] += 1
             if event.kind in ("joined", "advert", "alive"):
                 self.advert_seen[event.node_id] = self.clock()
             if event.kind != "advert":
@@ -397,3 +411,16 @@ class Mesh:
 
     def members(self) -> list[Member]:
         return self.membership.members()
+
+    def traffic(self) -> dict[str, Any]:
+        """Messages sent and received by type since start, and session churn: what an
+        idle node spends its CPU on (``bench/idle.py`` prints it per second)."""
+        sent = collections.Counter(self._closed_sent)
+        recv = collections.Counter(self._closed_recv)
+        for session in self.sessions.values():
+            sent.update(session.stats.sent_by_tag)
+            recv.update(session.stats.recv_by_tag)
+        return {"sent": dict(sent), "recv": dict(recv), "sessions": len(self.sessions),
+                "sessions_opened": self.sessions_opened,
+                "sessions_closed": self.sessions_closed, "events": dict(self.events_seen),
+                "advert_version": self.advert.version}
