@@ -69,3 +69,82 @@ def test_links_of_one_thread_share_one_receive_scratch_area_and_keep_their_frame
     t.start()
     t.join()
     assert other[0] not in areas                # another thread gets its own
+
+
+def test_an_unchanged_advert_offer_costs_no_rebuild_and_changes_still_publish(monkeypatch):
+    """The daemon offers its load fields every second; an idle node's are the same each
+    time, and rebuilding (validating) the advert twice per offer was half the offer's
+    cost. A real change still goes through the usual rules."""
+    import random
+
+    from protocol.advert import Advertisement
+    from protocol.membership import Membership, MembershipConfig
+
+    a = Membership(Advertisement("a", "a", ["a:1"], load=0.0, memory_free=5),
+                   MembershipConfig(), now=0.0, rng=random.Random(1))
+    built = []
+    real = Advertisement.replace
+    monkeypatch.setattr(Advertisement, "replace",
+                        lambda self, **f: built.append(f) or real(self, **f))
+    for t in range(1, 20):
+        a.update_advert(float(t), load=0.0, memory_free=5, name="a")
+        a.tick(float(t))
+    assert built == [] and a.member("a").advert.version == 0
+    a.update_advert(20.0, load=9.0, memory_free=5)                 # a big change: at once
+    assert a.member("a").advert.version == 1 and a.member("a").advert.load == 9.0
+    import pytest
+    with pytest.raises(ValueError):
+        a.update_advert(21.0, no_such_field=1)                     # still refused
+
+
+class _Timers:
+    """A stand-in membership whose next deadline the test moves (as acks and messages
+    move the real one), counting the ticks the mesh's loop makes."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.ticks: list[float] = []
+
+    def tick(self, now: float):
+        from protocol.membership import Output
+        self.ticks.append(now)
+        if now >= self.deadline:
+            self.deadline = now + 10.0       # the timer ran; the next one is far off
+        return Output()
+
+    def next_deadline(self) -> float:
+        return self.deadline
+
+
+async def test_the_tick_loop_does_not_wake_for_a_timer_that_was_cancelled():
+    """Every probe arms a timeout that its ack cancels; the loop slept for it and woke for
+    nothing once a second. A deadline that moved later re-times the sleep; one that moved
+    earlier still wakes it at once."""
+    import asyncio
+
+    from nat.connector import ConnectorConfig
+    from node.net.mesh import Mesh
+    from protocol.identity import Identity
+    from protocol.membership import Output
+
+    mesh = Mesh(Identity.generate(), "a", [], "127.0.0.1:0", [], None, ConnectorConfig())
+    start = mesh.clock()
+    timers = _Timers(start + 0.3)            # the probe timeout
+    mesh.membership = timers
+    loop_task = asyncio.get_running_loop().create_task(mesh._tick_loop())
+    try:
+        await asyncio.sleep(0.05)
+        timers.ticks.clear()                 # the loop's first tick, at start
+        timers.deadline = start + 0.6        # the ack came: the timeout was cancelled
+        mesh._process(Output())
+        await asyncio.sleep(0.45)            # past the cancelled 0.3
+        assert timers.ticks == []
+        await asyncio.sleep(0.3)             # past 0.6
+        assert len(timers.ticks) == 1 and timers.ticks[0] >= start + 0.6
+        timers.deadline = mesh.clock() + 0.05   # a message brought a deadline closer
+        mesh._process(Output())
+        await asyncio.sleep(0.01)
+        assert len(timers.ticks) == 2        # woken at once: the loop re-reads it
+    finally:
+        loop_task.cancel()
+        await asyncio.gather(loop_task, return_exceptions=True)
