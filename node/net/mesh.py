@@ -42,6 +42,7 @@ MAX_PENDING_HANDSHAKES = 64         # unauthenticated links at once (each times 
 MAX_LINKS = 1024                    # established links; more incoming ones are refused
 MIN_TICK_SLEEP = 0.005              # the tick loop never spins faster than this
 MAX_TICK_SLEEP = 30.0               # nor sleeps longer (a safety net: deadlines wake it)
+RETIME_SLACK = 0.05                 # a deadline this much later re-times the tick loop's timer
 
 
 class Mesh:
@@ -88,6 +89,7 @@ class Mesh:
         self._tasks: set[asyncio.Task] = set()
         self._wake = asyncio.Event()
         self._sleep_until = -math.inf    # when the tick loop will wake (-inf: it is awake)
+        self._timer: asyncio.TimerHandle | None = None   # the tick loop's, while it sleeps
         self._stopping = False
         self.bound: tuple[str, int] | None = None
 
@@ -306,20 +308,27 @@ class Mesh:
         probe and the acks, not on a poll. :meth:`_process` wakes this loop early when a
         message or an advert change moved the deadline closer. One timer handle per sleep:
         ``wait_for`` made a task per round."""
-        loop = asyncio.get_running_loop()
         while True:
             self._sleep_until = -math.inf   # awake: nothing needs waking
             self._process(self.membership.tick(self.clock()))
             self._wake.clear()
-            now = self.clock()
-            delay = min(max(self.membership.next_deadline() - now, MIN_TICK_SLEEP),
-                        MAX_TICK_SLEEP)
-            self._sleep_until = now + delay
-            timer = loop.call_at(loop.time() + delay, self._wake.set)
+            self._arm(self.membership.next_deadline())
             try:
                 await self._wake.wait()
             finally:
-                timer.cancel()
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
+
+    def _arm(self, deadline: float) -> None:
+        """(Re)set the tick loop's one timer to ``deadline`` (clamped)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        now = self.clock()
+        delay = min(max(deadline - now, MIN_TICK_SLEEP), MAX_TICK_SLEEP)
+        self._sleep_until = now + delay
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_at(loop.time() + delay, self._wake.set)
 
     def _process(self, out: Output) -> None:
         for node_id, why in out.rejected:
@@ -341,8 +350,14 @@ class Mesh:
                     dial.cancel()
             for hook in self.event_hooks:
                 hook(event)
-        if self.membership.next_deadline() < self._sleep_until:
+        deadline = self.membership.next_deadline()
+        if deadline < self._sleep_until:
             self._wake.set()       # a timer is now due before the tick loop would wake
+        elif (self._timer is not None and min(deadline, self.clock() + MAX_TICK_SLEEP)
+              > self._sleep_until + RETIME_SLACK):
+            # The timer it slept for was cancelled (an ack cancels the probe timeout):
+            # sleep on to the next live one instead of waking for nothing once a period.
+            self._arm(deadline)
 
     async def _deliver(self, dst: str, msg: Any) -> None:
         try:
