@@ -112,6 +112,13 @@ def profile(pid: int, seconds: float) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def lag_ticker_fast(node) -> bool:
+    """Whether the daemon's loop-lag ticker runs at its fast (20 ms, work under way) pace:
+    50 wake-ups a second, which an idle daemon should not be paying."""
+    lag = node.status().get("loop_lag") or {}
+    return lag.get("interval_ms", 1000.0) < 100.0
+
+
 def threads(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 
@@ -219,6 +226,7 @@ def main() -> None:
             elapsed = time.monotonic() - w0
             cpu1 = {pid: cpu_seconds(pid) for pid in pids}
             traffic1 = [traffic(node) for node in nodes]
+            fast_lag = sum(1 for node in nodes if lag_ticker_fast(node))
             cpu = [(cpu1[pid] - cpu0[pid]) / elapsed * 100 for pid in pids]
             mem = [memory_kb(pid) for pid in pids]
             anon = [anonymous_kb(pid) / 1024 for pid in pids]
@@ -244,6 +252,7 @@ def main() -> None:
              f"| steady anonymous, MB (private heap) | {summary(anon)} |",
              f"| threads | {summary([float(t) for t in nthreads])} |",
              *traffic_rates(traffic0, traffic1, elapsed),
+             f"| lag ticker fast (20 ms) at the window's end, daemons | {fast_lag} of {len(nodes)} |",
              "", f"all {args.n} together, steady: {sum(cpu):.1f} % of one core, RSS "
              f"{sum(rss):.0f} MB, PSS {sum(pss):.0f} MB; start-up CPU {sum(startup_cpu):.0f} s"]
     for report in crashed or crashed_late:
