@@ -276,6 +276,7 @@ class Session:
                 await self.link.send(frame)
                 self._current = None
                 sent = sum(len(b) for b in frame)
+                frame = None   # views of the sender's buffer (a client's shared W): let go
                 self.stats.sent_bytes += sent
                 since_yield += sent
                 if since_yield >= WRITE_YIELD_BYTES:
@@ -285,6 +286,7 @@ class Session:
                     self.stats.sent_messages += 1
                     if not out.done.done():
                         out.done.set_result(None)
+                out = None     # nor hold the last message while waiting for the next one
         except LinkClosed as exc:
             await self.close(exc.reason)
         except Exception as exc:  # never leave senders waiting on a dead writer
