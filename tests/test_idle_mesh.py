@@ -148,3 +148,46 @@ async def test_the_tick_loop_does_not_wake_for_a_timer_that_was_cancelled():
     finally:
         loop_task.cancel()
         await asyncio.gather(loop_task, return_exceptions=True)
+
+
+async def test_the_session_writer_lets_go_of_the_last_message_it_sent(tmp_path):
+    """The writer kept its last frame (views of the sender's array) until the next queued
+    message: an RTT ping's reply every 2 s happened to release it; without those pings (a
+    trial of RTT from SWIM probes) a client's 64 MiB shared W stayed mapped."""
+    import asyncio
+    import gc
+    import weakref
+
+    from nat.tcp import dial_tcp, listen_tcp
+    from node.net.session import handshake
+    from protocol.identity import Identity
+
+    key = b"k" * 32
+    ida, idb = Identity.generate(), Identity.generate()
+    accepted: asyncio.Queue = asyncio.Queue()
+    got: asyncio.Queue = asyncio.Queue()
+
+    async def on_link(link):
+        await accepted.put(await handshake(link, idb, "b", [], [key], initiator=False))
+    server = await listen_tcp("127.0.0.1", 0, on_link)
+    a = await handshake(await dial_tcp("127.0.0.1", server.sockets[0].getsockname()[1]),
+                        ida, "a", [], [key], initiator=True)
+    b = await accepted.get()
+
+    async def receive(_session, msg):
+        await got.put(msg)
+    a.start(receive)
+    b.start(receive)
+    try:
+        arr = np.ones((512, 256), dtype=np.float32)            # 512 KiB: the writer's path
+        alive = weakref.ref(arr)
+        await a.send(MatmulShare(1, "j", arr, arr[:1], None, 0, 0))
+        received = await asyncio.wait_for(got.get(), 10)
+        assert received.a.shape == (512, 256)
+        del arr, received
+        gc.collect()
+        assert alive() is None
+    finally:
+        await a.close("test over")
+        await b.close("test over")
+        server.close()
