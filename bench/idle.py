@@ -68,14 +68,28 @@ def anonymous_kb(pid: int) -> int:
     return 0
 
 
+def status_or_none(node) -> dict | None:
+    """``status`` of one daemon, or None (reported) when it does not answer: on a
+    saturated machine one slow or dead daemon must not lose the whole run's figures."""
+    try:
+        return node.status()
+    except Exception as exc:   # NotRunning, a timeout, a dead daemon: say so, go on
+        print(f"{node.name}: no status ({exc})", file=sys.stderr)
+        return None
+
+
 def traffic(node) -> dict:
     """The daemon's message counters by type and its sessions (``status``'s traffic)."""
-    return node.status().get("traffic") or {}
+    return (status_or_none(node) or {}).get("traffic") or {}
 
 
 def traffic_rates(before: list[dict], after: list[dict], elapsed: float) -> list[str]:
     """Table rows: per daemon messages/s by type (median and mean over daemons), and the
     sessions open and opened during the window."""
+    pairs = [(b, a) for b, a in zip(before, after) if b and a]   # both answered
+    before, after = [b for b, _ in pairs], [a for _, a in pairs]
+    if not pairs:
+        return ["| traffic | no daemon answered |"]
     tags = sorted({t for d in before + after for way in ("sent", "recv")
                    for t in d.get(way, {})})
     rows = []
@@ -115,7 +129,7 @@ def profile(pid: int, seconds: float) -> subprocess.Popen:
 def lag_ticker_fast(node) -> bool:
     """Whether the daemon's loop-lag ticker runs at its fast (20 ms, work under way) pace:
     50 wake-ups a second, which an idle daemon should not be paying."""
-    lag = node.status().get("loop_lag") or {}
+    lag = (status_or_none(node) or {}).get("loop_lag") or {}
     return lag.get("interval_ms", 1000.0) < 100.0
 
 
