@@ -31,6 +31,7 @@ import asyncio
 import cProfile
 import io
 import os
+import statistics
 import pstats
 import sys
 import tempfile
@@ -290,7 +291,16 @@ def split_summary(jobs: list[dict], names: dict[str, str]) -> str:
                          for nid, r in sorted(job.get("placement", {}).items()))
         key = f"by {split}: {rows}"
         seen[key] = seen.get(key, 0) + 1
-    return "Splits (jobs): " + "; ".join(f"{key} ({k})" for key, k in seen.items())
+    text = "Splits (jobs): " + "; ".join(f"{key} ({k})" for key, k in seen.items())
+    predicted: dict[str, list[float]] = {}
+    for job in jobs:       # the model's finish times, to set against the stages below
+        for nid, t in job.get("split", {}).get("predicted_ms", {}).items():
+            predicted.setdefault(names.get(nid, nid[:8]), []).append(t)
+    if predicted:
+        text += ("\nPredicted finish (model, median over the transfer-split jobs, ms from "
+                 "the job's start): " + ", ".join(f"{name} {statistics.median(ts):.0f}"
+                                                  for name, ts in sorted(predicted.items())))
+    return text
 
 
 def oneshot_run(n: int, count: int) -> str:

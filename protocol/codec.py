@@ -85,10 +85,18 @@ def encoded_size(parts: list[bytes | memoryview]) -> int:
     return sum(len(p) for p in parts)
 
 
-def _array_hook(data_area: memoryview):
+class NumpyNeeded(DecodeError):
+    """A payload decoded with ``numpy_loaded_only`` holds an array while numpy is not
+    loaded (say a zero-byte array, which :func:`carries_arrays` cannot see): the caller
+    loads numpy off its event loop and decodes again."""
+
+
+def _array_hook(data_area: memoryview, numpy_loaded_only: bool = False):
     def hook(code: int, data: bytes) -> Any:
         if code != NDARRAY_EXT:
             raise DecodeError(f"unknown msgpack ext type {code}")
+        if numpy_loaded_only and loaded() is None:
+            raise NumpyNeeded("the payload holds an array and numpy is not loaded")
         try:
             dtype_str, shape, offset, nbytes = msgpack.unpackb(data)
             dtype = np.dtype(dtype_str)
@@ -108,11 +116,14 @@ def _array_hook(data_area: memoryview):
     return hook
 
 
-def decode(payload: bytes | bytearray | memoryview) -> Any:
-    """Decode a payload made by :func:`encode`; arrays are views into ``payload``."""
+def decode(payload: bytes | bytearray | memoryview, *, numpy_loaded_only: bool = False) -> Any:
+    """Decode a payload made by :func:`encode`; arrays are views into ``payload``.
+    ``numpy_loaded_only``: raise :class:`NumpyNeeded` rather than import numpy for an
+    array (on an event loop, where that import must not run)."""
     view = memoryview(payload)
     head = _header_length(view)
-    return _unpack(view[_U32.size:_U32.size + head], view[_aligned(_U32.size + head):])
+    return _unpack(view[_U32.size:_U32.size + head], view[_aligned(_U32.size + head):],
+                   numpy_loaded_only)
 
 
 def decode_split(head_part: bytes | bytearray | memoryview,
@@ -122,7 +133,7 @@ def decode_split(head_part: bytes | bytearray | memoryview,
     are views into ``data_area``."""
     view = memoryview(head_part)
     head = _header_length(view)
-    return _unpack(view[_U32.size:_U32.size + head], memoryview(data_area))
+    return _unpack(view[_U32.size:_U32.size + head], memoryview(data_area), False)
 
 
 def carries_arrays(payload: bytes | bytearray | memoryview) -> bool:
@@ -146,10 +157,10 @@ def _header_length(view: memoryview) -> int:
     return head
 
 
-def _unpack(header: memoryview, data_area: memoryview) -> Any:
+def _unpack(header: memoryview, data_area: memoryview, numpy_loaded_only: bool) -> Any:
     try:
-        return msgpack.unpackb(header, ext_hook=_array_hook(data_area), raw=False,
-                               strict_map_key=True)
+        return msgpack.unpackb(header, ext_hook=_array_hook(data_area, numpy_loaded_only),
+                               raw=False, strict_map_key=True)
     except DecodeError:
         raise
     except Exception as exc:

@@ -87,8 +87,15 @@ def decode_message(payload: bytes | bytearray | memoryview) -> Any:
 async def decode_message_on_loop(payload: bytes | bytearray | memoryview) -> Any:
     """:func:`decode_message` for an event loop: a payload carrying arrays, arriving before
     numpy is loaded, first has numpy loaded in a worker thread (its import never runs on
-    the loop). One place for the session's reader and the local API's."""
-    if loaded() is None and codec.carries_arrays(payload):
+    the loop). One place for the session's reader and the local API's. An array without
+    bytes (zero-sized) is not seen from the length prefix: decoding without numpy finds
+    it, and the payload is decoded again once numpy is loaded."""
+    if loaded() is None:
+        if not codec.carries_arrays(payload):
+            try:
+                return from_wire(codec.decode(payload, numpy_loaded_only=True))
+            except codec.NumpyNeeded:
+                pass
         await ready()
     return decode_message(payload)
 

@@ -1,17 +1,20 @@
 """Messages that move matrix work between nodes.
 
-Active storage: ``store_block`` ships a row block of W once; afterwards ``infer_block``
-moves only the input X to the holder and the partial output back. ``matmul`` is the
+Active storage: ``store_block`` ships a row block of W once; afterwards ``infer_blocks``
+moves only the input X to each holder (once, whatever the number of its blocks) and the
+partial outputs back. ``matmul`` is the
 one-shot path where both operands travel.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from compute.lazynumpy import np
 
-from protocol.messages import message
+from protocol.errors import DecodeError
+from protocol.messages import from_wire, message, to_wire
 
 
 @message("work.matmul")
@@ -25,6 +28,40 @@ class MatmulShare:
     device: str | None
     seed: int
     row_offset: int
+
+
+@message("work.matmul_result")
+class MatmulShareResult:
+    """A peer's answer to :class:`MatmulShare`: its rows of the product and the seconds
+    its compute took (``compute_s``: the product alone, not decoding, validation or the
+    link). Why the figure travels: the asker sees only a round trip, and splitting that
+    into link and compute by estimate mixed the two (bench/README.md, oneshot3); the
+    peer's own clock is the one that saw its compute."""
+
+    y: np.ndarray
+    compute_s: float
+
+
+def share_result_wire(y: np.ndarray, compute_s: float) -> dict[str, Any]:
+    """The reply value a peer sends for a :class:`MatmulShare`."""
+    return to_wire(MatmulShareResult(y, float(compute_s)))
+
+
+def read_share_result(value: Any) -> tuple[Any, float | None]:
+    """``(y, compute_s)`` from a peer's reply to :class:`MatmulShare`.
+
+    A bare array (a peer from before ``compute_s``) gives ``compute_s`` None; a map is
+    checked as a :class:`MatmulShareResult` (tag, fields, types; DecodeError otherwise),
+    and a time that is not a finite number >= 0 is the peer's error. The shape of ``y``
+    is the asker's to check: only it knows the share it sent."""
+    if not isinstance(value, dict):
+        return value, None
+    got = from_wire(value)
+    if not isinstance(got, MatmulShareResult):
+        raise DecodeError(f"a matmul share was answered with {got.TAG}")
+    if not (math.isfinite(got.compute_s) and got.compute_s >= 0):
+        raise DecodeError(f"work.matmul_result.compute_s: {got.compute_s} is not a time")
+    return got.y, got.compute_s
 
 
 @message("work.store_block")
@@ -42,13 +79,36 @@ class StoreBlock:
 
 @message("work.infer_block")
 class InferBlock:
-    """Return ``W_block @ x`` for a resident block."""
+    """Return ``W_block @ x`` for a resident block (one block; a coordinator sends
+    :class:`InferBlocks`, which carries X once for all of a holder's blocks)."""
 
     rid: int
     name: str
     index: int
     x: np.ndarray
     read_seed: int
+
+
+@message("work.infer_blocks")
+class InferBlocks:
+    """Return ``W_b @ x`` for each resident block ``b`` of ``indices``: X travels once per
+    holder and request, not once per block (at N=16384 a holder has 16 blocks of W).
+
+    Answered with ``{"parts": [...], "compute_s": float}``: one entry per index, in the
+    order of ``indices``, each the block's rows of the product or a one-line error (that
+    block alone fails over; the rest are used), and the seconds the holder spent serving
+    the request (the coordinator's round trip less this is the link's share).
+    """
+
+    rid: int
+    name: str
+    indices: list[int]
+    x: np.ndarray
+    read_seed: int
+
+
+#: Block indices one ``InferBlocks`` may name (a plan of a 1 GiB W has 32-64 blocks).
+MAX_INFER_BLOCKS = 1024
 
 
 @message("work.plan")

@@ -119,10 +119,11 @@ links = st.floats(1e5, 1e13)
 @given(m=st.integers(1, 5000), k=st.integers(1, 3000), n=st.integers(1, 3000),
        unit=st.sampled_from([1, 8, 64, 128]),
        local=speeds,
-       peers=st.lists(st.tuples(speeds, links, st.floats(0, 0.05), st.booleans()), max_size=5))
+       peers=st.lists(st.tuples(speeds, links, st.floats(0, 0.05), st.booleans(),
+                                st.one_of(st.just(0.0), links)), max_size=5))
 def test_every_row_is_computed_exactly_once(m, k, n, unit, local, peers):
-    nodes = [me(local)] + [peer(f"p{i}", g, b, lat, co) for i, (g, b, lat, co) in
-                           enumerate(peers)]
+    nodes = [me(local)] + [ShareCost(f"p{i}", g, b, lat, cohost=co, handover_bps=h)
+                           for i, (g, b, lat, co, h) in enumerate(peers)]
     split = transfer_split(m, k, n, nodes, unit=unit)
     sizes = [r for _, r in split.rows]
     assert sum(sizes) == m and all(r > 0 for r in sizes)

@@ -510,3 +510,31 @@ def test_a_big_message_before_numpy_is_reassembled_in_private_huge_page_memory()
     if "[never]" in mode:
         pytest.skip("transparent huge pages are off on this kernel: 4 KiB pages it is")
     assert huge_kb > 0, "the mapping got no huge pages"
+
+
+def test_a_zero_byte_array_from_a_peer_loads_numpy_off_the_loop_first():
+    """An array of no bytes leaves no trace in the payload's length prefix, but decoding it
+    still needs numpy: in strict mode, on an event loop, the message decodes (numpy loaded
+    in a worker first), while a message without arrays decodes with numpy left unloaded."""
+    import numpy as np
+
+    from protocol.messages import encode_message
+    from protocol.work import InferBlock
+    from tests.daemons import sedma_env
+
+    empty = b"".join(bytes(p) for p in encode_message(
+        InferBlock(7, "w", 0, np.zeros((0, 3), np.float32), 5)))
+    code = (
+        "import asyncio, sys\n"
+        "from protocol.messages import decode_message_on_loop, encode_message\n"
+        "from protocol.work import GetPlan\n"
+        f"empty = bytes.fromhex('{empty.hex()}')\n"
+        "plain = b''.join(bytes(p) for p in encode_message(GetPlan(3, 'w')))\n"
+        "async def main():\n"
+        "    assert (await decode_message_on_loop(plain)) == GetPlan(3, 'w')\n"
+        "    assert 'numpy' not in sys.modules\n"
+        "    msg = await decode_message_on_loop(empty)\n"
+        "    assert msg.x.shape == (0, 3) and str(msg.x.dtype) == 'float32', msg\n"
+        "asyncio.run(main())\n"
+        "print('ok')\n")
+    _prints_ok(code, 120, dict(sedma_env(), SEDMA_NUMPY_ON_LOOP="raise"))

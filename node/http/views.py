@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import numpy as np
+from node.metrics import percentile
+
 
 #: How many recent jobs the jobs page lists.
 RECENT_JOBS = 25
@@ -137,9 +138,8 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
     """p50/p90/p99 of ``values`` (None when there are none)."""
     if not values:
         return {"p50": None, "p90": None, "p99": None}
-    arr = np.asarray(values, dtype=np.float64)
-    p50, p90, p99 = np.percentile(arr, [50, 90, 99])
-    return {"p50": float(p50), "p90": float(p90), "p99": float(p99)}
+    ordered = sorted(float(v) for v in values)
+    return {f"p{q}": percentile(ordered, q) for q in (50, 90, 99)}
 
 
 def dual_memory(daemon: Any, known: list[dict] | None = None) -> dict:

@@ -34,15 +34,22 @@ from node.work.plans import PlanBook, VersionedPlan
 from node.net.session import RemoteError, Session
 from node.memory.store import BlockStore, Resident, StoreError, as_matrix, copy_pause_s
 from protocol.errors import ProtocolError
-from protocol.work import (ClaimName, DropMatrix, GetModel, GetPlan, InferBlock, MatmulShare,
-                           ModelNotice, ModelSync, PlanNotice, ReleaseName, RunStage,
-                           StageResult, StoreBlock, StoreState, Undeploy)
+from protocol.framing import DEFAULT_MAX_MESSAGE
+from protocol.work import (MAX_INFER_BLOCKS, ClaimName, DropMatrix, GetModel, GetPlan,
+                           InferBlock, InferBlocks, MatmulShare, ModelNotice, ModelSync,
+                           PlanNotice, ReleaseName, RunStage, StageResult, StoreBlock,
+                           StoreState, Undeploy, share_result_wire)
 
 log = logging.getLogger("sedma.holder")
 
 MAX_SERVING = 256          # peer requests served at once; more are refused, not queued
 RELEASE_GRACE_S = 30.0     # a block the plan moved away stays this long for requests in flight
 DEPLOY_WRITERS = 2         # block files written (and fsynced) at once
+#: A peer's X up to this size is checked on the event loop (a NaN scan of tens of
+#: microseconds), not on a compute thread: a hop costs more than the scan at this size.
+INLINE_CHECK_BYTES = 256 << 10
+#: The largest grouped reply: the parts must fit one message with room for its header.
+MAX_REPLY_BYTES = DEFAULT_MAX_MESSAGE - (1 << 20)
 
 
 @dataclass(frozen=True)
@@ -241,8 +248,51 @@ class BlockHolder:
         log.info("holding restored replica of block %d of %s", index, name)
         return block.nbytes
 
+    async def infer_blocks(self, name: str, indices: list[int], x: Any,
+                           read_seed: int) -> dict[str, Any]:
+        """A peer's grouped request: ``W_b @ x`` for each block ``b`` of ``indices``.
+
+        X is checked once for all blocks, then every block is read by the same path as a
+        single-block request (:meth:`infer_local`), all at once on the compute threads.
+        A block that cannot be read here (not resident, moved away) answers its own error
+        string, so only that block fails over at the coordinator; X itself being bad, or a
+        bug, fails the whole request. Each block's rows are its own array: no gather copy
+        here, and the coordinator copies each into its output as before.
+        """
+        start = time.perf_counter()
+        check_name(name)
+        if not 0 < len(indices) <= MAX_INFER_BLOCKS or len(set(indices)) != len(indices):
+            raise StoreError(f"a grouped request names 1 to {MAX_INFER_BLOCKS} distinct "
+                             f"blocks, got {len(indices)} ({len(set(indices))} distinct)")
+        if isinstance(x, np.ndarray) and x.nbytes <= INLINE_CHECK_BYTES:
+            x = as_matrix(x, "X")
+        else:
+            (x,) = await validate_operands(self.executor, (x, "X"))
+        parts: list[Any] = [str(r) if isinstance(r, UserError) else r
+                            for r in await self.read_many(name, indices, x, read_seed)]
+        size = sum(p.nbytes for p in parts if isinstance(p, np.ndarray))
+        if size > MAX_REPLY_BYTES:
+            raise StoreError(f"the {len(indices)} blocks' rows are {size} bytes, over the "
+                             f"{MAX_REPLY_BYTES}-byte reply limit")
+        return {"parts": parts, "compute_s": time.perf_counter() - start}
+
+    async def read_many(self, name: str, indices: list[int], x: np.ndarray,
+                        read_seed: int) -> list[np.ndarray | UserError]:
+        """Each block's ``W_b @ x`` (X already checked), read at once on the compute
+        threads, or the error that block alone met (not resident here, say); any other
+        exception is a bug and raises. With a block per compute thread or more, a wide X
+        is not also cut into chunks: the threads are busy already, and each chunk is one
+        more hop."""
+        split = len(indices) < self.executor.workers
+        results = await asyncio.gather(*(self.infer_local(name, i, x, read_seed, split=split)
+                                         for i in indices), return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException) and not isinstance(r, UserError):
+                raise r
+        return results
+
     async def infer_local(self, name: str, index: int, x: np.ndarray, read_seed: int,
-                          *, validate: bool = False) -> np.ndarray:
+                          *, validate: bool = False, split: bool = True) -> np.ndarray:
         """``W_block @ x``; ``validate`` checks X first (a peer's X: as_matrix reads it all).
 
         The block is pinned for the whole read (it cannot leave RAM under it), and the
@@ -252,14 +302,15 @@ class BlockHolder:
         wake-up, which is most of a small request's time on a busy machine. A wide X is cut
         into tile-row chunks so every compute thread takes a part (several requests then
         share the threads evenly instead of queueing whole blocks); the values are the ones
-        a single read gives (noise is keyed by tile position).
+        a single read gives (noise is keyed by tile position). ``split=False`` reads a wide
+        X whole too (a grouped request with a block per thread has nothing to split).
         """
         self.store.get(name, index)
         self.metrics.read()
         self._prefetch_after(name, index)
         reading = self.store.reading(name, index)
-        wide = (isinstance(x, np.ndarray) and x.ndim == 2 and x.shape[1] >= MIN_SPLIT_BATCH
-                and self.executor.workers > 1)
+        wide = (split and isinstance(x, np.ndarray) and x.ndim == 2
+                and x.shape[1] >= MIN_SPLIT_BATCH and self.executor.workers > 1)
         if not wide:
             shape, y, busy = await self.executor.run(self._read_pinned, reading, x, read_seed,
                                                      validate)
@@ -360,13 +411,20 @@ class BlockHolder:
             spans.mark("peer.validated")
             if a.shape[1] != b.shape[0]:
                 raise StoreError("share shapes do not align")
+            start = time.perf_counter()
             result = await self.compute_share(a, b, msg.device, msg.seed, msg.row_offset)
+            compute_s = time.perf_counter() - start   # the asker's split needs it apart
             self.metrics.completed()
-            return result
+            return share_result_wire(result, compute_s)
         if isinstance(msg, InferBlock):
             spans.mark("peer.recv")
             result = await self.infer_local(check_name(msg.name), msg.index, msg.x,
                                             msg.read_seed, validate=True)
+            self.metrics.completed()
+            return result
+        if isinstance(msg, InferBlocks):
+            spans.mark("peer.recv")
+            result = await self.infer_blocks(msg.name, msg.indices, msg.x, msg.read_seed)
             self.metrics.completed()
             return result
         if isinstance(msg, StoreBlock):

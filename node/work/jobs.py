@@ -28,16 +28,19 @@ import msgpack
 from compute.lazynumpy import np
 
 from compute.device import get_preset
-from compute.partition import NodeSlot, PartitionPlan, PlacementError, plan_rows, unit_rows
+from compute.partition import (Block, NodeSlot, PartitionPlan, PlacementError, plan_rows,
+                               unit_rows)
 from nat.link import LinkClosed
 from node.runtime import spans
 from node.errors import UserError, internal_message
 from node.memory.dualmemory import DualMemory
 from node.metrics import Metrics
+from node.work.blockgroups import (BlockTry, compute_seconds, fail_over, group_by_holder,
+                                   read_parts)
 from node.work.latency import PeakEwma
 from node.work.oneshotsplit import ShareCost, fits_memory, transfer_split
 from node.work.placement import Candidate, by_predicted_finish, holdable, rank
-from node.work.sharemeter import ShareMeter, host_id
+from node.work.sharemeter import ShareMeter, ShareTiming, host_id
 from node.work.claims import ClaimRefused, quorum
 from node.work.plans import VersionedPlan, new_deploy_id
 from node.work.retention import JobStamp, Retention, expired
@@ -47,8 +50,8 @@ from node.memory.statedb import StateDB
 from node.memory.store import StoreError, as_matrix, check_name
 from protocol.errors import ProtocolError
 from protocol.framing import DEFAULT_MAX_MESSAGE
-from protocol.work import (ClaimName, DropMatrix, GetPlan, InferBlock, MatmulShare, PlanNotice,
-                           ReleaseName, StoreBlock)
+from protocol.work import (ClaimName, DropMatrix, GetPlan, InferBlocks, MatmulShare, PlanNotice,
+                           ReleaseName, StoreBlock, read_share_result)
 
 log = logging.getLogger("sedma.jobs")
 
@@ -65,9 +68,6 @@ MAX_SEED = (1 << 63) - 1
 #: wake-up, more than the work itself at this size and most of a B=1 request's overhead.
 INLINE_BYTES = 256 << 10
 FINAL_STATES = ("done", "failed", "cancelled")
-#: A peer's compute is its round trip less the link's estimated time, which can come out
-#: near zero or below on a noisy link; it is taken as at least this part of the round trip.
-MIN_COMPUTE_SHARE = 0.05
 
 
 class JobError(UserError):
@@ -390,7 +390,8 @@ class JobManager:
             link = self.share_meter.link_bps(nid) or 0.0
             if speed is None or link <= 0:
                 return None
-            costs.append(ShareCost(nid, speed, link, self._rtt_s(nid)))
+            costs.append(ShareCost(nid, speed, link, self._rtt_s(nid),
+                                   handover_bps=self.share_meter.handover_bps(nid) or 0.0))
         if not any(c.local for c in costs):
             return None
         return costs
@@ -479,24 +480,18 @@ class JobManager:
                                       sent=handed)
         total = time.perf_counter() - start
         spans.mark("share.reply")
-        part = _expect_array(value, (a.shape[0], b.shape[1]), node)
+        y, compute_s = read_share_result(value)
+        part = _expect_array(y, (a.shape[0], b.shape[1]), node)
         if handed_after:
-            self._measure_share(node, device, flops, a.nbytes + b.nbytes, part.nbytes,
-                                handed_after[0], total)
+            self._measure_share(node, device, ShareTiming(
+                flops, a.nbytes + b.nbytes, part.nbytes, handed_after[0], total, compute_s,
+                self._rtt_s(node)))
         return part
 
-    def _measure_share(self, node: str, device: str | None, flops: float, sent_bytes: int,
-                       reply_bytes: int, send_s: float, total_s: float) -> None:
-        """Split a peer share's round trip into link and compute for the next split: the
-        link's rate is what sending the operands took; the peer's compute is the rest of
-        the round trip once the reply's transfer and one round trip are taken out."""
-        self.share_meter.record_link(node, sent_bytes, send_s)
-        link = self.share_meter.link_bps(node) or 0.0
-        if link <= 0:
-            return
-        compute = total_s - send_s - reply_bytes / link - self._rtt_s(node)
-        self.share_meter.record(node, device or "", flops,
-                                max(compute, MIN_COMPUTE_SHARE * total_s))
+    def _measure_share(self, node: str, device: str | None, timing: ShareTiming) -> None:
+        """Keep what a peer share measured for the next split: the peer's compute (its
+        own figure), the path (the rest of the round trip) and this node's hand-over."""
+        self.share_meter.record_share(node, device or "", timing)
 
     # deploy ---------------------------------------------------------------------------
     async def deploy(self, name: str, w: Any, device: str | None, replicas: int | None,
@@ -668,41 +663,115 @@ class JobManager:
         out = np.empty((plan.shape[0], x.shape[1]), dtype=np.float32)
         self.metrics.live_bytes += x.nbytes + out.nbytes
         try:
-            # peers' shares are sent before this node wakes its own compute thread
-            await asyncio.gather(*(self._infer_block(name, blk, x, read_seed, out)
-                                   for blk in sorted(plan.blocks,
-                                                     key=lambda b: self.node_id in b.nodes)))
+            await self.read_blocks(name, plan.blocks, x, read_seed, out)
         finally:
             self.metrics.live_bytes -= x.nbytes + out.nbytes
         self.memory.record_request(name, time.perf_counter() - start)
         self.metrics.completed()
         return out[:, 0] if vector else out
 
-    async def _infer_block(self, name, blk, x, read_seed, out) -> None:
-        errors = []
-        flops = 2.0 * (blk.row_stop - blk.row_start) * x.shape[0] * x.shape[1]
-        for node in self._holder_order(blk.nodes, flops):
-            start = time.perf_counter()
-            self.inflight[node] = self.inflight.get(node, 0) + 1
-            try:
-                part = await self._infer_on(node, name, blk, x, read_seed, flops)
-                rows = slice(blk.row_start, blk.row_stop)
-                if part.nbytes <= INLINE_BYTES:
-                    out[rows] = part
-                else:
-                    await self.executor.run(out.__setitem__, rows, part)
-                took = time.perf_counter() - start
-                self.memory.record_share(node, flops, took, True)
-                self.recent.observe(node, flops, took, time.monotonic())
-                return
-            except (LinkClosed, TimeoutError, RemoteError, ProtocolError, StoreError) as exc:
-                self.memory.record_share(node, flops, time.perf_counter() - start, False)
-                log.info("infer %s block %d on %s failed after %.3fs (%s); trying the next "
-                         "holder", name, blk.index, node[:8], time.perf_counter() - start, exc)
-                errors.append(f"{node[:8]}: {exc}")
-            finally:
-                self.inflight[node] -= 1
-        raise JobError(f"block {blk.index} of {name} has no live holder ({'; '.join(errors)})")
+    async def read_blocks(self, name: str, blocks: list[Block], x: np.ndarray,
+                          read_seed: int, out: np.ndarray) -> list[str]:
+        """Every block's rows of ``W @ X`` into ``out``: one request per chosen holder.
+        Returns the node that served each block, in the order of ``blocks``.
+
+        The holder of each block is chosen per block, as before (each choice counts the
+        blocks already sent there, so a request's blocks spread over replicas); then the
+        blocks going to the same peer travel as one ``InferBlocks`` carrying X once.
+        Blocks whose holder fails go on, each to its own next holder (see
+        :mod:`node.work.blockgroups`). Blocks held here last: peers' requests are sent
+        before this node wakes its own compute threads.
+        """
+        for blk in blocks:
+            if not blk.nodes:
+                raise JobError(f"block {blk.index} of {name} has no live holder (none listed)")
+        tries = []
+        for blk in sorted(blocks, key=lambda b: self.node_id in b.nodes):
+            flops = 2.0 * (blk.row_stop - blk.row_start) * x.shape[0] * x.shape[1]
+            t = BlockTry(blk, flops, self._holder_order(blk.nodes, flops))
+            self.inflight[t.holder] = self.inflight.get(t.holder, 0) + 1
+            tries.append(t)
+        await self._send_groups(name, group_by_holder(tries), x, read_seed, out)
+        served = {t.blk.index: t.holder for t in tries}     # a failed holder left its order
+        return [served[b.index] for b in blocks]
+
+    async def _send_groups(self, name: str, groups: list[tuple[str, list[BlockTry]]],
+                           x: np.ndarray, read_seed: int, out: np.ndarray) -> None:
+        """Run each group (its blocks already counted in flight at its node), local last."""
+        groups = sorted(groups, key=lambda g: g[0] == self.node_id)
+        await asyncio.gather(*(self._infer_group(name, node, group, x, read_seed, out)
+                               for node, group in groups))
+
+    async def _infer_group(self, name: str, node: str, group: list[BlockTry], x: np.ndarray,
+                           read_seed: int, out: np.ndarray) -> None:
+        """One holder's blocks of a request; the failed ones fail over to their next."""
+        flops = sum(t.flops for t in group)
+        start = time.perf_counter()
+        try:
+            parts = await self._infer_many_on(node, name, [t.blk for t in group], x,
+                                              read_seed, flops)
+        except (LinkClosed, TimeoutError, RemoteError, ProtocolError, StoreError,
+                OSError) as exc:
+            parts = [exc] * len(group)
+        finally:
+            self.inflight[node] -= len(group)
+        took = time.perf_counter() - start
+        done = [(t, p) for t, p in zip(group, parts) if isinstance(p, np.ndarray)]
+        failed = [(t, str(p) or type(p).__name__) for t, p in zip(group, parts)
+                  if not isinstance(p, np.ndarray)]
+        if done:
+            await self._write_rows(out, done)
+            ok = sum(t.flops for t, _ in done)
+            self.memory.record_share(node, ok, took, True)
+            self.recent.observe(node, ok, took, time.monotonic())
+        if not failed:
+            return
+        self.memory.record_share(node, sum(t.flops for t, _ in failed), took, False)
+        log.info("infer %s block(s) %s on %s failed after %.3fs (%s); trying the next holder",
+                 name, ",".join(str(t.blk.index) for t, _ in failed), node[:8], took,
+                 failed[0][1])
+        again, exhausted = fail_over(failed)
+        if exhausted:
+            t = exhausted[0]
+            raise JobError(f"block {t.blk.index} of {name} has no live holder "
+                           f"({'; '.join(t.errors)})")
+        for t in again:
+            self.inflight[t.holder] = self.inflight.get(t.holder, 0) + 1
+        await self._send_groups(name, group_by_holder(again), x, read_seed, out)
+
+    async def _write_rows(self, out: np.ndarray, done: list[tuple[BlockTry, np.ndarray]]) -> None:
+        """Each block's rows into ``out``: on the loop when small, else in one hop."""
+        def write() -> None:
+            for t, part in done:
+                out[t.blk.row_start:t.blk.row_stop] = part
+        if sum(p.nbytes for _, p in done) <= INLINE_BYTES:
+            write()
+        else:
+            await self.executor.run(write)
+
+    async def _infer_many_on(self, node: str, name: str, blocks: list[Block], x: np.ndarray,
+                             read_seed: int, flops: float) -> list[Any]:
+        """Each block's rows from ``node``, or the error that block alone met there.
+
+        Here: each block read as before (in parallel on the compute threads). A peer: one
+        ``InferBlocks`` with X once; an error of the whole request raises."""
+        if node == self.node_id:
+            return await self.holder.read_many(name, [b.index for b in blocks], x, read_seed)
+        session = await self.mesh.session(node)
+        msg = InferBlocks(session.next_rid(), name, [b.index for b in blocks], x, read_seed)
+        spans.mark("coord.dispatch")
+        start = time.perf_counter()
+        value = await session.request(msg, request_timeout(flops, x.nbytes))
+        spans.mark("coord.peer_reply")
+        shapes = [(b.row_stop - b.row_start, x.shape[1]) for b in blocks]
+        parts = read_parts(value, shapes, node)
+        held = compute_seconds(value)
+        if held is not None and log.isEnabledFor(logging.DEBUG):
+            took = time.perf_counter() - start
+            log.debug("infer %s: %d block(s) on %s in %.4fs, %.4fs of it at the holder and "
+                      "%.4fs on the link and loops", name, len(blocks), node[:8], took, held,
+                      took - held)
+        return [RemoteError(p) if isinstance(p, str) else p for p in parts]
 
     def _holder_order(self, nodes: list[str], flops: float = 0.0) -> list[str]:
         """Holders by predicted finish time (requests in flight there x learned speed),
@@ -722,16 +791,6 @@ class JobManager:
         linked = {n for n in nodes if n in sessions and not sessions[n].closed.is_set()}
         return linked_first(ordered + [n for n in nodes if n not in scores], self.node_id,
                             linked)
-
-    async def _infer_on(self, node, name, blk, x, read_seed, flops) -> np.ndarray:
-        if node == self.node_id:
-            return await self.holder.infer_local(name, blk.index, x, read_seed)
-        session = await self.mesh.session(node)
-        msg = InferBlock(session.next_rid(), name, blk.index, x, read_seed)
-        spans.mark("coord.dispatch")
-        value = await session.request(msg, request_timeout(flops, x.nbytes))
-        spans.mark("coord.peer_reply")
-        return _expect_array(value, (blk.row_stop - blk.row_start, x.shape[1]), node)
 
     async def _known_elsewhere(self, name: str) -> bool:
         try:

@@ -7,13 +7,19 @@ hundred MB/s; the coordinator pays none of that. B's bytes do not shrink with th
 share, so an even split makes the peer finish last. Here each node gets the share that
 makes the predicted finish times equal:
 
-    this node:  r * f / v
+    this node:  sum over peers with a share (B + their rows of A) / H  +  r * f / v
     a peer:     latency + B / L  +  r * (row of A / L + f / v + row of Y / L)
 
-with ``f = 2 k n`` flops a row, ``v`` the node's measured speed and ``L`` the measured link
-throughput. That is a water level: the finish time ``T`` at which the shares of the nodes
-whose fixed cost is below ``T`` add up to ``m``. A peer whose fixed cost (latency and
-moving B) is not below the time this node would need for everything gets no share.
+with ``f = 2 k n`` flops a row, ``v`` the node's measured speed (a peer's from its own
+report of its compute time), ``L`` the measured rate of the share's path (sealing here,
+the wire, opening and validating there, and the rows back: a share's round trip less the
+peer's compute) and ``H`` the rate at which this node seals and hands a peer's operands
+to the link: its own share starts only after that (the peers' compute is the critical
+path), so the sealing CPU on this end delays it; the peer's end is inside ``L``. Equal
+finish times make a linear system for each set of peers given shares; peers join in
+order of their fixed cost, and the valid set (no negative share) with the lowest finish
+time wins, this node alone included. A peer whose fixed cost (latency and moving B) is
+not below the time this node would need for everything gets no share.
 
 A peer on this node's own host (``cohost``: same kernel, so the same cores) gets no share
 at all: its compute runs on the cores this node's share runs on, so it adds no speed,
@@ -42,10 +48,15 @@ class ShareCost:
 
     node_id: str
     gflops: float             # measured one-shot compute speed there, GFLOP/s
-    link_bps: float = 0.0     # measured bytes/s of the link to it (0 for this node)
+    link_bps: float = 0.0     # measured bytes/s of the share's path to it and back (0 here)
     latency_s: float = 0.0    # fixed cost of one share there: a round trip
     local: bool = False       # this node: no transfer at all
     cohost: bool = False      # shares this node's cores (same host)
+    #: bytes/s at which *this* node seals and hands over the operands of a share for it
+    #: (0: unknown, counted as free). This node's own share starts only once the peers'
+    #: operands are handed over (their compute is the critical path), so the sealing
+    #: delays it: per peer with a share, all of B and its rows of A.
+    handover_bps: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,14 @@ def row_cost(c: ShareCost, k: int, n: int, itemsize: int = FLOAT32) -> float:
     return compute if c.local else compute + (k + n) * itemsize / c.link_bps
 
 
+def handover_cost(c: ShareCost, rows: int, k: int, n: int, itemsize: int = FLOAT32) -> float:
+    """Seconds this node spends sealing and handing over a share of ``rows`` rows for peer
+    ``c`` (all of B and its rows of A) before its own share can start; 0 for no share."""
+    if c.local or rows <= 0:
+        return 0.0
+    return (k * n + rows * k) * itemsize * _per_byte(c)
+
+
 def transfer_split(m: int, k: int, n: int, nodes: Sequence[ShareCost], unit: int = 1,
                    itemsize: int = FLOAT32) -> Split:
     """Rows of an ``m x k`` A per node so that predicted finish times are equal.
@@ -84,11 +103,10 @@ def transfer_split(m: int, k: int, n: int, nodes: Sequence[ShareCost], unit: int
     """
     _check(m, k, n, nodes, unit)
     eligible = [c for c in nodes if c.local or not c.cohost]
-    fixed = {c.node_id: fixed_cost(c, k, n, itemsize) for c in eligible}
-    per = {c.node_id: row_cost(c, k, n, itemsize) * unit for c in eligible}
+    local = next(c for c in eligible if c.local)
+    peers = [c for c in eligible if not c.local]
     units = -(-m // unit)
-    level, active = _water_level(units, fixed, per)
-    share = {nid: (level - fixed[nid]) / per[nid] for nid in active}
+    share = _level_shares(units, local, peers, k, n, unit, itemsize)
     whole = _round(share, units)
     order = [c.node_id for c in eligible if whole.get(c.node_id)]
     rows, left = [], m
@@ -96,23 +114,54 @@ def transfer_split(m: int, k: int, n: int, nodes: Sequence[ShareCost], unit: int
         r = left if i == len(order) - 1 else whole[nid] * unit
         rows.append((nid, r))
         left -= r
-    predicted = {nid: fixed[nid] + r * per[nid] / unit for nid, r in rows}
-    return Split(tuple(rows), predicted)
+    return Split(tuple(rows), _predicted(dict(rows), local, peers, k, n, itemsize))
 
 
-def _water_level(units: int, fixed: dict[str, float],
-                 per: dict[str, float]) -> tuple[float, list[str]]:
-    """The finish time T where the nodes with fixed cost below T share ``units`` exactly."""
-    order = sorted(fixed, key=lambda nid: (fixed[nid], nid))
-    active: list[str] = []
-    level = math.inf
-    for nid in order:
-        if fixed[nid] >= level:
-            break
-        active.append(nid)
-        level = ((units + sum(fixed[a] / per[a] for a in active))
-                 / sum(1.0 / per[a] for a in active))
-    return level, active
+def _level_shares(units: int, local: ShareCost, peers: list[ShareCost], k: int, n: int,
+                  unit: int, itemsize: int) -> dict[str, float]:
+    """Units per node (real numbers) at the lowest common finish time ``T``.
+
+    With the peers ``S`` given shares, in units (``u``), equal finish times say
+    ``T = F_p + u_p P_p`` for each peer and ``T = sum(H_p + h_p u_p) + u_l P_l`` for this
+    node (``H_p``, ``h_p``: its hand-over of B and of a unit of A rows for peer ``p``), and
+    the units add up: a linear system in ``T``. Peers join in order of their fixed cost;
+    the set whose solution is valid (no share below 0) and lowest in ``T`` wins, this
+    node alone included (always valid)."""
+    P_l = row_cost(local, k, n, itemsize) * unit
+    best_t, best = units * P_l, {local.node_id: float(units)}
+    ordered = sorted(peers, key=lambda c: (fixed_cost(c, k, n, itemsize), c.node_id))
+    for count in range(1, len(ordered) + 1):
+        active = ordered[:count]
+        F = {c.node_id: fixed_cost(c, k, n, itemsize) for c in active}
+        P = {c.node_id: row_cost(c, k, n, itemsize) * unit for c in active}
+        H = {c.node_id: _per_byte(c) * k * n * itemsize for c in active}
+        h = {c.node_id: _per_byte(c) * unit * k * itemsize for c in active}
+        denom = 1.0 + sum((P_l - h[i]) / P[i] for i in F)
+        if denom <= 0:
+            continue
+        t = (units * P_l + sum(F[i] * (P_l - h[i]) / P[i] for i in F) + sum(H.values())) / denom
+        got = {i: (t - F[i]) / P[i] for i in F}
+        got[local.node_id] = (t - sum(H.values()) - sum(h[i] * got[i] for i in F)) / P_l
+        if min(got.values()) >= 0 and t < best_t:
+            best_t, best = t, got
+    return best
+
+
+def _per_byte(c: ShareCost) -> float:
+    """Seconds this node spends handing over one byte for ``c`` (0 when not measured)."""
+    return 1.0 / c.handover_bps if c.handover_bps > 0 else 0.0
+
+
+def _predicted(rows: dict[str, int], local: ShareCost, peers: list[ShareCost], k: int,
+               n: int, itemsize: int) -> dict[str, float]:
+    """Predicted finish seconds of each node with rows, by the same model."""
+    out = {c.node_id: fixed_cost(c, k, n, itemsize) + r * row_cost(c, k, n, itemsize)
+           for c in peers if (r := rows.get(c.node_id, 0))}
+    if local.node_id in rows:
+        out[local.node_id] = (sum(handover_cost(c, rows.get(c.node_id, 0), k, n, itemsize)
+                                  for c in peers)
+                              + rows[local.node_id] * row_cost(local, k, n, itemsize))
+    return out
 
 
 def _round(share: dict[str, float], units: int) -> dict[str, int]:
@@ -142,6 +191,8 @@ def _check(m: int, k: int, n: int, nodes: Sequence[ShareCost], unit: int) -> Non
         if not c.local and not (math.isfinite(c.link_bps) and c.link_bps > 0
                                 and math.isfinite(c.latency_s) and c.latency_s >= 0):
             raise ValueError(f"node {c.node_id}: link speed must be positive, latency >= 0")
+        if not (math.isfinite(c.handover_bps) and c.handover_bps >= 0):
+            raise ValueError(f"node {c.node_id}: hand-over rate must be a number >= 0")
 
 
 def fits_memory(rows: Sequence[tuple[str, int]], slots: Sequence[NodeSlot], k: int,

@@ -16,15 +16,14 @@ request's layer 2 runs on its holders, the next one's layer 1 runs on theirs.
 
 Bytes are counted per request against the minimum: each layer's input sent once to each
 node that served one of its blocks, other than the node where that input already was.
-Above the minimum: partial outputs coming back to a gatherer, Y back to the origin, and the
-input sent again when one node serves several blocks of a layer.
+Above the minimum: partial outputs coming back to a gatherer and Y back to the origin (a
+node serving several blocks of a layer gets the input once, with the list of blocks).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -32,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from compute.lazynumpy import np
 
 from compute.mlp import layer_seed, apply_activation
-from compute.partition import Block, PartitionPlan
+from compute.partition import PartitionPlan
 from nat.link import LinkClosed
 from node.memory.store import StoreError, as_matrix
 from node.net.session import RemoteError
@@ -52,8 +51,6 @@ PEER_ERRORS = (LinkClosed, TimeoutError, RemoteError, ProtocolError, OSError)
 MAX_GATHERERS = 3
 #: Gathered outputs larger than this get bias and activation on a worker thread.
 FINISH_ON_THREAD = 1 << 16
-#: Partial outputs larger than this are copied into place on a worker thread.
-COPY_ON_THREAD = 1 << 20
 
 
 @dataclass
@@ -137,8 +134,9 @@ class Pipeline:
         plan = await self._plan(rec, i)
         seed = read_seed if i == 0 else layer_seed(read_seed, i)
         out, served = await self._layer(layer.matrix, plan, h, seed)
-        moved = sum(h.nbytes + blk.rows * h.shape[1] * 4
+        moved = sum(blk.rows * h.shape[1] * 4
                     for blk, node in zip(plan.blocks, served) if node != self.me)
+        moved += h.nbytes * len(set(served) - {self.me})     # h once to each holder
         cost = Cost(moved, h.nbytes * len(set(served) - {prev}))
         y = await self._finish(out, layer)
         if i + 1 < len(rec.layers):
@@ -193,40 +191,11 @@ class Pipeline:
 
     async def _layer(self, lname: str, plan: PartitionPlan, h: np.ndarray,
                      seed: int) -> tuple[np.ndarray, list[str]]:
-        """``W @ h`` gathered here, and which node served each block."""
+        """``W @ h`` gathered here, and which node served each block (one request per
+        holder carrying ``h`` once, failing over per block: JobManager.read_blocks)."""
         out = np.empty((plan.shape[0], h.shape[1]), dtype=np.float32)
-        # Blocks go to peers before this node starts its own: waking a compute thread
-        # here can take the core from the event loop before the peers' shares are sent.
-        order = sorted(range(len(plan.blocks)), key=lambda i: self.me in plan.blocks[i].nodes)
-        served = await asyncio.gather(*(self._block(lname, plan.blocks[i], h, seed, out)
-                                        for i in order))
-        by_block = dict(zip(order, served))
-        return out, [by_block[i] for i in range(len(plan.blocks))]
-
-    async def _block(self, lname: str, blk: Block, h: np.ndarray, seed: int,
-                     out: np.ndarray) -> str:
-        """One block's rows of ``W @ h`` from its best live holder; returns that holder."""
-        errors = []
-        jobs = self.jobs
-        flops = 2.0 * blk.rows * h.shape[0] * h.shape[1]
-        for node in jobs._holder_order(blk.nodes):
-            start = time.perf_counter()
-            try:
-                part = await jobs._infer_on(node, lname, blk, h, seed, flops)
-                rows = slice(blk.row_start, blk.row_stop)
-                if part.nbytes > COPY_ON_THREAD:   # big copies stay off the event loop
-                    await jobs.executor.run(out.__setitem__, rows, part)
-                else:
-                    out[rows] = part
-                jobs.memory.record_share(node, flops, time.perf_counter() - start, True)
-            except (*PEER_ERRORS, StoreError) as exc:
-                jobs.memory.record_share(node, flops, time.perf_counter() - start, False)
-                log.info("%s block %d on %s failed after %.3fs (%s); trying the next holder",
-                         lname, blk.index, node[:8], time.perf_counter() - start, exc)
-                errors.append(f"{node[:8]}: {exc}")
-                continue
-            return node
-        raise JobError(f"block {blk.index} of {lname} has no live holder ({'; '.join(errors)})")
+        served = await self.jobs.read_blocks(lname, plan.blocks, h, seed, out)
+        return out, served
 
     async def _finish(self, z: np.ndarray, layer: LayerRecord) -> np.ndarray:
         """Bias and activation on the gathered output (off the loop when it is large)."""

@@ -1,12 +1,19 @@
-"""What one-shot shares measured: each node's compute speed, for the transfer-aware split.
+"""What one-shot shares measured, for the transfer-aware split: each node's compute speed,
+the rate of each peer share's path, and this node's rate of handing operands over.
 
 Why a meter of its own and not the dual memory's peer speed: that one is a share's flops
 over its whole round trip, transfer included, and the split (``node.work.oneshotsplit``)
-needs the two apart: moving B costs the same whatever the share, compute does not. A peer's
-compute time is what is left of its round trip once the link's time is taken out (the
-link's throughput is the dual memory's, fed by the same shares). A measurement older than
-``max_age_s`` no longer counts: the job manager then splits as it would with nothing
-measured, which measures every node again.
+needs the parts apart: moving B costs the same whatever the share, compute does not. A
+peer reports its own compute seconds with its rows (``MatmulShareResult.compute_s``), so a
+share's round trip splits without guessing: the peer's figure is its compute, the rest
+(less one RTT) is the path — sealing here, the wire, opening and validating there, and the
+rows back — over the bytes moved both ways. The time until the operands were handed to the
+link is this node's own sealing CPU, which delays its own share (it starts once the peers'
+operands are out). A peer from before ``compute_s`` is split the old way: the hand-over
+rate stands for the link and the compute is what is left of the round trip.
+
+A measurement older than ``max_age_s`` no longer counts: the job manager then splits as it
+would with nothing measured, which measures every node again.
 
 Fed and read on the event loop only (one owner, no lock). Not persisted: a restarted node
 starts from the capacity split and measures again within one job.
@@ -20,6 +27,14 @@ import time
 from dataclasses import dataclass
 
 ALPHA = 0.5           # weight of the newest share: jobs are few and machines change
+#: A path time (round trip less the peer's compute and one RTT) below this part of the
+#: round trip is taken as this part: clocks and a loaded loop can make the rest tiny.
+MIN_PATH_SHARE = 0.02
+#: Without the peer's figure, its compute is taken as at least this part of the round trip.
+MIN_COMPUTE_SHARE = 0.05
+#: A peer's own figure is taken as at least this part of the round trip: a faulty or lying
+#: peer cannot make itself look arbitrarily fast (and be given every row of the next job).
+MIN_REPORTED_SHARE = 0.01
 MAX_AGE_S = 600.0
 HOST_ENV = "SEDMA_HOST_ID"
 NO_HOST = "none"
@@ -33,14 +48,28 @@ class Measured:
     at: float
 
 
+@dataclass(frozen=True)
+class ShareTiming:
+    """What one peer share measured, as this node saw it (bytes, seconds)."""
+
+    flops: float
+    sent_bytes: int                  # the operands out: its rows of A and all of B
+    reply_bytes: int                 # its rows of Y back
+    handover_s: float                # until the operands were handed to the link
+    total_s: float                   # the round trip: request sent to reply decoded
+    peer_compute_s: float | None     # the peer's own figure; None from an older peer
+    rtt_s: float = 0.0               # the link's round trip estimate
+
+
 class ShareMeter:
-    """Smoothed one-shot compute speed per (node, device) and operand rate per node, with
-    the time of the last sample."""
+    """Smoothed one-shot compute speed per (node, device), path and hand-over rates per
+    node, each with the time of its last sample."""
 
     def __init__(self, max_age_s: float = MAX_AGE_S) -> None:
         self.max_age_s = max_age_s
         self._speeds: dict[tuple[str, str], Measured] = {}
-        self._links: dict[str, Measured] = {}   # bytes/s in Measured.gflops's place
+        self._links: dict[str, Measured] = {}     # bytes/s in Measured.gflops's place
+        self._handover: dict[str, Measured] = {}  # likewise
 
     def record(self, node_id: str, device: str, flops: float, seconds: float,
                now: float | None = None) -> None:
@@ -60,32 +89,75 @@ class ShareMeter:
         got = self._speeds.get((node_id, device))
         return got.gflops if got is not None and now - got.at <= self.max_age_s else None
 
+    def record_share(self, node_id: str, device: str, t: ShareTiming,
+                     now: float | None = None) -> None:
+        """Split one peer share's round trip into this node's hand-over, the path and the
+        peer's compute, and keep all three (see the module's docstring)."""
+        if t.total_s <= 0:
+            return
+        self.record_handover(node_id, t.sent_bytes, t.handover_s, now)
+        if t.peer_compute_s is not None:
+            compute = min(max(t.peer_compute_s, MIN_REPORTED_SHARE * t.total_s),
+                          t.total_s)                        # never more than it waited
+            path = max(t.total_s - compute - t.rtt_s, MIN_PATH_SHARE * t.total_s)
+            self.record_link(node_id, t.sent_bytes + t.reply_bytes, path, now)
+            self.record(node_id, device, t.flops, compute, now)
+            return
+        self.record_link(node_id, t.sent_bytes, t.handover_s, now)   # the older estimate
+        link = self.link_bps(node_id, now)
+        if link:
+            compute = t.total_s - t.handover_s - t.reply_bytes / link - t.rtt_s
+            self.record(node_id, device, t.flops,
+                        max(compute, MIN_COMPUTE_SHARE * t.total_s), now)
+
     def record_link(self, node_id: str, nbytes: int, seconds: float,
                     now: float | None = None) -> None:
-        """A share's operands (``nbytes``) were handed to the link to ``node_id`` in
-        ``seconds``. Kept here, not in the dual memory's ``link_bps`` (block copies, whose
-        figure prices migrations): a hand-over ends while the kernel's send buffer still
-        holds the tail, so on a real link this reads high for operands not much larger than
-        that buffer (a few MiB), which only makes a remote share look cheaper to ship."""
-        if nbytes <= 0 or seconds <= 0:
-            return
-        now = time.monotonic() if now is None else now
-        bps = nbytes / seconds
-        old = self._links.get(node_id)
-        if old is not None and now - old.at <= self.max_age_s:
-            bps = (1 - ALPHA) * old.gflops + ALPHA * bps
-        self._links[node_id] = Measured(bps, now)
+        """``nbytes`` went along the path of a share on ``node_id`` (out and back) in
+        ``seconds`` of its round trip that were not the peer's compute. Kept here, not in
+        the dual memory's ``link_bps`` (block copies, whose figure prices migrations)."""
+        _smooth(self._links, node_id, nbytes, seconds, self.max_age_s, now)
 
     def link_bps(self, node_id: str, now: float | None = None) -> float | None:
-        """The smoothed operand rate to ``node_id`` in bytes/s, None when not fresh."""
-        now = time.monotonic() if now is None else now
-        got = self._links.get(node_id)
-        return got.gflops if got is not None and now - got.at <= self.max_age_s else None
+        """The smoothed path rate of shares on ``node_id`` in bytes/s, None when not fresh."""
+        return _fresh(self._links, node_id, self.max_age_s, now)
+
+    def record_handover(self, node_id: str, nbytes: int, seconds: float,
+                        now: float | None = None) -> None:
+        """This node handed a share's operands (``nbytes``) for ``node_id`` to the link in
+        ``seconds``: mostly its own sealing CPU, which holds back its own share. (A
+        hand-over ends while the kernel's send buffer still holds the tail: the figure is
+        this node's cost, not the wire's.)"""
+        _smooth(self._handover, node_id, nbytes, seconds, self.max_age_s, now)
+
+    def handover_bps(self, node_id: str, now: float | None = None) -> float | None:
+        """The smoothed hand-over rate for ``node_id`` in bytes/s, None when not fresh."""
+        return _fresh(self._handover, node_id, self.max_age_s, now)
 
     def forget(self, keep: set[str]) -> None:
         """Drop nodes not in ``keep`` (departed members must not grow this)."""
         self._speeds = {key: v for key, v in self._speeds.items() if key[0] in keep}
         self._links = {nid: v for nid, v in self._links.items() if nid in keep}
+        self._handover = {nid: v for nid, v in self._handover.items() if nid in keep}
+
+
+def _smooth(table: dict[str, Measured], node_id: str, nbytes: float, seconds: float,
+            max_age_s: float, now: float | None) -> None:
+    """Fold a rate sample into ``table`` (a fresh start when the last one is too old)."""
+    if nbytes <= 0 or seconds <= 0:
+        return
+    now = time.monotonic() if now is None else now
+    bps = nbytes / seconds
+    old = table.get(node_id)
+    if old is not None and now - old.at <= max_age_s:
+        bps = (1 - ALPHA) * old.gflops + ALPHA * bps
+    table[node_id] = Measured(bps, now)
+
+
+def _fresh(table: dict[str, Measured], node_id: str, max_age_s: float,
+           now: float | None) -> float | None:
+    now = time.monotonic() if now is None else now
+    got = table.get(node_id)
+    return got.gflops if got is not None and now - got.at <= max_age_s else None
 
 
 def host_id() -> str:
