@@ -59,6 +59,80 @@ def memory_kb(pid: int) -> tuple[int, int]:
     return rss, pss
 
 
+def anonymous_kb(pid: int) -> int:
+    """Private anonymous memory (the Python heap, arenas, buffers) in kB."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Anonymous:"):
+                return int(line.split()[1])
+    return 0
+
+
+def status_or_none(node) -> dict | None:
+    """``status`` of one daemon, or None (reported) when it does not answer: on a
+    saturated machine one slow or dead daemon must not lose the whole run's figures."""
+    try:
+        return node.status()
+    except Exception as exc:   # NotRunning, a timeout, a dead daemon: say so, go on
+        print(f"{node.name}: no status ({exc})", file=sys.stderr)
+        return None
+
+
+def traffic(node) -> dict:
+    """The daemon's message counters by type and its sessions (``status``'s traffic)."""
+    return (status_or_none(node) or {}).get("traffic") or {}
+
+
+def traffic_rates(before: list[dict], after: list[dict], elapsed: float) -> list[str]:
+    """Table rows: per daemon messages/s by type (median and mean over daemons), and the
+    sessions open and opened during the window."""
+    pairs = [(b, a) for b, a in zip(before, after) if b and a]   # both answered
+    before, after = [b for b, _ in pairs], [a for _, a in pairs]
+    if not pairs:
+        return ["| traffic | no daemon answered |"]
+    tags = sorted({t for d in before + after for way in ("sent", "recv")
+                   for t in d.get(way, {})})
+    rows = []
+    for way in ("sent", "recv"):
+        for tag in tags:
+            rates = [(a.get(way, {}).get(tag, 0) - b.get(way, {}).get(tag, 0)) / elapsed
+                     for b, a in zip(before, after)]
+            if any(rates):
+                rows.append(f"| {way} {tag}, per s | {summary(rates)} |")
+    kinds = sorted({k for d in before + after for k in d.get("events", {})})
+    for kind in kinds:
+        rates = [(a.get("events", {}).get(kind, 0) - b.get("events", {}).get(kind, 0))
+                 / elapsed for b, a in zip(before, after)]
+        rows.append(f"| membership events '{kind}', per s | {summary(rates)} |")
+    if after and "advert_version" in after[0]:
+        rates = [(a["advert_version"] - b["advert_version"]) / elapsed
+                 for b, a in zip(before, after)]
+        rows.append(f"| own advert published, per s | {summary(rates)} |")
+    if after and "sessions" in after[0]:
+        rows.append(f"| sessions open | {summary([float(a['sessions']) for a in after])} |")
+        opened = [float(a["sessions_opened"] - b["sessions_opened"])
+                  for b, a in zip(before, after)]
+        rows.append(f"| sessions opened in the window | {summary(opened)} |")
+    return rows
+
+
+def profile(pid: int, seconds: float) -> subprocess.Popen:
+    """py-spy record of one daemon (idle samples left out), as raw collapsed stacks and a
+    flame graph in bench/out: what an idle daemon's few milliseconds a second are."""
+    OUT.mkdir(exist_ok=True)
+    return subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--rate", "1000",
+                             "--duration", str(int(seconds)), "--format", "raw",
+                             "--output", str(OUT / "idle-profile.txt"), "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def lag_ticker_fast(node) -> bool:
+    """Whether the daemon's loop-lag ticker runs at its fast (20 ms, work under way) pace:
+    50 wake-ups a second, which an idle daemon should not be paying."""
+    lag = (status_or_none(node) or {}).get("loop_lag") or {}
+    return lag.get("interval_ms", 1000.0) < 100.0
+
+
 def threads(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 
@@ -128,6 +202,9 @@ def main() -> None:
     ap.add_argument("--settle", type=float, default=30.0, help="seconds after convergence")
     ap.add_argument("--window", type=float, default=60.0, help="CPU sampling window, s")
     ap.add_argument("--extra", default="", help="extra daemon flags, space separated")
+    ap.add_argument("--profile", type=float, default=0.0,
+                    help="py-spy record the second daemon for this many seconds of the "
+                         "window (collapsed stacks in bench/out/idle-profile.txt)")
     ap.add_argument("--tree", default=str(HERE), help="source tree the daemons run")
     args = ap.parse_args()
     sys.path.insert(0, str(Path(args.tree).resolve()))
@@ -153,12 +230,20 @@ def main() -> None:
             startup_cpu = [cpu_seconds(pid) for pid in pids]   # spawn until convergence
             startup_mem = [memory_kb(pid) for pid in pids]
             time.sleep(args.settle)
+            traffic0 = [traffic(node) for node in nodes]
             cpu0 = {pid: cpu_seconds(pid) for pid in pids}
             w0 = time.monotonic()
+            spy = profile(nodes[1].proc.pid, args.profile) if args.profile else None
             time.sleep(args.window)
+            if spy is not None:
+                spy.wait()
             elapsed = time.monotonic() - w0
-            cpu = [(cpu_seconds(pid) - cpu0[pid]) / elapsed * 100 for pid in pids]
+            cpu1 = {pid: cpu_seconds(pid) for pid in pids}
+            traffic1 = [traffic(node) for node in nodes]
+            fast_lag = sum(1 for node in nodes if lag_ticker_fast(node))
+            cpu = [(cpu1[pid] - cpu0[pid]) / elapsed * 100 for pid in pids]
             mem = [memory_kb(pid) for pid in pids]
+            anon = [anonymous_kb(pid) / 1024 for pid in pids]
             nthreads = [threads(pid) for pid in pids]
             seen = [members(node) for node in sample]
             crashed = dead(nodes)
@@ -178,7 +263,10 @@ def main() -> None:
              f"| steady CPU, % of one core | {summary(cpu)} |",
              f"| steady RSS, MB | {summary(rss)} |",
              f"| steady PSS, MB (shared pages divided) | {summary(pss)} |",
+             f"| steady anonymous, MB (private heap) | {summary(anon)} |",
              f"| threads | {summary([float(t) for t in nthreads])} |",
+             *traffic_rates(traffic0, traffic1, elapsed),
+             f"| lag ticker fast (20 ms) at the window's end, daemons | {fast_lag} of {len(nodes)} |",
              "", f"all {args.n} together, steady: {sum(cpu):.1f} % of one core, RSS "
              f"{sum(rss):.0f} MB, PSS {sum(pss):.0f} MB; start-up CPU {sum(startup_cpu):.0f} s"]
     for report in crashed or crashed_late:

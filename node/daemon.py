@@ -393,6 +393,7 @@ class Daemon:
             "deployments": sorted({n for n in self.plans.names() if ":" not in n}
                                   | {r.name for r in self.book.live()}),
             "members": len(self.mesh.members()),
+            "traffic": self.mesh.traffic(),
             "tasks": len(asyncio.all_tasks()),
             "loops": self.supervisor.report(),
             "compute": {"cores": self.executor.cores, "workers": self.executor.workers,

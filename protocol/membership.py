@@ -223,6 +223,7 @@ _MAX_TIMERS_PER_TICK = 100_000
 MAX_UPDATE_RECORDS = 1024
 MAX_STATE_RECORDS = 100_000
 _ADVERT_KEY = "\x00advert"
+_MISSING = object()
 
 
 @dataclass(slots=True)
@@ -496,7 +497,10 @@ class Membership:
         fields.pop("version", None)  # ours to manage
         if fields.get("node_id", self.local_id) != self.local_id:
             raise ValueError("a node cannot change its id; start a new Membership")
-        self._local_advert = self._local_advert.replace(**fields)
+        local = self._local_advert
+        if all(getattr(local, k, _MISSING) == v for k, v in fields.items()):
+            return Output()   # the daemon's once-a-second offer, unchanged: nothing to do
+        self._local_advert = local.replace(**fields)
         if self._left:
             return Output()
         published = self._me.advert

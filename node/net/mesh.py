@@ -10,6 +10,7 @@ Non-gossip messages go to the daemon's handler (jobs, signalling).
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
 import random
@@ -41,6 +42,7 @@ MAX_PENDING_HANDSHAKES = 64         # unauthenticated links at once (each times 
 MAX_LINKS = 1024                    # established links; more incoming ones are refused
 MIN_TICK_SLEEP = 0.005              # the tick loop never spins faster than this
 MAX_TICK_SLEEP = 30.0               # nor sleeps longer (a safety net: deadlines wake it)
+RETIME_SLACK = 0.05                 # a deadline this much later re-times the tick loop's timer
 
 
 class Mesh:
@@ -73,12 +75,21 @@ class Mesh:
         self.gossip_sent = 0
         self.gossip_received = 0
         self._dialing: dict[str, asyncio.Future] = {}
+        #: messages by tag over sessions already closed (live ones keep their own)
+        self._closed_sent: collections.Counter = collections.Counter()
+        self._closed_recv: collections.Counter = collections.Counter()
+        #: sessions established (both directions) and closed since start
+        self.sessions_opened = 0
+        #: membership events by kind (an idle mesh should see no "advert" ones)
+        self.events_seen: collections.Counter = collections.Counter()
+        self.sessions_closed = 0
         self.joined_via: set[str] = set()
         self._handshaking = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task] = set()
         self._wake = asyncio.Event()
         self._sleep_until = -math.inf    # when the tick loop will wake (-inf: it is awake)
+        self._timer: asyncio.TimerHandle | None = None   # the tick loop's, while it sleeps
         self._stopping = False
         self.bound: tuple[str, int] | None = None
 
@@ -190,6 +201,7 @@ class Mesh:
             if not keep_new:
                 return
         self.sessions[peer] = session
+        self.sessions_opened += 1
         session.start(self._dispatch)
         self._spawn(self._watch(session))
         log.info("linked to %s (%s) over %s at %s", session.remote.name, peer[:8],
@@ -215,6 +227,9 @@ class Mesh:
         await session.closed.wait()
         if self.sessions.get(session.peer_id) is session:
             del self.sessions[session.peer_id]
+        self.sessions_closed += 1
+        self._closed_sent.update(session.stats.sent_by_tag)
+        self._closed_recv.update(session.stats.recv_by_tag)
         log.info("link to %s closed: %s", session.peer_id[:8], session.close_reason)
 
     async def session(self, node_id: str) -> Session:
@@ -293,20 +308,27 @@ class Mesh:
         probe and the acks, not on a poll. :meth:`_process` wakes this loop early when a
         message or an advert change moved the deadline closer. One timer handle per sleep:
         ``wait_for`` made a task per round."""
-        loop = asyncio.get_running_loop()
         while True:
             self._sleep_until = -math.inf   # awake: nothing needs waking
             self._process(self.membership.tick(self.clock()))
             self._wake.clear()
-            now = self.clock()
-            delay = min(max(self.membership.next_deadline() - now, MIN_TICK_SLEEP),
-                        MAX_TICK_SLEEP)
-            self._sleep_until = now + delay
-            timer = loop.call_at(loop.time() + delay, self._wake.set)
+            self._arm(self.membership.next_deadline())
             try:
                 await self._wake.wait()
             finally:
-                timer.cancel()
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
+
+    def _arm(self, deadline: float) -> None:
+        """(Re)set the tick loop's one timer to ``deadline`` (clamped)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        now = self.clock()
+        delay = min(max(deadline - now, MIN_TICK_SLEEP), MAX_TICK_SLEEP)
+        self._sleep_until = now + delay
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_at(loop.time() + delay, self._wake.set)
 
     def _process(self, out: Output) -> None:
         for node_id, why in out.rejected:
@@ -314,6 +336,7 @@ class Mesh:
         for dst, msg in out.sends:
             self._spawn(self._deliver(dst, msg))
         for event in out.events:
+            self.events_seen[event.kind] += 1
             if event.kind in ("joined", "advert", "alive"):
                 self.advert_seen[event.node_id] = self.clock()
             if event.kind != "advert":
@@ -327,8 +350,14 @@ class Mesh:
                     dial.cancel()
             for hook in self.event_hooks:
                 hook(event)
-        if self.membership.next_deadline() < self._sleep_until:
+        deadline = self.membership.next_deadline()
+        if deadline < self._sleep_until:
             self._wake.set()       # a timer is now due before the tick loop would wake
+        elif (self._timer is not None and min(deadline, self.clock() + MAX_TICK_SLEEP)
+              > self._sleep_until + RETIME_SLACK):
+            # The timer it slept for was cancelled (an ack cancels the probe timeout):
+            # sleep on to the next live one instead of waking for nothing once a period.
+            self._arm(deadline)
 
     async def _deliver(self, dst: str, msg: Any) -> None:
         try:
@@ -397,3 +426,16 @@ class Mesh:
 
     def members(self) -> list[Member]:
         return self.membership.members()
+
+    def traffic(self) -> dict[str, Any]:
+        """Messages sent and received by type since start, and session churn: what an
+        idle node spends its CPU on (``bench/idle.py`` prints it per second)."""
+        sent = collections.Counter(self._closed_sent)
+        recv = collections.Counter(self._closed_recv)
+        for session in self.sessions.values():
+            sent.update(session.stats.sent_by_tag)
+            recv.update(session.stats.recv_by_tag)
+        return {"sent": dict(sent), "recv": dict(recv), "sessions": len(self.sessions),
+                "sessions_opened": self.sessions_opened,
+                "sessions_closed": self.sessions_closed, "events": dict(self.events_seen),
+                "advert_version": self.advert.version}

@@ -17,7 +17,7 @@ import collections
 import itertools
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from nat.link import Link, LinkClosed
@@ -72,6 +72,9 @@ class SessionStats:
     recv_bytes: int = 0
     sent_messages: int = 0
     recv_messages: int = 0
+    #: messages by type tag, sent and received (what an idle mesh spends its CPU on)
+    sent_by_tag: collections.Counter = field(default_factory=collections.Counter)
+    recv_by_tag: collections.Counter = field(default_factory=collections.Counter)
 
 
 class Session:
@@ -154,6 +157,7 @@ class Session:
         if self.closed.is_set():
             raise LinkClosed(self.close_reason or "session closed")
         parts = encode_message(msg)
+        self.stats.sent_by_tag[msg.TAG] += 1
         size = sum(len(p) for p in parts)
         frames = fragments(next(self._sid) & 0xFFFFFFFF, parts, self._fragment_size())
         if size > CONTROL_BYTES or not self._idle():
@@ -201,6 +205,7 @@ class Session:
         if self.closed.is_set():
             raise LinkClosed(self.close_reason or "session closed")
         parts = encode_message(msg)
+        self.stats.sent_by_tag[msg.TAG] += 1
         size = sum(len(p) for p in parts)
         sid = next(self._sid) & 0xFFFFFFFF   # u32 on the wire; ids far apart never collide
         return self._queue(fragments(sid, parts, self._fragment_size()), size)
@@ -271,6 +276,7 @@ class Session:
                 await self.link.send(frame)
                 self._current = None
                 sent = sum(len(b) for b in frame)
+                frame = None   # views of the sender's buffer (a client's shared W): let go
                 self.stats.sent_bytes += sent
                 since_yield += sent
                 if since_yield >= WRITE_YIELD_BYTES:
@@ -280,6 +286,7 @@ class Session:
                     self.stats.sent_messages += 1
                     if not out.done.done():
                         out.done.set_result(None)
+                out = None     # nor hold the last message while waiting for the next one
         except LinkClosed as exc:
             await self.close(exc.reason)
         except Exception as exc:  # never leave senders waiting on a dead writer
@@ -336,6 +343,7 @@ class Session:
                     continue
                 msg = await decode_message_on_loop(payload)
                 self.stats.recv_messages += 1
+                self.stats.recv_by_tag[msg.TAG] += 1
                 await self._dispatch(msg, handler)
         except LinkClosed as exc:
             await self.close(exc.reason)

@@ -1,0 +1,193 @@
+"""Idle cost of a mesh (issue 13): what an idle daemon does per message and per peer."""
+
+from __future__ import annotations
+
+import typing
+
+import numpy as np
+
+import protocol.messages as messages
+from protocol.membership import Ping
+from protocol.work import MatmulShare
+
+
+def test_message_hints_are_resolved_once_also_before_numpy_is_loaded(monkeypatch):
+    """Resolving a class's hints costs ~50 us, more than decoding a probe; an idle daemon
+    never loads numpy, so the cache must serve it too, and be redone once numpy is in."""
+    calls = []
+    real = typing.get_type_hints
+    monkeypatch.setattr(typing, "get_type_hints",
+                        lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    monkeypatch.setattr(messages, "_HINT_CACHE", {})
+    monkeypatch.setattr(messages, "_HINT_CACHE_NO_NUMPY", {})
+    monkeypatch.setattr(messages, "loaded", lambda: None)          # numpy not loaded
+    for _ in range(3):
+        messages._hints(Ping)
+        unloaded = messages._hints(MatmulShare)
+    assert calls == [Ping, MatmulShare]
+    assert unloaded["a"] is messages._Unloaded
+    monkeypatch.setattr(messages, "loaded", lambda: np)            # now it is
+    assert messages._hints(MatmulShare)["a"] is np.ndarray
+    messages._hints(MatmulShare)
+    assert calls == [Ping, MatmulShare, MatmulShare]
+
+
+def test_links_of_one_thread_share_one_receive_scratch_area_and_keep_their_frames():
+    """A 64 KiB scratch area per link was ~6 MB per daemon of a 100-daemon mesh: links of
+    a thread share one, and two links' partial frames (a split length prefix, a body that
+    started in the scratch) still come out whole and apart."""
+    import threading
+
+    from protocol.wire import FrameDecoder, frame_header
+
+    a, b = FrameDecoder(1 << 20), FrameDecoder(1 << 20)
+    fa = [b"x" * 10, b"y" * 70_000, b"z"]
+    fb = [b"1" * 3, b"2" * 5000]
+    streams = {a: b"".join(frame_header(len(f)) + f for f in fa),
+               b: b"".join(frame_header(len(f)) + f for f in fb)}
+    got: dict = {a: [], b: []}
+    pos = {a: 0, b: 0}
+    areas = set()
+    while any(pos[d] < len(streams[d]) for d in (a, b)):
+        for d in (a, b):                        # interleaved reads, 2 bytes to 9 KiB each
+            data = streams[d]
+            if pos[d] >= len(data):
+                continue
+            buf = d.get_buffer()
+            if len(buf) == 64 << 10:
+                areas.add(id(buf.obj))
+            n = min(len(buf), len(data) - pos[d], 2 if pos[d] < 3 else 9000)
+            buf[:n] = data[pos[d]:pos[d] + n]
+            pos[d] += n
+            got[d] += [bytes(f) for f in d.buffer_updated(n)]
+            assert d._scratch is None           # nothing of the area kept per link
+    assert got[a] == fa and got[b] == fb
+    assert len(areas) == 1                      # one area for both links
+
+    other: list = []
+    t = threading.Thread(target=lambda: other.append(id(FrameDecoder().get_buffer().obj)))
+    t.start()
+    t.join()
+    assert other[0] not in areas                # another thread gets its own
+
+
+def test_an_unchanged_advert_offer_costs_no_rebuild_and_changes_still_publish(monkeypatch):
+    """The daemon offers its load fields every second; an idle node's are the same each
+    time, and rebuilding (validating) the advert twice per offer was half the offer's
+    cost. A real change still goes through the usual rules."""
+    import random
+
+    from protocol.advert import Advertisement
+    from protocol.membership import Membership, MembershipConfig
+
+    a = Membership(Advertisement("a", "a", ["a:1"], load=0.0, memory_free=5),
+                   MembershipConfig(), now=0.0, rng=random.Random(1))
+    built = []
+    real = Advertisement.replace
+    monkeypatch.setattr(Advertisement, "replace",
+                        lambda self, **f: built.append(f) or real(self, **f))
+    for t in range(1, 20):
+        a.update_advert(float(t), load=0.0, memory_free=5, name="a")
+        a.tick(float(t))
+    assert built == [] and a.member("a").advert.version == 0
+    a.update_advert(20.0, load=9.0, memory_free=5)                 # a big change: at once
+    assert a.member("a").advert.version == 1 and a.member("a").advert.load == 9.0
+    import pytest
+    with pytest.raises(ValueError):
+        a.update_advert(21.0, no_such_field=1)                     # still refused
+
+
+class _Timers:
+    """A stand-in membership whose next deadline the test moves (as acks and messages
+    move the real one), counting the ticks the mesh's loop makes."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.ticks: list[float] = []
+
+    def tick(self, now: float):
+        from protocol.membership import Output
+        self.ticks.append(now)
+        if now >= self.deadline:
+            self.deadline = now + 10.0       # the timer ran; the next one is far off
+        return Output()
+
+    def next_deadline(self) -> float:
+        return self.deadline
+
+
+async def test_the_tick_loop_does_not_wake_for_a_timer_that_was_cancelled():
+    """Every probe arms a timeout that its ack cancels; the loop slept for it and woke for
+    nothing once a second. A deadline that moved later re-times the sleep; one that moved
+    earlier still wakes it at once."""
+    import asyncio
+
+    from nat.connector import ConnectorConfig
+    from node.net.mesh import Mesh
+    from protocol.identity import Identity
+    from protocol.membership import Output
+
+    mesh = Mesh(Identity.generate(), "a", [], "127.0.0.1:0", [], None, ConnectorConfig())
+    start = mesh.clock()
+    timers = _Timers(start + 0.3)            # the probe timeout
+    mesh.membership = timers
+    loop_task = asyncio.get_running_loop().create_task(mesh._tick_loop())
+    try:
+        await asyncio.sleep(0.05)
+        timers.ticks.clear()                 # the loop's first tick, at start
+        timers.deadline = start + 0.6        # the ack came: the timeout was cancelled
+        mesh._process(Output())
+        await asyncio.sleep(0.45)            # past the cancelled 0.3
+        assert timers.ticks == []
+        await asyncio.sleep(0.3)             # past 0.6
+        assert len(timers.ticks) == 1 and timers.ticks[0] >= start + 0.6
+        timers.deadline = mesh.clock() + 0.05   # a message brought a deadline closer
+        mesh._process(Output())
+        await asyncio.sleep(0.01)
+        assert len(timers.ticks) == 2        # woken at once: the loop re-reads it
+    finally:
+        loop_task.cancel()
+        await asyncio.gather(loop_task, return_exceptions=True)
+
+
+async def test_the_session_writer_lets_go_of_the_last_message_it_sent(tmp_path):
+    """The writer kept its last frame (views of the sender's array) until the next queued
+    message: an RTT ping's reply every 2 s happened to release it; without those pings (a
+    trial of RTT from SWIM probes) a client's 64 MiB shared W stayed mapped."""
+    import asyncio
+    import gc
+    import weakref
+
+    from nat.tcp import dial_tcp, listen_tcp
+    from node.net.session import handshake
+    from protocol.identity import Identity
+
+    key = b"k" * 32
+    ida, idb = Identity.generate(), Identity.generate()
+    accepted: asyncio.Queue = asyncio.Queue()
+    got: asyncio.Queue = asyncio.Queue()
+
+    async def on_link(link):
+        await accepted.put(await handshake(link, idb, "b", [], [key], initiator=False))
+    server = await listen_tcp("127.0.0.1", 0, on_link)
+    a = await handshake(await dial_tcp("127.0.0.1", server.sockets[0].getsockname()[1]),
+                        ida, "a", [], [key], initiator=True)
+    b = await accepted.get()
+
+    async def receive(_session, msg):
+        await got.put(msg)
+    a.start(receive)
+    b.start(receive)
+    try:
+        arr = np.ones((512, 256), dtype=np.float32)            # 512 KiB: the writer's path
+        alive = weakref.ref(arr)
+        await a.send(MatmulShare(1, "j", arr, arr[:1], None, 0, 0))
+        received = await asyncio.wait_for(got.get(), 10)
+        assert received.a.shape == (512, 256)
+        del arr, received
+        gc.collect()
+        assert alive() is None
+    finally:
+        await a.close("test over")
+        await b.close("test over")
+        server.close()
