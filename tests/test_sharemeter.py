@@ -6,27 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from compute.device import get_preset
-from compute.executor import Executor
-from node.memory.statedb import StateDB
-from node.memory.store import BlockStore
-from node.metrics import Metrics
-from node.work.holder import BlockHolder
 from node.work.oneshotsplit import ShareCost, handover_cost, row_cost, fixed_cost, transfer_split
-from node.work.plans import PlanBook
 from node.work.sharemeter import ShareMeter, ShareTiming
 from protocol.errors import DecodeError
 from protocol.messages import decode_message, encode_message, to_wire
 from protocol.rpc import Reply
 from protocol.work import (MatmulShare, MatmulShareResult, StoreBlock, read_share_result,
                            share_result_wire)
+from tests.test_oneshot_share import holder  # noqa: F401  (the fixture: a small holder)
 
 MIB = 1 << 20
 N = 2048
@@ -153,13 +146,6 @@ class FakeSession:
         self.replies.append((rid, value, error))
 
 
-@pytest.fixture
-def holder(tmp_path: Path):
-    db = StateDB(tmp_path / "state.db")
-    h = BlockHolder(get_preset("ideal"), BlockStore(tmp_path, db, budget=1 << 20),
-                    Executor(workers=2), Metrics(), PlanBook(db))
-    yield h
-    db.close()
 
 
 def test_a_peer_answers_a_share_with_its_rows_and_its_compute_time(holder):
