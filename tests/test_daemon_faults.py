@@ -9,6 +9,7 @@ import numpy as np
 
 from node import api
 from tests.inproc import running_daemon
+from tests.replying_session import FakeSession
 
 
 async def _until(pred, timeout: float = 15.0) -> None:
@@ -68,16 +69,6 @@ async def test_a_bug_is_an_internal_error_not_a_user_error(tmp_path, monkeypatch
                                                   np.ones((4, 2), np.float32)),
                                 d._on_local_request)
         assert not bad.ok and "align" in bad.error and "internal" not in bad.error
-
-
-class FakeSession:
-    peer_id = "peer0000"
-
-    def __init__(self):
-        self.replies = []
-
-    async def reply(self, rid, value=None, error=None):
-        self.replies.append((rid, value, error))
 
 
 async def test_peer_requests_tell_bugs_from_bad_requests(tmp_path, monkeypatch):

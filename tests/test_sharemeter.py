@@ -19,6 +19,7 @@ from protocol.messages import decode_message, encode_message, to_wire
 from protocol.rpc import Reply
 from protocol.work import (MatmulShare, MatmulShareResult, StoreBlock, read_share_result,
                            share_result_wire)
+from tests.replying_session import FakeSession
 from tests.test_oneshot_share import holder  # noqa: F401  (the fixture: a small holder)
 
 MIB = 1 << 20
@@ -135,17 +136,6 @@ def test_a_malformed_share_result_is_the_peers_error(value, match):
 
 
 # the peer's side --------------------------------------------------------------------------
-
-class FakeSession:
-    peer_id = "coordinator"
-
-    def __init__(self):
-        self.replies = []
-
-    async def reply(self, rid, value=None, error=None):
-        self.replies.append((rid, value, error))
-
-
 
 
 def test_a_peer_answers_a_share_with_its_rows_and_its_compute_time(holder):

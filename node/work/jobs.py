@@ -723,13 +723,10 @@ class JobManager:
                   if not isinstance(p, np.ndarray)]
         if done:
             await self._write_rows(out, done)
-            ok = sum(t.flops for t, _ in done)
-            self.memory.record_share(node, ok, took, True)
-            self.recent.observe(node, ok, took, time.monotonic())
+        self._learn(node, took, ok=sum(t.flops for t, _ in done) if done else None,
+                    failed=sum(t.flops for t, _ in failed) if failed else None)
         if not failed:
             return
-        self.memory.record_share(node, sum(t.flops for t, _ in failed), took, False)
-        self.recent.failed(node, time.monotonic())
         log.info("infer %s block(s) %s on %s failed after %.3fs (%s); trying the next holder",
                  name, ",".join(str(t.blk.index) for t, _ in failed), node[:8], took,
                  failed[0][1])
@@ -808,15 +805,25 @@ class JobManager:
         try:
             yield
         except Exception:
-            self.memory.record_share(node, flops, time.perf_counter() - start, False)
-            self.recent.failed(node, time.monotonic())
+            self._learn(node, time.perf_counter() - start, failed=flops)
             raise
         else:
-            took = time.perf_counter() - start
-            self.memory.record_share(node, flops, took, True)
-            self.recent.observe(node, flops, took, time.monotonic())
+            self._learn(node, time.perf_counter() - start, ok=flops)
         finally:
             self.inflight[node] -= 1
+
+    def _learn(self, node: str, took: float, *, ok: float | None = None,
+               failed: float | None = None) -> None:
+        """What a request to holder ``node`` taught, in one place for every path: the work
+        (flops) it served and failed, for the dual memory's long-term speed and
+        reliability and, for the replica choice, its end-to-end cost or that it failed."""
+        now = time.monotonic()
+        if ok is not None:
+            self.memory.record_share(node, ok, took, True)
+            self.recent.observe(node, ok, took, now)
+        if failed is not None:
+            self.memory.record_share(node, failed, took, False)
+            self.recent.failed(node, now)
 
     async def _known_elsewhere(self, name: str) -> bool:
         try:
