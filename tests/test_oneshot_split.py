@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from compute.device import get_preset
 from compute.partition import NodeSlot, PartitionPlan
-from node.work.oneshotsplit import (ShareCost, fits_memory, fixed_cost, row_cost,
+from node.work.oneshotsplit import (MAX_CHUNKS, ShareCost, fits_memory, fixed_cost, row_cost,
                                    transfer_split)
 from node.work.sharemeter import HOST_ENV, ShareMeter, host_id
 
@@ -207,7 +207,8 @@ def snapshot(hosts: dict[str, str | None], speeds: dict[str, float], links: dict
 
 def test_the_snapshot_needs_every_non_co_host_measured():
     both = snapshot({"p": "other"}, {"me": 50.0, "p": 60.0}, {"p": 3e8})
-    assert both == [ShareCost("me", 50.0, local=True), ShareCost("p", 60.0, 3e8, 0.001)]
+    assert both == [ShareCost("me", 50.0, local=True),
+                    ShareCost("p", 60.0, 3e8, 0.001, chunks=MAX_CHUNKS)]   # sent in chunks
     assert snapshot({"p": "other"}, {"me": 50.0}, {"p": 3e8}) is None        # p's speed
     assert snapshot({"p": "other"}, {"me": 50.0, "p": 60.0}, {}) is None     # p's link
     assert snapshot({"p": "other"}, {"p": 60.0}, {"p": 3e8}) is None          # this node
