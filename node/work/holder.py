@@ -499,6 +499,7 @@ class BlockHolder:
             raise
         if not held.ready.done():
             held.ready.set_result(b)
+        spans.mark("peer.validated")
         return True
 
     async def _serve_rows(self, sender: str, msg: MatmulRows) -> dict[str, Any]:

@@ -481,6 +481,7 @@ class JobManager:
                 requests.append(asyncio.ensure_future(session.request(msg, timeout, sent=handed)))
                 await handed
             handover_s = time.perf_counter() - start
+            spans.mark("share.handed")
             await requests[0]
             compute: list[float | None] = []
             for (r0, r1), request in zip(chunks, requests[1:]):
