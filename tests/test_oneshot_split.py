@@ -120,11 +120,12 @@ links = st.floats(1e5, 1e13)
        unit=st.sampled_from([1, 8, 64, 128]),
        local=speeds,
        peers=st.lists(st.tuples(speeds, links, st.floats(0, 0.05), st.booleans(),
-                                st.one_of(st.just(0.0), links)), max_size=5))
-def test_every_row_is_computed_exactly_once(m, k, n, unit, local, peers):
-    nodes = [me(local)] + [ShareCost(f"p{i}", g, b, lat, cohost=co, handover_bps=h)
-                           for i, (g, b, lat, co, h) in enumerate(peers)]
-    split = transfer_split(m, k, n, nodes, unit=unit)
+                                st.one_of(st.just(0.0), links), st.integers(1, 8)),
+                      max_size=5), delay=st.sampled_from([1.0, 0.5]))
+def test_every_row_is_computed_exactly_once(m, k, n, unit, local, peers, delay):
+    nodes = [me(local)] + [ShareCost(f"p{i}", g, b, lat, cohost=co, handover_bps=h, chunks=c)
+                           for i, (g, b, lat, co, h, c) in enumerate(peers)]
+    split = transfer_split(m, k, n, nodes, unit=unit, handover_delay=delay)
     sizes = [r for _, r in split.rows]
     assert sum(sizes) == m and all(r > 0 for r in sizes)
     assert all(r % unit == 0 for r in sizes[:-1])

@@ -203,12 +203,14 @@ def test_a_hand_over_rate_that_makes_no_sense_is_refused():
 @given(m=st.integers(1, 4096), k=st.integers(1, 2048), n=st.integers(1, 2048),
        unit=st.sampled_from([1, 64]), local=st.floats(0.1, 1e3),
        peers=st.lists(st.tuples(st.floats(0.1, 1e3), st.floats(1e6, 1e12),
-                                st.floats(0, 0.01), st.floats(1e6, 1e12)), max_size=4))
+                                st.floats(0, 0.01), st.floats(1e6, 1e12),
+                                st.integers(1, 8)), max_size=4),
+       delay=st.sampled_from([1.0, 0.5, 0.25]))
 def test_the_chosen_split_is_never_predicted_slower_than_keeping_the_job(m, k, n, unit, local,
-                                                                          peers):
-    nodes = [me(local)] + [ShareCost(f"p{i}", g, b, lat, handover_bps=h)
-                           for i, (g, b, lat, h) in enumerate(peers)]
-    split = transfer_split(m, k, n, nodes, unit=unit)
+                                                                          peers, delay):
+    nodes = [me(local)] + [ShareCost(f"p{i}", g, b, lat, handover_bps=h, chunks=c)
+                           for i, (g, b, lat, h, c) in enumerate(peers)]
+    split = transfer_split(m, k, n, nodes, unit=unit, handover_delay=delay)
     alone = m * row_cost(nodes[0], k, n)
     # rounding to whole units moves at most one unit per node onto another
     slack = unit * max(row_cost(c, k, n) + (k * 4 / c.handover_bps if c.handover_bps else 0)

@@ -511,6 +511,8 @@ class BlockHolder:
             b = await asyncio.shield(held.ready)
             if not isinstance(msg.a, np.ndarray) or msg.a.ndim != 2 or msg.a.shape[1] != b.shape[0]:
                 raise StoreError("share shapes do not align")
+            if msg.row_offset < 0:
+                raise StoreError(f"a chunk's row offset must be >= 0, got {msg.row_offset}")
             start = time.perf_counter()
             result = await self.compute_share(msg.a, b, held.device, held.seed,
                                               msg.row_offset, check_a=True)

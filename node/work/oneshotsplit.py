@@ -63,9 +63,9 @@ class ShareCost:
     local: bool = False       # this node: no transfer at all
     cohost: bool = False      # shares this node's cores (same host)
     #: bytes/s at which *this* node seals and hands over the operands of a share for it
-    #: (0: unknown, counted as free). This node's own share starts only once the peers'
-    #: operands are handed over (their compute is the critical path), so the sealing
-    #: delays it: per peer with a share, all of B and its rows of A.
+    #: (0: unknown, counted as free). The sealing (per peer with a share, all of B and its
+    #: rows of A) delays this node's own share: wholly when the share waits for it, by
+    #: ``handover_delay`` of it when the share computes alongside (``transfer_split``).
     handover_bps: float = 0.0
     #: row chunks a share for this peer is sent in (1: one message, no overlap)
     chunks: int = 1

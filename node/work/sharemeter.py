@@ -7,9 +7,10 @@ needs the parts apart: moving B costs the same whatever the share, compute does 
 peer reports its own compute seconds with its rows (``MatmulShareResult.compute_s``), so a
 share's round trip splits without guessing: the peer's figure is its compute, the rest
 (less one RTT) is the path — sealing here, the wire, opening and validating there, and the
-rows back — over the bytes moved both ways. The time until the operands were handed to the
-link is this node's own sealing CPU, which delays its own share (it starts once the peers'
-operands are out). A peer from before ``compute_s`` is split the old way: the hand-over
+rows back — over the bytes moved both ways; a share sent as B and row chunks overlaps the
+two, and ``path_rate`` reads its round trip by the split's own model of that overlap. The
+time until the operands were handed to the link is this node's own sealing CPU, which
+delays its own share (computing alongside, by the split's ``handover_delay`` of it). A peer from before ``compute_s`` is split the old way: the hand-over
 rate stands for the link and the compute is what is left of the round trip.
 
 A measurement older than ``max_age_s`` no longer counts: the job manager then splits as it
