@@ -219,6 +219,7 @@ def test_a_peer_that_dies_mid_share_has_only_its_unanswered_chunks_recomputed():
         _rtt_s = staticmethod(lambda node: 0.0)
         _measure_share = JobManager._measure_share
         _chunks_on = JobManager._chunks_on
+        _handover_delay = staticmethod(lambda: 0.5)
 
         def _fallback(self, tried, attempt):
             return "me"
@@ -282,3 +283,31 @@ def test_a_local_share_waiting_less_for_the_hand_over_keeps_more_rows():
     assert along.predicted_s["me"] < waits.predicted_s["me"]
     with pytest.raises(ValueError, match="handover_delay"):
         transfer_split(2048, 2048, 2048, [me, p], handover_delay=1.5)
+
+
+def test_this_nodes_speed_is_kept_net_of_the_sealing_it_computed_alongside():
+    from node.work.jobs import own_seconds
+    # own share 0..1 s; a peer's hand-over 0..0.4 s, another's 0.8..(unfinished)
+    assert own_seconds(0.0, 1.0, [], 0.5) == pytest.approx(1.0)
+    assert own_seconds(0.0, 1.0, [[0.0, 0.4]], 0.5) == pytest.approx(0.8)
+    assert own_seconds(0.0, 1.0, [[0.0, 0.4], [0.8, float("inf")]], 0.5) == pytest.approx(0.7)
+    assert own_seconds(0.0, 1.0, [[2.0, 3.0]], 0.5) == pytest.approx(1.0)     # after it
+    assert own_seconds(0.0, 1.0, [[0.0, 5.0]] * 4, 1.0) == pytest.approx(0.1)  # floored
+
+
+def test_a_split_fed_speeds_net_of_the_sealing_predicts_the_measured_finish():
+    """The split charges ``handover_delay`` of the sealing to this node's finish; a speed
+    measured net of it (own_seconds) makes the prediction what was measured, where a
+    speed measured with the sealing inside would add it twice."""
+    from node.work.jobs import own_seconds
+    k = n = 2048
+    rows, true_gflops, sealing_s, delay = 1280, 80.0, 0.1, 0.5
+    compute = 2.0 * rows * k * n / (true_gflops * 1e9)
+    wall = compute + delay * sealing_s                  # what the share took alongside
+    net = own_seconds(0.0, wall, [[0.0, sealing_s]], delay)
+    assert net == pytest.approx(compute)
+    me = ShareCost("me", 2.0 * rows * k * n / net / 1e9, local=True)
+    p = ShareCost("p", 50.0, 1e9, 0.0, handover_bps=(k * n + (k - rows) * k) * 4 / sealing_s)
+    from node.work.oneshotsplit import _predicted
+    predicted = _predicted({"me": rows, "p": k - rows}, me, [p], k, n, 4, delay)
+    assert predicted["me"] == pytest.approx(wall)

@@ -96,6 +96,7 @@ def test_this_nodes_share_computes_while_the_peers_share_is_still_being_handed_o
         results = None
         slots = staticmethod(lambda: [])
         _share = JobManager._share
+        _handover_delay = staticmethod(lambda: 0.5)
 
         class executor:
             @staticmethod
@@ -106,7 +107,7 @@ def test_this_nodes_share_computes_while_the_peers_share_is_still_being_handed_o
             return PartitionPlan((128, 8), None, [Block(0, 0, 64, ["peer"]),
                                                   Block(1, 64, 128, ["me"])])
 
-        async def _chunks_on(self, node, job_id, a, b, chunks, device, seed, pieces):
+        async def _chunks_on(self, node, job_id, a, b, chunks, device, seed, pieces, sealing):
             events.append("peer sealing")
             await asyncio.sleep(0.05)            # sealing and writing the peer's operands
             events.append("peer handed over")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import random
 import time
@@ -332,9 +333,10 @@ class JobManager:
             # ``pieces``: first row -> those rows of the product, every row in exactly one:
             # a peer's chunk stays in its reply's buffer, this node's rows are views of out.
             pieces: dict[int, np.ndarray] = {}
+            sealing: list[list[float]] = []      # [start, end] of each peer's hand-over
             order = sorted(plan.blocks, key=lambda blk: blk.nodes[0] == self.node_id)
-            await asyncio.gather(*(self._share(job, blk, a, b, out, device, seed, pieces, unit)
-                                   for blk in order))
+            await asyncio.gather(*(self._share(job, blk, a, b, out, device, seed, pieces, unit,
+                                               sealing) for blk in order))
             spans.mark("job.gathered")
             path = self.results / f"{job.id}.npy"
             await self.executor.run(_save_npy_rows, path, out.shape, list(pieces.items()))
@@ -356,7 +358,7 @@ class JobManager:
         # this node's share computes alongside the hand-over on every compute thread, which
         # the loop's sealing slows by one core of ``workers`` while it lasts
         split = transfer_split(shape[0], shape[1], n, costs, unit,
-                               handover_delay=1.0 / max(1, self.executor.workers))
+                               handover_delay=self._handover_delay())
         if not fits_memory(split.rows, slots, shape[1], dev):
             job.detail["split"] = {"by": "capacity", "why": "a node's free memory"}
             log.info("job %s: the transfer-aware split %s exceeds a node's free memory; "
@@ -403,16 +405,25 @@ class JobManager:
             return None
         return costs
 
+    def _handover_delay(self) -> float:
+        """The part of a peer's hand-over that delays this node's own share, which computes
+        alongside it on every compute thread: the loop's sealing takes one core of those."""
+        return 1.0 / max(1, self.executor.workers)
+
     def _rtt_s(self, node: str) -> float:
         session = self.mesh.sessions.get(node)
         rtt = session.link.rtt_ms if session is not None else None
         return (rtt or 0.0) / 1000
 
     async def _share(self, job: Job, blk, a, b, out, device, seed,
-                     pieces: dict[int, np.ndarray], unit: int = 1) -> None:
+                     pieces: dict[int, np.ndarray], unit: int = 1,
+                     sealing: list[list[float]] | None = None) -> None:
         """One row share of a matmul job, failed over to other nodes: a peer's in row
         chunks (``chunk_rows``); when a peer fails, only its chunks not yet answered go to
-        the next node. Every computed range lands in ``pieces`` by its first row."""
+        the next node. Every computed range lands in ``pieces`` by its first row.
+        ``sealing``: the job's peer hand-overs, [start, end] (perf_counter), so this node's
+        own compute speed is kept net of the sealing it ran alongside (``own_seconds``)."""
+        sealing = [] if sealing is None else sealing
         todo = [(blk.row_start, blk.row_stop)]
         tried: set[str] = set()
         target = blk.nodes[0]
@@ -430,10 +441,11 @@ class JobManager:
                     for r0, r1 in todo:
                         await self.holder.compute_share(a[r0:r1], b, device, seed, r0, out[r0:r1])
                         pieces[r0] = out[r0:r1]
-                    self.share_meter.record(target, device or "", flops,
-                                            time.perf_counter() - start)
+                    self.share_meter.record(target, device or "", flops, own_seconds(
+                        start, time.perf_counter(), sealing, self._handover_delay()))
                 else:
-                    await self._chunks_on(target, job.id, a, b, todo, device, seed, pieces)
+                    await self._chunks_on(target, job.id, a, b, todo, device, seed, pieces,
+                                          sealing)
                 self.memory.record_share(target, flops, time.perf_counter() - start, True)
                 return
             except (LinkClosed, TimeoutError, RemoteError, ProtocolError, OSError) as exc:
@@ -455,7 +467,8 @@ class JobManager:
 
     async def _chunks_on(self, node: str, job_id: str, a: np.ndarray, b: np.ndarray,
                          chunks: list[tuple[int, int]], device: str | None, seed: int,
-                         pieces: dict[int, np.ndarray]) -> None:
+                         pieces: dict[int, np.ndarray],
+                         sealing: list[list[float]] | None = None) -> None:
         """Rows ``chunks`` of the product on peer ``node``: B once (``MatmulOperand``), then
         each chunk of A's rows (``MatmulRows``) once the one before is on the link, so the
         peer computes a chunk while the next is in transit. Each answered chunk goes to
@@ -472,6 +485,9 @@ class JobManager:
         operand = f"{job_id}/{chunks[0][0]}"     # one per attempt: its ranges are the job's
         spans.mark("share.send")
         start = time.perf_counter()
+        sealed = [start, math.inf]           # until handed over (or failed)
+        if sealing is not None:
+            sealing.append(sealed)
         msgs = [MatmulOperand(session.next_rid(), operand, b, device, seed, len(chunks))]
         msgs += [MatmulRows(session.next_rid(), operand, a[r0:r1], r0) for r0, r1 in chunks]
         requests: list[asyncio.Future] = []
@@ -481,6 +497,7 @@ class JobManager:
                 requests.append(asyncio.ensure_future(session.request(msg, timeout, sent=handed)))
                 await handed
             handover_s = time.perf_counter() - start
+            sealed[1] = start + handover_s
             spans.mark("share.handed")
             await requests[0]
             compute: list[float | None] = []
@@ -489,6 +506,7 @@ class JobManager:
                 pieces[r0] = _expect_array(y, (r1 - r0, n), node)
                 compute.append(compute_s)
         finally:
+            sealed[1] = min(sealed[1], time.perf_counter())
             for request in requests:
                 if not request.done():
                     request.cancel()
@@ -907,6 +925,17 @@ def _expect_array(value: Any, shape: tuple[int, int], node: str) -> np.ndarray:
         got = getattr(value, "shape", type(value).__name__)
         raise ProtocolError(f"{node[:8]} returned {got}, expected an array of shape {shape}")
     return value
+
+
+def own_seconds(start: float, end: float, sealing: list[list[float]], delay: float) -> float:
+    """This node's compute seconds for its share ``[start, end]`` net of the sealing it ran
+    alongside: ``delay`` of each peer hand-over's overlap with it (an unfinished one runs to
+    ``end``). Why: the split charges that sealing to this node's finish itself
+    (``handover_delay``); a speed measured with it inside would charge it twice, and a
+    job's own share would then look slower whenever a peer had a share. Never below a
+    tenth of the wall time (a figure that makes no sense is not learnt as infinite speed)."""
+    overlap = sum(max(0.0, min(e, end) - max(s, start)) for s, e in sealing)
+    return max(end - start - delay * overlap, 0.1 * (end - start))
 
 
 def _ranges_text(ranges: list[tuple[int, int]]) -> str:
