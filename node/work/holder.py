@@ -29,13 +29,13 @@ from node.memory.prefetcher import Prefetcher
 from node.metrics import Metrics
 from nat.link import LinkClosed
 from node.work.claims import ClaimRefused
+from node.work.heldoperands import HeldOperands
 from node.work.modelbook import ModelBook, ModelRecord, check_matrix_name as check_name
 from node.work.plans import PlanBook, VersionedPlan
 from node.net.session import RemoteError, Session
 from node.memory.store import BlockStore, Resident, StoreError, as_matrix, copy_pause_s
 from protocol.errors import ProtocolError
 from protocol.framing import DEFAULT_MAX_MESSAGE
-from node.work.heldoperands import HeldOperands
 from protocol.work import (MAX_INFER_BLOCKS, ClaimName, DropMatrix, GetModel, GetPlan,
                            InferBlock, InferBlocks, MatmulOperand, MatmulRows, MatmulShare,
                            ModelNotice, ModelSync,
