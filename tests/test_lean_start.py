@@ -145,3 +145,29 @@ def test_job_and_request_ids_stay_random_hex():
                   "print('uuid' in sys.modules)")
     assert out == "False"
     assert os.urandom(6).hex() != os.urandom(6).hex()
+
+
+def test_rssmap_groups_add_up_and_see_a_new_anonymous_buffer():
+    """bench/rssmap.py, which the README's tables come from: its groups sum to the kernel's
+    RSS and a freshly touched anonymous mapping lands in "anonymous"."""
+    import importlib.util
+    import mmap
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "rssmap", Path(__file__).resolve().parent.parent / "bench" / "rssmap.py")
+    rssmap = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rssmap)
+
+    def rollup_rss() -> int:
+        with open("/proc/self/smaps_rollup") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("Rss:"))
+
+    before = rssmap.breakdown(os.getpid())
+    total = sum(v["rss"] for v in before.values())
+    assert abs(total - rollup_rss()) < 4 << 20
+    buf = mmap.mmap(-1, 16 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    buf.write(b"x" * (16 << 20))           # touch every page
+    after = rssmap.breakdown(os.getpid())
+    assert after["anonymous"]["rss"] - before["anonymous"]["rss"] >= 15 << 20
+    buf.close()
