@@ -337,6 +337,9 @@ class Session:
                     except FrameError as exc:
                         await self.link.fail(f"protocol error: {exc}")
                         raise LinkClosed(f"protocol error: {exc}") from None
+                    # opened into the message buffer; no view of it is kept: reusable
+                    self.link.recycle(frame)
+                    frame = None
                 else:
                     payload = self._reassembler.feed(frame)
                 if payload is None:
