@@ -38,7 +38,8 @@ from protocol.framing import DEFAULT_MAX_MESSAGE
 from protocol.work import (MAX_INFER_BLOCKS, ClaimName, DropMatrix, GetModel, GetPlan,
                            InferBlock, InferBlocks, MatmulShare, ModelNotice, ModelSync,
                            PlanNotice, ReleaseName, RunStage, StageResult, StoreBlock,
-                           StoreState, Undeploy, share_result_wire)
+                           StoreState, Undeploy, infer_blocks_result_wire,
+                           share_result_wire)
 
 log = logging.getLogger("sedma.holder")
 
@@ -274,7 +275,7 @@ class BlockHolder:
         if size > MAX_REPLY_BYTES:
             raise StoreError(f"the {len(indices)} blocks' rows are {size} bytes, over the "
                              f"{MAX_REPLY_BYTES}-byte reply limit")
-        return {"parts": parts, "compute_s": time.perf_counter() - start}
+        return infer_blocks_result_wire(parts, time.perf_counter() - start)
 
     async def read_many(self, name: str, indices: list[int], x: np.ndarray,
                         read_seed: int) -> list[np.ndarray | UserError]:

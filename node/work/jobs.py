@@ -37,8 +37,7 @@ from node.runtime import spans
 from node.errors import UserError, internal_message
 from node.memory.dualmemory import DualMemory
 from node.metrics import Metrics
-from node.work.blockgroups import (BlockTry, compute_seconds, fail_over, group_by_holder,
-                                   read_parts)
+from node.work.blockgroups import BlockTry, fail_over, group_by_holder, read_parts
 from node.work.latency import PeakEwma, order_holders
 from node.work.oneshotsplit import ShareCost, fits_memory, transfer_split
 from node.work.placement import Candidate, holdable, rank
@@ -764,8 +763,7 @@ class JobManager:
         value = await session.request(msg, request_timeout(flops, x.nbytes))
         spans.mark("coord.peer_reply")
         shapes = [(b.row_stop - b.row_start, x.shape[1]) for b in blocks]
-        parts = read_parts(value, shapes, node)
-        held = compute_seconds(value)
+        parts, held = read_parts(value, shapes, node)
         if held is not None and log.isEnabledFor(logging.DEBUG):
             took = time.perf_counter() - start
             log.debug("infer %s: %d block(s) on %s in %.4fs, %.4fs of it at the holder and "
