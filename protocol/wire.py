@@ -54,9 +54,10 @@ class FrameDecoder:
     Each frame's bytes are copied once: a frame that lies whole in the fed chunk is cut
     out of it; a frame that spans chunks is filled in place into a buffer of its declared
     size (a ``bytearray``, or with a ``pool`` a view of a reused buffer for a big frame,
-    which its consumer gives back: :mod:`protocol.framepool`). Appending chunks to one buffer and cutting frames off its front
-    copied every byte twice and re-grew the buffer, ~2.5 ms per MiB in this VM, on the
-    event loop (a 500 MB share held it for 70-130 ms, tests/test_loop_lag.py).
+    which its consumer gives back: :mod:`protocol.framepool`). Appending chunks to one
+    buffer and cutting frames off its front copied every byte twice and re-grew the
+    buffer, ~2.5 ms per MiB in this VM, on the event loop (a 500 MB share held it for
+    70-130 ms, tests/test_loop_lag.py).
     """
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME,
