@@ -22,8 +22,9 @@ hands out a buffer nobody else holds:
   counts exactly the unwritten bytes on both loops); a frame lent at queue position ``m``
   is free once the transport's written position reaches ``m`` (:class:`LentFrames`).
 
-Only frames from ``MIN_POOLED`` to the pool's capacity use it: small frames (gossip,
-pings) are cheap to allocate and an idle daemon keeps no pooled memory at all; at most
+Only frames from ``MIN_POOLED`` to the pool's capacity use it, i.e. the fragments of bulk
+messages (X, Y, W, one-shot operands): gossip, pings and even a 100-member state sync
+(a few hundred KiB) allocate as before, so an idle daemon keeps no pooled memory; at most
 ``KEEP`` free buffers are kept per thread (every link of a daemon's event loop shares
 them), so a daemon holds at most ``KEEP`` MiB more after bulk traffic, whatever its number
 of links.
@@ -34,8 +35,11 @@ from __future__ import annotations
 import collections
 import threading
 
-#: Frames smaller than this are allocated as before (a 64 KiB zero-fill costs microseconds).
-MIN_POOLED = 64 << 10
+#: Frames smaller than this are allocated as before. Half a fragment: the full 1 MiB
+#: fragments of bulk messages and a B=64 Y at N=4096 (512 KiB and its header) are pooled;
+#: membership traffic never is (a pooled buffer is ~1 MiB kept resident, issue 13's idle
+#: RSS target).
+MIN_POOLED = 512 << 10
 #: Free buffers kept per thread: two in flight each way covers one request's fan-out.
 KEEP = 4
 
