@@ -234,3 +234,58 @@ def test_frames_through_a_congested_tcp_link_arrive_intact(loop_kind):
     # 120 frames moved (60 sealed, 60 received); new buffers only for the ~30 the lagging
     # reader leaves in flight at once (receive queue, transport), the rest reused
     assert after - before < 60
+
+
+# encrypted sessions both ways over uvloop TCP: what a daemon's links do ----------------
+async def _sessions_both_ways(messages: int) -> tuple[int, int]:
+    import numpy as np
+    from node.net.session import handshake
+    from protocol.work import StageResult
+    from tests.noise_pair import A, B, KEY
+
+    accepted: asyncio.Queue = asyncio.Queue()
+
+    async def on_link(link):
+        await accepted.put(await handshake(link, B, "b", [], [KEY], initiator=False))
+    server = await listen_tcp("127.0.0.1", 0, on_link)
+    link = await dial_tcp("127.0.0.1", server.sockets[0].getsockname()[1])
+    sa = await handshake(link, A, "a", [], [KEY], initiator=True)
+    sb = await accepted.get()
+    got: dict[str, list] = {"a": [], "b": []}
+
+    def handler(who):
+        async def on_message(session, msg):
+            got[who].append(msg)
+        return on_message
+    sa.start(handler("a"))
+    sb.start(handler("b"))
+    before = thread_pool(DEFAULT_MAX_FRAME).allocated
+    arrays = [np.full((1 << 20,), i, np.float32) for i in range(messages)]   # 4 MiB each
+
+    async def stream(s):
+        for i, y in enumerate(arrays):
+            await s.send(StageResult(0, str(i), y))
+    await asyncio.gather(stream(sa), stream(sb))
+    while len(got["a"]) < messages or len(got["b"]) < messages:
+        await asyncio.sleep(0.01)
+    for who in ("a", "b"):
+        for i, msg in enumerate(got[who]):
+            assert msg.request == str(i) and np.array_equal(msg.y, arrays[i]), (who, i)
+    allocated = thread_pool(DEFAULT_MAX_FRAME).allocated - before
+    await sa.close("done")
+    await sb.close("done")
+    server.close()
+    return allocated, 2 * messages * 4 * 2     # ~4 frames per message, sealed and received
+
+
+def test_encrypted_sessions_streaming_both_ways_deliver_every_message_and_reuse_buffers():
+    loop = uvloop.new_event_loop()
+    try:
+        allocated, frame_buffers = loop.run_until_complete(
+            asyncio.wait_for(_sessions_both_ways(12), 60))
+    finally:
+        loop.close()
+    # 96 pooled frames (4 full fragments a message), each sealed into and received into
+    # a pooled buffer: without reuse that is 192 buffers (a session not recycling what it
+    # read: over 96)
+    assert allocated < frame_buffers // 2

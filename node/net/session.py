@@ -337,11 +337,12 @@ class Session:
                     except FrameError as exc:
                         await self.link.fail(f"protocol error: {exc}")
                         raise LinkClosed(f"protocol error: {exc}") from None
-                    # opened into the message buffer; no view of it is kept: reusable
-                    self.link.recycle(frame)
-                    frame = None
                 else:
                     payload = self._reassembler.feed(frame)
+                # opened or copied into the message buffer, no view of it kept: the link
+                # may put the next frame in it (protocol.framepool)
+                self.link.recycle(frame)
+                frame = None
                 if payload is None:
                     continue
                 msg = await decode_message_on_loop(payload)
