@@ -21,7 +21,6 @@ import math
 import os
 import random
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Iterator
@@ -38,8 +37,7 @@ from node.runtime import spans
 from node.errors import UserError, internal_message
 from node.memory.dualmemory import DualMemory
 from node.metrics import Metrics
-from node.work.blockgroups import (BlockTry, compute_seconds, fail_over, group_by_holder,
-                                   read_parts)
+from node.work.blockgroups import BlockTry, fail_over, group_by_holder, read_parts
 from node.work.latency import PeakEwma, order_holders
 from node.work.oneshotsplit import (MAX_CHUNKS, ShareCost, chunk_rows, fits_memory,
                                     transfer_split)
@@ -68,9 +66,12 @@ BASE_TIMEOUT = 30.0
 MAX_JOB_BYTES = DEFAULT_MAX_MESSAGE - (1 << 20)
 MAX_SEED = (1 << 63) - 1
 #: Operands and partial results up to this size are validated and copied on the event
-#: loop (tens of microseconds), not on the executor: a hop costs a thread and a loop
-#: wake-up, more than the work itself at this size and most of a B=1 request's overhead.
-INLINE_BYTES = 256 << 10
+#: loop, not on the executor: a hop costs a thread and a loop wake-up, more than the work
+#: itself at this size and most of a B=1 request's overhead. 2 MiB: measured here, the
+#: NaN scan of a B=64 X at N=4096 (1 MiB) takes ~50 us and copying a peer's 512 KiB of Y
+#: into the output ~20 us, against 0.3-2 ms per hop on a loaded machine (bench/README.md,
+#: path4); the largest inline step (~0.2 ms) stays far under the loop's budget.
+INLINE_BYTES = 2 << 20
 FINAL_STATES = ("done", "failed", "cancelled")
 
 
@@ -188,7 +189,7 @@ class JobManager:
         after; the final record is still written after that first one."""
         if not self.accepting:
             raise JobError("the daemon is shutting down and accepts no new jobs")
-        job = Job(uuid.uuid4().hex[:12], kind, "running", detail=detail)
+        job = Job(os.urandom(6).hex(), kind, "running", detail=detail)
         self.jobs[job.id] = job
         saved = asyncio.ensure_future(self._save_job(job))
         if durable_start:
@@ -793,8 +794,7 @@ class JobManager:
         value = await session.request(msg, request_timeout(flops, x.nbytes))
         spans.mark("coord.peer_reply")
         shapes = [(b.row_stop - b.row_start, x.shape[1]) for b in blocks]
-        parts = read_parts(value, shapes, node)
-        held = compute_seconds(value)
+        parts, held = read_parts(value, shapes, node)
         if held is not None and log.isEnabledFor(logging.DEBUG):
             took = time.perf_counter() - start
             log.debug("infer %s: %d block(s) on %s in %.4fs, %.4fs of it at the holder and "
