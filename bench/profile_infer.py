@@ -226,6 +226,8 @@ def span_run(n: int, w: np.ndarray, x: np.ndarray,
 
 #: The stages of one one-shot job (``--oneshot``), split at the bench's own ``bench.job``
 #: mark. The first occurrence of a mark in a job counts, except those in ONESHOT_LAST.
+#: Since oneshot4 a peer's share goes as B (``MatmulOperand``) and then row chunks
+#: (``MatmulRows``), each computed as it arrives; this node's own share computes at once.
 ONESHOT_STAGES = [
     ("client submit: encode, shm/socket, coordinator decode", "client", "bench.job", "coord",
      "coord.decoded"),
@@ -233,31 +235,36 @@ ONESHOT_STAGES = [
      "job.validated"),
     ("coordinator: start job, plan, encode the share", "coord", "job.validated", "coord",
      "share.send"),
-    ("share out: coordinator seals + writes A rows and B", "coord", "share.send", "coord",
+    ("share out: coordinator seals + writes B", "coord", "share.send", "coord",
      "session.sent"),
+    ("share out: coordinator seals + writes B and every A chunk", "coord", "share.send",
+     "coord", "share.handed"),
     ("share out: send -> peer's first bulk frame", "coord", "share.send", "peer", "link.bulk_in"),
-    ("share out: peer's first frame -> message decoded", "peer", "link.bulk_in", "peer",
+    ("share out: peer's first frame -> B decoded", "peer", "link.bulk_in", "peer",
+     "peer.operand_recv"),
+    ("peer: validate B (executor, while the chunks travel)", "peer", "peer.operand_recv",
+     "peer", "peer.validated"),
+    ("peer: B decoded -> first chunk decoded", "peer", "peer.operand_recv", "peer",
      "peer.share_recv"),
-    ("peer: validate its A rows and B (executor)", "peer", "peer.share_recv", "peer",
-     "peer.validated"),
-    ("peer: validated -> compute start", "peer", "peer.validated", "peer", "compute.start"),
-    ("peer: compute (first chunk start -> last chunk end)", "peer", "compute.start", "peer",
-     "compute.end"),
-    ("result back: peer compute end -> reply handed to the link", "peer", "compute.end",
-     "peer", "peer.replied"),
-    ("result back: peer compute end -> coordinator has the reply", "peer", "compute.end",
-     "coord", "share.reply"),
-    ("coordinator: copy the peer's rows into the output", "coord", "share.reply", "coord",
-     "share.copied"),
+    ("peer: compute (first chunk start -> last chunk end, scan fused)", "peer",
+     "compute.start", "peer", "compute.end"),
+    ("result back: peer's last compute end -> its reply handed to the link", "peer",
+     "compute.end", "peer", "peer.replied"),
+    ("result back: peer's last compute end -> coordinator has the last chunk", "peer",
+     "compute.end", "coord", "share.reply"),
     ("coordinator: gathered -> result file written", "coord", "job.gathered", "coord",
      "job.saved"),
     ("job saved -> client has the result (wait + result calls)", "coord", "job.saved",
      "client", "bench.done"),
     ("(coordinator: own share compute, first start -> last end)", "coord", "compute.start",
      "coord", "compute.end"),
+    ("(coordinator: job start -> own share done)", "coord", "job.validated", "coord",
+     "compute.end"),
+    ("(coordinator: job start -> peer's last chunk in)", "coord", "job.validated", "coord",
+     "share.reply"),
     ("total: submit -> result in the client", "client", "bench.job", "client", "bench.done"),
 ]
-ONESHOT_LAST = {"compute.end", "link.bulk_in", "share.copied"}
+ONESHOT_LAST = {"compute.end", "link.bulk_in", "share.copied", "peer.replied", "share.reply"}
 
 
 def oneshot_breakdown(events, roles) -> list[tuple[str, float, float]]:

@@ -30,6 +30,35 @@ class MatmulShare:
     row_offset: int
 
 
+@message("work.matmul_operand")
+class MatmulOperand:
+    """The B of a chunked one-shot share, sent once before its rows of A
+    (:class:`MatmulRows`): the peer holds it for ``chunks`` row chunks of job ``job_id``
+    and computes each chunk as it arrives, so its compute overlaps the transfer of the
+    next chunk instead of waiting for all of A. Why B apart: it is needed whole by every
+    chunk, and sending it with each would multiply the bytes moved. The peer drops it
+    after ``chunks`` chunks, or unused after a time limit, and refuses one over its
+    limits of held bytes and operands."""
+
+    rid: int
+    job_id: str
+    b: np.ndarray
+    device: str | None
+    seed: int
+    chunks: int
+
+
+@message("work.matmul_rows")
+class MatmulRows:
+    """One row chunk of a chunked share: rows [row_offset, row_offset+len(a)) of A, to
+    multiply by the B held for ``job_id``; answered with a :class:`MatmulShareResult`."""
+
+    rid: int
+    job_id: str
+    a: np.ndarray
+    row_offset: int
+
+
 @message("work.matmul_result")
 class MatmulShareResult:
     """A peer's answer to :class:`MatmulShare`: its rows of the product and the seconds

@@ -73,28 +73,51 @@ def test_the_result_file_written_from_row_pieces_is_what_np_save_writes(tmp_path
     assert not (tmp_path / "r.tmp").exists()
 
 
-def test_this_nodes_share_waits_until_the_peers_shares_are_handed_to_the_link():
-    from node.work.jobs import JobManager
+def test_this_nodes_share_computes_while_the_peers_share_is_still_being_handed_over():
+    """oneshot4: this node's own rows start on its compute threads at once, alongside the
+    sealing of the peer's operands, instead of after it (a core stood idle meanwhile)."""
+    from compute.partition import Block, PartitionPlan
+    from node.work.jobs import Job, JobManager
+
     events: list[str] = []
+    a, b = np.ones((128, 8), np.float32), np.ones((8, 4), np.float32)
+
+    class Holder:
+        async def compute_share(self, a, b, device, seed, row_offset, out):
+            events.append("own compute")
+            out[...] = a @ b
 
     class Fake:
-        async def _share_attempts(self, job, blk, *rest):
-            events.append(f"start {blk}")
-            sent = rest[-2]
-            if sent is not None:
-                await asyncio.sleep(0.05)        # sealing and writing the peer's operands
-                events.append(f"sent {blk}")
-                sent.set_result(None)
-            await asyncio.sleep(0.01)
+        node_id = "me"
+        holder = Holder()
+        metrics = Metrics()
+        share_meter = type("M", (), {"record": lambda *args: None})()
+        memory = type("D", (), {"record_share": lambda *args: None})()
+        results = None
+        slots = staticmethod(lambda: [])
+        _share = JobManager._share
+        _handover_delay = staticmethod(lambda: 0.5)
 
-    async def run() -> None:
-        fake = Fake()
-        sent = [asyncio.get_running_loop().create_future()]
-        await asyncio.gather(
-            JobManager._share(fake, None, "peer", None, None, None, None, None, sent=sent[0]),
-            JobManager._share(fake, None, "own", None, None, None, None, None, after=sent))
-    asyncio.run(run())
-    assert events == ["start peer", "sent peer", "start own"]
+        class executor:
+            @staticmethod
+            async def run(fn, *args):
+                events.append("saved")
+
+        def _oneshot_plan(self, job, shape, n, slots, device):
+            return PartitionPlan((128, 8), None, [Block(0, 0, 64, ["peer"]),
+                                                  Block(1, 64, 128, ["me"])])
+
+        async def _chunks_on(self, node, job_id, a, b, chunks, device, seed, pieces, sealing):
+            events.append("peer sealing")
+            await asyncio.sleep(0.05)            # sealing and writing the peer's operands
+            events.append("peer handed over")
+            for r0, r1 in chunks:
+                pieces[r0] = a[r0:r1] @ b
+
+    fake = Fake()
+    fake.results = Path("/nonexistent")
+    asyncio.run(JobManager._matmul(fake, Job("j", "matmul", "running"), a, b, None, 0))
+    assert events == ["peer sealing", "own compute", "peer handed over", "saved"]
 
 
 def test_operands_are_validated_in_row_spans_and_bad_ones_refused(holder):

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from compute.device import get_preset
 from compute.partition import NodeSlot, PartitionPlan
-from node.work.oneshotsplit import (ShareCost, fits_memory, fixed_cost, row_cost,
+from node.work.oneshotsplit import (MAX_CHUNKS, ShareCost, fits_memory, fixed_cost, row_cost,
                                    transfer_split)
 from node.work.sharemeter import HOST_ENV, ShareMeter, host_id
 
@@ -120,11 +120,12 @@ links = st.floats(1e5, 1e13)
        unit=st.sampled_from([1, 8, 64, 128]),
        local=speeds,
        peers=st.lists(st.tuples(speeds, links, st.floats(0, 0.05), st.booleans(),
-                                st.one_of(st.just(0.0), links)), max_size=5))
-def test_every_row_is_computed_exactly_once(m, k, n, unit, local, peers):
-    nodes = [me(local)] + [ShareCost(f"p{i}", g, b, lat, cohost=co, handover_bps=h)
-                           for i, (g, b, lat, co, h) in enumerate(peers)]
-    split = transfer_split(m, k, n, nodes, unit=unit)
+                                st.one_of(st.just(0.0), links), st.integers(1, 8)),
+                      max_size=5), delay=st.sampled_from([1.0, 0.5]))
+def test_every_row_is_computed_exactly_once(m, k, n, unit, local, peers, delay):
+    nodes = [me(local)] + [ShareCost(f"p{i}", g, b, lat, cohost=co, handover_bps=h, chunks=c)
+                           for i, (g, b, lat, co, h, c) in enumerate(peers)]
+    split = transfer_split(m, k, n, nodes, unit=unit, handover_delay=delay)
     sizes = [r for _, r in split.rows]
     assert sum(sizes) == m and all(r > 0 for r in sizes)
     assert all(r % unit == 0 for r in sizes[:-1])
@@ -207,7 +208,8 @@ def snapshot(hosts: dict[str, str | None], speeds: dict[str, float], links: dict
 
 def test_the_snapshot_needs_every_non_co_host_measured():
     both = snapshot({"p": "other"}, {"me": 50.0, "p": 60.0}, {"p": 3e8})
-    assert both == [ShareCost("me", 50.0, local=True), ShareCost("p", 60.0, 3e8, 0.001)]
+    assert both == [ShareCost("me", 50.0, local=True),
+                    ShareCost("p", 60.0, 3e8, 0.001, chunks=MAX_CHUNKS)]   # sent in chunks
     assert snapshot({"p": "other"}, {"me": 50.0}, {"p": 3e8}) is None        # p's speed
     assert snapshot({"p": "other"}, {"me": 50.0, "p": 60.0}, {}) is None     # p's link
     assert snapshot({"p": "other"}, {"p": 60.0}, {"p": 3e8}) is None          # this node

@@ -17,7 +17,7 @@ from node.work.sharemeter import ShareMeter, ShareTiming
 from protocol.errors import DecodeError
 from protocol.messages import decode_message, encode_message, to_wire
 from protocol.rpc import Reply
-from protocol.work import (MatmulShare, MatmulShareResult, StoreBlock, read_share_result,
+from protocol.work import (MatmulOperand, MatmulShare, MatmulShareResult, StoreBlock, read_share_result,
                            share_result_wire)
 from tests.replying_session import FakeSession
 from tests.test_oneshot_share import holder  # noqa: F401  (the fixture: a small holder)
@@ -203,12 +203,14 @@ def test_a_hand_over_rate_that_makes_no_sense_is_refused():
 @given(m=st.integers(1, 4096), k=st.integers(1, 2048), n=st.integers(1, 2048),
        unit=st.sampled_from([1, 64]), local=st.floats(0.1, 1e3),
        peers=st.lists(st.tuples(st.floats(0.1, 1e3), st.floats(1e6, 1e12),
-                                st.floats(0, 0.01), st.floats(1e6, 1e12)), max_size=4))
+                                st.floats(0, 0.01), st.floats(1e6, 1e12),
+                                st.integers(1, 8)), max_size=4),
+       delay=st.sampled_from([1.0, 0.5, 0.25]))
 def test_the_chosen_split_is_never_predicted_slower_than_keeping_the_job(m, k, n, unit, local,
-                                                                          peers):
-    nodes = [me(local)] + [ShareCost(f"p{i}", g, b, lat, handover_bps=h)
-                           for i, (g, b, lat, h) in enumerate(peers)]
-    split = transfer_split(m, k, n, nodes, unit=unit)
+                                                                          peers, delay):
+    nodes = [me(local)] + [ShareCost(f"p{i}", g, b, lat, handover_bps=h, chunks=c)
+                           for i, (g, b, lat, h, c) in enumerate(peers)]
+    split = transfer_split(m, k, n, nodes, unit=unit, handover_delay=delay)
     alone = m * row_cost(nodes[0], k, n)
     # rounding to whole units moves at most one unit per node onto another
     slack = unit * max(row_cost(c, k, n) + (k * 4 / c.handover_bps if c.handover_bps else 0)
@@ -216,22 +218,24 @@ def test_the_chosen_split_is_never_predicted_slower_than_keeping_the_job(m, k, n
     assert max(split.predicted_s.values()) <= alone + slack + 1e-12
 
 
-# the coordinator's side: _matmul_on feeds the meter from the reply -----------------------
+# the coordinator's side: _chunks_on feeds the meter from the replies -----------------------
 
 class _PeerSession:
-    """A session whose peer answers a share with ``value`` after handing it over."""
+    """A session whose peer holds the operand (True) and answers each chunk with
+    ``value(msg)`` after it was handed over."""
 
     def __init__(self, value):
-        self.value, self.sent_msgs = value, []
+        self.value, self.sent_msgs, self._rid = value, [], 0
 
     def next_rid(self) -> int:
-        return 1
+        self._rid += 1
+        return self._rid
 
     async def request(self, msg, timeout, sent=None):
         self.sent_msgs.append(msg)
         sent.set_result(None)
         await asyncio.sleep(0.02)           # the peer computes: longer than its 4 ms figure
-        return self.value
+        return True if isinstance(msg, MatmulOperand) else self.value(msg)
 
 
 def _coordinator(value):
@@ -251,17 +255,26 @@ def _coordinator(value):
         share_meter = ShareMeter()
         _rtt_s = staticmethod(lambda node: 0.0)
         _measure_share = JobManager._measure_share
-    return Fake(), JobManager._matmul_on
+
+    async def chunks_on(fake, node, job, a, b, chunks):
+        pieces: dict = {}
+        await JobManager._chunks_on(fake, node, job, a, b, chunks, None, 1, pieces)
+        return np.concatenate([pieces[r0] for r0, _ in chunks])
+    return Fake(), chunks_on, session
 
 
-def test_the_coordinator_takes_the_peers_compute_time_from_its_reply():
+def test_the_coordinator_takes_the_peers_compute_time_from_its_replies():
     a = np.ones((64, 32), np.float32)
     b = np.ones((32, 16), np.float32)
     flops = 2.0 * 64 * 32 * 16
-    fake, matmul_on = _coordinator(share_result_wire(a @ b, 0.004))
-    part = asyncio.run(matmul_on(fake, "p", "job", a, b, None, 1, 0, flops))
+    fake, chunks_on, session = _coordinator(
+        lambda msg: share_result_wire(msg.a @ b, 0.002))
+    part = asyncio.run(chunks_on(fake, "p", "job", a, b, [(0, 32), (32, 64)]))
     np.testing.assert_array_equal(part, a @ b)
-    assert fake.share_meter.speed("p", "") == pytest.approx(flops / 0.004 / 1e9)
+    assert [type(m).__name__ for m in session.sent_msgs] == ["MatmulOperand", "MatmulRows",
+                                                           "MatmulRows"]
+    assert session.sent_msgs[0].chunks == 2 and session.sent_msgs[2].row_offset == 32
+    assert fake.share_meter.speed("p", "") == pytest.approx(flops / 0.004 / 1e9)   # summed
     assert fake.share_meter.handover_bps("p") is not None
 
 
@@ -271,7 +284,7 @@ def test_a_reply_of_the_wrong_shape_or_form_fails_the_share():
     b = np.ones((4, 2), np.float32)
     for value in (share_result_wire(np.ones((8, 3), np.float32), 0.1),   # wrong shape
                   {"t": "work.matmul_result", "y": a @ b, "compute_s": -1.0}):
-        fake, matmul_on = _coordinator(value)
+        fake, chunks_on, _ = _coordinator(lambda msg, value=value: value)
         with pytest.raises(ProtocolError):
-            asyncio.run(matmul_on(fake, "p", "job", a, b, None, 1, 0, 64.0))
+            asyncio.run(chunks_on(fake, "p", "job", a, b, [(0, 8)]))
         assert fake.share_meter.speed("p", "") is None     # nothing learnt from it

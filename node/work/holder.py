@@ -29,6 +29,7 @@ from node.memory.prefetcher import Prefetcher
 from node.metrics import Metrics
 from nat.link import LinkClosed
 from node.work.claims import ClaimRefused
+from node.work.heldoperands import HeldOperands
 from node.work.modelbook import ModelBook, ModelRecord, check_matrix_name as check_name
 from node.work.plans import PlanBook, VersionedPlan
 from node.net.session import RemoteError, Session
@@ -36,7 +37,8 @@ from node.memory.store import BlockStore, Resident, StoreError, as_matrix, copy_
 from protocol.errors import ProtocolError
 from protocol.framing import DEFAULT_MAX_MESSAGE
 from protocol.work import (MAX_INFER_BLOCKS, ClaimName, DropMatrix, GetModel, GetPlan,
-                           InferBlock, InferBlocks, MatmulShare, ModelNotice, ModelSync,
+                           InferBlock, InferBlocks, MatmulOperand, MatmulRows, MatmulShare,
+                           ModelNotice, ModelSync,
                            PlanNotice, ReleaseName, RunStage, StageResult, StoreBlock,
                            StoreState, Undeploy, infer_blocks_result_wire,
                            share_result_wire)
@@ -90,6 +92,8 @@ class BlockHolder:
         self._writer = concurrent.futures.ThreadPoolExecutor(
             DEPLOY_WRITERS, thread_name_prefix="sedma-write")
         self._releasing: set[tuple[str, int]] = set()        # blocks in their grace period
+        #: B operands of chunked one-shot shares, held for their row chunks
+        self.operands = HeldOperands()
         self._release_tasks: set[asyncio.Task] = set()
 
     def profile(self, name: str | None) -> DeviceProfile:
@@ -102,11 +106,15 @@ class BlockHolder:
             raise StoreError(str(exc)) from None
 
     async def compute_share(self, a: np.ndarray, b: np.ndarray, device: str | None, seed: int,
-                            row_offset: int, out: np.ndarray | None = None) -> np.ndarray:
+                            row_offset: int, out: np.ndarray | None = None,
+                            check_a: bool = False) -> np.ndarray:
         """One-shot ``a @ b`` on crossbars (a is rows [row_offset, ...) of the job's A).
 
-        ``a`` and ``b`` were validated where they entered this process. On the ideal device
-        the product is plain float32 ``a @ b``, cut into row chunks, one per compute thread,
+        ``b`` was validated where it entered this process; ``a`` too unless ``check_a``,
+        which scans it on the compute threads in the same hop as the product (a peer's
+        chunk: one thread hop per span instead of a scan pass and then a product pass; a
+        bad chunk is still refused, its product discarded). On the ideal device the
+        product is plain float32 ``a @ b``, cut into row chunks, one per compute thread,
         each written straight into ``out``: a daemon gives each compute thread one BLAS
         thread, so one call would use one core, and the engine's own entry would scan A for
         NaN a second time.
@@ -114,14 +122,16 @@ class BlockHolder:
         profile = self.profile(device)
         if not profile.is_ideal:
             y, _ = await self.executor.run(self._timed, functools.partial(
-                crossbar_matmul, a, b, profile, seed, row_offset))
+                _checked_crossbar, a, b, profile, seed, row_offset, check_a))
             if out is not None:
                 out[...] = y
             return y
         check_seed(seed)
+        if check_a and not _plain_f32(a):          # rare: converted once, then as below
+            a = await self.executor.run(as_matrix, a, "A share")
         y = np.empty((a.shape[0], b.shape[1]), np.float32) if out is None else out
         await asyncio.gather(*(self.executor.run(self._timed, functools.partial(
-            np.matmul, a[r0:r1], b, out=y[r0:r1]))
+            _checked_matmul, a[r0:r1], b, y[r0:r1], check_a))
             for r0, r1 in _row_spans(a.shape[0], self.executor.workers)))
         return y
 
@@ -392,7 +402,7 @@ class BlockHolder:
             if isinstance(msg, RunStage) and self.pipeline is not None:
                 value = await self.pipeline.serve(session.peer_id, msg)
             else:
-                value = await self._serve(msg)
+                value = await self._serve(msg, session.peer_id)
         except (UserError, PlacementError, ProtocolError) as exc:   # the asker's mistake
             await session.reply(msg.rid, error=str(exc))
         except (LinkClosed, TimeoutError, RemoteError) as exc:   # a stage's downstream failed
@@ -406,7 +416,11 @@ class BlockHolder:
         finally:
             self.serving -= 1
 
-    async def _serve(self, msg: Any) -> Any:
+    async def _serve(self, msg: Any, sender: str = "") -> Any:
+        if isinstance(msg, MatmulOperand):
+            return await self._hold_operand(sender, msg)
+        if isinstance(msg, MatmulRows):
+            return await self._serve_rows(sender, msg)
         if isinstance(msg, MatmulShare):
             spans.mark("peer.share_recv")
             a, b = await validate_operands(self.executor, (msg.a, "A share"), (msg.b, "B"))
@@ -469,6 +483,47 @@ class BlockHolder:
             return await self._serve_models(msg)
         raise StoreError(f"unexpected message {type(msg).TAG}")
 
+    async def _hold_operand(self, sender: str, msg: MatmulOperand) -> bool:
+        """Hold a chunked share's B for its chunks: registered before the first await (its
+        chunks, behind it on the link, are served after this task starts), then validated
+        on the compute threads while the first chunk is still in transit."""
+        check_seed(msg.seed)
+        self.profile(msg.device)            # an unknown preset is refused before holding
+        nbytes = msg.b.nbytes if isinstance(msg.b, np.ndarray) else 0
+        held = self.operands.open(sender, msg.job_id, nbytes, msg.chunks, msg.device, msg.seed)
+        spans.mark("peer.operand_recv")
+        try:
+            (b,) = await validate_operands(self.executor, (msg.b, "B"))
+        except BaseException as exc:
+            if not held.ready.done():
+                held.ready.set_exception(exc if isinstance(exc, Exception) else
+                                         StoreError("the operand's validation was cancelled"))
+            raise
+        if not held.ready.done():
+            held.ready.set_result(b)
+        spans.mark("peer.validated")
+        return True
+
+    async def _serve_rows(self, sender: str, msg: MatmulRows) -> dict[str, Any]:
+        """One row chunk of a chunked share: its rows times the held B (A's rows scanned in
+        the compute hop); the operand is dropped after its last announced chunk."""
+        try:
+            held = self.operands.get(sender, msg.job_id)
+            spans.mark("peer.share_recv")
+            b = await asyncio.shield(held.ready)
+            if not isinstance(msg.a, np.ndarray) or msg.a.ndim != 2 or msg.a.shape[1] != b.shape[0]:
+                raise StoreError("share shapes do not align")
+            if msg.row_offset < 0:
+                raise StoreError(f"a chunk's row offset must be >= 0, got {msg.row_offset}")
+            start = time.perf_counter()
+            result = await self.compute_share(msg.a, b, held.device, held.seed,
+                                              msg.row_offset, check_a=True)
+            compute_s = time.perf_counter() - start
+        finally:
+            self.operands.served(sender, msg.job_id)
+        self.metrics.completed()
+        return share_result_wire(result, compute_s)
+
     async def _serve_models(self, msg: Any) -> Any:
         """Deployment records: notices, lookups, undeploys and tombstone syncs."""
         book = self.book
@@ -503,6 +558,20 @@ def _chunks(n_tiles: int, workers: int) -> list[tuple[int, int]]:
     bounds = [round(i * n_tiles / count) for i in range(count + 1)]
     return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
 
+
+
+def _checked_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray, check: bool) -> None:
+    """On a compute thread: scan ``a`` (when ``check``) and multiply into ``out``."""
+    if check:
+        as_matrix(a, "A share")
+    np.matmul(a, b, out=out)
+
+
+def _checked_crossbar(a: Any, b: np.ndarray, profile: DeviceProfile, seed: int,
+                      row_offset: int, check: bool) -> np.ndarray:
+    """On a compute thread: validate ``a`` (when ``check``), then the engine's product."""
+    return crossbar_matmul(as_matrix(a, "A share") if check else a, b, profile, seed,
+                           row_offset)
 
 
 def _pin(reading: Any, x: Any, validate: bool) -> tuple[Resident, np.ndarray]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import random
 import time
@@ -38,7 +39,8 @@ from node.memory.dualmemory import DualMemory
 from node.metrics import Metrics
 from node.work.blockgroups import BlockTry, fail_over, group_by_holder, read_parts
 from node.work.latency import PeakEwma, order_holders
-from node.work.oneshotsplit import ShareCost, fits_memory, transfer_split
+from node.work.oneshotsplit import (MAX_CHUNKS, ShareCost, chunk_rows, fits_memory,
+                                    transfer_split)
 from node.work.placement import Candidate, holdable, rank
 from node.work.sharemeter import ShareMeter, ShareTiming, host_id
 from node.work.claims import ClaimRefused, quorum
@@ -50,8 +52,8 @@ from node.memory.statedb import StateDB
 from node.memory.store import StoreError, as_matrix, check_name
 from protocol.errors import ProtocolError
 from protocol.framing import DEFAULT_MAX_MESSAGE
-from protocol.work import (ClaimName, DropMatrix, GetPlan, InferBlocks, MatmulShare, PlanNotice,
-                           ReleaseName, StoreBlock, read_share_result)
+from protocol.work import (ClaimName, DropMatrix, GetPlan, InferBlocks, MatmulOperand,
+                           MatmulRows, PlanNotice, ReleaseName, StoreBlock, read_share_result)
 
 log = logging.getLogger("sedma.jobs")
 
@@ -319,28 +321,26 @@ class JobManager:
                       seed: int) -> None:
         self.metrics.live_bytes += a.nbytes + b.nbytes
         try:
-            plan = self._oneshot_plan(job, a.shape, b.shape[1], self.slots(), device)
+            slots = self.slots()
+            plan = self._oneshot_plan(job, a.shape, b.shape[1], slots, device)
             out = np.empty((a.shape[0], b.shape[1]), dtype=np.float32)
             job.detail["placement"] = plan.rows_by_node()
-            # Peers' shares first, and this node's own share only once they are handed to
-            # the link: its compute threads would take the cores from the event loop that
-            # seals those shares, and the peers' compute (the critical path) cannot start
-            # before their operands arrived; this node's share is off that path.
-            remote = [blk for blk in plan.blocks if blk.nodes[0] != self.node_id]
-            sent = [asyncio.get_running_loop().create_future() for _ in remote]
-            own = [blk for blk in plan.blocks if blk.nodes[0] == self.node_id]
-            # a peer's rows stay in its reply's buffer: the result file is written from the
-            # pieces, not from a copy of them in ``out``
-            peer_rows: dict[int, np.ndarray] = {}
-            await asyncio.gather(
-                *(self._share(job, blk, a, b, out, device, seed, sent=fut, parts=peer_rows)
-                  for blk, fut in zip(remote, sent)),
-                *(self._share(job, blk, a, b, out, device, seed, after=sent) for blk in own))
+            dev = get_preset(device) if device else None
+            unit = unit_rows([dev or s.device for s in slots]) if slots else 1
+            # Every share starts at once, this node's own on its compute threads while the
+            # loop seals and writes the peers' (it used to wait for their hand-over, leaving
+            # a core idle for the sealing's length: bench/README.md, oneshot4). The peers'
+            # shares go first, so their first bytes leave before this node's compute starts.
+            # ``pieces``: first row -> those rows of the product, every row in exactly one:
+            # a peer's chunk stays in its reply's buffer, this node's rows are views of out.
+            pieces: dict[int, np.ndarray] = {}
+            sealing: list[list[float]] = []      # [start, end] of each peer's hand-over
+            order = sorted(plan.blocks, key=lambda blk: blk.nodes[0] == self.node_id)
+            await asyncio.gather(*(self._share(job, blk, a, b, out, device, seed, pieces, unit,
+                                               sealing) for blk in order))
             spans.mark("job.gathered")
             path = self.results / f"{job.id}.npy"
-            pieces = [(blk.row_start, peer_rows.get(blk.row_start, out[blk.row_start:blk.row_stop]))
-                      for blk in plan.blocks]
-            await self.executor.run(_save_npy_rows, path, out.shape, pieces)
+            await self.executor.run(_save_npy_rows, path, out.shape, list(pieces.items()))
             spans.mark("job.saved")
         finally:
             self.metrics.live_bytes -= a.nbytes + b.nbytes
@@ -356,7 +356,10 @@ class JobManager:
             job.detail["split"] = {"by": "capacity"}
             return plan_rows(shape, slots, device=dev)
         unit = unit_rows([dev or s.device for s in slots])
-        split = transfer_split(shape[0], shape[1], n, costs, unit)
+        # this node's share computes alongside the hand-over on every compute thread, which
+        # the loop's sealing slows by one core of ``workers`` while it lasts
+        split = transfer_split(shape[0], shape[1], n, costs, unit,
+                               handover_delay=self._handover_delay())
         if not fits_memory(split.rows, slots, shape[1], dev):
             job.detail["split"] = {"by": "capacity", "why": "a node's free memory"}
             log.info("job %s: the transfer-aware split %s exceeds a node's free memory; "
@@ -366,9 +369,12 @@ class JobManager:
         predicted = {nid: round(t * 1000, 1) for nid, t in split.predicted_s.items()}
         job.detail["split"] = {"by": "transfer", "predicted_ms": predicted,
                                "cohosts": [c.node_id for c in costs if c.cohost]}
-        log.info("job %s: transfer-aware split %s, predicted ms %s (co-hosts left out: %d)",
-                 job.id, {nid[:8]: r for nid, r in split.rows},
-                 {nid[:8]: t for nid, t in predicted.items()}, sum(c.cohost for c in costs))
+        log.info("job %s: transfer-aware split %s, predicted ms %s (co-hosts left out: %d); "
+                 "measured GFLOP/s, path and hand-over MB/s: %s", job.id,
+                 {nid[:8]: r for nid, r in split.rows},
+                 {nid[:8]: t for nid, t in predicted.items()}, sum(c.cohost for c in costs),
+                 {c.node_id[:8]: (round(c.gflops, 1), round(c.link_bps / 1e6),
+                                  round(c.handover_bps / 1e6)) for c in costs})
         return split.plan(shape, device)
 
     def _share_costs(self, slots: list[NodeSlot], device: str | None) -> list[ShareCost] | None:
@@ -394,10 +400,16 @@ class JobManager:
             if speed is None or link <= 0:
                 return None
             costs.append(ShareCost(nid, speed, link, self._rtt_s(nid),
-                                   handover_bps=self.share_meter.handover_bps(nid) or 0.0))
+                                   handover_bps=self.share_meter.handover_bps(nid) or 0.0,
+                                   chunks=MAX_CHUNKS))
         if not any(c.local for c in costs):
             return None
         return costs
+
+    def _handover_delay(self) -> float:
+        """The part of a peer's hand-over that delays this node's own share, which computes
+        alongside it on every compute thread: the loop's sealing takes one core of those."""
+        return 1.0 / max(1, self.executor.workers)
 
     def _rtt_s(self, node: str) -> float:
         session = self.mesh.sessions.get(node)
@@ -405,53 +417,44 @@ class JobManager:
         return (rtt or 0.0) / 1000
 
     async def _share(self, job: Job, blk, a, b, out, device, seed,
-                     sent: asyncio.Future | None = None,
-                     after: list[asyncio.Future] = (),
-                     parts: dict[int, np.ndarray] | None = None) -> None:
-        """One row share of a matmul job, failed over to other nodes. ``sent`` resolves once
-        the first attempt's operands are handed to the link (or that attempt failed); a
-        share computed here waits for the ``after`` futures of the peers' shares first.
-        A peer's rows go to ``parts`` (by first row) if given, else into ``out``."""
-        if after:
-            await asyncio.wait(after)
-        try:
-            await self._share_attempts(job, blk, a, b, out, device, seed, sent, parts)
-        finally:
-            if sent is not None and not sent.done():
-                sent.set_result(None)
-
-    async def _share_attempts(self, job: Job, blk, a, b, out, device, seed,
-                              sent: asyncio.Future | None,
-                              parts: dict[int, np.ndarray] | None) -> None:
-        rows = slice(blk.row_start, blk.row_stop)
+                     pieces: dict[int, np.ndarray], unit: int = 1,
+                     sealing: list[list[float]] | None = None) -> None:
+        """One row share of a matmul job, failed over to other nodes: a peer's in row
+        chunks (``chunk_rows``); when a peer fails, only its chunks not yet answered go to
+        the next node. Every computed range lands in ``pieces`` by its first row.
+        ``sealing``: the job's peer hand-overs, [start, end] (perf_counter), so this node's
+        own compute speed is kept net of the sealing it ran alongside (``own_seconds``)."""
+        sealing = [] if sealing is None else sealing
+        todo = [(blk.row_start, blk.row_stop)]
         tried: set[str] = set()
         target = blk.nodes[0]
-        flops = 2.0 * (blk.row_stop - blk.row_start) * a.shape[1] * b.shape[1]
+        k, n = a.shape[1], b.shape[1]
         for attempt in range(MAX_ATTEMPTS):
             tried.add(target)
+            if target != self.node_id:
+                todo = [c for r0, r1 in todo for c in chunk_rows(r0, r1, k, unit)]
+                sent = job.detail.setdefault("chunks", {})
+                sent[target] = sent.get(target, 0) + len(todo)
+            flops = 2.0 * sum(r1 - r0 for r0, r1 in todo) * k * n
             start = time.perf_counter()
             try:
                 if target == self.node_id:       # computed straight into its rows of out
-                    await self.holder.compute_share(a[rows], b, device, seed, blk.row_start,
-                                                    out[rows])
-                    self.share_meter.record(target, device or "", flops,
-                                            time.perf_counter() - start)
+                    for r0, r1 in todo:
+                        await self.holder.compute_share(a[r0:r1], b, device, seed, r0, out[r0:r1])
+                        pieces[r0] = out[r0:r1]
+                    self.share_meter.record(target, device or "", flops, own_seconds(
+                        start, time.perf_counter(), sealing, self._handover_delay()))
                 else:
-                    part = await self._matmul_on(target, job.id, a[rows], b, device, seed,
-                                                 blk.row_start, flops, sent)
-                    if parts is not None:
-                        parts[blk.row_start] = part
-                    else:
-                        await self.executor.run(out.__setitem__, rows, part)   # up to GiBs
-                    spans.mark("share.copied")
+                    await self._chunks_on(target, job.id, a, b, todo, device, seed, pieces,
+                                          sealing)
                 self.memory.record_share(target, flops, time.perf_counter() - start, True)
                 return
             except (LinkClosed, TimeoutError, RemoteError, ProtocolError, OSError) as exc:
                 self.memory.record_share(target, flops, time.perf_counter() - start, False)
-                if sent is not None and not sent.done():   # do not hold this node's share
-                    sent.set_result(None)
-                log.warning("job %s: share rows %d-%d on %s failed (%s); reassigning",
-                            job.id, blk.row_start, blk.row_stop, target[:8], exc)
+                todo = [(r0, r1) for r0, r1 in todo if r0 not in pieces]
+                log.warning("job %s: share rows %s on %s failed (%s); reassigning %d row(s)",
+                            job.id, _ranges_text(todo), target[:8], exc,
+                            sum(r1 - r0 for r0, r1 in todo))
                 target = self._fallback(tried, attempt)
         raise JobError(f"rows {blk.row_start}-{blk.row_stop} failed on {len(tried)} nodes")
 
@@ -463,33 +466,59 @@ class JobManager:
             return slot.node_id
         return self.node_id
 
-    async def _matmul_on(self, node: str, job_id: str, a, b, device, seed, row_offset, flops,
-                         sent: asyncio.Future | None = None):
-        if node == self.node_id:
-            return await self.holder.compute_share(a, b, device, seed, row_offset)
+    async def _chunks_on(self, node: str, job_id: str, a: np.ndarray, b: np.ndarray,
+                         chunks: list[tuple[int, int]], device: str | None, seed: int,
+                         pieces: dict[int, np.ndarray],
+                         sealing: list[list[float]] | None = None) -> None:
+        """Rows ``chunks`` of the product on peer ``node``: B once (``MatmulOperand``), then
+        each chunk of A's rows (``MatmulRows``) once the one before is on the link, so the
+        peer computes a chunk while the next is in transit. Each answered chunk goes to
+        ``pieces`` as it comes; a failure raises with the answered ones kept there (the
+        caller fails over the rest). Sent one after another, not queued together: the
+        session interleaves queued bulk messages frame by frame, which would make every
+        chunk arrive as late as the last."""
         session = await self.mesh.session(node)
-        msg = MatmulShare(session.next_rid(), job_id, a, b, device, seed, row_offset)
+        loop = asyncio.get_running_loop()
+        k, n = a.shape[1], b.shape[1]
+        rows = sum(r1 - r0 for r0, r1 in chunks)
+        flops, nbytes = 2.0 * rows * k * n, b.nbytes + rows * k * a.itemsize
+        timeout = request_timeout(flops, nbytes)
+        operand = f"{job_id}/{chunks[0][0]}"     # one per attempt: its ranges are the job's
         spans.mark("share.send")
         start = time.perf_counter()
-        handed_after: list[float] = []      # seconds until the operands were on the link
-
-        def handed_over(_fut: asyncio.Future) -> None:
-            handed_after.append(time.perf_counter() - start)
-            if sent is not None and not sent.done():
-                sent.set_result(None)
-        handed = asyncio.get_running_loop().create_future()
-        handed.add_done_callback(handed_over)
-        value = await session.request(msg, request_timeout(flops, a.nbytes + b.nbytes),
-                                      sent=handed)
-        total = time.perf_counter() - start
+        sealed = [start, math.inf]           # until handed over (or failed)
+        if sealing is not None:
+            sealing.append(sealed)
+        msgs = [MatmulOperand(session.next_rid(), operand, b, device, seed, len(chunks))]
+        msgs += [MatmulRows(session.next_rid(), operand, a[r0:r1], r0) for r0, r1 in chunks]
+        requests: list[asyncio.Future] = []
+        try:
+            for msg in msgs:
+                handed = loop.create_future()
+                requests.append(asyncio.ensure_future(session.request(msg, timeout, sent=handed)))
+                await handed
+            handover_s = time.perf_counter() - start
+            sealed[1] = start + handover_s
+            spans.mark("share.handed")
+            await requests[0]
+            compute: list[float | None] = []
+            for (r0, r1), request in zip(chunks, requests[1:]):
+                y, compute_s = read_share_result(await request)
+                pieces[r0] = _expect_array(y, (r1 - r0, n), node)
+                compute.append(compute_s)
+        finally:
+            sealed[1] = min(sealed[1], time.perf_counter())
+            for request in requests:
+                if not request.done():
+                    request.cancel()
+                    request.add_done_callback(_ignore_outcome)
+                elif not request.cancelled():
+                    request.exception()             # seen here, or raised above
         spans.mark("share.reply")
-        y, compute_s = read_share_result(value)
-        part = _expect_array(y, (a.shape[0], b.shape[1]), node)
-        if handed_after:
-            self._measure_share(node, device, ShareTiming(
-                flops, a.nbytes + b.nbytes, part.nbytes, handed_after[0], total, compute_s,
-                self._rtt_s(node)))
-        return part
+        peer_s = None if None in compute else sum(c for c in compute if c is not None)
+        self._measure_share(node, device, ShareTiming(
+            flops, nbytes, rows * n * 4, handover_s, time.perf_counter() - start, peer_s,
+            self._rtt_s(node), len(chunks), fixed_bytes=b.nbytes))
 
     def _measure_share(self, node: str, device: str | None, timing: ShareTiming) -> None:
         """Keep what a peer share measured for the next split: the peer's compute (its
@@ -896,6 +925,27 @@ def _expect_array(value: Any, shape: tuple[int, int], node: str) -> np.ndarray:
         got = getattr(value, "shape", type(value).__name__)
         raise ProtocolError(f"{node[:8]} returned {got}, expected an array of shape {shape}")
     return value
+
+
+def own_seconds(start: float, end: float, sealing: list[list[float]], delay: float) -> float:
+    """This node's compute seconds for its share ``[start, end]`` net of the sealing it ran
+    alongside: ``delay`` of each peer hand-over's overlap with it (an unfinished one runs to
+    ``end``). Why: the split charges that sealing to this node's finish itself
+    (``handover_delay``); a speed measured with it inside would charge it twice, and a
+    job's own share would then look slower whenever a peer had a share. Never below a
+    tenth of the wall time (a figure that makes no sense is not learnt as infinite speed)."""
+    overlap = sum(max(0.0, min(e, end) - max(s, start)) for s, e in sealing)
+    return max(end - start - delay * overlap, 0.1 * (end - start))
+
+
+def _ranges_text(ranges: list[tuple[int, int]]) -> str:
+    return ", ".join(f"{r0}-{r1}" for r0, r1 in ranges) or "none"
+
+
+def _ignore_outcome(fut: asyncio.Future) -> None:
+    """A chunk request given up after its share failed: its outcome is not news."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _detail_name(blob: bytes | None) -> str | None:

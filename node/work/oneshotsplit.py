@@ -7,15 +7,22 @@ hundred MB/s; the coordinator pays none of that. B's bytes do not shrink with th
 share, so an even split makes the peer finish last. Here each node gets the share that
 makes the predicted finish times equal:
 
-    this node:  sum over peers with a share (B + their rows of A) / H  +  r * f / v
-    a peer:     latency + B / L  +  r * (row of A / L + f / v + row of Y / L)
+    this node:  d * sum over peers with a share (B + their rows of A) / H  +  r * f / v
+    a peer:     latency + B / L  +  r * (t + p - (1 - 1/c) * min(t, p)),
+                t = (row of A + row of Y) / L,  p = f / v
 
 with ``f = 2 k n`` flops a row, ``v`` the node's measured speed (a peer's from its own
 report of its compute time), ``L`` the measured rate of the share's path (sealing here,
 the wire, opening and validating there, and the rows back: a share's round trip less the
 peer's compute) and ``H`` the rate at which this node seals and hands a peer's operands
-to the link: its own share starts only after that (the peers' compute is the critical
-path), so the sealing CPU on this end delays it; the peer's end is inside ``L``. Equal
+to the link. ``d`` is the part of that sealing which delays this node's own share: 1 when
+the share waits for the hand-over, ``1 / threads`` when it computes alongside on every
+compute thread (the job manager's way since oneshot4: the loop's sealing then takes one
+core of the share's ``threads`` while it lasts). A peer's share travels as B and then
+``c`` row chunks (``chunk_rows``), each computed as it arrives: in a pipeline of ``c``
+even chunks only one chunk's transfer or compute, the smaller, is not overlapped by the
+other, hence the ``min`` term (``c = 1``: one message, nothing overlapped). The peer's
+end (opening, validating, sealing Y) is inside ``L``. Equal
 finish times make a linear system for each set of peers given shares; peers join in
 order of their fixed cost, and the valid set (no negative share) with the lowest finish
 time wins, this node alone included. A peer whose fixed cost (latency and moving B) is
@@ -40,6 +47,9 @@ from compute.device import DeviceProfile
 from compute.partition import Block, NodeSlot, PartitionPlan
 
 FLOAT32 = 4
+#: Row chunks a peer's share is sent in at most, and the fewest bytes of A worth a chunk.
+MAX_CHUNKS = 4
+MIN_CHUNK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -53,10 +63,12 @@ class ShareCost:
     local: bool = False       # this node: no transfer at all
     cohost: bool = False      # shares this node's cores (same host)
     #: bytes/s at which *this* node seals and hands over the operands of a share for it
-    #: (0: unknown, counted as free). This node's own share starts only once the peers'
-    #: operands are handed over (their compute is the critical path), so the sealing
-    #: delays it: per peer with a share, all of B and its rows of A.
+    #: (0: unknown, counted as free). The sealing (per peer with a share, all of B and its
+    #: rows of A) delays this node's own share: wholly when the share waits for it, by
+    #: ``handover_delay`` of it when the share computes alongside (``transfer_split``).
     handover_bps: float = 0.0
+    #: row chunks a share for this peer is sent in (1: one message, no overlap)
+    chunks: int = 1
 
 
 @dataclass(frozen=True)
@@ -81,9 +93,13 @@ def fixed_cost(c: ShareCost, k: int, n: int, itemsize: int = FLOAT32) -> float:
 
 
 def row_cost(c: ShareCost, k: int, n: int, itemsize: int = FLOAT32) -> float:
-    """Seconds each row of a share on ``c`` costs: compute, plus its A and Y rows' transfer."""
+    """Seconds each row of a share on ``c`` costs: compute, plus its A and Y rows' transfer
+    less what a chunked share overlaps of the two (see the module's docstring)."""
     compute = 2.0 * k * n / (c.gflops * 1e9)
-    return compute if c.local else compute + (k + n) * itemsize / c.link_bps
+    if c.local:
+        return compute
+    transfer = (k + n) * itemsize / c.link_bps
+    return compute + transfer - (1.0 - 1.0 / c.chunks) * min(compute, transfer)
 
 
 def handover_cost(c: ShareCost, rows: int, k: int, n: int, itemsize: int = FLOAT32) -> float:
@@ -95,18 +111,22 @@ def handover_cost(c: ShareCost, rows: int, k: int, n: int, itemsize: int = FLOAT
 
 
 def transfer_split(m: int, k: int, n: int, nodes: Sequence[ShareCost], unit: int = 1,
-                   itemsize: int = FLOAT32) -> Split:
+                   itemsize: int = FLOAT32, handover_delay: float = 1.0) -> Split:
     """Rows of an ``m x k`` A per node so that predicted finish times are equal.
 
     ``unit``: shares are whole multiples of it (a device's tile rows), but for the last
-    node's, which ends at ``m``. Raises ValueError on a snapshot that makes no sense.
+    node's, which ends at ``m``. ``handover_delay``: the part of the hand-over that
+    delays this node's own share (``d`` above). Raises ValueError on a snapshot that
+    makes no sense.
     """
     _check(m, k, n, nodes, unit)
+    if not 0.0 <= handover_delay <= 1.0:
+        raise ValueError(f"handover_delay must be within [0, 1], got {handover_delay}")
     eligible = [c for c in nodes if c.local or not c.cohost]
     local = next(c for c in eligible if c.local)
     peers = [c for c in eligible if not c.local]
     units = -(-m // unit)
-    share = _level_shares(units, local, peers, k, n, unit, itemsize)
+    share = _level_shares(units, local, peers, k, n, unit, itemsize, handover_delay)
     whole = _round(share, units)
     order = [c.node_id for c in eligible if whole.get(c.node_id)]
     rows, left = [], m
@@ -114,11 +134,12 @@ def transfer_split(m: int, k: int, n: int, nodes: Sequence[ShareCost], unit: int
         r = left if i == len(order) - 1 else whole[nid] * unit
         rows.append((nid, r))
         left -= r
-    return Split(tuple(rows), _predicted(dict(rows), local, peers, k, n, itemsize))
+    return Split(tuple(rows), _predicted(dict(rows), local, peers, k, n, itemsize,
+                                         handover_delay))
 
 
 def _level_shares(units: int, local: ShareCost, peers: list[ShareCost], k: int, n: int,
-                  unit: int, itemsize: int) -> dict[str, float]:
+                  unit: int, itemsize: int, delay: float = 1.0) -> dict[str, float]:
     """Units per node (real numbers) at the lowest common finish time ``T``.
 
     With the peers ``S`` given shares, in units (``u``), equal finish times say
@@ -134,8 +155,8 @@ def _level_shares(units: int, local: ShareCost, peers: list[ShareCost], k: int, 
         active = ordered[:count]
         F = {c.node_id: fixed_cost(c, k, n, itemsize) for c in active}
         P = {c.node_id: row_cost(c, k, n, itemsize) * unit for c in active}
-        H = {c.node_id: _per_byte(c) * k * n * itemsize for c in active}
-        h = {c.node_id: _per_byte(c) * unit * k * itemsize for c in active}
+        H = {c.node_id: delay * _per_byte(c) * k * n * itemsize for c in active}
+        h = {c.node_id: delay * _per_byte(c) * unit * k * itemsize for c in active}
         denom = 1.0 + sum((P_l - h[i]) / P[i] for i in F)
         if denom <= 0:
             continue
@@ -153,13 +174,13 @@ def _per_byte(c: ShareCost) -> float:
 
 
 def _predicted(rows: dict[str, int], local: ShareCost, peers: list[ShareCost], k: int,
-               n: int, itemsize: int) -> dict[str, float]:
+               n: int, itemsize: int, delay: float = 1.0) -> dict[str, float]:
     """Predicted finish seconds of each node with rows, by the same model."""
     out = {c.node_id: fixed_cost(c, k, n, itemsize) + r * row_cost(c, k, n, itemsize)
            for c in peers if (r := rows.get(c.node_id, 0))}
     if local.node_id in rows:
-        out[local.node_id] = (sum(handover_cost(c, rows.get(c.node_id, 0), k, n, itemsize)
-                                  for c in peers)
+        out[local.node_id] = (delay * sum(handover_cost(c, rows.get(c.node_id, 0), k, n,
+                                                        itemsize) for c in peers)
                               + rows[local.node_id] * row_cost(local, k, n, itemsize))
     return out
 
@@ -193,6 +214,29 @@ def _check(m: int, k: int, n: int, nodes: Sequence[ShareCost], unit: int) -> Non
             raise ValueError(f"node {c.node_id}: link speed must be positive, latency >= 0")
         if not (math.isfinite(c.handover_bps) and c.handover_bps >= 0):
             raise ValueError(f"node {c.node_id}: hand-over rate must be a number >= 0")
+        if not (isinstance(c.chunks, int) and c.chunks >= 1):
+            raise ValueError(f"node {c.node_id}: chunks must be a whole number >= 1")
+
+
+def chunk_rows(start: int, stop: int, k: int, unit: int = 1, itemsize: int = FLOAT32,
+               max_chunks: int = MAX_CHUNKS, min_bytes: int = MIN_CHUNK_BYTES
+               ) -> list[tuple[int, int]]:
+    """Rows ``[start, stop)`` of a peer's share cut into the row chunks it is sent in.
+
+    At most ``max_chunks`` near-even chunks of whole ``unit`` rows counted from ``start``
+    (a share starts on a unit: the chunks then program exactly the device tiles the
+    whole share would, so they give the same numbers), none below ``min_bytes`` of A (a
+    chunk costs a message and a round of thread hops); the last ends at ``stop``. Why
+    even: a pipeline of even chunks leaves one chunk's time unoverlapped, which is
+    smallest with the most chunks worth their overhead.
+    """
+    if stop <= start or min(k, unit, max_chunks) <= 0:
+        raise ValueError(f"no rows to chunk: [{start}, {stop}), k={k}, unit={unit}")
+    units = -(-(stop - start) // unit)
+    by_bytes = (stop - start) * k * itemsize // max(1, min_bytes)
+    count = max(1, min(max_chunks, units, by_bytes))
+    bounds = [start + round(i * units / count) * unit for i in range(count)] + [stop]
+    return [(r0, r1) for r0, r1 in zip(bounds, bounds[1:]) if r1 > r0]
 
 
 def fits_memory(rows: Sequence[tuple[str, int]], slots: Sequence[NodeSlot], k: int,

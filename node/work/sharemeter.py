@@ -7,9 +7,10 @@ needs the parts apart: moving B costs the same whatever the share, compute does 
 peer reports its own compute seconds with its rows (``MatmulShareResult.compute_s``), so a
 share's round trip splits without guessing: the peer's figure is its compute, the rest
 (less one RTT) is the path — sealing here, the wire, opening and validating there, and the
-rows back — over the bytes moved both ways. The time until the operands were handed to the
-link is this node's own sealing CPU, which delays its own share (it starts once the peers'
-operands are out). A peer from before ``compute_s`` is split the old way: the hand-over
+rows back — over the bytes moved both ways; a share sent as B and row chunks overlaps the
+two, and ``path_rate`` reads its round trip by the split's own model of that overlap. The
+time until the operands were handed to the link is this node's own sealing CPU, which
+delays its own share (computing alongside, by the split's ``handover_delay`` of it). A peer from before ``compute_s`` is split the old way: the hand-over
 rate stands for the link and the compute is what is left of the round trip.
 
 A measurement older than ``max_age_s`` no longer counts: the job manager then splits as it
@@ -59,6 +60,8 @@ class ShareTiming:
     total_s: float                   # the round trip: request sent to reply decoded
     peer_compute_s: float | None     # the peer's own figure; None from an older peer
     rtt_s: float = 0.0               # the link's round trip estimate
+    chunks: int = 1                  # row chunks the operands went in (B first)
+    fixed_bytes: int | None = None   # of sent_bytes, B's (whatever the rows); None: unknown
 
 
 class ShareMeter:
@@ -99,8 +102,10 @@ class ShareMeter:
         if t.peer_compute_s is not None:
             compute = min(max(t.peer_compute_s, MIN_REPORTED_SHARE * t.total_s),
                           t.total_s)                        # never more than it waited
-            path = max(t.total_s - compute - t.rtt_s, MIN_PATH_SHARE * t.total_s)
-            self.record_link(node_id, t.sent_bytes + t.reply_bytes, path, now)
+            link = path_rate(t, compute)
+            if link is not None:
+                self.record_link(node_id, t.sent_bytes + t.reply_bytes,
+                                 (t.sent_bytes + t.reply_bytes) / link, now)
             self.record(node_id, device, t.flops, compute, now)
             return
         self.record_link(node_id, t.sent_bytes, t.handover_s, now)   # the older estimate
@@ -138,6 +143,32 @@ class ShareMeter:
         self._speeds = {key: v for key, v in self._speeds.items() if key[0] in keep}
         self._links = {nid: v for nid, v in self._links.items() if nid in keep}
         self._handover = {nid: v for nid, v in self._handover.items() if nid in keep}
+
+
+def path_rate(t: ShareTiming, compute_s: float) -> float | None:
+    """Bytes/s of a share's path, by the split's model of its round trip (the inverse of
+    ``oneshotsplit``'s peer finish): with ``c`` chunks, fixed bytes ``F`` (B) and row
+    bytes ``R`` (A's rows and Y's) at rate ``L``, ``T = R / L`` and the compute ``P``,
+
+        round trip - RTT = F / L + T + P - (1 - 1/c) * min(T, P).
+
+    ``T <= P`` gives ``(F + R / c) / L + P``, else ``(F + R) / L + P / c``: the case whose
+    answer agrees with its own assumption is taken (one always does, the function being
+    continuous and increasing in ``1 / L``). ``c = 1`` is the single message: ``(F + R) /
+    (round trip - RTT - P)``. The time left for the path is floored at ``MIN_PATH_SHARE``
+    of the round trip (a loaded loop or clocks can make it tiny)."""
+    c = max(1, t.chunks)
+    rows = max(0, t.sent_bytes - (t.fixed_bytes if t.fixed_bytes is not None else 0)) \
+        + t.reply_bytes
+    fixed = t.sent_bytes + t.reply_bytes - rows
+    floor = MIN_PATH_SHARE * t.total_s
+    left = t.total_s - t.rtt_s
+    if fixed + rows <= 0:
+        return None
+    overlapped = (fixed + rows / c) / max(left - compute_s, floor)      # T <= P
+    if c == 1 or rows / overlapped <= compute_s:
+        return overlapped
+    return (fixed + rows) / max(left - compute_s / c, floor)             # T > P
 
 
 def _smooth(table: dict[str, Measured], node_id: str, nbytes: float, seconds: float,
