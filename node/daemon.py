@@ -51,8 +51,6 @@ from protocol.handshake import cluster_id_for
 log = logging.getLogger("sedma.daemon")
 
 ADVERT_EVERY = 1.0       # how often local load/memory is offered to the membership
-PING_EVERY = 2.0          # RTT samples, a few sessions per round
-PING_PER_ROUND = 1        # sessions pinged per round, in turn: idle cost flat in mesh size
 RECONCILE_EVERY = 5.0     # ask peers whether a deployment held here was undeployed
 HOUSEKEEPING_EVERY = 60.0  # job retention, forgetting departed peers
 FORGET_LINKS_AFTER = 3600.0  # a departed peer's link outcome is dropped after this long
@@ -109,6 +107,8 @@ class Daemon:
         self.mesh = Mesh(self.identity, cfg.name, self.keys, cfg.listen, cfg.bootstrap,
                          self._on_peer_message, connector)
         self.mesh.event_hooks.append(self.metrics.member_event)   # gossip counts for /metrics
+        # RTT samples: the round trips of the membership's own probes (no extra pings)
+        self.mesh.rtt_hooks.append(lambda _peer, ms: self.metrics.rtt(ms))
         self.plans = PlanBook(self.db)
         self.plans.restore()
         self.book = ModelBook(self.db)
@@ -140,7 +140,7 @@ class Daemon:
         self._install_signals()
         self.mesh.event_hooks.append(self._on_member_event)
         for name, loop in (("advertise", self._advertise_loop), ("memory", self._memory_loop),
-                           ("ping", self._ping_loop), ("reconfigure", self._reconfigure_loop),
+                           ("reconfigure", self._reconfigure_loop),
                            ("housekeeping", self._housekeeping_loop),
                            ("reconcile", self._reconcile_loop),
                            ("loop_lag", self.lag.run)):
@@ -301,20 +301,6 @@ class Daemon:
             await sleep_to_beat(RECONCILE_EVERY)
             await self.models.reconcile()   # a failure is logged and retried by the supervisor
             await self.book.expire()
-
-    async def _ping_loop(self) -> None:
-        cursor = ""
-        while True:
-            await sleep_to_beat(PING_EVERY)
-            chosen, cursor = ping_round(sorted(self.mesh.sessions), cursor, PING_PER_ROUND)
-            for peer in chosen:
-                session = self.mesh.sessions.get(peer)
-                if session is None:
-                    continue
-                try:
-                    self.metrics.rtt(await session.ping(timeout=PING_EVERY))
-                except (TimeoutError, ConnectionError):
-                    pass
 
     # requests -----------------------------------------------------------------------
     async def _on_peer_message(self, session: Session, msg: Any) -> None:
@@ -521,17 +507,6 @@ def settle_stats(advertised: dict[str, float | None],
         if abs(value - old) <= max(rel * max(abs(value), abs(old)), STATS_FLOOR.get(key, 0.0)):
             out[key] = old
     return out
-
-
-def ping_round(peers: list[str], after: str, count: int) -> tuple[list[str], str]:
-    """The next ``count`` of the sorted ``peers`` after ``after`` (wrapping), and the new
-    cursor. Pinging every session each round cost O(mesh size) per daemon: with 100 idle
-    daemons on a machine that alone was most of their CPU."""
-    if not peers:
-        return [], after
-    start = next((i for i, p in enumerate(peers) if p > after), 0)
-    chosen = [peers[(start + i) % len(peers)] for i in range(min(count, len(peers)))]
-    return chosen, chosen[-1]
 
 
 def _interface_ips() -> list[str]:

@@ -150,10 +150,61 @@ async def test_the_tick_loop_does_not_wake_for_a_timer_that_was_cancelled():
         await asyncio.gather(loop_task, return_exceptions=True)
 
 
+def test_an_acked_direct_probe_is_an_rtt_sample_and_nothing_else_is():
+    """RTT samples come from the membership's probes (a separate RTT ping was a quarter
+    of an idle daemon's messages): a direct ping's ack from its target is one; an ack
+    relayed by a helper, an unknown seq or a second ack are not; the table is bounded."""
+    from types import SimpleNamespace
+
+    from nat.connector import ConnectorConfig
+    from node.net.mesh import PROBES_TIMED, Mesh
+    from protocol.identity import Identity
+
+    mesh = Mesh(Identity.generate(), "a", [], "127.0.0.1:0", [], None, ConnectorConfig())
+    samples, observed = [], []
+    mesh.rtt_hooks.append(lambda peer, ms: samples.append((peer, ms)))
+
+    def session(peer):
+        return SimpleNamespace(peer_id=peer, link=SimpleNamespace(observe_rtt=observed.append))
+    mesh._time_probe(7, "b")
+    mesh._probe_acked(session("b"), 7)
+    assert [p for p, _ in samples] == ["b"] and samples[0][1] >= 0 and len(observed) == 1
+    mesh._probe_acked(session("b"), 7)                 # a duplicate ack
+    mesh._probe_acked(session("b"), 8)                 # not ours
+    mesh._time_probe(9, "c")
+    mesh._probe_acked(session("h"), 9)                 # relayed by helper h: not a round trip
+    assert len(samples) == 1 and len(observed) == 1
+    for seq in range(100, 100 + 3 * PROBES_TIMED):     # acks that never come
+        mesh._time_probe(seq, "d")
+    assert len(mesh._probes_out) == PROBES_TIMED
+
+
+async def test_two_daemons_get_rtt_samples_without_rtt_pings(tmp_path):
+    """End to end: the daemons' latency figures and per-link RTT fill from SWIM probes,
+    and no separate rpc.ping is sent."""
+    import asyncio
+
+    from tests.inproc import running_daemon
+
+    async with running_daemon(tmp_path, "a") as a:
+        async with running_daemon(tmp_path, "b", bootstrap=[a.addresses()[0]]) as b:
+            for _ in range(150):
+                if a.metrics.latency()["p50_ms"] is not None and \
+                        b.metrics.latency()["p50_ms"] is not None:
+                    break
+                await asyncio.sleep(0.1)
+            assert a.metrics.latency()["p50_ms"] is not None
+            assert b.metrics.latency()["p50_ms"] is not None
+            assert a.mesh.sessions[b.node_id].link.rtt_ms is not None
+            for d in (a, b):
+                assert "rpc.ping" not in d.mesh.traffic()["sent"]
+                assert d.mesh.traffic()["sent"].get("swim.ping", 0) >= 1
+
+
 async def test_the_session_writer_lets_go_of_the_last_message_it_sent(tmp_path):
     """The writer kept its last frame (views of the sender's array) until the next queued
-    message: an RTT ping's reply every 2 s happened to release it; without those pings (a
-    trial of RTT from SWIM probes) a client's 64 MiB shared W stayed mapped."""
+    message: an RTT ping's reply every 2 s happened to release it; without those pings
+    (RTT samples now come from SWIM probes) a client's 64 MiB shared W stayed mapped."""
     import asyncio
     import gc
     import weakref
