@@ -22,7 +22,7 @@ from compute.executor import Executor, measure_capacity
 from nat import signaling
 from nat.connector import ConnectorConfig
 from node import api
-from node.runtime.beat import sleep_to_beat
+from node.runtime.beat import Every, sleep_to_beat
 from node.runtime.capacity import node_capacity
 from node.config import NodeConfig
 from node.http.server import start_http
@@ -51,6 +51,10 @@ from protocol.handshake import cluster_id_for
 log = logging.getLogger("sedma.daemon")
 
 ADVERT_EVERY = 1.0       # how often local load/memory is offered to the membership
+#: How often the advert's status-only figures (and the machine's total memory) are
+#: re-read: they travel by push-pull (periods of 30 s and more), so the advert loop's
+#: 1 s resolution bought nothing for them but the work of reading them.
+REPORT_EVERY = 10.0
 RECONCILE_EVERY = 5.0     # ask peers whether a deployment held here was undeployed
 HOUSEKEEPING_EVERY = 60.0  # job retention, forgetting departed peers
 FORGET_LINKS_AFTER = 3600.0  # a departed peer's link outcome is dropped after this long
@@ -75,6 +79,8 @@ class Daemon:
         self.lag = LagMonitor()
         self.loop_demand: LoopDemand | None = None
         self.stall_reporter = StallReporter(self.lag)
+        self._report: Every[dict[str, float | None]] = Every(REPORT_EVERY)
+        self._memory_total: Every[int] = Every(REPORT_EVERY)
 
     # lifecycle ----------------------------------------------------------------------
     async def run(self) -> None:
@@ -214,7 +220,8 @@ class Daemon:
         # "host": which kernel's cores this node runs on (one-shot splits leave co-hosts out)
         extra = {**self.mesh.connector.advert_extra(), "host": self.jobs.host}
         return dict(reachability=extra.get("reach", "unknown"),
-                    memory_total=total_memory(), memory_free=self.store.free,
+                    memory_total=self._memory_total.get(total_memory),
+                    memory_free=self.store.free,
                     memory_budget=self.store.budget, cores=self.executor.workers,
                     capacity=self.capacity, queue_depth=self.executor.queued,
                     running=self.executor.running, load=self.jobs.load(),
@@ -222,23 +229,30 @@ class Daemon:
                     disk_free=self.store.disk_free, disk_budget=self.store.disk_budget,
                     tier1_speed=self.memory.tier1_speed(), stats=self._own_stats())
 
-    def _own_stats(self) -> dict[str, float | None]:
-        """This node's metrics for its advert (``status --mesh`` sums them up), settled
-        against what the advert already says (see :func:`settle_stats`)."""
+    def _reported(self) -> dict[str, float | None]:
+        """The figures only ``status --mesh`` reads (``REPORT_ONLY_STATS``), as now."""
         m = self.metrics.summary(self.store.resident_bytes, self.executor.utilisation())
-        fresh = {"throughput_per_s": m["throughput_per_s"],
-                 "resource_utilisation": m["resource_utilisation"],
-                 "latency_p50_ms": m["communication_latency"]["p50_ms"],
-                 "latency_p99_ms": m["communication_latency"]["p99_ms"],
-                 "useful_bytes": m["useful_bytes"], "resident_bytes": m["resident_bytes"],
-                 "served_gflops": self.memory.served_gflops,
-                 # the rebalancer's view of per-request work (node/work/loopdemand.py)
-                 "loop_busy": round(self.loop_demand.value, 2) if self.loop_demand else None}
+        return {"throughput_per_s": m["throughput_per_s"],
+                "resource_utilisation": m["resource_utilisation"],
+                "latency_p50_ms": m["communication_latency"]["p50_ms"],
+                "latency_p99_ms": m["communication_latency"]["p99_ms"],
+                "useful_bytes": m["useful_bytes"], "resident_bytes": m["resident_bytes"]}
+
+    def _own_stats(self, current: bool = False) -> dict[str, float | None]:
+        """This node's metrics for its advert (``status --mesh`` sums them up), settled
+        against what the advert already says (see :func:`settle_stats`). The figures
+        placement reads are taken every call; the status-only ones every
+        ``REPORT_EVERY`` (``current``: now, as ``status --mesh`` shows this node's)."""
+        fresh = self._reported() if current else self._report.get(self._reported)
+        fresh = fresh | {
+            "served_gflops": self.memory.served_gflops,
+            # the rebalancer's view of per-request work (node/work/loopdemand.py)
+            "loop_busy": round(self.loop_demand.value, 2) if self.loop_demand else None}
         # its hottest blocks' read rates: the node acting for a block adds them up
         fresh |= advert_entries({(n, i): self.memory.block_rate((n, i))
                                  for n, idxs in self.store.names().items() for i in idxs})
         mesh = getattr(self, "mesh", None)
-        if mesh is None or mesh.membership is None:
+        if current or mesh is None or mesh.membership is None:
             return fresh
         return settle_stats(mesh.advert.stats, fresh)   # against what peers have
 
@@ -395,9 +409,11 @@ class Daemon:
 
         Throughput adds up; resource utilisation is the core-weighted mean; memory
         utilisation efficiency is all useful bytes over all resident bytes; latency is the
-        median of the members' p50 and the worst p99. Adverts are at most a few seconds old.
+        median of the members' p50 and the worst p99. This node's figures are current; a
+        peer's status-only ones travel by push-pull (``REPORT_ONLY_STATS``), so they are
+        up to a few push-pull periods old unless its advert changed for another reason.
         """
-        nodes = [(self.node_id, self.executor.workers, self._own_stats())]
+        nodes = [(self.node_id, self.executor.workers, self._own_stats(current=True))]
         nodes += [(m.node_id, m.advert.cores, m.advert.stats) for m in self.mesh.members()
                   if m.node_id != self.node_id and m.state.value == "alive"]
 

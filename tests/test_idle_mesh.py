@@ -242,3 +242,47 @@ async def test_the_session_writer_lets_go_of_the_last_message_it_sent(tmp_path):
         await a.close("test over")
         await b.close("test over")
         server.close()
+
+
+def test_a_value_kept_for_a_period_is_recomputed_only_once_the_period_passed():
+    from node.runtime.beat import Every
+
+    now = [100.0]
+    calls = []
+    every = Every(10.0, clock=lambda: now[0])
+
+    def compute():
+        calls.append(now[0])
+        return len(calls)
+    assert every.get(compute) == 1                     # never computed: at once
+    for t in (100.5, 104.0, 109.99):
+        now[0] = t
+        assert every.get(compute) == 1
+    now[0] = 110.0
+    assert every.get(compute) == 2 and calls == [100.0, 110.0]
+
+
+async def test_the_advert_rereads_status_figures_every_report_period_and_status_is_current(
+        tmp_path):
+    """The advert loop runs every second for load; the status-only figures are re-read
+    every REPORT_EVERY (they travel by push-pull anyway); ``status --mesh`` shows this
+    node's as they are now. The figures placement reads are taken every call."""
+    from node.daemon import REPORT_EVERY
+    from tests.inproc import running_daemon
+
+    async with running_daemon(tmp_path, "a") as a:
+        now = [1000.0]
+        a._report._clock = lambda: now[0]
+        a._report._at = -1e9
+        a.metrics.rtt(5.0)
+        first = a._own_stats()
+        assert first["latency_p50_ms"] == 5.0
+        for _ in range(50):
+            a.metrics.rtt(80.0)
+        a.memory.served_gflops = 42.0
+        now[0] += REPORT_EVERY / 2
+        half = a._own_stats()
+        assert half["latency_p50_ms"] == 5.0 and half["served_gflops"] == 42.0
+        assert a.mesh_status()["per_node"][a.node_id]["latency_p50_ms"] == 80.0
+        now[0] += REPORT_EVERY / 2
+        assert a._own_stats()["latency_p50_ms"] == 80.0
