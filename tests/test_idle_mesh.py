@@ -119,7 +119,8 @@ class _Timers:
 async def test_the_tick_loop_does_not_wake_for_a_timer_that_was_cancelled():
     """Every probe arms a timeout that its ack cancels; the loop slept for it and woke for
     nothing once a second. A deadline that moved later re-times the sleep; one that moved
-    earlier still wakes it at once."""
+    earlier still wakes it at once. Exact: the mesh runs on a fake clock and the test
+    fires the armed timer itself, so no wall-clock sleep decides anything."""
     import asyncio
 
     from nat.connector import ConnectorConfig
@@ -127,24 +128,36 @@ async def test_the_tick_loop_does_not_wake_for_a_timer_that_was_cancelled():
     from protocol.identity import Identity
     from protocol.membership import Output
 
+    async def settle() -> None:              # let the tick loop run what is ready
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    now = [100.0]
     mesh = Mesh(Identity.generate(), "a", [], "127.0.0.1:0", [], None, ConnectorConfig())
-    start = mesh.clock()
-    timers = _Timers(start + 0.3)            # the probe timeout
+    mesh.clock = lambda: now[0]
+    timers = _Timers(100.3)                  # the probe timeout
     mesh.membership = timers
     loop_task = asyncio.get_running_loop().create_task(mesh._tick_loop())
     try:
-        await asyncio.sleep(0.05)
-        timers.ticks.clear()                 # the loop's first tick, at start
-        timers.deadline = start + 0.6        # the ack came: the timeout was cancelled
+        await settle()
+        assert timers.ticks == [100.0]       # the loop's first tick, at start
+        assert mesh._sleep_until == 100.3
+        armed = mesh._timer
+        timers.deadline = 100.6              # the ack came: the timeout was cancelled
         mesh._process(Output())
-        await asyncio.sleep(0.45)            # past the cancelled 0.3
-        assert timers.ticks == []
-        await asyncio.sleep(0.3)             # past 0.6
-        assert len(timers.ticks) == 1 and timers.ticks[0] >= start + 0.6
-        timers.deadline = mesh.clock() + 0.05   # a message brought a deadline closer
+        assert armed.cancelled() and not mesh._wake.is_set()   # re-timed, not woken
+        assert mesh._sleep_until == 100.6 and not mesh._timer.cancelled()
+        now[0] = 100.6                       # the one armed timer fires
+        mesh._timer._run()
+        await settle()
+        assert timers.ticks == [100.0, 100.6]    # no tick at the cancelled 100.3
+        assert mesh._sleep_until == 110.6
+        now[0] = 101.0
+        timers.deadline = 101.05             # a message brought a deadline closer
         mesh._process(Output())
-        await asyncio.sleep(0.01)
-        assert len(timers.ticks) == 2        # woken at once: the loop re-reads it
+        assert mesh._wake.is_set()           # woken at once: the loop re-reads it
+        await settle()
+        assert timers.ticks == [100.0, 100.6, 101.0]
     finally:
         loop_task.cancel()
         await asyncio.gather(loop_task, return_exceptions=True)
