@@ -67,7 +67,6 @@ from protocol.advert import REPORT_ONLY_STATS, Advertisement, AliveSigner, Alive
 from protocol.awareness import Awareness
 from protocol.broadcast import BroadcastQueue
 from protocol.errors import DecodeError
-from protocol.grid import grid_after
 from protocol.messages import message
 from protocol.suspicion import Suspicion, suspicion_timeout
 
@@ -652,8 +651,7 @@ class Membership:
         """Start this period's probe of the next member in the shuffled round robin."""
         cfg = self.config
         period = self._awareness.scale(cfg.probe_interval)
-        # on the daemon's beat grid: the probe shares the periodic loops' wake-up
-        self._schedule("probe_end", "", grid_after(now, period))
+        self._schedule("probe_end", "", now + period)
         target = self._next_probe_target()
         if target is None:
             self._probe = None

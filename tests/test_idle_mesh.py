@@ -299,36 +299,3 @@ async def test_the_advert_rereads_status_figures_every_report_period_and_status_
         assert a.mesh_status()["per_node"][a.node_id]["latency_p50_ms"] == 80.0
         now[0] += REPORT_EVERY / 2
         assert a._own_stats()["latency_p50_ms"] == 80.0
-
-
-def test_probes_run_on_the_beat_grid_with_a_full_period_each():
-    """The membership schedules each probe on the daemon's beat grid (protocol.grid), so
-    an idle node's probe shares the periodic loops' wake-up instead of costing its own:
-    after the first (random phase) every probe starts on a whole second, however late
-    the timer fired, and no period is shorter than 0.75 of the interval (the timeout
-    and the indirect checks must fit)."""
-    import random
-
-    from protocol.grid import grid_after
-    from protocol.membership import Ping
-    from tests.test_gossip_membership import Net, mesh
-
-    nodes = mesh("a", "b", "c")
-    net = Net(nodes)
-    a = nodes["a"]
-    lateness = random.Random(3)
-    starts = []
-    t = 0.0
-    while t < 30.0:
-        t = max(a.next_deadline(), t) + lateness.uniform(0, 0.02)   # timers fire late
-        out = a.tick(t)
-        if any(isinstance(m, Ping) for _, m in out.sends):
-            starts.append(t)
-        net.run("a", out, t)
-        for other in ("b", "c"):
-            net.run(other, nodes[other].tick(t), t)
-    on_grid = [s - int(s) for s in starts[1:]]
-    assert len(starts) >= 28 and max(on_grid) < 0.05      # whole seconds, plus lateness
-    assert grid_after(10.003, 1.0) == 11.0 and grid_after(10.25, 1.0) == 11.0
-    assert grid_after(10.26, 1.0) == 12.0 and grid_after(10.0, 2.0) == 12.0
-    assert all(grid_after(x / 100, 1.0) - x / 100 >= 0.75 for x in range(0, 500))

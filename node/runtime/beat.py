@@ -6,8 +6,7 @@ ran, so their wake-ups drifted apart: every one was an event-loop wake-up of its
 Sleeping until the next multiple of the period on the loop's clock puts every loop whose
 period divides another's on the same instants, so the loop runs them in one wake-up (a
 timer wheel with a one-second slot, for free). The loops stay separate tasks, each
-supervised and failing on its own. The membership's probes run on the same grid
-(:mod:`protocol.grid`), so an idle node's probe costs no wake-up of its own.
+supervised and failing on its own.
 """
 
 from __future__ import annotations
@@ -17,9 +16,19 @@ import math
 import time
 from typing import Callable, Generic, TypeVar
 
-from protocol.grid import MIN_GAP, next_beat   # noqa: F401  (the grid rule, shared)
-
 T = TypeVar("T")
+
+
+#: A beat closer than this is skipped for the one after it.
+MIN_GAP = 0.1
+
+
+def next_beat(now: float, period: float) -> float:
+    """The next multiple of ``period`` after ``now``, at least ``MIN_GAP`` (or half a
+    period, if shorter) away: a timer that fires a hair early (the loop's clock has
+    millisecond ticks) waits for the following beat instead of firing twice."""
+    beat = (math.floor(now / period) + 1) * period
+    return beat + period if beat - now < min(MIN_GAP, period / 2) else beat
 
 
 async def sleep_to_beat(period: float) -> None:
