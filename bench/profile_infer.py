@@ -198,22 +198,30 @@ def marked_mesh(root: Path):
         spans.DIR = None
 
 
-def span_run(n: int, w: np.ndarray, x: np.ndarray, count: int) -> tuple[list, float]:
-    """The per-stage breakdown on a fresh two-daemon mesh (no profiler)."""
+def span_run(n: int, w: np.ndarray, x: np.ndarray,
+             count: int) -> tuple[list, float, dict[str, tuple[float, float]]]:
+    """The per-stage breakdown on a fresh two-daemon mesh (no profiler), and each daemon's
+    CPU per request (all threads, and the event loop's thread alone), in ms. CPU time is
+    the steadier figure on a shared machine: it does not count waiting for a core."""
     with tempfile.TemporaryDirectory(prefix="sedma-spans-") as tmp:
         marks = Path(tmp) / "marks"
         with marked_mesh(Path(tmp)) as (coord, peer):
             with Client(coord.socket) as c:
                 c.deploy("w", w, device="ideal", replicas=1)
             spans._marks.clear()
+            daemons = {"coordinator": coord.proc.pid, "peer": peer.proc.pid}
+            cpu0 = {k: (_cpu_seconds(p), _cpu_seconds(p, p)) for k, p in daemons.items()}
             lat = asyncio.run(infer_loop(coord.socket, x, count, None))
+            cpu = {k: tuple((after - before) * 1e3 / (count + 5) for after, before in
+                            zip((_cpu_seconds(p), _cpu_seconds(p, p)), cpu0[k]))
+                   for k, p in daemons.items()}
             roles = {coord.proc.pid: "coord", peer.proc.pid: "peer", os.getpid(): "client"}
         events = spans.load(marks)
     # warm-up requests were marked too: keep the last ``count`` requests
     sends = [i for i, e in enumerate(events) if e[2] == "client.send" and roles.get(e[1]) == "client"]
     if len(sends) > count:
         events = events[sends[-count]:]
-    return breakdown(events, roles), ms(lat)
+    return breakdown(events, roles), ms(lat), cpu
 
 
 #: The stages of one one-shot job (``--oneshot``), split at the bench's own ``bench.job``
@@ -276,9 +284,11 @@ def oneshot_breakdown(events, roles) -> list[tuple[str, float, float]]:
     return out
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process has used so far (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+def _cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """User + system CPU seconds a process has used so far (all its threads), or one
+    thread of it (``tid``; the main thread, which runs the event loop, has ``tid == pid``)."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    fields = Path(path).read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -382,12 +392,14 @@ def main() -> None:
     rows.append(("codec: encode+decode request (joined)", ms(lat), ms(lat, 99)))
     lat = timed(lambda: decode_message(b"".join(encode_message(resp))), args.requests)
     rows.append(("codec: encode+decode response (joined)", ms(lat), ms(lat, 99)))
-    stages, span_p50 = span_run(n, w, x, args.requests)
+    stages, span_p50, cpu = span_run(n, w, x, args.requests)
     head = (f"profile_infer: N={n}, B={b}, {args.requests} requests, 2 daemons (one row block "
             f"each, replicas 1); load {load_before[0]:.2f} -> {os.getloadavg()[0]:.2f}")
     text = (head + "\n\n### one request, stage by stage (medians of per-request spans; "
             f"end-to-end p50 {span_p50:.3f} ms)\n\n| stage | p50 ms | p90 ms |\n|---|---:|---:|\n")
     text += "\n".join(f"| {name} | {p50:.3f} | {p90:.3f} |" for name, p50, p90 in stages)
+    text += ("\n\nCPU per request (ms; warm-up included): " + "; ".join(
+        f"{who} {total:.2f} (event loop {loop:.2f})" for who, (total, loop) in cpu.items()))
     text += "\n\n| step (separately measured) | p50 ms | p99 ms |\n|---|---:|---:|\n"
     text += "\n".join(f"| {name} | {p50:.3f} | {p99:.3f} |" for name, p50, p99 in rows)
     shown = len(rows)

@@ -61,6 +61,24 @@ class Link(abc.ABC):
     async def close(self, reason: str = "closed locally") -> None:
         """Close the link (idempotent); pending and future ``recv`` calls raise."""
 
+    # Buffer reuse (protocol.framepool) ---------------------------------------------
+    def queued_bytes(self) -> int:
+        """Bytes of frames this link has queued so far, a position in its outgoing stream.
+        A link that is done with a frame's buffers when ``send`` returns (it copied them,
+        like the ICE link) keeps the default 0."""
+        return 0
+
+    def written_bytes(self) -> int:
+        """How far the outgoing stream no longer needs the callers' buffers: a frame
+        queued ending at :meth:`queued_bytes` ``m`` may be reused once this reaches ``m``
+        (never, once the link closed)."""
+        return 0
+
+    def recycle(self, frame: object) -> None:
+        """A frame :meth:`recv` returned, which its reader has finished with and holds no
+        view of: its buffer may take the next frame. Optional (unrecycled frames are just
+        garbage); the default does nothing."""
+
     async def _next_frame(self) -> bytes:
         """The oldest received frame, waiting for one; LinkClosed once closed and drained."""
         while not self._frames:

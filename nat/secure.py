@@ -22,7 +22,8 @@ import logging
 
 from nat.link import Buffers, Link, LinkClosed
 from protocol.errors import FrameError
-from protocol.handshake import TransportCipher, max_plaintext
+from protocol.framepool import LentFrames, thread_pool
+from protocol.handshake import TransportCipher, max_plaintext, sealed_size
 
 log = logging.getLogger("sedma.secure")
 
@@ -35,6 +36,9 @@ class SecureLink(Link):
         self.inner = inner
         self.cipher = cipher
         self.max_frame = max_plaintext(inner.max_frame)
+        # big frames are sealed into reused buffers (no zero-fill, no fresh pages); one
+        # goes back to the pool only once the inner link's transport has written it
+        self._lent = LentFrames(thread_pool(inner.max_frame))
 
     # Link ---------------------------------------------------------------------------
     async def send(self, frame: Buffers) -> None:
@@ -43,25 +47,36 @@ class SecureLink(Link):
         size = sum(len(b) for b in frame)
         if size > self.max_frame:
             raise LinkClosed(f"frame of {size} bytes exceeds the {self.max_frame}-byte limit")
-        # records sealed straight from the frame's buffers into one output buffer
-        await self.inner.send([self.cipher.seal_parts(frame)])
+        # records sealed straight from the frame's buffers into one output buffer: a
+        # pooled one the transport has finished writing, for a big frame
+        self._lent.reclaim(self.inner.written_bytes())
+        out = self._lent.pool.take(sealed_size(size))
+        await self.inner.send([self.cipher.seal_parts(frame, out)])
+        if out is not None:    # not on an exception: the transport may still hold it
+            self._lent.lend(out, self.inner.queued_bytes())
 
     async def recv(self) -> bytes:
         sealed = await self.inner.recv()
         try:
-            return self.cipher.open(sealed)
+            opened = self.cipher.open(sealed)    # a new buffer: the sealed one is done
         except FrameError as exc:
             reason = f"protocol error: {exc}"
             log.warning("closing link to %s: %s", self.remote, reason)
             await self.close(reason)
             raise LinkClosed(reason) from None
+        self.inner.recycle(sealed)
+        return opened
 
-    async def recv_sealed(self) -> bytes | bytearray:
+    async def recv_sealed(self) -> bytes | bytearray | memoryview:
         """The next frame still sealed, for a reader that opens its records in place
         (:meth:`protocol.framing.Reassembler.feed_sealed` with :attr:`cipher`). The
         caller must open every frame it takes, in order, and close the link with
-        :meth:`fail` when one does not open."""
+        :meth:`fail` when one does not open; it gives an opened frame back with
+        :meth:`recycle`."""
         return await self.inner.recv()
+
+    def recycle(self, frame: object) -> None:
+        self.inner.recycle(frame)
 
     async def fail(self, reason: str) -> None:
         """A sealed frame did not open: log it and close the link."""
@@ -71,6 +86,7 @@ class SecureLink(Link):
     async def close(self, reason: str = "closed locally") -> None:
         if self._own_reason is None:
             self._own_reason = reason
+        self._lent.forget()
         await self.inner.close(reason)
 
     # delegated state ----------------------------------------------------------------

@@ -17,7 +17,8 @@ from typing import Awaitable, Callable
 
 from nat.link import KIND_TCP, Buffers, Link, LinkClosed
 from protocol.errors import FrameError
-from protocol.wire import DEFAULT_MAX_FRAME, FrameDecoder, frame_header
+from protocol.framepool import thread_pool
+from protocol.wire import DEFAULT_MAX_FRAME, HEADER_SIZE, FrameDecoder, frame_header
 
 log = logging.getLogger("sedma.tcp")
 
@@ -36,7 +37,11 @@ class TcpLink(Link, asyncio.BufferedProtocol):
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         Link.__init__(self)
         self.max_frame = max_frame
-        self._decoder = FrameDecoder(max_frame)
+        # big received frames go into reused buffers of the loop thread's pool; the
+        # reader gives each back (recycle) once it has opened it
+        self._pool = thread_pool(max_frame)
+        self._decoder = FrameDecoder(max_frame, self._pool)
+        self._queued = 0   # bytes handed to the transport (frames and their headers)
         self._transport: asyncio.Transport | None = None
         self._writable = asyncio.Event()
         self._writable.set()
@@ -104,6 +109,7 @@ class TcpLink(Link, asyncio.BufferedProtocol):
             raise LinkClosed(self.close_reason or "link closed")
         size = sum(len(b) for b in frame)
         self._transport.writelines([frame_header(size, self.max_frame), *frame])
+        self._queued += HEADER_SIZE + size
         if not self._writable.is_set():
             try:
                 await asyncio.wait_for(self._writable.wait(), SEND_STALL_TIMEOUT)
@@ -119,6 +125,23 @@ class TcpLink(Link, asyncio.BufferedProtocol):
             if not self.closed:
                 self._transport.resume_reading()
         return frame
+
+    def queued_bytes(self) -> int:
+        return self._queued
+
+    def written_bytes(self) -> int:
+        """uvloop's ``writelines`` keeps references to the frame's buffers (no copy)
+        until libuv has written them; ``get_write_buffer_size`` is exactly the bytes not
+        yet written (uvloop: its buffer plus libuv's write queue; asyncio: the unsent tail
+        of its own copy), so everything before ``queued - unsent`` is in the kernel. A
+        closed link's buffers are never declared free."""
+        transport = self._transport
+        if transport is None or self.closed or transport.is_closing():
+            return -1
+        return self._queued - transport.get_write_buffer_size()
+
+    def recycle(self, frame: object) -> None:
+        self._pool.give(frame)
 
     async def close(self, reason: str = "closed locally") -> None:
         """Close now. Data still unsent is dropped (abort) rather than held until TCP gives

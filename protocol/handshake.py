@@ -133,16 +133,25 @@ class TransportCipher:
                  for i in range(0, max(len(view), 1), MAX_NOISE_MESSAGE)]
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def seal_parts(self, parts: Sequence[bytes | bytearray | memoryview]) -> bytearray:
-        """A frame given as buffers, sealed into one new buffer of consecutive records.
+    def seal_parts(self, parts: Sequence[bytes | bytearray | memoryview],
+                   into: memoryview | None = None) -> bytearray | memoryview:
+        """A frame given as buffers, sealed into one buffer of consecutive records.
 
         The same records as :meth:`seal` of the joined frame, but each record is encrypted
         straight from the caller's buffers into its place in the output (AES-GCM
         ``encrypt_into``): no joined copy of the frame and no bytes object per record. Only
         a record straddling two buffers (the frame header and the first body bytes) is
-        joined, at most 64 KiB. The output is new each time: a transport may hold it."""
+        joined, at most 64 KiB. The output is ``into`` when given (exactly
+        :func:`sealed_size` bytes, every one overwritten: a reused buffer needs no
+        zero-fill, :mod:`protocol.framepool`), else a new buffer."""
         total = sum(len(p) for p in parts)
-        out = bytearray(sealed_size(total))
+        if into is None:
+            out = bytearray(sealed_size(total))
+        elif len(into) != sealed_size(total):
+            raise ValueError(f"a frame of {total} bytes seals into {sealed_size(total)} "
+                             f"bytes, not {len(into)}")
+        else:
+            out = into
         state = self._enc
         aead = state.cipher.cipher
         pos = 0

@@ -12,6 +12,7 @@ import struct
 import threading
 
 from protocol.errors import FrameError
+from protocol.framepool import FramePool
 
 #: Largest frame payload accepted by default: one fragment (1 MiB) plus its small header.
 DEFAULT_MAX_FRAME = (1 << 20) + 64
@@ -52,20 +53,26 @@ class FrameDecoder:
     The decoder keeps at most one partial frame (bounded by ``max_frame``) in memory.
     Each frame's bytes are copied once: a frame that lies whole in the fed chunk is cut
     out of it; a frame that spans chunks is filled in place into a buffer of its declared
-    size (a ``bytearray``). Appending chunks to one buffer and cutting frames off its front
-    copied every byte twice and re-grew the buffer, ~2.5 ms per MiB in this VM, on the
-    event loop (a 500 MB share held it for 70-130 ms, tests/test_loop_lag.py).
+    size (a ``bytearray``, or with a ``pool`` a view of a reused buffer for a big frame,
+    which its consumer gives back: :mod:`protocol.framepool`). Appending chunks to one
+    buffer and cutting frames off its front copied every byte twice and re-grew the
+    buffer, ~2.5 ms per MiB in this VM, on the event loop (a 500 MB share held it for
+    70-130 ms, tests/test_loop_lag.py).
     """
 
-    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME,
+                 pool: FramePool | None = None) -> None:
         self.max_frame = max_frame
+        #: Where big frames' buffers come from (their consumer gives them back once done:
+        #: no zero-fill, no fresh pages per frame); None: each frame a new buffer.
+        self.pool = pool
         self._head = bytearray()                 # a length prefix split across chunks
-        self._body: bytearray | None = None      # the frame being filled
+        self._body: bytearray | memoryview | None = None   # the frame being filled
         self._filled = 0
         self._scratch: bytearray | None = None   # the thread's area while it is lent
         self._lent_body = False                  # get_buffer handed out the body
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes | bytearray]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes | bytearray | memoryview]:
         """Add received bytes; return every frame they complete, in order."""
         frames: list[bytes | bytearray] = []
         with memoryview(data) as raw:
@@ -77,10 +84,10 @@ class FrameDecoder:
                     if need is None:
                         break
                     if end - pos >= need:          # whole in this chunk: cut it out
-                        frames.append(bytes(view[pos:pos + need]))
+                        frames.append(self._copy(view[pos:pos + need]))
                         pos += need
                         continue
-                    self._body, self._filled = bytearray(need), 0
+                    self._body, self._filled = self._new_body(need), 0
                 take = min(len(self._body) - self._filled, end - pos)
                 self._body[self._filled:self._filled + take] = view[pos:pos + take]
                 self._filled += take
@@ -89,6 +96,19 @@ class FrameDecoder:
                     frames.append(self._body)
                     self._body = None
         return frames
+
+    def _new_body(self, need: int) -> bytearray | memoryview:
+        """The buffer a frame of ``need`` bytes is filled into: a pooled one when it is big
+        (every byte gets overwritten, so its old contents never show)."""
+        pooled = self.pool.take(need) if self.pool is not None else None
+        return bytearray(need) if pooled is None else pooled
+
+    def _copy(self, piece: memoryview) -> bytes | memoryview:
+        pooled = self.pool.take(len(piece)) if self.pool is not None else None
+        if pooled is None:
+            return bytes(piece)
+        pooled[:] = piece
+        return pooled
 
     # Receiving into place (a BufferedProtocol transport) ---------------------------
     def get_buffer(self) -> memoryview:
@@ -102,7 +122,7 @@ class FrameDecoder:
         self._scratch = _scratch()
         return memoryview(self._scratch)
 
-    def buffer_updated(self, nbytes: int) -> list[bytes | bytearray]:
+    def buffer_updated(self, nbytes: int) -> list[bytes | bytearray | memoryview]:
         """``nbytes`` landed in the last :meth:`get_buffer`; return the frames completed."""
         if self._lent_body:
             self._lent_body = False

@@ -94,10 +94,7 @@ class InferBlocks:
     """Return ``W_b @ x`` for each resident block ``b`` of ``indices``: X travels once per
     holder and request, not once per block (at N=16384 a holder has 16 blocks of W).
 
-    Answered with ``{"parts": [...], "compute_s": float}``: one entry per index, in the
-    order of ``indices``, each the block's rows of the product or a one-line error (that
-    block alone fails over; the rest are used), and the seconds the holder spent serving
-    the request (the coordinator's round trip less this is the link's share).
+    Answered with an :class:`InferBlocksResult`.
     """
 
     rid: int
@@ -105,6 +102,52 @@ class InferBlocks:
     indices: list[int]
     x: np.ndarray
     read_seed: int
+
+
+@message("work.infer_blocks_result")
+class InferBlocksResult:
+    """A holder's answer to :class:`InferBlocks`: one entry per index, in the order of
+    ``indices``, each the block's rows of the product or a one-line error (that block
+    alone fails over; the rest are used), and the seconds the holder spent serving the
+    request (the coordinator's round trip less this is the link's share). Typed and
+    registered so a reply goes through the message checks (tag, fields, types) like
+    every other message, instead of a map each reader checks by hand."""
+
+    parts: list[np.ndarray | str]
+    compute_s: float
+
+
+#: The keys of the untyped map a holder from before :class:`InferBlocksResult` answers.
+_LEGACY_INFER_REPLY = {"parts", "compute_s"}
+
+
+def infer_blocks_result_wire(parts: list[Any], compute_s: float) -> dict[str, Any]:
+    """The reply value a holder sends for an :class:`InferBlocks`."""
+    return to_wire(InferBlocksResult(list(parts), float(compute_s)))
+
+
+def read_infer_blocks_result(value: Any) -> tuple[list[Any], float | None]:
+    """``(parts, compute_s)`` from a holder's reply to :class:`InferBlocks`.
+
+    A typed reply is checked as a message (DecodeError otherwise) and a ``compute_s``
+    that is not a finite number >= 0 is the holder's error. The untyped map of a holder
+    from before (``{"parts": [...], "compute_s": s}``, nothing else) still reads: its
+    parts are checked the same way and a figure that is not a sane time is dropped, as
+    the old reader did. Counts and shapes are the asker's to check: only it knows the
+    blocks it asked for."""
+    if isinstance(value, dict) and value and set(value) <= _LEGACY_INFER_REPLY:
+        got = from_wire(to_wire(InferBlocksResult(value.get("parts"), 0.0)))
+        s = value.get("compute_s")
+        sane = (isinstance(s, (int, float)) and not isinstance(s, bool)
+                and math.isfinite(s) and s >= 0)
+        return got.parts, float(s) if sane else None
+    got = from_wire(value)
+    if not isinstance(got, InferBlocksResult):
+        raise DecodeError(f"an infer_blocks request was answered with {got.TAG}")
+    if not (math.isfinite(got.compute_s) and got.compute_s >= 0):
+        raise DecodeError(f"work.infer_blocks_result.compute_s: {got.compute_s} is not a "
+                          "time")
+    return got.parts, got.compute_s
 
 
 #: Block indices one ``InferBlocks`` may name (a plan of a 1 GiB W has 32-64 blocks).

@@ -37,15 +37,15 @@ from node.memory.statedb import StateDB
 from node.memory.store import BlockStore, StoreError
 from node.metrics import Metrics
 from node.net.session import RemoteError
-from node.work.blockgroups import (BlockTry, compute_seconds, fail_over, group_by_holder,
-                                   read_parts)
+from node.work.blockgroups import BlockTry, fail_over, group_by_holder, read_parts
 from node.work.holder import BlockHolder
 from node.work.jobs import JobError, JobManager
 from node.work.plans import PlanBook, VersionedPlan, new_deploy_id
 from protocol.errors import ProtocolError
 from protocol.messages import decode_message, encode_message
 from protocol.rpc import Reply
-from protocol.work import MAX_INFER_BLOCKS, InferBlock, InferBlocks
+from protocol.work import (MAX_INFER_BLOCKS, InferBlock, InferBlocks, InferBlocksResult,
+                           infer_blocks_result_wire)
 from tests.daemons import wait_for
 
 ROWS, COLS = 256, 384      # a block: 2 tile rows of 128 outputs, 384 inputs
@@ -92,32 +92,59 @@ def test_failed_blocks_move_to_their_own_next_holder_or_run_out():
 SHAPES = [(ROWS, 2), (ROWS, 2)]
 
 
+def typed(parts, compute_s=0.5):
+    """A reply as a holder sends it (InferBlocksResult), through the codec."""
+    return _through_codec(infer_blocks_result_wire(parts, compute_s))
+
+
+def _through_codec(value):
+    return decode_message(b"".join(bytes(p) for p in encode_message(Reply(1, value)))).value
+
+
 def test_a_good_reply_gives_each_blocks_rows_or_its_own_error():
     y = np.ones((ROWS, 2), np.float32)
-    assert read_parts({"parts": [y, "block 3 is not resident"]}, SHAPES, "peer")[1] == \
-        "block 3 is not resident"
-    assert read_parts({"parts": [y, y], "compute_s": 0.5}, SHAPES, "peer")[0] is y
+    parts, held = read_parts(typed([y, "block 3 is not resident"]), SHAPES, "peer")
+    assert parts[1] == "block 3 is not resident" and held == 0.5
+    np.testing.assert_array_equal(parts[0], y)
+
+
+def test_an_older_holders_untyped_map_still_reads():
+    y = np.ones((ROWS, 2), np.float32)
+    parts, held = read_parts(_through_codec({"parts": [y, y], "compute_s": 0.25}), SHAPES,
+                             "peer")
+    assert held == 0.25 and all(np.array_equal(p, y) for p in parts)
+    assert read_parts({"parts": [y, "gone"]}, SHAPES, "peer")[1] is None   # no figure
+    assert read_parts({"parts": [y, y], "compute_s": -1.0}, SHAPES, "peer")[1] is None
+
+
+Y2 = np.ones((ROWS, 2), np.float32)
 
 
 @pytest.mark.parametrize("value, why", [
-    (np.ones((2 * ROWS, 2), np.float32), "answered ndarray"),      # the old single reply
-    ({"parts": [np.ones((ROWS, 2), np.float32)]}, "answered 1 for 2"),
-    ({"parts": "no"}, "answered dict"),
-    ({"parts": [np.ones((ROWS, 2), np.float32), np.ones((ROWS, 3), np.float32)]}, "shape"),
-    ({"parts": [np.ones((ROWS, 2), np.float32), 7]}, "returned int"),
-    (None, "answered NoneType"),
+    (np.ones((2 * ROWS, 2), np.float32), "must be a map, got ndarray"),   # the old single reply
+    (None, "must be a map, got NoneType"),
+    (typed([Y2]), "answered 1 part"),                                      # wrong count
+    (typed([Y2, Y2, Y2]), "answered 3 part"),
+    (typed([Y2, np.ones((ROWS, 3), np.float32)]), "shape"),                # wrong shape
+    (typed([Y2, np.ones((ROWS, 2), np.float64)]), "float64"),              # wrong dtype
+    (typed([Y2, np.ones(ROWS, np.float32)]), r"shape \(256,\)"),           # wrong ndim
+    ({"t": "work.infer_blocks_result", "parts": [Y2, 7], "compute_s": 0.1}, r"parts\[1\]"),
+    ({"t": "work.infer_blocks_result", "parts": "no", "compute_s": 0.1}, "expected list"),
+    ({"t": "work.infer_blocks_result", "parts": [Y2, Y2], "compute_s": "1"}, "compute_s"),
+    ({"t": "work.infer_blocks_result", "parts": [Y2, Y2], "compute_s": float("nan")},
+     "not a time"),
+    ({"t": "work.infer_blocks_result", "parts": [Y2, Y2]}, "missing field 'compute_s'"),
+    ({"t": "work.infer_blocks_result", "parts": [Y2, Y2], "compute_s": 1, "x": 1},
+     "unknown field"),
+    ({"t": "work.matmul_result", "y": Y2, "compute_s": 0.1}, "answered with work.matmul"),
+    ({"parts": "no"}, "expected list"),                                    # old map, bad
+    ({"parts": [Y2, 7]}, r"parts\[1\]"),
+    ({"parts": [Y2, Y2], "extra": 1}, "unknown message type"),
 ])
 def test_a_malformed_reply_is_the_peers_protocol_error(value, why):
-    with pytest.raises(ProtocolError, match=why):
-        read_parts(value, SHAPES, "peer")
-
-
-@pytest.mark.parametrize("value, want", [
-    ({"compute_s": 0.25}, 0.25), ({"compute_s": -1.0}, None), ({"compute_s": True}, None),
-    ({"compute_s": "1"}, None), ({}, None), (None, None), ({"compute_s": float("nan")}, None),
-])
-def test_the_holders_compute_seconds_are_taken_only_when_sane(value, want):
-    assert compute_seconds(value) == want
+    with pytest.raises(ProtocolError, match=why) as err:
+        read_parts(value, SHAPES, "peer1234abcd")
+    assert str(err.value).startswith("peer1234") and "\n" not in str(err.value)
 
 
 # --- a holder ---------------------------------------------------------------------------------
@@ -333,6 +360,39 @@ async def test_a_malformed_reply_fails_the_whole_group_over(mesh):
     y = await mesh.jobs.infer("w", x, read_seed=6)
     np.testing.assert_array_equal(y, want)
     assert sorted(m.indices for m in mesh.peers["p2"].got) == [[0, 1, 2], [3]]
+
+
+@pytest.mark.parametrize("mangle", [
+    lambda v: {**v, "parts": v["parts"][:2]},                              # wrong count
+    lambda v: {**v, "parts": [p[:, :1] for p in v["parts"]]},             # wrong shapes
+    lambda v: {**v, "parts": [p.astype(np.float64) for p in v["parts"]]},  # wrong dtype
+    lambda v: {**v, "parts": [1, 2, 3]},                                   # bad types
+    lambda v: {**v, "compute_s": -3.0},                                    # not a time
+    lambda v: v["parts"][0],                                               # not a message
+], ids=["count", "shape", "dtype", "types", "compute_s", "bare"])
+async def test_a_bad_typed_reply_fails_the_whole_group_over(mesh, mangle):
+    x = np.ones((COLS, 2), np.float32)
+    want = await _per_block(mesh, x, 6)
+    mesh.peers["p1"].mangle = mangle
+    y = await mesh.jobs.infer("w", x, read_seed=6)
+    np.testing.assert_array_equal(y, want)
+    assert sorted(m.indices for m in mesh.peers["p2"].got) == [[0, 1, 2], [3]]
+    assert mesh.jobs.inflight == {"p1": 0, "p2": 0, "me": 0}
+
+
+async def test_a_holder_answers_typed_and_an_older_holders_map_is_still_used(mesh):
+    x = np.ones((COLS, 2), np.float32)
+    want = await _per_block(mesh, x, 8)
+    seen = []
+
+    def as_older_holder(v):
+        seen.append(v["t"])
+        return {"parts": v["parts"], "compute_s": v["compute_s"]}
+    mesh.peers["p1"].mangle = as_older_holder
+    y = await mesh.jobs.infer("w", x, read_seed=8)
+    np.testing.assert_array_equal(y, want)
+    assert seen == [InferBlocksResult.TAG]
+    assert [m.indices for m in mesh.peers["p2"].got] == [[3]]     # nothing failed over
 
 
 async def test_a_block_with_no_holder_left_fails_the_request_naming_it(mesh):

@@ -339,6 +339,10 @@ class Session:
                         raise LinkClosed(f"protocol error: {exc}") from None
                 else:
                     payload = self._reassembler.feed(frame)
+                # opened or copied into the message buffer, no view of it kept: the link
+                # may put the next frame in it (protocol.framepool)
+                self.link.recycle(frame)
+                frame = None
                 if payload is None:
                     continue
                 msg = await decode_message_on_loop(payload)

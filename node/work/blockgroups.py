@@ -19,8 +19,8 @@ from typing import Any
 from compute.lazynumpy import np
 
 from compute.partition import Block
-from protocol.errors import ProtocolError
-from protocol.work import MAX_INFER_BLOCKS
+from protocol.errors import DecodeError, ProtocolError
+from protocol.work import MAX_INFER_BLOCKS, read_infer_blocks_result
 
 
 @dataclass
@@ -67,31 +67,30 @@ def fail_over(failed: list[tuple[BlockTry, str]]) -> tuple[list[BlockTry], list[
     return again, exhausted
 
 
-def read_parts(value: Any, shapes: list[tuple[int, int]], node: str) -> list[np.ndarray | str]:
-    """The parts of a peer's ``InferBlocks`` reply, checked against the expected shapes.
+def read_parts(value: Any, shapes: list[tuple[int, int]],
+               node: str) -> tuple[list[np.ndarray | str], float | None]:
+    """The parts of a holder's reply to ``InferBlocks`` (an ``InferBlocksResult``, or the
+    untyped map of an older holder), checked against the blocks asked for, and the
+    holder's own seconds serving the request (None from an older holder without a sane
+    figure).
 
-    Each entry is the block's rows (an array of exactly its shape) or the peer's one-line
-    error for that block alone. Anything else is the peer's protocol error, which fails
-    the whole request over: a reply that is not ``{"parts": [...]}`` with one entry per
-    block, or an array of another shape.
+    Each entry is the block's rows (a float32 array of exactly its shape) or the holder's
+    one-line error for that block alone. Anything else is the holder's protocol error,
+    which fails the whole request over: a reply that does not decode as the message, an
+    entry count other than the blocks', an array of another shape or type.
     """
-    parts = value.get("parts") if isinstance(value, dict) else None
-    if not isinstance(parts, list) or len(parts) != len(shapes):
-        got = len(parts) if isinstance(parts, list) else type(value).__name__
-        raise ProtocolError(f"{node[:8]} answered {got} for {len(shapes)} block(s)")
+    try:
+        parts, held = read_infer_blocks_result(value)
+    except DecodeError as exc:
+        raise ProtocolError(f"{node[:8]} answered an infer request with a bad reply: "
+                            f"{exc}") from None
+    if len(parts) != len(shapes):
+        raise ProtocolError(f"{node[:8]} answered {len(parts)} part(s) for {len(shapes)} "
+                            "block(s)")
     for part, shape in zip(parts, shapes):
         if isinstance(part, str):
             continue
-        if not isinstance(part, np.ndarray) or part.shape != shape:
-            got = getattr(part, "shape", type(part).__name__)
-            raise ProtocolError(f"{node[:8]} returned {got}, expected an array of shape "
-                                f"{shape}")
-    return parts
-
-
-def compute_seconds(value: Any) -> float | None:
-    """The holder's own seconds serving the request, if its reply carries a sane one."""
-    s = value.get("compute_s") if isinstance(value, dict) else None
-    if isinstance(s, (int, float)) and not isinstance(s, bool) and 0.0 <= s < 1e6:
-        return float(s)
-    return None
+        if part.shape != shape or part.dtype != np.float32:
+            raise ProtocolError(f"{node[:8]} returned a {part.dtype} array of shape "
+                                f"{part.shape}, expected float32 of shape {shape}")
+    return parts, held

@@ -38,16 +38,18 @@ from protocol.framing import DEFAULT_MAX_MESSAGE
 from protocol.work import (MAX_INFER_BLOCKS, ClaimName, DropMatrix, GetModel, GetPlan,
                            InferBlock, InferBlocks, MatmulShare, ModelNotice, ModelSync,
                            PlanNotice, ReleaseName, RunStage, StageResult, StoreBlock,
-                           StoreState, Undeploy, share_result_wire)
+                           StoreState, Undeploy, infer_blocks_result_wire,
+                           share_result_wire)
 
 log = logging.getLogger("sedma.holder")
 
 MAX_SERVING = 256          # peer requests served at once; more are refused, not queued
 RELEASE_GRACE_S = 30.0     # a block the plan moved away stays this long for requests in flight
 DEPLOY_WRITERS = 2         # block files written (and fsynced) at once
-#: A peer's X up to this size is checked on the event loop (a NaN scan of tens of
-#: microseconds), not on a compute thread: a hop costs more than the scan at this size.
-INLINE_CHECK_BYTES = 256 << 10
+#: A peer's X up to this size is checked on the event loop (a NaN scan: ~50 us for the
+#: 1 MiB X of a B=64 request at N=4096), not on compute threads: the scan in spans was a
+#: gather of one hop per thread, more than the scan itself (jobs.INLINE_BYTES).
+INLINE_CHECK_BYTES = 2 << 20
 #: The largest grouped reply: the parts must fit one message with room for its header.
 MAX_REPLY_BYTES = DEFAULT_MAX_MESSAGE - (1 << 20)
 
@@ -274,7 +276,7 @@ class BlockHolder:
         if size > MAX_REPLY_BYTES:
             raise StoreError(f"the {len(indices)} blocks' rows are {size} bytes, over the "
                              f"{MAX_REPLY_BYTES}-byte reply limit")
-        return {"parts": parts, "compute_s": time.perf_counter() - start}
+        return infer_blocks_result_wire(parts, time.perf_counter() - start)
 
     async def read_many(self, name: str, indices: list[int], x: np.ndarray,
                         read_seed: int) -> list[np.ndarray | UserError]:

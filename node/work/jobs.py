@@ -37,8 +37,7 @@ from node.runtime import spans
 from node.errors import UserError, internal_message
 from node.memory.dualmemory import DualMemory
 from node.metrics import Metrics
-from node.work.blockgroups import (BlockTry, compute_seconds, fail_over, group_by_holder,
-                                   read_parts)
+from node.work.blockgroups import BlockTry, fail_over, group_by_holder, read_parts
 from node.work.latency import PeakEwma, order_holders
 from node.work.oneshotsplit import ShareCost, fits_memory, transfer_split
 from node.work.placement import Candidate, holdable, rank
@@ -66,9 +65,12 @@ BASE_TIMEOUT = 30.0
 MAX_JOB_BYTES = DEFAULT_MAX_MESSAGE - (1 << 20)
 MAX_SEED = (1 << 63) - 1
 #: Operands and partial results up to this size are validated and copied on the event
-#: loop (tens of microseconds), not on the executor: a hop costs a thread and a loop
-#: wake-up, more than the work itself at this size and most of a B=1 request's overhead.
-INLINE_BYTES = 256 << 10
+#: loop, not on the executor: a hop costs a thread and a loop wake-up, more than the work
+#: itself at this size and most of a B=1 request's overhead. 2 MiB: measured here, the
+#: NaN scan of a B=64 X at N=4096 (1 MiB) takes ~50 us and copying a peer's 512 KiB of Y
+#: into the output ~20 us, against 0.3-2 ms per hop on a loaded machine (bench/README.md,
+#: path4); the largest inline step (~0.2 ms) stays far under the loop's budget.
+INLINE_BYTES = 2 << 20
 FINAL_STATES = ("done", "failed", "cancelled")
 
 
@@ -764,8 +766,7 @@ class JobManager:
         value = await session.request(msg, request_timeout(flops, x.nbytes))
         spans.mark("coord.peer_reply")
         shapes = [(b.row_stop - b.row_start, x.shape[1]) for b in blocks]
-        parts = read_parts(value, shapes, node)
-        held = compute_seconds(value)
+        parts, held = read_parts(value, shapes, node)
         if held is not None and log.isEnabledFor(logging.DEBUG):
             took = time.perf_counter() - start
             log.debug("infer %s: %d block(s) on %s in %.4fs, %.4fs of it at the holder and "
