@@ -38,6 +38,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent.parent
 
 OUT = Path(__file__).resolve().parent / "out"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import rssmap  # noqa: E402  (bench/rssmap.py: RSS by mapping)
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -186,6 +188,20 @@ def lag_ticker_fast(node) -> bool:
     return lag.get("interval_ms", 1000.0) < 100.0
 
 
+def rss_by_mapping(pids: list[int]) -> list[str]:
+    """Table rows: each mapping group's RSS and PSS, median over the daemons, largest first
+    (libraries are shared: they count in full in each RSS, divided in PSS)."""
+    per = [rssmap.breakdown(pid) for pid in pids]
+    names = {name for groups in per for name in groups}
+    rows = []
+    for name in names:
+        rss = statistics.median(g.get(name, {}).get("rss", 0) for g in per) / 2**20
+        pss = statistics.median(g.get(name, {}).get("pss", 0) for g in per) / 2**20
+        if rss >= 0.3:
+            rows.append((rss, f"| RSS / PSS in {name}, MB (median) | {rss:.1f} / {pss:.1f} | | |"))
+    return [row for _, row in sorted(rows, reverse=True)]
+
+
 def threads(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 
@@ -302,6 +318,7 @@ def main() -> None:
             cpu = [(cpu1[pid] - cpu0[pid]) / elapsed * 100 for pid in pids]
             mem = [memory_kb(pid) for pid in pids]
             anon = [anonymous_kb(pid) / 1024 for pid in pids]
+            by_mapping = rss_by_mapping(pids)
             nthreads = [threads(pid) for pid in pids]
             seen = [members(node) for node in sample]
             crashed = dead(nodes)
@@ -324,6 +341,7 @@ def main() -> None:
              f"| steady PSS, MB (shared pages divided) | {summary(pss)} |",
              f"| steady anonymous, MB (private heap) | {summary(anon)} |",
              f"| threads | {summary([float(t) for t in nthreads])} |",
+             *by_mapping,
              *traffic_rates(traffic0, traffic1, elapsed),
              f"| lag ticker fast (20 ms) at the window's end, daemons | {fast_lag} of {len(nodes)} |",
              "", f"one daemon ({nodes[1].name}) by thread, over the window:", "",

@@ -9,7 +9,8 @@ oneshot: `submit matmul` with both operands shipped, N=2048, both transports.
 memory:  memory efficiency = bytes of W, X and Y / RSS of every daemon (after the stream
          runs), next to numpy's (a fresh process holding W, X, Y after W @ X); the same over
          PSS (shared library pages divided among the processes mapping them), and each
-         daemon's RSS by kind of mapping (blocks, heap, anonymous, libraries).
+         daemon's RSS by mapping (bench/rssmap.py: blocks, heap, anonymous, each large
+         library); and the RSS again after the daemons' periodic heap trim.
 deploy:  MB/s of `deploy`, next to writing the same bytes to the data dir's disk with fsync.
 
 Run by hand:  python bench/stream.py [--n 4096] [--requests 40] [--runs 3] [--nodes 2 --replicas 1]
@@ -36,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from node.client import AsyncClient, Client  # noqa: E402
 from node.localmesh import LocalMesh  # noqa: E402
+
+import rssmap  # noqa: E402  (bench/rssmap.py, beside this script)
 
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -119,27 +122,6 @@ def pss_bytes(pid: int) -> int:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
 
 
-def where_rss_goes(pid: int, data_dir: Path) -> dict[str, int]:
-    """A daemon's RSS by kind of mapping, bytes: blocks mapped from its data dir, the
-    malloc heap, other anonymous memory (pymalloc arenas, numpy buffers, thread arenas),
-    shared libraries, and the rest."""
-    kinds: dict[str, int] = {}
-    kind = "other"
-    with open(f"/proc/{pid}/smaps") as f:
-        for line in f:
-            head = line.split()
-            if re.match(r"^[0-9a-f]+-[0-9a-f]+$", head[0]):
-                path = head[5] if len(head) > 5 else ""
-                kind = ("blocks (data dir)" if path.startswith(str(data_dir))
-                        else "heap" if path == "[heap]"
-                        else "anonymous" if not path
-                        else "libraries" if ".so" in path
-                        else "other")
-            elif head[0] == "Rss:":
-                kinds[kind] = kinds.get(kind, 0) + int(head[1]) * 1024
-    return kinds
-
-
 def fsync_write_seconds(path: Path, data: np.ndarray) -> float:
     """Write ``data`` to a file under ``path`` with fsync, as a deploy persists a block."""
     t = time.perf_counter()
@@ -153,6 +135,8 @@ def fsync_write_seconds(path: Path, data: np.ndarray) -> float:
 
 
 TRANSPORTS = (("shm", True), ("socket", False))
+#: Seconds to wait for the daemons' periodic heap trim (consolidation every 10 s).
+TRIM_WAIT_S = 11.0
 _BLOCK_LINE = re.compile(r'holding block \d+ of (\S+) .* in ([\d.]+) s: validate ([\d.]+), '
                          r'program ([\d.]+), write\+commit ([\d.]+)')
 _JOB_LINE = re.compile(r"job \S+ done in ([\d.]+)s")
@@ -233,9 +217,16 @@ def main() -> None:
                      f"{np_rss:.2f}; / PSS: sedma {useful / pss:.2f} ({pss / 2**20:.0f} MiB), "
                      f"numpy {np_pss:.2f}")
         for node in mesh.nodes:
-            kinds = where_rss_goes(node.proc.pid, node.data_dir)
+            groups = rssmap.breakdown(node.proc.pid, node.data_dir)
             notes.append(f"{node.name} RSS by mapping, MiB: " + ", ".join(
-                f"{k} {v / 2**20:.1f}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])))
+                f"{k} {v['rss'] / 2**20:.1f}" for k, v in
+                sorted(groups.items(), key=lambda kv: -kv[1]["rss"]) if v["rss"] >= 2**19))
+        # The daemons give freed heap pages back at their consolidation (every 10 s): the
+        # same figure once that has run, i.e. what a daemon keeps, not what it just used.
+        time.sleep(TRIM_WAIT_S)
+        kept = sum(rss_bytes(node.proc.pid) for node in mesh.nodes)
+        notes.append(f"memory efficiency / RSS {TRIM_WAIT_S:.0f} s later (after the daemons' "
+                     f"heap trim): sedma {useful / kept:.2f} ({kept / 2**20:.0f} MiB)")
         deploy_times: dict[str, list[float]] = {label: [] for label, _ in TRANSPORTS}
         for i in range(args.deploy_rounds):     # more deploys of W, transports alternating
             order = TRANSPORTS if i % 2 == 0 else TRANSPORTS[::-1]

@@ -44,7 +44,6 @@ layers).
 
 from __future__ import annotations
 
-import statistics
 import threading
 from typing import Any
 
@@ -93,6 +92,8 @@ def _normal_table() -> np.ndarray:
     global _NORMAL_TABLE
     with _TABLE_LOCK:
         if _NORMAL_TABLE is None:
+            import statistics   # here, not at start: statistics pulls in decimal and fractions
+
             nd = statistics.NormalDist()
             probs = (np.arange(65536) + 0.5) / 65536.0
             q = np.array([nd.inv_cdf(float(p)) for p in probs], dtype=np.float64)

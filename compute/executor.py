@@ -9,6 +9,12 @@ Oversubscription: each compute thread's matmul may itself start a BLAS thread te
 ``workers`` threads x BLAS's default (one per core) would run cores^2 threads fighting for
 cores. The executor caps BLAS (threadpoolctl, process-wide, for OpenBLAS/MKL/BLIS alike)
 so that workers x BLAS threads <= the cores this process may run on, in production too.
+
+An idle daemon never loads numpy (issue 13), and threadpoolctl can only limit a BLAS that
+is loaded, so the cap is applied when numpy is (``lazynumpy.after_load``, on the thread
+that imports it). Before that, the thread-count variables are set (unless the user set
+them) so OpenBLAS starts with the capped team instead of one thread and one buffer per
+core that the cap would then leave idle.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import logging
 import time
 from typing import Any, Callable, TypeVar
 
-from threadpoolctl import threadpool_info, threadpool_limits
+from compute import lazynumpy
 
 log = logging.getLogger("sedma.executor")
 
@@ -41,7 +47,11 @@ class Executor:
                         wanted, self.cores, self.cores)
         self.workers = min(wanted, self.cores)
         self.blas_threads = max(1, self.cores // self.workers)
-        self._blas_limit = threadpool_limits(limits=self.blas_threads, user_api="blas")
+        self._blas_limit: Any = None     # threadpoolctl's limiter, once numpy is loaded
+        if lazynumpy.loaded() is None:
+            for var in BLAS_THREAD_VARS:
+                os.environ.setdefault(var, str(self.blas_threads))
+        lazynumpy.after_load(self._limit_blas)
         self._pool = concurrent.futures.ThreadPoolExecutor(self.workers,
                                                            thread_name_prefix="sedma-compute")
         self.window = window
@@ -83,16 +93,27 @@ class Executor:
             busy = sum(min(e, now) - max(s, lo) for s, e in self._spans if e > lo)
         return busy / (self.window * self.workers)
 
+    def _limit_blas(self) -> None:
+        from threadpoolctl import threadpool_limits   # ctypes and a library scan: with numpy
+
+        self._blas_limit = threadpool_limits(limits=self.blas_threads, user_api="blas")
+
     def shutdown(self, wait: bool = True) -> None:
         self._pool.shutdown(wait=wait, cancel_futures=not wait)
-        if wait:   # with threads abandoned, leave their BLAS limit in place
+        if wait and self._blas_limit is not None:   # abandoned threads keep their limit
             self._blas_limit.restore_original_limits()
 
     def threads_in_use(self) -> int:
         """Compute threads x the BLAS threads each may start (what the cap bounds)."""
+        from threadpoolctl import threadpool_info
+
         blas = max((i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"),
                    default=1)
         return self.workers * blas
+
+
+#: Read by OpenBLAS, OpenMP and MKL when they load.
+BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def usable_cores() -> int:

@@ -40,7 +40,7 @@ import sys
 import threading
 import time
 import types
-from typing import Any
+from typing import Any, Callable
 
 log = logging.getLogger("sedma.lazynumpy")
 
@@ -101,16 +101,36 @@ if os.environ.get("SEDMA_NUMPY_ON_LOOP") == "raise":   # tests only: the hook se
 PRELOAD = ("numpy.random",)
 
 
+#: Called once numpy is imported, on the thread that imported it (never the loop's):
+#: settings that only mean something with numpy loaded (the BLAS thread limit).
+_AFTER_LOAD: list[Callable[[], None]] = []
+
+
+def after_load(fn: Callable[[], None]) -> None:
+    """Run ``fn`` once numpy is loaded: now if it is, else right after :func:`load`
+    imports it (so its own imports, e.g. threadpoolctl, stay off an idle daemon too)."""
+    with _LOCK:
+        if type(np) is _LazyNumpy and loaded() is None:
+            _AFTER_LOAD.append(fn)
+            return
+    fn()
+
+
 def load() -> None:
     """Import numpy (if needed) and turn ``np`` into a plain module with its namespace."""
     with _LOCK:
-        if type(np) is _LazyNumpy:
-            import numpy
+        if type(np) is not _LazyNumpy:
+            return
+        import numpy
 
-            for name in PRELOAD:
-                importlib.import_module(name)
-            np.__dict__.update(numpy.__dict__)
-            np.__class__ = types.ModuleType
+        for name in PRELOAD:
+            importlib.import_module(name)
+        np.__dict__.update(numpy.__dict__)
+        np.__class__ = types.ModuleType
+        hooks = list(_AFTER_LOAD)
+        _AFTER_LOAD.clear()
+    for fn in hooks:
+        fn()
 
 
 async def ready() -> None:

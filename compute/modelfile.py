@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,6 +124,8 @@ def _layer_spec(path: Path, metadata: dict[str, str]) -> dict:
     if text is None:
         raise ModelError(f"{path.name}: no layer list (metadata key {METADATA_KEY!r}, or "
                          f"{path.stem}.json / {path.stem}.toml beside it)")
+    import tomllib   # model files are read on a worker thread; an idle daemon needs none
+
     try:
         spec = tomllib.loads(text) if source.endswith(".toml") else json.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as exc:

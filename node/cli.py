@@ -25,8 +25,43 @@ class UsageError(Exception):
     """Bad input from the user (file, flag value): exit status 2."""
 
 
+def _terminal_columns() -> int:
+    """What ``shutil.get_terminal_size().columns`` answers ($COLUMNS, else the terminal,
+    else 80), without importing shutil: it imports lzma, bz2 and fnmatch, and argparse's
+    help formatter -- built for every ``add_argument`` -- would load them into every
+    daemon for its whole life (issue 13)."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter with the width given, so that it does not import shutil."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         width if width is not None else _terminal_columns() - 2)
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose help formatter is :class:`_HelpFormatter` (subparsers too:
+    ``add_subparsers`` makes them of the parent's class)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="sedma",
         description="sedma: a self-evolving distributed memory mesh. Each machine runs one "
                     "daemon; daemons join by a bootstrap address, gossip their memory and "

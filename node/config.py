@@ -13,7 +13,6 @@ import math
 import os
 import re
 import socket as sockets
-import tomllib
 import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -209,6 +208,8 @@ def is_loopback(host: str) -> bool:
 
 def load_file(path: str | Path) -> dict[str, Any]:
     """Read a TOML config file into NodeConfig keyword arguments."""
+    import tomllib   # only with --config: runs before the event loop starts
+
     try:
         with open(path, "rb") as f:
             raw = tomllib.load(f)

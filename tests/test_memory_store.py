@@ -187,9 +187,13 @@ def test_a_paused_copy_write_has_half_the_bytes_on_disk_then_the_same_file(tmp_p
     seen = {}
 
     def look():
+        # Wait (bounded) until the first half is all there: the half may take several
+        # write calls, and a look at the first non-empty size raced them.
         tmp = path.with_suffix(".blk.tmp")
-        while not tmp.exists() or tmp.stat().st_size == 0:
-            pass
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and (
+                not tmp.exists() or tmp.stat().st_size < len(whole) // 2):
+            time.sleep(0.001)
         seen["tmp"], seen["final"] = tmp.read_bytes(), path.exists()
     t = threading.Thread(target=look)
     t.start()

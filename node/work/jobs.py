@@ -20,7 +20,6 @@ import logging
 import os
 import random
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Iterator
@@ -188,7 +187,7 @@ class JobManager:
         after; the final record is still written after that first one."""
         if not self.accepting:
             raise JobError("the daemon is shutting down and accepts no new jobs")
-        job = Job(uuid.uuid4().hex[:12], kind, "running", detail=detail)
+        job = Job(os.urandom(6).hex(), kind, "running", detail=detail)
         self.jobs[job.id] = job
         saved = asyncio.ensure_future(self._save_job(job))
         if durable_start:
