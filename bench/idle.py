@@ -128,6 +128,59 @@ def profile(pid: int, seconds: float) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def thread_times(pid: int) -> dict[str, tuple[str, float, int]]:
+    """Per thread of ``pid``: (name, CPU seconds, voluntary context switches). A
+    voluntary switch is the thread going to sleep, so their rate is its wake-ups."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                switches = next(int(line.split()[1]) for line in f
+                                if line.startswith("voluntary_ctxt_switches"))
+        except (OSError, StopIteration):
+            continue          # the thread ended meanwhile
+        fields = stat.rsplit(")", 1)[1].split()
+        out[tid] = (stat[stat.index("(") + 1:stat.rindex(")")],
+                    (int(fields[11]) + int(fields[12])) / TICK, switches)
+    return out
+
+
+def thread_rows(before: dict, after: dict, elapsed: float) -> list[str]:
+    """Table rows: each thread's share of a core and wake-ups a second over the window."""
+    rows = []
+    for tid, (name, cpu, switches) in sorted(after.items()):
+        if tid in before:
+            rows.append(f"| thread {tid} ({name}): CPU % of a core, wake-ups/s | "
+                        f"{(cpu - before[tid][1]) / elapsed * 100:.3f} | "
+                        f"{(switches - before[tid][2]) / elapsed:.2f} | |")
+    return rows
+
+
+def inspect(pid: int, seconds: float) -> list[str]:
+    """After the CPU window (so tracing does not count in it): one daemon's syscalls by
+    kind for ``seconds`` (``strace -c -f``: epoll_pwait is the loop's wake-ups), then a
+    py-spy record (``--idle --threads``, collapsed stacks in bench/out/idle-spy.txt)."""
+    OUT.mkdir(exist_ok=True)
+    trace = OUT / "idle-strace.txt"
+    subprocess.run(["timeout", "-s", "INT", str(seconds), "strace", "-c", "-f", "-p", str(pid),
+                    "-o", str(trace)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    spy = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid),
+           "--rate", "1000", "--duration", str(int(seconds)), "--format", "raw", "--idle",
+           "--threads", "--nonblocking", "--output", str(OUT / "idle-spy.txt")]
+    subprocess.run(spy, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lines = [f"syscalls of one daemon over {seconds:.0f} s (strace -c -f), calls/s:"]
+    try:
+        for line in trace.read_text().splitlines()[2:]:
+            parts = line.split()
+            if len(parts) >= 5 and parts[-1] != "total" and parts[3].isdigit():
+                lines.append(f"  {parts[-1]}: {int(parts[3]) / seconds:.1f}")
+    except OSError as exc:
+        lines.append(f"  (no strace output: {exc})")
+    return lines
+
+
 def lag_ticker_fast(node) -> bool:
     """Whether the daemon's loop-lag ticker runs at its fast (20 ms, work under way) pace:
     50 wake-ups a second, which an idle daemon should not be paying."""
@@ -221,6 +274,9 @@ def main() -> None:
     ap.add_argument("--profile", type=float, default=0.0,
                     help="py-spy record the second daemon for this many seconds of the "
                          "window (collapsed stacks in bench/out/idle-profile.txt)")
+    ap.add_argument("--inspect", type=float, default=0.0,
+                    help="after the window, strace -c and py-spy (--idle --threads) the "
+                         "second daemon for this many seconds each")
     ap.add_argument("--tree", default=str(HERE), help="source tree the daemons run")
     args = ap.parse_args()
     sys.path.insert(0, str(Path(args.tree).resolve()))
@@ -248,6 +304,7 @@ def main() -> None:
             time.sleep(args.settle)
             traffic0 = [traffic(node) for node in nodes]
             cpu0 = {pid: cpu_seconds(pid) for pid in pids}
+            threads0 = thread_times(nodes[1].proc.pid)
             w0 = time.monotonic()
             spy = profile(nodes[1].proc.pid, args.profile) if args.profile else None
             time.sleep(args.window)
@@ -255,6 +312,7 @@ def main() -> None:
                 spy.wait()
             elapsed = time.monotonic() - w0
             cpu1 = {pid: cpu_seconds(pid) for pid in pids}
+            per_thread = thread_rows(threads0, thread_times(nodes[1].proc.pid), elapsed)
             traffic1 = [traffic(node) for node in nodes]
             fast_lag = sum(1 for node in nodes if lag_ticker_fast(node))
             cpu = [(cpu1[pid] - cpu0[pid]) / elapsed * 100 for pid in pids]
@@ -264,6 +322,7 @@ def main() -> None:
             nthreads = [threads(pid) for pid in pids]
             seen = [members(node) for node in sample]
             crashed = dead(nodes)
+            inspected = inspect(nodes[1].proc.pid, args.inspect) if args.inspect else []
         finally:
             crashed_late = dead(nodes)
             stop_all(nodes)
@@ -285,7 +344,9 @@ def main() -> None:
              *by_mapping,
              *traffic_rates(traffic0, traffic1, elapsed),
              f"| lag ticker fast (20 ms) at the window's end, daemons | {fast_lag} of {len(nodes)} |",
-             "", f"all {args.n} together, steady: {sum(cpu):.1f} % of one core, RSS "
+             "", f"one daemon ({nodes[1].name}) by thread, over the window:", "",
+             "| thread | CPU % | wake-ups/s | |", "|---|---:|---:|---|", *per_thread,
+             "", *inspected, "", f"all {args.n} together, steady: {sum(cpu):.1f} % of one core, RSS "
              f"{sum(rss):.0f} MB, PSS {sum(pss):.0f} MB; start-up CPU {sum(startup_cpu):.0f} s"]
     for report in crashed or crashed_late:
         lines += ["", "DAEMON DIED: " + report]

@@ -22,7 +22,7 @@ from compute.executor import Executor, measure_capacity
 from nat import signaling
 from nat.connector import ConnectorConfig
 from node import api
-from node.runtime.beat import sleep_to_beat
+from node.runtime.beat import Every, sleep_to_beat
 from node.runtime.capacity import node_capacity
 from node.config import NodeConfig
 from node.http.server import start_http
@@ -51,8 +51,10 @@ from protocol.handshake import cluster_id_for
 log = logging.getLogger("sedma.daemon")
 
 ADVERT_EVERY = 1.0       # how often local load/memory is offered to the membership
-PING_EVERY = 2.0          # RTT samples, a few sessions per round
-PING_PER_ROUND = 1        # sessions pinged per round, in turn: idle cost flat in mesh size
+#: How often the advert's status-only figures (and the machine's total memory) are
+#: re-read: they travel by push-pull (periods of 30 s and more), so the advert loop's
+#: 1 s resolution bought nothing for them but the work of reading them.
+REPORT_EVERY = 10.0
 RECONCILE_EVERY = 5.0     # ask peers whether a deployment held here was undeployed
 HOUSEKEEPING_EVERY = 60.0  # job retention, forgetting departed peers
 FORGET_LINKS_AFTER = 3600.0  # a departed peer's link outcome is dropped after this long
@@ -77,6 +79,8 @@ class Daemon:
         self.lag = LagMonitor()
         self.loop_demand: LoopDemand | None = None
         self.stall_reporter = StallReporter(self.lag)
+        self._report: Every[dict[str, float | None]] = Every(REPORT_EVERY)
+        self._memory_total: Every[int] = Every(REPORT_EVERY)
 
     # lifecycle ----------------------------------------------------------------------
     async def run(self) -> None:
@@ -109,6 +113,8 @@ class Daemon:
         self.mesh = Mesh(self.identity, cfg.name, self.keys, cfg.listen, cfg.bootstrap,
                          self._on_peer_message, connector)
         self.mesh.event_hooks.append(self.metrics.member_event)   # gossip counts for /metrics
+        # RTT samples: the round trips of the membership's own probes (no extra pings)
+        self.mesh.rtt_hooks.append(lambda _peer, ms: self.metrics.rtt(ms))
         self.plans = PlanBook(self.db)
         self.plans.restore()
         self.book = ModelBook(self.db)
@@ -140,7 +146,7 @@ class Daemon:
         self._install_signals()
         self.mesh.event_hooks.append(self._on_member_event)
         for name, loop in (("advertise", self._advertise_loop), ("memory", self._memory_loop),
-                           ("ping", self._ping_loop), ("reconfigure", self._reconfigure_loop),
+                           ("reconfigure", self._reconfigure_loop),
                            ("housekeeping", self._housekeeping_loop),
                            ("reconcile", self._reconcile_loop),
                            ("loop_lag", self.lag.run)):
@@ -214,7 +220,8 @@ class Daemon:
         # "host": which kernel's cores this node runs on (one-shot splits leave co-hosts out)
         extra = {**self.mesh.connector.advert_extra(), "host": self.jobs.host}
         return dict(reachability=extra.get("reach", "unknown"),
-                    memory_total=total_memory(), memory_free=self.store.free,
+                    memory_total=self._memory_total.get(total_memory),
+                    memory_free=self.store.free,
                     memory_budget=self.store.budget, cores=self.executor.workers,
                     capacity=self.capacity, queue_depth=self.executor.queued,
                     running=self.executor.running, load=self.jobs.load(),
@@ -222,23 +229,30 @@ class Daemon:
                     disk_free=self.store.disk_free, disk_budget=self.store.disk_budget,
                     tier1_speed=self.memory.tier1_speed(), stats=self._own_stats())
 
-    def _own_stats(self) -> dict[str, float | None]:
-        """This node's metrics for its advert (``status --mesh`` sums them up), settled
-        against what the advert already says (see :func:`settle_stats`)."""
+    def _reported(self) -> dict[str, float | None]:
+        """The figures only ``status --mesh`` reads (``REPORT_ONLY_STATS``), as now."""
         m = self.metrics.summary(self.store.resident_bytes, self.executor.utilisation())
-        fresh = {"throughput_per_s": m["throughput_per_s"],
-                 "resource_utilisation": m["resource_utilisation"],
-                 "latency_p50_ms": m["communication_latency"]["p50_ms"],
-                 "latency_p99_ms": m["communication_latency"]["p99_ms"],
-                 "useful_bytes": m["useful_bytes"], "resident_bytes": m["resident_bytes"],
-                 "served_gflops": self.memory.served_gflops,
-                 # the rebalancer's view of per-request work (node/work/loopdemand.py)
-                 "loop_busy": round(self.loop_demand.value, 2) if self.loop_demand else None}
+        return {"throughput_per_s": m["throughput_per_s"],
+                "resource_utilisation": m["resource_utilisation"],
+                "latency_p50_ms": m["communication_latency"]["p50_ms"],
+                "latency_p99_ms": m["communication_latency"]["p99_ms"],
+                "useful_bytes": m["useful_bytes"], "resident_bytes": m["resident_bytes"]}
+
+    def _own_stats(self, current: bool = False) -> dict[str, float | None]:
+        """This node's metrics for its advert (``status --mesh`` sums them up), settled
+        against what the advert already says (see :func:`settle_stats`). The figures
+        placement reads are taken every call; the status-only ones every
+        ``REPORT_EVERY`` (``current``: now, as ``status --mesh`` shows this node's)."""
+        fresh = self._reported() if current else self._report.get(self._reported)
+        fresh = fresh | {
+            "served_gflops": self.memory.served_gflops,
+            # the rebalancer's view of per-request work (node/work/loopdemand.py)
+            "loop_busy": round(self.loop_demand.value, 2) if self.loop_demand else None}
         # its hottest blocks' read rates: the node acting for a block adds them up
         fresh |= advert_entries({(n, i): self.memory.block_rate((n, i))
                                  for n, idxs in self.store.names().items() for i in idxs})
         mesh = getattr(self, "mesh", None)
-        if mesh is None or mesh.membership is None:
+        if current or mesh is None or mesh.membership is None:
             return fresh
         return settle_stats(mesh.advert.stats, fresh)   # against what peers have
 
@@ -301,20 +315,6 @@ class Daemon:
             await sleep_to_beat(RECONCILE_EVERY)
             await self.models.reconcile()   # a failure is logged and retried by the supervisor
             await self.book.expire()
-
-    async def _ping_loop(self) -> None:
-        cursor = ""
-        while True:
-            await sleep_to_beat(PING_EVERY)
-            chosen, cursor = ping_round(sorted(self.mesh.sessions), cursor, PING_PER_ROUND)
-            for peer in chosen:
-                session = self.mesh.sessions.get(peer)
-                if session is None:
-                    continue
-                try:
-                    self.metrics.rtt(await session.ping(timeout=PING_EVERY))
-                except (TimeoutError, ConnectionError):
-                    pass
 
     # requests -----------------------------------------------------------------------
     async def _on_peer_message(self, session: Session, msg: Any) -> None:
@@ -409,9 +409,11 @@ class Daemon:
 
         Throughput adds up; resource utilisation is the core-weighted mean; memory
         utilisation efficiency is all useful bytes over all resident bytes; latency is the
-        median of the members' p50 and the worst p99. Adverts are at most a few seconds old.
+        median of the members' p50 and the worst p99. This node's figures are current; a
+        peer's status-only ones travel by push-pull (``REPORT_ONLY_STATS``), so they are
+        up to a few push-pull periods old unless its advert changed for another reason.
         """
-        nodes = [(self.node_id, self.executor.workers, self._own_stats())]
+        nodes = [(self.node_id, self.executor.workers, self._own_stats(current=True))]
         nodes += [(m.node_id, m.advert.cores, m.advert.stats) for m in self.mesh.members()
                   if m.node_id != self.node_id and m.state.value == "alive"]
 
@@ -521,17 +523,6 @@ def settle_stats(advertised: dict[str, float | None],
         if abs(value - old) <= max(rel * max(abs(value), abs(old)), STATS_FLOOR.get(key, 0.0)):
             out[key] = old
     return out
-
-
-def ping_round(peers: list[str], after: str, count: int) -> tuple[list[str], str]:
-    """The next ``count`` of the sorted ``peers`` after ``after`` (wrapping), and the new
-    cursor. Pinging every session each round cost O(mesh size) per daemon: with 100 idle
-    daemons on a machine that alone was most of their CPU."""
-    if not peers:
-        return [], after
-    start = next((i for i, p in enumerate(peers) if p > after), 0)
-    chosen = [peers[(start + i) % len(peers)] for i in range(min(count, len(peers)))]
-    return chosen, chosen[-1]
 
 
 def _interface_ips() -> list[str]:

@@ -42,6 +42,14 @@ _REQUIRED = ("node_id", "name", "addresses")
 #: Fields that describe what a node *is*; any change is worth announcing at once.
 _IDENTITY = ("node_id", "name", "addresses", "reachability", "memory_total", "cores",
              "capacity", "device", "device_summary", "extra", "identity")
+#: Every field but the version and the statistics, compared one by one.
+_NOT_STATS = tuple(f for f in _FIELD_TYPES if f not in ("version", "stats"))
+#: Statistics in ``stats`` that only ``status --mesh`` reads: no placement, replication,
+#: migration or failure-detection rule does (they read ``served_gflops``, ``loop_busy``
+#: and the ``rate:`` block rates). News of these alone need not be broadcast: it travels
+#: by anti-entropy (push-pull), see :meth:`Advertisement.only_reported_differ`.
+REPORT_ONLY_STATS = frozenset({"throughput_per_s", "resource_utilisation", "latency_p50_ms",
+                               "latency_p99_ms", "useful_bytes", "resident_bytes"})
 
 
 @dataclass(slots=True)
@@ -106,6 +114,26 @@ class Advertisement:
             _check_field(name, value)
         return dataclasses.replace(self, **fields)
 
+    def only_reported_differ(self, other: "Advertisement",
+                             reported: frozenset[str] = REPORT_ONLY_STATS) -> bool:
+        """True when ``other`` differs from this advertisement at most in its version and
+        in the statistics named in ``reported``: news nobody decides anything on.
+
+        Such a version is published and signed like any other, but not broadcast (issue
+        13): at 100 daemons on one machine the RTT p99 moving with the load re-published
+        about one advert a second mesh-wide, each gossiped several times to every member,
+        most of the mesh's idle traffic. Anti-entropy (push-pull) carries it within a few
+        of its periods; any change that matters carries it at once.
+        """
+        for name in _NOT_STATS:
+            if getattr(self, name) != getattr(other, name):
+                return False
+        mine, theirs = self.stats, other.stats
+        if mine == theirs:
+            return True
+        return all(mine.get(k, _ABSENT) == theirs.get(k, _ABSENT)
+                   for k in mine.keys() | theirs.keys() if k not in reported)
+
     def differs_enough(self, other: "Advertisement", threshold: float = 0.1) -> bool:
         """True when ``other`` is worth re-advertising over ``self``.
 
@@ -127,6 +155,9 @@ class Advertisement:
             if abs(a - b) / max(abs(a), abs(b), 1.0) > threshold:
                 return True
         return False
+
+
+_ABSENT = object()
 
 
 def _check_field(name: str, value: Any) -> None:

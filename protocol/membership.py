@@ -26,6 +26,9 @@ Protocol (SWIM, Das et al. 2002, as refined by HashiCorp memberlist and Lifeguar
   full-state push-pull with one random member (anti-entropy) repairs whatever gossip missed;
   it is also how a node joins (:meth:`Membership.seed`).
 * **Advertisements** ride in *alive* records; (incarnation, advert version) orders them.
+  A new version that differs from the one a node held only in statistics nobody decides
+  on (``quiet_stats``: latency, throughput, bytes) is not broadcast, neither by its
+  subject nor by whoever learns it: push-pull carries it (issue 13: idle cost).
 * **Leave** is its own record (``left``), so a shutdown is not reported as a failure.
 * **No member stays dead forever.** Dead records expire after ``dead_node_reclaim``; a node
   that hears it is considered dead (or that an older life of it exists) refutes with a
@@ -60,7 +63,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Callable
 
-from protocol.advert import Advertisement, AliveSigner, AliveVerifier
+from protocol.advert import REPORT_ONLY_STATS, Advertisement, AliveSigner, AliveVerifier
 from protocol.awareness import Awareness
 from protocol.broadcast import BroadcastQueue
 from protocol.errors import DecodeError
@@ -138,6 +141,9 @@ class MembershipConfig:
     ``reconnect_interval`` is an addition: how often a node pings one random dead member,
     so that two sides of a healed partition find each other before their dead records
     expire (memberlist leaves this to Serf's reconnector).
+
+    ``quiet_stats`` is another: advertised statistics whose news alone is left to
+    push-pull instead of gossip (:meth:`Advertisement.only_reported_differ`).
     """
 
     probe_interval: float = 1.0
@@ -155,6 +161,7 @@ class MembershipConfig:
     dead_node_reclaim: float = 60.0
     max_piggyback: int = 16
     reconnect_interval: float = 10.0
+    quiet_stats: frozenset[str] = REPORT_ONLY_STATS
 
 
 class MemberState(str, Enum):
@@ -883,9 +890,11 @@ class Membership:
                 out.events.append(Event("advert", node_id, m))
             self._queue_alive(m)
         elif m.state in _LIVE and newer_advert:
+            quiet = m.advert.only_reported_differ(advert, self.config.quiet_stats)
             m.advert, m.signature = advert, sig
             out.events.append(Event("advert", node_id, m))
-            self._queue.queue(node_id + _ADVERT_KEY, self._alive_record(m))
+            if not quiet:   # quiet news (status figures only) is left to push-pull
+                self._queue.queue(node_id + _ADVERT_KEY, self._alive_record(m))
         elif m.state in _GONE and inc > m.incarnation:
             m.incarnation, m.advert, m.signature = inc, advert, sig
             self._set_state(m, MemberState.ALIVE, now)
@@ -1006,7 +1015,10 @@ class Membership:
         return [self._record(_KIND_OF_STATE[m.state], m) for m in self._members.values()]
 
     def _publish_advert(self, now: float) -> None:
+        """Sign the pending advertisement as a new version; broadcast it unless it only
+        changed quiet statistics (then push-pull spreads it, see ``quiet_stats``)."""
         me = self._me
+        quiet = me.advert.only_reported_differ(self._local_advert, self.config.quiet_stats)
         me.advert = self._local_advert.replace(version=me.advert.version + 1)
         self._local_advert = me.advert
         self._sign_me()
@@ -1014,7 +1026,8 @@ class Membership:
         self._advert_pending = False
         self._advert_due = math.inf
         self._cancel("advert", "")
-        self._queue_alive(me)
+        if not quiet:
+            self._queue_alive(me)
 
     def _end_suspicion(self, node_id: str) -> None:
         self._suspicions.pop(node_id, None)

@@ -119,7 +119,8 @@ class _Timers:
 async def test_the_tick_loop_does_not_wake_for_a_timer_that_was_cancelled():
     """Every probe arms a timeout that its ack cancels; the loop slept for it and woke for
     nothing once a second. A deadline that moved later re-times the sleep; one that moved
-    earlier still wakes it at once."""
+    earlier still wakes it at once. Exact: the mesh runs on a fake clock and the test
+    fires the armed timer itself, so no wall-clock sleep decides anything."""
     import asyncio
 
     from nat.connector import ConnectorConfig
@@ -127,33 +128,96 @@ async def test_the_tick_loop_does_not_wake_for_a_timer_that_was_cancelled():
     from protocol.identity import Identity
     from protocol.membership import Output
 
+    async def settle() -> None:              # let the tick loop run what is ready
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    now = [100.0]
     mesh = Mesh(Identity.generate(), "a", [], "127.0.0.1:0", [], None, ConnectorConfig())
-    start = mesh.clock()
-    timers = _Timers(start + 0.3)            # the probe timeout
+    mesh.clock = lambda: now[0]
+    timers = _Timers(100.3)                  # the probe timeout
     mesh.membership = timers
     loop_task = asyncio.get_running_loop().create_task(mesh._tick_loop())
     try:
-        await asyncio.sleep(0.05)
-        timers.ticks.clear()                 # the loop's first tick, at start
-        timers.deadline = start + 0.6        # the ack came: the timeout was cancelled
+        await settle()
+        assert timers.ticks == [100.0]       # the loop's first tick, at start
+        assert mesh._sleep_until == 100.3
+        armed = mesh._timer
+        timers.deadline = 100.6              # the ack came: the timeout was cancelled
         mesh._process(Output())
-        await asyncio.sleep(0.45)            # past the cancelled 0.3
-        assert timers.ticks == []
-        await asyncio.sleep(0.3)             # past 0.6
-        assert len(timers.ticks) == 1 and timers.ticks[0] >= start + 0.6
-        timers.deadline = mesh.clock() + 0.05   # a message brought a deadline closer
+        assert armed.cancelled() and not mesh._wake.is_set()   # re-timed, not woken
+        assert mesh._sleep_until == 100.6 and not mesh._timer.cancelled()
+        now[0] = 100.6                       # the one armed timer fires
+        mesh._timer._run()
+        await settle()
+        assert timers.ticks == [100.0, 100.6]    # no tick at the cancelled 100.3
+        assert mesh._sleep_until == 110.6
+        now[0] = 101.0
+        timers.deadline = 101.05             # a message brought a deadline closer
         mesh._process(Output())
-        await asyncio.sleep(0.01)
-        assert len(timers.ticks) == 2        # woken at once: the loop re-reads it
+        assert mesh._wake.is_set()           # woken at once: the loop re-reads it
+        await settle()
+        assert timers.ticks == [100.0, 100.6, 101.0]
     finally:
         loop_task.cancel()
         await asyncio.gather(loop_task, return_exceptions=True)
 
 
+def test_an_acked_direct_probe_is_an_rtt_sample_and_nothing_else_is():
+    """RTT samples come from the membership's probes (a separate RTT ping was a quarter
+    of an idle daemon's messages): a direct ping's ack from its target is one; an ack
+    relayed by a helper, an unknown seq or a second ack are not; the table is bounded."""
+    from types import SimpleNamespace
+
+    from nat.connector import ConnectorConfig
+    from node.net.mesh import PROBES_TIMED, Mesh
+    from protocol.identity import Identity
+
+    mesh = Mesh(Identity.generate(), "a", [], "127.0.0.1:0", [], None, ConnectorConfig())
+    samples, observed = [], []
+    mesh.rtt_hooks.append(lambda peer, ms: samples.append((peer, ms)))
+
+    def session(peer):
+        return SimpleNamespace(peer_id=peer, link=SimpleNamespace(observe_rtt=observed.append))
+    mesh._time_probe(7, "b")
+    mesh._probe_acked(session("b"), 7)
+    assert [p for p, _ in samples] == ["b"] and samples[0][1] >= 0 and len(observed) == 1
+    mesh._probe_acked(session("b"), 7)                 # a duplicate ack
+    mesh._probe_acked(session("b"), 8)                 # not ours
+    mesh._time_probe(9, "c")
+    mesh._probe_acked(session("h"), 9)                 # relayed by helper h: not a round trip
+    assert len(samples) == 1 and len(observed) == 1
+    for seq in range(100, 100 + 3 * PROBES_TIMED):     # acks that never come
+        mesh._time_probe(seq, "d")
+    assert len(mesh._probes_out) == PROBES_TIMED
+
+
+async def test_two_daemons_get_rtt_samples_without_rtt_pings(tmp_path):
+    """End to end: the daemons' latency figures and per-link RTT fill from SWIM probes,
+    and no separate rpc.ping is sent."""
+    import asyncio
+
+    from tests.inproc import running_daemon
+
+    async with running_daemon(tmp_path, "a") as a:
+        async with running_daemon(tmp_path, "b", bootstrap=[a.addresses()[0]]) as b:
+            for _ in range(150):
+                if a.metrics.latency()["p50_ms"] is not None and \
+                        b.metrics.latency()["p50_ms"] is not None:
+                    break
+                await asyncio.sleep(0.1)
+            assert a.metrics.latency()["p50_ms"] is not None
+            assert b.metrics.latency()["p50_ms"] is not None
+            assert a.mesh.sessions[b.node_id].link.rtt_ms is not None
+            for d in (a, b):
+                assert "rpc.ping" not in d.mesh.traffic()["sent"]
+                assert d.mesh.traffic()["sent"].get("swim.ping", 0) >= 1
+
+
 async def test_the_session_writer_lets_go_of_the_last_message_it_sent(tmp_path):
     """The writer kept its last frame (views of the sender's array) until the next queued
-    message: an RTT ping's reply every 2 s happened to release it; without those pings (a
-    trial of RTT from SWIM probes) a client's 64 MiB shared W stayed mapped."""
+    message: an RTT ping's reply every 2 s happened to release it; without those pings
+    (RTT samples now come from SWIM probes) a client's 64 MiB shared W stayed mapped."""
     import asyncio
     import gc
     import weakref
@@ -191,3 +255,47 @@ async def test_the_session_writer_lets_go_of_the_last_message_it_sent(tmp_path):
         await a.close("test over")
         await b.close("test over")
         server.close()
+
+
+def test_a_value_kept_for_a_period_is_recomputed_only_once_the_period_passed():
+    from node.runtime.beat import Every
+
+    now = [100.0]
+    calls = []
+    every = Every(10.0, clock=lambda: now[0])
+
+    def compute():
+        calls.append(now[0])
+        return len(calls)
+    assert every.get(compute) == 1                     # never computed: at once
+    for t in (100.5, 104.0, 109.99):
+        now[0] = t
+        assert every.get(compute) == 1
+    now[0] = 110.0
+    assert every.get(compute) == 2 and calls == [100.0, 110.0]
+
+
+async def test_the_advert_rereads_status_figures_every_report_period_and_status_is_current(
+        tmp_path):
+    """The advert loop runs every second for load; the status-only figures are re-read
+    every REPORT_EVERY (they travel by push-pull anyway); ``status --mesh`` shows this
+    node's as they are now. The figures placement reads are taken every call."""
+    from node.daemon import REPORT_EVERY
+    from tests.inproc import running_daemon
+
+    async with running_daemon(tmp_path, "a") as a:
+        now = [1000.0]
+        a._report._clock = lambda: now[0]
+        a._report._at = -1e9
+        a.metrics.rtt(5.0)
+        first = a._own_stats()
+        assert first["latency_p50_ms"] == 5.0
+        for _ in range(50):
+            a.metrics.rtt(80.0)
+        a.memory.served_gflops = 42.0
+        now[0] += REPORT_EVERY / 2
+        half = a._own_stats()
+        assert half["latency_p50_ms"] == 5.0 and half["served_gflops"] == 42.0
+        assert a.mesh_status()["per_node"][a.node_id]["latency_p50_ms"] == 80.0
+        now[0] += REPORT_EVERY / 2
+        assert a._own_stats()["latency_p50_ms"] == 80.0

@@ -26,13 +26,15 @@ from node.net.session import Session, handshake
 from protocol.advert import Advertisement, alive_signer, verify_alive
 from protocol.errors import ProtocolError
 from protocol.identity import Identity
-from protocol.membership import Event, Member, Membership, MembershipConfig, Output, is_gossip_message
+from protocol.membership import (Ack, Event, Member, Membership, MembershipConfig, Output,
+                                 Ping as ProbePing, is_gossip_message)
 from protocol.rpc import Bye
 
 log = logging.getLogger("sedma.mesh")
 
 Handler = Callable[[Session, Any], Awaitable[None]]
 EventHook = Callable[[Event], None]
+RttHook = Callable[[str, float], None]
 
 BOOTSTRAP_BACKOFF = (0.5, 30.0)     # first and largest delay between bootstrap attempts
 DUPLICATE_LINK_GRACE = 5.0          # a superseded link is closed after this long
@@ -42,6 +44,7 @@ MAX_PENDING_HANDSHAKES = 64         # unauthenticated links at once (each times 
 MAX_LINKS = 1024                    # established links; more incoming ones are refused
 MIN_TICK_SLEEP = 0.005              # the tick loop never spins faster than this
 MAX_TICK_SLEEP = 30.0               # nor sleeps longer (a safety net: deadlines wake it)
+PROBES_TIMED = 64                   # direct pings awaiting their ack for an RTT sample, at most
 RETIME_SLACK = 0.05                 # a deadline this much later re-times the tick loop's timer
 
 
@@ -69,6 +72,9 @@ class Mesh:
                                    on_link=self._on_ice_link)
         self.sessions: dict[str, Session] = {}
         self.event_hooks: list[EventHook] = []
+        #: called with (peer id, round trip in ms) for every acked direct probe
+        self.rtt_hooks: list[RttHook] = []
+        self._probes_out: dict[int, tuple[str, float]] = {}   # seq -> (peer, sent at)
         #: when each member's advertisement last changed, for ``sedma peers``
         self.advert_seen: dict[str, float] = {}
         #: SWIM and gossip messages only (links also carry work): sent, received
@@ -362,6 +368,8 @@ class Mesh:
     async def _deliver(self, dst: str, msg: Any) -> None:
         try:
             session = await self.session(dst)
+            if isinstance(msg, ProbePing) and msg.target == dst:
+                self._time_probe(msg.seq, dst)
             await session.send(msg)
             self.gossip_sent += 1
         except (LinkClosed, ProtocolError, asyncio.TimeoutError, OSError) as exc:
@@ -371,6 +379,8 @@ class Mesh:
     async def _dispatch(self, session: Session, msg: Any) -> None:
         if is_gossip_message(msg):
             self.gossip_received += 1
+            if isinstance(msg, Ack):
+                self._probe_acked(session, msg.seq)
             try:
                 self._process(self.membership.handle(session.peer_id, msg, self.clock()))
             except ProtocolError as exc:
@@ -382,6 +392,24 @@ class Mesh:
         # Work can take seconds: never make the link's reader (and the probes queued
         # behind it) wait for it.
         self._spawn(self.handler(session, msg))
+
+    # round trips, from the probes SWIM sends anyway -------------------------------------
+    def _time_probe(self, seq: int, dst: str) -> None:
+        """Remember when a direct ping left: its ack is an RTT sample for free. A separate
+        RTT ping (request and reply on both ends) was a quarter of an idle daemon's
+        messages (issue 13)."""
+        self._probes_out[seq] = (dst, time.perf_counter())
+        if len(self._probes_out) > PROBES_TIMED:    # acks that never came: forget the oldest
+            del self._probes_out[next(iter(self._probes_out))]
+
+    def _probe_acked(self, session: Session, seq: int) -> None:
+        sent = self._probes_out.pop(seq, None)
+        if sent is None or sent[0] != session.peer_id:   # a relayed ack is not a round trip
+            return
+        ms = (time.perf_counter() - sent[1]) * 1000
+        session.link.observe_rtt(ms)
+        for hook in self.rtt_hooks:
+            hook(session.peer_id, ms)
 
     def update_advert(self, **fields: Any) -> None:
         """Tell the membership our load or memory changed (it decides whether to gossip)."""
