@@ -125,7 +125,11 @@ def usable_cores() -> int:
 
 
 def measure_capacity(size: int = 512, repeats: int = 3) -> float:
-    """A quick float32 matmul probe of this machine, in GFLOP/s (best of ``repeats``)."""
+    """A quick float32 matmul probe of this machine, in GFLOP/s (best of ``repeats``).
+    numpy comes through ``lazynumpy.load`` on this (worker) thread: its after-load hooks
+    (the BLAS cap) then run here, under the cap, and not later on the event loop."""
+    from compute import lazynumpy
+    lazynumpy.load()
     import numpy as np
 
     rng = np.random.default_rng(0)

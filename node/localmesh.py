@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from compute.executor import BLAS_THREAD_VARS
 from node.client import Client, DaemonError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,7 +40,7 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str, interva
 
 #: Several daemons share one machine here, so each gets a single BLAS thread: OpenBLAS
 #: threads spin while idle, and N processes x cores spinning threads starve each other.
-BLAS_ENV = {k: os.environ.get("SEDMA_BLAS_THREADS", "1") for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+BLAS_ENV = {k: os.environ.get("SEDMA_BLAS_THREADS", "1") for k in BLAS_THREAD_VARS}
 
 
 def sedma_env() -> dict[str, str]:

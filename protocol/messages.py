@@ -24,7 +24,7 @@ from typing import Any, ClassVar, TypeVar, Union
 from compute.lazynumpy import loaded, ready
 
 from protocol import codec
-from protocol.errors import DecodeError
+from protocol.errors import DecodeError, RequestDecodeError
 
 T = TypeVar("T")
 REGISTRY: dict[str, type] = {}
@@ -54,9 +54,25 @@ def to_wire(msg: Any) -> dict[str, Any]:
 
 
 def from_wire(obj: Any) -> Any:
-    """Build and validate the message a decoded msgpack map describes."""
+    """Build and validate the message a decoded msgpack map describes. A request that
+    cannot be read (it has an integer ``rid``) raises :class:`RequestDecodeError`, so its
+    asker can be told; a reply cannot be answered and raises plain :class:`DecodeError`."""
     if not isinstance(obj, dict):
         raise DecodeError(f"message must be a map, got {type(obj).__name__}")
+    try:
+        return _build(obj)
+    except DecodeError as exc:
+        rid = obj.get("rid")
+        if type(rid) is int and obj.get(_TAG) != _REPLY_TAG:
+            raise RequestDecodeError(rid, str(exc)) from None
+        raise
+
+
+#: protocol.rpc's Reply (rpc imports this module): an unreadable reply is not answered.
+_REPLY_TAG = "rpc.reply"
+
+
+def _build(obj: dict) -> Any:
     tag = obj.get(_TAG)
     cls = REGISTRY.get(tag) if isinstance(tag, str) else None
     if cls is None:

@@ -311,3 +311,142 @@ def test_a_split_fed_speeds_net_of_the_sealing_predicts_the_measured_finish():
     from node.work.oneshotsplit import _predicted
     predicted = _predicted({"me": rows, "p": k - rows}, me, [p], k, n, 4, delay)
     assert predicted["me"] == pytest.approx(wall)
+
+
+# review mends: the held operand's lifetime and the coordinator's early stop ---------------
+
+def test_a_use_re_arms_the_expiry_so_a_slow_shares_chunks_still_find_their_operand():
+    async def run() -> None:
+        held = HeldOperands(hold_s=60)
+        entry = held.open("p", "j", 10, 3, None, 0)
+        first = entry.timer
+        await asyncio.sleep(0.01)
+        held.get("p", "j")
+        assert first.cancelled() and entry.timer.when() > first.when()
+        second = entry.timer
+        await asyncio.sleep(0.01)
+        held.served("p", "j")
+        assert second.cancelled() and entry.timer.when() > second.when()
+        held.drop("p", "j")
+        assert entry.timer.cancelled()
+    asyncio.run(run())
+
+
+def test_one_sender_cannot_take_every_slot_and_a_refused_operand_holds_no_bytes():
+    async def run() -> None:
+        held = HeldOperands(max_held=16, max_bytes=1000, hold_s=60, max_per_sender=2)
+        held.open("p", "j1", 400, 1, None, 0)
+        held.open("p", "j2", 400, 1, None, 0)
+        with pytest.raises(StoreError, match="2 of your operands"):
+            held.open("p", "j3", 1, 1, None, 0)
+        held.open("q", "j1", 100, 1, None, 0)                       # others still can
+        held.refused("p", "j1")                                     # failed validation
+        assert held.nbytes == 500
+        held.open("q", "j2", 500, 1, None, 0)                       # its bytes are free
+    asyncio.run(run())
+
+
+def test_a_chunk_refused_because_the_holder_is_busy_still_counts_off_its_operand(holder):
+    from node.work import holder as holder_module
+
+    a, b = rand((64, 16), 8), rand((16, 4), 9)
+    session = FakeSession()
+
+    async def run() -> None:
+        await holder.handle(session, wire(MatmulOperand(1, "busy/0", b, None, 1, 1)))
+        holder.serving = holder_module.MAX_SERVING
+        try:
+            await holder.handle(session, wire(MatmulRows(2, "busy/0", a, 0)))
+        finally:
+            holder.serving = 0
+    asyncio.run(run())
+    assert "node busy" in session.replies[1][2]
+    assert len(holder.operands) == 0                    # its only chunk: dropped, not held
+
+
+class _Peer:
+    """A fake peer session: ``refuse_b`` answers the operand with an error after a fifth
+    of the ``transfer_s`` each chunk takes to hand over; ``fail_chunk`` (an index) fails after
+    ``fail_after_s`` while the other chunks are answered."""
+
+    def __init__(self, refuse_b: bool = False, fail_chunk: int | None = None,
+                 transfer_s: float = 0.0, fail_after_s: float = 0.3) -> None:
+        self.refuse_b, self.fail_chunk = refuse_b, fail_chunk
+        self.transfer_s, self.fail_after_s = transfer_s, fail_after_s
+        self.chunks_sent: list[int] = []
+        self.b = None
+
+    def next_rid(self) -> int:
+        return 0
+
+    async def request(self, msg, timeout, sent=None):
+        if isinstance(msg, MatmulOperand):
+            sent.set_result(None)
+            if self.refuse_b:                  # the refusal's round trip
+                await asyncio.sleep(self.transfer_s / 5)
+                raise RemoteError("node busy: 16 operands held")
+            self.b = msg.b
+            return True
+        await asyncio.sleep(self.transfer_s)
+        sent.set_result(None)
+        index = len(self.chunks_sent)
+        self.chunks_sent.append(msg.row_offset)
+        if index == self.fail_chunk:
+            await asyncio.sleep(self.fail_after_s)
+            raise RemoteError("out of memory")
+        return {"t": "work.matmul_result", "y": msg.a @ self.b, "compute_s": 0.001}
+
+
+def _share_with(peer: _Peer, a: np.ndarray, b: np.ndarray):
+    """Run one share of all of ``a``'s rows aimed at ``peer``; the fallback is this node.
+    Returns (the rows computed here, the product assembled from the pieces)."""
+    from compute.partition import Block
+    from node.work.jobs import Job, JobManager
+
+    computed_here: list[tuple[int, int]] = []
+
+    class Holder:
+        async def compute_share(self, a_rows, b, device, seed, row_offset, out):
+            computed_here.append((row_offset, row_offset + len(a_rows)))
+            out[...] = a_rows @ b
+
+    class Fake:
+        node_id = "me"
+        holder = Holder()
+        share_meter = ShareMeter()
+        memory = type("D", (), {"record_share": lambda *args: None})()
+        mesh = type("Mesh", (), {"sessions": {}})()
+        _rtt_s = staticmethod(lambda node: 0.0)
+        _measure_share = JobManager._measure_share
+        _chunks_on = JobManager._chunks_on
+        _handover_delay = staticmethod(lambda: 0.5)
+
+        def _fallback(self, tried, attempt):
+            return "me"
+
+    async def session(node):
+        return peer
+    Fake.mesh.session = staticmethod(session)
+    out = np.empty((a.shape[0], b.shape[1]), np.float32)
+    pieces: dict[int, np.ndarray] = {}
+    asyncio.run(JobManager._share(Fake(), Job("j", "matmul"), Block(0, 0, a.shape[0], ["p"]),
+                                  a, b, out, None, 0, pieces))
+    return computed_here, np.concatenate([pieces[r] for r in sorted(pieces)])
+
+
+def test_a_refused_operand_stops_the_share_before_all_of_a_is_shipped():
+    a, b = rand((1024, 1024), 12), rand((1024, 32), 13)         # 4 chunks of 1 MiB
+    peer = _Peer(refuse_b=True, transfer_s=0.05)
+    computed_here, got = _share_with(peer, a, b)
+    assert len(peer.chunks_sent) == 1                 # the chunk in flight when refused
+    assert computed_here == [(0, 256), (256, 512), (512, 768), (768, 1024)]
+    np.testing.assert_allclose(got, a @ b, rtol=1e-4, atol=1e-4)
+
+
+def test_chunks_answered_after_a_failed_one_are_kept_not_recomputed():
+    a, b = rand((1024, 1024), 14), rand((1024, 32), 15)
+    peer = _Peer(fail_chunk=1)
+    computed_here, got = _share_with(peer, a, b)
+    assert len(peer.chunks_sent) == 4
+    assert computed_here == [(256, 512)]              # only the chunk that failed
+    np.testing.assert_allclose(got, a @ b, rtol=1e-4, atol=1e-4)

@@ -23,7 +23,8 @@ from typing import Any, Awaitable, Callable
 from nat.link import Link, LinkClosed
 from nat.secure import SecureLink
 from node.runtime import spans
-from protocol.errors import FrameError, ProtocolError
+from node.runtime.outcomes import ignore_outcome
+from protocol.errors import FrameError, ProtocolError, RequestDecodeError
 from protocol.framing import (DEFAULT_MAX_MESSAGE, PROCESS_BUDGET, ByteBudget, Reassembler,
                               fragments)
 from protocol.handshake import (MAX_HANDSHAKE_MESSAGE, MAX_NOISE_MESSAGE as RECORD, Hello,
@@ -345,7 +346,11 @@ class Session:
                 frame = None
                 if payload is None:
                     continue
-                msg = await decode_message_on_loop(payload)
+                try:
+                    msg = await decode_message_on_loop(payload)
+                except RequestDecodeError as exc:
+                    self._refuse(exc)
+                    continue
                 self.stats.recv_messages += 1
                 self.stats.recv_by_tag[msg.TAG] += 1
                 await self._dispatch(msg, handler)
@@ -359,6 +364,17 @@ class Session:
             log.exception("reader of the link to %s failed", self.peer_id[:8])
             await self.close(f"reader failed: {exc!r}")
 
+    def _refuse(self, exc: RequestDecodeError) -> None:
+        """Tell the asker its request could not be read (a newer peer's message type, a
+        bad field) and read on: the frame was whole, so the link is still in step. The
+        answer is queued, not awaited: reads never wait on writes (see :meth:`_dispatch`)."""
+        log.warning("refused an unreadable request from %s: %s", self.peer_id[:8], exc)
+        try:
+            self._enqueue(Reply(exc.rid, error=f"cannot read the request: {exc}")
+                          ).add_done_callback(ignore_outcome)
+        except LinkClosed:
+            pass
+
     async def _dispatch(self, msg: Any, handler: Handler) -> None:
         if isinstance(msg, Reply):
             fut = self._pending.get(msg.rid)
@@ -370,17 +386,12 @@ class Session:
             # reader behind our own bulk sends, and two peers streaming at each other then
             # each wait for the other to read -- a deadlock. Reads never wait on writes.
             try:
-                self._enqueue(Reply(msg.rid, msg.sent)).add_done_callback(_ignore_result)
+                self._enqueue(Reply(msg.rid, msg.sent)).add_done_callback(ignore_outcome)
             except LinkClosed:
                 pass
             return
         await handler(self, msg)
 
-
-def _ignore_result(fut: asyncio.Future) -> None:
-    """A pong lost with its link needs no one told (the asker times out and retries)."""
-    if not fut.cancelled():
-        fut.exception()
 
 
 async def handshake(link: Link, identity: Identity, name: str, addresses: list[str],

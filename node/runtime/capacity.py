@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+from compute.executor import BLAS_THREAD_VARS
+
 log = logging.getLogger("sedma.capacity")
 
 CACHE_FILE = "capacity.json"
@@ -93,7 +95,7 @@ async def measure_in_child(blas_threads: int, timeout: float = CHILD_TIMEOUT_S) 
     process machinery (uvloop's) stays out of a daemon that otherwise never spawns."""
     root = str(Path(__file__).resolve().parents[2])   # the repository root
     env = dict(os.environ)
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    for var in BLAS_THREAD_VARS:
         env[var] = str(blas_threads)
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     done: concurrent.futures.Future = concurrent.futures.Future()

@@ -21,10 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from node.memory.store import StoreError
+from node.runtime.outcomes import ignore_outcome
 
 MAX_HELD = 16                 # operands held at once, all peers together
 MAX_HELD_BYTES = 1 << 30      # their bytes: one 1 GiB job's B at most
-HOLD_S = 120.0                # an operand unused this long is dropped
+HOLD_S = 30.0                 # an operand unused this long is dropped (chunks come ~1 MiB apart)
+MAX_PER_SENDER = 4            # operands one peer may have held at once
 MAX_CHUNKS = 1024             # chunks one operand may announce
 
 
@@ -44,8 +46,9 @@ class HeldOperands:
     """Held B operands by (sender, job id), with their limits and expiry."""
 
     def __init__(self, max_held: int = MAX_HELD, max_bytes: int = MAX_HELD_BYTES,
-                 hold_s: float = HOLD_S) -> None:
+                 hold_s: float = HOLD_S, max_per_sender: int = MAX_PER_SENDER) -> None:
         self.max_held, self.max_bytes, self.hold_s = max_held, max_bytes, hold_s
+        self.max_per_sender = max_per_sender
         self._held: dict[tuple[str, str], Held] = {}
 
     @property
@@ -65,6 +68,8 @@ class HeldOperands:
             raise StoreError(f"a held operand needs 1 to {MAX_CHUNKS} chunks, got {chunks!r}")
         if key in self._held:
             raise StoreError(f"an operand for job {job_id} is already held")
+        if sum(1 for s, _ in self._held if s == sender) >= self.max_per_sender:
+            raise StoreError(f"node busy: {self.max_per_sender} of your operands held already")
         if len(self._held) >= self.max_held:
             raise StoreError(f"node busy: {len(self._held)} operands held (limit {self.max_held})")
         if self.nbytes + nbytes > self.max_bytes:
@@ -72,11 +77,18 @@ class HeldOperands:
                              f"{nbytes} more would pass the {self.max_bytes}-byte limit")
         loop = asyncio.get_running_loop()
         ready = loop.create_future()
-        ready.add_done_callback(_retrieve)
+        ready.add_done_callback(ignore_outcome)
         held = Held(ready, device, seed, nbytes, chunks)
-        held.timer = loop.call_later(self.hold_s, self._expire, key, held)
         self._held[key] = held
+        self._touch(key, held)
         return held
+
+    def refused(self, sender: str, job_id: str) -> None:
+        """The operand failed validation: its chunks will be refused with that error, and
+        its bytes no longer count against the limit (none are kept)."""
+        held = self._held.get((sender, job_id))
+        if held is not None:
+            held.nbytes = 0
 
     def get(self, sender: str, job_id: str) -> Held:
         """The operand a chunk of ``job_id`` from ``sender`` needs (StoreError if none)."""
@@ -84,6 +96,7 @@ class HeldOperands:
         if held is None:
             raise StoreError(f"no operand held for job {job_id}: never sent, "
                              "already used by its announced chunks, or expired")
+        self._touch((sender, job_id), held)
         return held
 
     def served(self, sender: str, job_id: str) -> None:
@@ -94,11 +107,20 @@ class HeldOperands:
         held.left -= 1
         if held.left <= 0:
             self.drop(sender, job_id)
+        else:
+            self._touch((sender, job_id), held)
 
     def drop(self, sender: str, job_id: str) -> None:
         held = self._held.pop((sender, job_id), None)
         if held is not None and held.timer is not None:
             held.timer.cancel()
+
+    def _touch(self, key: tuple[str, str], held: Held) -> None:
+        """Expire ``hold_s`` after the operand was last used, not after it arrived: a
+        share's chunks on a slow link may take longer than ``hold_s`` in all."""
+        if held.timer is not None:
+            held.timer.cancel()
+        held.timer = asyncio.get_running_loop().call_later(self.hold_s, self._expire, key, held)
 
     def _expire(self, key: tuple[str, str], held: Held) -> None:
         if self._held.get(key) is held:
@@ -106,8 +128,3 @@ class HeldOperands:
             if not held.ready.done():
                 held.ready.set_exception(StoreError("the held operand expired"))
 
-
-def _retrieve(fut: asyncio.Future) -> None:
-    """A failed validation no chunk awaited is not an unretrieved error worth a warning."""
-    if not fut.cancelled():
-        fut.exception()

@@ -395,6 +395,8 @@ class BlockHolder:
             log.warning("ignoring unexpected %s from %s", type(msg).TAG, session.peer_id[:8])
             return
         if self.serving >= MAX_SERVING:
+            if isinstance(msg, MatmulRows):   # a refused chunk still counts off its operand
+                self.operands.served(session.peer_id, msg.job_id)
             await session.reply(msg.rid, error=f"node busy: {self.serving} requests in progress")
             return
         self.serving += 1
@@ -495,6 +497,7 @@ class BlockHolder:
         try:
             (b,) = await validate_operands(self.executor, (msg.b, "B"))
         except BaseException as exc:
+            self.operands.refused(sender, msg.job_id)
             if not held.ready.done():
                 held.ready.set_exception(exc if isinstance(exc, Exception) else
                                          StoreError("the operand's validation was cancelled"))

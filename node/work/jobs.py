@@ -48,6 +48,7 @@ from node.work.plans import VersionedPlan, new_deploy_id
 from node.work.retention import JobStamp, Retention, expired
 from node.work.holder import BlockHolder, Provenance, validate_operands
 from node.net.session import RemoteError
+from node.runtime.outcomes import ignore_outcome
 from node.memory.statedb import StateDB
 from node.memory.store import StoreError, as_matrix, check_name
 from protocol.errors import ProtocolError
@@ -497,6 +498,7 @@ class JobManager:
                 handed = loop.create_future()
                 requests.append(asyncio.ensure_future(session.request(msg, timeout, sent=handed)))
                 await handed
+                _raise_if_failed(requests[0])    # B refused: ship no more of A
             handover_s = time.perf_counter() - start
             sealed[1] = start + handover_s
             spans.mark("share.handed")
@@ -508,10 +510,11 @@ class JobManager:
                 compute.append(compute_s)
         finally:
             sealed[1] = min(sealed[1], time.perf_counter())
+            _keep_answered(chunks, requests[1:], n, node, pieces)
             for request in requests:
                 if not request.done():
                     request.cancel()
-                    request.add_done_callback(_ignore_outcome)
+                    request.add_done_callback(ignore_outcome)
                 elif not request.cancelled():
                     request.exception()             # seen here, or raised above
         spans.mark("share.reply")
@@ -942,10 +945,25 @@ def _ranges_text(ranges: list[tuple[int, int]]) -> str:
     return ", ".join(f"{r0}-{r1}" for r0, r1 in ranges) or "none"
 
 
-def _ignore_outcome(fut: asyncio.Future) -> None:
-    """A chunk request given up after its share failed: its outcome is not news."""
-    if not fut.cancelled():
-        fut.exception()
+def _raise_if_failed(request: asyncio.Future) -> None:
+    """Raise a finished request's error (a refused operand fails the share at once)."""
+    if request.done() and not request.cancelled() and request.exception() is not None:
+        raise request.exception()
+
+
+def _keep_answered(chunks: list[tuple[int, int]], requests: list[asyncio.Future], n: int,
+                   node: str, pieces: dict[int, np.ndarray]) -> None:
+    """Chunks answered after one that failed are kept, not failed over with it."""
+    for (r0, r1), request in zip(chunks, requests):
+        if (r0 in pieces or not request.done() or request.cancelled()
+                or request.exception() is not None):
+            continue
+        try:
+            y, _ = read_share_result(request.result())
+            pieces[r0] = _expect_array(y, (r1 - r0, n), node)
+        except ProtocolError:
+            continue                     # a malformed answer: failed over with the rest
+
 
 
 def _detail_name(blob: bytes | None) -> str | None:
