@@ -110,11 +110,13 @@ def serve_chunked(holder, a, b, chunks, device, seed):
     session = FakeSession()
 
     async def run() -> None:
-        await holder.handle(session, wire(MatmulOperand(1, "job/0", b, device, seed,
-                                                        len(chunks))))
-        await asyncio.gather(*(holder.handle(session, wire(MatmulRows(2 + i, "job/0",
-                                                                      a[r0:r1], r0)))
-                               for i, (r0, r1) in enumerate(chunks)))
+        # as the session hands them on: each message's task started in arrival order, the
+        # chunks' before B's validation is done (B is registered before its first await)
+        operand = wire(MatmulOperand(1, "job/0", b, device, seed, len(chunks)))
+        rows = [wire(MatmulRows(2 + i, "job/0", a[r0:r1], r0))
+                for i, (r0, r1) in enumerate(chunks)]
+        tasks = [asyncio.create_task(holder.handle(session, msg)) for msg in [operand, *rows]]
+        await asyncio.gather(*tasks)
     asyncio.run(run())
     return session.replies
 
