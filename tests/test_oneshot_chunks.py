@@ -200,43 +200,11 @@ class _DyingPeer:
 
 
 def test_a_peer_that_dies_mid_share_has_only_its_unanswered_chunks_recomputed():
-    from compute.partition import Block
-    from node.work.jobs import Job, JobManager
-
     a, b = rand((1024, 1024), 10), rand((1024, 32), 11)    # 4 MiB of A: 4 chunks
-    computed_here: list[tuple[int, int]] = []
     peer = _DyingPeer(good=2)
-
-    class Holder:
-        async def compute_share(self, a_rows, b, device, seed, row_offset, out):
-            computed_here.append((row_offset, row_offset + len(a_rows)))
-            out[...] = a_rows @ b
-
-    class Fake:
-        node_id = "me"
-        holder = Holder()
-        share_meter = ShareMeter()
-        memory = type("D", (), {"record_share": lambda *args: None})()
-        mesh = type("Mesh", (), {"sessions": {}})()
-        _rtt_s = staticmethod(lambda node: 0.0)
-        _measure_share = JobManager._measure_share
-        _chunks_on = JobManager._chunks_on
-        _handover_delay = staticmethod(lambda: 0.5)
-
-        def _fallback(self, tried, attempt):
-            return "me"
-
-    async def session(node):
-        return peer
-    Fake.mesh.session = staticmethod(session)
-    out = np.empty((1024, 32), np.float32)
-    pieces: dict[int, np.ndarray] = {}
-    asyncio.run(JobManager._share(Fake(), Job("j", "matmul"), Block(0, 0, 1024, ["p"]), a, b,
-                                  out, None, 0, pieces))
+    computed_here, got = _share_with(peer, a, b)
     assert peer.rows == 2
     assert computed_here == [(512, 768), (768, 1024)]            # the two unanswered
-    assert sorted(pieces) == [0, 256, 512, 768]
-    got = np.concatenate([pieces[r] for r in sorted(pieces)])
     np.testing.assert_allclose(got, a @ b, rtol=1e-4, atol=1e-4)
 
 
