@@ -326,8 +326,7 @@ class JobManager:
             plan = self._oneshot_plan(job, a.shape, b.shape[1], slots, device)
             out = np.empty((a.shape[0], b.shape[1]), dtype=np.float32)
             job.detail["placement"] = plan.rows_by_node()
-            dev = get_preset(device) if device else None
-            unit = unit_rows([dev or s.device for s in slots]) if slots else 1
+            unit = share_unit(slots, device)
             # Every share starts at once, this node's own on its compute threads while the
             # loop seals and writes the peers' (it used to wait for their hand-over, leaving
             # a core idle for the sealing's length: bench/README.md, oneshot4). The peers'
@@ -356,7 +355,7 @@ class JobManager:
         if costs is None:
             job.detail["split"] = {"by": "capacity"}
             return plan_rows(shape, slots, device=dev)
-        unit = unit_rows([dev or s.device for s in slots])
+        unit = share_unit(slots, device)
         # this node's share computes alongside the hand-over on every compute thread, which
         # the loop's sealing slows by one core of ``workers`` while it lasts
         split = transfer_split(shape[0], shape[1], n, costs, unit,
@@ -943,6 +942,14 @@ def own_seconds(start: float, end: float, sealing: list[list[float]], delay: flo
 
 def _ranges_text(ranges: list[tuple[int, int]]) -> str:
     return ", ".join(f"{r0}-{r1}" for r0, r1 in ranges) or "none"
+
+
+def share_unit(slots: list[NodeSlot], device: str | None) -> int:
+    """Rows a one-shot share is cut in: whole tiles of every candidate's device (the job's
+    own device when it names one); 1 with no candidate. One place for the split and the
+    chunks, which must agree on it."""
+    dev = get_preset(device) if device else None
+    return unit_rows([dev or s.device for s in slots]) if slots else 1
 
 
 def _raise_if_failed(request: asyncio.Future) -> None:
