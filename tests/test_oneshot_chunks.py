@@ -92,10 +92,9 @@ def test_an_unused_operand_expires():
     async def run() -> None:
         held = HeldOperands(hold_s=0.05)
         entry = held.open("p", "j", 10, 3, None, 0)
-        await asyncio.sleep(0.1)
+        with pytest.raises(StoreError, match="expired"):      # awaited, not slept for
+            await asyncio.wait_for(entry.ready, 5)
         assert len(held) == 0
-        with pytest.raises(StoreError, match="expired"):
-            await entry.ready
     asyncio.run(run())
 
 
