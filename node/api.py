@@ -207,7 +207,7 @@ async def _connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     except (ConnectionError, OSError):
         pass
     finally:
-        channel.release()
+        channel.close()     # arenas too: this connection's shared memory ends with it
         writer.close()
         reap_mappings()
 

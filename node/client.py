@@ -109,7 +109,8 @@ class AsyncClient:
         try:
             self._reader, self._writer = await asyncio.open_unix_connection(str(self.path))
             self._channel = shm.Channel(self._writer.get_extra_info("socket"),
-                                        send=self.use_shm, follow=False, writable=True)
+                                        send=self.use_shm, follow=False, writable=True,
+                                        arenas=True)
         except (FileNotFoundError, ConnectionRefusedError):
             raise NotRunning(f"no sedma daemon is listening on {self.path} "
                              "(start one with `sedma daemon`, or pass --socket)") from None
@@ -119,7 +120,7 @@ class AsyncClient:
 
     async def close(self) -> None:
         if self._channel is not None:
-            self._channel.release()
+            self._channel.close()
             self._channel = None
         if self._writer is not None:
             self._writer.close()

@@ -164,10 +164,112 @@ def test_channel_sends_only_large_data_and_answers_in_kind():
         assert client.send                                         # the client keeps offering
         client.release()
         daemon.release()
+        client.close()                                             # arenas end with the
+        daemon.close()                                             # connection
         assert set(memfd_links(os.getpid())) <= before           # nothing of ours left open
     finally:
         a.close()
         b.close()
+
+
+# --- arenas: one reusable memfd per connection and direction --------------------------
+
+def arena_inodes(pid: int) -> set[int]:
+    """The distinct arenas process ``pid`` holds open or mapped (by inode: a Python mmap
+    keeps a descriptor of its own, so one arena may show as two descriptors)."""
+    found = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if shm.ARENA_NAME in os.readlink(f"/proc/{pid}/fd/{fd}"):
+                found.add(os.stat(f"/proc/{pid}/fd/{fd}").st_ino)
+        except OSError:
+            continue
+    with open(f"/proc/{pid}/maps") as f:
+        found |= {int(line.split()[4]) for line in f if shm.ARENA_NAME in line}
+    return found
+
+
+@pytest.fixture
+def pair():
+    a, b = socket.socketpair(socket.AF_UNIX)
+    client = shm.Channel(a, send=True, follow=False, writable=True, arenas=True)
+    daemon = shm.Channel(b, send=False, follow=True, writable=False)
+    yield client, daemon
+    client.close()
+    daemon.close()
+    a.close()
+    b.close()
+
+
+def data_of(arr: np.ndarray) -> list[memoryview]:
+    return [memoryview(arr).cast("B")]
+
+
+def test_an_arena_is_reused_mapped_once_and_read_into_a_private_copy(pair):
+    client, daemon = pair
+    handles, got = [], []
+    for seed in range(3):
+        x = rand((1024, 64), seed)                                 # 256 KiB each time
+        handle = client.export(data_of(x))
+        handles.append(handle)
+        got.append(np.frombuffer(daemon.receive(handle), np.float32).reshape(x.shape))
+        np.testing.assert_array_equal(got[-1], x)
+        client.release()                                           # per exchange, as before
+    assert len({h.fd for h in handles}) == 1                       # one memfd, reused
+    assert daemon.arena_maps == 1                                  # mapped once
+    client.export(data_of(np.zeros((1024, 64), np.float32)))       # the sender rewrites it:
+    np.testing.assert_array_equal(got[-1], rand((1024, 64), 2))    # the copy is private
+    assert not any(from_mapping(g) for g in got)
+
+
+def test_a_bigger_message_gets_a_bigger_arena_and_a_huge_one_its_own_sealed_memfd(pair):
+    client, daemon = pair
+    small = client.export(data_of(rand((1024, 64), 1)))
+    daemon.receive(small)
+    big_x = rand((1024, 768), 2)                                   # 3 MiB: a bigger arena
+    big = client.export(data_of(big_x))
+    np.testing.assert_array_equal(np.frombuffer(daemon.receive(big), np.float32), big_x.ravel())
+    assert daemon.arena_maps == 2
+    assert arena_inodes(os.getpid()) == {os.fstat(big.fd).st_ino}  # the small one is gone
+    huge = np.zeros(shm.ARENA_MAX // 4 + 16, np.float32)           # over ARENA_MAX
+    handle = client.export(data_of(huge))
+    assert os.readlink(f"/proc/self/fd/{handle.fd}").startswith(f"/memfd:{shm.MEMFD_NAME} ")
+    view = daemon.receive(handle)
+    assert isinstance(view.obj, mmap.mmap) and len(view) == huge.nbytes   # mapped, sealed
+
+
+def test_the_daemon_answers_by_arena_only_a_client_that_sends_arenas(pair):
+    client, daemon = pair
+    old_client = shm.Outgoing([b"q" * shm.MIN_BYTES])              # a client from before
+    daemon.receive(old_client.handle)
+    old_client.close()
+    daemon.note(True)
+    handle = daemon.export([b"r" * shm.MIN_BYTES])
+    assert not os.readlink(f"/proc/self/fd/{handle.fd}").startswith(f"/memfd:{shm.ARENA_NAME}")
+    daemon.receive(client.export([b"s" * shm.MIN_BYTES]))          # this one sends arenas
+    handle = daemon.export([b"t" * shm.MIN_BYTES])
+    assert os.readlink(f"/proc/self/fd/{handle.fd}").startswith(f"/memfd:{shm.ARENA_NAME}")
+    assert bytes(client.receive(handle)[:2]) == b"tt"
+
+
+@pytest.mark.parametrize("case, words", [
+    ("not sealed against resizing", "not sealed against resizing"),
+    ("handle larger than the arena", "the handle says"),
+])
+def test_bad_arenas_are_refused_with_a_reason(pair, case, words):
+    _, daemon = pair
+    fd = os.memfd_create(shm.ARENA_NAME, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        os.ftruncate(fd, 4096)
+        size = 4096
+        if case == "handle larger than the arena":
+            shm.fcntl.fcntl(fd, shm.fcntl.F_ADD_SEALS,
+                            shm.fcntl.F_SEAL_SHRINK | shm.fcntl.F_SEAL_GROW)
+            size = 8192
+        with pytest.raises(shm.ShmError, match=words):
+            daemon.receive(shm.Handle(fd, size))
+    finally:
+        os.close(fd)
 
 
 # --- a real daemon ----------------------------------------------------------------------
@@ -185,10 +287,11 @@ def test_infer_and_matmul_through_shared_memory_match_the_socket_path(daemon):
         c.deploy("w", w, device="ideal")
         y_shm = c.infer("w", x)
         r_shm = c.matmul(a, b, device="ideal")
+        received = c._client._channel.received
     with Client(daemon.socket, use_shm=False) as c:
         y_sock = c.infer("w", x)
         r_sock = c.matmul(a, b, device="ideal")
-    assert from_mapping(y_shm) and from_mapping(r_shm)           # the results came by shm
+    assert received >= 2                 # the results came by shared memory (the arena)
     assert not from_mapping(y_sock) and not from_mapping(r_sock)
     np.testing.assert_array_equal(y_shm, y_sock)
     np.testing.assert_array_equal(r_shm, r_sock)
@@ -276,6 +379,22 @@ def test_kill_9_of_a_client_leaves_no_shared_memory_anywhere(daemon, mode):
     assert sedma_dev_shm() == before
     with Client(daemon.socket) as c:
         assert c.infer("w", rand((1024, 1), 6)).shape == (1024, 1)
+
+
+def test_a_connection_keeps_one_arena_each_way_and_gives_both_back_at_its_end(daemon):
+    w = rand((1024, 1024), 9)
+    with Client(daemon.socket, use_shm=True) as c:
+        c.deploy("w", w, device="ideal")
+        for seed in range(4):                         # X and Y of 512 KiB each way
+            x = rand((1024, 128), seed)
+            np.testing.assert_allclose(c.infer("w", x), w @ x, rtol=1e-4, atol=1e-3)
+        channel = c._client._channel
+        assert channel.arena_maps == 1                # the daemon's arena, mapped once
+        ours = {os.fstat(channel._arena.fd).st_ino}   # the client's own arena
+        theirs = arena_inodes(daemon.proc.pid)
+        assert len(theirs) == 2 and ours < theirs     # its own, and its map of ours
+    wait_for(lambda: not arena_inodes(daemon.proc.pid), 10,
+             "the daemon to release the connection's arenas")
 
 
 def test_no_shm_env_keeps_the_socket_path(daemon, monkeypatch):
