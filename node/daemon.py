@@ -580,10 +580,22 @@ _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 4 << 20
 
 
+#: glibc's mallopt parameter for the free bytes at the heap's top kept rather than trimmed.
+_M_TRIM_THRESHOLD = -1
+#: Setting MMAP_THRESHOLD fixes glibc's trim threshold at its 128 KiB default, so every
+#: request's 1 MiB buffers (X's copy, Y, a peer's reply) were handed back to the kernel
+#: when freed and faulted in again, zeroed, by the next request: ~160 page faults per
+#: B=64 request on the coordinator's loop (bench/README.md, loop5). Keeping up to one
+#: mmap threshold's worth at the top costs at most 4 MiB, and the consolidation's
+#: trim_heap every 10 s gives it back anyway.
+TRIM_THRESHOLD = MMAP_THRESHOLD
+
+
 def limit_arenas() -> None:
     """Tune glibc's allocator before any thread starts: at most ``ARENA_MAX`` arenas
-    (same as MALLOC_ARENA_MAX=2) and a fixed ``MMAP_THRESHOLD`` (same as
-    MALLOC_MMAP_THRESHOLD_=1048576); either environment variable wins over ours."""
+    (same as MALLOC_ARENA_MAX=2), a fixed ``MMAP_THRESHOLD`` (same as
+    MALLOC_MMAP_THRESHOLD_=1048576) and ``TRIM_THRESHOLD``; each environment variable
+    wins over ours."""
     libc = _libc()
     if libc is None:
         return
@@ -591,6 +603,8 @@ def limit_arenas() -> None:
         libc.mallopt(_M_ARENA_MAX, ARENA_MAX)
     if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
         libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
 
 
 def trim_heap() -> None:
