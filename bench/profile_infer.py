@@ -97,7 +97,7 @@ def ms(values: list[float], q: float = 50) -> float:
     return float(np.percentile(values, q)) * 1e3
 
 
-def top(stats_source, limit: int = 18, key: str = "tottime", only: str | None = None) -> str:
+def top(stats_source, limit: int = int(os.environ.get("PROFILE_TOP", 18)), key: str = "tottime", only: str | None = None) -> str:
     """The ``limit`` heaviest functions by ``key``; ``only`` keeps paths matching a regex."""
     buf = io.StringIO()
     st = pstats.Stats(stats_source, stream=buf)

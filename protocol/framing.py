@@ -157,6 +157,8 @@ class RecordOpener(Protocol):
 
     def decrypt_into(self, record: bytes | bytearray | memoryview, dest: memoryview) -> None: ...
 
+    def decrypt_records_into(self, records: list[memoryview], dest: memoryview) -> None: ...
+
 
 @dataclass
 class _Partial:
@@ -206,9 +208,7 @@ class Reassembler:
             pos = part.filled + len(body)
             dest = memoryview(part.buf)           # any kind of buffer (see message_buffer)
             dest[part.filled:pos] = body
-            for record in records[1:]:
-                opener.decrypt_into(record, dest[pos:pos + len(record) - tag])
-                pos += len(record) - tag
+            opener.decrypt_records_into(records[1:], dest[pos:end])
         except BaseException:
             self._release(size)     # the link closes; these bytes never count as filled
             raise
