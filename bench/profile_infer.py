@@ -18,7 +18,12 @@ With ``--oneshot N`` it profiles one-shot ``matmul`` jobs instead (N x N A and B
 shipped; the coordinator keeps one row share, the peer computes the other): the stages of
 each job from the client's submit to its result, and the CPU time each daemon spent per job.
 
-Run by hand:  python bench/profile_infer.py [--n 4096] [--requests 400] [--b 1]
+With ``--perf S`` it also samples both daemons' event-loop threads with ``perf record``
+for S seconds during the requests (CPU samples only, kernel call chains whole) and prints
+what share of each loop's CPU went to AES-GCM, memfd and mapping calls, socket I/O, page
+faults, wake-ups, numpy and the Python interpreter.
+
+Run by hand:  python bench/profile_infer.py [--n 4096] [--requests 400] [--b 1] [--perf 6]
               python bench/profile_infer.py --oneshot 2048 [--requests 20]
 Prints the tables and writes them to bench/out/profile_infer.md.
 """
@@ -198,11 +203,14 @@ def marked_mesh(root: Path):
         spans.DIR = None
 
 
-def span_run(n: int, w: np.ndarray, x: np.ndarray,
-             count: int) -> tuple[list, float, dict[str, tuple[float, float]]]:
-    """The per-stage breakdown on a fresh two-daemon mesh (no profiler), and each daemon's
-    CPU per request (all threads, and the event loop's thread alone), in ms. CPU time is
-    the steadier figure on a shared machine: it does not count waiting for a core."""
+def span_run(n: int, w: np.ndarray, x: np.ndarray, count: int,
+             perf_s: float = 0.0) -> tuple[list, float, dict[str, tuple[float, ...]], str]:
+    """The per-stage breakdown on a fresh two-daemon mesh (no profiler), each daemon's CPU
+    per request (all threads, the event loop's thread alone) and minor page faults per
+    request, and the client's CPU per request. CPU time is the steadier figure on a shared
+    machine: it does not count waiting for a core. With ``perf_s``, ``perf record`` samples
+    both event-loop threads for that long meanwhile (see :func:`perf_table`)."""
+    perf_text = ""
     with tempfile.TemporaryDirectory(prefix="sedma-spans-") as tmp:
         marks = Path(tmp) / "marks"
         with marked_mesh(Path(tmp)) as (coord, peer):
@@ -210,18 +218,90 @@ def span_run(n: int, w: np.ndarray, x: np.ndarray,
                 c.deploy("w", w, device="ideal", replicas=1)
             spans._marks.clear()
             daemons = {"coordinator": coord.proc.pid, "peer": peer.proc.pid}
-            cpu0 = {k: (_cpu_seconds(p), _cpu_seconds(p, p)) for k, p in daemons.items()}
+            perfs = {k: _perf_start(p, Path(tmp) / f"{k}.perf", perf_s)
+                     for k, p in daemons.items()} if perf_s else {}
+            cpu0 = {k: _usage(p) for k, p in daemons.items()}
+            client0 = time.process_time()
             lat = asyncio.run(infer_loop(coord.socket, x, count, None))
-            cpu = {k: tuple((after - before) * 1e3 / (count + 5) for after, before in
-                            zip((_cpu_seconds(p), _cpu_seconds(p, p)), cpu0[k]))
+            client = (time.process_time() - client0) * 1e3 / (count + 5)
+            cpu = {k: tuple((after - before) / (count + 5) for after, before in
+                            zip(_usage(p), cpu0[k]))
                    for k, p in daemons.items()}
+            cpu["client"] = (client, client, 0.0)
+            for k, proc in perfs.items():
+                proc.wait(perf_s + 60)
+                perf_text += perf_table(Path(tmp) / f"{k}.perf", k)
             roles = {coord.proc.pid: "coord", peer.proc.pid: "peer", os.getpid(): "client"}
         events = spans.load(marks)
     # warm-up requests were marked too: keep the last ``count`` requests
     sends = [i for i, e in enumerate(events) if e[2] == "client.send" and roles.get(e[1]) == "client"]
     if len(sends) > count:
         events = events[sends[-count]:]
-    return breakdown(events, roles), ms(lat), cpu
+    return breakdown(events, roles), ms(lat), cpu, perf_text
+
+
+def _usage(pid: int) -> tuple[float, float, float]:
+    """A daemon's CPU ms so far (all threads, its event loop's thread) and minor faults."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return _cpu_seconds(pid) * 1e3, _cpu_seconds(pid, pid) * 1e3, float(fields[7])
+
+
+def _perf_start(pid: int, out: Path, seconds: float):
+    """``perf record`` of one thread (the event loop's: tid == pid), CPU samples only."""
+    import subprocess
+    return subprocess.Popen(["perf", "record", "-F", "2000", "-g", "-t", str(pid), "-o",
+                             str(out), "--", "sleep", str(seconds)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+#: Where an event loop's CPU goes, by what its perf samples' call chains contain (first
+#: match wins; kernel chains are whole, Python frames show only as the interpreter).
+PERF_CATEGORIES = [
+    ("AES-GCM seal/open (OpenSSL)", ["aesni", "gcm_", "_rust.abi3"]),
+    ("memfd: pwrite into a new memfd (page allocation, zeroing, copy)", ["__x64_sys_pwrite64"]),
+    ("close (a memfd's pages freed)", ["__x64_sys_close"]),
+    ("munmap", ["__x64_sys_munmap", "__munmap"]),
+    ("mmap, open, readlink, fcntl, stat (shm attach)",
+     ["__x64_sys_mmap", "__x64_sys_openat", "__x64_sys_readlink", "__x64_sys_fcntl",
+      "__x64_sys_newfstat", "__x64_sys_newstat", "__x64_sys_memfd_create",
+      "__x64_sys_ftruncate"]),
+    ("socket send (writev; loopback TCP runs the receiver's path inline)",
+     ["tcp_sendmsg", "unix_stream_sendmsg", "__x64_sys_writev", "__x64_sys_write",
+      "__x64_sys_sendmsg"]),
+    ("socket receive", ["tcp_recvmsg", "unix_stream_recvmsg", "__x64_sys_read",
+                        "__x64_sys_recvfrom", "__x64_sys_recvmsg"]),
+    ("page faults", ["exc_page_fault"]),
+    ("brk (heap grown or trimmed)", ["__x64_sys_brk"]),
+    ("futex (executor hand-offs, GIL)", ["__x64_sys_futex"]),
+    ("epoll, eventfd (loop wake-ups)", ["__x64_sys_epoll", "__x64_sys_eventfd", "uv__io_poll"]),
+    ("numpy (NaN scans, row copies)", ["_multiarray_umath"]),
+    ("memcpy (libc: arena copies, buffers)", ["__memmove", "__memcpy"]),
+    ("msgpack", ["_cmsgpack"]),
+    ("other system calls", ["entry_SYSCALL", "do_syscall_64"]),
+    ("uvloop", ["loop.cpython"]),
+    ("Python interpreter (asyncio, sedma's own code)", ["libpython"]),
+]
+
+
+def perf_table(data: Path, who: str) -> str:
+    """The share of one event loop's CPU samples in each of :data:`PERF_CATEGORIES`."""
+    import collections
+    import subprocess
+    out = subprocess.run(["perf", "script", "-i", str(data), "-F", "tid,ip,sym,dso"],
+                         capture_output=True, text=True).stdout
+    counts: collections.Counter = collections.Counter()
+    total = 0
+    for block in out.split("\n\n"):
+        chain = block.strip()
+        if not chain:
+            continue
+        total += 1
+        name = next((name for name, keys in PERF_CATEGORIES
+                     if any(k in chain for k in keys)), "other")
+        counts[name] += 1
+    rows = "\n".join(f"| {name} | {c / total * 100:.1f} |" for name, c in counts.most_common())
+    return (f"\n\n{who}'s event loop, perf CPU samples ({total}):\n\n| where | % |\n"
+            f"|---|---:|\n{rows}\n")
 
 
 #: The stages of one one-shot job (``--oneshot``), split at the bench's own ``bench.job``
@@ -372,6 +452,9 @@ def main() -> None:
     ap.add_argument("--b", type=int, default=1)
     ap.add_argument("--requests", type=int, default=400)
     ap.add_argument("--no-cprofile", action="store_true", help="only the per-stage breakdown")
+    ap.add_argument("--perf", type=float, default=0.0, metavar="S",
+                    help="also sample both event-loop threads with perf for S seconds "
+                         "(needs perf and root) and print where their CPU goes")
     ap.add_argument("--oneshot", type=int, default=0, metavar="N",
                     help="profile one-shot N x N matmul jobs instead of infer")
     args = ap.parse_args()
@@ -399,14 +482,17 @@ def main() -> None:
     rows.append(("codec: encode+decode request (joined)", ms(lat), ms(lat, 99)))
     lat = timed(lambda: decode_message(b"".join(encode_message(resp))), args.requests)
     rows.append(("codec: encode+decode response (joined)", ms(lat), ms(lat, 99)))
-    stages, span_p50, cpu = span_run(n, w, x, args.requests)
+    stages, span_p50, cpu, perf_text = span_run(n, w, x, args.requests, args.perf)
     head = (f"profile_infer: N={n}, B={b}, {args.requests} requests, 2 daemons (one row block "
             f"each, replicas 1); load {load_before[0]:.2f} -> {os.getloadavg()[0]:.2f}")
     text = (head + "\n\n### one request, stage by stage (medians of per-request spans; "
             f"end-to-end p50 {span_p50:.3f} ms)\n\n| stage | p50 ms | p90 ms |\n|---|---:|---:|\n")
     text += "\n".join(f"| {name} | {p50:.3f} | {p90:.3f} |" for name, p50, p90 in stages)
     text += ("\n\nCPU per request (ms; warm-up included): " + "; ".join(
-        f"{who} {total:.2f} (event loop {loop:.2f})" for who, (total, loop) in cpu.items()))
+        f"{who} {total:.2f} (event loop {loop:.2f}, other threads {total - loop:.2f}; "
+        f"{faults:.0f} minor faults)" for who, (total, loop, faults) in cpu.items()
+        if who != "client") + f"; client {cpu['client'][0]:.2f}")
+    text += perf_text
     text += "\n\n| step (separately measured) | p50 ms | p99 ms |\n|---|---:|---:|\n"
     text += "\n".join(f"| {name} | {p50:.3f} | {p99:.3f} |" for name, p50, p99 in rows)
     shown = len(rows)
