@@ -55,14 +55,16 @@ TIMER_GRAIN = 0.002
 class Mesh:
     """Sessions to peers plus membership, for one node."""
 
-    @staticmethod
-    def clock() -> float:
-        """The one clock the membership is fed: the running loop's (monotonic), the one
+    def clock(self) -> float:
+        """The one clock the membership is fed: the event loop's (monotonic), the one
         its timers and the beat (:mod:`node.runtime.beat`) run on, so a probe due on a
         beat is armed for the very instant the beat's loops sleep to: one wake-up. With
         ``time.monotonic`` the two differed by up to a millisecond (uvloop caches its
-        clock per iteration), which split them into two wake-ups now and then."""
-        return asyncio.get_running_loop().time()
+        clock per iteration), which split them into two wake-ups now and then. The loop
+        is looked up once (``get_running_loop`` costs a ``getpid`` per call)."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop.time()
 
     def __init__(self, identity: Identity, name: str, keys: list[bytes],
                  listen: str, bootstrap: list[str], handler: Handler,
@@ -110,6 +112,7 @@ class Mesh:
         self._timer: asyncio.TimerHandle | None = None   # the tick loop's, while it sleeps
         self._stopping = False
         self.bound: tuple[str, int] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None   # the clock's, at first use
 
     # lifecycle ----------------------------------------------------------------------
     async def start(self, make_advert: Callable[[tuple[str, int]], Advertisement],
