@@ -175,14 +175,24 @@ async def test_the_beat_loops_sleep_to_this_process_phase(monkeypatch):
     assert math.isclose(100.9 + delays[1], 101.25)
 
 
-def test_the_daemon_gives_its_membership_the_beat_phase():
-    """The wiring: the daemon's mesh gets ``probe_phase=process_phase()``."""
-    import inspect
+async def test_a_daemon_probes_on_its_beat(tmp_path):
+    """The wiring: a daemon's membership gets this process's beat phase, so its probe
+    and push-pull timers are due on the instants its beat loops sleep to."""
+    from tests.inproc import running_daemon
 
-    from node import daemon
-
-    src = inspect.getsource(daemon.Daemon.start)
-    assert "MembershipConfig(probe_phase=process_phase())" in src
+    phase = beat.process_phase()
+    async with running_daemon(tmp_path, "a") as d:
+        membership = d.mesh.membership
+        assert membership.config.probe_phase == phase
+        due = {kind: when for when, token, kind, key in membership._heap
+               if membership._tokens.get((kind, key)) == token}
+        assert {"push_pull", "reconnect"} <= set(due)
+        assert "probe" in due or "probe_end" in due
+        now = asyncio.get_running_loop().time()
+        for kind in ("probe", "probe_end", "push_pull", "reconnect"):
+            if kind in due:
+                assert due[kind] == next_beat(due[kind] - 0.5, 1.0, phase), kind
+                assert due[kind] > now - 1.0
 
 
 def test_a_timer_that_fires_a_hair_before_its_deadline_runs_its_work_then():
