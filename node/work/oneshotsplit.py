@@ -12,7 +12,8 @@ makes the predicted finish times equal:
                 t = (row of A + row of Y) / L,  p = f / v
 
 with ``f = 2 k n`` flops a row, ``v`` the node's measured speed (a peer's from its own
-report of its compute time), ``L`` the measured rate of the share's path (sealing here,
+report of its compute time; this node's, when peers have shares, its speed measured beside
+theirs: ``local_with_peers``), ``L`` the measured rate of the share's path (sealing here,
 the wire, opening and validating there, and the rows back: a share's round trip less the
 peer's compute) and ``H`` the rate at which this node seals and hands a peer's operands
 to the link. ``d`` is the part of that sealing which delays this node's own share: 1 when
@@ -40,7 +41,7 @@ Pure functions over a snapshot (:class:`ShareCost`); the job manager measures th
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 from compute.device import DeviceProfile
@@ -69,6 +70,10 @@ class ShareCost:
     handover_bps: float = 0.0
     #: row chunks a share for this peer is sent in (1: one message, no overlap)
     chunks: int = 1
+    #: this node only: its measured speed while peers' shares ran beside its own (0: not
+    #: measured, taken as ``gflops``). Net of its own sealing like ``gflops``; slower when
+    #: a peer's opening and compute take cores from it (``local_with_peers``).
+    alongside_gflops: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,18 @@ def row_cost(c: ShareCost, k: int, n: int, itemsize: int = FLOAT32) -> float:
         return compute
     transfer = (k + n) * itemsize / c.link_bps
     return compute + transfer - (1.0 - 1.0 / c.chunks) * min(compute, transfer)
+
+
+def local_with_peers(local: ShareCost) -> ShareCost:
+    """This node as it computes while peers have shares: at its speed measured alongside
+    them when known. Why: on a machine whose cores a peer shares (daemons standing for
+    hosts in a lab, or a host the split cannot know is shared) the peer's opening of B and
+    its compute slow this node's own rows; measured, that is a split that cannot pay, and
+    a rule by rates rather than by a declared host keeps the job whole. Between hosts the
+    two speeds agree and nothing changes."""
+    if local.alongside_gflops > 0:
+        return replace(local, gflops=local.alongside_gflops)
+    return local
 
 
 def handover_cost(c: ShareCost, rows: int, k: int, n: int, itemsize: int = FLOAT32) -> float:
@@ -148,8 +165,8 @@ def _level_shares(units: int, local: ShareCost, peers: list[ShareCost], k: int, 
     the units add up: a linear system in ``T``. Peers join in order of their fixed cost;
     the set whose solution is valid (no share below 0) and lowest in ``T`` wins, this
     node alone included (always valid)."""
-    P_l = row_cost(local, k, n, itemsize) * unit
-    best_t, best = units * P_l, {local.node_id: float(units)}
+    best_t, best = units * row_cost(local, k, n, itemsize) * unit, {local.node_id: float(units)}
+    P_l = row_cost(local_with_peers(local), k, n, itemsize) * unit    # beside peers' shares
     ordered = sorted(peers, key=lambda c: (fixed_cost(c, k, n, itemsize), c.node_id))
     for count in range(1, len(ordered) + 1):
         active = ordered[:count]
@@ -179,9 +196,10 @@ def _predicted(rows: dict[str, int], local: ShareCost, peers: list[ShareCost], k
     out = {c.node_id: fixed_cost(c, k, n, itemsize) + r * row_cost(c, k, n, itemsize)
            for c in peers if (r := rows.get(c.node_id, 0))}
     if local.node_id in rows:
+        own = local_with_peers(local) if any(rows.get(c.node_id) for c in peers) else local
         out[local.node_id] = (delay * sum(handover_cost(c, rows.get(c.node_id, 0), k, n,
                                                         itemsize) for c in peers)
-                              + rows[local.node_id] * row_cost(local, k, n, itemsize))
+                              + rows[local.node_id] * row_cost(own, k, n, itemsize))
     return out
 
 
@@ -214,6 +232,8 @@ def _check(m: int, k: int, n: int, nodes: Sequence[ShareCost], unit: int) -> Non
             raise ValueError(f"node {c.node_id}: link speed must be positive, latency >= 0")
         if not (math.isfinite(c.handover_bps) and c.handover_bps >= 0):
             raise ValueError(f"node {c.node_id}: hand-over rate must be a number >= 0")
+        if not (math.isfinite(c.alongside_gflops) and c.alongside_gflops >= 0):
+            raise ValueError(f"node {c.node_id}: speed alongside peers must be a number >= 0")
         if not (isinstance(c.chunks, int) and c.chunks >= 1):
             raise ValueError(f"node {c.node_id}: chunks must be a whole number >= 1")
 
