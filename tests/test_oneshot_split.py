@@ -373,3 +373,19 @@ def test_a_job_is_kept_whole_once_to_measure_this_nodes_speed_alone():
     # a co-host could get no rows anyway: no job is kept whole only to measure
     split, placed = _planner(None, 50.0, peer_host="h")
     assert split["by"] == "transfer" and split["cohosts"] == ["p"]
+
+
+def test_a_split_predicted_to_save_less_than_the_minimum_gain_keeps_the_job_whole():
+    from node.work.oneshotsplit import MIN_SPLIT_GAIN
+    whole = N * row_cost(me(), N, N)                          # 172 ms at 100 GFLOP/s
+    # moving B takes 150 ms: the peer can take only a few rows before the whole job's end
+    slow = peer(link=N * N * 4 / 0.150)
+    exact = transfer_split(N, N, N, [me(), slow], min_gain=0.0)
+    assert rows(exact)["p"] > 0                               # the bare model splits...
+    saved = 1 - max(exact.predicted_s.values()) / whole
+    assert 0 < saved < MIN_SPLIT_GAIN                         # ...for a few per cent
+    assert transfer_split(N, N, N, [me(), slow]).rows == (("me", N),)
+    # a split that clearly pays is kept: the even split of a fast link saves ~half
+    assert rows(transfer_split(N, N, N, [me(), peer()]))["p"] > 0
+    with pytest.raises(ValueError, match="min_gain"):
+        transfer_split(N, N, N, [me(), peer()], min_gain=1.0)

@@ -51,6 +51,13 @@ FLOAT32 = 4
 #: Row chunks a peer's share is sent in at most, and the fewest bytes of A worth a chunk.
 MAX_CHUNKS = 4
 MIN_CHUNK_BYTES = 1 << 20
+#: A split must be predicted this much faster than the job kept whole, or the job stays
+#: whole. Why: the model's finish times agree with the measured ones within 5-6 %
+#: (bench/README.md, oneshot3), so a smaller predicted gain is inside its error, while a
+#: peer share surely costs moving all of B: on the bench's 2-core host a split N=2048 job
+#: used ~575 ms of CPU against ~395 ms kept whole (oneshot5), and a 128-row peer share
+#: (6 % of the rows) moved B's 16 MiB for a gain of a few ms predicted.
+MIN_SPLIT_GAIN = 0.10
 
 
 @dataclass(frozen=True)
@@ -128,22 +135,27 @@ def handover_cost(c: ShareCost, rows: int, k: int, n: int, itemsize: int = FLOAT
 
 
 def transfer_split(m: int, k: int, n: int, nodes: Sequence[ShareCost], unit: int = 1,
-                   itemsize: int = FLOAT32, handover_delay: float = 1.0) -> Split:
+                   itemsize: int = FLOAT32, handover_delay: float = 1.0,
+                   min_gain: float = MIN_SPLIT_GAIN) -> Split:
     """Rows of an ``m x k`` A per node so that predicted finish times are equal.
 
     ``unit``: shares are whole multiples of it (a device's tile rows), but for the last
     node's, which ends at ``m``. ``handover_delay``: the part of the hand-over that
-    delays this node's own share (``d`` above). Raises ValueError on a snapshot that
-    makes no sense.
+    delays this node's own share (``d`` above). ``min_gain``: the part of the whole job's
+    time a split must be predicted to save, else the job stays whole (``MIN_SPLIT_GAIN``).
+    Raises ValueError on a snapshot that makes no sense.
     """
     _check(m, k, n, nodes, unit)
     if not 0.0 <= handover_delay <= 1.0:
         raise ValueError(f"handover_delay must be within [0, 1], got {handover_delay}")
+    if not 0.0 <= min_gain < 1.0:
+        raise ValueError(f"min_gain must be within [0, 1), got {min_gain}")
     eligible = [c for c in nodes if c.local or not c.cohost]
     local = next(c for c in eligible if c.local)
     peers = [c for c in eligible if not c.local]
     units = -(-m // unit)
-    share = _level_shares(units, local, peers, k, n, unit, itemsize, handover_delay)
+    share = _level_shares(units, local, peers, k, n, unit, itemsize, handover_delay,
+                          min_gain)
     whole = _round(share, units)
     order = [c.node_id for c in eligible if whole.get(c.node_id)]
     rows, left = [], m
@@ -156,7 +168,8 @@ def transfer_split(m: int, k: int, n: int, nodes: Sequence[ShareCost], unit: int
 
 
 def _level_shares(units: int, local: ShareCost, peers: list[ShareCost], k: int, n: int,
-                  unit: int, itemsize: int, delay: float = 1.0) -> dict[str, float]:
+                  unit: int, itemsize: int, delay: float = 1.0,
+                  min_gain: float = 0.0) -> dict[str, float]:
     """Units per node (real numbers) at the lowest common finish time ``T``.
 
     With the peers ``S`` given shares, in units (``u``), equal finish times say
@@ -164,8 +177,10 @@ def _level_shares(units: int, local: ShareCost, peers: list[ShareCost], k: int, 
     node (``H_p``, ``h_p``: its hand-over of B and of a unit of A rows for peer ``p``), and
     the units add up: a linear system in ``T``. Peers join in order of their fixed cost;
     the set whose solution is valid (no share below 0) and lowest in ``T`` wins, this
-    node alone included (always valid)."""
-    best_t, best = units * row_cost(local, k, n, itemsize) * unit, {local.node_id: float(units)}
+    node alone included (always valid), but for ``min_gain``: a set of peers must beat
+    this node alone by that part of its time."""
+    whole_t = units * row_cost(local, k, n, itemsize) * unit
+    best_t, best = whole_t * (1.0 - min_gain), {local.node_id: float(units)}
     P_l = row_cost(local_with_peers(local), k, n, itemsize) * unit    # beside peers' shares
     ordered = sorted(peers, key=lambda c: (fixed_cost(c, k, n, itemsize), c.node_id))
     for count in range(1, len(ordered) + 1):
