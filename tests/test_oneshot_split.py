@@ -331,7 +331,8 @@ def test_the_snapshot_carries_this_nodes_speed_beside_peers_and_either_figure_wi
     assert costs(None, None) is None
 
 
-def _planner(alone: float | None, beside: float | None, peer_host: str | None = None):
+def _planner(alone: float | None, beside: float | None, peer_host: str | None = None,
+             peer_gflops: float = 60.0, handover_bps: float = 3e8):
     """``JobManager._oneshot_plan`` on fakes: this node "me" and one measured peer "p"."""
     from compute.device import get_preset
     from compute.partition import NodeSlot
@@ -351,9 +352,9 @@ def _planner(alone: float | None, beside: float | None, peer_host: str | None = 
         Fake.share_meter.record("me", "", alone * 1e9, 1.0)
     if beside:
         Fake.share_meter.record("me", "", beside * 1e9, 1.0, alongside=True)
-    Fake.share_meter.record("p", "", 60e9, 1.0)
+    Fake.share_meter.record("p", "", peer_gflops * 1e9, 1.0)
     Fake.share_meter.record_link("p", int(1e9), 1.0)
-    Fake.share_meter.record_handover("p", int(3e8), 1.0)
+    Fake.share_meter.record_handover("p", int(handover_bps), 1.0)
     slots = [NodeSlot(n, 1.0, 1 << 30, get_preset("ideal")) for n in ("me", "p")]
     job = Job("j", "matmul")
     plan = JobManager._oneshot_plan(Fake(), job, (N, N), N, slots, None)
@@ -389,3 +390,18 @@ def test_a_split_predicted_to_save_less_than_the_minimum_gain_keeps_the_job_whol
     assert rows(transfer_split(N, N, N, [me(), peer()]))["p"] > 0
     with pytest.raises(ValueError, match="min_gain"):
         transfer_split(N, N, N, [me(), peer()], min_gain=1.0)
+
+
+def test_measuring_this_node_alone_is_skipped_when_the_whole_job_would_cost_too_much():
+    from node.work.oneshotsplit import MEASURE_ALONE_COST, measuring_alone_affordable
+    local = me(100.0)
+    even = transfer_split(N, N, N, [local, peer(link=FAST)])        # ~half the whole time
+    assert measuring_alone_affordable(even, local, N, N, N)
+    many = [local] + [peer(f"p{i}", 100.0, FAST) for i in range(4)]   # ~a fifth of it
+    fifth = transfer_split(N, N, N, many)
+    whole = N * row_cost(local, N, N)
+    assert whole > MEASURE_ALONE_COST * max(fifth.predicted_s.values())
+    assert not measuring_alone_affordable(fifth, local, N, N, N)
+    # the job manager then splits as the model says instead of keeping the job to measure
+    split, placed = _planner(None, 50.0, peer_gflops=1000.0, handover_bps=1e9)
+    assert split["by"] == "transfer" and placed["p"] > 0

@@ -40,7 +40,7 @@ from node.metrics import Metrics
 from node.work.blockgroups import BlockTry, fail_over, group_by_holder, read_parts
 from node.work.latency import PeakEwma, order_holders
 from node.work.oneshotsplit import (MAX_CHUNKS, ShareCost, Split, chunk_rows, fits_memory,
-                                    transfer_split)
+                                    measuring_alone_affordable, transfer_split)
 from node.work.placement import Candidate, holdable, rank
 from node.work.sharemeter import ShareMeter, ShareTiming, host_id
 from node.work.claims import ClaimRefused, quorum
@@ -355,13 +355,14 @@ class JobManager:
         if costs is None:
             job.detail["split"] = {"by": "capacity"}
             return plan_rows(shape, slots, device=dev)
-        if self._alone_unmeasured(costs, device):
-            return self._measure_alone(job, shape, slots, device, dev)
         unit = share_unit(slots, device)
         # this node's share computes alongside the hand-over on every compute thread, which
         # the loop's sealing slows by one core of ``workers`` while it lasts
         split = transfer_split(shape[0], shape[1], n, costs, unit,
                                handover_delay=self._handover_delay())
+        if self._alone_unmeasured(costs, device) and measuring_alone_affordable(
+                split, next(c for c in costs if c.local), shape[0], shape[1], n):
+            return self._measure_alone(job, shape, slots, device, dev)
         if not fits_memory(split.rows, slots, shape[1], dev):
             job.detail["split"] = {"by": "capacity", "why": "a node's free memory"}
             log.info("job %s: the transfer-aware split %s exceeds a node's free memory; "
@@ -393,7 +394,8 @@ class JobManager:
         """Keep this job on this node to measure its speed alone: the split compares a
         split against the job kept whole, and a whole job's speed is the one figure only a
         whole job measures (beside a peer on the same cores it can be half of it). Costs
-        one job in ``MAX_AGE_S`` at most, when every job splits."""
+        one job in ``MAX_AGE_S`` at most, when every job splits, and only a job whose whole
+        time is within ``MEASURE_ALONE_COST`` of the split's (``measuring_alone_affordable``)."""
         whole = Split(((self.node_id, shape[0]),), {})
         if not fits_memory(whole.rows, slots, shape[1], dev):
             job.detail["split"] = {"by": "capacity", "why": "a node's free memory"}

@@ -58,6 +58,10 @@ MIN_CHUNK_BYTES = 1 << 20
 #: used ~575 ms of CPU against ~395 ms kept whole (oneshot5), and a 128-row peer share
 #: (6 % of the rows) moved B's 16 MiB for a gain of a few ms predicted.
 MIN_SPLIT_GAIN = 0.10
+#: A job is kept whole to measure this node alone only if that is predicted to take at most
+#: this many times the split's finish: between a slow coordinator and much faster peers the
+#: measuring job would cost more than the figure can win back.
+MEASURE_ALONE_COST = 2.0
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,16 @@ def local_with_peers(local: ShareCost) -> ShareCost:
     if local.alongside_gflops > 0:
         return replace(local, gflops=local.alongside_gflops)
     return local
+
+
+def measuring_alone_affordable(split: Split, local: ShareCost, m: int, k: int, n: int,
+                               factor: float = MEASURE_ALONE_COST,
+                               itemsize: int = FLOAT32) -> bool:
+    """Whether keeping this ``m``-row job whole (at ``local``'s speed, the best figure there
+    is) is predicted to take at most ``factor`` times the finish of ``split``: the price of
+    measuring this node's speed alone once (the job manager's ``split.by = "measure"``)."""
+    whole = m * row_cost(local, k, n, itemsize)
+    return whole <= factor * max(split.predicted_s.values())
 
 
 def handover_cost(c: ShareCost, rows: int, k: int, n: int, itemsize: int = FLOAT32) -> float:
