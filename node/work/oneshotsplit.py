@@ -55,8 +55,8 @@ MIN_CHUNK_BYTES = 1 << 20
 #: whole. Why: the model's finish times agree with the measured ones within 5-6 %
 #: (bench/README.md, oneshot3), so a smaller predicted gain is inside its error, while a
 #: peer share surely costs moving all of B: on the bench's 2-core host a split N=2048 job
-#: used ~575 ms of CPU against ~395 ms kept whole (oneshot5), and a 128-row peer share
-#: (6 % of the rows) moved B's 16 MiB for a gain of a few ms predicted.
+#: used up to ~575 ms of CPU against ~395 ms kept whole (oneshot5's accounting run), and a
+#: 128-row peer share (6 % of the rows) moved B's 16 MiB for a gain of a few ms predicted.
 MIN_SPLIT_GAIN = 0.10
 #: A job is kept whole to measure this node alone only if that is predicted to take at most
 #: this many times the split's finish: between a slow coordinator and much faster peers the
