@@ -96,7 +96,8 @@ class PySpy:
 
 #: A sample whose innermost frames are one of these is a thread waiting, not working
 #: (py-spy's own idle test does not see through native frames).
-IDLE = r"PyThread_acquire_lock_timed|pthread_cond_(timed)?wait|epoll_pwait|epoll_wait|sem_(clock|timed)?wait|Event\.wait|Condition\.wait|select|poll\b|nanosleep|take_gil"
+IDLE = (r"PyThread_acquire_lock_timed|pthread_cond_(timed)?wait|epoll_p?wait|"
+        r"sem_(clock|timed)?wait|Event\.wait|Condition\.wait|select|poll\b|nanosleep|take_gil")
 
 #: What a working sample was doing: the first category whose pattern is in its stack.
 CATEGORIES = [
