@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -181,6 +182,81 @@ def inspect(pid: int, seconds: float) -> list[str]:
     return lines
 
 
+def wakeups(pid: int, seconds: float) -> list[str]:
+    """One daemon's event-loop wake-ups by source over ``seconds``, from a timestamped
+    trace of its loop thread (``strace -tt -T``, the main thread only).
+
+    A wake-up is a blocking ``epoll_pwait`` (non-zero timeout) that returns. It returned
+    0: a timer woke the loop; it sent something (a write) -- the probe -- or not -- the
+    beat's loops alone. It returned events: a message arrived; a reply went out in the same
+    wake-up -- a peer's ping, answered by the ack -- or not -- our probe's ack, push-pull.
+    Timer wake-ups are also grouped by their instant within the second (10 ms bins): the
+    beat and the probe on one phase give one group; two phases, two groups. The busy time
+    (from the wake-up to the next blocking wait) is inflated by strace's own cost per
+    system call, so it ranks the sources rather than measuring them."""
+    OUT.mkdir(exist_ok=True)
+    trace = OUT / "idle-wakeups.txt"
+    subprocess.run(["timeout", "-s", "INT", str(seconds), "strace", "-tt", "-T", "-p", str(pid),
+                    "-e", "trace=epoll_pwait,epoll_wait,read,readv,recvfrom,recvmsg,write,"
+                    "writev,sendto,sendmsg", "-o", str(trace)],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        lines = trace.read_text().splitlines()
+    except OSError as exc:
+        return [f"  (no wake-up trace: {exc})"]
+    classes: dict[str, list[float]] = {}
+    phases: dict[int, int] = {}
+    current: tuple[str, float, bool] | None = None    # (kind, woke at, wrote)
+    wait = re.compile(r"epoll_p?wait\(\d+, \[.*\], \d+, (-?\d+)")
+
+    def stamp(line: str) -> float:
+        h, m, sec = line.split()[0].split(":")
+        return int(h) * 3600 + int(m) * 60 + float(sec)
+
+    def close(at: float) -> None:
+        if current is None:
+            return
+        kind, woke, wrote = current
+        name = {("timer", True): "timer, sent (the probe)",
+                ("timer", False): "timer, nothing sent (beat loops only)",
+                ("io", True): "message in, reply out (a peer's ping)",
+                ("io", False): "message in, nothing out (our probe's ack, push-pull)",
+                ("thread", True): "a thread's hand-off (eventfd), sent",
+                ("thread", False): "a thread's hand-off (eventfd: database, executor)"}[
+                    (kind, wrote)]
+        classes.setdefault(name, []).append(at - woke)
+
+    for line in lines:
+        if "epoll_pwait(" in line or "epoll_wait(" in line:
+            match = wait.search(line)
+            if match is None or match.group(1) == "0" or "<unfinished" in line:
+                continue                      # a poll that did not sleep: not a wake-up
+            start = stamp(line)
+            close(start)
+            dur = float(line.rsplit("<", 1)[1].rstrip(">")) if line.endswith(">") else 0.0
+            woke = start + dur
+            ret = line.rsplit("=", 1)[1].split()[0]
+            kind = "timer" if ret == "0" else "io"
+            if kind == "timer":
+                phases[int((woke % 1.0) * 100)] = phases.get(int((woke % 1.0) * 100), 0) + 1
+            current = (kind, woke, False)
+            first_read = True
+        elif current is not None and line.split()[1].startswith(("write", "send")):
+            current = (current[0], current[1], True)
+        elif current is not None and line.split()[1].startswith("read"):
+            if first_read and current[0] == "io" and '"\\1\\0\\0\\0\\0\\0\\0\\0"' in line:
+                current = ("thread", current[1], current[2])
+            first_read = False
+    out = [f"loop thread wake-ups over {seconds:.0f} s (strace -tt -T, main thread), per s "
+           f"| busy ms (median, strace-inflated):"]
+    for name, busy in sorted(classes.items()):
+        out.append(f"  {name}: {len(busy) / seconds:.2f} | {statistics.median(busy) * 1000:.2f}")
+    groups = sorted(phases.items(), key=lambda kv: -kv[1])
+    out.append("  timer wake-ups by instant within the second (10 ms bins, top 4): " +
+               ", ".join(f".{b:02d}: {c / seconds:.2f}/s" for b, c in groups[:4]))
+    return out
+
+
 def lag_ticker_fast(node) -> bool:
     """Whether the daemon's loop-lag ticker runs at its fast (20 ms, work under way) pace:
     50 wake-ups a second, which an idle daemon should not be paying."""
@@ -277,6 +353,9 @@ def main() -> None:
     ap.add_argument("--inspect", type=float, default=0.0,
                     help="after the window, strace -c and py-spy (--idle --threads) the "
                          "second daemon for this many seconds each")
+    ap.add_argument("--wakeups", type=float, default=0.0,
+                    help="after the window (and --inspect), trace the second daemon's loop "
+                         "thread for this many seconds: its wake-ups by source")
     ap.add_argument("--tree", default=str(HERE), help="source tree the daemons run")
     args = ap.parse_args()
     sys.path.insert(0, str(Path(args.tree).resolve()))
@@ -323,6 +402,8 @@ def main() -> None:
             seen = [members(node) for node in sample]
             crashed = dead(nodes)
             inspected = inspect(nodes[1].proc.pid, args.inspect) if args.inspect else []
+            if args.wakeups:
+                inspected += wakeups(nodes[1].proc.pid, args.wakeups)
         finally:
             crashed_late = dead(nodes)
             stop_all(nodes)

@@ -22,7 +22,7 @@ from compute.executor import Executor, measure_capacity
 from nat import signaling
 from nat.connector import ConnectorConfig
 from node import api
-from node.runtime.beat import Every, sleep_to_beat
+from node.runtime.beat import Every, process_phase, sleep_to_beat
 from node.runtime.capacity import node_capacity
 from node.config import NodeConfig
 from node.http.server import start_http
@@ -47,6 +47,7 @@ from node.memory.statedb import StateDB
 from node.memory.store import BlockStore
 from protocol.advert import Advertisement
 from protocol.handshake import cluster_id_for
+from protocol.membership import MembershipConfig
 
 log = logging.getLogger("sedma.daemon")
 
@@ -110,8 +111,11 @@ class Daemon:
             lambda: self.executor.run(measure_capacity))
         loaded = await self.executor.run(self.store.load_all)
         connector = ConnectorConfig(stun=tuple(cfg.stun), turn=tuple(cfg.turn))
+        # The SWIM probes on this process's beat (the advert, lag and dashboard loops'
+        # instants): one wake-up a second for all of them, at a phase of its own.
         self.mesh = Mesh(self.identity, cfg.name, self.keys, cfg.listen, cfg.bootstrap,
-                         self._on_peer_message, connector)
+                         self._on_peer_message, connector,
+                         MembershipConfig(probe_phase=process_phase()))
         self.mesh.event_hooks.append(self.metrics.member_event)   # gossip counts for /metrics
         # RTT samples: the round trips of the membership's own probes (no extra pings)
         self.mesh.rtt_hooks.append(lambda _peer, ms: self.metrics.rtt(ms))

@@ -29,6 +29,13 @@ Protocol (SWIM, Das et al. 2002, as refined by HashiCorp memberlist and Lifeguar
   A new version that differs from the one a node held only in statistics nobody decides
   on (``quiet_stats``: latency, throughput, bytes) is not broadcast, neither by its
   subject nor by whoever learns it: push-pull carries it (issue 13: idle cost).
+* **Probes on the daemon's beat** (issue 13: idle cost). With ``probe_phase`` set, the
+  probes start on the instants ``probe_phase + k * probe_interval`` of the clock the
+  machine is fed, the instants the daemon's once-a-second loops wake at
+  (:mod:`node.runtime.beat`): one wake-up a period for both instead of two. The grid is
+  computed from the clock each time, so late ticks never accumulate into drift; the
+  periodic push-pull, reconnect and advert timers ride the same instants. Each daemon
+  draws its own phase, so the daemons of one machine do not all probe at once.
 * **Leave** is its own record (``left``), so a shutdown is not reported as a failure.
 * **No member stays dead forever.** Dead records expire after ``dead_node_reclaim``; a node
   that hears it is considered dead (or that an older life of it exists) refutes with a
@@ -144,6 +151,11 @@ class MembershipConfig:
 
     ``quiet_stats`` is another: advertised statistics whose news alone is left to
     push-pull instead of gossip (:meth:`Advertisement.only_reported_differ`).
+
+    ``probe_phase`` (seconds, within ``probe_interval``) puts the probes and the other
+    periodic timers on the instants ``probe_phase + k * probe_interval`` (None: probes run
+    every period from a random start, as in memberlist): the daemon passes its beat's
+    phase so that probing and its once-a-second loops share one wake-up.
     """
 
     probe_interval: float = 1.0
@@ -162,6 +174,7 @@ class MembershipConfig:
     max_piggyback: int = 16
     reconnect_interval: float = 10.0
     quiet_stats: frozenset[str] = REPORT_ONLY_STATS
+    probe_phase: float | None = None
 
 
 class MemberState(str, Enum):
@@ -230,6 +243,11 @@ _MAX_TIMERS_PER_TICK = 100_000
 MAX_UPDATE_RECORDS = 1024
 MAX_STATE_RECORDS = 100_000
 _ADVERT_KEY = "\x00advert"
+#: On the probe grid, a timer for ``t`` fires at the first grid instant at or after
+#: ``t - GRID_SLACK * probe_interval``: a probe whose tick came a little late still ends
+#: its period on the next instant (its window shorter by at most this) rather than
+#: skipping one, and a timer's value read a hair before its instant still lands on it.
+GRID_SLACK = 0.1
 _MISSING = object()
 
 
@@ -383,9 +401,13 @@ class Membership:
         self._tokens: dict[tuple[str, str], int] = {}
         self._token = 0
         cfg = self.config
-        self._schedule("probe", "", now + rng.uniform(0, cfg.probe_interval))
-        self._schedule("push_pull", "", now + rng.uniform(0.5, 1.0) * cfg.push_pull_interval)
-        self._schedule("reconnect", "", now + rng.uniform(0.5, 1.0) * cfg.reconnect_interval)
+        first = now + (GRID_SLACK * cfg.probe_interval if cfg.probe_phase is not None
+                       else rng.uniform(0, cfg.probe_interval))
+        self._schedule("probe", "", self._on_grid(first))
+        self._schedule("push_pull", "", self._on_grid(
+            now + rng.uniform(0.5, 1.0) * cfg.push_pull_interval))
+        self._schedule("reconnect", "", self._on_grid(
+            now + rng.uniform(0.5, 1.0) * cfg.reconnect_interval))
 
     # ----------------------------------------------------------------- read-only API
 
@@ -450,7 +472,8 @@ class Membership:
                 self._enter_live(adv.node_id)
         # the first anti-entropy round is spread over the (now larger) scaled interval
         interval = push_pull_scale(self.config.push_pull_interval, self.num_live())
-        self._schedule("push_pull", "", now + self._rng.uniform(0.5, 1.0) * interval)
+        self._schedule("push_pull", "", self._on_grid(
+            now + self._rng.uniform(0.5, 1.0) * interval))
 
     def handle(self, sender: str, msg: Any, now: float) -> Output:
         """Process one message ``sender`` sent us; raise DecodeError if it is malformed."""
@@ -522,6 +545,7 @@ class Membership:
             self._cancel("advert", "")
             return Output()
         self._advert_pending = True
+        when = self._on_grid(when)
         if when <= now:
             self._publish_advert(now)
         elif when < self._advert_due:
@@ -550,6 +574,20 @@ class Membership:
             self._end_suspicion(node_id)
         self._probe = None
         self._ensure_gossip(now)
+        return out
+
+    def ping(self, node_id: str, now: float) -> Output:
+        """One direct ping to a live member outside the probe schedule.
+
+        For a first round-trip sample of a new link (``sedma peers`` showed "-" until the
+        round robin reached the member, up to N periods). Its ack is applied like any
+        (piggybacked news included); a missing one is no verdict: only probes decide.
+        """
+        out = Output()
+        m = self._members.get(node_id)
+        if m is None or m.state not in _LIVE or self._left or node_id == self.local_id:
+            return out
+        out.sends.append((node_id, Ping(seq=self._next_seq(), target=node_id, updates=[])))
         return out
 
     def unreachable(self, node_id: str, now: float) -> Output:
@@ -651,7 +689,7 @@ class Membership:
         """Start this period's probe of the next member in the shuffled round robin."""
         cfg = self.config
         period = self._awareness.scale(cfg.probe_interval)
-        self._schedule("probe_end", "", now + period)
+        self._schedule("probe_end", "", self._on_grid(now + period))
         target = self._next_probe_target()
         if target is None:
             self._probe = None
@@ -739,13 +777,13 @@ class Membership:
             out.sends.append((peers[0], PushPull(join=False, reply=False,
                                                  states=self._state())))
         interval = push_pull_scale(self.config.push_pull_interval, self.num_live())
-        self._schedule("push_pull", "", now + interval)
+        self._schedule("push_pull", "", self._on_grid(now + interval))
 
     def _timer_reconnect(self, key: str, now: float, out: Output) -> None:
         """Ping one random dead member: if it is in fact alive, both sides find out."""
         for dest in self._dead.sample(self._rng, 1):
             out.sends.append((dest, Ping(seq=self._next_seq(), target=dest, updates=[])))
-        self._schedule("reconnect", "", now + self.config.reconnect_interval)
+        self._schedule("reconnect", "", self._on_grid(now + self.config.reconnect_interval))
 
     def _timer_advert(self, key: str, now: float, out: Output) -> None:
         self._advert_due = math.inf
@@ -1048,6 +1086,16 @@ class Membership:
         """Keep the gossip timer running while there is news to spread, and only then."""
         if len(self._queue) and ("gossip", "") not in self._tokens:
             self._schedule("gossip", "", now + self.config.gossip_interval)
+
+    def _on_grid(self, t: float) -> float:
+        """``t`` itself, or with ``probe_phase`` set the first instant
+        ``probe_phase + k * probe_interval`` at or after ``t - GRID_SLACK * probe_interval``
+        (see the module docstring). From ``t`` alone: no drift, however late the ticks."""
+        phase = self.config.probe_phase
+        if phase is None:
+            return t
+        step = self.config.probe_interval
+        return phase + math.ceil((t - GRID_SLACK * step - phase) / step) * step
 
     def _schedule(self, kind: str, key: str, when: float) -> None:
         self._token += 1

@@ -12,6 +12,7 @@ Nodes are driven the way the daemon must drive them: ``tick`` at ``next_deadline
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 import random
@@ -34,6 +35,8 @@ class NetConfig:
     loss: float = 0.0
     #: how long after sending to a crashed node the sender learns the dial failed
     dial_failure_delay: float = 0.05
+    #: every timer fires up to this much late (uniform): a busy event loop
+    tick_lateness: float = 0.0
 
 
 @dataclass
@@ -65,12 +68,15 @@ class Simulator:
 
     def __init__(self, n: int, seed: int, *, config: MembershipConfig | None = None,
                  net: NetConfig | None = None, warm: bool = True, wire: bool = False,
-                 measure_bytes: bool = False) -> None:
+                 measure_bytes: bool = False, phased: bool = False) -> None:
+        """``phased``: each node probes on a beat of its own (``probe_phase`` drawn per
+        node, uniform over the probe interval), as the daemons do."""
         self.rng = random.Random(seed)
         self.config = config or MembershipConfig()
         self.net = net or NetConfig()
         self.wire = wire
         self.measure_bytes = measure_bytes
+        self.phased = phased
         self.now = 0.0
         self.nodes: dict[str, Membership] = {}
         self.up: set[str] = set()
@@ -167,7 +173,11 @@ class Simulator:
     # ------------------------------------------------------------------ internals
 
     def _start(self, node_id: str, advert: Advertisement) -> Membership:
-        node = Membership(advert, self.config, now=self.now,
+        config = self.config
+        if self.phased:
+            config = dataclasses.replace(
+                config, probe_phase=self.rng.uniform(0.0, config.probe_interval))
+        node = Membership(advert, config, now=self.now,
                           rng=random.Random(self.rng.getrandbits(64)))
         self.nodes[node_id] = node
         self.up.add(node_id)
@@ -182,13 +192,14 @@ class Simulator:
         when = self.nodes[node_id].next_deadline()
         if when < self._next_tick[node_id]:
             self._next_tick[node_id] = when
-            self._push(when, "tick", (node_id, self.nodes[node_id]))
+            late = self.net.tick_lateness * self.rng.random() if self.net.tick_lateness else 0.0
+            self._push(when + late, "tick", (node_id, self.nodes[node_id], when))
 
     def _dispatch(self, kind: str, payload: Any) -> None:
         if kind == "tick":
-            node_id, node = payload
+            node_id, node, due = payload
             if (node_id not in self.up or self.nodes[node_id] is not node
-                    or self._next_tick[node_id] != self.now):
+                    or self._next_tick[node_id] != due):
                 return
             self._next_tick[node_id] = math.inf
             self._process(node_id, node.tick(self.now))

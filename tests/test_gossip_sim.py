@@ -212,3 +212,59 @@ def test_simulation_is_deterministic():
         return sim.stats.messages, sorted(sim.false_deaths), [
             (o, sim.state_of(o, node_name(1))) for o in sorted(sim.up)]
     assert run() == run()
+
+
+# ------------------------------------------- probes on each daemon's beat (issue 13)
+# The daemons put their probes on their beat: instants phase + k * probe_interval, the
+# phase drawn per daemon, and their timers fire late when the loop is busy. Failure
+# detection must be what it was: crash detection within the same bounds, no false deaths
+# under loss, Lifeguard still damping a slow node, one probe per period.
+
+BUSY = NetConfig(loss=0.01, tick_lateness=0.03)
+
+
+@pytest.mark.parametrize("n", [10, 100])
+def test_phased_probes_declare_a_crashed_node_dead_within_the_same_bounds(n, capsys):
+    sim = Simulator(n, seed=300 + n, net=BUSY, phased=True)
+    sim.run_for(5.0)
+    victim = node_name(3)
+    sim.crash(victim)
+    start = sim.now
+    bound = CFG.suspicion_max_timeout_mult * min_suspicion(n) + 5 * CFG.probe_interval
+    done = sim.run_until_true(lambda: sim.all_see(victim, DEAD_OR_GONE), timeout=bound,
+                              step=0.25)
+    assert done is not None, "some live node never declared the crashed node dead"
+    report(capsys, f"crash detection, phased probes, N={n}: dead everywhere after "
+                   f"{done - start:.1f} s (bound {bound:.0f} s)")
+    assert done - start >= min_suspicion(n)
+    assert sim.false_deaths == []
+
+
+def test_phased_probes_under_ten_percent_loss_kill_nobody_and_keep_the_probe_rate(capsys):
+    n = 50
+    sim = Simulator(n, seed=17, net=NetConfig(loss=0.10, tick_lateness=0.03), phased=True)
+    sim.run_for(300.0)
+    pings = sim.stats.by_type["swim.ping"]
+    report(capsys, f"10% loss, phased probes, N={n}, 300 s: {pings / n / 300:.2f} pings "
+                   f"per node a second, no false deaths")
+    assert sim.false_deaths == []
+    live = (MemberState.ALIVE, MemberState.SUSPECT)
+    assert all(sim.all_see(x, live) for x in sim.up)
+    # one probe a period each (plus last-chance pings and relayed ones), none skipped
+    assert 0.95 <= pings / n / 300 <= 1.6
+
+
+def test_phased_probes_keep_lifeguard_working_for_a_slow_node():
+    def suspicions(awareness_max: int) -> int:
+        cfg = MembershipConfig(awareness_max_multiplier=awareness_max)
+        sim = Simulator(20, seed=12, config=cfg, phased=True,
+                        net=NetConfig(tick_lateness=0.03))
+        slow = node_name(0)
+        sim.slow[slow] = 0.6
+        count = [0]
+        sim.hooks.append(lambda now, o, ev: count.__setitem__(0, count[0] + 1)
+                         if o == slow and ev.kind == "suspect" else None)
+        sim.run_for(120.0)
+        return count[0]
+    without, with_lg = suspicions(1), suspicions(8)
+    assert without > 10 and with_lg < without / 2

@@ -46,13 +46,25 @@ MIN_TICK_SLEEP = 0.005              # the tick loop never spins faster than this
 MAX_TICK_SLEEP = 30.0               # nor sleeps longer (a safety net: deadlines wake it)
 PROBES_TIMED = 64                   # direct pings awaiting their ack for an RTT sample, at most
 RETIME_SLACK = 0.05                 # a deadline this much later re-times the tick loop's timer
+#: The loop's timers have millisecond ticks (uvloop: its cached clock is whole ms), so the
+#: timer armed for a deadline can fire with the clock reading up to a tick before it: a
+#: deadline this close is run at once, not slept for again (that was a second wake-up).
+TIMER_GRAIN = 0.002
 
 
 class Mesh:
     """Sessions to peers plus membership, for one node."""
 
-    #: The one clock the membership state machine is fed (monotonic: never jumps back).
-    clock = staticmethod(time.monotonic)
+    def clock(self) -> float:
+        """The one clock the membership is fed: the event loop's (monotonic), the one
+        its timers and the beat (:mod:`node.runtime.beat`) run on, so a probe due on a
+        beat is armed for the very instant the beat's loops sleep to: one wake-up. With
+        ``time.monotonic`` the two differed by up to a millisecond (uvloop caches its
+        clock per iteration), which split them into two wake-ups now and then. The loop
+        is looked up once (``get_running_loop`` costs a ``getpid`` per call)."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop.time()
 
     def __init__(self, identity: Identity, name: str, keys: list[bytes],
                  listen: str, bootstrap: list[str], handler: Handler,
@@ -75,6 +87,8 @@ class Mesh:
         #: called with (peer id, round trip in ms) for every acked direct probe
         self.rtt_hooks: list[RttHook] = []
         self._probes_out: dict[int, tuple[str, float]] = {}   # seq -> (peer, sent at)
+        #: links given their one early ping for a first RTT sample (peer -> that session)
+        self._rtt_asked: dict[str, Session] = {}
         #: when each member's advertisement last changed, for ``sedma peers``
         self.advert_seen: dict[str, float] = {}
         #: SWIM and gossip messages only (links also carry work): sent, received
@@ -98,6 +112,7 @@ class Mesh:
         self._timer: asyncio.TimerHandle | None = None   # the tick loop's, while it sleeps
         self._stopping = False
         self.bound: tuple[str, int] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None   # the clock's, at first use
 
     # lifecycle ----------------------------------------------------------------------
     async def start(self, make_advert: Callable[[tuple[str, int]], Advertisement],
@@ -210,6 +225,7 @@ class Mesh:
         self.sessions_opened += 1
         session.start(self._dispatch)
         self._spawn(self._watch(session))
+        self._first_rtt(peer)
         log.info("linked to %s (%s) over %s at %s", session.remote.name, peer[:8],
                  session.link.kind, session.link.remote)
 
@@ -233,6 +249,8 @@ class Mesh:
         await session.closed.wait()
         if self.sessions.get(session.peer_id) is session:
             del self.sessions[session.peer_id]
+        if self._rtt_asked.get(session.peer_id) is session:
+            del self._rtt_asked[session.peer_id]
         self.sessions_closed += 1
         self._closed_sent.update(session.stats.sent_by_tag)
         self._closed_recv.update(session.stats.recv_by_tag)
@@ -316,7 +334,7 @@ class Mesh:
         ``wait_for`` made a task per round."""
         while True:
             self._sleep_until = -math.inf   # awake: nothing needs waking
-            self._process(self.membership.tick(self.clock()))
+            self._process(self.membership.tick(self._tick_time()))
             self._wake.clear()
             self._arm(self.membership.next_deadline())
             try:
@@ -325,6 +343,15 @@ class Mesh:
                 if self._timer is not None:
                     self._timer.cancel()
                     self._timer = None
+
+    def _tick_time(self) -> float:
+        """Now, or the next deadline if it is within ``TIMER_GRAIN`` ahead: the timer
+        armed for it fired, with the loop's millisecond clock not quite there yet. (The
+        membership may then see the clock step back by as much: harmless, it only
+        compares instants seconds apart.)"""
+        now = self.clock()
+        due = self.membership.next_deadline()
+        return due if now < due <= now + TIMER_GRAIN else now
 
     def _arm(self, deadline: float) -> None:
         """(Re)set the tick loop's one timer to ``deadline`` (clamped)."""
@@ -345,6 +372,8 @@ class Mesh:
             self.events_seen[event.kind] += 1
             if event.kind in ("joined", "advert", "alive"):
                 self.advert_seen[event.node_id] = self.clock()
+            if event.kind in ("joined", "alive"):
+                self._first_rtt(event.node_id)
             if event.kind != "advert":
                 log.info("member %s is %s", event.node_id[:8], event.kind)
             if event.kind in ("dead", "left"):
@@ -401,6 +430,20 @@ class Mesh:
         self._probes_out[seq] = (dst, time.perf_counter())
         if len(self._probes_out) > PROBES_TIMED:    # acks that never came: forget the oldest
             del self._probes_out[next(iter(self._probes_out))]
+
+    def _first_rtt(self, peer: str) -> None:
+        """One ping on a link that has no RTT yet, once per link, if the peer is a live
+        member (else when it becomes one: its "joined" event calls again): ``sedma
+        peers`` showed "-" for a linked peer until the probes' round robin reached it, up
+        to N periods after start. Bounded: one small round trip per link ever opened."""
+        session = self.sessions.get(peer)
+        if (session is None or session.closed.is_set() or session.link.rtt_ms is not None
+                or self._rtt_asked.get(peer) is session or self.membership is None):
+            return
+        out = self.membership.ping(peer, self.clock())
+        if out.sends:
+            self._rtt_asked[peer] = session
+            self._process(out)
 
     def _probe_acked(self, session: Session, seq: int) -> None:
         sent = self._probes_out.pop(seq, None)

@@ -7,12 +7,22 @@ Sleeping until the next multiple of the period on the loop's clock puts every lo
 period divides another's on the same instants, so the loop runs them in one wake-up (a
 timer wheel with a one-second slot, for free). The loops stay separate tasks, each
 supervised and failing on its own.
+
+The beats fall at ``phase + k * period``, ``phase`` being this process's own offset
+(:func:`process_phase`, drawn once, uniform over the one-second base period). The
+membership puts its SWIM probe on the same instants (``MembershipConfig.probe_phase``),
+so a daemon wakes once a period for both; and since each daemon has its own phase, the
+daemons of one machine (one monotonic clock) stay spread over the period. With a phase
+shared by everyone (the multiples of the period on a clock all processes share), 100
+daemons on one machine probed, acked and ran their beat work at the same instant on two
+cores, and acks missed their timeout: false suspicions (bench/README.md, idle4).
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import random
 import time
 from typing import Callable, Generic, TypeVar
 
@@ -21,21 +31,44 @@ T = TypeVar("T")
 
 #: A beat closer than this is skipped for the one after it.
 MIN_GAP = 0.1
+#: The period every other one is a multiple of (the advert, lag and dashboard loops',
+#: and the SWIM probe interval's): a process's phase is drawn over it.
+BASE_PERIOD = 1.0
+
+_phase: float | None = None
 
 
-def next_beat(now: float, period: float) -> float:
-    """The next multiple of ``period`` after ``now``, at least ``MIN_GAP`` (or half a
-    period, if shorter) away: a timer that fires a hair early (the loop's clock has
-    millisecond ticks) waits for the following beat instead of firing twice."""
-    beat = (math.floor(now / period) + 1) * period
+def next_beat(now: float, period: float, phase: float = 0.0) -> float:
+    """The next instant ``phase + k * period`` after ``now``, at least ``MIN_GAP`` (or
+    half a period, if shorter) away: a timer that fires a hair early (the loop's clock
+    has millisecond ticks) waits for the following beat instead of firing twice.
+
+    Computed from ``now`` alone, never from the previous beat, so late wake-ups do not
+    accumulate: the thousandth beat is still on the grid."""
+    beat = phase + (math.floor((now - phase) / period) + 1) * period
     return beat + period if beat - now < min(MIN_GAP, period / 2) else beat
 
 
+def pick_phase(rng: random.Random, period: float = BASE_PERIOD) -> float:
+    """A phase uniform over ``period``: where in each period this process's beats fall."""
+    return rng.uniform(0.0, period)
+
+
+def process_phase() -> float:
+    """This process's beat phase, drawn once (at first use) and the same ever after:
+    the daemon's loops and its SWIM probes (``MembershipConfig.probe_phase``) share it."""
+    global _phase
+    if _phase is None:
+        _phase = pick_phase(random.Random())
+    return _phase
+
+
 async def sleep_to_beat(period: float) -> None:
-    """Sleep until the next beat of ``period`` seconds on the running loop's clock."""
+    """Sleep until the next beat of ``period`` seconds (at this process's phase) on the
+    running loop's clock: the clock the mesh's timers run on too (``Mesh.clock``)."""
     loop = asyncio.get_running_loop()
     now = loop.time()
-    await asyncio.sleep(next_beat(now, period) - now)
+    await asyncio.sleep(next_beat(now, period, process_phase()) - now)
 
 
 class Every(Generic[T]):

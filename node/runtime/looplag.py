@@ -34,7 +34,7 @@ import time
 import traceback
 from typing import Callable
 
-from node.runtime.beat import next_beat
+from node.runtime.beat import next_beat, process_phase
 
 log = logging.getLogger("sedma.looplag")
 
@@ -101,7 +101,8 @@ class LagMonitor:
             interval = self.next_interval(now)
             delay = interval
             if interval > self.interval:   # idle: tick on the daemon's shared beat
-                delay = next_beat(loop.time(), interval) - loop.time()
+                at = loop.time()
+                delay = next_beat(at, interval, process_phase()) - at
             self.due = now + delay
             cpu = time.thread_time()
             await asyncio.sleep(delay)
