@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from node import api  # noqa: E402
 from node.runtime import spans  # noqa: E402
+import taskaccount  # noqa: E402  (bench/, beside this script)
 from node.client import AsyncClient, Client, DaemonError  # noqa: E402
 from node.localmesh import DaemonProc, LocalMesh  # noqa: E402
 from protocol.messages import decode_message, encode_message  # noqa: E402
@@ -320,7 +321,7 @@ def split_summary(jobs: list[dict], names: dict[str, str]) -> str:
     return text
 
 
-def oneshot_run(n: int, count: int) -> str:
+def oneshot_run(n: int, count: int, py_spy: Path | None = None) -> str:
     """Per-stage breakdown and per-daemon CPU time of ``count`` one-shot N x N jobs."""
     rng = np.random.default_rng(1)
     a = rng.standard_normal((n, n), dtype=np.float32)
@@ -340,17 +341,31 @@ def oneshot_run(n: int, count: int) -> str:
                     got = c.matmul(a, b, device="ideal")
                     assert np.allclose(got, expect, rtol=1e-3, atol=1e-2)
                 spans._marks.clear()
+                pids = {"coordinator": coord.proc.pid, "peer": peer.proc.pid}
+                names = {role: taskaccount.thread_names(pid) for role, pid in pids.items()}
+                spies = ([taskaccount.PySpy(pid, py_spy / f"{role}.txt")
+                          for role, pid in pids.items()] if py_spy else [])
                 cpu0 = {p.proc.pid: _cpu_seconds(p.proc.pid) for p in (coord, peer)}
-                for _ in range(count):
-                    t = time.perf_counter()
-                    spans.mark("bench.job")
-                    c.matmul(a, b, device="ideal")
-                    spans.mark("bench.done")
-                    lat.append(time.perf_counter() - t)
+                per_job: list[dict[str, dict]] = []
+                try:
+                    for _ in range(count):
+                        before = {role: taskaccount.sample(pid) for role, pid in pids.items()}
+                        t = time.perf_counter()
+                        spans.mark("bench.job")
+                        c.matmul(a, b, device="ideal")
+                        spans.mark("bench.done")
+                        lat.append(time.perf_counter() - t)
+                        per_job.append({role: taskaccount.delta(before[role],
+                                                                taskaccount.sample(pid))
+                                        for role, pid in pids.items()})
+                finally:
+                    for spy in spies:
+                        spy.stop()
                 cpu = {p.proc.pid: (_cpu_seconds(p.proc.pid) - cpu0[p.proc.pid]) / count
                        for p in (coord, peer)}
-                split = split_summary(c.jobs()[-count:], {coord.id: "coordinator",
-                                                          peer.id: "peer"})
+                jobs = c.jobs()[-count:]
+                split = split_summary(jobs, {coord.id: "coordinator", peer.id: "peer"})
+                account = account_table(jobs, per_job, names)
             roles = {coord.proc.pid: "coord", peer.proc.pid: "peer", os.getpid(): "client"}
         stages = oneshot_breakdown(spans.load(marks), roles)
     text = (f"profile_infer --oneshot: N={n} (A and B both shipped), {count} jobs, 2 daemons; "
@@ -362,7 +377,70 @@ def oneshot_run(n: int, count: int) -> str:
             f"{cpu_np * 1e3:.0f} ms)\n{split}\n\n| stage of one job | p50 ms | p90 ms |\n"
             "|---|---:|---:|\n")
     text += "\n".join(f"| {name} | {p50:.1f} | {p90:.1f} |" for name, p50, p90 in stages)
+    text += "\n\n" + account
+    if py_spy:
+        text += "\n\n" + spy_table(py_spy, per_job, names)
     return text + "\n"
+
+
+def account_table(jobs: list[dict], per_job: list[dict[str, dict]],
+                  names: dict[str, dict[int, str]]) -> str:
+    """CPU ms and minor page faults per job, per daemon thread, for jobs kept whole on the
+    coordinator and for jobs split with the peer (each job's own /proc deltas)."""
+    kinds = ["whole" if len(job.get("placement", {})) <= 1 else "split" for job in jobs]
+    rows: dict[tuple[str, str], dict[str, list[tuple[float, int]]]] = {}
+    for kind, used in zip(kinds, per_job):
+        for role, threads in used.items():
+            totals: dict[str, tuple[float, int]] = {}
+            for tid, got in threads.items():
+                name = names[role].get(tid, f"thread {tid}")
+                cpu, flt = totals.get(name, (0.0, 0))
+                totals[name] = (cpu + got.cpu_s, flt + got.minflt)
+            totals["(all threads)"] = (sum(g.cpu_s for g in threads.values()),
+                                       sum(g.minflt for g in threads.values()))
+            for name, value in totals.items():
+                rows.setdefault((role, name), {}).setdefault(kind, []).append(value)
+    counts = {k: kinds.count(k) for k in ("whole", "split")}
+    text = (f"CPU per job by thread (/proc task stats; mean ms and minor faults per job; "
+            f"whole: {counts['whole']} jobs, split: {counts['split']} jobs)\n\n"
+            "| daemon | thread | whole: CPU ms | whole: minor faults | split: CPU ms | "
+            "split: minor faults |\n|---|---|---:|---:|---:|---:|\n")
+    for (role, name), by_kind in sorted(rows.items()):
+        cells = []
+        for kind in ("whole", "split"):
+            vals = by_kind.get(kind, [])
+            if vals and counts[kind]:
+                cells += [f"{sum(v[0] for v in vals) * 1e3 / counts[kind]:.0f}",
+                          f"{sum(v[1] for v in vals) / counts[kind]:.0f}"]
+            else:
+                cells += ["–", "–"]
+        if any(c not in ("0", "–") for c in cells):
+            text += f"| {role} | {name} | " + " | ".join(cells) + " |\n"
+    return text
+
+
+def spy_table(directory: Path, per_job: list[dict[str, dict]],
+              names: dict[str, dict[int, str]]) -> str:
+    """Each daemon thread's CPU per job (/proc) shared out by what py-spy saw it doing in
+    its working samples: a share of measured CPU, not sampled wall time (a thread waiting
+    for a core is sampled as running, so sample counts alone overstate busy threads)."""
+    text = ("py-spy record --native --threads during the same jobs: each thread's CPU per "
+            "job (mean over all jobs) shared out by what its working samples were doing\n\n"
+            "| daemon | thread | what | share of its samples | CPU ms per job |\n"
+            "|---|---|---|---:|---:|\n")
+    for role in ("coordinator", "peer"):
+        cpu: dict[str, float] = {}
+        for used in per_job:
+            for tid, got in used[role].items():
+                name = names[role].get(tid, f"thread {tid}")
+                cpu[name] = cpu.get(name, 0.0) + got.cpu_s * 1e3 / len(per_job)
+        for thread, kinds in sorted(taskaccount.categorise(directory / f"{role}.txt").items()):
+            total = sum(kinds.values())
+            for kind, k in kinds.most_common():
+                msec = cpu.get(thread, 0.0) * k / total
+                if msec >= 0.5:
+                    text += f"| {role} | {thread} | {kind} | {k / total:.0%} | {msec:.1f} |\n"
+    return text
 
 
 def main() -> None:
@@ -374,9 +452,14 @@ def main() -> None:
     ap.add_argument("--no-cprofile", action="store_true", help="only the per-stage breakdown")
     ap.add_argument("--oneshot", type=int, default=0, metavar="N",
                     help="profile one-shot N x N matmul jobs instead of infer")
+    ap.add_argument("--py-spy", type=Path, default=None, metavar="DIR",
+                    help="with --oneshot: record both daemons with py-spy (--native "
+                         "--threads) during the jobs into DIR and print what each thread did")
     args = ap.parse_args()
     if args.oneshot:
-        text = oneshot_run(args.oneshot, min(args.requests, 400))
+        if args.py_spy:
+            args.py_spy.mkdir(parents=True, exist_ok=True)
+        text = oneshot_run(args.oneshot, min(args.requests, 400), args.py_spy)
         print(text)
         OUT.mkdir(exist_ok=True)
         (OUT / f"profile_oneshot_{args.oneshot}.md").write_text(text)

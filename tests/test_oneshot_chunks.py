@@ -7,6 +7,7 @@ trip by the split's model."""
 from __future__ import annotations
 
 import asyncio
+import math
 
 import numpy as np
 import pytest
@@ -419,3 +420,58 @@ def test_chunks_answered_after_a_failed_one_are_kept_not_recomputed():
     assert len(peer.chunks_sent) == 4
     assert computed_here == [(256, 512)]              # only the chunk that failed
     np.testing.assert_allclose(got, a @ b, rtol=1e-4, atol=1e-4)
+
+
+def test_this_nodes_speed_is_kept_as_beside_peers_only_when_a_peer_share_was_in_flight():
+    """A share of this node's computed while a peer's hand-over had begun counts as its
+    speed beside peers (it may share their cores); one with none as its speed alone."""
+    from compute.partition import Block
+    from node.work.jobs import Job, JobManager
+
+    class Holder:
+        async def compute_share(self, a_rows, b, device, seed, row_offset, out):
+            out[...] = a_rows @ b
+
+    class Fake:
+        node_id = "me"
+        holder = Holder()
+        memory = type("D", (), {"record_share": lambda *args: None})()
+        _handover_delay = staticmethod(lambda: 0.5)
+
+    a, b = rand((256, 64), 20), rand((64, 32), 21)
+    for sealing, alone, beside in (([], True, False), ([[0.0, math.inf]], False, True)):
+        fake = Fake()
+        fake.share_meter = ShareMeter()
+        out = np.empty((256, 32), np.float32)
+        asyncio.run(JobManager._share(fake, Job("j", "matmul"), Block(0, 0, 256, ["me"]),
+                                      a, b, out, None, 0, {}, 1, sealing))
+        assert (fake.share_meter.speed("me", "") is not None) == alone
+        assert (fake.share_meter.speed_alongside("me", "") is not None) == beside
+
+
+def test_a_chunks_compute_time_leaves_out_its_wait_for_the_compute_threads(holder):
+    """A chunk that arrives while the threads are busy (the chunk before it, here a stand-in
+    holding both for 0.4 s) reports the seconds its product took, not its wait: the asker
+    sums the chunks' figures, and the waits made a peer read 2-3x slower than it computes."""
+    import time
+
+    a, b = rand((256, 64), 30), rand((64, 32), 31)
+    session = FakeSession()
+    workers = holder.executor.workers
+
+    async def run() -> float:
+        busy = [asyncio.ensure_future(holder.executor.run(time.sleep, 0.4))
+                for _ in range(workers)]
+        await asyncio.sleep(0.05)                     # both threads taken
+        start = time.perf_counter()
+        await holder.handle(session, wire(MatmulOperand(1, "job/0", b, None, 1, 1)))
+        await holder.handle(session, wire(MatmulRows(2, "job/0", a, 0)))
+        await asyncio.gather(*busy)
+        return time.perf_counter() - start
+    waited = asyncio.run(run())
+    (_, ok, _), (rid, value, error) = session.replies
+    assert error is None and rid == 2
+    y, compute_s = read_share_result(value)
+    np.testing.assert_allclose(y, a @ b, rtol=1e-5, atol=1e-5)
+    assert waited >= 0.3                              # the chunk did wait for the threads
+    assert 0 < compute_s < 0.2                        # ...and reports its product alone

@@ -91,7 +91,7 @@ def test_this_nodes_share_computes_while_the_peers_share_is_still_being_handed_o
         node_id = "me"
         holder = Holder()
         metrics = Metrics()
-        share_meter = type("M", (), {"record": lambda *args: None})()
+        share_meter = type("M", (), {"record": lambda *args, **kw: None})()
         memory = type("D", (), {"record_share": lambda *args: None})()
         results = None
         slots = staticmethod(lambda: [])

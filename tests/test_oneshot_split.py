@@ -239,3 +239,169 @@ def test_operand_rates_are_kept_apart_from_the_migration_link_figure_and_age_out
     assert meter.link_bps("p", now=700.0) is None                # too old to use
     meter.forget({"q"})
     assert meter.link_bps("p", now=1.0) is None                  # departed: dropped
+
+
+# this node's speed beside peers' shares (oneshot5) -----------------------------------------
+
+#: The bench's two daemons on one 2-core machine (bench/README.md, oneshot5): this node
+#: does 2048 rows alone in ~150 ms (~115 GFLOP/s on 2 threads) but only ~50-77 beside a
+#: peer whose opening of B and compute take the same cores; the peer ~60 GFLOP/s, its path
+#: 1-2.6 GB/s, this node's hand-over ~300 MB/s (the coordinator's log, main, 03:23 UTC).
+BENCH_PEER = ShareCost("p", 60.0, 1.5e9, 0.0005, handover_bps=300e6, chunks=MAX_CHUNKS)
+
+
+def test_a_node_measured_slower_beside_peers_keeps_the_job_whole():
+    unmeasured = ShareCost("me", 115.0, local=True)
+    slower = ShareCost("me", 115.0, local=True, alongside_gflops=60.0)
+    # priced at its speed alone, this node gives the peer rows (what main did, job after job)
+    assert rows(transfer_split(N, N, N, [unmeasured, BENCH_PEER], handover_delay=0.5))["p"] > 0
+    # priced at what it measured beside the peer, the split cannot beat the job kept whole
+    split = transfer_split(N, N, N, [slower, BENCH_PEER], handover_delay=0.5)
+    assert split.rows == (("me", N),)
+    assert split.predicted_s == {"me": pytest.approx(2.0 * N ** 3 / 115e9)}
+
+
+def test_between_hosts_the_same_speed_beside_peers_changes_nothing():
+    for link in (FAST, 2e9, LOOPBACK):
+        far = ShareCost("p", 100.0, link, 0.001, handover_bps=1e9, chunks=MAX_CHUNKS)
+        before = transfer_split(N, N, N, [me(), far], handover_delay=0.5)
+        same = transfer_split(N, N, N, [ShareCost("me", 100.0, local=True,
+                                                  alongside_gflops=100.0), far],
+                              handover_delay=0.5)
+        assert same == before and rows(same)["p"] > 0
+
+
+def test_a_split_beside_peers_is_predicted_at_the_speed_measured_beside_them():
+    local = ShareCost("me", 100.0, local=True, alongside_gflops=80.0)
+    far = peer(link=FAST)
+    split = transfer_split(N, N, N, [local, far])
+    r = rows(split)
+    assert 0 < r["p"] and r["p"] > r["me"]                   # the slower side gets fewer
+    assert split.predicted_s["me"] == pytest.approx(r["me"] * 2.0 * N * N / 80e9)
+    times = list(split.predicted_s.values())
+    assert max(times) - min(times) <= 2 * row_cost(far, N, N)
+
+
+def test_a_speed_beside_peers_that_makes_no_sense_is_refused():
+    for bad in (float("nan"), -1.0, float("inf")):
+        with pytest.raises(ValueError, match="alongside"):
+            transfer_split(N, N, N, [ShareCost("me", 100.0, local=True,
+                                               alongside_gflops=bad), peer()])
+
+
+def test_the_meter_keeps_this_nodes_speed_beside_peers_apart_and_ages_it_out():
+    meter = ShareMeter(max_age_s=60)
+    meter.record("me", "", 100e9, 1.0, now=0)                     # a whole job
+    meter.record("me", "", 40e9, 1.0, now=1, alongside=True)      # beside a peer's share
+    assert meter.speed("me", "", now=2) == pytest.approx(100.0)   # not mixed into it
+    assert meter.speed_alongside("me", "", now=2) == pytest.approx(40.0)
+    meter.record("me", "", 60e9, 1.0, now=3, alongside=True)      # smoothed like the rest
+    assert meter.speed_alongside("me", "", now=3) == pytest.approx(50.0)
+    assert meter.speed_alongside("me", "rram", now=3) is None     # per device
+    assert meter.speed_alongside("me", "", now=100) is None       # aged: one split re-measures
+    meter.forget({"other"})
+    assert meter.speed_alongside("me", "", now=3) is None
+
+
+def test_the_snapshot_carries_this_nodes_speed_beside_peers_and_either_figure_will_do():
+    from compute.device import get_preset
+    from compute.partition import NodeSlot
+    from node.work.jobs import JobManager
+
+    def costs(alone: float | None, beside: float | None):
+        class Fake:
+            node_id, host = "me", ""
+            mesh = _Mesh([_Member("p", None)])
+            share_meter = ShareMeter()
+            _rtt_s = staticmethod(lambda node: 0.001)
+        if alone:
+            Fake.share_meter.record("me", "", alone * 1e9, 1.0)
+        if beside:
+            Fake.share_meter.record("me", "", beside * 1e9, 1.0, alongside=True)
+        Fake.share_meter.record("p", "", 60e9, 1.0)
+        Fake.share_meter.record_link("p", int(3e8), 1.0)
+        slots = [NodeSlot(n, 1.0, 1 << 30, get_preset("ideal")) for n in ("me", "p")]
+        got = JobManager._share_costs(Fake(), slots, None)
+        return None if got is None else got[0]
+
+    assert costs(100.0, 40.0) == ShareCost("me", 100.0, local=True, alongside_gflops=40.0)
+    assert costs(100.0, None) == ShareCost("me", 100.0, local=True)
+    # only split jobs so far (the first, by capacity): that figure stands for both
+    assert costs(None, 40.0) == ShareCost("me", 40.0, local=True, alongside_gflops=40.0)
+    assert costs(None, None) is None
+
+
+def _planner(alone: float | None, beside: float | None, peer_host: str | None = None,
+             peer_gflops: float = 60.0, handover_bps: float = 3e8):
+    """``JobManager._oneshot_plan`` on fakes: this node "me" and one measured peer "p"."""
+    from compute.device import get_preset
+    from compute.partition import NodeSlot
+    from node.work.jobs import Job, JobManager
+
+    class Fake:
+        node_id, host = "me", "h"
+        mesh = _Mesh([_Member("p", peer_host)])
+        share_meter = ShareMeter()
+        executor = type("E", (), {"workers": 2})()
+        _rtt_s = staticmethod(lambda node: 0.0005)
+        _share_costs = JobManager._share_costs
+        _handover_delay = JobManager._handover_delay
+        _alone_unmeasured = JobManager._alone_unmeasured
+        _measure_alone = JobManager._measure_alone
+    if alone:
+        Fake.share_meter.record("me", "", alone * 1e9, 1.0)
+    if beside:
+        Fake.share_meter.record("me", "", beside * 1e9, 1.0, alongside=True)
+    Fake.share_meter.record("p", "", peer_gflops * 1e9, 1.0)
+    Fake.share_meter.record_link("p", int(1e9), 1.0)
+    Fake.share_meter.record_handover("p", int(handover_bps), 1.0)
+    slots = [NodeSlot(n, 1.0, 1 << 30, get_preset("ideal")) for n in ("me", "p")]
+    job = Job("j", "matmul")
+    plan = JobManager._oneshot_plan(Fake(), job, (N, N), N, slots, None)
+    return job.detail["split"], plan.rows_by_node()
+
+
+def test_a_job_is_kept_whole_once_to_measure_this_nodes_speed_alone():
+    # only split jobs so far (the first by capacity): this one measures the whole job
+    split, placed = _planner(None, 50.0)
+    assert split["by"] == "measure" and placed == {"me": N}
+    # both figures known: the model decides; slower beside the peer, whole pays here
+    split, placed = _planner(115.0, 50.0)
+    assert split["by"] == "transfer" and placed == {"me": N}
+    # between hosts (the same speed beside peers) the peer gets its rows as before
+    split, placed = _planner(115.0, 115.0)
+    assert split["by"] == "transfer" and placed["p"] > 0
+    # a co-host could get no rows anyway: no job is kept whole only to measure
+    split, placed = _planner(None, 50.0, peer_host="h")
+    assert split["by"] == "transfer" and split["cohosts"] == ["p"]
+
+
+def test_a_split_predicted_to_save_less_than_the_minimum_gain_keeps_the_job_whole():
+    from node.work.oneshotsplit import MIN_SPLIT_GAIN
+    whole = N * row_cost(me(), N, N)                          # 172 ms at 100 GFLOP/s
+    # moving B takes 150 ms: the peer can take only a few rows before the whole job's end
+    slow = peer(link=N * N * 4 / 0.150)
+    exact = transfer_split(N, N, N, [me(), slow], min_gain=0.0)
+    assert rows(exact)["p"] > 0                               # the bare model splits...
+    saved = 1 - max(exact.predicted_s.values()) / whole
+    assert 0 < saved < MIN_SPLIT_GAIN                         # ...for a few per cent
+    assert transfer_split(N, N, N, [me(), slow]).rows == (("me", N),)
+    # a split that clearly pays is kept: the even split of a fast link saves ~half
+    assert rows(transfer_split(N, N, N, [me(), peer()]))["p"] > 0
+    with pytest.raises(ValueError, match="min_gain"):
+        transfer_split(N, N, N, [me(), peer()], min_gain=1.0)
+
+
+def test_measuring_this_node_alone_is_skipped_when_the_whole_job_would_cost_too_much():
+    from node.work.oneshotsplit import MEASURE_ALONE_COST, measuring_alone_affordable
+    local = me(100.0)
+    even = transfer_split(N, N, N, [local, peer(link=FAST)])        # ~half the whole time
+    assert measuring_alone_affordable(even, local, N, N, N)
+    many = [local] + [peer(f"p{i}", 100.0, FAST) for i in range(4)]   # ~a fifth of it
+    fifth = transfer_split(N, N, N, many)
+    whole = N * row_cost(local, N, N)
+    assert whole > MEASURE_ALONE_COST * max(fifth.predicted_s.values())
+    assert not measuring_alone_affordable(fifth, local, N, N, N)
+    # the job manager then splits as the model says instead of keeping the job to measure
+    split, placed = _planner(None, 50.0, peer_gflops=1000.0, handover_bps=1e9)
+    assert split["by"] == "transfer" and placed["p"] > 0

@@ -1,5 +1,6 @@
 """The transfer-aware one-shot split with real daemons (issue 13): the first job splits by
-capacity and measures; later ones split by the measurements, uneven, and stay exact. A
+capacity and measures, the second may be kept whole to measure the coordinator alone; later
+ones split by the measurements, uneven, and stay exact. A
 daemon on this node's own host (same kernel: same cores) gets no share once measured."""
 
 from __future__ import annotations
@@ -51,7 +52,12 @@ def test_a_measured_uneven_split_over_two_hosts_gives_the_exact_product(cluster,
         first = run_job(c, 1)
         assert first["split"] == {"by": "capacity"}
         assert len(first["placement"]) == 2                  # both measured
-        later = [run_job(c, 10 + 2 * i) for i in range(4)]
+        jobs = [run_job(c, 10 + 2 * i) for i in range(5)]
+    # the first job measured this node only beside the peer: the next may be kept whole to
+    # measure it alone (once that costs at most MEASURE_ALONE_COST of the split), once
+    measuring = [j for j in jobs if j["split"]["by"] == "measure"]
+    assert len(measuring) <= 1 and all(j["placement"] == {n1.id: M} for j in measuring)
+    later = [j for j in jobs if j["split"]["by"] != "measure"]
     assert all(j["split"]["by"] == "transfer" and j["split"]["cohosts"] == [] for j in later)
     for j in later:            # what was predicted is what was placed
         assert set(j["split"]["predicted_ms"]) == set(j["placement"])

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.work.oneshotsplit import ShareCost, handover_cost, row_cost, fixed_cost, transfer_split
+from node.work.oneshotsplit import (MIN_SPLIT_GAIN, ShareCost, fixed_cost, handover_cost,
+                                   local_with_peers, row_cost, transfer_split)
 from node.work.sharemeter import ShareMeter, ShareTiming
 from protocol.errors import DecodeError
 from protocol.messages import decode_message, encode_message, to_wire
@@ -205,17 +206,20 @@ def test_a_hand_over_rate_that_makes_no_sense_is_refused():
        peers=st.lists(st.tuples(st.floats(0.1, 1e3), st.floats(1e6, 1e12),
                                 st.floats(0, 0.01), st.floats(1e6, 1e12),
                                 st.integers(1, 8)), max_size=4),
-       delay=st.sampled_from([1.0, 0.5, 0.25]))
+       delay=st.sampled_from([1.0, 0.5, 0.25]),
+       beside=st.one_of(st.just(0.0), st.floats(0.1, 1e3)))
 def test_the_chosen_split_is_never_predicted_slower_than_keeping_the_job(m, k, n, unit, local,
-                                                                          peers, delay):
-    nodes = [me(local)] + [ShareCost(f"p{i}", g, b, lat, handover_bps=h, chunks=c)
+                                                                          peers, delay, beside):
+    nodes = [ShareCost("me", local, local=True, alongside_gflops=beside)] + [ShareCost(f"p{i}", g, b, lat, handover_bps=h, chunks=c)
                            for i, (g, b, lat, h, c) in enumerate(peers)]
     split = transfer_split(m, k, n, nodes, unit=unit, handover_delay=delay)
     alone = m * row_cost(nodes[0], k, n)
     # rounding to whole units moves at most one unit per node onto another
     slack = unit * max(row_cost(c, k, n) + (k * 4 / c.handover_bps if c.handover_bps else 0)
-                       for c in nodes) * len(nodes)
+                       for c in [*nodes, local_with_peers(nodes[0])]) * len(nodes)
     assert max(split.predicted_s.values()) <= alone + slack + 1e-12
+    if len(split.rows) > 1:         # a split is kept only when it clearly pays
+        assert max(split.predicted_s.values()) <= alone * (1 - MIN_SPLIT_GAIN) + slack + 1e-12
 
 
 # the coordinator's side: _chunks_on feeds the meter from the replies -----------------------

@@ -108,7 +108,18 @@ class BlockHolder:
     async def compute_share(self, a: np.ndarray, b: np.ndarray, device: str | None, seed: int,
                             row_offset: int, out: np.ndarray | None = None,
                             check_a: bool = False) -> np.ndarray:
-        """One-shot ``a @ b`` on crossbars (a is rows [row_offset, ...) of the job's A).
+        """One-shot ``a @ b`` on crossbars (``compute_share_timed`` without the time)."""
+        return (await self.compute_share_timed(a, b, device, seed, row_offset, out, check_a))[0]
+
+    async def compute_share_timed(self, a: np.ndarray, b: np.ndarray, device: str | None,
+                                  seed: int, row_offset: int, out: np.ndarray | None = None,
+                                  check_a: bool = False) -> tuple[np.ndarray, float]:
+        """One-shot ``a @ b`` on crossbars (a is rows [row_offset, ...) of the job's A), and
+        the seconds the product held the compute threads: the longest of its spans, which
+        run side by side, measured on the threads. Why not the wall time around the call:
+        a peer's chunk that arrives while the one before still computes waits for the
+        threads, and that wait, summed over the chunks by the asker's meter, read as a
+        peer two or three times slower than it computes (bench/README.md, oneshot5).
 
         ``b`` was validated where it entered this process; ``a`` too unless ``check_a``,
         which scans it on the compute threads in the same hop as the product (a peer's
@@ -121,19 +132,19 @@ class BlockHolder:
         """
         profile = self.profile(device)
         if not profile.is_ideal:
-            y, _ = await self.executor.run(self._timed, functools.partial(
+            y, seconds = await self.executor.run(self._timed, functools.partial(
                 _checked_crossbar, a, b, profile, seed, row_offset, check_a))
             if out is not None:
                 out[...] = y
-            return y
+            return y, seconds
         check_seed(seed)
         if check_a and not _plain_f32(a):          # rare: converted once, then as below
             a = await self.executor.run(as_matrix, a, "A share")
         y = np.empty((a.shape[0], b.shape[1]), np.float32) if out is None else out
-        await asyncio.gather(*(self.executor.run(self._timed, functools.partial(
+        timed = await asyncio.gather(*(self.executor.run(self._timed, functools.partial(
             _checked_matmul, a[r0:r1], b, y[r0:r1], check_a))
             for r0, r1 in _row_spans(a.shape[0], self.executor.workers)))
-        return y
+        return y, max(seconds for _, seconds in timed)
 
     async def store_block(self, name, index, row_start, w, device, seed,
                           rows: Provenance = Provenance()) -> int:
@@ -429,9 +440,9 @@ class BlockHolder:
             spans.mark("peer.validated")
             if a.shape[1] != b.shape[0]:
                 raise StoreError("share shapes do not align")
-            start = time.perf_counter()
-            result = await self.compute_share(a, b, msg.device, msg.seed, msg.row_offset)
-            compute_s = time.perf_counter() - start   # the asker's split needs it apart
+            # the product's own seconds: the asker's split needs its compute apart
+            result, compute_s = await self.compute_share_timed(a, b, msg.device, msg.seed,
+                                                               msg.row_offset)
             self.metrics.completed()
             return share_result_wire(result, compute_s)
         if isinstance(msg, InferBlock):
@@ -518,10 +529,8 @@ class BlockHolder:
                 raise StoreError("share shapes do not align")
             if msg.row_offset < 0:
                 raise StoreError(f"a chunk's row offset must be >= 0, got {msg.row_offset}")
-            start = time.perf_counter()
-            result = await self.compute_share(msg.a, b, held.device, held.seed,
-                                              msg.row_offset, check_a=True)
-            compute_s = time.perf_counter() - start
+            result, compute_s = await self.compute_share_timed(
+                msg.a, b, held.device, held.seed, msg.row_offset, check_a=True)
         finally:
             self.operands.served(sender, msg.job_id)
         self.metrics.completed()

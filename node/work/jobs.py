@@ -39,8 +39,8 @@ from node.memory.dualmemory import DualMemory
 from node.metrics import Metrics
 from node.work.blockgroups import BlockTry, fail_over, group_by_holder, read_parts
 from node.work.latency import PeakEwma, order_holders
-from node.work.oneshotsplit import (MAX_CHUNKS, ShareCost, chunk_rows, fits_memory,
-                                    transfer_split)
+from node.work.oneshotsplit import (MAX_CHUNKS, ShareCost, Split, chunk_rows, fits_memory,
+                                    measuring_alone_affordable, transfer_split)
 from node.work.placement import Candidate, holdable, rank
 from node.work.sharemeter import ShareMeter, ShareTiming, host_id
 from node.work.claims import ClaimRefused, quorum
@@ -360,6 +360,9 @@ class JobManager:
         # the loop's sealing slows by one core of ``workers`` while it lasts
         split = transfer_split(shape[0], shape[1], n, costs, unit,
                                handover_delay=self._handover_delay())
+        if self._alone_unmeasured(costs, device) and measuring_alone_affordable(
+                split, next(c for c in costs if c.local), shape[0], shape[1], n):
+            return self._measure_alone(job, shape, slots, device, dev)
         if not fits_memory(split.rows, slots, shape[1], dev):
             job.detail["split"] = {"by": "capacity", "why": "a node's free memory"}
             log.info("job %s: the transfer-aware split %s exceeds a node's free memory; "
@@ -370,12 +373,36 @@ class JobManager:
         job.detail["split"] = {"by": "transfer", "predicted_ms": predicted,
                                "cohosts": [c.node_id for c in costs if c.cohost]}
         log.info("job %s: transfer-aware split %s, predicted ms %s (co-hosts left out: %d); "
-                 "measured GFLOP/s, path and hand-over MB/s: %s", job.id,
+                 "measured GFLOP/s, path and hand-over MB/s: %s; this node beside peers' "
+                 "shares %.1f GFLOP/s", job.id,
                  {nid[:8]: r for nid, r in split.rows},
                  {nid[:8]: t for nid, t in predicted.items()}, sum(c.cohost for c in costs),
                  {c.node_id[:8]: (round(c.gflops, 1), round(c.link_bps / 1e6),
-                                  round(c.handover_bps / 1e6)) for c in costs})
+                                  round(c.handover_bps / 1e6)) for c in costs},
+                 next(c.alongside_gflops for c in costs if c.local))
         return split.plan(shape, device)
+
+    def _alone_unmeasured(self, costs: list[ShareCost], device: str | None) -> bool:
+        """Whether the split would have to price the job kept whole without ever having
+        measured it: every job so far gave a peer rows (the first splits by capacity), so
+        this node's speed is known only beside peers' shares, and a peer could get rows."""
+        return (self.share_meter.speed(self.node_id, device or "") is None
+                and any(not c.local and not c.cohost for c in costs))
+
+    def _measure_alone(self, job: Job, shape: tuple[int, int], slots: list[NodeSlot],
+                       device: str | None, dev) -> PartitionPlan:
+        """Keep this job on this node to measure its speed alone: the split compares a
+        split against the job kept whole, and a whole job's speed is the one figure only a
+        whole job measures (beside a peer on the same cores it can be half of it). Costs
+        one job in ``MAX_AGE_S`` at most, when every job splits, and only a job whose whole
+        time is within ``MEASURE_ALONE_COST`` of the split's (``measuring_alone_affordable``)."""
+        whole = Split(((self.node_id, shape[0]),), {})
+        if not fits_memory(whole.rows, slots, shape[1], dev):
+            job.detail["split"] = {"by": "capacity", "why": "a node's free memory"}
+            return plan_rows(shape, slots, device=dev)
+        job.detail["split"] = {"by": "measure", "why": "this node's speed alone"}
+        log.info("job %s: kept on this node to measure its speed alone", job.id)
+        return whole.plan(shape, device)
 
     def _share_costs(self, slots: list[NodeSlot], device: str | None) -> list[ShareCost] | None:
         """A snapshot of what one-shot shares measured, for the candidates in ``slots``;
@@ -388,9 +415,13 @@ class JobManager:
             nid = slot.node_id
             speed = self.share_meter.speed(nid, key)
             if nid == self.node_id:
-                if speed is None:
+                # alone (a whole job) and beside peers' shares; either stands for both
+                # until the other is measured, as one figure did before they were apart
+                alongside = self.share_meter.speed_alongside(nid, key)
+                if speed is None and alongside is None:
                     return None
-                costs.append(ShareCost(nid, speed, local=True))
+                costs.append(ShareCost(nid, speed or alongside, local=True,
+                                       alongside_gflops=alongside or 0.0))
                 continue
             member = members.get(nid)
             if member is not None and self.host and member.advert.extra.get("host") == self.host:
@@ -442,8 +473,11 @@ class JobManager:
                     for r0, r1 in todo:
                         await self.holder.compute_share(a[r0:r1], b, device, seed, r0, out[r0:r1])
                         pieces[r0] = out[r0:r1]
+                    # beside a peer's share (one whose hand-over began) the cores may
+                    # be shared with it: that speed is kept apart (local_with_peers)
                     self.share_meter.record(target, device or "", flops, own_seconds(
-                        start, time.perf_counter(), sealing, self._handover_delay()))
+                        start, time.perf_counter(), sealing, self._handover_delay()),
+                        alongside=bool(sealing))
                 else:
                     await self._chunks_on(target, job.id, a, b, todo, device, seed, pieces,
                                           sealing)

@@ -12,7 +12,8 @@ makes the predicted finish times equal:
                 t = (row of A + row of Y) / L,  p = f / v
 
 with ``f = 2 k n`` flops a row, ``v`` the node's measured speed (a peer's from its own
-report of its compute time), ``L`` the measured rate of the share's path (sealing here,
+report of its compute time; this node's, when peers have shares, its speed measured beside
+theirs: ``local_with_peers``), ``L`` the measured rate of the share's path (sealing here,
 the wire, opening and validating there, and the rows back: a share's round trip less the
 peer's compute) and ``H`` the rate at which this node seals and hands a peer's operands
 to the link. ``d`` is the part of that sealing which delays this node's own share: 1 when
@@ -40,7 +41,7 @@ Pure functions over a snapshot (:class:`ShareCost`); the job manager measures th
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 from compute.device import DeviceProfile
@@ -50,6 +51,17 @@ FLOAT32 = 4
 #: Row chunks a peer's share is sent in at most, and the fewest bytes of A worth a chunk.
 MAX_CHUNKS = 4
 MIN_CHUNK_BYTES = 1 << 20
+#: A split must be predicted this much faster than the job kept whole, or the job stays
+#: whole. Why: the model's finish times agree with the measured ones within 5-6 %
+#: (bench/README.md, oneshot3), so a smaller predicted gain is inside its error, while a
+#: peer share surely costs moving all of B: on the bench's 2-core host a split N=2048 job
+#: used up to ~575 ms of CPU against ~395 ms kept whole (oneshot5's accounting run), and a
+#: 128-row peer share (6 % of the rows) moved B's 16 MiB for a gain of a few ms predicted.
+MIN_SPLIT_GAIN = 0.10
+#: A job is kept whole to measure this node alone only if that is predicted to take at most
+#: this many times the split's finish: between a slow coordinator and much faster peers the
+#: measuring job would cost more than the figure can win back.
+MEASURE_ALONE_COST = 2.0
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,10 @@ class ShareCost:
     handover_bps: float = 0.0
     #: row chunks a share for this peer is sent in (1: one message, no overlap)
     chunks: int = 1
+    #: this node only: its measured speed while peers' shares ran beside its own (0: not
+    #: measured, taken as ``gflops``). Net of its own sealing like ``gflops``; slower when
+    #: a peer's opening and compute take cores from it (``local_with_peers``).
+    alongside_gflops: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -102,6 +118,28 @@ def row_cost(c: ShareCost, k: int, n: int, itemsize: int = FLOAT32) -> float:
     return compute + transfer - (1.0 - 1.0 / c.chunks) * min(compute, transfer)
 
 
+def local_with_peers(local: ShareCost) -> ShareCost:
+    """This node as it computes while peers have shares: at its speed measured alongside
+    them when known. Why: on a machine whose cores a peer shares (daemons standing for
+    hosts in a lab, or a host the split cannot know is shared) the peer's opening of B and
+    its compute slow this node's own rows; measured, that is a split that cannot pay, and
+    a rule by rates rather than by a declared host keeps the job whole. Between hosts the
+    two speeds agree and nothing changes."""
+    if local.alongside_gflops > 0:
+        return replace(local, gflops=local.alongside_gflops)
+    return local
+
+
+def measuring_alone_affordable(split: Split, local: ShareCost, m: int, k: int, n: int,
+                               factor: float = MEASURE_ALONE_COST,
+                               itemsize: int = FLOAT32) -> bool:
+    """Whether keeping this ``m``-row job whole (at ``local``'s speed, the best figure there
+    is) is predicted to take at most ``factor`` times the finish of ``split``: the price of
+    measuring this node's speed alone once (the job manager's ``split.by = "measure"``)."""
+    whole = m * row_cost(local, k, n, itemsize)
+    return whole <= factor * max(split.predicted_s.values())
+
+
 def handover_cost(c: ShareCost, rows: int, k: int, n: int, itemsize: int = FLOAT32) -> float:
     """Seconds this node spends sealing and handing over a share of ``rows`` rows for peer
     ``c`` (all of B and its rows of A) before its own share can start; 0 for no share."""
@@ -111,22 +149,27 @@ def handover_cost(c: ShareCost, rows: int, k: int, n: int, itemsize: int = FLOAT
 
 
 def transfer_split(m: int, k: int, n: int, nodes: Sequence[ShareCost], unit: int = 1,
-                   itemsize: int = FLOAT32, handover_delay: float = 1.0) -> Split:
+                   itemsize: int = FLOAT32, handover_delay: float = 1.0,
+                   min_gain: float = MIN_SPLIT_GAIN) -> Split:
     """Rows of an ``m x k`` A per node so that predicted finish times are equal.
 
     ``unit``: shares are whole multiples of it (a device's tile rows), but for the last
     node's, which ends at ``m``. ``handover_delay``: the part of the hand-over that
-    delays this node's own share (``d`` above). Raises ValueError on a snapshot that
-    makes no sense.
+    delays this node's own share (``d`` above). ``min_gain``: the part of the whole job's
+    time a split must be predicted to save, else the job stays whole (``MIN_SPLIT_GAIN``).
+    Raises ValueError on a snapshot that makes no sense.
     """
     _check(m, k, n, nodes, unit)
     if not 0.0 <= handover_delay <= 1.0:
         raise ValueError(f"handover_delay must be within [0, 1], got {handover_delay}")
+    if not 0.0 <= min_gain < 1.0:
+        raise ValueError(f"min_gain must be within [0, 1), got {min_gain}")
     eligible = [c for c in nodes if c.local or not c.cohost]
     local = next(c for c in eligible if c.local)
     peers = [c for c in eligible if not c.local]
     units = -(-m // unit)
-    share = _level_shares(units, local, peers, k, n, unit, itemsize, handover_delay)
+    share = _level_shares(units, local, peers, k, n, unit, itemsize, handover_delay,
+                          min_gain)
     whole = _round(share, units)
     order = [c.node_id for c in eligible if whole.get(c.node_id)]
     rows, left = [], m
@@ -139,7 +182,8 @@ def transfer_split(m: int, k: int, n: int, nodes: Sequence[ShareCost], unit: int
 
 
 def _level_shares(units: int, local: ShareCost, peers: list[ShareCost], k: int, n: int,
-                  unit: int, itemsize: int, delay: float = 1.0) -> dict[str, float]:
+                  unit: int, itemsize: int, delay: float = 1.0,
+                  min_gain: float = 0.0) -> dict[str, float]:
     """Units per node (real numbers) at the lowest common finish time ``T``.
 
     With the peers ``S`` given shares, in units (``u``), equal finish times say
@@ -147,9 +191,11 @@ def _level_shares(units: int, local: ShareCost, peers: list[ShareCost], k: int, 
     node (``H_p``, ``h_p``: its hand-over of B and of a unit of A rows for peer ``p``), and
     the units add up: a linear system in ``T``. Peers join in order of their fixed cost;
     the set whose solution is valid (no share below 0) and lowest in ``T`` wins, this
-    node alone included (always valid)."""
-    P_l = row_cost(local, k, n, itemsize) * unit
-    best_t, best = units * P_l, {local.node_id: float(units)}
+    node alone included (always valid), but for ``min_gain``: a set of peers must beat
+    this node alone by that part of its time."""
+    whole_t = units * row_cost(local, k, n, itemsize) * unit
+    best_t, best = whole_t * (1.0 - min_gain), {local.node_id: float(units)}
+    P_l = row_cost(local_with_peers(local), k, n, itemsize) * unit    # beside peers' shares
     ordered = sorted(peers, key=lambda c: (fixed_cost(c, k, n, itemsize), c.node_id))
     for count in range(1, len(ordered) + 1):
         active = ordered[:count]
@@ -179,9 +225,10 @@ def _predicted(rows: dict[str, int], local: ShareCost, peers: list[ShareCost], k
     out = {c.node_id: fixed_cost(c, k, n, itemsize) + r * row_cost(c, k, n, itemsize)
            for c in peers if (r := rows.get(c.node_id, 0))}
     if local.node_id in rows:
+        own = local_with_peers(local) if any(rows.get(c.node_id) for c in peers) else local
         out[local.node_id] = (delay * sum(handover_cost(c, rows.get(c.node_id, 0), k, n,
                                                         itemsize) for c in peers)
-                              + rows[local.node_id] * row_cost(local, k, n, itemsize))
+                              + rows[local.node_id] * row_cost(own, k, n, itemsize))
     return out
 
 
@@ -214,6 +261,8 @@ def _check(m: int, k: int, n: int, nodes: Sequence[ShareCost], unit: int) -> Non
             raise ValueError(f"node {c.node_id}: link speed must be positive, latency >= 0")
         if not (math.isfinite(c.handover_bps) and c.handover_bps >= 0):
             raise ValueError(f"node {c.node_id}: hand-over rate must be a number >= 0")
+        if not (math.isfinite(c.alongside_gflops) and c.alongside_gflops >= 0):
+            raise ValueError(f"node {c.node_id}: speed alongside peers must be a number >= 0")
         if not (isinstance(c.chunks, int) and c.chunks >= 1):
             raise ValueError(f"node {c.node_id}: chunks must be a whole number >= 1")
 

@@ -72,23 +72,37 @@ class ShareMeter:
         self._speeds: dict[tuple[str, str], Measured] = {}
         self._links: dict[str, Measured] = {}     # bytes/s in Measured.gflops's place
         self._handover: dict[str, Measured] = {}  # likewise
+        #: this node's speed while peers' shares ran beside its own (``alongside``)
+        self._alongside: dict[tuple[str, str], Measured] = {}
 
     def record(self, node_id: str, device: str, flops: float, seconds: float,
-               now: float | None = None) -> None:
-        """A share of ``flops`` computed on ``node_id`` in ``seconds`` (compute alone)."""
+               now: float | None = None, alongside: bool = False) -> None:
+        """A share of ``flops`` computed on ``node_id`` in ``seconds`` (compute alone).
+        ``alongside``: this node's own share, computed while peers' shares of the same
+        job were in flight; kept apart (``speed_alongside``), since peers on the same
+        cores slow it and a split must be priced at that speed, a whole job at the other."""
         if flops <= 0 or seconds <= 0:
             return
         now = time.monotonic() if now is None else now
+        table = self._alongside if alongside else self._speeds
         speed = flops / seconds / 1e9
-        old = self._speeds.get((node_id, device))
+        old = table.get((node_id, device))
         if old is not None and now - old.at <= self.max_age_s:
             speed = (1 - ALPHA) * old.gflops + ALPHA * speed
-        self._speeds[(node_id, device)] = Measured(speed, now)
+        table[(node_id, device)] = Measured(speed, now)
 
     def speed(self, node_id: str, device: str, now: float | None = None) -> float | None:
         """The smoothed GFLOP/s, or None when never measured or measured too long ago."""
         now = time.monotonic() if now is None else now
         got = self._speeds.get((node_id, device))
+        return got.gflops if got is not None and now - got.at <= self.max_age_s else None
+
+    def speed_alongside(self, node_id: str, device: str,
+                        now: float | None = None) -> float | None:
+        """This node's smoothed GFLOP/s beside peers' shares, None when not fresh (an aged
+        figure goes, so one split job in ``max_age_s`` measures it again)."""
+        now = time.monotonic() if now is None else now
+        got = self._alongside.get((node_id, device))
         return got.gflops if got is not None and now - got.at <= self.max_age_s else None
 
     def record_share(self, node_id: str, device: str, t: ShareTiming,
@@ -140,6 +154,7 @@ class ShareMeter:
     def forget(self, keep: set[str]) -> None:
         """Drop nodes not in ``keep`` (departed members must not grow this)."""
         self._speeds = {key: v for key, v in self._speeds.items() if key[0] in keep}
+        self._alongside = {key: v for key, v in self._alongside.items() if key[0] in keep}
         self._links = {nid: v for nid, v in self._links.items() if nid in keep}
         self._handover = {nid: v for nid, v in self._handover.items() if nid in keep}
 
