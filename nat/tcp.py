@@ -15,7 +15,7 @@ import logging
 import socket
 from typing import Awaitable, Callable
 
-from nat.link import KIND_TCP, Buffers, Link, LinkClosed
+from nat.link import KIND_TCP, Buffers, Link, LinkClosed, Signal
 from protocol.errors import FrameError
 from protocol.framepool import thread_pool
 from protocol.wire import DEFAULT_MAX_FRAME, HEADER_SIZE, FrameDecoder, frame_header
@@ -49,9 +49,9 @@ class TcpLink(Link, asyncio.BufferedProtocol):
         self._decoder = FrameDecoder(max_frame, self._pool)
         self._queued = 0   # bytes handed to the transport (frames and their headers)
         self._transport: asyncio.Transport | None = None
-        self._writable = asyncio.Event()
+        self._writable = Signal()
         self._writable.set()
-        self._connected = asyncio.Event()
+        self._connected = Signal()
         self._reading_paused = False
 
     # asyncio.Protocol -------------------------------------------------------------

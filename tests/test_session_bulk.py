@@ -219,6 +219,7 @@ async def test_a_one_frame_bulk_message_is_not_held_behind_started_multi_frame_o
             break
         out.frames.popleft()
     assert order[-1] == 1 and len(order) <= OPEN_BULK + 1   # its turn came in the first round
-    assert sa._bulk_waiting                                   # while big ones still wait
+    assert sa._queues.bulk_waiting                            # while big ones still wait
     for fut in big + [small]:
         fut.cancel()
+    sa._writer.cancel()   # started by _queue; never got to run
