@@ -110,7 +110,7 @@ class AsyncClient:
             self._reader, self._writer = await asyncio.open_unix_connection(str(self.path))
             self._channel = shm.Channel(self._writer.get_extra_info("socket"),
                                         send=self.use_shm, follow=False, writable=True,
-                                        arenas=True)
+                                        arenas=True, files=True)
         except (FileNotFoundError, ConnectionRefusedError):
             raise NotRunning(f"no sedma daemon is listening on {self.path} "
                              "(start one with `sedma daemon`, or pass --socket)") from None
@@ -217,7 +217,10 @@ class AsyncClient:
                 return info
 
     async def result(self, job_id: str, progress: Progress | None = None) -> np.ndarray:
-        return await self.call(api.ResultRequest(job_id), progress)
+        # shared: map the daemon's stored result file rather than have it copied (only
+        # used when the answer comes through shared memory; with ``progress`` it cannot)
+        shared = self.use_shm and progress is None
+        return await self.call(api.ResultRequest(job_id, shared=shared), progress)
 
     async def cancel(self, job_id: str) -> dict:
         return await self.call(api.CancelRequest(job_id))

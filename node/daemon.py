@@ -364,7 +364,7 @@ class Daemon:
                 raise api.UserError("timeout must be a number of seconds, got NaN")
             return (await jobs.wait(req.job_id, min(max(req.timeout, 0.0), 60.0))).public()
         if isinstance(req, api.ResultRequest):
-            return await jobs.result(req.job_id)
+            return await jobs.result(req.job_id, req.shared)
         if isinstance(req, api.CancelRequest):
             return jobs.cancel(req.job_id).public()
         if isinstance(req, api.DeployRequest):

@@ -64,12 +64,19 @@ def test_a_share_with_a_bad_seed_is_refused(holder):
         asyncio.run(holder.compute_share(a, a, None, -1, 0))
 
 
-def test_the_result_file_written_from_row_pieces_is_what_np_save_writes(tmp_path: Path):
+def test_the_result_file_written_from_row_pieces_holds_what_np_save_writes(tmp_path: Path):
+    # same array and data bytes as np.save; the header is padded to a page (node/shm.py,
+    # result files: a local client maps the data straight from the file)
+    from node import shm
     from node.work.jobs import _save_npy_rows
     y = np.random.default_rng(2).standard_normal((10, 6)).astype(np.float32)
     _save_npy_rows(tmp_path / "r.npy", y.shape, [(7, y[7:]), (0, y[:3]), (3, y[3:7])])
     np.save(tmp_path / "s.npy", y)
-    assert (tmp_path / "r.npy").read_bytes() == (tmp_path / "s.npy").read_bytes()
+    got = np.load(tmp_path / "r.npy")
+    assert got.dtype == y.dtype and got.shape == y.shape and np.array_equal(got, y)
+    raw = (tmp_path / "r.npy").read_bytes()
+    assert raw[shm.FILE_DATA_OFFSET:shm.FILE_DATA_OFFSET + y.nbytes] == y.tobytes()
+    assert (tmp_path / "s.npy").read_bytes().endswith(y.tobytes())
     assert not (tmp_path / "r.tmp").exists()
 
 

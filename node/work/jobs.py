@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import random
+import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +29,13 @@ from typing import Any
 
 import msgpack
 from compute.lazynumpy import np
+from protocol import codec
 
 from compute.device import get_preset
 from compute.partition import (Block, NodeSlot, PartitionPlan, PlacementError, plan_rows,
                                unit_rows)
 from nat.link import LinkClosed
+from node import shm
 from node.runtime import spans
 from node.errors import UserError, internal_message
 from node.memory.dualmemory import DualMemory
@@ -241,12 +244,18 @@ class JobManager:
             job.task.cancel()
         return job
 
-    async def result(self, job_id: str) -> np.ndarray:
+    async def result(self, job_id: str, mapped: bool = False) -> np.ndarray:
+        """A done job's stored result, read into memory; with ``mapped``, a read-only
+        ``np.memmap`` of the file instead (nothing read or copied here), for a local client
+        that maps the file itself (node/shm.py, result files). The caller must then not
+        touch the array's pages on the event loop."""
         job = self.get(job_id)
         if job.state != "done":
             raise JobError(f"job {job_id} is {job.state}" + (f": {job.error}" if job.error else ""))
         path = self.results / f"{job_id}.npy"
         try:   # read on the executor: a memory map would fault pages in on the event loop
+            if mapped:
+                return await self.executor.run(_map_result, path)
             return await self.executor.run(np.load, path)
         except FileNotFoundError:
             raise JobError(f"job {job_id} has no stored result") from None
@@ -1032,18 +1041,44 @@ def _remove_results(results: Path, ids: list[str], keep: set[str] | None) -> Non
             path.unlink(missing_ok=True)
 
 
+def _map_result(path: Path) -> np.ndarray:
+    """The stored result as a read-only memory map (pages untouched); an ordinary array
+    when the file's data does not start at ``shm.FILE_DATA_OFFSET`` (a file written before
+    results were shared by file), so it is never named to a client by mistake."""
+    arr = np.load(path, mmap_mode="r")
+    if not isinstance(arr, np.memmap) or arr.offset != shm.FILE_DATA_OFFSET:
+        return np.array(arr)
+    return arr
+
+
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    """A version 1.0 .npy header for float32 ``shape``, padded with spaces (which the
+    format allows) to ``shm.FILE_DATA_OFFSET`` bytes: the data then starts on a page
+    boundary and a local client maps it straight from the file (node/shm.py)."""
+    meta = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+            "fortran_order": False, "shape": tuple(shape)}
+    text = repr(meta).encode("latin1")
+    prefix = np.lib.format.magic(1, 0)
+    room = shm.FILE_DATA_OFFSET - len(prefix) - 2
+    text = text + b" " * (room - len(text) - 1) + b"\n"
+    return prefix + struct.pack("<H", room) + text
+
+
 def _save_npy_rows(path: Path, shape: tuple[int, int],
                    pieces: list[tuple[int, np.ndarray]]) -> None:
     """A one-shot result, written from its row pieces in order (a peer's rows straight from
     its reply's buffer, no copy into one array) to a temp file renamed into place (never
     half a file). No fsync: the page cache keeps it across a kill -9, and the fsync cost a
     result of 16 MiB about as much as computing it; after a power loss it reads as "no
-    stored result"."""
+    stored result". The header is padded to a page and the data to the codec's alignment,
+    so the file's tail is exactly the data area of the result's API reply (node/shm.py)."""
     tmp = path.with_suffix(".tmp")
+    nbytes = 0
     with open(tmp, "wb") as f:
-        np.lib.format.write_array_header_1_0(
-            f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
-                "fortran_order": False, "shape": tuple(shape)})
+        f.write(_npy_header(shape))
         for _, piece in sorted(pieces, key=lambda p: p[0]):
-            f.write(memoryview(np.ascontiguousarray(piece, dtype=np.float32)).cast("B"))
+            view = memoryview(np.ascontiguousarray(piece, dtype=np.float32)).cast("B")
+            f.write(view)
+            nbytes += len(view)
+        f.write(bytes(-nbytes % codec.ALIGN))
     os.replace(tmp, path)
