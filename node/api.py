@@ -359,6 +359,11 @@ async def write_message(writer: asyncio.StreamWriter, msg: Any,
                         channel: shm.Channel | None = None) -> None:
     """Write one message; its array bytes go through shared memory when ``channel``
     sends that way and they are worth it, else on the socket (:func:`write_frame`)."""
+    if _stored_result(msg) is not None and (channel is None or not channel.send):
+        # a result file's map asked for shared memory but the answer goes on the socket:
+        # read it on a worker thread as before, never fault its pages in on the event loop
+        msg = Response(True, await asyncio.get_running_loop().run_in_executor(
+            None, np.array, msg.value))
     parts = encode_message(msg)
     if channel is None or not channel.send:
         size = sum(len(p) for p in parts)

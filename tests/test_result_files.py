@@ -14,7 +14,7 @@ import socket
 import numpy as np
 import pytest
 
-from node import shm
+from node import api, shm
 from node.client import Client
 from node.work.jobs import _map_result, _save_npy_rows
 from protocol import codec
@@ -161,3 +161,16 @@ def _fds(pid: int) -> list[str]:
 
 def test_codec_alignment_is_what_the_file_pads_to():
     assert codec.ALIGN == 64 and shm.FILE_DATA_OFFSET % os.sysconf("SC_PAGE_SIZE") == 0
+
+
+def test_a_shared_result_asked_on_the_socket_comes_as_bytes_on_the_socket(daemon):
+    # a client asking for the file while its request came on the socket (no shm frame):
+    # the daemon answers with the bytes, read as before
+    a, b = rand((300, 200), 10), rand((200, 500), 11)
+    with Client(daemon.socket, use_shm=True) as c:
+        job = c.submit_matmul(a, b, device="ideal")
+        c.wait(job)
+    with Client(daemon.socket, use_shm=False) as c:
+        y = c.call(api.ResultRequest(job, shared=True))
+    assert not result_maps(job)
+    np.testing.assert_allclose(y, a @ b, rtol=1e-4, atol=1e-3)
