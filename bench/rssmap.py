@@ -12,8 +12,18 @@ daemon imports them (``--imports``): each row is a fresh interpreter importing e
 so far, so a row's delta is what that group adds on top of the ones before it (shared
 dependencies count where they are first imported).
 
+Each ``--imports`` row also gives the RSS after glibc's ``malloc_trim(0)``, which a daemon
+runs once it has started: compiling a module from source (no cached bytecode, as in this
+sandbox, where ``PYTHONDONTWRITEBYTECODE=1``) leaves megabytes of freed compiler memory in
+the malloc heap, counted in the plain RSS but given back by the trim. ``--modules`` says
+which of the project's own modules hold what stays: the bytes of live Python objects each
+one adds when imported (tracemalloc, modules imported leaves first, in the order
+``python -X importtime`` finishes them, so each row is the module's own objects: code,
+functions, classes, tables).
+
 Run by hand:  python bench/rssmap.py PID [PID ...]   (prints one table per process)
               python bench/rssmap.py --imports [--tree PATH]   (import cost per group)
+              python bench/rssmap.py --modules [--tree PATH]   (live bytes per own module)
 """
 
 from __future__ import annotations
@@ -106,7 +116,7 @@ IMPORT_GROUPS = (
     ("ctypes", "ctypes"),
     ("protocol/ (codec, messages, membership)", "protocol.codec protocol.messages protocol.membership"),
     ("nat/ (links, ICE signalling)", "nat.connector nat.signaling"),
-    ("compute/ (crossbar, executor, models)", "compute.crossbar compute.executor compute.modelfile"),
+    ("compute/ (crossbar, executor, models)", "compute.crossbar compute.executor compute.model"),
     ("node/memory, node/work", "node.memory.store node.work.holder node.work.jobs node.work.models"),
     ("node.daemon, node.cli (the rest)", "node.daemon node.cli"),
     ("numpy (with OpenBLAS, 1 thread)", "numpy"),
@@ -115,12 +125,15 @@ IMPORT_GROUPS = (
 )
 
 _PROBE = """
-import importlib, sys
+import ctypes, importlib, sys
 for name in sys.argv[1:]:
     importlib.import_module(name)
-fields = dict(line.split(":", 1) for line in open("/proc/self/smaps_rollup") if ":" in line)
-kb = lambda key: int(fields[key].split()[0])
-print(len(sys.modules), kb("Rss"), kb("Anonymous"))
+def rollup():
+    fields = dict(line.split(":", 1) for line in open("/proc/self/smaps_rollup") if ":" in line)
+    return [int(fields[key].split()[0]) for key in ("Rss", "Anonymous")]
+rss, anon = rollup()
+ctypes.CDLL(None).malloc_trim(0)
+print(len(sys.modules), rss, anon, rollup()[0])
 """
 
 
@@ -135,24 +148,73 @@ def import_costs(tree: Path) -> str:
                              capture_output=True, text=True, timeout=120, check=True)
         return [int(v) for v in out.stdout.split()]
 
-    lines = ["| imported (cumulative) | modules | RSS MB | + RSS MB | + anonymous MB |",
-             "|---|---:|---:|---:|---:|"]
+    lines = ["| imported (cumulative) | modules | RSS MB | + RSS MB | + anonymous MB "
+             "| RSS after trim MB | + after trim MB |", "|---|---:|---:|---:|---:|---:|---:|"]
     before = probe([])
-    lines.append(f"| python -c '' | {before[0]} | {before[1] / 1024:.1f} | | |")
+    lines.append(f"| python -c '' | {before[0]} | {before[1] / 1024:.1f} | | | "
+                 f"{before[3] / 1024:.1f} | |")
     names: list[str] = []
     for label, group in IMPORT_GROUPS:
         names += group.split()
         now = probe(names)
         lines.append(f"| + {label} | {now[0]} | {now[1] / 1024:.1f} | "
-                     f"{(now[1] - before[1]) / 1024:+.1f} | {(now[2] - before[2]) / 1024:+.1f} |")
+                     f"{(now[1] - before[1]) / 1024:+.1f} | {(now[2] - before[2]) / 1024:+.1f} | "
+                     f"{now[3] / 1024:.1f} | {(now[3] - before[3]) / 1024:+.1f} |")
         before = now
     return "\n".join(lines)
 
 
+#: The project's own packages (``--modules``).
+OWN = ("node", "protocol", "nat", "compute")
+
+_MODULES_PROBE = """
+import gc, importlib, sys, tracemalloc
+for name in sys.argv[2].split():
+    importlib.import_module(name)
+tracemalloc.start()
+gc.collect()
+before = tracemalloc.get_traced_memory()[0]
+for name in sys.argv[1].split():
+    importlib.import_module(name)
+    gc.collect()
+    now = tracemalloc.get_traced_memory()[0]
+    print(name, now - before)
+    before = now
+"""
+
+
+def finish_order(tree: Path, env: dict[str, str], roots: str) -> list[str]:
+    """The project's modules that importing ``roots`` loads, leaves first (the order in
+    which ``python -X importtime`` reports them done)."""
+    out = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {roots}"],
+                         env=env, cwd=tree, capture_output=True, text=True, timeout=120,
+                         check=True)
+    names = [line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines()
+             if line.startswith("import time:")]
+    return [n for n in names if n.split(".")[0] in OWN]
+
+
+def module_costs(tree: Path, top: int = 25) -> str:
+    """A markdown table: live bytes of Python objects each own module adds when the daemon's
+    imports run (the libraries before them not counted), largest first, and the total."""
+    env = dict(os.environ, PYTHONPATH=str(tree), OPENBLAS_NUM_THREADS="1")
+    order = finish_order(tree, env, "node.cli, node.daemon")
+    libraries = " ".join(g for _, g in IMPORT_GROUPS[:9])
+    out = subprocess.run([sys.executable, "-c", _MODULES_PROBE, " ".join(order), libraries],
+                         env=env, cwd=tree, capture_output=True, text=True, timeout=120,
+                         check=True)
+    sizes = [(int(size), name) for name, size in (ln.split() for ln in out.stdout.splitlines())]
+    total = sum(size for size, _ in sizes)
+    lines = ["| own module | live KB |", "|---|---:|"]
+    lines += [f"| {name} | {size / 1024:.0f} |" for size, name in sorted(sizes, reverse=True)[:top]]
+    lines.append(f"| **all {len(sizes)} own modules** | **{total / 1024:.0f}** |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--imports"]:
+    if sys.argv[1:2] in (["--imports"], ["--modules"]):
         tree = Path(sys.argv[3]) if sys.argv[2:3] == ["--tree"] else Path(__file__).resolve().parents[1]
-        print(import_costs(tree.resolve()))
+        print((import_costs if sys.argv[1] == "--imports" else module_costs)(tree.resolve()))
     else:
         for arg in sys.argv[1:]:
             print(f"pid {arg}:\n{table(int(arg))}\n")

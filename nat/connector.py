@@ -2,6 +2,9 @@
 
 1. Direct TCP to each advertised address, each attempt bounded by ``tcp_timeout`` (cheap,
    and the only option that needs nothing from the peer's side).
+   When every advertised address is on this host (:func:`direct_only`), a dial that timed
+   out is retried (``local_retries`` times, doubling ``local_backoff``) and ICE is never
+   tried: see :func:`direct_only` for why.
 2. Otherwise ICE: an SDP offer carrying every gathered candidate (host, server-reflexive
    from STUN, relay from TURN -- all gathered together, so a symmetric NAT falls through to
    the relay pair in the same round of checks instead of after aioice's ~64 s failure) goes
@@ -17,8 +20,10 @@ listener does. Nothing here ever contacts a server that was not configured.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
@@ -69,6 +74,10 @@ class ConnectorConfig:
     idle_timeout: float = 10.0
     reachability_timeout: float = 3.0
     reachability_every: float = 300.0   # re-probe: NATs get replaced, leases change
+    #: Extra direct dials to a peer on this host after a timed-out one (see direct_only),
+    #: the first after ``local_backoff`` seconds, each wait twice the last.
+    local_retries: int = 3
+    local_backoff: float = 0.5
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -96,6 +105,54 @@ def refusal_is_final(extra: dict, last_kind: str | None,
         return True
     natted = extra.get("reach") in (reachability.CONE, reachability.SYMMETRIC)
     return not (natted or have_servers or extra.get("turn"))
+
+
+def is_own_address(host: str) -> bool:
+    """Whether ``host`` is an IP address of this host: loopback, or one that a socket here
+    can bind to (the kernel's own answer, no interface listing, nothing sent). A name or
+    anything unparsable is not (the caller then keeps every option open)."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if ip.is_loopback:
+        return True
+    if ip.is_unspecified or ip.is_multicast:
+        return False
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.bind((str(ip), 0))
+    except OSError:            # EADDRNOTAVAIL: not ours (or no such family here)
+        return False
+    return True
+
+
+def direct_only(addresses: list[str], extra: dict,
+                is_local: Callable[[str], bool] | None = None) -> bool:
+    """Whether a peer can be reached only by dialling it directly, never by ICE: every
+    address it advertises is on this host, and it does not say it is behind a NAT.
+
+    ICE pairs the two ends' candidates: host addresses, and what STUN and TURN servers
+    saw. For a peer on this host its host candidates are our own addresses, which the
+    direct dial already tried; a path ICE could find, TCP to the same address finds too.
+    A direct dial to this host that times out means the peer's process (or ours) was too
+    busy to answer in time -- 100 daemons starting at once on 2 cores -- so the cure is to
+    dial again a little later. ICE would only load aiortc (~45 MB that stays for the
+    daemon's life, bench/README.md) to fail or to find the same path. A peer that says it
+    is behind a NAT keeps ICE: its private address may just happen to equal one of ours.
+    """
+    if not addresses or extra.get("reach") in (reachability.CONE, reachability.SYMMETRIC):
+        return False
+    is_local = is_local or is_own_address
+    for address in addresses:
+        try:
+            host, _ = split_host_port(address)
+        except ValueError:
+            return False
+        if not is_local(host):
+            return False
+    return True
 
 
 class Connector:
@@ -174,11 +231,17 @@ class Connector:
             self._spawn(dial.task.result().close("nobody waited for this link"))
 
     def setup_bound(self, n_addresses: int = 1) -> float:
-        """Worst-case seconds one ``connect`` takes: callers' own timeouts should not be lower."""
-        backoff = sum(self.config.ice_backoff * 2 ** i
-                      for i in range(max(self.config.ice_attempts - 1, 0)))
-        return (n_addresses * self.config.tcp_timeout
-                + self.config.ice_attempts * self.config.ice_timeout + backoff)
+        """Worst-case seconds one ``connect`` takes: callers' own timeouts should not be lower.
+
+        The longer of the two ways: direct dials then ICE, or (a peer on this host)
+        direct dials retried with backoff."""
+        cfg = self.config
+        backoff = sum(cfg.ice_backoff * 2 ** i for i in range(max(cfg.ice_attempts - 1, 0)))
+        via_ice = n_addresses * cfg.tcp_timeout + cfg.ice_attempts * cfg.ice_timeout + backoff
+        retries = max(cfg.local_retries, 0)
+        local = (n_addresses * cfg.tcp_timeout * (1 + retries)
+                 + sum(cfg.local_backoff * 2 ** i for i in range(retries)))
+        return max(via_ice, local)
 
     async def _connect(self, node_id: str, addresses: list[str], extra: dict) -> Link:
         start = time.monotonic()
@@ -189,6 +252,8 @@ class Connector:
                 extra, last.kind if last else None, bool(self.servers)):
             errors.append("ICE not tried: the advertised address refused the connection "
                           "(the node is down or restarting)")
+        elif link is None and direct_only(addresses, extra):
+            link = await self._retry_direct(addresses, errors)
         elif link is None:
             link = await self._try_ice(node_id, extra, errors)
         if link is None:
@@ -214,6 +279,24 @@ class Connector:
                 refused = refused and isinstance(exc, ConnectRefused)
                 errors.append(str(exc))
         return None, refused
+
+    async def _retry_direct(self, addresses: list[str], errors: list[str]) -> Link | None:
+        """Dial a peer on this host again after a timed-out dial (bounded, with doubling
+        backoff), until it answers or refuses; ICE is not tried (:func:`direct_only`)."""
+        delay = self.config.local_backoff
+        for _ in range(max(self.config.local_retries, 0)):
+            if self._closed:
+                break
+            await asyncio.sleep(delay)
+            delay *= 2
+            link, refused = await self._try_tcp(addresses, errors)
+            if link is not None:
+                return link
+            if refused:
+                break
+        errors.append("ICE not tried: the peer's addresses are on this host, where ICE "
+                      "finds no path a direct dial does not")
+        return None
 
     async def _try_ice(self, node_id: str, extra: dict, errors: list[str]) -> Link | None:
         hopeless = self._ice_hopeless(extra)

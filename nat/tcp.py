@@ -27,6 +27,12 @@ RECV_QUEUE_FRAMES = 8
 WRITE_HIGH_WATER = 4 << 20
 #: A peer that drains none of our send buffer for this long is gone (or hostile).
 SEND_STALL_TIMEOUT = 60.0
+#: Connections the kernel completes and queues for us before our loop accepts them
+#: (the kernel caps it at net.core.somaxconn, 4096 here). asyncio's default is 100: a
+#: daemon whose loop is busy (its own start, a storm of 99 peers joining at once on one
+#: machine) had further SYNs dropped, and their dials timed out (bench/backlog.py).
+#: Costs nothing until connections actually wait.
+LISTEN_BACKLOG = 1024
 
 
 class TcpLink(Link, asyncio.BufferedProtocol):
@@ -205,7 +211,8 @@ async def listen_tcp(host: str, port: int, on_link: Callable[[TcpLink], Awaitabl
         task.add_done_callback(tasks.discard)
         return link
 
-    return await loop.create_server(factory, host, port, reuse_address=True)
+    return await loop.create_server(factory, host, port, reuse_address=True,
+                                    backlog=LISTEN_BACKLOG)
 
 
 async def _after_connect(link: TcpLink, on_link) -> None:

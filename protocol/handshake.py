@@ -32,7 +32,6 @@ dropped or altered record fails to decrypt (:class:`TransportCipher`).
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from typing import Sequence
 
@@ -99,11 +98,15 @@ def cluster_id_for(key: bytes | None) -> str:
     """A public name for the cluster a key defines (never reveals the key)."""
     if not key:
         return OPEN_CLUSTER
+    import hashlib   # only with a cluster key: _hashlib is ~0.6 MB of RSS (issue 13)
+
     return hashlib.sha256(b"sedma-cluster\0" + key).hexdigest()[:16]
 
 
 def psk_for(key: bytes) -> bytes:
     """The 32-byte Noise PSK a cluster key (any length) stands for."""
+    import hashlib   # only with a cluster key (see cluster_id_for)
+
     return hashlib.blake2s(key, digest_size=32, person=b"sedmapsk").digest()
 
 

@@ -1,5 +1,11 @@
 """What an idle daemon loads at start, and that what it leaves out loads on first use (issue 13).
 
+Also ``hashlib`` (its OpenSSL binding ``_hashlib`` is ~0.6 MB of RSS; ``hmac`` and
+``secrets`` import it): node ids hash with ``cryptography``'s SHA-256, random ids come
+from ``os.urandom``, and the cluster-key and boot-id hashes import it where they run.
+The model-file reader (``compute.modelfile``) is imported on the compute thread that
+reads a file.
+
 Every module an idle daemon imports stays resident for its whole life: the interpreter and
 its imports are most of an idle daemon's RSS. These tests pin the start-up path's imports
 so that a future module-level ``import statistics`` (decimal, fractions), ``import uuid``
@@ -21,11 +27,13 @@ from tests.daemons import ROOT, sedma_env
 #: first array) that imports it there.
 NOT_AT_START = ("numpy", "threadpoolctl", "statistics", "decimal", "fractions", "tomllib",
                 "uuid", "platform", "tempfile", "shutil", "lzma", "bz2", "zipfile",
-                "importlib.resources", "aiohttp", "onnx", "safetensors", "tracemalloc")
+                "importlib.resources", "aiohttp", "onnx", "safetensors", "tracemalloc",
+                "hashlib", "_hashlib", "hmac", "secrets", "compute.modelfile", "aiortc",
+                "aioice")
 
 #: C extensions of some of them: visible in /proc/PID/maps of a running daemon.
 NOT_MAPPED = ("_decimal", "_lzma", "_bz2", "_uuid", "_multiarray_umath", "openblas",
-              "threadpoolctl")
+              "threadpoolctl", "_hashlib", "aiortc", "av/")
 
 
 def _python(code: str, env: dict[str, str] | None = None) -> str:
@@ -172,3 +180,83 @@ def test_rssmap_groups_add_up_and_see_a_new_anonymous_buffer():
     after = rssmap.breakdown(os.getpid())
     assert after["anonymous"]["rss"] - before["anonymous"]["rss"] >= 15 << 20
     buf.close()
+
+
+def test_node_ids_are_the_same_sha256_without_hashlib():
+    """The id is on the wire and in every data dir: the hash moved libraries, not value."""
+    import hashlib
+
+    from protocol.identity import NODE_ID_CHARS, _ID_DOMAIN, node_id_for
+
+    for key in (bytes(32), bytes(range(32)), os.urandom(32)):
+        assert node_id_for(key) == hashlib.sha256(_ID_DOMAIN + key).hexdigest()[:NODE_ID_CHARS]
+
+
+def test_a_cluster_key_still_gets_its_hashes():
+    out = _python("import sys\n"
+                  "from protocol.handshake import cluster_id_for, psk_for\n"
+                  "assert 'hashlib' not in sys.modules\n"
+                  "print(cluster_id_for(None), len(psk_for(b'k')), len(cluster_id_for(b'k')))\n"
+                  "print('hashlib' in sys.modules)")
+    assert out.split() == ["open", "32", "16", "True"]
+
+
+def test_the_model_file_reader_is_imported_on_the_compute_thread(tmp_path):
+    """Absent at start; the daemon's deploy-from-file path imports it on the thread that
+    reads the file, not on the event loop's."""
+    import numpy as np
+
+    path = tmp_path / "w.npy"
+    np.save(path, np.arange(12, dtype=np.float32).reshape(3, 4))
+    out = _python(
+        "import sys, threading\n"
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "import node.daemon\n"
+        "from node.work import models\n"
+        "assert 'compute.modelfile' not in sys.modules\n"
+        "seen = []\n"
+        "class Spy:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'compute.modelfile':\n"
+        "            seen.append(threading.current_thread().name)\n"
+        "sys.meta_path.insert(0, Spy())\n"
+        "with ThreadPoolExecutor(1, thread_name_prefix='compute') as pool:\n"
+        f"    model = pool.submit(models._read_model_file, models.Path({str(path)!r})).result()\n"
+        "w = model.layers[0].weight\n"
+        "print(seen, w.shape, float(w[2:3][0][3]))")
+    assert out == "['compute_0'] (3, 4) 11.0"
+
+
+def test_a_loop_stall_report_leaves_no_source_files_cached(tmp_path, caplog):
+    """The stall watchdog formats the loop thread's stack with its source lines; the files
+    it read for that must not stay in linecache (up to ~0.6 MB per daemon)."""
+    import importlib.util
+    import linecache
+    import logging
+    import threading
+    import time
+
+    from node.runtime.looplag import LagMonitor, StallReporter
+
+    src = tmp_path / "stuckmodule.py"
+    src.write_text("import time\n\ndef stuck(event):\n    event.wait(5)  # STUCK-HERE\n")
+    spec = importlib.util.spec_from_file_location("stuckmodule", src)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    release = threading.Event()
+    worker = threading.Thread(target=module.stuck, args=(release,))
+    worker.start()
+    monitor = LagMonitor(interval=0.02)            # never ticks: the "loop" is stuck
+    reporter = StallReporter(monitor, threshold=0.05, loop_thread=worker.ident)
+    try:
+        with caplog.at_level(logging.WARNING, logger="sedma.looplag"):
+            reporter.start()
+            deadline = time.monotonic() + 5
+            while "STUCK-HERE" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.02)
+    finally:
+        reporter.stop()
+        release.set()
+        worker.join(5)
+    assert "STUCK-HERE" in caplog.text          # the report did read the source line
+    assert str(src) not in linecache.cache

@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import logging
 import os
-import secrets
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -102,7 +101,7 @@ def write_private(path: Path, data: bytes) -> None:
 
 def new_cluster_key() -> bytes:
     """A fresh cluster key as written by ``sedma keygen``: 32 random bytes, base64."""
-    return base64.b64encode(secrets.token_bytes(32)) + b"\n"
+    return base64.b64encode(os.urandom(32)) + b"\n"
 
 
 def load_keyring(paths: list[str] | str | None) -> list[bytes]:

@@ -31,6 +31,7 @@ import logging
 import sys
 import threading
 import time
+import linecache
 import traceback
 from typing import Callable
 
@@ -166,6 +167,11 @@ class StallReporter:
                 # Only the 8 innermost frames are looked up: formatting the whole stack
                 # read every file on it (asyncio, runpy, the cli...) into linecache for
                 # good, ~0.8 MB on a daemon that reported stalls in a start-up storm.
+                cached = set(linecache.cache)
                 stack = "".join(traceback.format_list(traceback.extract_stack(frame, limit=8)))
+                # and the files read for it leave the cache again: each report kept up
+                # to ~0.6 MB of source lines for the daemon's life (issue 13)
+                for name in set(linecache.cache) - cached:
+                    linecache.cache.pop(name, None)
                 log.warning("event loop stuck for over %.0f ms in:\n%s",
                             self.threshold * 1000, stack)

@@ -31,7 +31,6 @@ from compute.device import get_preset
 from compute.mlp import layer_seed
 from compute.model import (DenseLayer, FileMatrix, Model, ModelError, from_columns,
                            to_columns)
-from compute.modelfile import read_model
 from compute.partition import Block, NodeSlot, PartitionPlan, PlacementError, plan_rows
 from nat.link import LinkClosed
 from node.memory.store import StoreError, as_matrix, check_name
@@ -107,7 +106,7 @@ class ModelManager:
         if not p.is_absolute():
             raise JobError(f"{path}: give an absolute path (the daemon reads it itself)")
         try:
-            model = await self.holder.executor.run(read_model, p)
+            model = await self.holder.executor.run(_read_model_file, p)
         except ModelError as exc:
             raise JobError(str(exc)) from None
         return await self._deploy(name, model, device, replicas, seed, source=str(p))
@@ -437,6 +436,16 @@ def _resident(device: str | None, shape: tuple[int, int]) -> int:
         return get_preset(device or "ideal").resident_bytes(shape)
     except ValueError:
         return 0
+
+
+def _read_model_file(path: Path) -> Model:
+    """:func:`compute.modelfile.read_model` on a compute thread, its module imported there:
+    the ONNX/safetensors/npz reader (~90 KB of objects and its compile) is needed only by
+    a daemon that is handed a model file, and its first import stays off the event loop
+    (issue 13)."""
+    from compute.modelfile import read_model
+
+    return read_model(path)
 
 
 def needed_bytes(model: Model, slots: list[NodeSlot], device: str | None, replicas: int) -> int:

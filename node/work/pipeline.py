@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -86,7 +86,7 @@ class Pipeline:
     # origin ---------------------------------------------------------------------------
     async def run(self, rec: ModelRecord, h: np.ndarray, read_seed: int) -> tuple[np.ndarray, Cost]:
         """Send columns ``h`` through every layer; returns Y (columns) and the cost."""
-        request = secrets.token_hex(16)
+        request = os.urandom(16).hex()   # secrets' source; secrets loads _hashlib
         future = asyncio.get_running_loop().create_future()
         self._waiting[request] = future
         try:

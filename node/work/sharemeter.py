@@ -22,7 +22,6 @@ starts from the capacity split and measures again within one job.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from dataclasses import dataclass
@@ -223,6 +222,8 @@ def host_id() -> str:
         return ""
     if given != BOOT_HOST:
         return given[:64]
+    import hashlib   # only when asked to (boot id): _hashlib is ~0.6 MB of RSS (issue 13)
+
     try:
         with open(BOOT_ID, "rb") as f:
             return hashlib.sha256(f.read().strip()).hexdigest()[:16]
