@@ -59,11 +59,14 @@ def test_a_non_ideal_share_still_goes_through_the_engine(holder):
 
 
 def test_a_share_of_no_rows_is_an_empty_product_in_no_time(holder):
-    # a peer may send a chunk of zero rows; it is answered, not an internal error
+    # zero rows get an empty product, not an internal error (max over no spans)...
     a = np.ones((0, 16), np.float32)
     b = np.ones((16, 5), np.float32)
-    y, seconds = asyncio.run(holder.compute_share_timed(a, b, None, 3, 0, check_a=True))
+    y, seconds = asyncio.run(holder.compute_share_timed(a, b, None, 3, 0))
     assert y.shape == (0, 5) and seconds == 0.0
+    # ...and a peer's chunk, which is checked, is refused with the reason
+    with pytest.raises(StoreError, match="empty"):
+        asyncio.run(holder.compute_share_timed(a, b, None, 3, 0, check_a=True))
 
 
 def test_a_share_with_a_bad_seed_is_refused(holder):
