@@ -58,6 +58,17 @@ def test_a_non_ideal_share_still_goes_through_the_engine(holder):
     assert np.corrcoef(y.ravel(), (a @ b).ravel())[0, 1] > 0.9
 
 
+def test_a_share_of_no_rows_is_an_empty_product_in_no_time(holder):
+    # zero rows get an empty product, not an internal error (max over no spans)...
+    a = np.ones((0, 16), np.float32)
+    b = np.ones((16, 5), np.float32)
+    y, seconds = asyncio.run(holder.compute_share_timed(a, b, None, 3, 0))
+    assert y.shape == (0, 5) and seconds == 0.0
+    # ...and a peer's chunk, which is checked, is refused with the reason
+    with pytest.raises(StoreError, match="empty"):
+        asyncio.run(holder.compute_share_timed(a, b, None, 3, 0, check_a=True))
+
+
 def test_a_share_with_a_bad_seed_is_refused(holder):
     a = np.ones((4, 4), np.float32)
     with pytest.raises(StoreError, match="seed"):

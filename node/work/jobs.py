@@ -77,6 +77,9 @@ MAX_SEED = (1 << 63) - 1
 #: path4); the largest inline step (~0.2 ms) stays far under the loop's budget.
 INLINE_BYTES = 2 << 20
 FINAL_STATES = ("done", "failed", "cancelled")
+#: After a job is kept whole to measure this node alone, no other job is kept whole for
+#: the same figure for this long: jobs planned meanwhile (concurrent ones) split as usual.
+MEASURE_PENDING_S = 30.0
 
 
 class JobError(UserError):
@@ -127,6 +130,8 @@ class JobManager:
         self.recent = PeakEwma()
         #: One-shot compute speeds measured per node, and this machine's id (co-hosts).
         self.share_meter = ShareMeter()
+        # when the last job kept whole to measure this node alone was planned: one at a time
+        self._measure_planned_at = -math.inf
         self.host = host_id()
 
     # persistence --------------------------------------------------------------------
@@ -369,9 +374,8 @@ class JobManager:
         # the loop's sealing slows by one core of ``workers`` while it lasts
         split = transfer_split(shape[0], shape[1], n, costs, unit,
                                handover_delay=self._handover_delay())
-        if self._alone_unmeasured(costs, device) and measuring_alone_affordable(
-                split, next(c for c in costs if c.local), shape[0], shape[1], n):
-            return self._measure_alone(job, shape, slots, device, dev)
+        if self._should_measure_alone(costs, split, shape, n, slots, device, dev):
+            return self._measure_alone(job, shape, device)
         if not fits_memory(split.rows, slots, shape[1], dev):
             job.detail["split"] = {"by": "capacity", "why": "a node's free memory"}
             log.info("job %s: the transfer-aware split %s exceeds a node's free memory; "
@@ -398,20 +402,33 @@ class JobManager:
         return (self.share_meter.speed(self.node_id, device or "") is None
                 and any(not c.local and not c.cohost for c in costs))
 
-    def _measure_alone(self, job: Job, shape: tuple[int, int], slots: list[NodeSlot],
-                       device: str | None, dev) -> PartitionPlan:
+    def _should_measure_alone(self, costs: list[ShareCost], split: Split,
+                              shape: tuple[int, int], n: int, slots: list[NodeSlot],
+                              device: str | None, dev) -> bool:
+        """Whether this job is the one kept whole to measure this node alone: its speed
+        alone is unknown, the whole job is affordable next to the split and fits this
+        node's free memory (else the job could only split by capacity, which measures this
+        node beside peers again, and every later job would come back here), and no other
+        measuring job was planned within ``MEASURE_PENDING_S`` (two concurrent jobs must
+        not both be kept whole for one figure)."""
+        if time.monotonic() - self._measure_planned_at < MEASURE_PENDING_S:
+            return False
+        return (self._alone_unmeasured(costs, device)
+                and measuring_alone_affordable(split, next(c for c in costs if c.local),
+                                               shape[0], shape[1], n)
+                and fits_memory(((self.node_id, shape[0]),), slots, shape[1], dev))
+
+    def _measure_alone(self, job: Job, shape: tuple[int, int],
+                       device: str | None) -> PartitionPlan:
         """Keep this job on this node to measure its speed alone: the split compares a
         split against the job kept whole, and a whole job's speed is the one figure only a
         whole job measures (beside a peer on the same cores it can be half of it). Costs
         one job in ``MAX_AGE_S`` at most, when every job splits, and only a job whose whole
         time is within ``MEASURE_ALONE_COST`` of the split's (``measuring_alone_affordable``)."""
-        whole = Split(((self.node_id, shape[0]),), {})
-        if not fits_memory(whole.rows, slots, shape[1], dev):
-            job.detail["split"] = {"by": "capacity", "why": "a node's free memory"}
-            return plan_rows(shape, slots, device=dev)
+        self._measure_planned_at = time.monotonic()
         job.detail["split"] = {"by": "measure", "why": "this node's speed alone"}
         log.info("job %s: kept on this node to measure its speed alone", job.id)
-        return whole.plan(shape, device)
+        return Split(((self.node_id, shape[0]),), {}).plan(shape, device)
 
     def _share_costs(self, slots: list[NodeSlot], device: str | None) -> list[ShareCost] | None:
         """A snapshot of what one-shot shares measured, for the candidates in ``slots``;
