@@ -69,6 +69,7 @@ import struct
 import sys
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -85,7 +86,7 @@ _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_
     if hasattr(fcntl, "F_SEAL_SHRINK") else 0
 #: The name of a connection's reusable memfd (:class:`Arena`); it starts with MEMFD_NAME, so
 #: tools that look for sedma's shared memory see it, and a daemon from before arenas
-#: refuses it as "not sealed against changes" (the client then falls back to the socket).
+#: refuses it as "not sealed against changes" (the client then sends per-message memfds).
 ARENA_NAME = MEMFD_NAME + "-arena"
 #: Largest data area sent through an arena: bigger ones get a sealed memfd of their own
 #: (a connection then keeps at most this much shared memory mapped per direction).
@@ -328,7 +329,11 @@ class Arena:
     Sealed against shrinking and growing (and further seals) once, at creation: the
     receiver's mapping can never lose its pages. Not sealed against writes: :meth:`write`
     puts every message's data area at its start (one copy into pages that stay resident),
-    which is the point -- no memfd, no page allocation, no mapping per message."""
+    which is the point -- no memfd, no page allocation, no mapping per message.
+
+    Held until :meth:`close` (the connection's end); an arena dropped without it (a client
+    object garbage-collected unclosed) is released by its finalizer, not leaked for the
+    process's life."""
 
     def __init__(self, capacity: int) -> None:
         if not 0 < capacity <= ARENA_MAX:
@@ -342,6 +347,7 @@ class Arena:
         except BaseException:
             os.close(self.fd)
             raise
+        self._release = weakref.finalize(self, _close_arena, self._map, self.fd)
 
     @classmethod
     def for_size(cls, size: int) -> "Arena":
@@ -363,10 +369,13 @@ class Arena:
         return Handle(self.fd, size)
 
     def close(self) -> None:
-        if self.fd >= 0:
-            self._map.close()
-            os.close(self.fd)
-            self.fd = -1
+        self._release()          # once: a second call (or the finalizer after it) is a no-op
+        self.fd = -1
+
+
+def _close_arena(mapping: mmap.mmap, fd: int) -> None:
+    mapping.close()
+    os.close(fd)
 
 
 @dataclass
