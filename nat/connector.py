@@ -2,7 +2,8 @@
 
 1. Direct TCP to each advertised address, each attempt bounded by ``tcp_timeout`` (cheap,
    and the only option that needs nothing from the peer's side).
-   When every advertised address is on this host (:func:`direct_only`), a dial that timed
+   When every advertised address is a loopback one and neither side has STUN or TURN
+   (:func:`direct_only`), a dial that timed
    out is retried (``local_retries`` times, doubling ``local_backoff``) and ICE is never
    tried: see :func:`direct_only` for why.
 2. Otherwise ICE: an SDP offer carrying every gathered candidate (host, server-reflexive
@@ -23,7 +24,6 @@ import asyncio
 import ipaddress
 import logging
 import os
-import socket
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
@@ -107,50 +107,43 @@ def refusal_is_final(extra: dict, last_kind: str | None,
     return not (natted or have_servers or extra.get("turn"))
 
 
-def is_own_address(host: str) -> bool:
-    """Whether ``host`` is an IP address of this host: loopback, or one that a socket here
-    can bind to (the kernel's own answer, no interface listing, nothing sent). A name or
-    anything unparsable is not (the caller then keeps every option open)."""
+def is_loopback_address(host: str) -> bool:
+    """Whether ``host`` is a loopback IP address: the only kind that is surely this host's
+    whatever the peer's network looks like. (A private or interface address is not: another
+    host behind its own NAT or in its own container may use the same one, and ``bind()``
+    succeeds for any address where ``ip_nonlocal_bind`` is set.) A name or anything
+    unparsable is not."""
     try:
-        ip = ipaddress.ip_address(host)
+        return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-    if ip.is_loopback:
-        return True
-    if ip.is_unspecified or ip.is_multicast:
-        return False
-    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_DGRAM) as sock:
-            sock.bind((str(ip), 0))
-    except OSError:            # EADDRNOTAVAIL: not ours (or no such family here)
-        return False
-    return True
 
 
-def direct_only(addresses: list[str], extra: dict,
-                is_local: Callable[[str], bool] | None = None) -> bool:
+def direct_only(addresses: list[str], extra: dict, have_servers: bool) -> bool:
     """Whether a peer can be reached only by dialling it directly, never by ICE: every
-    address it advertises is on this host, and it does not say it is behind a NAT.
+    address it advertises is a loopback address, it does not say it is behind a NAT, and
+    neither side has a STUN or TURN server that could offer ICE another path.
 
-    ICE pairs the two ends' candidates: host addresses, and what STUN and TURN servers
-    saw. For a peer on this host its host candidates are our own addresses, which the
-    direct dial already tried; a path ICE could find, TCP to the same address finds too.
-    A direct dial to this host that times out means the peer's process (or ours) was too
-    busy to answer in time -- 100 daemons starting at once on 2 cores -- so the cure is to
-    dial again a little later. ICE would only load aiortc (~45 MB that stays for the
-    daemon's life, bench/README.md) to fail or to find the same path. A peer that says it
-    is behind a NAT keeps ICE: its private address may just happen to equal one of ours.
+    Under those conditions ICE could only pair host candidates, and the peer's are on this
+    host, which the direct dial already tried: a path ICE could find, TCP to the same
+    address finds too. A direct dial that times out then means the peer's process (or
+    ours) was too busy to answer in time -- 100 daemons starting at once on 2 cores -- so
+    the cure is to dial again a little later. ICE would only load aiortc (~45 MB that stays
+    for the daemon's life, bench/README.md) to fail or to find the same path. With a STUN
+    or TURN server on either side, or a NAT advertised (``reach`` other than public or
+    unknown), ICE keeps its chance: a loopback address advertised by mistake from another
+    host is then still reachable through the relay.
     """
-    if not addresses or extra.get("reach") in (reachability.CONE, reachability.SYMMETRIC):
+    if not addresses or have_servers or extra.get("turn"):
         return False
-    is_local = is_local or is_own_address
+    if extra.get("reach") in (reachability.CONE, reachability.SYMMETRIC):
+        return False
     for address in addresses:
         try:
             host, _ = split_host_port(address)
         except ValueError:
             return False
-        if not is_local(host):
+        if not is_loopback_address(host):
             return False
     return True
 
@@ -252,7 +245,7 @@ class Connector:
                 extra, last.kind if last else None, bool(self.servers)):
             errors.append("ICE not tried: the advertised address refused the connection "
                           "(the node is down or restarting)")
-        elif link is None and direct_only(addresses, extra):
+        elif link is None and direct_only(addresses, extra, bool(self.servers)):
             link = await self._retry_direct(addresses, errors)
         elif link is None:
             link = await self._try_ice(node_id, extra, errors)

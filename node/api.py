@@ -95,7 +95,11 @@ class WaitRequest:
 
 @message("api.result")
 class ResultRequest:
+    """``shared``: the client maps the daemon's stored result file itself when the answer
+    goes through shared memory (node/shm.py, result files) -- no read back, no copy."""
+
     job_id: str
+    shared: bool = False
 
 
 @message("api.cancel")
@@ -338,10 +342,28 @@ async def read_message(reader: asyncio.StreamReader, channel: shm.Channel | None
     return from_wire(codec.decode_split(head, data))
 
 
+def _stored_result(msg: Any) -> str | None:
+    """The result file whose tail is ``msg``'s data area: a successful response holding a
+    memory map of a file whose data starts at ``shm.FILE_DATA_OFFSET`` (what
+    ``JobManager.result(mapped=True)`` returns), else None."""
+    if not isinstance(msg, Response) or lazynumpy.loaded() is None:
+        return None
+    value = msg.value
+    if (isinstance(value, np.memmap) and value.filename
+            and value.offset == shm.FILE_DATA_OFFSET):
+        return value.filename
+    return None
+
+
 async def write_message(writer: asyncio.StreamWriter, msg: Any,
                         channel: shm.Channel | None = None) -> None:
     """Write one message; its array bytes go through shared memory when ``channel``
     sends that way and they are worth it, else on the socket (:func:`write_frame`)."""
+    if _stored_result(msg) is not None and (channel is None or not channel.send):
+        # a result file's map asked for shared memory but the answer goes on the socket:
+        # read it on a worker thread as before, never fault its pages in on the event loop
+        msg = Response(True, await asyncio.get_running_loop().run_in_executor(
+            None, np.array, msg.value))
     parts = encode_message(msg)
     if channel is None or not channel.send:
         size = sum(len(p) for p in parts)
@@ -350,7 +372,10 @@ async def write_message(writer: asyncio.StreamWriter, msg: Any,
         await _write_parts(writer, [_LEN.pack(size), *parts])
         return
     data = parts[1:]
-    if sum(len(p) for p in data) >= shm.REAP_BYTES:   # a big copy: not on the event loop
+    stored = _stored_result(msg)
+    if stored is not None:     # a result file: the client maps it, nothing is copied
+        handle = channel.export_file(stored, sum(len(p) for p in data))
+    elif sum(len(p) for p in data) >= shm.REAP_BYTES:   # a big copy: not on the event loop
         handle = await asyncio.get_running_loop().run_in_executor(None, channel.export, data)
     else:
         handle = channel.export(data)

@@ -103,6 +103,9 @@ class AsyncClient:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._channel: shm.Channel | None = None
+        #: Whether to send through a reusable arena; off for a daemon from before arenas,
+        #: which refuses one but still reads per-message memfds.
+        self._arenas = True
         self._lock = asyncio.Lock()
 
     async def connect(self) -> "AsyncClient":
@@ -110,7 +113,7 @@ class AsyncClient:
             self._reader, self._writer = await asyncio.open_unix_connection(str(self.path))
             self._channel = shm.Channel(self._writer.get_extra_info("socket"),
                                         send=self.use_shm, follow=False, writable=True,
-                                        arenas=True)
+                                        arenas=self._arenas, files=True)
         except (FileNotFoundError, ConnectionRefusedError):
             raise NotRunning(f"no sedma daemon is listening on {self.path} "
                              "(start one with `sedma daemon`, or pass --socket)") from None
@@ -144,14 +147,21 @@ class AsyncClient:
         observed); such a call does not use shared memory, where there is nothing to
         observe."""
         response = await self._exchange(request, progress)
-        if (not response.ok and self.use_shm
-                and (response.error or "").startswith(_SHM_REFUSED)):
+        if self._refused_shm(response) and self._arenas and _ARENA_REFUSED in response.error:
+            self._arenas = False        # a daemon from before arenas: per-message memfds
+            await self.close()
+            response = await self._exchange(request, progress)
+        if self._refused_shm(response):
             self.use_shm = False        # this daemon cannot read our memory: use the socket
             await self.close()
             response = await self._exchange(request, progress)
         if not response.ok:
             raise DaemonError(response.error or "request failed")
         return response.value
+
+    def _refused_shm(self, response: "api.Response") -> bool:
+        return (not response.ok and self.use_shm
+                and (response.error or "").startswith(_SHM_REFUSED))
 
     async def _exchange(self, request: Any, progress: Progress | None) -> "api.Response":
         if self._writer is None:
@@ -217,7 +227,10 @@ class AsyncClient:
                 return info
 
     async def result(self, job_id: str, progress: Progress | None = None) -> np.ndarray:
-        return await self.call(api.ResultRequest(job_id), progress)
+        # shared: map the daemon's stored result file rather than have it copied (only
+        # used when the answer comes through shared memory; with ``progress`` it cannot)
+        shared = self.use_shm and progress is None
+        return await self.call(api.ResultRequest(job_id, shared=shared), progress)
 
     async def cancel(self, job_id: str) -> dict:
         return await self.call(api.CancelRequest(job_id))
@@ -312,6 +325,8 @@ async def _read_observed(reader: asyncio.StreamReader, progress: Progress) -> by
 
 #: How the daemon words a refused shared-memory handle (see node/api.py, node/shm.py).
 _SHM_REFUSED = "bad request: shared-memory handle"
+#: What a daemon from before arenas says of one (it wants every memfd sealed against writes).
+_ARENA_REFUSED = "not sealed against changes"
 
 
 class Client:

@@ -364,7 +364,7 @@ class Daemon:
                 raise api.UserError("timeout must be a number of seconds, got NaN")
             return (await jobs.wait(req.job_id, min(max(req.timeout, 0.0), 60.0))).public()
         if isinstance(req, api.ResultRequest):
-            return await jobs.result(req.job_id)
+            return await jobs.result(req.job_id, req.shared)
         if isinstance(req, api.CancelRequest):
             return jobs.cancel(req.job_id).public()
         if isinstance(req, api.DeployRequest):
@@ -590,16 +590,16 @@ _M_TRIM_THRESHOLD = -1
 #: request's 1 MiB buffers (X's copy, Y, a peer's reply) were handed back to the kernel
 #: when freed and faulted in again, zeroed, by the next request: ~160 page faults per
 #: B=64 request on the coordinator's loop (bench/README.md, loop5). Keeping up to one
-#: mmap threshold's worth at the top costs at most 4 MiB, and the consolidation's
-#: trim_heap every 10 s gives it back anyway.
+#: mmap threshold's worth at each arena's top costs at most 4 MiB per arena (8 MiB with
+#: ARENA_MAX=2), and the consolidation's trim_heap every 10 s gives it back anyway.
 TRIM_THRESHOLD = MMAP_THRESHOLD
 
 
 def limit_arenas() -> None:
     """Tune glibc's allocator before any thread starts: at most ``ARENA_MAX`` arenas
     (same as MALLOC_ARENA_MAX=2), a fixed ``MMAP_THRESHOLD`` (same as
-    MALLOC_MMAP_THRESHOLD_=1048576) and ``TRIM_THRESHOLD``; each environment variable
-    wins over ours."""
+    MALLOC_MMAP_THRESHOLD_=4194304) and ``TRIM_THRESHOLD`` (MALLOC_TRIM_THRESHOLD_);
+    each environment variable wins over ours."""
     libc = _libc()
     if libc is None:
         return

@@ -43,6 +43,18 @@ client's results are its own. Each side writes its arena only for its next messa
 the protocol (one request, then its answer) orders after the other side's copy. The
 arena is released when the connection ends, also when the client is killed (the kernel
 closes its descriptors; the daemon closes its end when the socket does).
+
+*Result files: a finished job's stored result, handed over as it lies in the data dir.*
+A one-shot result is written once to the daemon's data dir (it must survive a crash).
+Reading it back and copying it into a fresh memfd cost ~30 ms of CPU per 16 MiB result
+and a second resident copy (bench/README.md, result6). Instead, when the client asked for
+it (``ResultRequest.shared``), the daemon opens the file read-only and sends its
+descriptor as the handle (:class:`SharedFile`); the client maps the file's data area
+(which starts at :data:`FILE_DATA_OFFSET`, page-aligned) copy-on-write. Only a client
+accepts such handles (``Channel(files=True)``): a regular file cannot be sealed, so the
+daemon never maps one a client names. For the client the file is safe to map: the
+daemon writes a result once to a temp file renamed into place and never changes or
+truncates it afterwards (a forgotten job's file is unlinked, which leaves a mapping whole).
 """
 
 from __future__ import annotations
@@ -57,6 +69,7 @@ import struct
 import sys
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -73,7 +86,7 @@ _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_
     if hasattr(fcntl, "F_SEAL_SHRINK") else 0
 #: The name of a connection's reusable memfd (:class:`Arena`); it starts with MEMFD_NAME, so
 #: tools that look for sedma's shared memory see it, and a daemon from before arenas
-#: refuses it as "not sealed against changes" (the client then falls back to the socket).
+#: refuses it as "not sealed against changes" (the client then sends per-message memfds).
 ARENA_NAME = MEMFD_NAME + "-arena"
 #: Largest data area sent through an arena: bigger ones get a sealed memfd of their own
 #: (a connection then keeps at most this much shared memory mapped per direction).
@@ -82,6 +95,9 @@ ARENA_MAX = 8 << 20
 ARENA_STEP = 1 << 20
 _ARENA_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL \
     if hasattr(fcntl, "F_SEAL_SHRINK") else 0
+#: Where a shared result file's data area starts (node/work/jobs.py writes the .npy header
+#: padded to it): a page boundary, so the client maps the data area itself.
+FILE_DATA_OFFSET = 4096
 #: Handle "descriptor" meaning: the data area follows the header inline on the socket (a
 #: small message from a peer that takes its answer through shared memory).
 INLINE = 0xFFFFFFFF
@@ -181,6 +197,27 @@ class Outgoing:
         self.close()
 
 
+class SharedFile:
+    """A result file of the daemon's, open read-only for a client to map (see the module's
+    docstring); closed like :class:`Outgoing`, once the client has had its chance."""
+
+    def __init__(self, path: str | os.PathLike, size: int) -> None:
+        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            have = os.fstat(self.fd).st_size - FILE_DATA_OFFSET
+            if not 0 < size <= min(have, MAX_BYTES):
+                raise ShmError(f"result file {path} holds {have} data bytes, not {size}")
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self.handle = Handle(self.fd, size)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 def _write_all(fd: int, parts: Sequence[bytes | memoryview]) -> None:
     """Write every part at its offset (a memfd behaves like a file); one kernel copy."""
     offset = 0
@@ -200,7 +237,8 @@ def attach(pid: int | None, handle: Handle, writable: bool = False) -> memoryvie
     which gives the caller writable arrays without copying anything it does not write.
     Every check failure is a :class:`ShmError` saying what was wrong.
     """
-    path, _ = _locate(pid, handle)
+    path, target = _locate(pid, handle)
+    _check_memfd(handle, target)
     return _attach_path(path, pid, handle, writable)
 
 
@@ -217,9 +255,12 @@ def _locate(pid: int | None, handle: Handle) -> tuple[str, str]:
     except OSError as exc:
         raise ShmError(f"shared-memory handle {handle.fd} of process {pid} cannot be "
                        f"opened: {exc.strerror}") from None
+    return path, target
+
+
+def _check_memfd(handle: Handle, target: str) -> None:
     if not target.startswith(f"/memfd:{MEMFD_NAME}"):
         raise ShmError(f"shared-memory handle {handle.fd} is not a sedma memfd ({target!r})")
-    return path, target
 
 
 def _open(path: str, pid: int, handle: Handle) -> int:
@@ -260,13 +301,39 @@ def _map_checked(fd: int, handle: Handle, writable: bool) -> memoryview:
     return view
 
 
+def _attach_file(path: str, pid: int, handle: Handle, writable: bool) -> memoryview:
+    """Map the data area of the daemon's result file (``writable``: copy-on-write)."""
+    fd = _open(path, pid, handle)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ShmError("shared result handle is not a regular file")
+        if st.st_size < FILE_DATA_OFFSET + handle.size:
+            raise ShmError(f"shared result file holds {st.st_size} bytes, the handle says "
+                           f"{handle.size} after {FILE_DATA_OFFSET}")
+        if handle.size == 0:
+            return memoryview(b"")
+        access = mmap.ACCESS_COPY if writable else mmap.ACCESS_READ
+        mapping = mmap.mmap(fd, handle.size, access=access, offset=FILE_DATA_OFFSET)
+    finally:
+        os.close(fd)
+    view = memoryview(mapping)
+    if handle.size >= REAP_BYTES:
+        REAPER.track(mapping)
+    return view
+
+
 class Arena:
     """A sender's reusable memfd of ``capacity`` bytes, mapped read-write at this end.
 
     Sealed against shrinking and growing (and further seals) once, at creation: the
     receiver's mapping can never lose its pages. Not sealed against writes: :meth:`write`
     puts every message's data area at its start (one copy into pages that stay resident),
-    which is the point -- no memfd, no page allocation, no mapping per message."""
+    which is the point -- no memfd, no page allocation, no mapping per message.
+
+    Held until :meth:`close` (the connection's end); an arena dropped without it (a client
+    object garbage-collected unclosed) is released by its finalizer, not leaked for the
+    process's life."""
 
     def __init__(self, capacity: int) -> None:
         if not 0 < capacity <= ARENA_MAX:
@@ -280,6 +347,7 @@ class Arena:
         except BaseException:
             os.close(self.fd)
             raise
+        self._release = weakref.finalize(self, _close_arena, self._map, self.fd)
 
     @classmethod
     def for_size(cls, size: int) -> "Arena":
@@ -301,10 +369,13 @@ class Arena:
         return Handle(self.fd, size)
 
     def close(self) -> None:
-        if self.fd >= 0:
-            self._map.close()
-            os.close(self.fd)
-            self.fd = -1
+        self._release()          # once: a second call (or the finalizer after it) is a no-op
+        self.fd = -1
+
+
+def _close_arena(mapping: mmap.mmap, fd: int) -> None:
+    mapping.close()
+    os.close(fd)
 
 
 @dataclass
@@ -405,13 +476,15 @@ class Channel:
     """
 
     def __init__(self, sock: socket.socket | None, send: bool, follow: bool,
-                 writable: bool, arenas: bool = False) -> None:
+                 writable: bool, arenas: bool = False, files: bool = False) -> None:
         self.pid = peer_pid(sock)
+        #: This end maps result files the peer names (a client of its own daemon only).
+        self.files = files
         self.send = send and available() and self.pid is not None
         self.follow = follow
         self.writable = writable
         self.arenas = arenas
-        self._owed: list[Outgoing] = []
+        self._owed: list[Outgoing | SharedFile] = []
         self._arena: Arena | None = None
         self._peer_arena: _Mapped | None = None
         #: Peer arenas mapped and data areas received through shared memory (for tests
@@ -436,11 +509,24 @@ class Channel:
         self._owed.append(out)
         return out.handle
 
+    def export_file(self, path: str | os.PathLike, size: int) -> Handle | None:
+        """Name the result file ``path`` (``size`` data bytes after
+        :data:`FILE_DATA_OFFSET`) to the peer; None when this end does not send through
+        shared memory (the caller then sends the bytes on the socket)."""
+        if not self.send:
+            return None
+        out = SharedFile(path, size)
+        self._owed.append(out)
+        return out.handle
+
     def receive(self, handle: Handle) -> memoryview:
-        """Map the peer's data area (a sealed memfd of its own), or copy it out of the
-        peer's arena (mapped once)."""
+        """Map the peer's data area (a sealed memfd of its own, or a result file when this
+        end accepts them), or copy it out of the peer's arena (mapped once)."""
         path, target = _locate(self.pid, handle)
         self.received += 1
+        if self.files and not target.startswith("/memfd:"):
+            return _attach_file(path, self.pid, handle, self.writable)
+        _check_memfd(handle, target)
         if not target.startswith(f"/memfd:{ARENA_NAME}"):
             return _attach_path(path, self.pid, handle, self.writable)
         if self.follow:

@@ -80,7 +80,7 @@ def test_the_probes_and_the_beat_wake_at_the_same_instants_for_many_periods():
     assert probes[-1] == phase + 2999          # computed afresh: no accumulated error
 
 
-def test_a_late_tick_keeps_its_probe_window_but_never_skips_a_period_it_has_time_for():
+def test_a_late_tick_keeps_its_next_slot_and_loses_at_most_the_slack_of_its_window():
     m = _membership(0.5, now=100.0)
     first = m.next_deadline()
     assert first == 100.5

@@ -58,18 +58,36 @@ def test_a_non_ideal_share_still_goes_through_the_engine(holder):
     assert np.corrcoef(y.ravel(), (a @ b).ravel())[0, 1] > 0.9
 
 
+def test_a_share_of_no_rows_is_an_empty_product_in_no_time(holder):
+    # zero rows get an empty product, not an internal error (max over no spans)...
+    a = np.ones((0, 16), np.float32)
+    b = np.ones((16, 5), np.float32)
+    y, seconds = asyncio.run(holder.compute_share_timed(a, b, None, 3, 0))
+    assert y.shape == (0, 5) and seconds == 0.0
+    # ...and a peer's chunk, which is checked, is refused with the reason
+    with pytest.raises(StoreError, match="empty"):
+        asyncio.run(holder.compute_share_timed(a, b, None, 3, 0, check_a=True))
+
+
 def test_a_share_with_a_bad_seed_is_refused(holder):
     a = np.ones((4, 4), np.float32)
     with pytest.raises(StoreError, match="seed"):
         asyncio.run(holder.compute_share(a, a, None, -1, 0))
 
 
-def test_the_result_file_written_from_row_pieces_is_what_np_save_writes(tmp_path: Path):
+def test_the_result_file_written_from_row_pieces_holds_what_np_save_writes(tmp_path: Path):
+    # same array and data bytes as np.save; the header is padded to a page (node/shm.py,
+    # result files: a local client maps the data straight from the file)
+    from node import shm
     from node.work.jobs import _save_npy_rows
     y = np.random.default_rng(2).standard_normal((10, 6)).astype(np.float32)
     _save_npy_rows(tmp_path / "r.npy", y.shape, [(7, y[7:]), (0, y[:3]), (3, y[3:7])])
     np.save(tmp_path / "s.npy", y)
-    assert (tmp_path / "r.npy").read_bytes() == (tmp_path / "s.npy").read_bytes()
+    got = np.load(tmp_path / "r.npy")
+    assert got.dtype == y.dtype and got.shape == y.shape and np.array_equal(got, y)
+    raw = (tmp_path / "r.npy").read_bytes()
+    assert raw[shm.FILE_DATA_OFFSET:shm.FILE_DATA_OFFSET + y.nbytes] == y.tobytes()
+    assert (tmp_path / "s.npy").read_bytes().endswith(y.tobytes())
     assert not (tmp_path / "r.tmp").exists()
 
 

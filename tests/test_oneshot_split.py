@@ -3,6 +3,8 @@ for moving its operands, co-hosts and peers too slow to pay get nothing, every r
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -332,8 +334,11 @@ def test_the_snapshot_carries_this_nodes_speed_beside_peers_and_either_figure_wi
 
 
 def _planner(alone: float | None, beside: float | None, peer_host: str | None = None,
-             peer_gflops: float = 60.0, handover_bps: float = 3e8):
-    """``JobManager._oneshot_plan`` on fakes: this node "me" and one measured peer "p"."""
+             peer_gflops: float = 60.0, handover_bps: float = 3e8, jobs: int = 1,
+             my_free: int = 1 << 30):
+    """``JobManager._oneshot_plan`` on fakes: this node "me" (``my_free`` bytes free) and
+    one measured peer "p"; the split and rows of the last of ``jobs`` jobs planned one
+    after another without a result in between (as concurrent jobs are)."""
     from compute.device import get_preset
     from compute.partition import NodeSlot
     from node.work.jobs import Job, JobManager
@@ -348,6 +353,8 @@ def _planner(alone: float | None, beside: float | None, peer_host: str | None = 
         _handover_delay = JobManager._handover_delay
         _alone_unmeasured = JobManager._alone_unmeasured
         _measure_alone = JobManager._measure_alone
+        _should_measure_alone = JobManager._should_measure_alone
+        _measure_planned_at = -math.inf
     if alone:
         Fake.share_meter.record("me", "", alone * 1e9, 1.0)
     if beside:
@@ -355,9 +362,12 @@ def _planner(alone: float | None, beside: float | None, peer_host: str | None = 
     Fake.share_meter.record("p", "", peer_gflops * 1e9, 1.0)
     Fake.share_meter.record_link("p", int(1e9), 1.0)
     Fake.share_meter.record_handover("p", int(handover_bps), 1.0)
-    slots = [NodeSlot(n, 1.0, 1 << 30, get_preset("ideal")) for n in ("me", "p")]
-    job = Job("j", "matmul")
-    plan = JobManager._oneshot_plan(Fake(), job, (N, N), N, slots, None)
+    slots = [NodeSlot(n, 1.0, free, get_preset("ideal"))
+             for n, free in (("me", my_free), ("p", 1 << 30))]
+    planner = Fake()
+    for i in range(jobs):
+        job = Job(f"j{i}", "matmul")
+        plan = JobManager._oneshot_plan(planner, job, (N, N), N, slots, None)
     return job.detail["split"], plan.rows_by_node()
 
 
@@ -374,6 +384,23 @@ def test_a_job_is_kept_whole_once_to_measure_this_nodes_speed_alone():
     # a co-host could get no rows anyway: no job is kept whole only to measure
     split, placed = _planner(None, 50.0, peer_host="h")
     assert split["by"] == "transfer" and split["cohosts"] == ["p"]
+
+
+def test_only_one_of_two_concurrent_jobs_is_kept_whole_to_measure():
+    # the second job is planned before the first one's figure is in: it splits as usual
+    split, placed = _planner(None, 50.0, jobs=2)
+    assert split["by"] == "transfer" and placed["p"] > 0
+
+
+def test_a_whole_job_this_node_cannot_hold_is_not_kept_to_measure_it():
+    # all of A's rows do not fit here (the limit the capacity split enforces), the
+    # transfer split's share does: the split is priced as usual instead of falling to the
+    # capacity split (which would measure this node beside the peer again and bring every
+    # later job back here)
+    from compute.device import get_preset
+    whole_bytes = get_preset("ideal").resident_bytes((N, N))
+    split, placed = _planner(None, 50.0, my_free=int(whole_bytes * 0.8))
+    assert split["by"] == "transfer" and 0 < placed["me"] < N and placed["p"] > 0
 
 
 def test_a_split_predicted_to_save_less_than_the_minimum_gain_keeps_the_job_whole():

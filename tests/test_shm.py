@@ -433,3 +433,36 @@ def test_a_persistent_ebusy_while_sealing_is_still_an_error(monkeypatch):
     monkeypatch.setattr(shm, "SEAL_RETRY_DELAY", 0.001)
     with pytest.raises(OSError):
         shm.Outgoing([b"x"])
+
+
+def test_an_arena_dropped_unclosed_is_released_by_its_finalizer():
+    arena = shm.Arena.for_size(1 << 20)
+    fd = arena.fd
+    os.fstat(fd)                                   # open while the arena lives
+    del arena                                      # a client object dropped without close()
+    with pytest.raises(OSError) as err:
+        os.fstat(fd)
+    assert err.value.errno == errno.EBADF
+
+
+def test_a_daemon_from_before_arenas_still_gets_per_message_memfds():
+    """Such a daemon refuses an arena as "not sealed against changes": the client drops
+    arenas only, keeping shared memory for the sealed memfds that daemon reads."""
+    import asyncio
+    from node.client import AsyncClient
+
+    client = AsyncClient("/nonexistent.sock", use_shm=True)
+    seen = []
+    old = "bad request: shared-memory handle 7 of process 9 is not sealed against changes"
+
+    async def exchange(request, progress):
+        seen.append(client._arenas)
+        ok = not client._arenas
+        return api.Response(ok=ok, value="v" if ok else None, error=None if ok else old)
+
+    async def close():
+        pass
+
+    client._exchange, client.close = exchange, close
+    assert asyncio.run(client.call("req")) == "v"
+    assert seen == [True, False] and client.use_shm    # retried without arenas, on shm

@@ -144,7 +144,7 @@ class BlockHolder:
         timed = await asyncio.gather(*(self.executor.run(self._timed, functools.partial(
             _checked_matmul, a[r0:r1], b, y[r0:r1], check_a))
             for r0, r1 in _row_spans(a.shape[0], self.executor.workers)))
-        return y, max(seconds for _, seconds in timed)
+        return y, max((seconds for _, seconds in timed), default=0.0)   # 0 rows: no span
 
     async def store_block(self, name, index, row_start, w, device, seed,
                           rows: Provenance = Provenance()) -> int:

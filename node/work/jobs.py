@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import random
+import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +29,13 @@ from typing import Any
 
 import msgpack
 from compute.lazynumpy import np
+from protocol import codec
 
 from compute.device import get_preset
 from compute.partition import (Block, NodeSlot, PartitionPlan, PlacementError, plan_rows,
                                unit_rows)
 from nat.link import LinkClosed
+from node import shm
 from node.runtime import spans
 from node.errors import UserError, internal_message
 from node.memory.dualmemory import DualMemory
@@ -74,6 +77,9 @@ MAX_SEED = (1 << 63) - 1
 #: path4); the largest inline step (~0.2 ms) stays far under the loop's budget.
 INLINE_BYTES = 2 << 20
 FINAL_STATES = ("done", "failed", "cancelled")
+#: After a job is kept whole to measure this node alone, no other job is kept whole for
+#: the same figure for this long: jobs planned meanwhile (concurrent ones) split as usual.
+MEASURE_PENDING_S = 30.0
 
 
 class JobError(UserError):
@@ -124,6 +130,8 @@ class JobManager:
         self.recent = PeakEwma()
         #: One-shot compute speeds measured per node, and this machine's id (co-hosts).
         self.share_meter = ShareMeter()
+        # when the last job kept whole to measure this node alone was planned: one at a time
+        self._measure_planned_at = -math.inf
         self.host = host_id()
 
     # persistence --------------------------------------------------------------------
@@ -241,12 +249,18 @@ class JobManager:
             job.task.cancel()
         return job
 
-    async def result(self, job_id: str) -> np.ndarray:
+    async def result(self, job_id: str, mapped: bool = False) -> np.ndarray:
+        """A done job's stored result, read into memory; with ``mapped``, a read-only
+        ``np.memmap`` of the file instead (nothing read or copied here), for a local client
+        that maps the file itself (node/shm.py, result files). The caller must then not
+        touch the array's pages on the event loop."""
         job = self.get(job_id)
         if job.state != "done":
             raise JobError(f"job {job_id} is {job.state}" + (f": {job.error}" if job.error else ""))
         path = self.results / f"{job_id}.npy"
         try:   # read on the executor: a memory map would fault pages in on the event loop
+            if mapped:
+                return await self.executor.run(_map_result, path)
             return await self.executor.run(np.load, path)
         except FileNotFoundError:
             raise JobError(f"job {job_id} has no stored result") from None
@@ -360,9 +374,8 @@ class JobManager:
         # the loop's sealing slows by one core of ``workers`` while it lasts
         split = transfer_split(shape[0], shape[1], n, costs, unit,
                                handover_delay=self._handover_delay())
-        if self._alone_unmeasured(costs, device) and measuring_alone_affordable(
-                split, next(c for c in costs if c.local), shape[0], shape[1], n):
-            return self._measure_alone(job, shape, slots, device, dev)
+        if self._should_measure_alone(costs, split, shape, n, slots, device, dev):
+            return self._measure_alone(job, shape, device)
         if not fits_memory(split.rows, slots, shape[1], dev):
             job.detail["split"] = {"by": "capacity", "why": "a node's free memory"}
             log.info("job %s: the transfer-aware split %s exceeds a node's free memory; "
@@ -389,20 +402,33 @@ class JobManager:
         return (self.share_meter.speed(self.node_id, device or "") is None
                 and any(not c.local and not c.cohost for c in costs))
 
-    def _measure_alone(self, job: Job, shape: tuple[int, int], slots: list[NodeSlot],
-                       device: str | None, dev) -> PartitionPlan:
+    def _should_measure_alone(self, costs: list[ShareCost], split: Split,
+                              shape: tuple[int, int], n: int, slots: list[NodeSlot],
+                              device: str | None, dev) -> bool:
+        """Whether this job is the one kept whole to measure this node alone: its speed
+        alone is unknown, the whole job is affordable next to the split and fits this
+        node's free memory (else the job could only split by capacity, which measures this
+        node beside peers again, and every later job would come back here), and no other
+        measuring job was planned within ``MEASURE_PENDING_S`` (two concurrent jobs must
+        not both be kept whole for one figure)."""
+        if time.monotonic() - self._measure_planned_at < MEASURE_PENDING_S:
+            return False
+        return (self._alone_unmeasured(costs, device)
+                and measuring_alone_affordable(split, next(c for c in costs if c.local),
+                                               shape[0], shape[1], n)
+                and fits_memory(((self.node_id, shape[0]),), slots, shape[1], dev))
+
+    def _measure_alone(self, job: Job, shape: tuple[int, int],
+                       device: str | None) -> PartitionPlan:
         """Keep this job on this node to measure its speed alone: the split compares a
         split against the job kept whole, and a whole job's speed is the one figure only a
         whole job measures (beside a peer on the same cores it can be half of it). Costs
         one job in ``MAX_AGE_S`` at most, when every job splits, and only a job whose whole
         time is within ``MEASURE_ALONE_COST`` of the split's (``measuring_alone_affordable``)."""
-        whole = Split(((self.node_id, shape[0]),), {})
-        if not fits_memory(whole.rows, slots, shape[1], dev):
-            job.detail["split"] = {"by": "capacity", "why": "a node's free memory"}
-            return plan_rows(shape, slots, device=dev)
+        self._measure_planned_at = time.monotonic()
         job.detail["split"] = {"by": "measure", "why": "this node's speed alone"}
         log.info("job %s: kept on this node to measure its speed alone", job.id)
-        return whole.plan(shape, device)
+        return Split(((self.node_id, shape[0]),), {}).plan(shape, device)
 
     def _share_costs(self, slots: list[NodeSlot], device: str | None) -> list[ShareCost] | None:
         """A snapshot of what one-shot shares measured, for the candidates in ``slots``;
@@ -1032,18 +1058,44 @@ def _remove_results(results: Path, ids: list[str], keep: set[str] | None) -> Non
             path.unlink(missing_ok=True)
 
 
+def _map_result(path: Path) -> np.ndarray:
+    """The stored result as a read-only memory map (pages untouched); an ordinary array
+    when the file's data does not start at ``shm.FILE_DATA_OFFSET`` (a file written before
+    results were shared by file), so it is never named to a client by mistake."""
+    arr = np.load(path, mmap_mode="r")
+    if not isinstance(arr, np.memmap) or arr.offset != shm.FILE_DATA_OFFSET:
+        return np.array(arr)
+    return arr
+
+
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    """A version 1.0 .npy header for float32 ``shape``, padded with spaces (which the
+    format allows) to ``shm.FILE_DATA_OFFSET`` bytes: the data then starts on a page
+    boundary and a local client maps it straight from the file (node/shm.py)."""
+    meta = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+            "fortran_order": False, "shape": tuple(shape)}
+    text = repr(meta).encode("latin1")
+    prefix = np.lib.format.magic(1, 0)
+    room = shm.FILE_DATA_OFFSET - len(prefix) - 2
+    text = text + b" " * (room - len(text) - 1) + b"\n"
+    return prefix + struct.pack("<H", room) + text
+
+
 def _save_npy_rows(path: Path, shape: tuple[int, int],
                    pieces: list[tuple[int, np.ndarray]]) -> None:
     """A one-shot result, written from its row pieces in order (a peer's rows straight from
     its reply's buffer, no copy into one array) to a temp file renamed into place (never
     half a file). No fsync: the page cache keeps it across a kill -9, and the fsync cost a
     result of 16 MiB about as much as computing it; after a power loss it reads as "no
-    stored result"."""
+    stored result". The header is padded to a page and the data to the codec's alignment,
+    so the file's tail is exactly the data area of the result's API reply (node/shm.py)."""
     tmp = path.with_suffix(".tmp")
+    nbytes = 0
     with open(tmp, "wb") as f:
-        np.lib.format.write_array_header_1_0(
-            f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
-                "fortran_order": False, "shape": tuple(shape)})
+        f.write(_npy_header(shape))
         for _, piece in sorted(pieces, key=lambda p: p[0]):
-            f.write(memoryview(np.ascontiguousarray(piece, dtype=np.float32)).cast("B"))
+            view = memoryview(np.ascontiguousarray(piece, dtype=np.float32)).cast("B")
+            f.write(view)
+            nbytes += len(view)
+        f.write(bytes(-nbytes % codec.ALIGN))
     os.replace(tmp, path)

@@ -1,0 +1,176 @@
+"""A finished job's stored result handed to a local client as the file itself (issue 13).
+
+The daemon writes a one-shot result once to its data dir; a local client maps that file's
+data area (node/shm.py, result files) instead of having it read back and copied into a
+memfd. The file must stay an ordinary .npy (it is what survives a crash), only a client
+maps files it is named, and the socket path keeps working.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import numpy as np
+import pytest
+
+from node import api, shm
+from node.client import Client
+from node.work.jobs import _map_result, _save_npy_rows
+from protocol import codec
+from tests.daemons import wait_for
+
+pytestmark = pytest.mark.skipif(not shm.available(), reason="needs Linux memfd sealing and /proc")
+
+
+def rand(shape, seed):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def test_a_stored_result_is_a_plain_npy_with_its_data_on_a_page_and_its_tail_aligned(tmp_path):
+    y = rand((7, 5), 1)                      # 140 bytes: not a multiple of the codec's 64
+    path = tmp_path / "j.npy"
+    _save_npy_rows(path, y.shape, [(3, y[3:]), (0, y[:3])])
+    np.testing.assert_array_equal(np.load(path), y)          # numpy reads it as ever
+    assert os.path.getsize(path) == shm.FILE_DATA_OFFSET + 192
+    with open(path, "rb") as f:
+        f.seek(shm.FILE_DATA_OFFSET)
+        assert f.read(y.nbytes) == y.tobytes()
+    mapped = _map_result(path)
+    assert isinstance(mapped, np.memmap) and mapped.offset == shm.FILE_DATA_OFFSET
+    np.testing.assert_array_equal(mapped, y)
+
+
+def test_an_older_result_file_is_read_not_mapped(tmp_path):
+    y = rand((8, 8), 2)
+    path = tmp_path / "old.npy"
+    np.save(path, y)                         # header of 128 bytes: data not on a page
+    got = _map_result(path)
+    assert not isinstance(got, np.memmap)
+    np.testing.assert_array_equal(got, y)
+
+
+@pytest.fixture
+def pair():
+    a, b = socket.socketpair(socket.AF_UNIX)
+    client = shm.Channel(a, send=True, follow=False, writable=True, arenas=True, files=True)
+    daemon = shm.Channel(b, send=False, follow=True, writable=False)
+    yield client, daemon
+    client.close()
+    daemon.close()
+    a.close()
+    b.close()
+
+
+def test_a_client_maps_a_named_result_file_copy_on_write(pair, tmp_path):
+    client, daemon = pair
+    y = rand((256, 300), 3)
+    path = tmp_path / "r.npy"
+    _save_npy_rows(path, y.shape, [(0, y)])
+    daemon.note(True)                        # the request came through shared memory
+    handle = daemon.export_file(path, y.nbytes)
+    data = client.receive(handle)
+    got = np.frombuffer(data, np.float32).reshape(y.shape)
+    np.testing.assert_array_equal(got, y)
+    got[0, 0] = 42.0                         # the client's own copy-on-write pages
+    np.testing.assert_array_equal(np.load(path), y)
+    daemon.release()                         # the daemon's descriptor closes; the map stays
+    assert got[0, 0] == 42.0 and got[1, 1] == y[1, 1]
+
+
+def test_the_daemon_never_maps_a_file_a_client_names(pair, tmp_path):
+    client, daemon = pair
+    path = tmp_path / "secret.npy"
+    _save_npy_rows(path, (64, 64), [(0, rand((64, 64), 4))])
+    client.note(True)
+    handle = client.export_file(path, 64 * 64 * 4)
+    with pytest.raises(shm.ShmError, match="not a sedma memfd"):
+        daemon.receive(handle)
+
+
+def test_a_file_shorter_than_its_handle_is_refused(pair, tmp_path):
+    client, daemon = pair
+    path = tmp_path / "short.npy"
+    _save_npy_rows(path, (64, 64), [(0, rand((64, 64), 5))])
+    daemon.note(True)
+    with pytest.raises(shm.ShmError, match="data bytes"):
+        daemon.export_file(path, 64 * 64 * 4 + 64)    # the sender checks ...
+    fd = os.open(path, os.O_RDONLY)
+    try:                                               # ... and so does the receiver
+        with pytest.raises(shm.ShmError, match="shared result file holds"):
+            client.receive(shm.Handle(fd, 64 * 64 * 4 + 64))
+    finally:
+        os.close(fd)
+
+
+# --- a real daemon ----------------------------------------------------------------------
+
+def result_maps(job_id: str) -> list[str]:
+    """This process's mappings of job ``job_id``'s result file."""
+    with open("/proc/self/maps") as f:
+        return [line for line in f if f"{job_id}.npy" in line]
+
+
+@pytest.fixture
+def daemon(cluster):
+    cluster.start(1, extra=["--capacity", "10"])
+    return cluster.nodes[0]
+
+
+def test_a_local_client_gets_the_stored_file_and_the_socket_the_same_bytes(daemon):
+    a, b = rand((600, 400), 6), rand((400, 300), 7)
+    with Client(daemon.socket, use_shm=True) as c:
+        job = c.submit_matmul(a, b, device="ideal")
+        assert c.wait(job)["state"] == "done"
+        y_shm = c.result(job)
+        assert result_maps(job), "the result is not a mapping of the stored file"
+        again = c.result(job)                # asked twice: the same file, mapped again
+    stored = daemon.data_dir / "results" / f"{job}.npy"
+    with Client(daemon.socket, use_shm=False) as c:
+        y_sock = c.result(job)
+    np.testing.assert_array_equal(y_shm, y_sock)
+    np.testing.assert_array_equal(again, y_sock)
+    np.testing.assert_allclose(y_shm, a @ b, rtol=1e-4, atol=1e-3)
+    y_shm[0, 0] = 7.0                        # the client's array is its own
+    np.testing.assert_array_equal(np.load(stored), y_sock)
+    assert wait_for(lambda: not [t for t in _fds(daemon.proc.pid) if job in t], 10,
+                    "the daemon to close the result file it named")
+
+
+def test_the_result_survives_a_kill_9_after_a_shared_read(daemon, cluster):
+    a, b = rand((512, 256), 8), rand((256, 256), 9)
+    with Client(daemon.socket, use_shm=True) as c:
+        job = c.submit_matmul(a, b, device="ideal")
+        c.wait(job)
+        first = np.array(c.result(job))
+    daemon.kill9()
+    daemon.start()
+    with Client(daemon.socket, use_shm=True) as c:
+        np.testing.assert_array_equal(c.result(job), first)
+
+
+def _fds(pid: int) -> list[str]:
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            continue
+    return out
+
+
+def test_codec_alignment_is_what_the_file_pads_to():
+    assert codec.ALIGN == 64 and shm.FILE_DATA_OFFSET % os.sysconf("SC_PAGE_SIZE") == 0
+
+
+def test_a_shared_result_asked_on_the_socket_comes_as_bytes_on_the_socket(daemon):
+    # a client asking for the file while its request came on the socket (no shm frame):
+    # the daemon answers with the bytes, read as before
+    a, b = rand((300, 200), 10), rand((200, 500), 11)
+    with Client(daemon.socket, use_shm=True) as c:
+        job = c.submit_matmul(a, b, device="ideal")
+        c.wait(job)
+    with Client(daemon.socket, use_shm=False) as c:
+        y = c.call(api.ResultRequest(job, shared=True))
+    assert not result_maps(job)
+    np.testing.assert_allclose(y, a @ b, rtol=1e-4, atol=1e-3)
