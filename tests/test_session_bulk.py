@@ -222,4 +222,3 @@ async def test_a_one_frame_bulk_message_is_not_held_behind_started_multi_frame_o
     assert sa._queues.bulk_waiting                            # while big ones still wait
     for fut in big + [small]:
         fut.cancel()
-    sa._writer.cancel()   # started by _queue; never got to run

@@ -124,7 +124,10 @@ class Session:
     def start(self, handler: Handler) -> None:
         """Run the reader; ``handler`` receives every non-reply message. The writer task
         runs only while messages are queued (see :meth:`_queue`)."""
-        self._reader = asyncio.get_running_loop().create_task(self._read_loop(handler))
+        loop = asyncio.get_running_loop()
+        self._reader = loop.create_task(self._read_loop(handler))
+        if self._queues:             # queued before start: sent now, in order
+            self._writer = loop.create_task(self._write_loop())
 
     async def close(self, reason: str) -> None:
         """Close the link; fail pending requests and queued sends with ``reason``."""
@@ -234,8 +237,8 @@ class Session:
             queues.bulk.append(out)
         else:
             queues.bulk_waiting.append(out)
-        if self._writer is None:     # it takes the queue in order and ends once it is empty
-            self._writer = loop.create_task(self._write_loop())
+        if self._writer is None and self._reader is not None:   # started (see start)
+            self._writer = loop.create_task(self._write_loop())   # ends once all is sent
         return out.done
 
     async def request(self, msg: Any, timeout: float, sent: asyncio.Future | None = None) -> Any:
