@@ -95,11 +95,22 @@ class WaitRequest:
 
 @message("api.result")
 class ResultRequest:
-    """``shared``: the client maps the daemon's stored result file itself when the answer
-    goes through shared memory (node/shm.py, result files) -- no read back, no copy."""
+    """A done job's result, read back by the daemon and sent (socket or shared memory)."""
 
     job_id: str
-    shared: bool = False
+
+
+@message("api.result_shared")
+class SharedResultRequest:
+    """Like :class:`ResultRequest`, but the client maps the daemon's stored result file
+    itself when the answer goes through shared memory (node/shm.py, result files).
+
+    A message of its own, not a field of ``api.result``: a daemon from before result files
+    refuses unknown fields, so a new field would cut a new client off from every older
+    daemon; an unknown message type it refuses too, and the client then falls back to
+    :class:`ResultRequest` (node/client.py)."""
+
+    job_id: str
 
 
 @message("api.cancel")
@@ -240,7 +251,7 @@ async def _reap_until_done() -> None:
 #: Requests whose handling reads or makes arrays (a file to deploy, a result to send):
 #: numpy is loaded in a worker thread before they are answered, never on the event loop.
 ARRAY_REQUESTS = (SubmitRequest, DeployRequest, InferRequest, DeployFileRequest,
-                  ResultRequest)
+                  ResultRequest, SharedResultRequest)
 
 
 async def _answer(request: Any, dispatch: Dispatch) -> Response:

@@ -48,7 +48,7 @@ closes its descriptors; the daemon closes its end when the socket does).
 A one-shot result is written once to the daemon's data dir (it must survive a crash).
 Reading it back and copying it into a fresh memfd cost ~30 ms of CPU per 16 MiB result
 and a second resident copy (bench/README.md, result6). Instead, when the client asked for
-it (``ResultRequest.shared``), the daemon opens the file read-only and sends its
+it (``api.SharedResultRequest``), the daemon opens the file read-only and sends its
 descriptor as the handle (:class:`SharedFile`); the client maps the file's data area
 (which starts at :data:`FILE_DATA_OFFSET`, page-aligned) copy-on-write. Only a client
 accepts such handles (``Channel(files=True)``): a regular file cannot be sealed, so the

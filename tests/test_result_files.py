@@ -171,6 +171,47 @@ def test_a_shared_result_asked_on_the_socket_comes_as_bytes_on_the_socket(daemon
         job = c.submit_matmul(a, b, device="ideal")
         c.wait(job)
     with Client(daemon.socket, use_shm=False) as c:
-        y = c.call(api.ResultRequest(job, shared=True))
+        y = c.call(api.SharedResultRequest(job))
     assert not result_maps(job)
     np.testing.assert_allclose(y, a @ b, rtol=1e-4, atol=1e-3)
+
+
+def test_a_daemon_from_before_result_files_still_gets_the_plain_result_request():
+    """Such a daemon refuses ``api.result_shared`` as an unknown message type: the client
+    remembers it and asks with ``api.result``, which that daemon knows."""
+    import asyncio
+    from node.client import AsyncClient
+
+    client = AsyncClient("/nonexistent.sock", use_shm=True)
+    seen = []
+    old = "bad request: unknown message type 'api.result_shared'"
+
+    async def exchange(request, progress):
+        seen.append(type(request))
+        ok = isinstance(request, api.ResultRequest)
+        return api.Response(ok=ok, value="v" if ok else None, error=None if ok else old)
+
+    async def close():
+        pass
+
+    client._exchange, client.close = exchange, close
+    assert asyncio.run(client.result("j1")) == "v"
+    assert asyncio.run(client.result("j2")) == "v"     # remembered: no second refusal
+    assert seen == [api.SharedResultRequest, api.ResultRequest, api.ResultRequest]
+
+
+def test_a_plain_result_request_carries_no_field_an_older_daemon_refuses():
+    from protocol.messages import to_wire
+    # exactly what a daemon from before result files accepts for api.result
+    assert to_wire(api.ResultRequest("j")) == {"t": "api.result", "job_id": "j"}
+
+
+def test_the_daemon_serves_both_result_messages(daemon):
+    a, b = rand((300, 200), 12), rand((200, 500), 13)
+    with Client(daemon.socket, use_shm=True) as c:
+        job = c.submit_matmul(a, b, device="ideal")
+        c.wait(job)
+        plain = c.call(api.ResultRequest(job))
+        shared = c.call(api.SharedResultRequest(job))
+    np.testing.assert_allclose(plain, a @ b, rtol=1e-4, atol=1e-3)
+    np.testing.assert_array_equal(shared, plain)
