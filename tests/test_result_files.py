@@ -36,9 +36,24 @@ def test_a_stored_result_is_a_plain_npy_with_its_data_on_a_page_and_its_tail_ali
     with open(path, "rb") as f:
         f.seek(shm.FILE_DATA_OFFSET)
         assert f.read(y.nbytes) == y.tobytes()
-    mapped = _map_result(path)
+
+
+#: A result whose data area is exactly shm.ARENA_MAX (8 MiB): the smallest named as a file.
+BIG = (2048, 1024)
+
+
+def test_a_big_stored_result_is_mapped_a_small_one_read(tmp_path):
+    big = rand(BIG, 14)
+    assert big.nbytes == shm.ARENA_MAX
+    _save_npy_rows(tmp_path / "big.npy", big.shape, [(0, big)])
+    mapped = _map_result(tmp_path / "big.npy")
     assert isinstance(mapped, np.memmap) and mapped.offset == shm.FILE_DATA_OFFSET
-    np.testing.assert_array_equal(mapped, y)
+    np.testing.assert_array_equal(mapped, big)
+    small = big[:-1]                         # one row short of ARENA_MAX
+    _save_npy_rows(tmp_path / "small.npy", small.shape, [(0, small)])
+    got = _map_result(tmp_path / "small.npy")
+    assert not isinstance(got, np.memmap)
+    np.testing.assert_array_equal(got, small)
 
 
 def test_an_older_result_file_is_read_not_mapped(tmp_path):
@@ -118,7 +133,7 @@ def daemon(cluster):
 
 
 def test_a_local_client_gets_the_stored_file_and_the_socket_the_same_bytes(daemon):
-    a, b = rand((600, 400), 6), rand((400, 300), 7)
+    a, b = rand((BIG[0], 64), 6), rand((64, BIG[1]), 7)
     with Client(daemon.socket, use_shm=True) as c:
         job = c.submit_matmul(a, b, device="ideal")
         assert c.wait(job)["state"] == "done"
@@ -215,3 +230,15 @@ def test_the_daemon_serves_both_result_messages(daemon):
         shared = c.call(api.SharedResultRequest(job))
     np.testing.assert_allclose(plain, a @ b, rtol=1e-4, atol=1e-3)
     np.testing.assert_array_equal(shared, plain)
+
+
+def test_a_small_result_comes_through_the_arena_not_as_its_file(daemon):
+    a, b = rand((300, 200), 15), rand((200, 500), 16)     # 600 KB: under ARENA_MAX
+    with Client(daemon.socket, use_shm=True) as c:
+        job = c.submit_matmul(a, b, device="ideal")
+        c.wait(job)
+        before = c._client._channel.received
+        y = c.result(job)
+        assert c._client._channel.received == before + 1, "not sent by shared memory"
+        assert not result_maps(job), "a small result was handed over as its file"
+    np.testing.assert_allclose(y, a @ b, rtol=1e-4, atol=1e-3)
