@@ -302,7 +302,11 @@ def _map_checked(fd: int, handle: Handle, writable: bool) -> memoryview:
 
 
 def _attach_file(path: str, pid: int, handle: Handle, writable: bool) -> memoryview:
-    """Map the data area of the daemon's result file (``writable``: copy-on-write)."""
+    """Map the data area of the daemon's result file (``writable``: copy-on-write).
+
+    The map starts at offset 0 and the header is sliced off: an mmap offset must be a
+    multiple of ``mmap.ALLOCATIONGRANULARITY``, which is 16 or 64 KiB on some systems, not
+    the 4 KiB page the data starts on."""
     fd = _open(path, pid, handle)
     try:
         st = os.fstat(fd)
@@ -314,10 +318,10 @@ def _attach_file(path: str, pid: int, handle: Handle, writable: bool) -> memoryv
         if handle.size == 0:
             return memoryview(b"")
         access = mmap.ACCESS_COPY if writable else mmap.ACCESS_READ
-        mapping = mmap.mmap(fd, handle.size, access=access, offset=FILE_DATA_OFFSET)
+        mapping = mmap.mmap(fd, FILE_DATA_OFFSET + handle.size, access=access)
     finally:
         os.close(fd)
-    view = memoryview(mapping)
+    view = memoryview(mapping)[FILE_DATA_OFFSET:]
     if handle.size >= REAP_BYTES:
         REAPER.track(mapping)
     return view

@@ -242,3 +242,25 @@ def test_a_small_result_comes_through_the_arena_not_as_its_file(daemon):
         assert c._client._channel.received == before + 1, "not sent by shared memory"
         assert not result_maps(job), "a small result was handed over as its file"
     np.testing.assert_allclose(y, a @ b, rtol=1e-4, atol=1e-3)
+
+
+def test_a_result_file_maps_where_the_allocation_granularity_is_64k(pair, tmp_path,
+                                                                    monkeypatch):
+    """mmap refuses an offset that is not a multiple of ALLOCATIONGRANULARITY (64 KiB on
+    some systems): the client maps from 0 and slices the header off."""
+    real_mmap = shm.mmap.mmap
+
+    def strict_mmap(fd, length, *args, offset=0, **kw):
+        if offset % (64 << 10):
+            raise OSError(22, "Invalid argument (offset not a multiple of 64 KiB)")
+        return real_mmap(fd, length, *args, offset=offset, **kw)
+
+    monkeypatch.setattr(shm.mmap, "mmap", strict_mmap)
+    client, daemon = pair
+    y = rand((64, 96), 17)
+    path = tmp_path / "g.npy"
+    _save_npy_rows(path, y.shape, [(0, y)])
+    daemon.note(True)
+    data = client.receive(daemon.export_file(path, y.nbytes))
+    assert len(data) == y.nbytes
+    np.testing.assert_array_equal(np.frombuffer(data, np.float32).reshape(y.shape), y)
