@@ -135,6 +135,8 @@ class AsyncClient:
             except (ConnectionError, OSError):
                 pass
             self._writer = None
+        await _reap_mappings()
+
 
     async def __aenter__(self) -> "AsyncClient":
         return await self.connect()
@@ -197,6 +199,7 @@ class AsyncClient:
                 # be read as the answer to the next call. Start afresh.
                 await self.close()
                 raise
+        await _reap_mappings()      # results the caller has dropped since the last call
         if not isinstance(response, api.Response):
             raise DaemonError("unexpected response type from the daemon")
         return response
@@ -295,6 +298,15 @@ class AsyncClient:
     async def deployments(self) -> list[dict]:
         """Every matrix and model the mesh knows: kind, layers, placement, health, traffic."""
         return await self.call(api.DeploymentsRequest())
+
+
+async def _reap_mappings() -> None:
+    """Unmap big received mappings (results, :data:`node.shm.REAPER`) nothing uses any
+    more, on a worker thread: the reaper holds each one until reaped, so without this a
+    client's dropped results would stay mapped for the process's life. A mapping still
+    in use (the reply just read, a result the caller keeps) is left alone."""
+    if shm.REAPER.pending():
+        await asyncio.get_running_loop().run_in_executor(None, shm.REAPER.reap)
 
 
 async def _write_observed(writer: asyncio.StreamWriter, msg: Any, progress: Progress) -> None:

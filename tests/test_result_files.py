@@ -264,3 +264,19 @@ def test_a_result_file_maps_where_the_allocation_granularity_is_64k(pair, tmp_pa
     data = client.receive(daemon.export_file(path, y.nbytes))
     assert len(data) == y.nbytes
     np.testing.assert_array_equal(np.frombuffer(data, np.float32).reshape(y.shape), y)
+
+
+def test_a_client_unmaps_a_big_result_it_dropped_at_its_next_call(daemon):
+    a, b = rand((4096, 64), 18), rand((64, 1024), 19)     # 16 MiB: tracked by the reaper
+    with Client(daemon.socket, use_shm=True) as c:
+        job = c.submit_matmul(a, b, device="ideal")
+        c.wait(job)
+        y = c.result(job)
+        assert y.nbytes >= shm.REAP_BYTES and result_maps(job)
+        kept = c.result(job)                 # a result still in use stays mapped
+        del y
+        c.status()
+        assert len(result_maps(job)) == 1, "the dropped result's mapping was not released"
+        np.testing.assert_allclose(kept, a @ b, rtol=1e-4, atol=1e-3)
+        del kept
+    assert not result_maps(job), "closing the client did not release the last mapping"
