@@ -280,3 +280,59 @@ def test_a_client_unmaps_a_big_result_it_dropped_at_its_next_call(daemon):
         np.testing.assert_allclose(kept, a @ b, rtol=1e-4, atol=1e-3)
         del kept
     assert not result_maps(job), "closing the client did not release the last mapping"
+
+
+class _Collect:
+    """A stream writer that keeps what is written (to be fed to a reader)."""
+
+    def __init__(self):
+        self.data = bytearray()
+
+    def write(self, b):
+        self.data += b
+
+    def writelines(self, parts):
+        for p in parts:
+            self.data += p
+
+    async def drain(self):
+        pass
+
+
+def _send_stored(pair, msg):
+    """Answer ``msg`` as the daemon does (through shared memory), read it as the client."""
+    import asyncio
+    client, daemon = pair
+    daemon.note(True)                        # the request came through shared memory
+
+    async def go():
+        out = _Collect()
+        await api.write_message(out, msg, daemon)
+        reader = asyncio.StreamReader()
+        reader.feed_data(bytes(out.data))
+        reader.feed_eof()
+        return await api.read_message(reader, client)
+    return asyncio.run(go())
+
+
+def test_a_result_file_removed_before_the_reply_is_sent_as_bytes(pair, tmp_path):
+    y = rand(BIG, 20)
+    path = tmp_path / "gone.npy"
+    _save_npy_rows(path, y.shape, [(0, y)])
+    mapped = _map_result(path)
+    os.unlink(path)                          # retention removed it meanwhile
+    reply = _send_stored(pair, api.Response(True, mapped))
+    # only our own shared map of the file: the client's reply is not a private map of it
+    assert reply.ok and [m.split()[1] for m in result_maps("gone")] == ["r--s"]
+    np.testing.assert_array_equal(reply.value, y)
+
+
+def test_a_result_file_changed_on_disk_is_a_clear_error_not_a_bad_request(pair, tmp_path):
+    y = rand(BIG, 21)
+    path = tmp_path / "changed.npy"
+    _save_npy_rows(path, y.shape, [(0, y)])
+    mapped = _map_result(path)
+    _save_npy_rows(path, (4, 4), [(0, rand((4, 4), 22))])    # another file by that name
+    reply = _send_stored(pair, api.Response(True, mapped))
+    assert not reply.ok and "stored result is unreadable" in reply.error
+    assert not reply.error.startswith("bad request") and str(tmp_path) not in reply.error
