@@ -191,6 +191,47 @@ def test_a_shared_result_asked_on_the_socket_comes_as_bytes_on_the_socket(daemon
     np.testing.assert_allclose(y, a @ b, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("channel", ["none", "socket"])
+def test_a_mapped_result_answered_on_the_socket_is_read_on_a_worker_thread(
+        channel, pair, tmp_path, monkeypatch):
+    """The socket path must not hand encode_message the np.memmap (its pages would be
+    faulted in on the event loop while encoding): it gets an array read on the executor."""
+    import asyncio
+    import threading
+    y = rand(BIG, 23)
+    path = tmp_path / "sock.npy"
+    _save_npy_rows(path, y.shape, [(0, y)])
+    mapped = _map_result(path)
+    assert isinstance(mapped, np.memmap)
+    encoded, copied_on = [], []
+    real_encode, real_array = api.encode_message, np.array
+
+    def spy_encode(msg):
+        encoded.append(type(msg.value))
+        return real_encode(msg)
+
+    def spy_array(obj, *args, **kw):
+        if obj is mapped:
+            copied_on.append(threading.current_thread() is threading.main_thread())
+        return real_array(obj, *args, **kw)
+
+    monkeypatch.setattr(api, "encode_message", spy_encode)
+    monkeypatch.setattr(api.np, "array", spy_array)   # the namespace api uses
+    _, daemon = pair                          # never noted: it answers on the socket
+    out = _Collect()
+    asyncio.run(api.write_message(out, api.Response(True, mapped),
+                                  None if channel == "none" else daemon))
+    assert encoded == [np.ndarray] and copied_on == [False]
+    monkeypatch.undo()
+
+    async def read():
+        reader = asyncio.StreamReader()
+        reader.feed_data(bytes(out.data))
+        reader.feed_eof()
+        return await api.read_message(reader)
+    np.testing.assert_array_equal(asyncio.run(read()).value, y)
+
+
 def test_a_daemon_from_before_result_files_still_gets_the_plain_result_request():
     """Such a daemon refuses ``api.result_shared`` as an unknown message type: the client
     remembers it and asks with ``api.result``, which that daemon knows."""
