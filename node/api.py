@@ -103,7 +103,10 @@ class ResultRequest:
 @message("api.result_shared")
 class SharedResultRequest:
     """Like :class:`ResultRequest`, but the client maps the daemon's stored result file
-    itself when the answer goes through shared memory (node/shm.py, result files).
+    itself when the answer goes through shared memory (node/shm.py, result files): no
+    read back, no copy -- for a file with a page-sized header and a data area of at least
+    ``shm.ARENA_MAX``. An older result file or a smaller result is read back and sent as
+    for :class:`ResultRequest`; so is any result answered on the socket.
 
     A message of its own, not a field of ``api.result``: a daemon from before result files
     refuses unknown fields, so a new field would cut a new client off from every older

@@ -251,9 +251,12 @@ class JobManager:
 
     async def result(self, job_id: str, mapped: bool = False) -> np.ndarray:
         """A done job's stored result, read into memory; with ``mapped``, a read-only
-        ``np.memmap`` of the file instead (nothing read or copied here), for a local client
-        that maps the file itself (node/shm.py, result files). The caller must then not
-        touch the array's pages on the event loop."""
+        ``np.memmap`` of the file instead, for a local client that maps the file itself
+        (node/shm.py, result files). The caller must then not touch the array's pages on
+        the event loop. Nothing is read or copied here only for a result file written
+        with a page-sized header (since result files) whose data area is at least
+        ``shm.ARENA_MAX``: an older file or a smaller result is read into memory, on the
+        executor, as without ``mapped`` (:func:`_map_result`)."""
         job = self.get(job_id)
         if job.state != "done":
             raise JobError(f"job {job_id} is {job.state}" + (f": {job.error}" if job.error else ""))
