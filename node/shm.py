@@ -48,9 +48,11 @@ closes its descriptors; the daemon closes its end when the socket does).
 A one-shot result is written once to the daemon's data dir (it must survive a crash).
 Reading it back and copying it into a fresh memfd cost ~30 ms of CPU per 16 MiB result
 and a second resident copy (bench/README.md, result6). Instead, when the client asked for
-it (``api.SharedResultRequest``), the daemon opens the file read-only and sends its
-descriptor as the handle (:class:`SharedFile`); the client maps the file's data area
-(which starts at :data:`FILE_DATA_OFFSET`, page-aligned) copy-on-write. Only a client
+it (``api.SharedResultRequest``) and the data area is at least :data:`ARENA_MAX` (a
+smaller one goes through the arena rather than hold a descriptor and a mapping of its
+own), the daemon opens the file read-only and sends its descriptor as the handle
+(:class:`SharedFile`); the client maps the file copy-on-write and keeps the data area
+(which starts at :data:`FILE_DATA_OFFSET`, page-aligned). Only a client
 accepts such handles (``Channel(files=True)``): a regular file cannot be sealed, so the
 daemon never maps one a client names. For the client the file is safe to map: the
 daemon writes a result once to a temp file renamed into place and never changes or
