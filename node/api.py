@@ -95,11 +95,25 @@ class WaitRequest:
 
 @message("api.result")
 class ResultRequest:
-    """``shared``: the client maps the daemon's stored result file itself when the answer
-    goes through shared memory (node/shm.py, result files) -- no read back, no copy."""
+    """A done job's result, read back by the daemon and sent (socket or shared memory)."""
 
     job_id: str
-    shared: bool = False
+
+
+@message("api.result_shared")
+class SharedResultRequest:
+    """Like :class:`ResultRequest`, but the client maps the daemon's stored result file
+    itself when the answer goes through shared memory (node/shm.py, result files): no
+    read back, no copy -- for a file with a page-sized header and a data area of at least
+    ``shm.ARENA_MAX``. An older result file or a smaller result is read back and sent as
+    for :class:`ResultRequest`; so is any result answered on the socket.
+
+    A message of its own, not a field of ``api.result``: a daemon from before result files
+    refuses unknown fields, so a new field would cut a new client off from every older
+    daemon; an unknown message type it refuses too, and the client then falls back to
+    :class:`ResultRequest` (node/client.py)."""
+
+    job_id: str
 
 
 @message("api.cancel")
@@ -240,7 +254,7 @@ async def _reap_until_done() -> None:
 #: Requests whose handling reads or makes arrays (a file to deploy, a result to send):
 #: numpy is loaded in a worker thread before they are answered, never on the event loop.
 ARRAY_REQUESTS = (SubmitRequest, DeployRequest, InferRequest, DeployFileRequest,
-                  ResultRequest)
+                  ResultRequest, SharedResultRequest)
 
 
 async def _answer(request: Any, dispatch: Dispatch) -> Response:
@@ -355,6 +369,40 @@ def _stored_result(msg: Any) -> str | None:
     return None
 
 
+async def _export(channel: shm.Channel, msg: Any,
+                  parts: list) -> tuple[list, shm.Handle | None]:
+    """Put the data area of ``msg`` (encoded as ``parts``) in shared memory: the parts to
+    send (another message's when a result file could not be named) and the handle, None
+    to send the bytes inline."""
+    data = parts[1:]
+    stored = _stored_result(msg)
+    if stored is not None:     # a result file: the client maps it, nothing is copied
+        try:
+            return parts, channel.export_file(stored, sum(len(p) for p in data))
+        except (OSError, shm.ShmError) as exc:
+            parts = encode_message(await _unshared_result(msg, stored, exc))
+            data = parts[1:]
+    if sum(len(p) for p in data) >= shm.REAP_BYTES:   # a big copy: not on the event loop
+        return parts, await asyncio.get_running_loop().run_in_executor(
+            None, channel.export, data)
+    return parts, channel.export(data)
+
+
+async def _unshared_result(msg: Any, path: str, exc: Exception) -> Any:
+    """What to send when the result file ``path`` cannot be reopened to be named to the
+    client. Gone (retention removed it since it was mapped, an ``OSError``): the bytes
+    from our own map, which still holds them, read on a worker thread. Not what it was
+    (a :class:`node.shm.ShmError`: its size changed): an error reply -- not "bad request",
+    it is not the client's fault, and without the data dir's path."""
+    if isinstance(exc, shm.ShmError):
+        log.warning("result file %s changed on disk: %s", path, exc)
+        return Response(False, error="the job's stored result is unreadable "
+                                     "(its file changed on disk)")
+    log.info("result file %s could not be reopened (%s): sending its bytes", path, exc)
+    return Response(True, await asyncio.get_running_loop().run_in_executor(
+        None, np.array, msg.value))
+
+
 async def write_message(writer: asyncio.StreamWriter, msg: Any,
                         channel: shm.Channel | None = None) -> None:
     """Write one message; its array bytes go through shared memory when ``channel``
@@ -371,14 +419,7 @@ async def write_message(writer: asyncio.StreamWriter, msg: Any,
             raise ProtocolError(f"message of {size} bytes exceeds the frame limit")
         await _write_parts(writer, [_LEN.pack(size), *parts])
         return
-    data = parts[1:]
-    stored = _stored_result(msg)
-    if stored is not None:     # a result file: the client maps it, nothing is copied
-        handle = channel.export_file(stored, sum(len(p) for p in data))
-    elif sum(len(p) for p in data) >= shm.REAP_BYTES:   # a big copy: not on the event loop
-        handle = await asyncio.get_running_loop().run_in_executor(None, channel.export, data)
-    else:
-        handle = channel.export(data)
+    parts, handle = await _export(channel, msg, parts)
     tail = []
     if handle is None:      # small: the bytes ride inline, the frame still asks for shm
         tail = parts[1:]

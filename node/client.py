@@ -106,6 +106,9 @@ class AsyncClient:
         #: Whether to send through a reusable arena; off for a daemon from before arenas,
         #: which refuses one but still reads per-message memfds.
         self._arenas = True
+        #: Whether to ask for results as files to map (``api.result_shared``); off for a
+        #: daemon from before result files, which does not know that message.
+        self._shared_results = True
         self._lock = asyncio.Lock()
 
     async def connect(self) -> "AsyncClient":
@@ -132,6 +135,8 @@ class AsyncClient:
             except (ConnectionError, OSError):
                 pass
             self._writer = None
+        await _reap_mappings()
+
 
     async def __aenter__(self) -> "AsyncClient":
         return await self.connect()
@@ -147,6 +152,12 @@ class AsyncClient:
         observed); such a call does not use shared memory, where there is nothing to
         observe."""
         response = await self._exchange(request, progress)
+        if (isinstance(request, api.SharedResultRequest) and not response.ok
+                and _SHARED_UNKNOWN in (response.error or "")):
+            self._shared_results = False    # an older daemon: ask for the bytes instead
+            await self.close()              # it closed the connection after refusing
+            request = api.ResultRequest(request.job_id)
+            response = await self._exchange(request, progress)
         if self._refused_shm(response) and self._arenas and _ARENA_REFUSED in response.error:
             self._arenas = False        # a daemon from before arenas: per-message memfds
             await self.close()
@@ -188,6 +199,7 @@ class AsyncClient:
                 # be read as the answer to the next call. Start afresh.
                 await self.close()
                 raise
+        await _reap_mappings()      # results the caller has dropped since the last call
         if not isinstance(response, api.Response):
             raise DaemonError("unexpected response type from the daemon")
         return response
@@ -227,10 +239,11 @@ class AsyncClient:
                 return info
 
     async def result(self, job_id: str, progress: Progress | None = None) -> np.ndarray:
-        # shared: map the daemon's stored result file rather than have it copied (only
-        # used when the answer comes through shared memory; with ``progress`` it cannot)
-        shared = self.use_shm and progress is None
-        return await self.call(api.ResultRequest(job_id, shared=shared), progress)
+        # map the daemon's stored result file rather than have it copied (only when the
+        # answer comes through shared memory; with ``progress`` it cannot)
+        if self.use_shm and progress is None and self._shared_results:
+            return await self.call(api.SharedResultRequest(job_id))
+        return await self.call(api.ResultRequest(job_id), progress)
 
     async def cancel(self, job_id: str) -> dict:
         return await self.call(api.CancelRequest(job_id))
@@ -287,6 +300,15 @@ class AsyncClient:
         return await self.call(api.DeploymentsRequest())
 
 
+async def _reap_mappings() -> None:
+    """Unmap big received mappings (results, :data:`node.shm.REAPER`) nothing uses any
+    more, on a worker thread: the reaper holds each one until reaped, so without this a
+    client's dropped results would stay mapped for the process's life. A mapping still
+    in use (the reply just read, a result the caller keeps) is left alone."""
+    if shm.REAPER.pending():
+        await asyncio.get_running_loop().run_in_executor(None, shm.REAPER.reap)
+
+
 async def _write_observed(writer: asyncio.StreamWriter, msg: Any, progress: Progress) -> None:
     """:func:`node.api.write_frame`, in ``CHUNK`` pieces reported to ``progress``."""
     parts = encode_message(msg)
@@ -327,6 +349,8 @@ async def _read_observed(reader: asyncio.StreamReader, progress: Progress) -> by
 _SHM_REFUSED = "bad request: shared-memory handle"
 #: What a daemon from before arenas says of one (it wants every memfd sealed against writes).
 _ARENA_REFUSED = "not sealed against changes"
+#: What a daemon from before result files says of ``api.result_shared`` (protocol/messages.py).
+_SHARED_UNKNOWN = "unknown message type 'api.result_shared'"
 
 
 class Client:

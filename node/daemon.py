@@ -364,7 +364,9 @@ class Daemon:
                 raise api.UserError("timeout must be a number of seconds, got NaN")
             return (await jobs.wait(req.job_id, min(max(req.timeout, 0.0), 60.0))).public()
         if isinstance(req, api.ResultRequest):
-            return await jobs.result(req.job_id, req.shared)
+            return await jobs.result(req.job_id)
+        if isinstance(req, api.SharedResultRequest):
+            return await jobs.result(req.job_id, mapped=True)
         if isinstance(req, api.CancelRequest):
             return jobs.cancel(req.job_id).public()
         if isinstance(req, api.DeployRequest):

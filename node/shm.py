@@ -48,9 +48,11 @@ closes its descriptors; the daemon closes its end when the socket does).
 A one-shot result is written once to the daemon's data dir (it must survive a crash).
 Reading it back and copying it into a fresh memfd cost ~30 ms of CPU per 16 MiB result
 and a second resident copy (bench/README.md, result6). Instead, when the client asked for
-it (``ResultRequest.shared``), the daemon opens the file read-only and sends its
-descriptor as the handle (:class:`SharedFile`); the client maps the file's data area
-(which starts at :data:`FILE_DATA_OFFSET`, page-aligned) copy-on-write. Only a client
+it (``api.SharedResultRequest``) and the data area is at least :data:`ARENA_MAX` (a
+smaller one goes through the arena rather than hold a descriptor and a mapping of its
+own), the daemon opens the file read-only and sends its descriptor as the handle
+(:class:`SharedFile`); the client maps the file copy-on-write and keeps the data area
+(which starts at :data:`FILE_DATA_OFFSET`, page-aligned). Only a client
 accepts such handles (``Channel(files=True)``): a regular file cannot be sealed, so the
 daemon never maps one a client names. For the client the file is safe to map: the
 daemon writes a result once to a temp file renamed into place and never changes or
@@ -302,7 +304,11 @@ def _map_checked(fd: int, handle: Handle, writable: bool) -> memoryview:
 
 
 def _attach_file(path: str, pid: int, handle: Handle, writable: bool) -> memoryview:
-    """Map the data area of the daemon's result file (``writable``: copy-on-write)."""
+    """Map the data area of the daemon's result file (``writable``: copy-on-write).
+
+    The map starts at offset 0 and the header is sliced off: an mmap offset must be a
+    multiple of ``mmap.ALLOCATIONGRANULARITY``, which is 16 or 64 KiB on some systems, not
+    the 4 KiB page the data starts on."""
     fd = _open(path, pid, handle)
     try:
         st = os.fstat(fd)
@@ -314,10 +320,10 @@ def _attach_file(path: str, pid: int, handle: Handle, writable: bool) -> memoryv
         if handle.size == 0:
             return memoryview(b"")
         access = mmap.ACCESS_COPY if writable else mmap.ACCESS_READ
-        mapping = mmap.mmap(fd, handle.size, access=access, offset=FILE_DATA_OFFSET)
+        mapping = mmap.mmap(fd, FILE_DATA_OFFSET + handle.size, access=access)
     finally:
         os.close(fd)
-    view = memoryview(mapping)
+    view = memoryview(mapping)[FILE_DATA_OFFSET:]
     if handle.size >= REAP_BYTES:
         REAPER.track(mapping)
     return view

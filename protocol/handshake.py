@@ -191,10 +191,10 @@ class TransportCipher:
 
     def decrypt_records_into(self, records: Sequence[memoryview], dest: memoryview) -> None:
         """Open the next ``records`` in order straight into ``dest`` (exactly their
-        plaintext, back to back): :meth:`decrypt_into` for each, in one loop with the
-        lookups done once (see :meth:`seal_parts`). The nonce counter moves only past
-        records that authenticated; on a failed tag ``dest`` may hold garbage and the
-        caller drops it with the link."""
+        plaintext, back to back), in one loop with the lookups done once (see
+        :meth:`seal_parts`). The nonce counter moves only past records that
+        authenticated; on a failed tag ``dest`` may hold garbage and the caller drops it
+        with the link."""
         if not records:
             return
         for record in records:
@@ -218,21 +218,6 @@ class TransportCipher:
         finally:
             state.n = n
 
-    def decrypt_into(self, record: bytes | bytearray | memoryview, dest: memoryview) -> None:
-        """Open the next record straight into ``dest`` (exactly its plaintext size). On a
-        failed tag ``dest`` may hold garbage: the caller drops it with the link."""
-        if not TAG_BYTES <= len(record) <= MAX_NOISE_MESSAGE:
-            raise FrameError(f"encrypted record of {len(record)} bytes (a Noise message "
-                             f"holds {TAG_BYTES} to {MAX_NOISE_MESSAGE})")
-        state = self._dec
-        n = _next_nonce(state)
-        try:
-            state.cipher.cipher.decrypt_into(state.cipher.format_nonce(n), record, None, dest)
-        except InvalidTag:
-            raise FrameError("record failed authentication (tampered, replayed, reordered "
-                             "or truncated)") from None
-        state.n = n + 1
-
     def encrypt(self, plaintext: bytes | bytearray | memoryview) -> bytes:
         if len(plaintext) > MAX_RECORD_PLAINTEXT:
             raise FrameError(f"record of {len(plaintext)} bytes exceeds "
@@ -248,13 +233,6 @@ class TransportCipher:
         except (InvalidTag, *NoiseError):
             raise FrameError("record failed authentication (tampered, replayed, reordered "
                              "or truncated)") from None
-
-
-def _next_nonce(state) -> int:
-    """The nonce a Noise CipherState uses next (its counter moves only after success)."""
-    if state.n >= NOISE_MAX_NONCE:
-        raise FrameError("the link's nonce space is used up")
-    return state.n
 
 
 def _first_nonce(state, count: int) -> int:

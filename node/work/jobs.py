@@ -251,9 +251,12 @@ class JobManager:
 
     async def result(self, job_id: str, mapped: bool = False) -> np.ndarray:
         """A done job's stored result, read into memory; with ``mapped``, a read-only
-        ``np.memmap`` of the file instead (nothing read or copied here), for a local client
-        that maps the file itself (node/shm.py, result files). The caller must then not
-        touch the array's pages on the event loop."""
+        ``np.memmap`` of the file instead, for a local client that maps the file itself
+        (node/shm.py, result files). The caller must then not touch the array's pages on
+        the event loop. Nothing is read or copied here only for a result file written
+        with a page-sized header (since result files) whose data area is at least
+        ``shm.ARENA_MAX``: an older file or a smaller result is read into memory, on the
+        executor, as without ``mapped`` (:func:`_map_result`)."""
         job = self.get(job_id)
         if job.state != "done":
             raise JobError(f"job {job_id} is {job.state}" + (f": {job.error}" if job.error else ""))
@@ -1059,13 +1062,23 @@ def _remove_results(results: Path, ids: list[str], keep: set[str] | None) -> Non
 
 
 def _map_result(path: Path) -> np.ndarray:
-    """The stored result as a read-only memory map (pages untouched); an ordinary array
-    when the file's data does not start at ``shm.FILE_DATA_OFFSET`` (a file written before
-    results were shared by file), so it is never named to a client by mistake."""
+    """The stored result as a read-only memory map (pages untouched), for the client to
+    map the file itself; an ordinary array (read here, on the executor) when the file's
+    data does not start at ``shm.FILE_DATA_OFFSET`` (a file written before results were
+    shared by file), so it is never named to a client by mistake, or when its data area
+    is under ``shm.ARENA_MAX``: such a result goes through the connection's arena like any
+    reply, rather than hold a file descriptor and a mapping of its own in the client."""
     arr = np.load(path, mmap_mode="r")
-    if not isinstance(arr, np.memmap) or arr.offset != shm.FILE_DATA_OFFSET:
+    if (not isinstance(arr, np.memmap) or arr.offset != shm.FILE_DATA_OFFSET
+            or _data_area(arr.nbytes) < shm.ARENA_MAX):
         return np.array(arr)
     return arr
+
+
+def _data_area(nbytes: int) -> int:
+    """Bytes of a reply's data area holding ``nbytes`` of array (padded to the codec's
+    alignment, as the result file is)."""
+    return -(-nbytes // codec.ALIGN) * codec.ALIGN
 
 
 def _npy_header(shape: tuple[int, ...]) -> bytes:
