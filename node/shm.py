@@ -169,7 +169,20 @@ def _seal(fd: int) -> None:
         delay *= 2
 
 
-class Outgoing:
+class _SentDescriptor:
+    """A descriptor this end names to the peer in a handle and closes once the peer has
+    had its chance to open it (it may close it any time after that)."""
+
+    fd: int
+    handle: "Handle"
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class Outgoing(_SentDescriptor):
     """A sealed memfd holding one message's data area; the sender closes it when the
     receiver has had its chance to open it (it may close it any time after that)."""
 
@@ -187,11 +200,6 @@ class Outgoing:
             raise
         self.handle = Handle(self.fd, size)
 
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
     def __enter__(self) -> "Outgoing":
         return self
 
@@ -199,7 +207,7 @@ class Outgoing:
         self.close()
 
 
-class SharedFile:
+class SharedFile(_SentDescriptor):
     """A result file of the daemon's, open read-only for a client to map (see the module's
     docstring); closed like :class:`Outgoing`, once the client has had its chance."""
 
@@ -213,11 +221,6 @@ class SharedFile:
             os.close(self.fd)
             raise
         self.handle = Handle(self.fd, size)
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
 
 def _write_all(fd: int, parts: Sequence[bytes | memoryview]) -> None:

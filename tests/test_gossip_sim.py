@@ -48,9 +48,9 @@ def test_advert_change_reaches_every_node_in_log_n_periods(n, capsys):
     assert all(sim.nodes[o].member(subject).advert.load == 42.0 for o in sim.up)
 
 
-@pytest.mark.parametrize("n", [10, 100, 1000])
-def test_crashed_node_is_declared_dead_by_every_live_node(n, capsys):
-    sim = Simulator(n, seed=100 + n, net=NetConfig(loss=0.01))
+def _crash_detection(sim: "Simulator", n: int, capsys, label: str) -> None:
+    """Crash a node after 5 s: every live node declares it dead within SWIM's bound, none
+    before the least suspicion time, and nobody else dies."""
     sim.run_for(5.0)
     victim = node_name(3)
     sim.crash(victim)
@@ -59,10 +59,16 @@ def test_crashed_node_is_declared_dead_by_every_live_node(n, capsys):
     done = sim.run_until_true(lambda: sim.all_see(victim, DEAD_OR_GONE), timeout=bound,
                               step=0.25)
     assert done is not None, "some live node never declared the crashed node dead"
-    report(capsys, f"crash detection N={n}: dead everywhere after {done - start:.1f} s "
-                   f"(min suspicion {min_suspicion(n):.1f} s, bound {bound:.0f} s)")
+    report(capsys, f"crash detection{label}, N={n}: dead everywhere after "
+                   f"{done - start:.1f} s (min suspicion {min_suspicion(n):.1f} s, "
+                   f"bound {bound:.0f} s)")
     assert done - start >= min_suspicion(n)  # nobody jumped the gun
     assert sim.false_deaths == []
+
+
+@pytest.mark.parametrize("n", [10, 100, 1000])
+def test_crashed_node_is_declared_dead_by_every_live_node(n, capsys):
+    _crash_detection(Simulator(n, seed=100 + n, net=NetConfig(loss=0.01)), n, capsys, "")
 
 
 def test_ten_percent_loss_for_ten_minutes_kills_nobody(capsys):
@@ -225,19 +231,8 @@ BUSY = NetConfig(loss=0.01, tick_lateness=0.03)
 
 @pytest.mark.parametrize("n", [10, 100])
 def test_phased_probes_declare_a_crashed_node_dead_within_the_same_bounds(n, capsys):
-    sim = Simulator(n, seed=300 + n, net=BUSY, phased=True)
-    sim.run_for(5.0)
-    victim = node_name(3)
-    sim.crash(victim)
-    start = sim.now
-    bound = CFG.suspicion_max_timeout_mult * min_suspicion(n) + 5 * CFG.probe_interval
-    done = sim.run_until_true(lambda: sim.all_see(victim, DEAD_OR_GONE), timeout=bound,
-                              step=0.25)
-    assert done is not None, "some live node never declared the crashed node dead"
-    report(capsys, f"crash detection, phased probes, N={n}: dead everywhere after "
-                   f"{done - start:.1f} s (bound {bound:.0f} s)")
-    assert done - start >= min_suspicion(n)
-    assert sim.false_deaths == []
+    _crash_detection(Simulator(n, seed=300 + n, net=BUSY, phased=True), n, capsys,
+                     ", phased probes")
 
 
 def test_phased_probes_under_ten_percent_loss_kill_nobody_and_keep_the_probe_rate(capsys):
