@@ -38,9 +38,12 @@ log = logging.getLogger("sedma.session")
 #: A message whose payload is at most this size is "control" and jumps the bulk queue.
 CONTROL_BYTES = 64 << 10
 HANDSHAKE_TIMEOUT = 5.0
-#: The reader hands the event loop back after this many bytes of queued frames: a link's
-#: queue holds up to 64 MiB, and copying all of it in one go stalls the loop ~50 ms.
-READ_YIELD_BYTES = 4 << 20
+#: The reader hands the event loop back after this many bytes of queued frames (one full
+#: frame): a link's queue holds up to 64 MiB, and copying all of it in one go stalls the
+#: loop ~50 ms. 1 MiB, not 4: with both compute threads busy beside it, the loop's opening
+#: of 4 MiB took 160-200 ms of its CPU in tests/test_loop_lag.py's 1 GiB job on this
+#: machine (1 MiB: ~100 ms; the cause of the slow opening is not found yet).
+READ_YIELD_BYTES = 1 << 20
 #: Likewise the writer: a send need not suspend while the transport takes bytes, and each
 #: frame is sealed (AES-GCM) on the loop, so a 500 MB share written in one go held the
 #: loop for 70-150 ms (tests/test_loop_lag.py).
