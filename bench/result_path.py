@@ -46,17 +46,19 @@ def read_back(path: Path, channel: shm.Channel) -> None:
     arr = np.load(path)
     out = shm.Outgoing([memoryview(arr).cast("B")])
     del arr
-    view = channel.receive(out.handle)
-    out.close()
-    _client_reads(view)
-    view.release()
-    shm.REAPER.reap()
+    _hand_over(out, channel)
 
 
 def by_file(path: Path, channel: shm.Channel) -> None:
     arr = _map_result(path)
     out = shm.SharedFile(arr.filename, arr.nbytes)
     del arr
+    _hand_over(out, channel)
+
+
+def _hand_over(out: shm.Outgoing | shm.SharedFile, channel: shm.Channel) -> None:
+    """The client's side of either way: receive the handle, the daemon closes its end,
+    the client reads every page and lets go."""
     view = channel.receive(out.handle)
     out.close()
     _client_reads(view)

@@ -284,16 +284,23 @@ def _attach_path(path: str, pid: int, handle: Handle, writable: bool) -> memoryv
         os.close(fd)
 
 
-def _map_checked(fd: int, handle: Handle, writable: bool) -> memoryview:
+def _sealed_stat(fd: int, what: str, seals: int, against: str) -> os.stat_result:
+    """The stat of ``fd`` once it is sure to be a memfd carrying ``seals`` (what makes the
+    peer's memory safe to map); ``what`` and ``against`` word the refusal."""
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
-        raise ShmError("shared-memory handle is not a memory file")
+        raise ShmError(f"shared-memory {what} is not a memory file")
     try:
-        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+        have = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
     except OSError:
-        raise ShmError("shared-memory handle is not a sealable memfd") from None
-    if seals & _SEALS != _SEALS:
-        raise ShmError("shared-memory handle is not sealed against changes")
+        raise ShmError(f"shared-memory {what} is not a sealable memfd") from None
+    if have & seals != seals:
+        raise ShmError(f"shared-memory {what} is not sealed against {against}")
+    return st
+
+
+def _map_checked(fd: int, handle: Handle, writable: bool) -> memoryview:
+    st = _sealed_stat(fd, "handle", _SEALS, "changes")
     if st.st_size != handle.size:
         raise ShmError(f"shared memory holds {st.st_size} bytes, the handle says {handle.size}")
     if handle.size == 0:
@@ -405,16 +412,7 @@ def _map_arena(path: str, pid: int, handle: Handle) -> _Mapped:
     sealed against shrinking and growing, at least as big as the handle says."""
     fd = _open(path, pid, handle)
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ShmError("shared-memory arena is not a memory file")
-        try:
-            seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
-        except OSError:
-            raise ShmError("shared-memory arena is not a sealable memfd") from None
-        if seals & (fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW) != \
-                fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW:
-            raise ShmError("shared-memory arena is not sealed against resizing")
+        st = _sealed_stat(fd, "arena", fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW, "resizing")
         if not 0 < st.st_size <= ARENA_MAX:
             raise ShmError(f"shared-memory arena of {st.st_size} bytes (limit {ARENA_MAX})")
         return _Mapped(handle.fd, st.st_ino, mmap.mmap(fd, st.st_size, access=mmap.ACCESS_READ))

@@ -9,7 +9,6 @@ maps files it is named, and the socket path keeps working.
 from __future__ import annotations
 
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -19,6 +18,7 @@ from node.client import Client
 from node.work.jobs import _map_result, _save_npy_rows
 from protocol import codec
 from tests.daemons import wait_for
+from tests.shm_channels import channel_pair
 
 pytestmark = pytest.mark.skipif(not shm.available(), reason="needs Linux memfd sealing and /proc")
 
@@ -67,14 +67,7 @@ def test_an_older_result_file_is_read_not_mapped(tmp_path):
 
 @pytest.fixture
 def pair():
-    a, b = socket.socketpair(socket.AF_UNIX)
-    client = shm.Channel(a, send=True, follow=False, writable=True, arenas=True, files=True)
-    daemon = shm.Channel(b, send=False, follow=True, writable=False)
-    yield client, daemon
-    client.close()
-    daemon.close()
-    a.close()
-    b.close()
+    yield from channel_pair(files=True)
 
 
 def test_a_client_maps_a_named_result_file_copy_on_write(pair, tmp_path):

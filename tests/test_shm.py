@@ -13,7 +13,6 @@ import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 
@@ -25,6 +24,7 @@ from node.client import Client
 from protocol import codec
 from protocol.messages import encode_message
 from tests.daemons import ROOT, sedma_env, wait_for
+from tests.shm_channels import channel_pair
 
 pytestmark = pytest.mark.skipif(not shm.available(), reason="needs Linux memfd sealing and /proc")
 
@@ -191,14 +191,7 @@ def arena_inodes(pid: int) -> set[int]:
 
 @pytest.fixture
 def pair():
-    a, b = socket.socketpair(socket.AF_UNIX)
-    client = shm.Channel(a, send=True, follow=False, writable=True, arenas=True)
-    daemon = shm.Channel(b, send=False, follow=True, writable=False)
-    yield client, daemon
-    client.close()
-    daemon.close()
-    a.close()
-    b.close()
+    yield from channel_pair()
 
 
 def data_of(arr: np.ndarray) -> list[memoryview]:
