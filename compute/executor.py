@@ -71,6 +71,17 @@ class Executor:
         finally:
             self.queued -= 1
 
+    async def upkeep(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run the daemon's own housekeeping (``fn(*args)``) on a compute thread, outside
+        the load it advertises: not in ``running``, ``queued`` or the utilisation ledger.
+
+        Why: giving the heap back after a save is the daemon's chore, not work a peer can
+        route around. Counted, a slow trim that spanned an advert sample read as a loaded
+        node (load 0.5 on two threads), the advert was re-published to the whole mesh and
+        again a beat later when it ended: an idle daemon's advert moved every save.
+        """
+        return await asyncio.wrap_future(self._pool.submit(fn, *args))
+
     def _timed(self, fn: Callable[..., T], args: tuple) -> T:
         start = time.monotonic()
         with self._lock:

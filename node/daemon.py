@@ -156,7 +156,7 @@ class Daemon:
                            ("loop_lag", self.lag.run)):
             self.supervisor.start(name, loop)
         self.stall_reporter.start()
-        await self.executor.run(trim_heap)
+        await self.executor.upkeep(trim_heap)
         log.info("node %s (%s) up: peers on %s, local socket %s, device %s, %.1f GFLOP/s, "
                  "%d resident block(s), budget %d bytes, event loop %s", self.node_id[:8],
                  cfg.name, self.addresses(), cfg.socket_path, self.device.name, self.capacity,
@@ -272,7 +272,7 @@ class Daemon:
             await sleep_to_beat(self.config.memory_save_every)
             self.memory.consolidate()
             await self.db.run(self.memory.save)
-            await self.executor.run(trim_heap)
+            await self.executor.upkeep(trim_heap)
 
     def _on_member_event(self, event: Any) -> None:
         if event.kind in ("dead", "left"):

@@ -105,16 +105,59 @@ def test_advert_stats_keep_their_value_until_they_really_move():
     assert settle_stats({}, busy) == busy               # nothing advertised yet
 
 
+async def _published_after_start(d, bound: float = 20.0):
+    """The advert once its start-up figures are out: the first refresh carries the loop's
+    measured busy share (None before), within ``advert_refresh`` (5 s) of the start."""
+    import asyncio
+
+    for _ in range(int(bound / 0.1)):
+        if d.mesh.advert.stats.get("loop_busy") is not None:
+            return d.mesh.advert
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no advert with the loop's figures within {bound} s")
+
+
+def _advert_changes(before, after) -> dict:
+    new = after.to_dict()
+    return {k: (v, new[k]) for k, v in before.to_dict().items() if new[k] != v}
+
+
 async def test_an_idle_daemon_does_not_republish_its_advert(tmp_path):
     import asyncio
 
     from tests.inproc import running_daemon
 
     async with running_daemon(tmp_path) as d:
+        before = await _published_after_start(d)
         await asyncio.sleep(7)                          # past advert_refresh (5 s)
-        version = d.mesh.advert.version
-        await asyncio.sleep(7)
-        assert d.mesh.advert.version == version         # nothing worth gossiping changed
+        after = d.mesh.advert                           # nothing worth gossiping changed
+        assert after.version == before.version, _advert_changes(before, after)
+
+
+async def test_housekeeping_on_the_compute_threads_is_not_advertised_as_load(
+        tmp_path, monkeypatch):
+    """A heap trim after every save (here each second, and slow: 1.5 s, spanning advert
+    samples) is the daemon's own chore: its advert still shows no load and stays put."""
+    import asyncio
+    import time
+
+    import node.daemon
+    from tests.inproc import running_daemon
+
+    trim = node.daemon.trim_heap
+    trims = []
+    monkeypatch.setattr(node.daemon, "trim_heap",
+                        lambda: (trims.append(1), time.sleep(1.5), trim())[-1])
+    async with running_daemon(tmp_path, memory_save_every=1.0) as d:
+        before = await _published_after_start(d)
+        for _ in range(40):                             # 4 s, each advert sample checked
+            assert (d.executor.running, d.executor.queued, d.jobs.load()) == (0, 0, 0.0)
+            await asyncio.sleep(0.1)
+        after = d.mesh.advert
+        assert len(trims) >= 3                          # the chore ran the whole time
+        assert after.version == before.version, _advert_changes(before, after)
+        assert (after.load, after.running, after.queue_depth) == (0.0, 0, 0)
+        assert d.executor.utilisation() < 0.01          # nor in resource utilisation
 
 
 def test_rtt_percentiles_follow_new_samples():
