@@ -159,6 +159,33 @@ class RecordOpener(Protocol):
 
 
 @dataclass
+class SealedFill:
+    """A sealed frame admitted into its message (header checked, budget taken) whose
+    further records are still to be opened into ``dest``, its place in the buffer.
+
+    :meth:`open` touches only the cipher's receive state, the sealed records and
+    ``dest``; while it runs nobody else may use that cipher state (the link's reader
+    awaits it), so it can run on another thread.
+    """
+
+    part: "_Partial"
+    flags: int
+    size: int              # plaintext bytes this frame adds (taken from the budget)
+    end: int               # the stream's filled mark once this frame is in
+    records: list[memoryview]
+    dest: memoryview
+    opener: "RecordOpener"
+
+    @property
+    def message_size(self) -> int:
+        """The declared size of the whole message this frame belongs to."""
+        return self.part.total
+
+    def open(self) -> None:
+        self.opener.decrypt_records_into(self.records, self.dest)
+
+
+@dataclass
 class _Partial:
     sid: int               # the stream it reassembles (for errors and removal)
     buf: bytearray | mmap.mmap | np.ndarray   # the declared size (see message_buffer)
@@ -196,21 +223,40 @@ class Reassembler:
         opened to read the fragment header, every further one is decrypted straight into
         its place in the message buffer (no opened copy of the frame, no second copy into
         the buffer). Same checks and limits as :meth:`feed`, before any byte is written;
-        records are opened in order, so the cipher's nonce order and replay check hold."""
+        records are opened in order, so the cipher's nonce order and replay check hold.
+        The three steps (:meth:`admit_sealed`, :meth:`SealedFill.open`, :meth:`complete`)
+        are separate for a reader that opens big messages' records on another thread."""
+        fill = self.admit_sealed(sealed, opener)
+        try:
+            fill.open()
+        except BaseException:
+            self.abandon(fill)      # the link closes; these bytes never count as filled
+            raise
+        return self.complete(fill)
+
+    def admit_sealed(self, sealed: bytes | bytearray | memoryview,
+                     opener: "RecordOpener") -> "SealedFill":
+        """Open a sealed frame's first record, check its header and size against the
+        limits, take its bytes from the budget and place the first record's body: what is
+        left is opening the further records (:meth:`SealedFill.open`), then
+        :meth:`complete`, or :meth:`abandon` if that failed."""
         records = opener.records(sealed)
         flags, part, body = self._open(memoryview(opener.decrypt(records[0])))
         tag = opener.overhead
         size = len(body) + sum(len(r) - tag for r in records[1:])
         end = self._admit(part, size)
-        try:
-            pos = part.filled + len(body)
-            dest = memoryview(part.buf)           # any kind of buffer (see message_buffer)
-            dest[part.filled:pos] = body
-            opener.decrypt_records_into(records[1:], dest[pos:end])
-        except BaseException:
-            self._release(size)     # the link closes; these bytes never count as filled
-            raise
-        return self._advance(part, end, flags)
+        pos = part.filled + len(body)
+        dest = memoryview(part.buf)               # any kind of buffer (see message_buffer)
+        dest[part.filled:pos] = body
+        return SealedFill(part, flags, size, end, records[1:], dest[pos:end], opener)
+
+    def complete(self, fill: "SealedFill") -> bytearray | mmap.mmap | np.ndarray | None:
+        """Count an opened frame as filled; the whole payload when it was the last."""
+        return self._advance(fill.part, fill.end, fill.flags)
+
+    def abandon(self, fill: "SealedFill") -> None:
+        """Give back the budget of a frame whose records could not be opened."""
+        self._release(fill.size)
 
     def _open(self, view: memoryview) -> tuple[int, _Partial, memoryview]:
         """Parse a fragment header; start the stream on FIRST; the fragment's body."""

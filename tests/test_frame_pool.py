@@ -23,6 +23,7 @@ from protocol.framepool import MIN_POOLED, FramePool, LentFrames, thread_pool
 from protocol.handshake import sealed_size
 from protocol.wire import DEFAULT_MAX_FRAME, FrameDecoder, frame_header
 from tests.noise_pair import ciphers
+from tests.session_pair import session_pair
 
 BIG = 600_000   # a pooled frame size (between MIN_POOLED and the capacity)
 FRAME = (1 << 20) - 4096   # near the largest frame a session sends
@@ -238,19 +239,14 @@ def test_frames_through_a_congested_tcp_link_arrive_intact(loop_kind):
 
 # encrypted sessions both ways over uvloop TCP: what a daemon's links do ----------------
 async def _sessions_both_ways(messages: int) -> tuple[int, int]:
+    async with session_pair() as (sa, sb):
+        return await _stream_both_ways(sa, sb, messages)
+
+
+async def _stream_both_ways(sa, sb, messages: int) -> tuple[int, int]:
     import numpy as np
-    from node.net.session import handshake
     from protocol.work import StageResult
-    from tests.noise_pair import A, B, KEY
 
-    accepted: asyncio.Queue = asyncio.Queue()
-
-    async def on_link(link):
-        await accepted.put(await handshake(link, B, "b", [], [KEY], initiator=False))
-    server = await listen_tcp("127.0.0.1", 0, on_link)
-    link = await dial_tcp("127.0.0.1", server.sockets[0].getsockname()[1])
-    sa = await handshake(link, A, "a", [], [KEY], initiator=True)
-    sb = await accepted.get()
     got: dict[str, list] = {"a": [], "b": []}
 
     def handler(who):
@@ -272,9 +268,6 @@ async def _sessions_both_ways(messages: int) -> tuple[int, int]:
         for i, msg in enumerate(got[who]):
             assert msg.request == str(i) and np.array_equal(msg.y, arrays[i]), (who, i)
     allocated = thread_pool(DEFAULT_MAX_FRAME).allocated - before
-    await sa.close("done")
-    await sb.close("done")
-    server.close()
     return allocated, 2 * messages * 4 * 2     # ~4 frames per message, sealed and received
 
 

@@ -22,6 +22,7 @@ from typing import Any, Awaitable, Callable
 
 from nat.link import Link, LinkClosed, Signal
 from nat.secure import SecureLink
+from node.net.opening import open_records
 from node.runtime import spans
 from node.runtime.outcomes import ignore_outcome
 from protocol.errors import FrameError, ProtocolError, RequestDecodeError
@@ -40,9 +41,9 @@ CONTROL_BYTES = 64 << 10
 HANDSHAKE_TIMEOUT = 5.0
 #: The reader hands the event loop back after this many bytes of queued frames (one full
 #: frame): a link's queue holds up to 64 MiB, and copying all of it in one go stalls the
-#: loop ~50 ms. 1 MiB, not 4: with both compute threads busy beside it, the loop's opening
-#: of 4 MiB took 160-200 ms of its CPU in tests/test_loop_lag.py's 1 GiB job on this
-#: machine (1 MiB: ~100 ms; the cause of the slow opening is not found yet).
+#: loop ~50 ms. (A big message's records are opened off the loop, which suspends the
+#: reader anyway: :mod:`node.net.opening`, where the slow opening of a 1 GiB job's share
+#: was traced to the kernel zeroing its fresh pages.)
 READ_YIELD_BYTES = 1 << 20
 #: Likewise the writer: a send need not suspend while the transport takes bytes, and each
 #: frame is sealed (AES-GCM) on the loop, so a 500 MB share written in one go held the
@@ -365,7 +366,7 @@ class Session:
                     await asyncio.sleep(0)
                 if sealed:
                     try:
-                        payload = self._reassembler.feed_sealed(frame, self.link.cipher)
+                        payload = await self._open_sealed(frame)
                     except FrameError as exc:
                         await self.link.fail(f"protocol error: {exc}")
                         raise LinkClosed(f"protocol error: {exc}") from None
@@ -394,6 +395,18 @@ class Session:
             # read (its peer's pings timed out: members suspected each other). Say so, close.
             log.exception("reader of the link to %s failed", self.peer_id[:8])
             await self.close(f"reader failed: {exc!r}")
+
+    async def _open_sealed(self, frame: bytes | bytearray | memoryview
+                           ) -> bytearray | Any | None:
+        """Feed one sealed frame to the reassembler; a big message's records are opened
+        off the event loop (:mod:`node.net.opening`: its fresh pages fault there)."""
+        fill = self._reassembler.admit_sealed(frame, self.link.cipher)
+        try:
+            await open_records(fill)
+        except BaseException:
+            self._reassembler.abandon(fill)
+            raise
+        return self._reassembler.complete(fill)
 
     def _refuse(self, exc: RequestDecodeError) -> None:
         """Tell the asker its request could not be read (a newer peer's message type, a
