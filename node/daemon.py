@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from compute.device import DeviceProfile, PRESETS, get_preset
+from compute import lazynumpy
 from compute.executor import Executor, measure_capacity
 from nat import signaling
 from nat.connector import ConnectorConfig
@@ -106,6 +107,10 @@ class Daemon:
                                 self.memory)
         self.metrics = Metrics()
         self.executor = Executor(cfg.workers)
+        if lazynumpy.loaded() is None:
+            # numpy's import frees ~2 MB it used; given back at once, on the importing
+            # worker thread, not kept in that thread's malloc arena until the next save
+            lazynumpy.after_load(trim_heap)
         self.capacity = cfg.capacity or await node_capacity(
             self.data_dir, self.executor.blas_threads,
             lambda: self.executor.run(measure_capacity))

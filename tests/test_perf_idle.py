@@ -118,15 +118,24 @@ async def _published_after_start(d, bound: float = 20.0):
 
 
 def _advert_changes(before, after) -> dict:
-    new = after.to_dict()
-    return {k: (v, new[k]) for k, v in before.to_dict().items() if new[k] != v}
+    """What moved between two adverts, statistics by name (for a failure's message)."""
+    def flat(advert) -> dict:
+        d = advert.to_dict()
+        return d | {f"stats.{k}": v for k, v in d.pop("stats").items()}
+    old, new = flat(before), flat(after)
+    return {k: (old.get(k), new.get(k)) for k in old.keys() | new.keys()
+            if old.get(k) != new.get(k)}
 
 
-async def test_an_idle_daemon_does_not_republish_its_advert(tmp_path):
+async def test_an_idle_daemon_does_not_republish_its_advert(tmp_path, monkeypatch):
     import asyncio
 
+    import node.metrics
     from tests.inproc import running_daemon
 
+    # In process, the RSS the advert reports is pytest's: 800 tests in, other tests'
+    # leftovers being freed moved it past its tolerance in CI. Not this daemon's doing.
+    monkeypatch.setattr(node.metrics, "resident_memory", lambda: 60 << 20)
     async with running_daemon(tmp_path) as d:
         before = await _published_after_start(d)
         await asyncio.sleep(7)                          # past advert_refresh (5 s)
@@ -318,7 +327,10 @@ def test_a_stall_report_names_where_the_loop_is_stuck(caplog):
     reporter = StallReporter(monitor, threshold=0.05)
 
     def stuck_in_a_long_computation() -> None:
-        time.sleep(0.6)                       # no tick: the monitor's last tick ages
+        end = time.monotonic() + 10           # no tick: the monitor's last tick ages,
+        while time.monotonic() < end and not any(   # until the watchdog has spoken
+                "stuck" in r.getMessage() for r in caplog.records):
+            time.sleep(0.01)
 
     linecache.clearcache()
     with caplog.at_level(logging.WARNING, logger="sedma.looplag"):
@@ -327,6 +339,7 @@ def test_a_stall_report_names_where_the_loop_is_stuck(caplog):
             stuck_in_a_long_computation()
         finally:
             reporter.stop()
+            reporter._thread.join(5)
     reports = [r.getMessage() for r in caplog.records if "stuck" in r.getMessage()]
     assert reports and "stuck_in_a_long_computation" in reports[0]
     assert reports[0].count('File "') <= 8
@@ -471,6 +484,7 @@ def test_a_deploy_leaves_each_daemon_holding_its_blocks_and_nothing_more(cluster
     import numpy as np
 
     from node.client import Client
+    from node.daemon import ARENA_MAX, TRIM_THRESHOLD
     from node.localmesh import wait_for
 
     n1 = cluster.add("n1", extra=["--capacity", "10"])
@@ -484,7 +498,10 @@ def test_a_deploy_leaves_each_daemon_holding_its_blocks_and_nothing_more(cluster
     assert sorted(len(v) for v in info["placement"].values()) == [1, 1]
     wait_for(lambda: _anon_kb(n1.proc.pid)["memfd"] == 0, 20,
              "the coordinator to unmap the client's W")
-    numpy_and_slack = 16 << 10          # kB: numpy's own anonymous memory is ~6-8 MB
+    # kB: numpy's own anonymous memory (~6-8 MB, ~2.5 MB more when its import lands in a
+    # second malloc arena) and the free memory each arena keeps at its top: far below a
+    # second copy of a block (32 MiB)
+    numpy_and_slack = (10 << 10) + ARENA_MAX * TRIM_THRESHOLD // 1024
     for node in (n1, n2):
         held = node.status()["memory"]["resident_blocks"] >> 10
         assert held >= 8 << 10, (node.name, held)                 # each holds a block
