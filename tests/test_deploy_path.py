@@ -131,9 +131,12 @@ def test_a_peers_non_finite_block_is_still_refused(holder):
 
 
 class _FakeJobs:
-    """Records which holders have blocks in flight at once."""
+    """Records which holders have blocks in flight at once. Each placement is held until
+    ``DEPLOY_IN_FLIGHT`` are in flight together (at most 2 s): the peaks then show the
+    deploy's bounds, not how fast a busy machine's thread pool happened to be."""
 
     def __init__(self) -> None:
+        self.full: asyncio.Event | None = None
         self.inflight: dict[str, int] = {}
         self.peak: dict[str, int] = {}
         self.both_busy = False
@@ -148,7 +151,13 @@ class _FakeJobs:
         self.seen.append((blk.index, rows))
         np.testing.assert_array_equal(w[blk.row_start:blk.row_stop][:, 0],
                                       np.arange(blk.row_start, blk.row_stop, dtype=np.float32))
-        await asyncio.sleep(0.01)
+        self.full = self.full or asyncio.Event()
+        if sum(self.inflight.values()) >= DEPLOY_IN_FLIGHT:
+            self.full.set()
+        try:
+            await asyncio.wait_for(self.full.wait(), 2.0)
+        except asyncio.TimeoutError:     # the deploy never had that many out: peaks say so
+            pass
         self.inflight[node] -= 1
 
 

@@ -32,8 +32,10 @@ def test_twenty_daemons_converge_detect_two_crashes_and_a_restart_rejoins(cluste
     for node in survivors:
         wait_for(lambda: all(alive_view(node).get(v) == "dead" for v in victim_ids), 90,
                  f"{node.name} to declare both victims dead")
-        view = alive_view(node)
-        assert sum(state == "alive" for state in view.values()) == N - 3
+        # every other survivor alive: a passing suspicion of one of 18 daemons on two
+        # cores (0.5 s probe timeout) refutes itself within seconds, so this is awaited
+        wait_for(lambda: sum(s == "alive" for s in alive_view(node).values()) == N - 3, 60,
+                 f"{node.name} to see every other survivor alive")
 
     back = victims[0]
     back_id = ids[-2]

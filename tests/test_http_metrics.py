@@ -65,8 +65,9 @@ def test_counters_move_with_the_work_done(cluster, tmp_path):
     assert fetch(url2 + "no/such/page")[0] == 404            # loopback: no token needed
     url1 += "/"
 
+    wait_for(lambda: total(scrape(url1, TOKEN), "sedma_members", state="alive") == 2, 20,
+             "both members alive in n1's metrics")
     before = [scrape(url1, TOKEN), scrape(url2)]
-    assert total(before[0], "sedma_members", state="alive") == 2
     w = np.random.default_rng(0).standard_normal((512, 128)).astype(np.float32)
     a = np.ones((64, 32), np.float32)
     with Client(n1.socket) as c:

@@ -22,6 +22,7 @@ import pytest
 
 from node.client import Client
 from node.work.jobs import MAX_JOB_BYTES
+from tests.daemons import wait_for
 
 LAG_LIMIT_MS = 100.0
 
@@ -59,4 +60,5 @@ def test_a_1gib_job_keeps_the_event_loop_responsive(cluster):
                     "detection cannot be judged here; the loop-CPU bound above held")
     assert not suspected, "a peer was suspected during the job"
     for node in cluster.nodes:
-        assert all(p["state"] == "alive" for p in node.peers())
+        wait_for(lambda node=node: all(p["state"] == "alive" for p in node.peers()), 20,
+                 f"{node.name}'s peers all alive")

@@ -462,7 +462,11 @@ def test_a_chunks_compute_time_leaves_out_its_wait_for_the_compute_threads(holde
     async def run() -> float:
         busy = [asyncio.ensure_future(holder.executor.run(time.sleep, 0.4))
                 for _ in range(workers)]
-        await asyncio.sleep(0.05)                     # both threads taken
+        for _ in range(400):                          # until both threads are taken
+            if holder.executor.running == workers:
+                break
+            await asyncio.sleep(0.005)
+        assert holder.executor.running == workers
         start = time.perf_counter()
         await holder.handle(session, wire(MatmulOperand(1, "job/0", b, None, 1, 1)))
         await holder.handle(session, wire(MatmulRows(2, "job/0", a, 0)))

@@ -47,7 +47,7 @@ def test_a_measured_uneven_split_over_two_hosts_gives_the_exact_product(cluster,
     # computes alongside, and two equal daemons on one 2-core host then often (rightly)
     # keep the job whole, which is not what this test is about.
     n1, n2 = start_pair(cluster, monkeypatch, ("host-a", "host-b"),
-                        first=["--compute-slowdown", "4"])
+                        first=["--compute-slowdown", "8"])
     with Client(n1.socket) as c:
         first = run_job(c, 1)
         assert first["split"] == {"by": "capacity"}

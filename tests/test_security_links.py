@@ -164,7 +164,8 @@ def test_a_tampered_record_closes_that_link_and_the_member_keeps_serving(cluster
     x = np.arange(256 * 4, dtype=np.float32).reshape(256, 4)
     with Client(n1.socket) as c:
         np.testing.assert_allclose(c.matmul(x, x.T), x @ x.T, rtol=1e-5)
-    assert "n2" in {p["name"] for p in n1.peers() if p["state"] == "alive"}
+    wait_for(lambda: "n2" in {p["name"] for p in n1.peers() if p["state"] == "alive"}, 20,
+             "n2 to be an alive member at n1")
 
 
 def test_key_rotation_without_downtime(cluster, tmp_path):

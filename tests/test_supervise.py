@@ -166,9 +166,12 @@ def test_a_stuck_loop_thread_gets_its_stack_logged(caplog):
     lag = LagMonitor(interval=0.01)
     reporter = StallReporter(lag, threshold=0.05)
 
-    def _busy_on_the_loop():
-        end = _time.monotonic() + 0.4
-        while _time.monotonic() < end:
+    def _reported() -> bool:
+        return any("stuck" in r.getMessage() for r in caplog.records)
+
+    def _busy_on_the_loop():          # stuck until the watchdog has spoken (at most 10 s)
+        end = _time.monotonic() + 10
+        while _time.monotonic() < end and not _reported():
             sum(range(1000))
 
     with caplog.at_level(logging.WARNING, logger="sedma.looplag"):
@@ -176,5 +179,6 @@ def test_a_stuck_loop_thread_gets_its_stack_logged(caplog):
         reporter.start()
         _busy_on_the_loop()
         reporter.stop()
+        reporter._thread.join(5)
     stuck = [r.getMessage() for r in caplog.records if "stuck" in r.getMessage()]
     assert stuck and "_busy_on_the_loop" in stuck[0]
