@@ -75,10 +75,13 @@ class Executor:
         """Run the daemon's own housekeeping (``fn(*args)``) on a compute thread, outside
         the load it advertises: not in ``running``, ``queued`` or the utilisation ledger.
 
-        Why: giving the heap back after a save is the daemon's chore, not work a peer can
-        route around. Counted, a slow trim that spanned an advert sample read as a loaded
-        node (load 0.5 on two threads), the advert was re-published to the whole mesh and
-        again a beat later when it ended: an idle daemon's advert moved every save.
+        Why: giving the heap back after a save, or unlinking expired result files, is
+        the daemon's chore, not work a peer can route around. Counted, a slow trim that
+        spanned an advert sample read as a loaded node (load 1.0 on two threads: a task
+        counts as queued and running), the advert was re-published to the whole mesh and
+        again a beat later when it ended: an idle daemon's advert moved every save. The
+        price: a job may wait a chore's few milliseconds for a thread the advert showed
+        free.
         """
         return await asyncio.wrap_future(self._pool.submit(fn, *args))
 

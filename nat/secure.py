@@ -69,7 +69,7 @@ class SecureLink(Link):
 
     async def recv_sealed(self) -> bytes | bytearray | memoryview:
         """The next frame still sealed, for a reader that opens its records in place
-        (:meth:`protocol.framing.Reassembler.feed_sealed` with :attr:`cipher`). The
+        (:meth:`protocol.framing.Reassembler.filling` with :attr:`cipher`). The
         caller must open every frame it takes, in order, and close the link with
         :meth:`fail` when one does not open; it gives an opened frame back with
         :meth:`recycle`."""

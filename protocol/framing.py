@@ -20,6 +20,7 @@ many big messages cannot add up to more than the daemon's budget either.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import struct
 import threading
@@ -146,7 +147,7 @@ def anonymous_buffer(total: int) -> mmap.mmap:
 
 
 class RecordOpener(Protocol):
-    """What :meth:`Reassembler.feed_sealed` needs of a link cipher (protocol.handshake's
+    """What :meth:`Reassembler.filling` needs of a link cipher (protocol.handshake's
     TransportCipher): cut a sealed frame into records and open them in order."""
 
     overhead: int    # bytes each record adds to its plaintext (the tag)
@@ -160,18 +161,21 @@ class RecordOpener(Protocol):
 
 @dataclass
 class SealedFill:
-    """A sealed frame admitted into its message (header checked, budget taken) whose
-    further records are still to be opened into ``dest``, its place in the buffer.
+    """A sealed frame admitted into its message (header checked, budget taken) that is
+    still to be written into ``dest``, its place in the message buffer: the first
+    record's opened ``body``, then the further ``records`` opened in place.
 
     :meth:`open` touches only the cipher's receive state, the sealed records and
-    ``dest``; while it runs nobody else may use that cipher state (the link's reader
-    awaits it), so it can run on another thread.
+    ``dest`` (the message buffer's fresh pages are first touched there, not where the
+    frame was admitted); while it runs nobody else may use that cipher state (the link's
+    reader awaits it), so it can run on another thread.
     """
 
     part: "_Partial"
     flags: int
     size: int              # plaintext bytes this frame adds (taken from the budget)
     end: int               # the stream's filled mark once this frame is in
+    body: memoryview       # the first record's payload after the fragment header
     records: list[memoryview]
     dest: memoryview
     opener: "RecordOpener"
@@ -182,7 +186,9 @@ class SealedFill:
         return self.part.total
 
     def open(self) -> None:
-        self.opener.decrypt_records_into(self.records, self.dest)
+        head = len(self.body)
+        self.dest[:head] = self.body
+        self.opener.decrypt_records_into(self.records, self.dest[head:])
 
 
 @dataclass
@@ -224,39 +230,41 @@ class Reassembler:
         its place in the message buffer (no opened copy of the frame, no second copy into
         the buffer). Same checks and limits as :meth:`feed`, before any byte is written;
         records are opened in order, so the cipher's nonce order and replay check hold.
-        The three steps (:meth:`admit_sealed`, :meth:`SealedFill.open`, :meth:`complete`)
-        are separate for a reader that opens big messages' records on another thread."""
-        fill = self.admit_sealed(sealed, opener)
-        try:
+        A reader that opens big messages on another thread uses :meth:`filling` and
+        :meth:`complete` itself, as this does."""
+        with self.filling(sealed, opener) as fill:
             fill.open()
-        except BaseException:
-            self.abandon(fill)      # the link closes; these bytes never count as filled
-            raise
         return self.complete(fill)
 
-    def admit_sealed(self, sealed: bytes | bytearray | memoryview,
-                     opener: "RecordOpener") -> "SealedFill":
-        """Open a sealed frame's first record, check its header and size against the
-        limits, take its bytes from the budget and place the first record's body: what is
-        left is opening the further records (:meth:`SealedFill.open`), then
-        :meth:`complete`, or :meth:`abandon` if that failed."""
+    @contextlib.contextmanager
+    def filling(self, sealed: bytes | bytearray | memoryview,
+                opener: "RecordOpener") -> Iterator["SealedFill"]:
+        """Admit a sealed frame: open its first record, check the header and size against
+        the limits and take the bytes from the budget; yields what is left to do, opening
+        it (:meth:`SealedFill.open`, which may be awaited on another thread inside the
+        ``with``), then :meth:`complete`. If the block raises, the budget is given back
+        (the link closes; these bytes never count as filled)."""
         records = opener.records(sealed)
         flags, part, body = self._open(memoryview(opener.decrypt(records[0])))
         tag = opener.overhead
         size = len(body) + sum(len(r) - tag for r in records[1:])
         end = self._admit(part, size)
-        pos = part.filled + len(body)
-        dest = memoryview(part.buf)               # any kind of buffer (see message_buffer)
-        dest[part.filled:pos] = body
-        return SealedFill(part, flags, size, end, records[1:], dest[pos:end], opener)
+        fill = SealedFill(part, flags, size, end, body, records[1:],
+                          memoryview(part.buf)[part.filled:end], opener)
+        try:
+            yield fill
+        except BaseException:
+            self._release(size)
+            raise
 
     def complete(self, fill: "SealedFill") -> bytearray | mmap.mmap | np.ndarray | None:
-        """Count an opened frame as filled; the whole payload when it was the last."""
+        """Count an opened frame as filled; the whole payload when it was the last. A
+        message discarded meanwhile (its link closed while the frame was being opened
+        elsewhere) only gives the frame's bytes back."""
+        if self._partial.get(fill.part.sid) is not fill.part:
+            self._release(fill.size)
+            return None
         return self._advance(fill.part, fill.end, fill.flags)
-
-    def abandon(self, fill: "SealedFill") -> None:
-        """Give back the budget of a frame whose records could not be opened."""
-        self._release(fill.size)
 
     def _open(self, view: memoryview) -> tuple[int, _Partial, memoryview]:
         """Parse a fragment header; start the stream on FIRST; the fragment's body."""

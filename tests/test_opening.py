@@ -63,21 +63,27 @@ def _frames(sender, payload: bytes) -> list[bytearray]:
     return [sender.seal_parts(frame) for frame in fragments(3, [payload], 1 << 20)]
 
 
+async def _feed(r: Reassembler, frame, receiver):
+    """What a session's reader does with one sealed frame."""
+    with r.filling(frame, receiver) as fill:
+        await open_records(fill)
+    return r.complete(fill)
+
+
 async def test_a_tampered_record_opened_off_the_loop_fails_and_gives_its_budget_back():
     sender, receiver = ciphers()
     budget = ByteBudget(1 << 30)
     r = Reassembler(budget=budget)
     frames = _frames(sender, bytes(OFF_LOOP_MESSAGE + 1))
-    fill = r.admit_sealed(frames[0], receiver)
-    assert opens_off_loop(fill)
-    await open_records(fill)
+    with r.filling(frames[0], receiver) as fill:
+        assert opens_off_loop(fill)
+        await open_records(fill)
     assert r.complete(fill) is None
     bad = bytearray(frames[1])
     bad[5 * 65_535 + 9] ^= 1                         # a byte of the sixth record
-    fill = r.admit_sealed(bad, receiver)
     with pytest.raises(FrameError, match="authentication"):
-        await open_records(fill)
-    r.abandon(fill)
+        await _feed(r, bad, receiver)
+    assert r.buffered == OFF_LOOP_MESSAGE // 4       # the first frame's, not the bad one's
     r.discard()
     assert r.buffered == 0 and budget.used == 0
 
@@ -88,11 +94,47 @@ async def test_frames_opened_off_the_loop_one_by_one_deliver_the_message_in_orde
     payload = np.random.default_rng(1).integers(0, 256, 2 * OFF_LOOP_MESSAGE,
                                                 dtype=np.uint8).tobytes()
     frames = _frames(sender, payload)
-    out = None
-    for frame in frames:
-        fill = r.admit_sealed(frame, receiver)
-        await open_records(fill)
-        out = r.complete(fill)
-    assert bytes(out) == payload
+    out = [await _feed(r, frame, receiver) for frame in frames]
+    assert all(o is None for o in out[:-1]) and bytes(out[-1]) == payload
     with pytest.raises(FrameError, match="authentication"):
-        r.admit_sealed(frames[1], receiver)          # replayed: its nonce is behind
+        await _feed(r, frames[1], receiver)          # replayed: its nonce is behind
+
+
+async def test_a_link_closed_while_a_frame_is_opened_off_the_loop_keeps_no_budget(caplog):
+    """The session closes (its partial messages discarded) while the opener thread still
+    works on a frame and the link's close is slow (an ICE link's is): the reader that
+    wakes afterwards drops the frame and gives its bytes back, without an error."""
+    from protocol.framing import PROCESS_BUDGET
+
+    async with session_pair() as (sa, sb):
+        sa.start(lambda session, msg: asyncio.sleep(0))
+        sb.start(lambda session, msg: asyncio.sleep(0))
+        opening, release = threading.Event(), threading.Event()
+        decrypt = sb.link.cipher.decrypt_records_into
+
+        def slow(records, dest):
+            if records:
+                opening.set()
+                release.wait(10)                     # held until the close is under way
+            return decrypt(records, dest)
+        sb.link.cipher.decrypt_records_into = slow
+        close_link = sb.link.close
+
+        async def slow_close(reason="closed locally"):
+            release.set()                            # the thread finishes during the close
+            await asyncio.sleep(0.3)
+            await close_link(reason)
+        sb.link.close = slow_close
+        before = PROCESS_BUDGET.used
+        send = asyncio.ensure_future(sa.send(StageResult(0, "big", np.zeros(
+            3 * OFF_LOOP_MESSAGE // 4, np.float32))))
+        for _ in range(1000):
+            if opening.is_set():
+                break
+            await asyncio.sleep(0.01)
+        assert opening.is_set()
+        await sb.close("member declared dead")
+        await asyncio.wait([sb._reader], timeout=10)
+        send.cancel()
+        assert PROCESS_BUDGET.used == before
+    assert "failed" not in caplog.text

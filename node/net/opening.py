@@ -1,7 +1,7 @@
 """Opening a big message's records off the event loop.
 
 Why: a received message's buffer is fresh memory, and its pages materialise as the
-records are decrypted into it. The kernel zeroes every page on that first touch, and the
+frames are written into it. The kernel zeroes every page on that first touch, and the
 thread that touches it pays: a profile of a peer receiving a 500 MB share in
 tests/test_loop_lag.py's 1 GiB job had 78 % of its event-loop thread's CPU in the
 kernel's ``clear_page_erms`` under the AES-GCM decryption, 6 % in the decryption itself;
@@ -31,8 +31,8 @@ _pool_lock = threading.Lock()
 
 
 def opens_off_loop(fill: SealedFill) -> bool:
-    """Whether this frame's records are opened on the opener thread."""
-    return fill.message_size > OFF_LOOP_MESSAGE and len(fill.dest) > 0
+    """Whether this frame is written into its message on the opener thread."""
+    return fill.message_size > OFF_LOOP_MESSAGE
 
 
 def _opener() -> concurrent.futures.ThreadPoolExecutor:
@@ -49,6 +49,10 @@ async def open_records(fill: SealedFill) -> None:
     The caller owns the link's receive cipher and waits here, so the thread is its only
     user meanwhile. If the caller is cancelled (the link closing), the opening already
     started still finishes on the thread, into a buffer nobody will read.
+
+    cryptography releases the GIL while it decrypts (checked with 48 and 50), so the loop
+    runs beside the thread; with a version that did not, it would still get the GIL
+    between two records (64 KiB each) at the interpreter's switch interval.
     """
     if not opens_off_loop(fill):
         fill.open()

@@ -347,7 +347,8 @@ class Session:
     async def _read_loop(self, handler: Handler) -> None:
         since_yield = 0
         # An encrypted link's records are opened straight into the message buffer
-        # (Reassembler.feed_sealed): no opened copy of each frame, no second copy.
+        # (Reassembler.filling, _open_sealed): no opened copy of each frame, no second
+        # copy; a big message's on the opener thread (node.net.opening).
         sealed = isinstance(self.link, SecureLink)
         try:
             while True:
@@ -400,12 +401,10 @@ class Session:
                            ) -> bytearray | Any | None:
         """Feed one sealed frame to the reassembler; a big message's records are opened
         off the event loop (:mod:`node.net.opening`: its fresh pages fault there)."""
-        fill = self._reassembler.admit_sealed(frame, self.link.cipher)
-        try:
+        with self._reassembler.filling(frame, self.link.cipher) as fill:
             await open_records(fill)
-        except BaseException:
-            self._reassembler.abandon(fill)
-            raise
+            if self.closed.is_set():    # closed while the thread opened it: drop it
+                raise LinkClosed("closed while a frame was being opened")
         return self._reassembler.complete(fill)
 
     def _refuse(self, exc: RequestDecodeError) -> None:

@@ -180,7 +180,7 @@ class JobManager:
         gone = self._forget(expired(self._stamps(), now, self.retention))
         if gone:
             await self.db.run(lambda c: _delete_rows(c, gone))
-            await self.executor.run(_remove_results, self.results, gone, None)
+            await self.executor.upkeep(_remove_results, self.results, gone, None)
             log.info("forgot %d finished job(s) past retention", len(gone))
         return len(gone)
 
