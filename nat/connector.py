@@ -2,10 +2,9 @@
 
 1. Direct TCP to each advertised address, each attempt bounded by ``tcp_timeout`` (cheap,
    and the only option that needs nothing from the peer's side).
-   When every advertised address is a loopback one and neither side has STUN or TURN
-   (:func:`direct_only`), a dial that timed
-   out is retried (``local_retries`` times, doubling ``local_backoff``) and ICE is never
-   tried: see :func:`direct_only` for why.
+   When every advertised address is a loopback one and neither side has STUN or TURN,
+   a dial that timed out is retried (``local_retries`` times, doubling
+   ``local_backoff``) and ICE is never tried: see :func:`direct_only` for why.
 2. Otherwise ICE: an SDP offer carrying every gathered candidate (host, server-reflexive
    from STUN, relay from TURN -- all gathered together, so a symmetric NAT falls through to
    the relay pair in the same round of checks instead of after aioice's ~64 s failure) goes

@@ -399,6 +399,12 @@ async def _unshared_result(msg: Any, path: str, exc: Exception) -> Any:
         return Response(False, error="the job's stored result is unreadable "
                                      "(its file changed on disk)")
     log.info("result file %s could not be reopened (%s): sending its bytes", path, exc)
+    return await _read_back(msg)
+
+
+async def _read_back(msg: Response) -> Response:
+    """``msg`` with its mapped result read into memory, on a worker thread: faulting the
+    map's pages in on the event loop would stall it."""
     return Response(True, await asyncio.get_running_loop().run_in_executor(
         None, np.array, msg.value))
 
@@ -409,9 +415,8 @@ async def write_message(writer: asyncio.StreamWriter, msg: Any,
     sends that way and they are worth it, else on the socket (:func:`write_frame`)."""
     if _stored_result(msg) is not None and (channel is None or not channel.send):
         # a result file's map asked for shared memory but the answer goes on the socket:
-        # read it on a worker thread as before, never fault its pages in on the event loop
-        msg = Response(True, await asyncio.get_running_loop().run_in_executor(
-            None, np.array, msg.value))
+        # read it on a worker thread as before
+        msg = await _read_back(msg)
     parts = encode_message(msg)
     if channel is None or not channel.send:
         size = sum(len(p) for p in parts)

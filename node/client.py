@@ -137,7 +137,6 @@ class AsyncClient:
             self._writer = None
         await _reap_mappings()
 
-
     async def __aenter__(self) -> "AsyncClient":
         return await self.connect()
 

@@ -184,9 +184,7 @@ class TransportCipher:
         view = memoryview(sealed)
         cuts = [view[i:i + MAX_NOISE_MESSAGE]
                 for i in range(0, max(len(view), 1), MAX_NOISE_MESSAGE)]
-        if len(cuts[-1]) < TAG_BYTES:
-            raise FrameError(f"encrypted record of {len(cuts[-1])} bytes (a Noise message "
-                             f"holds {TAG_BYTES} to {MAX_NOISE_MESSAGE})")
+        _check_record(cuts[-1])
         return cuts
 
     def decrypt_records_into(self, records: Sequence[memoryview], dest: memoryview) -> None:
@@ -198,9 +196,7 @@ class TransportCipher:
         if not records:
             return
         for record in records:
-            if not TAG_BYTES <= len(record) <= MAX_NOISE_MESSAGE:
-                raise FrameError(f"encrypted record of {len(record)} bytes (a Noise "
-                                 f"message holds {TAG_BYTES} to {MAX_NOISE_MESSAGE})")
+            _check_record(record)
         state = self._dec
         n = _first_nonce(state, len(records))
         nonce = _nonce_format(state.cipher)
@@ -225,14 +221,19 @@ class TransportCipher:
         return self._enc.encrypt_with_ad(None, plaintext)
 
     def decrypt(self, record: bytes | bytearray | memoryview) -> bytes:
-        if not TAG_BYTES <= len(record) <= MAX_NOISE_MESSAGE:
-            raise FrameError(f"encrypted record of {len(record)} bytes (a Noise message "
-                             f"holds {TAG_BYTES} to {MAX_NOISE_MESSAGE})")
+        _check_record(record)
         try:
             return self._dec.decrypt_with_ad(None, record)
         except (InvalidTag, *NoiseError):
             raise FrameError("record failed authentication (tampered, replayed, reordered "
                              "or truncated)") from None
+
+
+def _check_record(record: bytes | bytearray | memoryview) -> None:
+    """Refuse a sealed record no Noise message can be (before any decryption)."""
+    if not TAG_BYTES <= len(record) <= MAX_NOISE_MESSAGE:
+        raise FrameError(f"encrypted record of {len(record)} bytes (a Noise message "
+                         f"holds {TAG_BYTES} to {MAX_NOISE_MESSAGE})")
 
 
 def _first_nonce(state, count: int) -> int:

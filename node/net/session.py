@@ -147,9 +147,9 @@ class Session:
                 fut.set_exception(err)
         self._pending.clear()
         queues, self._queues = self._queues, None
-        unsent = [*(queues.control if queues else ()), *(queues.bulk if queues else ()),
-                  *(queues.bulk_waiting if queues else ()),
-                  *([self._current] if self._current else [])]
+        unsent = [*queues.control, *queues.bulk, *queues.bulk_waiting] if queues else []
+        if self._current is not None:
+            unsent.append(self._current)
         for out in unsent:
             if not out.done.done():
                 out.done.set_exception(err)
